@@ -1,0 +1,257 @@
+"""The CPU backend: fastconv's Numba kernels registered with the dispatcher.
+
+Each registration unpacks a resolved geometry into the kernel's integer arguments and allocates
+the output. Kernels index arrays as NCHW; an NHWC array is handed over as a transposed view
+(``_nchw``), so one kernel serves both layouts, except where a kernel is written for NHWC.
+"""
+
+import threading
+
+import numpy as np
+
+from .dispatch import heuristic, register
+from .kernels import bias, conv_direct, im2col, pool
+from .kernels.activation import CODES
+
+# Bytes of im2col columns per batch chunk: a chunk's columns stay in L2/L3 between im2col,
+# the GEMM and the epilogue.
+WORKSPACE_BYTES = 8 << 20
+# Largest workspace kept for reuse between calls; a bigger one is freed after its call.
+KEPT_WORKSPACE_BYTES = 256 << 20
+
+_scratch = threading.local()  # per thread: .buffers, one per workspace slot
+
+
+def _nchw(a, layout):
+    """An NCHW-indexed view of a 4-D array in ``layout`` (no copy)."""
+    return a if layout == "NCHW" else a.transpose(0, 3, 1, 2)
+
+
+def _empty(shape, dtype):
+    """Every array a kernel writes comes from here (tests poison it to catch unwritten cells)."""
+    return np.empty(shape, dtype)
+
+
+def _workspace(shape, dtype, slot=0):
+    """Scratch for im2col (slot 0: columns, slot 1: a GEMM output), kept per thread and reused
+    across calls: a fresh multi-megabyte array pays its page faults on every call (1.8 ms per
+    ResNet 3x3 image)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffers = getattr(_scratch, "buffers", None) or [np.empty(0, np.uint8)] * 2
+    if buffers[slot].nbytes < nbytes:
+        buffers[slot] = np.empty(nbytes, np.uint8)
+        if nbytes <= KEPT_WORKSPACE_BYTES:
+            _scratch.buffers = buffers
+    return buffers[slot][:nbytes].view(dtype).reshape(shape)
+
+
+def _output(shape, dtype, layout):
+    """A new array in ``layout`` and its NCHW-indexed view for the kernel to write."""
+    out = _empty(shape, dtype)
+    return out, _nchw(out, layout)
+
+
+def _taps(g):
+    """The kernels' tap arguments: sh, sw, pt, pl, dh, dw."""
+    return (*g.stride, g.padding[0], g.padding[2], *g.dilation)
+
+
+def _oihw(w, layout):
+    return w if layout == "NCHW" else w.transpose(3, 2, 0, 1)
+
+
+def _bias(b, g, dtype):
+    return np.zeros(g.K, dtype) if b is None else b
+
+
+@register("conv2d", "cpu", "direct")
+def conv2d_direct(g, x, w, b, activation):
+    y = _empty(g.y_shape, x.dtype)
+    forward = (conv_direct.conv2d_forward_nchw if g.layout == "NCHW"
+               else conv_direct.conv2d_forward_nhwc)
+    forward(x, w, _bias(b, g, x.dtype), y, *_taps(g), g.groups, CODES[activation])
+    return y
+
+
+@register("conv2d_backward_input", "cpu", "direct")
+def conv2d_backward_input_direct(g, gy, w):
+    gx, gx_nchw = _output(g.x_shape, gy.dtype, g.layout)
+    conv_direct.conv2d_backward_input(_nchw(gy, g.layout), _oihw(w, g.layout), gx_nchw,
+                                      *_taps(g), g.groups)
+    return gx
+
+
+@register("conv2d_backward_weight", "cpu", "direct")
+def conv2d_backward_weight_direct(g, gy, x):
+    gw = _empty(g.w_shape, gy.dtype)
+    conv_direct.conv2d_backward_weight(_nchw(gy, g.layout), _nchw(x, g.layout),
+                                       _oihw(gw, g.layout), *_taps(g), g.groups)
+    return gw
+
+
+# im2col + GEMM. Operands are (channels, images, pixels) views: X the columns (C*R*S, n, P),
+# rows in OIHW order, Y the output (K, n, P), P = OH*OW, and W the filter as (K, C*R*S), so a
+# convolution is Y = W X per group. BLAS runs that as one GEMM when the images and pixels of
+# both X and Y flatten into one axis (im2col's columns, any NHWC array), and one GEMM per image
+# otherwise (an NCHW array). NCHW's forward therefore writes a flat scratch Y, which the
+# epilogue moves into y while adding bias and activation. A 1x1 stride-1 unpadded convolution
+# reads X straight from x, without im2col.
+
+def _pointwise(g):
+    return g.R == g.S == 1 and g.stride == (1, 1) and g.padding == (0, 0, 0, 0)
+
+
+def _weight_matrix(w, g):
+    return np.ascontiguousarray(_oihw(w, g.layout)).reshape(g.K, -1)
+
+
+def _groups(g):
+    """Per group: its rows of X (C/groups*R*S of them) and its output channels."""
+    rows, kg = (g.C // g.groups) * g.R * g.S, g.K // g.groups
+    return [(slice(i * rows, (i + 1) * rows), slice(i * kg, (i + 1) * kg))
+            for i in range(g.groups)]
+
+
+def _chunks(g, itemsize):
+    """Batch slices whose columns fit in WORKSPACE_BYTES (at least one image each)."""
+    step = max(1, WORKSPACE_BYTES // (g.C * g.R * g.S * g.OH * g.OW * itemsize))
+    return [slice(i, min(i + step, g.N)) for i in range(0, g.N, step)]
+
+
+def _channels_first(a, layout):
+    """(channels, n, P) view of a 4-D array."""
+    if layout == "NCHW":
+        return a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2)
+    return a.reshape(a.shape[0], -1, a.shape[3]).transpose(2, 0, 1)
+
+
+def _flat(a):
+    """(rows, n*P) view of a (rows, n, P) view, or None where that would need a copy."""
+    rows, n, p = a.shape
+    if n == 1 or a.strides[1] == p * a.strides[2]:
+        return a.reshape(rows, n * p)
+    return None
+
+
+def _matmul(a, b, out):
+    """out = a @ b for (rows, n, P) views b and out: one GEMM if both flatten, else one per
+    image. BLAS writes only row-major outputs, so a column-major one is computed transposed."""
+    flat_b, flat_out = _flat(b), _flat(out)
+    if flat_b is None or flat_out is None:
+        np.matmul(a, b.transpose(1, 0, 2), out=out.transpose(1, 0, 2))
+    elif flat_out.strides[1] == flat_out.itemsize:
+        np.matmul(a, flat_b, out=flat_out)
+    else:
+        np.matmul(flat_b.T, a.T, out=flat_out.T)
+
+
+def _matmul_over_pixels(a, b):
+    """The sum over images of a[:, n] @ b[:, n].T for (rows, n, P) views a and b."""
+    flat_a, flat_b = _flat(a), _flat(b)
+    if flat_a is None or flat_b is None:
+        return np.matmul(a.transpose(1, 0, 2), b.transpose(1, 2, 0)).sum(axis=0)
+    return flat_a @ flat_b.T
+
+
+def _columns(g, x):
+    """X (C*R*S, n, P) for a batch chunk: im2col's columns, or x itself when pointwise."""
+    if _pointwise(g):
+        return _channels_first(x, g.layout)
+    cols = _workspace((g.C * g.R * g.S, x.shape[0], g.OH, g.OW), x.dtype)
+    im2col.im2col(_nchw(x, g.layout), cols, g.R, g.S, *_taps(g))
+    return cols.reshape(cols.shape[0], x.shape[0], -1)
+
+
+@register("conv2d", "cpu", "im2col")
+def conv2d_im2col(g, x, w, b, activation):
+    y = _empty(g.y_shape, x.dtype)
+    wmat = _weight_matrix(w, g)
+    for batch in _chunks(g, x.itemsize):
+        cols, out = _columns(g, x[batch]), _channels_first(y[batch], g.layout)
+        gemm_out = out if _flat(out) is not None or _flat(cols) is None else (
+            _workspace(out.shape, x.dtype, slot=1))
+        for rows, ks in _groups(g):
+            _matmul(wmat[ks], cols[rows], gemm_out[ks])
+        if gemm_out is not out or b is not None or activation is not None:
+            im2col.bias_activation(gemm_out, out, _bias(b, g, x.dtype), CODES[activation])
+    return y
+
+
+@register("conv2d_backward_input", "cpu", "im2col")
+def conv2d_backward_input_im2col(g, gy, w):
+    gx = _empty(g.x_shape, gy.dtype)
+    wmat = _weight_matrix(w, g)
+    for batch in _chunks(g, gy.itemsize):
+        grad = _channels_first(gy[batch], g.layout)
+        gcols = _channels_first(gx[batch], g.layout) if _pointwise(g) else (
+            _workspace((g.C * g.R * g.S,) + grad.shape[1:], gy.dtype))
+        for rows, ks in _groups(g):
+            _matmul(wmat[ks].T, grad[ks], gcols[rows])
+        if not _pointwise(g):
+            im2col.col2im(gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),
+                          _nchw(gx[batch], g.layout), g.R, g.S, *_taps(g))
+    return gx
+
+
+@register("conv2d_backward_weight", "cpu", "im2col")
+def conv2d_backward_weight_im2col(g, gy, x):
+    gw_mat = np.zeros((g.K, (g.C // g.groups) * g.R * g.S), gy.dtype)
+    for batch in _chunks(g, gy.itemsize):
+        cols, grad = _columns(g, x[batch]), _channels_first(gy[batch], g.layout)
+        for rows, ks in _groups(g):
+            gw_mat[ks] += _matmul_over_pixels(grad[ks], cols[rows])
+    gw = gw_mat.reshape(g.K, -1, g.R, g.S)
+    return gw if g.layout == "NCHW" else np.ascontiguousarray(gw.transpose(2, 3, 1, 0))
+
+
+@heuristic("conv2d", "cpu")
+@heuristic("conv2d_backward_input", "cpu")
+@heuristic("conv2d_backward_weight", "cpu")
+def choose_conv_algo(g):
+    """im2col + BLAS once the GEMM is big enough to pay for the columns; direct otherwise.
+
+    A thin GEMM (few input taps per output, as in LeNet's first layer or a depthwise
+    convolution) keeps BLAS far from its peak while im2col still copies R*S times the input.
+    """
+    taps = (g.C // g.groups) * g.R * g.S
+    return "im2col" if taps >= 64 and g.K // g.groups >= 16 else "direct"
+
+
+@register("conv2d_backward_bias", "cpu", "numba")
+def conv2d_backward_bias(gy, layout):
+    gb = _empty(gy.shape[1] if layout == "NCHW" else gy.shape[3], gy.dtype)
+    bias.conv2d_backward_bias(_nchw(gy, layout), gb)
+    return gb
+
+
+@register("max_pool2d", "cpu", "numba")
+def max_pool2d(p, x):
+    y, y_nchw = _output(p.y_shape, x.dtype, p.layout)
+    top, _, left, _ = p.padding
+    pool.max_pool2d_forward(_nchw(x, p.layout), y_nchw, *p.kernel, *p.stride, top, left)
+    return y
+
+
+@register("max_pool2d_backward", "cpu", "numba")
+def max_pool2d_backward(p, gy, x):
+    gx, gx_nchw = _output(p.x_shape, gy.dtype, p.layout)
+    top, _, left, _ = p.padding
+    pool.max_pool2d_backward(_nchw(gy, p.layout), _nchw(x, p.layout), gx_nchw, *p.kernel,
+                             *p.stride, top, left)
+    return gx
+
+
+@register("avg_pool2d", "cpu", "numba")
+def avg_pool2d(p, x):
+    y, y_nchw = _output(p.y_shape, x.dtype, p.layout)
+    pool.avg_pool2d_forward(_nchw(x, p.layout), y_nchw, *p.kernel, *p.stride, *p.padding,
+                            p.count_padding)
+    return y
+
+
+@register("avg_pool2d_backward", "cpu", "numba")
+def avg_pool2d_backward(p, gy):
+    gx, gx_nchw = _output(p.x_shape, gy.dtype, p.layout)
+    pool.avg_pool2d_backward(_nchw(gy, p.layout), gx_nchw, *p.kernel, *p.stride, *p.padding,
+                             p.count_padding)
+    return gx

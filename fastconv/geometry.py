@@ -1,0 +1,264 @@
+"""Shape arithmetic and argument normalisation, written once for every op and backend.
+
+Ops validate and resolve their arguments here into a frozen geometry; kernels and baselines only
+read the geometry and never recompute a shape.
+
+Padding rules (shared by conv2d and the pooling ops):
+
+- an int ``p`` pads every side by ``p``; a pair ``(ph, pw)`` pads top/bottom by ``ph`` and
+  left/right by ``pw``; conv2d also takes ``((top, bottom), (left, right))``;
+- ``"valid"`` pads nothing: windows stay inside the input;
+- ``"same"`` follows TensorFlow for any stride and dilation: ``out = ceil(in / stride)`` and the
+  total padding ``max((out - 1) * stride + (k - 1) * dilation + 1 - in, 0)`` is split with the odd
+  pixel after (bottom/right). The words are case-insensitive::
+
+      in = 6, k = 3, stride = 2
+      VALID   [a b c d e f]       SAME   [a b c d e f] 0
+               |w0-|                      |w0-|
+                   |w1-|                      |w1-|
+              out = 2                             |w2--|
+                                          out = 3, pads (0, 1)
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+LAYOUTS = ("NCHW", "NHWC")
+ACTIVATIONS = (None, "relu", "tanh", "sigmoid")
+
+
+def pair(value, name: str, minimum: int) -> tuple[int, int]:
+    """Expand an int or a pair of ints to ``(h, w)``, each at least ``minimum``."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        h, w = value
+    else:
+        h = w = value
+    for v in (h, w):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        if v < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(h), int(w)
+
+
+def layout(data_format) -> str:
+    """Normalise ``data_format`` to "NCHW" or "NHWC"."""
+    name = data_format.upper() if isinstance(data_format, str) else data_format
+    if name not in LAYOUTS:
+        raise ValueError(f"data_format must be one of {LAYOUTS}, got {data_format!r}")
+    return name
+
+
+def activation(name):
+    """Normalise ``activation`` to None, "relu", "tanh" or "sigmoid"."""
+    key = name.lower() if isinstance(name, str) else name
+    if key not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+    return key
+
+
+def same_padding(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding ``(before, after)`` for one spatial axis."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _padding_word(padding):
+    word = padding.lower()
+    if word not in ("same", "valid"):
+        raise ValueError(f"padding must be 'same', 'valid' or numbers, got {padding!r}")
+    return word
+
+
+def _explicit_padding(padding, allow_asymmetric: bool) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` from an int, a pair or ``((t, b), (l, r))``."""
+    nested = (isinstance(padding, (tuple, list)) and len(padding) == 2
+              and all(isinstance(p, (tuple, list)) for p in padding))
+    if nested and allow_asymmetric:
+        (top, bottom), (left, right) = (pair(p, "padding", 0) for p in padding)
+        return top, bottom, left, right
+    ph, pw = pair(padding, "padding", 0)
+    return ph, ph, pw, pw
+
+
+def _spatial(x_shape, data_format):
+    n, a, b, c = x_shape
+    return (n, a, b, c) if data_format == "NCHW" else (n, c, a, b)
+
+
+def _no_output(window, x_shape, padded_hw):
+    return ValueError(f"the window {window} is larger than the padded input: x "
+                      f"{tuple(x_shape)} padded to height x width {padded_hw}, so no output")
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A convolution fully resolved: sizes, strides, dilations and explicit paddings.
+
+    x is (N, C, H, W) in NCHW terms whatever the layout, w is (K, C // groups, R, S), y is
+    (N, K, OH, OW). Paddings are explicit per side.
+    """
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    OH: int
+    OW: int
+    groups: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, bottom, left, right
+    layout: str
+
+    @property
+    def x_shape(self):
+        return self._shape(self.C, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return self._shape(self.K, self.OH, self.OW)
+
+    @property
+    def w_shape(self):
+        oihw = (self.K, self.C // self.groups, self.R, self.S)
+        return oihw if self.layout == "NCHW" else (self.R, self.S, self.C // self.groups, self.K)
+
+    def _shape(self, c, h, w):
+        return (self.N, c, h, w) if self.layout == "NCHW" else (self.N, h, w, c)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds times two of the forward pass (also each backward's cost)."""
+        return 2 * self.N * self.K * self.OH * self.OW * (self.C // self.groups) * self.R * self.S
+
+    def key(self) -> str:
+        """A shape signature for the autotuning cache."""
+        return (f"{self.layout}:N{self.N}C{self.C}H{self.H}W{self.W}K{self.K}R{self.R}S{self.S}"
+                f"g{self.groups}s{self.stride}d{self.dilation}p{self.padding}")
+
+
+def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, data_format) -> ConvGeometry:
+    """Resolve a convolution's arguments; raises ValueError/TypeError naming the argument."""
+    data_format = layout(data_format)
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D {data_format}, got shape {tuple(x_shape)}")
+    if len(w_shape) != 4:
+        want = "OIHW" if data_format == "NCHW" else "HWIO"
+        raise ValueError(f"w must be 4-D {want}, got shape {tuple(w_shape)}")
+    n, c, h, w = _spatial(x_shape, data_format)
+    if data_format == "NCHW":
+        k, cg, r, s = w_shape
+    else:
+        r, s, cg, k = w_shape
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if c % groups or k % groups:
+        raise ValueError(f"groups={groups} must divide the input channels {c} and the output "
+                         f"channels {k} (x {tuple(x_shape)}, w {tuple(w_shape)})")
+    if cg * groups != c:
+        raise ValueError(f"w expects {cg * groups} input channels ({cg} per group x groups="
+                         f"{groups}) but x has {c} (x {tuple(x_shape)}, w {tuple(w_shape)})")
+    if min(n, c, h, w, k, r, s) < 1:
+        raise ValueError(f"x {tuple(x_shape)} and w {tuple(w_shape)} must have no empty axis")
+    sh, sw = pair(stride, "stride", 1)
+    dh, dw = pair(dilation, "dilation", 1)
+    if isinstance(padding, str):
+        if _padding_word(padding) == "same":
+            pads = same_padding(h, r, sh, dh) + same_padding(w, s, sw, dw)
+        else:
+            pads = (0, 0, 0, 0)
+    else:
+        pads = _explicit_padding(padding, allow_asymmetric=True)
+    top, bottom, left, right = pads
+    eh, ew = (r - 1) * dh + 1, (s - 1) * dw + 1
+    oh = (h + top + bottom - eh) // sh + 1
+    ow = (w + left + right - ew) // sw + 1
+    if min(oh, ow) < 1:
+        raise _no_output(f"of w {tuple(w_shape)} (dilated {eh} x {ew})", x_shape,
+                         (h + top + bottom, w + left + right))
+    return ConvGeometry(n, c, h, w, k, r, s, oh, ow, int(groups), (sh, sw), (dh, dw),
+                        (top, bottom, left, right), data_format)
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """A 2-D pooling fully resolved, in NCHW terms whatever the layout.
+
+    Windows start at ``o * stride - pad_before``. ``count_padding`` says whether an average
+    divides by the window clipped to the padded input (PyTorch's count_include_pad) or by the
+    number of real cells (count_include_pad=False, and TensorFlow's SAME/VALID).
+    """
+    N: int
+    C: int
+    H: int
+    W: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, bottom, left, right
+    OH: int
+    OW: int
+    count_padding: bool
+    layout: str
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W) if self.layout == "NCHW" else (
+            self.N, self.H, self.W, self.C)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C, self.OH, self.OW) if self.layout == "NCHW" else (
+            self.N, self.OH, self.OW, self.C)
+
+    def key(self) -> str:
+        return (f"{self.layout}:N{self.N}C{self.C}H{self.H}W{self.W}k{self.kernel}s{self.stride}"
+                f"p{self.padding}c{int(self.count_padding)}")
+
+
+def _pool_size(size, k, s, p, ceil_mode):
+    """PyTorch's pooled size: the last window must start inside the input or its left padding."""
+    span = size + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def pool_geometry(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                  data_format) -> PoolGeometry:
+    """Resolve a pooling's arguments; raises ValueError/TypeError naming the argument."""
+    data_format = layout(data_format)
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D {data_format}, got shape {tuple(x_shape)}")
+    n, c, h, w = _spatial(x_shape, data_format)
+    if min(n, c, h, w) < 1:
+        raise ValueError(f"x must have no empty axis, got shape {tuple(x_shape)}")
+    kh, kw = pair(kernel_size, "kernel_size", 1)
+    sh, sw = pair(kernel_size if stride is None else stride, "stride", 1)
+    if isinstance(padding, str):
+        if ceil_mode:
+            raise ValueError(f"ceil_mode applies to numeric padding, not padding={padding!r}")
+        if _padding_word(padding) == "same":
+            pads = same_padding(h, kh, sh, 1) + same_padding(w, kw, sw, 1)
+            oh, ow = -(-h // sh), -(-w // sw)
+        else:
+            pads = (0, 0, 0, 0)
+            oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+        if min(oh, ow) < 1:
+            raise _no_output(f"kernel_size {(kh, kw)}", x_shape, (h, w))
+        return PoolGeometry(n, c, h, w, (kh, kw), (sh, sw), pads, oh, ow, False, data_format)
+    ph, pw = pair(padding, "padding", 0)
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"padding {(ph, pw)} must be at most half of kernel_size {(kh, kw)}")
+    oh = _pool_size(h, kh, sh, ph, ceil_mode)
+    ow = _pool_size(w, kw, sw, pw, ceil_mode)
+    if min(oh, ow) < 1:
+        raise _no_output(f"kernel_size {(kh, kw)}", x_shape, (h + 2 * ph, w + 2 * pw))
+    return PoolGeometry(n, c, h, w, (kh, kw), (sh, sw), (ph, ph, pw, pw), oh, ow,
+                        bool(count_include_pad), data_format)

@@ -1,0 +1,200 @@
+"""The validated array-level API: NumPy arrays in, NumPy arrays out.
+
+Every argument is checked here, before any kernel runs; bad input raises ValueError or TypeError
+naming the argument and the shapes. Inputs are never modified: non-contiguous arrays are copied
+to contiguous ones and kernels only write the arrays they allocate.
+
+Layouts: ``data_format="NCHW"`` takes x as (N, C, H, W) and weights as OIHW (K, C/groups, R, S);
+``"NHWC"`` takes x as (N, H, W, C) and weights as HWIO (R, S, C/groups, K), TensorFlow's filter
+layout. Outputs have the input's layout and dtype (float32 or float64). The padding forms are
+described in :mod:`fastconv.geometry`.
+"""
+
+import numpy as np
+
+from . import dispatch, geometry, runtime
+from .dispatch import algorithms
+
+__all__ = [
+    "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "algorithms",
+]
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _device(device) -> str:
+    if device is None or device == "cpu":
+        return "cpu"
+    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
+        raise RuntimeError(f"device={device!r}: this build of fastconv has no CUDA backend; "
+                           "run on device='cpu'")
+    raise ValueError(f"device must be None, 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+def _arrays(**named):
+    """Check each named array is a float32/float64 ndarray, all of one dtype; make contiguous."""
+    out = []
+    for name, a in named.items():
+        if a is None:
+            out.append(None)
+            continue
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+        if a.dtype not in FLOATS:
+            raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+        out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+    dtypes = {name: a.dtype for name, a in named.items() if a is not None}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+        raise TypeError(f"arguments must share one dtype, got {listed}")
+    return out
+
+
+def _shape4(name, shape):
+    if (not isinstance(shape, (tuple, list)) or len(shape) != 4
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+                       for s in shape)):
+        raise ValueError(f"{name} must be 4 positive ints, got {shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def _expect(name, array, shape, why):
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {array.shape} but {why} needs {tuple(shape)}")
+
+
+def _algo(algo, device):
+    if algo != "auto" and algo not in algorithms(device):
+        raise ValueError(f"algo must be 'auto' or one of {algorithms(device)}, got {algo!r}")
+    return algo
+
+
+def _run(op, device, algo, g, dtype, *args):
+    signature = f"{g.key()}|{dtype}|{runtime.device_name(device)}"
+    impl = dispatch.select(op, device, algo, g, signature, lambda fn: fn(g, *args))
+    return impl(g, *args)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+           data_format="NCHW", algo="auto", device=None):
+    """2-D cross-correlation with bias and activation fused: ``a(b + sum x * w)``.
+
+    Args:
+        x: input, (N, C, H, W) for NCHW or (N, H, W, C) for NHWC.
+        w: filters, (K, C/groups, R, S) OIHW for NCHW or (R, S, C/groups, K) HWIO for NHWC.
+        b: optional bias, (K,).
+        stride, dilation: an int or a pair (sh, sw). Default 1.
+        padding: an int, a pair, ((top, bottom), (left, right)), "valid" or "same" (TensorFlow's
+            rule for any stride and dilation). Default 0.
+        groups: splits C and K into that many groups; groups == C is depthwise.
+        activation: None, "relu", "tanh" or "sigmoid", applied in the kernel's epilogue.
+        data_format: "NCHW" or "NHWC".
+        algo: "auto" or one of :func:`algorithms` ("direct", "im2col", "reference").
+        device: None (follow the input) or "cpu".
+
+    Returns:
+        y: (N, K, OH, OW) for NCHW or (N, OH, OW, K) for NHWC, with x's dtype.
+
+    Example:
+        >>> import numpy as np, fastconv
+        >>> x = np.ones((1, 1, 4, 4), np.float32); w = np.ones((2, 1, 3, 3), np.float32)
+        >>> fastconv.ops.conv2d(x, w, padding="same")[0, 0]
+        array([[4., 6., 6., 4.],
+               [6., 9., 9., 6.],
+               [6., 9., 9., 6.],
+               [4., 6., 6., 4.]], dtype=float32)
+    """
+    device = _device(device)
+    x, w, b = _arrays(x=x, w=w, b=b)
+    g = geometry.conv_geometry(x.shape, w.shape, stride, padding, dilation, groups, data_format)
+    if b is not None:
+        _expect("b", b, (g.K,), f"w {w.shape}")
+    act = geometry.activation(activation)
+    return _run("conv2d", device, _algo(algo, device), g, x.dtype, x, w, b, act)
+
+
+def conv2d_backward_input(gy, w, x_shape, stride=1, padding=0, dilation=1, groups=1,
+                          data_format="NCHW", algo="auto", device=None):
+    """Gradient of :func:`conv2d` with respect to x, of shape ``x_shape``, given ``gy = dL/dy``."""
+    device = _device(device)
+    gy, w = _arrays(gy=gy, w=w)
+    x_shape = _shape4("x_shape", x_shape)
+    g = geometry.conv_geometry(x_shape, w.shape, stride, padding, dilation, groups, data_format)
+    _expect("gy", gy, g.y_shape, f"conv2d of x {x_shape} with w {w.shape}")
+    return _run("conv2d_backward_input", device, _algo(algo, device), g, gy.dtype, gy, w)
+
+
+def conv2d_backward_weight(gy, x, w_shape, stride=1, padding=0, dilation=1, groups=1,
+                           data_format="NCHW", algo="auto", device=None):
+    """Gradient of :func:`conv2d` with respect to w, of shape ``w_shape``, given ``gy``."""
+    device = _device(device)
+    gy, x = _arrays(gy=gy, x=x)
+    w_shape = _shape4("w_shape", w_shape)
+    g = geometry.conv_geometry(x.shape, w_shape, stride, padding, dilation, groups, data_format)
+    _expect("gy", gy, g.y_shape, f"conv2d of x {x.shape} with w {w_shape}")
+    return _run("conv2d_backward_weight", device, _algo(algo, device), g, gy.dtype, gy, x)
+
+
+def conv2d_backward_bias(gy, data_format="NCHW", device=None):
+    """Gradient of :func:`conv2d` with respect to b: gy summed over all but the channel axis."""
+    device = _device(device)
+    (gy,) = _arrays(gy=gy)
+    data_format = geometry.layout(data_format)
+    if gy.ndim != 4:
+        raise ValueError(f"gy must be 4-D {data_format}, got shape {gy.shape}")
+    return dispatch.select("conv2d_backward_bias", device, "auto", None, "", None)(gy, data_format)
+
+
+def _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format):
+    return geometry.pool_geometry(x_shape, kernel_size, stride, padding, ceil_mode,
+                                  count_include_pad, data_format)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, data_format="NCHW",
+               device=None):
+    """2-D max pooling, PyTorch's semantics; padding may also be "same" or "valid" (TensorFlow's).
+
+    Padded cells never win. ``stride`` defaults to ``kernel_size``; with ``ceil_mode`` a last,
+    partial window is kept when it starts inside the input or its left padding.
+    """
+    device = _device(device)
+    (x,) = _arrays(x=x)
+    p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, True, data_format)
+    return _run("max_pool2d", device, "auto", p, x.dtype, x)
+
+
+def max_pool2d_backward(gy, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        data_format="NCHW", device=None):
+    """Gradient of :func:`max_pool2d`: each gy goes to its window's first maximum in scan order,
+    summed where windows overlap."""
+    device = _device(device)
+    gy, x = _arrays(gy=gy, x=x)
+    p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, True, data_format)
+    _expect("gy", gy, p.y_shape, f"max_pool2d of x {x.shape}")
+    return _run("max_pool2d_backward", device, "auto", p, gy.dtype, gy, x)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               data_format="NCHW", device=None):
+    """2-D average pooling, PyTorch's semantics; "same"/"valid" padding divides by real cells.
+
+    With numeric padding, ``count_include_pad`` divides by the window clipped to the padded
+    input (True, PyTorch's default) or by the number of real cells (False). With "same" or
+    "valid" padding TensorFlow's rule applies: padded cells are never counted.
+    """
+    device = _device(device)
+    (x,) = _arrays(x=x)
+    p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format)
+    return _run("avg_pool2d", device, "auto", p, x.dtype, x)
+
+
+def avg_pool2d_backward(gy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True, data_format="NCHW", device=None):
+    """Gradient of :func:`avg_pool2d` with respect to its input of shape ``x_shape``."""
+    device = _device(device)
+    (gy,) = _arrays(gy=gy)
+    x_shape = _shape4("x_shape", x_shape)
+    p = _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format)
+    _expect("gy", gy, p.y_shape, f"avg_pool2d of x {x_shape}")
+    return _run("avg_pool2d_backward", device, "auto", p, gy.dtype, gy)

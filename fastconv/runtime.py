@@ -1,0 +1,63 @@
+"""What fastconv runs on: the CPU's name, its SIMD, the threads and the BLAS in use."""
+
+import os
+import platform
+from functools import cache
+
+import numba
+import threadpoolctl
+
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")
+
+
+@cache
+def _cpuinfo() -> dict:
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return info
+
+
+def cpu_name() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def simd_flags() -> list[str]:
+    flags = set(_cpuinfo().get("flags", "").split())
+    return [f for f in SIMD_FLAGS if f in flags]
+
+
+def device_name(device: str) -> str:
+    """Identifies the hardware in autotuning keys: the CPU model and the thread count."""
+    return f"{cpu_name()} x{numba.get_num_threads()}"
+
+
+def blas() -> list[dict]:
+    """The BLAS libraries NumPy and SciPy loaded, as threadpoolctl reports them."""
+    import numpy  # noqa: F401  (loads NumPy's BLAS so threadpoolctl sees it)
+    import scipy.linalg  # noqa: F401
+    return [{k: lib.get(k) for k in ("internal_api", "version", "num_threads", "architecture",
+                                     "filepath")}
+            for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in fastconv's parallel kernels and in the BLAS they call."""
+    limit = numba.config.NUMBA_NUM_THREADS
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+        raise ValueError(f"n must be an int in 1..{limit} (NUMBA_NUM_THREADS), got {n!r}")
+    numba.set_num_threads(n)
+    threadpoolctl.threadpool_limits(n, user_api="blas")
+
+
+def get_num_threads() -> int:
+    return numba.get_num_threads()
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -1,0 +1,184 @@
+"""Direct convolution, forward and backward, as loops over the window with no workspace.
+
+Index names: n batch, c input channel (ci its global index), k output channel, (oh, ow) output
+pixel, (r, s) kernel tap, (ih, iw) input pixel. A tap reads the input at
+``ih = oh * sh - pt + r * dh`` and ``iw = ow * sw - pl + s * dw``; ``_valid_range`` clips an
+output row to the columns whose tap lands inside the input, so inner loops carry no branch.
+
+What makes the inner loops vectorise (LeNet C1 forward, one thread: 23 ms without, 4 ms with):
+indices LLVM can prove non-negative (a clamped base plus a counter from 0), so Numba's
+negative-index wraparound folds away; a separate stride-1 loop, as a runtime stride in the
+index blocks vectorisation even when it is 1; element indexing rather than slices, as a view
+inside a parallel loop costs an atomic reference count. Accumulators keep the arrays' dtype.
+"""
+
+from numba import njit, prange
+
+from .activation import activate
+
+# Output channels per task in the NCHW forward: the task's planes stay in L1/L2 while every tap
+# adds into them, and one input row load feeds this many of them.
+CHANNEL_BLOCK = 8
+
+
+@njit(inline="always", cache=True)
+def _valid_range(offset, stride, size, out_size):
+    """The outputs o in [lo, lo + count) with 0 <= o * stride + offset < size, and the input
+    index ``first`` of o = lo.
+
+    All three are clamped to >= 0: Numba wraps negative indices, and only an index LLVM can
+    prove non-negative (a clamped base plus a loop counter from 0) loses that check and lets
+    the inner loop vectorise, about 5x faster.
+    """
+    lo = max(0, (stride - 1 - offset) // stride)
+    hi = min(out_size, (size - 1 - offset) // stride + 1)
+    return lo, max(0, hi - lo), max(0, lo * stride + offset)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def conv2d_forward_nchw(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
+    """y = act(b + conv(x, w)).
+
+    Layout: x (N, C, H, W), w OIHW (K, C/groups, R, S), b (K,), y (N, K, OH, OW), C-contiguous.
+    Loop order: (n, group, block of CHANNEL_BLOCK output channels) in parallel, then c, r, s,
+    k in the block, oh, and ow innermost (contiguous for stride 1). Each task owns the planes
+    y[n, k0:k1]: it starts them at the bias, adds every tap, then applies the activation while
+    they are still in cache.
+    """
+    n_, c_, h_, w_ = x.shape
+    k_, cg, r_, s_ = w.shape
+    oh_, ow_ = y.shape[2], y.shape[3]
+    kg = k_ // groups
+    blocks = (kg + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
+    for task in prange(n_ * groups * blocks):
+        n, g, blk = task // (groups * blocks), task // blocks % groups, task % blocks
+        k0 = g * kg + blk * CHANNEL_BLOCK
+        k1 = min(k0 + CHANNEL_BLOCK, (g + 1) * kg)
+        for k in range(k0, k1):
+            for oh in range(oh_):
+                for ow in range(ow_):
+                    y[n, k, oh, ow] = b[k]
+        for c in range(cg):
+            ci = g * cg + c
+            for r in range(r_):
+                oh0, rows, ih0 = _valid_range(r * dh - pt, sh, h_, oh_)
+                for s in range(s_):
+                    ow0, cols, iw0 = _valid_range(s * dw - pl, sw, w_, ow_)
+                    for k in range(k0, k1):
+                        wv = w[k, c, r, s]
+                        for i in range(rows):
+                            ih = ih0 + i * sh
+                            if sw == 1:
+                                for j in range(cols):
+                                    y[n, k, oh0 + i, ow0 + j] += wv * x[n, ci, ih, iw0 + j]
+                            else:
+                                for j in range(cols):
+                                    y[n, k, oh0 + i, ow0 + j] += wv * x[n, ci, ih, iw0 + j * sw]
+        for k in range(k0, k1):
+            for oh in range(oh_):
+                for ow in range(ow_):
+                    y[n, k, oh, ow] = activate(y[n, k, oh, ow], act)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def conv2d_forward_nhwc(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
+    """y = act(b + conv(x, w)).
+
+    Layout: x (N, H, W, C), w HWIO (R, S, C/groups, K), b (K,), y (N, OH, OW, K), C-contiguous.
+    Loop order: (n, oh) in parallel, then ow, r, s, group, c, and the group's output channels
+    innermost (contiguous in w and y, so it vectorises over k). Each task owns the row
+    y[n, oh]: it starts each pixel at the bias, adds every tap and applies the activation.
+    """
+    n_, h_, w_, c_ = x.shape
+    r_, s_, cg, k_ = w.shape
+    oh_, ow_ = y.shape[1], y.shape[2]
+    kg = k_ // groups
+    for task in prange(n_ * oh_):
+        n, oh = task // oh_, task % oh_
+        for ow in range(ow_):
+            for k in range(k_):
+                y[n, oh, ow, k] = b[k]
+            for r in range(r_):
+                ih = oh * sh - pt + r * dh
+                if ih < 0 or ih >= h_:
+                    continue
+                for s in range(s_):
+                    iw = ow * sw - pl + s * dw
+                    if iw < 0 or iw >= w_:
+                        continue
+                    for g in range(groups):
+                        for c in range(cg):
+                            xv = x[n, ih, iw, g * cg + c]
+                            for k in range(g * kg, (g + 1) * kg):
+                                y[n, oh, ow, k] += xv * w[r, s, c, k]
+            for k in range(k_):
+                y[n, oh, ow, k] = activate(y[n, oh, ow, k], act)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups):
+    """gx = dL/dx of the convolution, a transposed convolution of gy with w.
+
+    Layout: gy (N, K, OH, OW) and gx (N, C, H, W), NCHW-indexed (NHWC arrives as transposed
+    views); w OIHW-indexed (K, C/groups, R, S).
+    Loop order: (n, ci) in parallel, then the group's k, r, s, oh, ow innermost. Each task owns
+    the plane gx[n, ci]: it zeroes it and adds every tap's contribution, so its scatter stays
+    inside memory no other task writes.
+    """
+    n_, c_, h_, w_ = gx.shape
+    k_, cg, r_, s_ = w.shape
+    oh_, ow_ = gy.shape[2], gy.shape[3]
+    kg = k_ // groups
+    for task in prange(n_ * c_):
+        n, ci = task // c_, task % c_
+        c, g = ci % cg, ci // cg
+        for ih in range(h_):
+            for iw in range(w_):
+                gx[n, ci, ih, iw] = 0
+        for k in range(g * kg, (g + 1) * kg):
+            for r in range(r_):
+                oh0, rows, ih0 = _valid_range(r * dh - pt, sh, h_, oh_)
+                for s in range(s_):
+                    ow0, cols, iw0 = _valid_range(s * dw - pl, sw, w_, ow_)
+                    wv = w[k, c, r, s]
+                    for i in range(rows):
+                        ih = ih0 + i * sh
+                        if sw == 1:
+                            for j in range(cols):
+                                gx[n, ci, ih, iw0 + j] += wv * gy[n, k, oh0 + i, ow0 + j]
+                        else:
+                            for j in range(cols):
+                                gx[n, ci, ih, iw0 + j * sw] += wv * gy[n, k, oh0 + i, ow0 + j]
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
+    """gw = dL/dw of the convolution: gy correlated with x over batch and pixels.
+
+    Layout: gy (N, K, OH, OW) and x (N, C, H, W), NCHW-indexed (NHWC arrives as transposed
+    views); gw OIHW-indexed (K, C/groups, R, S).
+    Loop order: (k, c) in parallel, then r, s, n, oh, ow innermost (a dot product over an output
+    row). Each task owns the filter gw[k, c] and sums each tap in a private accumulator.
+    """
+    n_, c_, h_, w_ = x.shape
+    k_, cg, r_, s_ = gw.shape
+    oh_, ow_ = gy.shape[2], gy.shape[3]
+    kg = k_ // groups
+    for task in prange(k_ * cg):
+        k, c = task // cg, task % cg
+        ci = k // kg * cg + c
+        for r in range(r_):
+            oh0, rows, ih0 = _valid_range(r * dh - pt, sh, h_, oh_)
+            for s in range(s_):
+                ow0, cols, iw0 = _valid_range(s * dw - pl, sw, w_, ow_)
+                acc = gw[k, c, r, s] * 0
+                for n in range(n_):
+                    for i in range(rows):
+                        ih = ih0 + i * sh
+                        if sw == 1:
+                            for j in range(cols):
+                                acc += gy[n, k, oh0 + i, ow0 + j] * x[n, ci, ih, iw0 + j]
+                        else:
+                            for j in range(cols):
+                                acc += gy[n, k, oh0 + i, ow0 + j] * x[n, ci, ih, iw0 + j * sw]
+                gw[k, c, r, s] = acc

@@ -1,0 +1,207 @@
+"""Max and average pooling, forward and backward, with the window arithmetic written once."""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+# Reassociation lets LLVM reorder the window sums of the average kernels; "nnan" and "ninf" stay
+# off so NaN and infinity propagate as in PyTorch.
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+# Plane modes, chosen once per call by _mode. The 2x2 stride-2 window without clipping (LeNet,
+# VGG) is run with those sizes as constants, so LLVM unrolls the window loops; everything else
+# takes the general path with run-time sizes and clipped windows.
+_GENERAL, _UNCLIPPED_2X2 = 0, 1
+
+
+@njit(inline="always", cache=True)
+def _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl):
+    """_UNCLIPPED_2X2 when every window is a whole 2x2, stride-2 block of real cells."""
+    square2 = kh == 2 and kw == 2 and sh == 2 and sw == 2
+    inside = pt == 0 and pl == 0 and 2 * oh_ <= h_ and 2 * ow_ <= w_
+    return _UNCLIPPED_2X2 if square2 and inside else _GENERAL
+
+
+@njit(inline="always", cache=True)
+def _span(o, stride, before, after, k, size, clip):
+    """Window ``o`` along one axis: its real cells ``[lo, hi)`` and its length in the padded input.
+
+    The window starts at ``o * stride - before``. Its padded length stops at ``size + after``
+    (a ceil_mode window may overhang further; that part is never counted). Without ``clip`` the
+    caller guarantees the window lies inside the input, and the bounds keep a constant length.
+    """
+    start = o * stride - before
+    if not clip:
+        return start, start + k, k
+    end = min(start + k, size + after)
+    return max(start, 0), min(end, size), end - start
+
+
+@njit(inline="always", cache=True)
+def _divisor(h0, h1, w0, w1, padded_h, padded_w, count_padding):
+    """Cells an average divides by: the window in the padded input, or its real cells."""
+    if count_padding:
+        return padded_h * padded_w
+    return (h1 - h0) * (w1 - w0)
+
+
+@njit(inline="always", cache=True)
+def _argmax(plane, h0, h1, w0, w1):
+    """PyTorch's max over ``plane[h0:h1, w0:w1]``: row-major scan, ``v > best or isnan(v)``.
+
+    So the first maximum wins a tie and a NaN wins over numbers. Returns the winner's row,
+    column and value; the updates are selects, so random data costs no mispredicted branches.
+    """
+    best = plane.dtype.type(-math.inf)
+    bh, bw = h0, w0
+    for h in range(h0, h1):
+        for w in range(w0, w1):
+            v = plane[h, w]
+            take = (v > best) | (v != v)
+            best = v if take else best
+            bh = h if take else bh
+            bw = w if take else bw
+    return bh, bw, best
+
+
+@njit(inline="always", cache=True)
+def _max_plane(xp, yp, kh, kw, sh, sw, pt, pl, clip):
+    """Forward of one plane: yp[oh, ow] = the max of window (oh, ow) of xp."""
+    h_, w_ = xp.shape
+    oh_, ow_ = yp.shape
+    for oh in range(oh_):
+        h0, h1, _ = _span(oh, sh, pt, 0, kh, h_, clip)
+        for ow in range(ow_):
+            w0, w1, _ = _span(ow, sw, pl, 0, kw, w_, clip)
+            yp[oh, ow] = _argmax(xp, h0, h1, w0, w1)[2]
+
+
+@njit(inline="always", cache=True)
+def _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, pt, pl, clip, rows, cols):
+    """Backward of one plane: zero gxp, then add each gyp[oh, ow] at its window's argmax.
+
+    Per output row, the argmaxes are found first (into ``rows``/``cols``) and scattered after:
+    keeping the data-dependent stores out of the search loop keeps that loop fast.
+    """
+    h_, w_ = xp.shape
+    oh_, ow_ = gyp.shape
+    gxp[:] = 0
+    for oh in range(oh_):
+        h0, h1, _ = _span(oh, sh, pt, 0, kh, h_, clip)
+        for ow in range(ow_):
+            w0, w1, _ = _span(ow, sw, pl, 0, kw, w_, clip)
+            rows[ow], cols[ow], _ = _argmax(xp, h0, h1, w0, w1)
+        for ow in range(ow_):
+            gxp[rows[ow], cols[ow]] += gyp[oh, ow]
+
+
+@njit(inline="always", cache=True)
+def _avg_plane(xp, yp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, clip):
+    """Forward of one plane: yp[oh, ow] = the sum of window (oh, ow)'s real cells / divisor."""
+    h_, w_ = xp.shape
+    oh_, ow_ = yp.shape
+    for oh in range(oh_):
+        h0, h1, ph = _span(oh, sh, pt, pb, kh, h_, clip)
+        for ow in range(ow_):
+            w0, w1, pw = _span(ow, sw, pl, pr, kw, w_, clip)
+            acc = xp.dtype.type(0)
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    acc += xp[h, w]
+            yp[oh, ow] = acc / xp.dtype.type(_divisor(h0, h1, w0, w1, ph, pw, count_padding))
+
+
+@njit(inline="always", cache=True)
+def _avg_plane_backward(gyp, gxp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, clip):
+    """Backward of one plane: zero gxp, then add gyp[oh, ow] / divisor to each real cell."""
+    h_, w_ = gxp.shape
+    oh_, ow_ = gyp.shape
+    gxp[:] = 0
+    for oh in range(oh_):
+        h0, h1, ph = _span(oh, sh, pt, pb, kh, h_, clip)
+        for ow in range(ow_):
+            w0, w1, pw = _span(ow, sw, pl, pr, kw, w_, clip)
+            share = gyp[oh, ow] / gxp.dtype.type(_divisor(h0, h1, w0, w1, ph, pw, count_padding))
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    gxp[h, w] += share
+
+
+@njit(parallel=True, cache=True)
+def max_pool2d_forward(x, y, kh, kw, sh, sw, pt, pl):
+    """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow), padded cells excluded.
+
+    Layout: x (N, C, H, W) and y (N, C, OH, OW), NCHW-indexed (an NHWC array arrives as a
+    transposed view). Loop order: plane n*C + c (parallel), oh, ow, window rows, window columns.
+    Each thread owns whole output planes y[n, c].
+    """
+    n_, c_, h_, w_ = x.shape
+    oh_, ow_ = y.shape[2], y.shape[3]
+    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl)
+    for nc in prange(n_ * c_):
+        xp, yp = x[nc // c_, nc % c_], y[nc // c_, nc % c_]
+        if mode == _UNCLIPPED_2X2:
+            _max_plane(xp, yp, 2, 2, 2, 2, 0, 0, False)
+        else:
+            _max_plane(xp, yp, kh, kw, sh, sw, pt, pl, True)
+
+
+@njit(parallel=True, cache=True)
+def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
+    """gx[n, c] = sum over windows of gy[n, c, oh, ow] placed at the window's argmax in x.
+
+    Layout: gy (N, C, OH, OW), x and gx (N, C, H, W), NCHW-indexed. Loop order: plane n*C + c
+    (parallel); zero the plane; per output row oh, recompute each window's argmax from x with
+    the forward's rule, then scatter that row's gy. Each thread owns whole gradient planes
+    gx[n, c] (and a row of argmax scratch), so its scatter-add is race-free.
+    """
+    n_, c_, h_, w_ = x.shape
+    oh_, ow_ = gy.shape[2], gy.shape[3]
+    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl)
+    for nc in prange(n_ * c_):
+        n, c = nc // c_, nc % c_
+        rows, cols = np.empty(ow_, np.int64), np.empty(ow_, np.int64)
+        if mode == _UNCLIPPED_2X2:
+            _max_plane_backward(gy[n, c], x[n, c], gx[n, c], 2, 2, 2, 2, 0, 0, False, rows, cols)
+        else:
+            _max_plane_backward(gy[n, c], x[n, c], gx[n, c], kh, kw, sh, sw, pt, pl, True,
+                                rows, cols)
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
+    """y[n, c, oh, ow] = sum of the real cells of window (oh, ow) / the window's divisor.
+
+    Layout: x (N, C, H, W) and y (N, C, OH, OW), NCHW-indexed. Loop order: plane n*C + c
+    (parallel), oh, ow, window rows, window columns. Each thread owns whole output planes
+    y[n, c] and sums in an accumulator of x's dtype.
+    """
+    n_, c_, h_, w_ = x.shape
+    oh_, ow_ = y.shape[2], y.shape[3]
+    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl)
+    for nc in prange(n_ * c_):
+        xp, yp = x[nc // c_, nc % c_], y[nc // c_, nc % c_]
+        if mode == _UNCLIPPED_2X2:
+            _avg_plane(xp, yp, 2, 2, 2, 2, 0, 0, 0, 0, count_padding, False)
+        else:
+            _avg_plane(xp, yp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, True)
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
+    """gx[n, c] = sum over windows of gy[n, c, oh, ow] / divisor, added to each real cell.
+
+    Layout: gy (N, C, OH, OW) and gx (N, C, H, W), NCHW-indexed. Loop order: plane n*C + c
+    (parallel); zero the plane; oh, ow, window rows, window columns. Each thread owns whole
+    gradient planes gx[n, c], so its scatter-add is race-free.
+    """
+    n_, c_, oh_, ow_ = gy.shape
+    h_, w_ = gx.shape[2], gx.shape[3]
+    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl)
+    for nc in prange(n_ * c_):
+        gyp, gxp = gy[nc // c_, nc % c_], gx[nc // c_, nc % c_]
+        if mode == _UNCLIPPED_2X2:
+            _avg_plane_backward(gyp, gxp, 2, 2, 2, 2, 0, 0, 0, 0, count_padding, False)
+        else:
+            _avg_plane_backward(gyp, gxp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, True)

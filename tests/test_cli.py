@@ -1,0 +1,119 @@
+"""The ``fastconv`` command line: info, a tiny bench run and its output files, and its errors."""
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fastconv import bench, cli, dispatch, runtime
+
+
+def _main(*argv):
+    """Run ``fastconv argv`` in this process; (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_info_prints_algorithms_and_blas(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"cpu: {', '.join(dispatch.algorithms('cpu'))}" in out
+    blas = next(line for line in out.splitlines() if line.startswith("BLAS: "))
+    assert all(lib["internal_api"] in blas for lib in runtime.blas())
+    assert "cuda: not available in this build" in out
+
+
+def test_installed_script_runs():
+    script = shutil.which("fastconv", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the fastconv script is not installed (pip install -e .)")
+    done = subprocess.run([script, "info"], capture_output=True, text=True, check=True,
+                          timeout=60)
+    assert "algorithms:" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One ``fastconv bench --quick --shapes lenet`` at batch 2, writing every output file."""
+    folder = tmp_path_factory.mktemp("bench")
+    suffixes = {"csv": "csv", "json": "json", "markdown": "md", "plot": "png"}
+    files = {kind: folder / f"rows.{suffix}" for kind, suffix in suffixes.items()}
+    options = [arg for kind, path in files.items() for arg in (f"--{kind}", str(path))]
+    status, out, err = _main("bench", "--quick", "--shapes", "lenet", "--batch", "2",
+                             "--repeats", "2", *options)
+    assert status == 0
+    return out, err, files
+
+
+def _expected_rows():
+    return {(op, case.name, impl) for case in bench.cases("lenet")
+            for op in bench.directions(case) for impl in bench.impls(op)}
+
+
+def test_bench_prints_machine_and_a_row_per_op_shape_and_impl(quick_run):
+    out, err, _ = quick_run
+    lines = out.splitlines()
+    assert lines[0].startswith("cpu: ") and any(line.startswith("BLAS: ") for line in lines)
+    table = lines[lines.index(next(x for x in lines if x.startswith("---"))) + 1:]
+    assert {tuple(line.split()[:3]) for line in table} == _expected_rows()
+    impls = {line.split()[2] for line in table}
+    assert "numpy" in impls and ("torch" in impls) == bench.has_torch()
+    assert "fastconv bench" in err  # the progress bar, on stderr
+
+
+def test_bench_writes_csv_json_markdown_and_plot(quick_run):
+    out, _, files = quick_run
+    with open(files["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == bench.COLUMNS
+    assert {(r["op"], r["shape"], r["impl"]) for r in rows} == _expected_rows()
+    data = json.loads(files["json"].read_text())
+    assert {"cpu", "simd", "threads", "blas", "versions"} <= set(data["machine"])
+    assert [tuple(r) for r in data["rows"]] == [bench.COLUMNS] * len(rows)
+    assert all(r["median_ms"] > 0 for r in data["rows"])
+    markdown = files["markdown"].read_text()
+    assert "| op | shape | impl | median ms |" in markdown and "- **BLAS**: " in markdown
+    assert files["plot"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_rejects_cuda_clearly(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--device", "cuda"])
+    assert exit_.value.code == 2
+    assert "no CUDA backend" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_says_what_to_install(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--plot", str(tmp_path / "chart.png")])
+    assert "pip install fastconv[plot]" in capsys.readouterr().err
+
+
+def test_bench_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--shapes", "--quick", "--batch", "--repeats", "--numpy-repeats", "--dtype",
+                   "--threads", "--device", "--csv", "--json", "--markdown", "--plot"):
+        assert option in out
+
+
+def test_measure_never_times_the_first_call():
+    calls = []
+
+    def compiles_first():
+        time.sleep(0.2 if not calls else 0)
+        calls.append(1)
+
+    timing = bench.measure(compiles_first, repeats=3)
+    assert len(calls) == 4 and timing.median < 0.1 and timing.repeats == 3

@@ -1,0 +1,214 @@
+"""conv2d forward and backward for every algorithm against the float64 NumPy reference, PyTorch
+and finite differences, over hypothesis-drawn shapes, strides, paddings, dilations, groups,
+layouts, dtypes and activations."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from oracle import from_nchw, random, rel_error, to_nchw, tolerance
+
+import fastconv
+from fastconv import geometry, ops
+
+ALGOS = fastconv.algorithms("cpu")
+FAST = [a for a in ALGOS if a != "reference"]
+TORCH_ACTIVATIONS = {None: lambda y: y, "relu": torch.relu, "tanh": torch.tanh,
+                     "sigmoid": torch.sigmoid}
+SETTINGS = settings(max_examples=30, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def paddings():
+    small = st.integers(0, 2)
+    return st.one_of(small, st.tuples(small, small),
+                     st.tuples(st.tuples(small, small), st.tuples(small, small)),
+                     st.sampled_from(["same", "valid", "SAME", "Valid"]))
+
+
+@st.composite
+def conv_cases(draw, layouts=("NCHW", "NHWC"), dtypes=(np.float32, np.float64)):
+    groups = draw(st.integers(1, 3))
+    case = dict(
+        N=draw(st.integers(1, 3)), C=groups * draw(st.integers(1, 3)),
+        K=groups * draw(st.integers(1, 4)), R=draw(st.integers(1, 4)), S=draw(st.integers(1, 4)),
+        H=draw(st.integers(1, 11)), W=draw(st.integers(1, 11)),
+        kwargs=dict(stride=draw(st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3),
+                                                                       st.integers(1, 3)))),
+                    padding=draw(paddings()),
+                    dilation=draw(st.one_of(st.integers(1, 2), st.tuples(st.integers(1, 2),
+                                                                         st.integers(1, 2)))),
+                    groups=groups, data_format=draw(st.sampled_from(layouts))),
+        dtype=draw(st.sampled_from(dtypes)), seed=draw(st.integers(0, 2**32 - 1)))
+    try:
+        case["geometry"] = geometry.conv_geometry(*_shapes(case), **case["kwargs"])
+    except ValueError:
+        assume(False)  # the window does not fit this input
+    return case
+
+
+def _shapes(case):
+    """x and w shapes of a case in its layout."""
+    n, c, h, w, k, r, s = (case[a] for a in "NCHWKRS")
+    groups = case["kwargs"]["groups"]
+    if case["kwargs"]["data_format"] == "NCHW":
+        return (n, c, h, w), (k, c // groups, r, s)
+    return (n, h, w, c), (r, s, c // groups, k)
+
+
+def _arrays(case):
+    rng = np.random.default_rng(case["seed"])
+    x_shape, w_shape = _shapes(case)
+    g = case["geometry"]
+    return (random(rng, x_shape, case["dtype"]), random(rng, w_shape, case["dtype"]),
+            random(rng, (g.K,), case["dtype"]), random(rng, g.y_shape, case["dtype"]))
+
+
+def _float64(*arrays):
+    return [a.astype(np.float64) for a in arrays]
+
+
+def _torch_conv(x, w, b, g, activation=None):
+    """PyTorch's conv2d in float64 on NCHW tensors, with explicit (possibly uneven) padding."""
+    top, bottom, left, right = g.padding
+    xt = F.pad(x, (left, right, top, bottom))
+    y = F.conv2d(xt, w, b, stride=g.stride, dilation=g.dilation, groups=g.groups)
+    return TORCH_ACTIVATIONS[activation](y)
+
+
+def _torch_layout(a, layout, weight=False):
+    if weight:
+        a = a if layout == "NCHW" else a.transpose(3, 2, 0, 1)
+    else:
+        a = to_nchw(a, layout)
+    return torch.from_numpy(np.ascontiguousarray(a, np.float64))
+
+
+@SETTINGS
+@given(case=conv_cases(), algo=st.sampled_from(ALGOS),
+       activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]),
+       with_bias=st.booleans())
+def test_forward_matches_reference_and_torch(case, algo, activation, with_bias):
+    x, w, b, _ = _arrays(case)
+    b = b if with_bias else None
+    g, layout = case["geometry"], case["kwargs"]["data_format"]
+    y = ops.conv2d(x, w, b, activation=activation, algo=algo, **case["kwargs"])
+    assert y.dtype == x.dtype and y.shape == g.y_shape
+    expected = ops.conv2d(*_float64(x, w), None if b is None else b.astype(np.float64),
+                          activation=activation, algo="reference", **case["kwargs"])
+    assert rel_error(y, expected) < tolerance(case["dtype"])
+    tb = None if b is None else torch.from_numpy(b.astype(np.float64))
+    yt = _torch_conv(_torch_layout(x, layout), _torch_layout(w, layout, True), tb, g, activation)
+    assert rel_error(y, from_nchw(yt.numpy(), layout)) < tolerance(case["dtype"])
+
+
+@SETTINGS
+@given(case=conv_cases(), algo=st.sampled_from(ALGOS))
+def test_backward_matches_reference_and_torch_autograd(case, algo):
+    x, w, _, gy = _arrays(case)
+    g, kwargs, layout = case["geometry"], case["kwargs"], case["kwargs"]["data_format"]
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo=algo, **kwargs)
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, algo=algo, **kwargs)
+    gb = ops.conv2d_backward_bias(gy, data_format=layout)
+    assert (gx.shape, gw.shape, gb.shape) == (x.shape, w.shape, (g.K,))
+    assert gx.dtype == gw.dtype == gb.dtype == x.dtype
+    x64, w64, gy64 = _float64(x, w, gy)
+    for got, want in [(gx, ops.conv2d_backward_input(gy64, w64, x.shape, algo="reference",
+                                                      **kwargs)),
+                      (gw, ops.conv2d_backward_weight(gy64, x64, w.shape, algo="reference",
+                                                       **kwargs))]:
+        assert rel_error(got, want) < tolerance(case["dtype"])
+    xt = _torch_layout(x, layout).requires_grad_()
+    wt = _torch_layout(w, layout, weight=True).requires_grad_()
+    bt = torch.zeros(g.K, dtype=torch.float64, requires_grad=True)
+    _torch_conv(xt, wt, bt, g).backward(_torch_layout(gy, layout))
+    wt_grad = wt.grad.numpy() if layout == "NCHW" else wt.grad.numpy().transpose(2, 3, 1, 0)
+    assert rel_error(gx, from_nchw(xt.grad.numpy(), layout)) < tolerance(case["dtype"])
+    assert rel_error(gw, wt_grad) < tolerance(case["dtype"])
+    assert rel_error(gb, bt.grad.numpy()) < tolerance(case["dtype"])
+
+
+@settings(max_examples=15, deadline=None)
+@given(case=conv_cases(dtypes=(np.float64,)), algo=st.sampled_from(ALGOS))
+def test_backward_matches_finite_differences(case, algo):
+    """<gx, dx> and <gw, dw> equal the central difference of L = <gy, conv(x, w)>."""
+    x, w, _, gy = _arrays(case)
+    kwargs = case["kwargs"]
+    rng = np.random.default_rng(case["seed"] + 1)
+    dx, dw = random(rng, x.shape), random(rng, w.shape)
+
+    def loss(x_, w_):
+        return np.vdot(gy, ops.conv2d(x_, w_, algo="reference", **kwargs))
+
+    eps = 1e-6
+    fd_x = (loss(x + eps * dx, w) - loss(x - eps * dx, w)) / (2 * eps)
+    fd_w = (loss(x, w + eps * dw) - loss(x, w - eps * dw)) / (2 * eps)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo=algo, **kwargs)
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, algo=algo, **kwargs)
+    assert np.vdot(gx, dx) == pytest.approx(fd_x, rel=1e-6, abs=1e-6)
+    assert np.vdot(gw, dw) == pytest.approx(fd_w, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("algo", FAST)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("shape", [
+    dict(x=(4, 1, 32, 32), w=(6, 1, 5, 5), stride=1, padding=0, groups=1),  # LeNet C1
+    dict(x=(2, 16, 9, 9), w=(32, 16, 3, 3), stride=2, padding=1, groups=1),
+    dict(x=(2, 32, 6, 6), w=(16, 32, 1, 1), stride=1, padding=0, groups=1),  # pointwise GEMM
+    dict(x=(2, 8, 7, 7), w=(8, 1, 3, 3), stride=1, padding="same", groups=8),  # depthwise
+], ids=["lenet_c1", "3x3_stride2", "1x1", "depthwise"])
+def test_float32_layers_within_1e5_of_float64(shape, layout, algo):
+    """Named layer shapes at sizes where float32 accumulation error would show."""
+    rng = np.random.default_rng(0)
+    x, w = random(rng, shape["x"], np.float32), random(rng, shape["w"], np.float32)
+    if layout == "NHWC":
+        x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
+    kwargs = dict(stride=shape["stride"], padding=shape["padding"], groups=shape["groups"],
+                  data_format=layout)
+    y = ops.conv2d(x, w, activation="relu", algo=algo, **kwargs)
+    want = ops.conv2d(*_float64(x, w), activation="relu", algo="reference", **kwargs)
+    assert rel_error(y, want) < 1e-5
+    gy = random(rng, y.shape, np.float32)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo=algo, **kwargs)
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, algo=algo, **kwargs)
+    gy64, x64, w64 = _float64(gy, x, w)
+    assert rel_error(gx, ops.conv2d_backward_input(gy64, w64, x.shape, algo="reference",
+                                                   **kwargs)) < 1e-5
+    assert rel_error(gw, ops.conv2d_backward_weight(gy64, x64, w.shape, algo="reference",
+                                                    **kwargs)) < 1e-5
+
+
+def test_tf_same_pads_the_odd_pixel_after():
+    """7x7 stride 2 on 224 pads (2, 3) as TensorFlow does; checked against explicit padding."""
+    rng = np.random.default_rng(1)
+    x, w = random(rng, (1, 2, 224, 224)), random(rng, (3, 2, 7, 7))
+    same = ops.conv2d(x, w, stride=2, padding="same")
+    explicit = ops.conv2d(x, w, stride=2, padding=((2, 3), (2, 3)))
+    assert same.shape == (1, 3, 112, 112)
+    np.testing.assert_array_equal(same, explicit)
+
+
+def test_activation_is_applied_in_the_kernel_epilogue():
+    """Fused output equals activation(conv + b) for each activation and each algorithm."""
+    rng = np.random.default_rng(2)
+    x, w, b = random(rng, (2, 4, 8, 8)), random(rng, (6, 4, 3, 3)), random(rng, (6,))
+    plain = ops.conv2d(x, w, b, algo="reference")
+    expected = {"relu": np.maximum(plain, 0), "tanh": np.tanh(plain),
+                "sigmoid": 1 / (1 + np.exp(-plain))}
+    for algo in FAST:
+        for name, want in expected.items():
+            np.testing.assert_allclose(ops.conv2d(x, w, b, activation=name, algo=algo), want,
+                                       rtol=1e-12, atol=1e-12)
+
+
+def test_sigmoid_saturates_without_overflow():
+    x = np.full((1, 1, 3, 3), 1.0, np.float32)
+    w = np.full((2, 1, 1, 1), 1.0, np.float32) * np.array([1e4, -1e4], np.float32)[:, None,
+                                                                                     None, None]
+    with np.errstate(all="raise"):
+        for algo in FAST:
+            y = ops.conv2d(x, w, activation="sigmoid", algo=algo)
+            np.testing.assert_array_equal(y[0, 0], 1)
+            np.testing.assert_array_equal(y[0, 1], 0)

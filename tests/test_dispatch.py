@@ -1,0 +1,378 @@
+"""The registry, and which implementation actually runs: explicit algo=, the heuristic behind
+algo="auto", and the autotuning cache (its file format, reuse, recovery and atomic writes).
+
+Every test spies on the registry itself, so "ran" means the function was called, not that a
+selector returned its name.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import cpu, dispatch, geometry, ops
+
+CONV_OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
+SINGLE_OPS = ("conv2d_backward_bias", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
+              "avg_pool2d_backward")
+CPU_ALGOS = {"reference", "direct", "im2col"}
+
+# (x_shape, w_shape, groups) in NCHW/OIHW, and what choose_conv_algo must pick for them.
+WIDE = ((1, 8, 6, 6), (16, 8, 3, 3), 1)        # 72 taps, 16 filters: a GEMM worth BLAS
+THIN = ((1, 1, 6, 6), (2, 1, 3, 3), 1)         # 9 taps (LeNet-like first layer)
+DEPTHWISE = ((1, 16, 6, 6), (16, 1, 3, 3), 16)  # 9 taps per group
+HEURISTIC = [(WIDE, "im2col"), (THIN, "direct"), (DEPTHWISE, "direct")]
+
+
+def _layout(shape, data_format, weight=False):
+    if data_format == "NCHW":
+        return shape
+    return (shape[2], shape[3], shape[1], shape[0]) if weight else (
+        shape[0], shape[2], shape[3], shape[1])
+
+
+def call(op, case=THIN, algo="auto", data_format="NCHW", seed=0):
+    """Run conv op ``op`` on random data of geometry ``case``; returns its output."""
+    x_shape, w_shape, groups = case
+    x_shape, w_shape = _layout(x_shape, data_format), _layout(w_shape, data_format, weight=True)
+    g = geometry.conv_geometry(x_shape, w_shape, 1, 1, 1, groups, data_format)
+    rng = np.random.default_rng(seed)
+    x, w, gy = (rng.standard_normal(s) for s in (x_shape, w_shape, g.y_shape))
+    common = dict(padding=1, groups=groups, data_format=data_format, algo=algo)
+    if op == "conv2d":
+        return ops.conv2d(x, w, **common)
+    if op == "conv2d_backward_input":
+        return ops.conv2d_backward_input(gy, w, x_shape, **common)
+    return ops.conv2d_backward_weight(gy, x, w_shape, **common)
+
+
+def call_single(op, data_format="NCHW"):
+    """Run one of the ops that have a single non-reference implementation."""
+    x = np.random.default_rng(0).standard_normal(_layout((1, 2, 4, 4), data_format))
+    y = ops.max_pool2d(x, 2, data_format=data_format)
+    return {
+        "conv2d_backward_bias": lambda: ops.conv2d_backward_bias(x, data_format=data_format),
+        "max_pool2d": lambda: ops.max_pool2d(x, 2, data_format=data_format),
+        "max_pool2d_backward": lambda: ops.max_pool2d_backward(y, x, 2, data_format=data_format),
+        "avg_pool2d": lambda: ops.avg_pool2d(x, 2, data_format=data_format),
+        "avg_pool2d_backward": lambda: ops.avg_pool2d_backward(y, x.shape, 2,
+                                                               data_format=data_format),
+    }[op]()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No test reads or writes the user's cache, and autotuning starts off whatever the env."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(cache))
+    monkeypatch.delenv("FASTCONV_AUTOTUNE", raising=False)
+    monkeypatch.setattr(dispatch, "_autotune", False)
+    return cache
+
+
+@pytest.fixture
+def tuning(isolated):
+    """Autotuning on through the public switch; the path of the cache file."""
+    fastconv.autotune(True)
+    yield isolated / "autotune.json"
+    fastconv.autotune(False)
+
+
+@pytest.fixture
+def ran(monkeypatch):
+    """Wrap every registered implementation; the list of (op, algo) that were called."""
+    calls = []
+
+    def spy(op, algo, fn):
+        def wrapper(*args, **kwargs):
+            calls.append((op, algo))
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for (op, device, algo), fn in list(dispatch._registry.items()):
+        monkeypatch.setitem(dispatch._registry, (op, device, algo), spy(op, algo, fn))
+    return calls
+
+
+def _algo_of(fn):
+    return next(a for (_, _, a), f in dispatch._registry.items() if f is fn)
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    """Spy on dispatch._time: the list of algos timed, each really timed by the original."""
+    algos, real = [], dispatch._time
+
+    def spy(fn, run, *args, **kwargs):
+        algos.append(_algo_of(fn))
+        return real(fn, run, *args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "_time", spy)
+    return algos
+
+
+def fake_times(monkeypatch, times):
+    """Replace dispatch._time with fixed times per algo (nothing runs); the list of algos timed."""
+    algos = []
+
+    def fake(fn, run, *args, **kwargs):
+        algos.append(_algo_of(fn))
+        return times[algos[-1]]
+
+    monkeypatch.setattr(dispatch, "_time", fake)
+    return algos
+
+
+def no_timing(monkeypatch):
+    def fail(fn, run, *args, **kwargs):
+        raise AssertionError(f"{_algo_of(fn)} was timed again")
+    monkeypatch.setattr(dispatch, "_time", fail)
+
+
+def read_cache(path):
+    data = json.loads(path.read_text())
+    assert data["format"] == dispatch.CACHE_FORMAT
+    assert set(data) == {"format", "entries"}
+    assert all(isinstance(v, str) for v in data["entries"].values())
+    return data["entries"]
+
+
+def signature(case=THIN):
+    x_shape, w_shape, groups = case
+    return geometry.conv_geometry(x_shape, w_shape, 1, 1, 1, groups, "NCHW").key()
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+def test_cpu_algorithms():
+    algos = fastconv.algorithms("cpu")
+    assert set(algos) == CPU_ALGOS and len(algos) == 3
+    assert fastconv.ops.algorithms("cpu") == algos == dispatch.algorithms()
+
+
+@pytest.mark.parametrize("op", CONV_OPS)
+def test_conv_ops_have_every_algorithm(op):
+    impls = dispatch.implementations(op, "cpu")
+    assert set(impls) == set(fastconv.algorithms("cpu"))
+    assert all(callable(fn) for fn in impls.values())
+    assert dispatch._heuristics[(op, "cpu")] is cpu.choose_conv_algo
+
+
+@pytest.mark.parametrize("op", SINGLE_OPS)
+def test_single_ops_have_numba_and_reference(op):
+    assert set(dispatch.implementations(op, "cpu")) == {"numba", "reference"}
+
+
+def test_no_cuda_implementations_in_a_cpu_build():
+    assert fastconv.algorithms("cuda") == ()
+
+
+# --- which implementation runs ----------------------------------------------------------------
+
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("algo", sorted(CPU_ALGOS))
+@pytest.mark.parametrize("op", CONV_OPS)
+def test_explicit_algo_runs_exactly_that_implementation(op, algo, data_format, ran):
+    call(op, WIDE, algo=algo, data_format=data_format)  # WIDE: the heuristic would say im2col
+    assert ran == [(op, algo)]
+
+
+@pytest.mark.parametrize("algo", sorted(CPU_ALGOS))
+def test_explicit_algo_is_not_autotuned(algo, tuning, ran, monkeypatch):
+    no_timing(monkeypatch)
+    call("conv2d", algo=algo)
+    assert ran == [("conv2d", algo)]
+    assert not tuning.exists()
+
+
+@pytest.mark.parametrize("case, expected", HEURISTIC, ids=[f"{e}-{c[1]}g{c[2]}"
+                                                           for c, e in HEURISTIC])
+@pytest.mark.parametrize("op", CONV_OPS)
+def test_auto_follows_the_heuristic(op, case, expected, ran):
+    x_shape, w_shape, groups = case
+    g = geometry.conv_geometry(x_shape, w_shape, 1, 1, 1, groups, "NCHW")
+    assert cpu.choose_conv_algo(g) == expected
+    call(op, case)
+    assert ran == [(op, expected)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 64), st.integers(1, 64), st.integers(1, 7),
+       st.integers(1, 7), st.sampled_from(["NCHW", "NHWC"]))
+def test_heuristic_never_picks_reference(groups, cg, kg, r, s, data_format):
+    x_shape = _layout((1, cg * groups, 8, 8), data_format)
+    w_shape = _layout((kg * groups, cg, r, s), data_format, weight=True)
+    g = geometry.conv_geometry(x_shape, w_shape, 1, "same", 1, groups, data_format)
+    assert cpu.choose_conv_algo(g) in CPU_ALGOS - {"reference"}
+
+
+@pytest.mark.parametrize("autotune", [False, True], ids=["heuristic", "autotune"])
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op", SINGLE_OPS)
+def test_single_ops_run_numba_without_timing(op, data_format, autotune, ran, monkeypatch):
+    fastconv.autotune(autotune)
+    no_timing(monkeypatch)
+    call_single(op, data_format)
+    assert ran[-1] == (op, "numba")
+    assert "reference" not in {a for o, a in ran if o == op}
+
+
+# --- autotuning -------------------------------------------------------------------------------
+
+def test_first_call_times_candidates_and_writes_the_cache(tuning, timed, ran):
+    call("conv2d")
+    assert sorted(timed) == ["direct", "im2col"]  # every candidate, never "reference"
+    entries = read_cache(tuning)
+    [(key, winner)] = entries.items()
+    assert signature() in key and "conv2d" in key and "float64" in key
+    assert winner in {"direct", "im2col"}
+    assert ran[-1] == ("conv2d", winner)  # the call's own result comes from the winner
+    assert os.listdir(tuning.parent) == ["autotune.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("fastest", ["direct", "im2col"])
+def test_second_call_reuses_the_winner(fastest, tuning, ran, monkeypatch):
+    slowest = ({"direct", "im2col"} - {fastest}).pop()
+    timed = fake_times(monkeypatch, {fastest: 1.0, slowest: 2.0})
+    first = call("conv2d")
+    assert sorted(timed) == ["direct", "im2col"]
+    assert ran == [("conv2d", fastest)] and list(read_cache(tuning).values()) == [fastest]
+    no_timing(monkeypatch)
+    ran.clear()
+    np.testing.assert_allclose(call("conv2d"), first)
+    assert ran == [("conv2d", fastest)]
+
+
+@pytest.mark.parametrize("planted", ["direct", "im2col"])
+def test_a_cached_entry_decides(planted, tuning, ran, monkeypatch):
+    fake_times(monkeypatch, {"direct": 1.0, "im2col": 1.0})
+    call("conv2d_backward_input")
+    [key] = read_cache(tuning)
+    tuning.write_text(json.dumps({"format": dispatch.CACHE_FORMAT, "entries": {key: planted}}))
+    no_timing(monkeypatch)
+    ran.clear()
+    call("conv2d_backward_input")
+    assert ran == [("conv2d_backward_input", planted)]
+
+
+def test_each_shape_and_op_gets_its_own_entry(tuning, ran, monkeypatch):
+    fake_times(monkeypatch, {"direct": 1.0, "im2col": 2.0})
+    call("conv2d")
+    first = read_cache(tuning)
+    call("conv2d", WIDE)
+    second = read_cache(tuning)
+    assert len(second) == 2 and first.items() <= second.items()
+    [new_key] = set(second) - set(first)
+    assert signature(WIDE) in new_key
+    call("conv2d_backward_weight", WIDE)
+    third = read_cache(tuning)
+    assert len(third) == 3 and second.items() <= third.items()
+
+
+@pytest.mark.parametrize("value, on", [("1", True), ("true", True), ("yes", True),
+                                       ("0", False), ("", False), ("false", False),
+                                       ("no", False)])
+def test_env_var_turns_autotuning_on(value, on, monkeypatch, isolated):
+    monkeypatch.setattr(dispatch, "_autotune", None)
+    monkeypatch.setenv("FASTCONV_AUTOTUNE", value)
+    assert dispatch.autotuning() is on
+    fake_times(monkeypatch, {"direct": 1.0, "im2col": 2.0})
+    call("conv2d")
+    assert (isolated / "autotune.json").exists() is on
+    fastconv.autotune(False)  # the switch wins over the environment
+    assert not dispatch.autotuning()
+
+
+def test_cache_dir_is_created(tmp_path, monkeypatch, tuning):
+    deep = tmp_path / "a" / "b"
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(deep))
+    assert dispatch.cache_path() == deep / "autotune.json"
+    fake_times(monkeypatch, {"direct": 1.0, "im2col": 2.0})
+    call("conv2d")
+    assert len(read_cache(deep / "autotune.json")) == 1
+
+
+BAD_FILES = {
+    "garbage-bytes": b"\xff\xfe\x00\x9c not json at all",
+    "truncated-json": b'{"format": "fastconv-autotune/1", "entries": {"a',
+    "empty": b"",
+    "other-format": json.dumps({"format": "other", "entries": {}}).encode(),
+    "list": json.dumps([1, 2]).encode(),
+    "entries-a-list": json.dumps({"format": "fastconv-autotune/1", "entries": []}).encode(),
+    "entry-not-a-string": json.dumps({"format": "fastconv-autotune/1",
+                                      "entries": {"k": 3}}).encode(),
+}
+
+
+@pytest.mark.parametrize("content", BAD_FILES.values(), ids=BAD_FILES.keys())
+def test_a_bad_cache_file_is_ignored_with_a_warning_and_rewritten(content, tuning, ran,
+                                                                   monkeypatch):
+    tuning.parent.mkdir(parents=True)
+    tuning.write_bytes(content)
+    timed = fake_times(monkeypatch, {"direct": 2.0, "im2col": 1.0})
+    with pytest.warns(UserWarning, match="autotune cache"):
+        call("conv2d")
+    assert sorted(timed) == ["direct", "im2col"]
+    assert ran == [("conv2d", "im2col")]
+    assert list(read_cache(tuning).values()) == ["im2col"]
+
+
+@pytest.mark.parametrize("stale", ["winograd", "reference", ""])
+def test_an_entry_naming_an_unknown_algo_is_ignored(stale, tuning, ran, monkeypatch):
+    fake_times(monkeypatch, {"direct": 1.0, "im2col": 2.0})
+    call("conv2d")
+    [key] = read_cache(tuning)
+    tuning.write_text(json.dumps({"format": dispatch.CACHE_FORMAT,
+                                  "entries": {key: stale, "other|key": "direct"}}))
+    timed = fake_times(monkeypatch, {"direct": 2.0, "im2col": 1.0})
+    ran.clear()
+    call("conv2d")
+    assert sorted(timed) == ["direct", "im2col"]
+    assert ran == [("conv2d", "im2col")]
+    assert read_cache(tuning) == {key: "im2col", "other|key": "direct"}
+
+
+def test_writes_leave_no_temp_files(tuning, monkeypatch):
+    fake_times(monkeypatch, {"direct": 1.0, "im2col": 2.0})
+    for case in (THIN, WIDE, DEPTHWISE):
+        call("conv2d", case)
+        assert os.listdir(tuning.parent) == ["autotune.json"]
+    assert len(read_cache(tuning)) == 3
+
+
+def test_a_failed_write_keeps_the_old_file(tuning, monkeypatch):
+    fake_times(monkeypatch, {"direct": 1.0, "im2col": 2.0})
+    call("conv2d")
+    before, real_dump, broken = tuning.read_bytes(), json.dump, []
+
+    def broken_dump(obj, f, **kwargs):
+        broken.append(obj)
+        f.write('{"format": "fastconv-autotune/1", "entr')  # half a file, then the disk fills
+        f.flush()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dispatch.json, "dump", broken_dump)
+    try:
+        call("conv2d", WIDE)
+    except OSError as err:
+        assert err.errno == 28
+    assert broken, "the cache was not written"
+    assert tuning.read_bytes() == before
+    assert os.listdir(tuning.parent) == ["autotune.json"]
+    monkeypatch.setattr(dispatch.json, "dump", real_dump)
+    call("conv2d", WIDE)
+    assert len(read_cache(tuning)) == 2
+
+
+def test_an_unwritable_cache_does_not_break_the_op(tmp_path, monkeypatch, tuning, ran):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(blocker / "cache"))
+    fake_times(monkeypatch, {"direct": 2.0, "im2col": 1.0})
+    with pytest.warns(UserWarning, match="autotune cache"):
+        call("conv2d")
+    assert ran == [("conv2d", "im2col")]

@@ -1,0 +1,240 @@
+"""max_pool2d and avg_pool2d, forward and backward, against the float64 NumPy reference and
+PyTorch (autograd for the gradients), over hypothesis-drawn shapes, windows, strides, paddings
+(numbers, "same"/"valid"), ceil_mode, count_include_pad, layouts and dtypes; plus the semantics
+ports get wrong: ceil_mode's dropped window, first-maximum ties, NaN winning."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from oracle import from_nchw, random, rel_error, to_nchw, tolerance
+
+from fastconv import dispatch, geometry, ops
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+REFERENCE = {op: dispatch.implementations(op, "cpu")["reference"]
+             for op in ("max_pool2d", "max_pool2d_backward", "avg_pool2d",
+                        "avg_pool2d_backward")}
+
+
+def paddings():
+    small = st.integers(0, 2)
+    return st.one_of(small, st.tuples(small, small),
+                     st.sampled_from(["same", "valid", "SAME", "Valid", "sAmE", "VALID"]))
+
+
+@st.composite
+def pool_cases(draw):
+    kernel = draw(st.one_of(st.integers(1, 4), st.tuples(st.integers(1, 4), st.integers(1, 4))))
+    stride = draw(st.one_of(st.none(), st.integers(1, 3),
+                            st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    padding = draw(paddings())
+    layout = draw(st.sampled_from(["NCHW", "NHWC"]))
+    n, c, h, w = (draw(st.integers(1, 3)), draw(st.integers(1, 3)),
+                  draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    kwargs = dict(kernel_size=kernel, stride=stride, padding=padding,
+                  ceil_mode=not isinstance(padding, str) and draw(st.booleans()),
+                  data_format=layout)
+    x_shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+    try:
+        g = geometry.pool_geometry(x_shape, kernel, stride, padding, kwargs["ceil_mode"], True,
+                                   layout)
+    except ValueError:
+        assume(False)  # the window does not fit, or the padding exceeds half the window
+    return dict(kwargs=kwargs, geometry=g, x_shape=x_shape,
+                count_include_pad=draw(st.booleans()),
+                dtype=draw(st.sampled_from([np.float32, np.float64])),
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def _tie_free(rng, shape, dtype):
+    """A shuffled linspace: distinct values, so every window has one maximum."""
+    values = np.linspace(-1, 1, int(np.prod(shape)))
+    return rng.permutation(values).reshape(shape).astype(dtype)
+
+
+def _torch(a, layout):
+    """A float64 NCHW tensor of a NumPy array in ``layout``."""
+    return torch.from_numpy(np.ascontiguousarray(to_nchw(a, layout), np.float64))
+
+
+def _torch_pool(kind, xt, case):
+    """PyTorch's pool of ``kind`` on a float64 NCHW tensor.
+
+    Numeric paddings go to torch as they are. "same"/"valid" are applied explicitly with F.pad:
+    as -inf for max; for average as sum-pool / count-pool of zero-padded input and ones, so only
+    real cells count (TensorFlow's rule).
+    """
+    kwargs, g = case["kwargs"], case["geometry"]
+    if isinstance(kwargs["padding"], str):
+        top, bottom, left, right = g.padding
+        pad = (left, right, top, bottom)
+        if kind == "max":
+            return F.max_pool2d(F.pad(xt, pad, value=-np.inf), g.kernel, g.stride)
+        sums = F.avg_pool2d(F.pad(xt, pad), g.kernel, g.stride)
+        counts = F.avg_pool2d(F.pad(torch.ones_like(xt), pad), g.kernel, g.stride)
+        return sums / counts
+    padding, ceil_mode = (g.padding[0], g.padding[2]), kwargs["ceil_mode"]
+    if kind == "max":
+        return F.max_pool2d(xt, g.kernel, g.stride, padding, ceil_mode=ceil_mode)
+    return F.avg_pool2d(xt, g.kernel, g.stride, padding, ceil_mode=ceil_mode,
+                        count_include_pad=case["count_include_pad"])
+
+
+def _run(kind, case, x, gy):
+    """Forward and backward through the public ops."""
+    kwargs = dict(case["kwargs"])
+    if kind == "max":
+        return ops.max_pool2d(x, **kwargs), ops.max_pool2d_backward(gy, x, **kwargs)
+    kwargs["count_include_pad"] = case["count_include_pad"]
+    return ops.avg_pool2d(x, **kwargs), ops.avg_pool2d_backward(gy, x.shape, **kwargs)
+
+
+def _reference(kind, case, x, gy):
+    """The registered float64 NumPy baselines, on the op's own resolved geometry."""
+    kwargs = case["kwargs"]
+    g = geometry.pool_geometry(x.shape, kwargs["kernel_size"], kwargs["stride"],
+                               kwargs["padding"], kwargs["ceil_mode"], case["count_include_pad"],
+                               kwargs["data_format"])
+    x64, gy64 = x.astype(np.float64), gy.astype(np.float64)
+    if kind == "max":
+        return REFERENCE["max_pool2d"](g, x64), REFERENCE["max_pool2d_backward"](g, gy64, x64)
+    return REFERENCE["avg_pool2d"](g, x64), REFERENCE["avg_pool2d_backward"](g, gy64)
+
+
+def _data(kind, case):
+    rng = np.random.default_rng(case["seed"])
+    make = _tie_free if kind == "max" else random
+    return make(rng, case["x_shape"], case["dtype"]), random(rng, case["geometry"].y_shape,
+                                                             case["dtype"])
+
+
+@SETTINGS
+@given(case=pool_cases(), kind=st.sampled_from(["max", "avg"]))
+def test_matches_reference_and_torch(case, kind):
+    """Forward and backward values, shapes and dtypes; the inputs are left unchanged."""
+    x, gy = _data(kind, case)
+    x_before, gy_before = x.copy(), gy.copy()
+    y, gx = _run(kind, case, x, gy)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(gy, gy_before)
+    g, layout, tol = case["geometry"], case["kwargs"]["data_format"], tolerance(case["dtype"])
+    assert y.shape == g.y_shape and gx.shape == x.shape
+    assert y.dtype == gx.dtype == x.dtype
+
+    y_ref, gx_ref = _reference(kind, case, x, gy)
+    assert rel_error(y, y_ref) < tol
+    assert rel_error(gx, gx_ref) < tol
+
+    xt = _torch(x, layout).requires_grad_()
+    yt = _torch_pool(kind, xt, case)
+    yt.backward(_torch(gy, layout))
+    assert rel_error(y, from_nchw(yt.detach().numpy(), layout)) < tol
+    assert rel_error(gx, from_nchw(xt.grad.numpy(), layout)) < tol
+
+
+@settings(max_examples=15, deadline=None)
+@given(case=pool_cases(), kind=st.sampled_from(["max", "avg"]))
+def test_non_contiguous_inputs_give_the_same_results(case, kind):
+    """Every other row of a taller array, and a transposed copy, equal the contiguous input."""
+    x, gy = _data(kind, case)
+    y, gx = _run(kind, case, x, gy)
+    taller_x = np.repeat(x, 2, axis=1)
+    taller_gy = np.repeat(gy, 2, axis=1)
+    for x_view, gy_view in [(taller_x[:, ::2], taller_gy[:, ::2]),
+                            (np.asfortranarray(x), np.asfortranarray(gy))]:
+        y_view, gx_view = _run(kind, case, x_view, gy_view)
+        np.testing.assert_array_equal(y_view, y)
+        np.testing.assert_array_equal(gx_view, gx)
+
+
+def test_ceil_mode_drops_a_window_starting_in_the_padding():
+    """Size 5, k 2, s 2, p 1 gives 3 outputs, not 4 (pytorch#46929), with torch's values."""
+    rng = np.random.default_rng(3)
+    x = random(rng, (2, 3, 5, 5))
+    xt = torch.from_numpy(x)
+    y = ops.max_pool2d(x, 2, 2, 1, ceil_mode=True)
+    assert y.shape == (2, 3, 3, 3)
+    np.testing.assert_array_equal(y, F.max_pool2d(xt, 2, 2, 1, ceil_mode=True).numpy())
+    for count_include_pad in (True, False):
+        a = ops.avg_pool2d(x, 2, 2, 1, ceil_mode=True, count_include_pad=count_include_pad)
+        want = F.avg_pool2d(xt, 2, 2, 1, ceil_mode=True, count_include_pad=count_include_pad)
+        assert a.shape == (2, 3, 3, 3)
+        assert rel_error(a, want.numpy()) < 1e-12
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_max_ties_go_to_the_first_maximum(layout):
+    """Equal values in a window: the gradient goes to the first in row-major order, and
+    overlapping windows that share that cell add up, as in PyTorch."""
+    x = np.array([[1.0, 5.0, 5.0, 0.0],
+                  [5.0, 5.0, 2.0, 0.0],
+                  [0.0, 0.0, 0.0, 0.0]])[None, None]
+    gy_shape = (1, 1, 2, 3)
+    gy = np.arange(1.0, 7.0).reshape(gy_shape)
+    if layout == "NHWC":
+        x, gy = from_nchw(x, layout).copy(), from_nchw(gy, layout).copy()
+    gx = to_nchw(ops.max_pool2d_backward(gy, x, 2, 1, data_format=layout), layout)
+    expected = np.zeros((3, 4))
+    expected[0, 1] = 1 + 2  # windows (0, 0) and (0, 1) tie at 5; both pick (0, 1)
+    expected[0, 2] = 3      # window (0, 2): 5 at (0, 2) comes before anything else
+    expected[1, 0] = 4      # window (1, 0): 5 at (1, 0) before 5 at (1, 1)
+    expected[1, 1] = 5      # window (1, 1): 5 at (1, 1)
+    expected[1, 2] = 6      # window (1, 2): 2 at (1, 2)
+    np.testing.assert_array_equal(gx[0, 0], expected)
+    xt = torch.from_numpy(np.ascontiguousarray(to_nchw(x, layout))).requires_grad_()
+    F.max_pool2d(xt, 2, 1).backward(torch.from_numpy(np.ascontiguousarray(to_nchw(gy, layout))))
+    np.testing.assert_array_equal(gx, xt.grad.numpy())
+
+
+def test_max_nan_wins_and_takes_the_gradient():
+    """A NaN beats every number in its window; with two NaNs the later one takes the gradient,
+    as PyTorch's `val > maxval or isnan(val)` scan does."""
+    x = np.array([[1.0, np.nan, 3.0, 4.0],
+                  [2.0, 9.0, np.nan, np.nan]])[None, None]
+    gy = np.array([[[[10.0, 20.0]]]])
+    y = ops.max_pool2d(x, 2)
+    assert np.isnan(y).all()
+    gx = ops.max_pool2d_backward(gy, x, 2)
+    xt = torch.from_numpy(x).requires_grad_()
+    F.max_pool2d(xt, 2).backward(torch.from_numpy(gy))
+    np.testing.assert_array_equal(gx, xt.grad.numpy())
+    assert gx[0, 0, 0, 1] == 10 and gx[0, 0, 1, 3] == 20
+
+
+def test_max_ignores_padding_even_when_every_real_cell_is_negative():
+    """Padded cells are not zeros: an all-negative input keeps its (negative) maxima."""
+    x = -1 - np.arange(16.0).reshape(1, 1, 4, 4)
+    y = ops.max_pool2d(x, 3, 2, 1)
+    np.testing.assert_array_equal(y, F.max_pool2d(torch.from_numpy(x), 3, 2, 1).numpy())
+    assert (y < 0).all()
+
+
+def test_same_padding_averages_real_cells_only():
+    """TF SAME, in 5, k 3, s 2: 3 outputs, pads (1, 1); the corner window holds 4 real cells."""
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    y = ops.avg_pool2d(x, 3, 2, "same", count_include_pad=True)
+    assert y.shape == (1, 1, 3, 3)
+    assert y[0, 0, 0, 0] == (0 + 1 + 5 + 6) / 4
+    assert y[0, 0, 1, 1] == x[0, 0, 1:4, 1:4].mean()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(256, 6, 28, 28), (256, 16, 10, 10)], ids=["s2", "s4"])
+def test_lenet_pools_match_torch(shape, dtype):
+    """LeNet's 2x2 stride-2 pools (the kernels' unrolled path) at full size, against torch."""
+    rng = np.random.default_rng(4)
+    x = _tie_free(rng, shape, dtype)
+    gy = random(rng, shape[:2] + (shape[2] // 2, shape[3] // 2), dtype)
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    gyt = torch.from_numpy(gy.astype(np.float64))
+    for kind, pool in (("max", F.max_pool2d), ("avg", F.avg_pool2d)):
+        case = dict(kwargs=dict(kernel_size=2), count_include_pad=True)
+        y, gx = _run(kind, case, x, gy)
+        yt = pool(xt, 2)
+        (gxt,) = torch.autograd.grad(yt, xt, gyt)
+        assert rel_error(y, yt.detach().numpy()) < tolerance(dtype)
+        assert rel_error(gx, gxt.numpy()) < tolerance(dtype)
