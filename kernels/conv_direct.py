@@ -12,6 +12,7 @@ index blocks vectorisation even when it is 1; element indexing rather than slice
 inside a parallel loop costs an atomic reference count. Accumulators keep the arrays' dtype.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from .activation import activate
@@ -78,6 +79,58 @@ def conv2d_forward_nchw(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
             for oh in range(oh_):
                 for ow in range(ow_):
                     y[n, k, oh, ow] = activate(y[n, k, oh, ow], act)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def conv2d_forward_nchw_unit_stride(x, w, b, y, pt, pl, dh, dw, groups, act):
+    """y = act(b + conv(x, w)) for stride 1, on flat rows: the row-wise kernel's inner loop
+    is one output row (28 pixels in LeNet's C1), too short for LLVM's vector loop, so here it
+    runs over the whole plane at once (1.75x faster on C1).
+
+    Layout: x (N, C, H, W), w OIHW (K, C/groups, R, S), b (K,), y (N, K, OH, OW), C-contiguous.
+    Each task, (n, group, block of CHANNEL_BLOCK output channels) in parallel, copies its
+    group's input planes, zero-padded to the rows and columns the windows reach (pitch WP),
+    into private scratch. An output pixel (oh, ow) then sits at q = oh * WP + ow and a tap
+    (c, r, s) reads q + (c * HP + r * dh) * WP + s * dw, so each (c, r, s, k) is one flat loop
+    over q; the WP - OW columns past each row are computed and dropped. Loop order: c, r, s,
+    k, q innermost; the epilogue copies the valid columns through bias and activation into
+    the task's own planes y[n, k0:k1].
+    """
+    n_, c_, h_, w_ = x.shape
+    k_, cg, r_, s_ = w.shape
+    oh_, ow_ = y.shape[2], y.shape[3]
+    hp, wp = oh_ + (r_ - 1) * dh, ow_ + (s_ - 1) * dw
+    span = (oh_ - 1) * wp + ow_
+    row0, rows, ih0 = _valid_range(-pt, 1, h_, hp)
+    col0, cols, iw0 = _valid_range(-pl, 1, w_, wp)
+    kg = k_ // groups
+    blocks = (kg + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
+    for task in prange(n_ * groups * blocks):
+        n, g, blk = task // (groups * blocks), task // blocks % groups, task % blocks
+        k0 = g * kg + blk * CHANNEL_BLOCK
+        k1 = min(k0 + CHANNEL_BLOCK, (g + 1) * kg)
+        planes = np.zeros((cg * hp, wp), x.dtype)
+        for c in range(cg):
+            for i in range(rows):
+                for j in range(cols):
+                    planes[c * hp + row0 + i, col0 + j] = x[n, g * cg + c, ih0 + i, iw0 + j]
+        flat = planes.reshape(cg * hp * wp)
+        acc = np.empty((CHANNEL_BLOCK, span), y.dtype)
+        for k in range(k0, k1):
+            for q in range(span):
+                acc[k - k0, q] = b[k]
+        for c in range(cg):
+            for r in range(r_):
+                for s in range(s_):
+                    base = max(0, (c * hp + r * dh) * wp + s * dw)
+                    for k in range(k0, k1):
+                        wv = w[k, c, r, s]
+                        for q in range(span):
+                            acc[k - k0, q] += wv * flat[base + q]
+        for k in range(k0, k1):
+            for oh in range(oh_):
+                for ow in range(ow_):
+                    y[n, k, oh, ow] = activate(acc[k - k0, oh * wp + ow], act)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

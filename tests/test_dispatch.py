@@ -21,11 +21,15 @@ SINGLE_OPS = ("conv2d_backward_bias", "max_pool2d", "max_pool2d_backward", "avg_
               "avg_pool2d_backward")
 CPU_ALGOS = {"reference", "direct", "im2col"}
 
-# (x_shape, w_shape, groups) in NCHW/OIHW, and what choose_conv_algo must pick for them.
+# (x_shape, w_shape, groups) in NCHW/OIHW, and what the forward and the backward heuristics
+# must pick for them.
 WIDE = ((1, 8, 6, 6), (16, 8, 3, 3), 1)        # 72 taps, 16 filters: a GEMM worth BLAS
 THIN = ((1, 1, 6, 6), (2, 1, 3, 3), 1)         # 9 taps (LeNet-like first layer)
 DEPTHWISE = ((1, 16, 6, 6), (16, 1, 3, 3), 16)  # 9 taps per group
-HEURISTIC = [(WIDE, "im2col"), (THIN, "direct"), (DEPTHWISE, "direct")]
+HEURISTIC = [(WIDE, "im2col", "im2col"), (THIN, "direct", "im2col"),
+             (DEPTHWISE, "direct", "direct")]
+HEURISTICS = {"conv2d": "choose_forward_algo", "conv2d_backward_input": "choose_backward_algo",
+              "conv2d_backward_weight": "choose_backward_algo"}
 
 
 def _layout(shape, data_format, weight=False):
@@ -159,7 +163,7 @@ def test_conv_ops_have_every_algorithm(op):
     impls = dispatch.implementations(op, "cpu")
     assert set(impls) == set(fastconv.algorithms("cpu"))
     assert all(callable(fn) for fn in impls.values())
-    assert dispatch._heuristics[(op, "cpu")] is cpu.choose_conv_algo
+    assert dispatch._heuristics[(op, "cpu")] is getattr(cpu, HEURISTICS[op])
 
 
 @pytest.mark.parametrize("op", SINGLE_OPS)
@@ -189,13 +193,14 @@ def test_explicit_algo_is_not_autotuned(algo, tuning, ran, monkeypatch):
     assert not tuning.exists()
 
 
-@pytest.mark.parametrize("case, expected", HEURISTIC, ids=[f"{e}-{c[1]}g{c[2]}"
-                                                           for c, e in HEURISTIC])
+@pytest.mark.parametrize("case, forward, backward", HEURISTIC,
+                         ids=[f"{c[1]}g{c[2]}" for c, _, _ in HEURISTIC])
 @pytest.mark.parametrize("op", CONV_OPS)
-def test_auto_follows_the_heuristic(op, case, expected, ran):
+def test_auto_follows_the_heuristic(op, case, forward, backward, ran):
     x_shape, w_shape, groups = case
     g = geometry.conv_geometry(x_shape, w_shape, 1, 1, 1, groups, "NCHW")
-    assert cpu.choose_conv_algo(g) == expected
+    expected = forward if op == "conv2d" else backward
+    assert getattr(cpu, HEURISTICS[op])(g) == expected
     call(op, case)
     assert ran == [(op, expected)]
 
@@ -207,7 +212,8 @@ def test_heuristic_never_picks_reference(groups, cg, kg, r, s, data_format):
     x_shape = _layout((1, cg * groups, 8, 8), data_format)
     w_shape = _layout((kg * groups, cg, r, s), data_format, weight=True)
     g = geometry.conv_geometry(x_shape, w_shape, 1, "same", 1, groups, data_format)
-    assert cpu.choose_conv_algo(g) in CPU_ALGOS - {"reference"}
+    for choose in set(HEURISTICS.values()):
+        assert getattr(cpu, choose)(g) in CPU_ALGOS - {"reference"}
 
 
 @pytest.mark.parametrize("autotune", [False, True], ids=["heuristic", "autotune"])
