@@ -37,7 +37,7 @@ def _workspace(shape, dtype, slot=0):
     across calls: a fresh multi-megabyte array pays its page faults on every call (1.8 ms per
     ResNet 3x3 image)."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buffers = getattr(_scratch, "buffers", None) or [np.empty(0, np.uint8)] * 2
+    buffers = list(getattr(_scratch, "buffers", None) or [np.empty(0, np.uint8)] * 2)
     if buffers[slot].nbytes < nbytes:
         buffers[slot] = np.empty(nbytes, np.uint8)
         if nbytes <= KEPT_WORKSPACE_BYTES:

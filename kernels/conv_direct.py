@@ -36,6 +36,14 @@ def _valid_range(offset, stride, size, out_size):
     return lo, max(0, hi - lo), max(0, lo * stride + offset)
 
 
+@njit(inline="always", cache=True)
+def _channel_block(task, groups, blocks, kg):
+    """Task -> (image n, group g, output channels k0:k1) of the NCHW forward kernels."""
+    n, g, blk = task // (groups * blocks), task // blocks % groups, task % blocks
+    k0 = g * kg + blk * CHANNEL_BLOCK
+    return n, g, k0, min(k0 + CHANNEL_BLOCK, (g + 1) * kg)
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def conv2d_forward_nchw(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
     """y = act(b + conv(x, w)).
@@ -52,9 +60,7 @@ def conv2d_forward_nchw(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
     kg = k_ // groups
     blocks = (kg + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
     for task in prange(n_ * groups * blocks):
-        n, g, blk = task // (groups * blocks), task // blocks % groups, task % blocks
-        k0 = g * kg + blk * CHANNEL_BLOCK
-        k1 = min(k0 + CHANNEL_BLOCK, (g + 1) * kg)
+        n, g, k0, k1 = _channel_block(task, groups, blocks, kg)
         for k in range(k0, k1):
             for oh in range(oh_):
                 for ow in range(ow_):
@@ -106,9 +112,7 @@ def conv2d_forward_nchw_unit_stride(x, w, b, y, pt, pl, dh, dw, groups, act):
     kg = k_ // groups
     blocks = (kg + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
     for task in prange(n_ * groups * blocks):
-        n, g, blk = task // (groups * blocks), task // blocks % groups, task % blocks
-        k0 = g * kg + blk * CHANNEL_BLOCK
-        k1 = min(k0 + CHANNEL_BLOCK, (g + 1) * kg)
+        n, g, k0, k1 = _channel_block(task, groups, blocks, kg)
         planes = np.zeros((cg * hp, wp), x.dtype)
         for c in range(cg):
             for i in range(rows):

@@ -50,8 +50,9 @@ def _divisor(h0, h1, w0, w1, padded_h, padded_w, count_padding):
 def _argmax(plane, h0, h1, w0, w1):
     """PyTorch's max over ``plane[h0:h1, w0:w1]``: row-major scan, ``v > best or isnan(v)``.
 
-    So the first maximum wins a tie and a NaN wins over numbers. Returns the winner's row,
-    column and value; the updates are selects, so random data costs no mispredicted branches.
+    So the first maximum wins a tie and a NaN wins over numbers (the last NaN, as in PyTorch).
+    Returns the winner's row, column and value; where only the value is used (the forward),
+    LLVM drops the index updates.
     """
     best = plane.dtype.type(-math.inf)
     bh, bw = h0, w0
@@ -78,14 +79,15 @@ def _max_plane(xp, yp, kh, kw, sh, sw, pt, pl, clip):
 
 
 @njit(inline="always", cache=True)
-def _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, pt, pl, clip, rows, cols):
+def _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, pt, pl, clip):
     """Backward of one plane: zero gxp, then add each gyp[oh, ow] at its window's argmax.
 
-    Per output row, the argmaxes are found first (into ``rows``/``cols``) and scattered after:
-    keeping the data-dependent stores out of the search loop keeps that loop fast.
+    Per output row, the argmaxes are found first (into ``rows``/``cols``) and scattered after,
+    which keeps the data-dependent stores out of the search loop.
     """
     h_, w_ = xp.shape
     oh_, ow_ = gyp.shape
+    rows, cols = np.empty(ow_, np.int64), np.empty(ow_, np.int64)
     gxp[:] = 0
     for oh in range(oh_):
         h0, h1, _ = _span(oh, sh, pt, 0, kh, h_, clip)
@@ -154,19 +156,17 @@ def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
     Layout: gy (N, C, OH, OW), x and gx (N, C, H, W), NCHW-indexed. Loop order: plane n*C + c
     (parallel); zero the plane; per output row oh, recompute each window's argmax from x with
     the forward's rule, then scatter that row's gy. Each thread owns whole gradient planes
-    gx[n, c] (and a row of argmax scratch), so its scatter-add is race-free.
+    gx[n, c] and its own row of argmax scratch, so its scatter-add is race-free.
     """
     n_, c_, h_, w_ = x.shape
     oh_, ow_ = gy.shape[2], gy.shape[3]
     mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl)
     for nc in prange(n_ * c_):
-        n, c = nc // c_, nc % c_
-        rows, cols = np.empty(ow_, np.int64), np.empty(ow_, np.int64)
+        gyp, xp, gxp = gy[nc // c_, nc % c_], x[nc // c_, nc % c_], gx[nc // c_, nc % c_]
         if mode == _UNCLIPPED_2X2:
-            _max_plane_backward(gy[n, c], x[n, c], gx[n, c], 2, 2, 2, 2, 0, 0, False, rows, cols)
+            _max_plane_backward(gyp, xp, gxp, 2, 2, 2, 2, 0, 0, False)
         else:
-            _max_plane_backward(gy[n, c], x[n, c], gx[n, c], kh, kw, sh, sw, pt, pl, True,
-                                rows, cols)
+            _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, pt, pl, True)
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)

@@ -212,3 +212,17 @@ def test_sigmoid_saturates_without_overflow():
             y = ops.conv2d(x, w, activation="sigmoid", algo=algo)
             np.testing.assert_array_equal(y[0, 0], 1)
             np.testing.assert_array_equal(y[0, 1], 0)
+
+
+def test_workspace_is_reused_and_a_huge_one_is_not_kept(monkeypatch):
+    """im2col's scratch survives between calls of one thread, up to KEPT_WORKSPACE_BYTES."""
+    import fastconv.cpu as cpu
+    monkeypatch.undo()  # the real workspace, not the poisoned one of conftest
+    monkeypatch.setattr(cpu, "_scratch", type(cpu._scratch)())
+    first = cpu._workspace((4, 5), np.float32)
+    again = cpu._workspace((2, 3), np.float64, slot=0)
+    assert np.shares_memory(first, again)
+    monkeypatch.setattr(cpu, "KEPT_WORKSPACE_BYTES", 1000)
+    huge = cpu._workspace((1000,), np.float64)
+    assert not np.shares_memory(huge, cpu._workspace((4, 5), np.float32))
+    assert cpu._scratch.buffers[0].nbytes < 1000

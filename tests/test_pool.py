@@ -238,3 +238,23 @@ def test_lenet_pools_match_torch(shape, dtype):
         (gxt,) = torch.autograd.grad(yt, xt, gyt)
         assert rel_error(y, yt.detach().numpy()) < tolerance(dtype)
         assert rel_error(gx, gxt.numpy()) < tolerance(dtype)
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_2x2_stride_2_on_odd_sizes(layout, ceil_mode):
+    """Odd sizes around the kernels' unrolled 2x2 path: a leftover row and column that no window
+    covers (gradient zero), or with ceil_mode a clipped last window."""
+    rng = np.random.default_rng(5)
+    x = _tie_free(rng, (2, 3, 5, 7), np.float64)
+    xt = torch.from_numpy(x).requires_grad_()
+    x_in = np.ascontiguousarray(from_nchw(x, layout))
+    for kind, pool in (("max", F.max_pool2d), ("avg", F.avg_pool2d)):
+        yt = pool(xt, 2, ceil_mode=ceil_mode)
+        gy = random(rng, yt.shape)
+        (gxt,) = torch.autograd.grad(yt, xt, torch.from_numpy(gy))
+        case = dict(kwargs=dict(kernel_size=2, ceil_mode=ceil_mode, data_format=layout),
+                    count_include_pad=True)
+        y, gx = _run(kind, case, x_in, np.ascontiguousarray(from_nchw(gy, layout)))
+        assert rel_error(to_nchw(y, layout), yt.detach().numpy()) < 1e-12
+        assert rel_error(to_nchw(gx, layout), gxt.numpy()) < 1e-12
