@@ -18,8 +18,8 @@ def im2col(x, cols, r_, s_, sh, sw, pt, pl, dh, dw):
     """Fill cols (C*R*S, N, OH, OW) from x (N, C, H, W), NCHW-indexed (NHWC as a view).
 
     Loop order: (n, c) in parallel, then r, s, oh, ow innermost (contiguous writes; contiguous
-    reads for stride 1). Each task owns cols[(c, r, s), n] for all taps: it zeroes them, then
-    copies the cells whose tap lands inside the input.
+    reads for stride 1). Each task owns cols[(c, r, s), n] for all taps and writes each cell
+    once: the input where the tap lands inside it, zero in the padding.
     """
     n_, c_, h_, w_ = x.shape
     oh_, ow_ = cols.shape[2], cols.shape[3]
@@ -29,18 +29,24 @@ def im2col(x, cols, r_, s_, sh, sw, pt, pl, dh, dw):
             oh0, rows, ih0 = _valid_range(r * dh - pt, sh, h_, oh_)
             for s in range(s_):
                 row = (c * r_ + r) * s_ + s
-                for oh in range(oh_):
-                    for ow in range(ow_):
-                        cols[row, n, oh, ow] = 0
                 ow0, count, iw0 = _valid_range(s * dw - pl, sw, w_, ow_)
-                for i in range(rows):
+                for oh in range(oh_):
+                    i = oh - oh0
+                    if i < 0 or i >= rows:
+                        for ow in range(ow_):
+                            cols[row, n, oh, ow] = 0
+                        continue
                     ih = ih0 + i * sh
+                    for ow in range(ow0):
+                        cols[row, n, oh, ow] = 0
                     if sw == 1:
                         for j in range(count):
-                            cols[row, n, oh0 + i, ow0 + j] = x[n, c, ih, iw0 + j]
+                            cols[row, n, oh, ow0 + j] = x[n, c, ih, iw0 + j]
                     else:
                         for j in range(count):
-                            cols[row, n, oh0 + i, ow0 + j] = x[n, c, ih, iw0 + j * sw]
+                            cols[row, n, oh, ow0 + j] = x[n, c, ih, iw0 + j * sw]
+                    for ow in range(ow0 + count, ow_):
+                        cols[row, n, oh, ow] = 0
 
 
 @njit(parallel=True, cache=True)
