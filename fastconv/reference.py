@@ -50,6 +50,12 @@ def _group_slices(g):
     return [(slice(i * cg, (i + 1) * cg), slice(i * kg, (i + 1) * kg)) for i in range(g.groups)]
 
 
+def _crop(gxp, g):
+    """The input-sized part of a padded NCHW gradient, in the caller's layout."""
+    top, _, left, _ = g.padding
+    return _from_nchw(gxp[:, :, top : top + g.H, left : left + g.W], g.layout)
+
+
 @register("conv2d", "cpu", "reference")
 def conv2d(g, x, w, b, activation):
     x, w = _to_nchw(x, g.layout), _oihw(w, g.layout)
@@ -108,12 +114,6 @@ def _pool_windows(x, p, value):
 def _pool_zeros(p, dtype):
     top, bottom, left, right = _pool_extent(p)
     return np.zeros((p.N, p.C, top + p.H + bottom, left + p.W + right), dtype)
-
-
-def _crop(gxp, g):
-    """The input-sized part of a padded NCHW gradient, in the caller's layout."""
-    top, _, left, _ = g.padding
-    return _from_nchw(gxp[:, :, top : top + g.H, left : left + g.W], g.layout)
 
 
 @register("max_pool2d", "cpu", "reference")
