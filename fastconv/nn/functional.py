@@ -1,0 +1,105 @@
+"""Differentiable functions on Tensors: the conv and pooling ops of fastconv.ops with their
+backward ops as the chain rule, and the layers and losses a CNN needs around them."""
+
+import numpy as np
+
+from .. import ops
+from ..tensor import Tensor
+
+# d activation / d pre-activation, from the activation's output y: the fused conv keeps only y.
+_ACTIVATION_SLOPE = {
+    "relu": lambda y: y > 0,
+    "tanh": lambda y: 1 - y * y,
+    "sigmoid": lambda y: y * (1 - y),
+}
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           activation=None, data_format="NCHW"):
+    """``activation(conv2d(input, weight) + bias)`` in one fused kernel; see fastconv.ops.conv2d
+    for the arguments. Backward runs conv2d_backward_input/_weight/_bias, each only when its
+    input needs a gradient."""
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                    data_format=data_format)
+    y = ops.conv2d(input.data, weight.data, None if bias is None else bias.data,
+                   activation=activation, **geometry)
+
+    def backward(g):
+        if activation is not None:
+            g = g * _ACTIVATION_SLOPE[activation.lower()](y)
+        grads = (
+            ops.conv2d_backward_input(g, weight.data, input.shape, **geometry)
+            if input.requires_grad else None,
+            ops.conv2d_backward_weight(g, input.data, weight.shape, **geometry)
+            if weight.requires_grad else None,
+        )
+        if bias is None:
+            return grads
+        return grads + (ops.conv2d_backward_bias(g, data_format=data_format)
+                        if bias.requires_grad else None,)
+
+    parents = (input, weight) if bias is None else (input, weight, bias)
+    return Tensor._result(y, parents, backward, "conv2d")
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, data_format="NCHW"):
+    window = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                  data_format=data_format)
+    y = ops.max_pool2d(input.data, **window)
+    return Tensor._result(y, (input,),
+                          lambda g: (ops.max_pool2d_backward(g, input.data, **window),),
+                          "max_pool2d")
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, data_format="NCHW"):
+    window = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                  count_include_pad=count_include_pad, data_format=data_format)
+    y = ops.avg_pool2d(input.data, **window)
+    return Tensor._result(y, (input,),
+                          lambda g: (ops.avg_pool2d_backward(g, input.shape, **window),),
+                          "avg_pool2d")
+
+
+def linear(input, weight, bias=None):
+    """``input @ weight.T + bias`` with PyTorch's (out_features, in_features) weight."""
+    out = input @ weight.T
+    return out if bias is None else out + bias
+
+
+def relu(input):
+    return input.relu()
+
+
+def tanh(input):
+    return input.tanh()
+
+
+def sigmoid(input):
+    return input.sigmoid()
+
+
+def flatten(input, start_dim=1):
+    return input.flatten(start_dim)
+
+
+def log_softmax(input, dim=-1):
+    return input.log_softmax(dim)
+
+
+def cross_entropy(input, target):
+    """Mean negative log-likelihood of integer class ``target`` (N,) under logits (N, classes),
+    through log_softmax, so large logits do not overflow."""
+    labels = np.asarray(target.data if isinstance(target, Tensor) else target)
+    if labels.ndim != 1 or labels.shape[0] != input.shape[0] or labels.dtype.kind not in "iu":
+        raise ValueError(f"target must be (N,) integer class indices for input {input.shape}, "
+                         f"got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= input.shape[1]):
+        raise ValueError(f"target classes must lie in [0, {input.shape[1]})")
+    picked = log_softmax(input, dim=1)[np.arange(len(labels)), labels]
+    return -picked.mean()
+
+
+def mse_loss(input, target):
+    diff = input - target
+    return (diff * diff).mean()

@@ -1,0 +1,280 @@
+"""A define-by-run autograd Tensor over NumPy arrays, micrograd-sized.
+
+Each operation computes its output array and, when grad mode is on and an input needs a
+gradient, records its inputs and a backward closure that maps the output's gradient to one
+gradient per input (None where that input needs none). ``backward`` walks the graph once in
+reverse topological order (iteratively, so deep graphs don't hit Python's recursion limit),
+adds up the gradients reaching each node and accumulates leaf gradients into ``.grad``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Context in which operations record no graph (evaluation, optimiser steps)."""
+    before = is_grad_enabled()
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = before
+
+
+def _freed(_):
+    raise RuntimeError("trying to backward through the graph a second time: its buffers were "
+                       "freed by the first backward; pass retain_graph=True to keep them")
+
+
+def _unbroadcast(grad, shape):
+    """Sum a broadcast gradient back down to ``shape``."""
+    while grad.ndim > len(shape):
+        grad = grad.sum(axis=0)
+    for axis, size in enumerate(shape):
+        if size == 1 and grad.shape[axis] != 1:
+            grad = grad.sum(axis=axis, keepdims=True)
+    return grad
+
+
+class Tensor:
+    """An array with an optional gradient. ``data`` is a NumPy array on the CPU."""
+
+    __array_priority__ = 1000  # NumPy defers to Tensor's operators (ndarray + Tensor)
+
+    def __init__(self, data, requires_grad=False):
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._parents = ()
+        self._backward = None
+        self._op = ""
+
+    # --- what it is ------------------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    device = property(lambda self: "cpu")
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"tensor({np.array2string(self.data, prefix='tensor(')}{grad})"
+
+    def item(self):
+        return self.data.item()
+
+    def numpy(self):
+        """A host copy of the data."""
+        return np.array(self.data)
+
+    def detach(self):
+        return Tensor(self.data)
+
+    def to(self, device):
+        if device != "cpu":
+            raise RuntimeError(f"device={device!r}: this build of fastconv has no CUDA backend")
+        return self
+
+    # --- graph -----------------------------------------------------------------------------
+    @staticmethod
+    def _result(data, parents, backward, op):
+        """The output of an op; records the graph when grad mode is on and an input needs it."""
+        out = Tensor(data)
+        if is_grad_enabled() and any(p.requires_grad for p in parents):
+            out.requires_grad = True
+            out._parents, out._backward, out._op = parents, backward, op
+        return out
+
+    def backward(self, gradient=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) * gradient into every leaf's ``.grad``."""
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad")
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"grad can be implicitly created only for scalar outputs, "
+                                   f"not shape {self.shape}; pass gradient=")
+            gradient = np.ones_like(self.data)
+        gradient = gradient.data if isinstance(gradient, Tensor) else np.asarray(gradient)
+        grads = {id(self): gradient.astype(self.dtype, copy=False)}
+        for node in _topological(self):
+            grad = grads.pop(id(node), None)
+            if grad is None:
+                continue
+            if node._backward is None:
+                node.grad = Tensor(grad) if node.grad is None else Tensor(node.grad.data + grad)
+                continue
+            for parent, g in zip(node._parents, node._backward(grad), strict=True):
+                if g is not None and parent.requires_grad:
+                    key = id(parent)
+                    grads[key] = grads[key] + g if key in grads else g
+            if not retain_graph:
+                node._parents, node._backward = (), _freed
+
+    # --- arithmetic ------------------------------------------------------------------------
+    def _lift(self, other):
+        if isinstance(other, Tensor):
+            return other
+        return Tensor(np.asarray(other, dtype=self.dtype))
+
+    def __add__(self, other):
+        other = self._lift(other)
+        return Tensor._result(self.data + other.data, (self, other),
+                              lambda g: (_unbroadcast(g, self.shape),
+                                         _unbroadcast(g, other.shape)), "add")
+
+    def __mul__(self, other):
+        other = self._lift(other)
+        return Tensor._result(self.data * other.data, (self, other),
+                              lambda g: (_unbroadcast(g * other.data, self.shape),
+                                         _unbroadcast(g * self.data, other.shape)), "mul")
+
+    def __truediv__(self, other):
+        other = self._lift(other)
+        return Tensor._result(
+            self.data / other.data, (self, other),
+            lambda g: (_unbroadcast(g / other.data, self.shape),
+                       _unbroadcast(-g * self.data / other.data ** 2, other.shape)), "div")
+
+    def __neg__(self):
+        return Tensor._result(-self.data, (self,), lambda g: (-g,), "neg")
+
+    def __sub__(self, other):
+        return self + (-self._lift(other))
+
+    def __radd__(self, other):
+        return self + other
+
+    def __rsub__(self, other):
+        return self._lift(other) - self
+
+    def __rmul__(self, other):
+        return self * other
+
+    def __rtruediv__(self, other):
+        return self._lift(other) / self
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, Tensor) or not np.isscalar(exponent):
+            raise TypeError(f"power takes a scalar exponent, got {type(exponent).__name__}")
+        e = self.dtype.type(exponent)
+        return Tensor._result(self.data ** e, (self,),
+                              lambda g: (g * e * self.data ** (e - 1),), "pow")
+
+    def __matmul__(self, other):
+        if self.ndim != 2 or other.ndim != 2:
+            raise ValueError(f"@ takes 2-D tensors, got shapes {self.shape} and {other.shape}")
+        return Tensor._result(self.data @ other.data, (self, other),
+                              lambda g: (g @ other.data.T, self.data.T @ g), "matmul")
+
+    # --- reductions and shapes -------------------------------------------------------------
+    def sum(self, axis=None, keepdims=False):
+        def backward(g):
+            if not keepdims and axis is not None:
+                g = np.expand_dims(g, axis)
+            return (np.broadcast_to(g, self.shape).copy(),)
+        return Tensor._result(self.data.sum(axis=axis, keepdims=keepdims), (self,), backward,
+                              "sum")
+
+    def mean(self, axis=None, keepdims=False):
+        axes = range(self.ndim) if axis is None else np.atleast_1d(axis)
+        count = int(np.prod([self.shape[a] for a in axes]))
+        return self.sum(axis=axis, keepdims=keepdims) / count
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return Tensor._result(self.data.reshape(shape), (self,),
+                              lambda g: (g.reshape(self.shape),), "reshape")
+
+    def flatten(self, start_dim=1):
+        return self.reshape(self.shape[:start_dim] + (-1,))
+
+    def transpose(self, *axes):
+        axes = axes or tuple(reversed(range(self.ndim)))
+        inverse = np.argsort(axes)
+        return Tensor._result(self.data.transpose(axes), (self,),
+                              lambda g: (g.transpose(inverse),), "transpose")
+
+    @property
+    def T(self):
+        return self.transpose()
+
+    def __getitem__(self, index):
+        def backward(g):
+            full = np.zeros_like(self.data)
+            np.add.at(full, index, g)
+            return (full,)
+        return Tensor._result(self.data[index], (self,), backward, "getitem")
+
+    # --- elementwise functions -------------------------------------------------------------
+    def exp(self):
+        out = np.exp(self.data)
+        return Tensor._result(out, (self,), lambda g: (g * out,), "exp")
+
+    def log(self):
+        return Tensor._result(np.log(self.data), (self,), lambda g: (g / self.data,), "log")
+
+    def relu(self):
+        return Tensor._result(np.maximum(self.data, 0), (self,),
+                              lambda g: (g * (self.data > 0),), "relu")
+
+    def tanh(self):
+        out = np.tanh(self.data)
+        return Tensor._result(out, (self,), lambda g: (g * (1 - out * out),), "tanh")
+
+    def sigmoid(self):
+        out = 0.5 * (1 + np.tanh(0.5 * self.data))  # stable for large |x|
+        return Tensor._result(out, (self,), lambda g: (g * out * (1 - out),), "sigmoid")
+
+    def log_softmax(self, axis=-1):
+        shifted = self.data - self.data.max(axis=axis, keepdims=True)
+        out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        return Tensor._result(
+            out, (self,),
+            lambda g: (g - np.exp(out) * g.sum(axis=axis, keepdims=True),), "log_softmax")
+
+
+def _topological(root):
+    """Nodes reachable from ``root``, each before all of its parents (root first).
+
+    An iterative depth-first post-order: a node is marked when it is expanded, not when it is
+    pushed, so a node reached along two paths still comes after every node that feeds it.
+    """
+    order, expanded, stack = [], set(), [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            order.append(node)
+            continue
+        if id(node) in expanded:
+            continue
+        expanded.add(id(node))
+        stack.append((node, True))
+        stack.extend((p, False) for p in node._parents if id(p) not in expanded)
+    return order[::-1]
+
+
+def tensor(data, dtype=None, device=None, requires_grad=False):
+    """A Tensor holding a copy of ``data`` (float32 for Python floats, as in PyTorch)."""
+    if device not in (None, "cpu"):
+        raise RuntimeError(f"device={device!r}: this build of fastconv has no CUDA backend")
+    if isinstance(data, Tensor):
+        data = data.data
+    array = np.array(data, dtype=dtype)
+    if dtype is None and array.dtype == np.float64 and not isinstance(data, np.ndarray):
+        array = array.astype(np.float32)
+    if requires_grad and array.dtype.kind != "f":
+        raise TypeError(f"only floating-point tensors can require grad, got {array.dtype}")
+    return Tensor(array, requires_grad=requires_grad)

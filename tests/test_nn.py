@@ -1,0 +1,163 @@
+"""nn modules, optimisers and LeNet-5 against PyTorch: one training step from the same weights
+and batch, every optimiser update, state_dict round trips, names and initialisation."""
+
+import numpy as np
+import pytest
+import torch
+from oracle import rel_error
+
+import fastconv
+from fastconv import models, nn, optim, tensor
+from fastconv.nn import functional as F
+
+
+class TorchLeNet5(torch.nn.Module):
+    """The same network written in PyTorch, with the same layer names."""
+
+    def __init__(self, activation="relu", pool="max"):
+        super().__init__()
+        self.c1, self.c3 = torch.nn.Conv2d(1, 6, 5), torch.nn.Conv2d(6, 16, 5)
+        self.c5 = torch.nn.Conv2d(16, 120, 5)
+        self.f6, self.output = torch.nn.Linear(120, 84), torch.nn.Linear(84, 10)
+        self.act = getattr(torch, activation)
+        self.pool = torch.nn.functional.max_pool2d if pool == "max" else (
+            torch.nn.functional.avg_pool2d)
+
+    def forward(self, x):
+        x = self.pool(self.act(self.c1(x)), 2)
+        x = self.pool(self.act(self.c3(x)), 2)
+        x = self.act(self.c5(x)).flatten(1)
+        return self.output(self.act(self.f6(x)))
+
+
+def _pair(activation="relu", pool="max", seed=0):
+    torch.manual_seed(seed)
+    reference = TorchLeNet5(activation, pool)
+    model = models.LeNet5(activation=activation, pool=pool)
+    model.load_state_dict({k: v.detach().numpy() for k, v in reference.state_dict().items()})
+    return model, reference
+
+
+def _batch(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 32, 32)).astype(np.float32), rng.integers(0, 10, n)
+
+
+@pytest.mark.parametrize("activation, pool", [("relu", "max"), ("tanh", "avg")])
+def test_lenet5_step_matches_pytorch(activation, pool):
+    model, reference = _pair(activation, pool)
+    x, y = _batch()
+    loss = F.cross_entropy(model(tensor(x)), y)
+    loss.backward()
+    torch_loss = torch.nn.functional.cross_entropy(reference(torch.from_numpy(x)),
+                                                   torch.from_numpy(y))
+    torch_loss.backward()
+    assert loss.item() == pytest.approx(torch_loss.item(), rel=1e-5)
+    grads = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        assert rel_error(p.grad.numpy(), grads[name].grad.numpy()) < 1e-4, name
+
+
+def test_lenet5_names_and_shapes_load_a_pytorch_state_dict():
+    model = models.LeNet5()
+    assert [n for n, _ in model.named_parameters()] == [
+        f"{layer}.{kind}" for layer in ("c1", "c3", "c5", "f6", "output")
+        for kind in ("weight", "bias")]
+    state = TorchLeNet5().state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        k: v.shape for k, v in model.state_dict().items()}
+
+
+def _run_optimizer(make_ours, make_theirs, steps=4, seed=0):
+    rng = np.random.default_rng(seed)
+    start = rng.standard_normal((3, 4)).astype(np.float32)
+    grads = [rng.standard_normal((3, 4)).astype(np.float32) for _ in range(steps)]
+    ours, theirs = nn.Parameter(start.copy()), torch.nn.Parameter(torch.from_numpy(start.copy()))
+    opt_ours, opt_theirs = make_ours([ours]), make_theirs([theirs])
+    for g in grads:
+        ours.grad = tensor(g)
+        theirs.grad = torch.from_numpy(g.copy())
+        opt_ours.step()
+        opt_theirs.step()
+    np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(lr=0.1), dict(lr=0.1, momentum=0.9), dict(lr=0.1, momentum=0.9, dampening=0.3),
+    dict(lr=0.05, momentum=0.9, nesterov=True), dict(lr=0.1, momentum=0.5, weight_decay=0.01),
+], ids=lambda k: ",".join(f"{a}={v}" for a, v in k.items()))
+def test_sgd_matches_torch(kwargs):
+    _run_optimizer(lambda p: optim.SGD(p, **kwargs), lambda p: torch.optim.SGD(p, **kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(lr=1e-3), dict(lr=1e-2, betas=(0.8, 0.9)), dict(lr=1e-3, eps=1e-6, weight_decay=0.1),
+], ids=lambda k: ",".join(f"{a}={v}" for a, v in k.items()))
+def test_adam_matches_torch(kwargs):
+    _run_optimizer(lambda p: optim.Adam(p, **kwargs), lambda p: torch.optim.Adam(p, **kwargs))
+
+
+def test_optimizer_skips_parameters_without_gradients_and_zero_grad_clears():
+    p, q = nn.Parameter(np.ones(2, np.float32)), nn.Parameter(np.ones(2, np.float32))
+    opt = optim.SGD([p, q], lr=1.0)
+    p.grad = tensor(np.ones(2, np.float32))
+    opt.step()
+    np.testing.assert_array_equal(p.numpy(), 0)
+    np.testing.assert_array_equal(q.numpy(), 1)
+    opt.zero_grad()
+    assert p.grad is None
+    with pytest.raises(ValueError, match="Nesterov"):
+        optim.SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="empty"):
+        optim.Adam([])
+
+
+def test_state_dict_round_trip_and_strictness():
+    a, b = models.LeNet5(), models.LeNet5()
+    b.load_state_dict(a.state_dict())
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
+    state = a.state_dict()
+    state["c1.weight"][...] = 7  # a copy: the model is untouched
+    assert not np.any(a.c1.weight.numpy() == 7)
+    missing = {k: v for k, v in state.items() if k != "f6.bias"}
+    with pytest.raises(KeyError, match="f6.bias"):
+        b.load_state_dict(missing)
+    b.load_state_dict(missing, strict=False)
+    with pytest.raises(ValueError, match=r"c1.weight.*\(6, 1, 5, 5\)"):
+        b.load_state_dict({**state, "c1.weight": np.zeros((6, 1, 3, 3), np.float32)})
+
+
+def test_default_init_follows_pytorch_bounds():
+    fastconv.manual_seed(0)
+    conv, linear = nn.Conv2d(16, 120, 5), nn.Linear(120, 84)
+    for layer, fan_in in ((conv, 16 * 25), (linear, 120)):
+        bound = 1 / np.sqrt(fan_in)
+        for p in (layer.weight, layer.bias):
+            assert p.dtype == np.float32
+            assert np.abs(p.numpy()).max() <= bound
+            assert np.abs(p.numpy()).max() > 0.9 * bound  # uniform, not a narrower law
+    fastconv.manual_seed(3)
+    first = nn.Linear(4, 4).weight.numpy()
+    fastconv.manual_seed(3)
+    np.testing.assert_array_equal(first, nn.Linear(4, 4).weight.numpy())
+
+
+def test_sequential_fuses_conv_and_activation(monkeypatch):
+    seen = []
+    real = fastconv.ops.conv2d
+    monkeypatch.setattr(fastconv.ops, "conv2d",
+                        lambda *a, **k: seen.append(k.get("activation")) or real(*a, **k))
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.MaxPool2d(2), nn.Conv2d(2, 2, 1),
+                        nn.Flatten(), nn.Linear(8, 3), nn.ReLU())
+    x = tensor(np.random.default_rng(0).standard_normal((2, 1, 6, 6)).astype(np.float32))
+    out = net(x)
+    assert seen == ["tanh", None] and out.shape == (2, 3)
+    assert [n for n, _ in net.named_parameters()] == [
+        "0.weight", "0.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
+
+
+def test_train_and_eval_modes():
+    model = models.LeNet5()
+    assert model.eval() is model and not model.c1.training
+    assert model.train().c1.training
