@@ -1,4 +1,4 @@
-"""The ``fastconv`` command: ``fastconv info`` and ``fastconv bench``; see ``fastconv -h``."""
+"""The ``fastconv`` command: ``info``, ``bench``, ``train`` and ``eval``; see ``fastconv -h``."""
 
 import argparse
 import csv
@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from . import bench, dispatch, runtime
+from . import bench, dispatch, runtime, train
 
 BENCH_HELP = """\
 Time every op (conv2d, max_pool2d, avg_pool2d, forward and backward) with every
@@ -83,6 +83,55 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--plot", metavar="PATH",
                      help="also draw a PNG bar chart of the speed-ups over numpy (needs "
                      "matplotlib: pip install fastconv[plot])")
+
+    fit = commands.add_parser(
+        "train", help="train a CNN (LeNet-5) on Fashion-MNIST or MNIST",
+        description="Train LeNet-5 with fastconv's kernels: a progress bar per epoch (loss, "
+        "accuracy, images/s), the test accuracy after each epoch, and in --out: run.json (the "
+        "settings), checkpoint.npz (weights and optimiser state, NumPy arrays only), "
+        "curves.csv and, with matplotlib, curves.png. Data comes from --data-root, "
+        "$FASTCONV_DATA, ~/.cache/fastconv/datasets, Debian's dataset-fashion-mnist, or a "
+        "download.")
+    fit.set_defaults(command=_train, parser=fit)
+    fit.add_argument("--model", choices=("lenet5",), default="lenet5",
+                     help="the network (default: lenet5)")
+    fit.add_argument("--dataset", choices=train.DATASETS, default="fashion-mnist",
+                     help="fashion-mnist (60k/10k) or mnist (the full set where present, "
+                     "else 8k/2k of its test set) (default: fashion-mnist)")
+    fit.add_argument("--epochs", type=int, default=10, help="epochs in all (default: 10)")
+    fit.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
+    fit.add_argument("--optimizer", choices=train.OPTIMIZERS, default="adam",
+                     help="adam, or sgd with momentum 0.9 (default: adam)")
+    fit.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    fit.add_argument("--activation", choices=("relu", "tanh", "sigmoid"), default="relu",
+                     help="LeNet-5's activation (default: relu; tanh with --pool avg is 1998's)")
+    fit.add_argument("--pool", choices=("max", "avg"), default="max",
+                     help="LeNet-5's subsampling (default: max)")
+    fit.add_argument("--device", default="cpu",
+                     help="cpu (default); cuda is not in this build yet")
+    fit.add_argument("--seed", type=int, default=0,
+                     help="seeds the initialisation and the shuffles (default: 0)")
+    fit.add_argument("--out", default="runs/lenet5", metavar="DIR",
+                     help="the run directory (default: runs/lenet5)")
+    fit.add_argument("--resume", metavar="CHECKPOINT",
+                     help="continue a run from its checkpoint.npz (or its directory) up to "
+                     "--epochs")
+    fit.add_argument("--data-root", metavar="DIR", help="where the dataset files are")
+    fit.add_argument("--limit", type=int, metavar="N",
+                     help="train on the first N training images only (a quick run)")
+    fit.add_argument("--threads", type=int, metavar="N", help="threads for the kernels")
+
+    check = commands.add_parser(
+        "eval", help="accuracy and confusion matrix of a checkpoint",
+        description="Evaluate a checkpoint written by `fastconv train` on a dataset's test set: "
+        "loss, accuracy and the confusion matrix (rows: true class, columns: predicted).")
+    check.set_defaults(command=_eval, parser=check)
+    check.add_argument("checkpoint", help="a checkpoint.npz or its run directory")
+    check.add_argument("--dataset", choices=train.DATASETS,
+                       help="the test set (default: the one the run trained on)")
+    check.add_argument("--data-root", metavar="DIR", help="where the dataset files are")
+    check.add_argument("--batch-size", type=int, default=1000,
+                       help="images per forward pass (default: 1000)")
     return parser
 
 
@@ -146,4 +195,45 @@ def _bench(args) -> int:
         bench.plot(rows, machine, args.plot)
     for path in filter(None, (args.csv, args.json, args.markdown, args.plot)):
         print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _train(args) -> int:
+    error = args.parser.error
+    for name in ("epochs", "batch_size", "limit", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.lr <= 0:
+        error("--lr must be positive")
+    if args.threads is not None:
+        runtime.set_num_threads(args.threads)
+    config = train.RunConfig(
+        model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, device=args.device, seed=args.seed,
+        activation=args.activation, pool=args.pool, limit=args.limit)
+    try:
+        train.fit(config, args.out, root=args.data_root, resume=args.resume)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        error(str(err))
+    return 0
+
+
+def _eval(args) -> int:
+    try:
+        config, model, _ = train.load_checkpoint(args.checkpoint)
+        _, _, images, labels = train.load_dataset(args.dataset or config.dataset,
+                                                  args.data_root)
+    except (FileNotFoundError, RuntimeError, ValueError, KeyError) as err:
+        args.parser.error(str(err))
+    batches = train.data.Batches(images, labels, args.batch_size, shuffle=False,
+                                 normalize=tuple(config.normalization))
+    loss, accuracy, predicted = train.evaluate(model, batches)
+    counts = train.confusion_matrix(labels, predicted)
+    print(f"{args.dataset or config.dataset} test: loss {loss:.4f}, accuracy {accuracy:.4f} "
+          f"({int(np.trace(counts))}/{len(labels)})")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    width = len(str(counts.max()))
+    print("     " + " ".join(f"{c:>{width}}" for c in range(counts.shape[1])))
+    for c, row in enumerate(counts):
+        print(f"  {c:>2} " + " ".join(f"{v:>{width}}" for v in row))
     return 0

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from oracle import from_nchw, random, rel_error, to_nchw, tolerance
 
 import fastconv
 from fastconv import geometry, ops
+from oracle import from_nchw, random, rel_error, to_nchw, tolerance
 
 ALGOS = fastconv.algorithms("cpu")
 FAST = [a for a in ALGOS if a != "reference"]

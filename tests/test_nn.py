@@ -4,11 +4,11 @@ and batch, every optimiser update, state_dict round trips, names and initialisat
 import numpy as np
 import pytest
 import torch
-from oracle import rel_error
 
 import fastconv
 from fastconv import models, nn, optim, tensor
 from fastconv.nn import functional as F
+from oracle import rel_error
 
 
 class TorchLeNet5(torch.nn.Module):

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from oracle import from_nchw, random, rel_error, to_nchw, tolerance
 
 from fastconv import dispatch, geometry, ops
+from oracle import from_nchw, random, rel_error, to_nchw, tolerance
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,0 +1,215 @@
+"""Direct convolution on the GPU, forward and backward, one thread per output element.
+
+The CUDA twins of kernels/conv_direct.py, with its signatures and index names: n batch,
+c input channel (ci its global index), k output channel, (oh, ow) output pixel, (r, s) kernel
+tap, (ih, iw) input pixel. A tap reads the input at ``ih = oh * sh - pt + r * dh`` and
+``iw = ow * sw - pl + s * dw``; bottom and right padding are implicit in the output size.
+Every thread owns the one element it writes and sums into a private accumulator of the
+arrays' dtype, so the backward kernels gather (no atomics, no races).
+
+Launch: ``launch_*`` pick the grid from the shapes; ``block`` is (threads along the columns,
+threads along the rows). Planes (n, k) or (n, ci) run on grid z, in a loop of stride gridDim.z
+when there are more than MAX_GRID_Z of them.
+"""
+
+from .cuda_device import activate, cuda, flat_grid, plane_grid
+
+# The input tile the tiled forward stages in shared memory, in input cells (rows, columns). A
+# shared array's shape must be a compile-time constant; 40 x 40 holds the patch of a 16 x 16
+# output tile at stride 2 with a 7-tap window, or 8 x 8 outputs at any stride <= 4 with a
+# 5-tap window (6.4 KB in float32, 12.8 KB in float64). Launches whose patch does not fit
+# take the untiled kernel.
+TILE = (40, 40)
+
+
+@cuda.jit(cache=True)
+def conv2d_forward_nchw(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
+    """y = act(b + conv(x, w)), reading the input from global memory.
+
+    Layout: x (N, C, H, W), w OIHW (K, C/groups, R, S), b (K,), y (N, K, OH, OW).
+    Each thread owns the pixel y[n, k, oh, ow] (threads over (ow, oh), planes n*K + k on
+    grid z): it starts at b[k], adds every tap of its group's input channels (c, r, s),
+    skipping taps in the padding, and applies the activation.
+    """
+    n_, c_, h_, w_ = x.shape
+    k_, cg, r_, s_ = w.shape
+    oh_, ow_ = y.shape[2], y.shape[3]
+    kg = k_ // groups
+    ow, oh = cuda.grid(2)
+    if oh >= oh_ or ow >= ow_:
+        return
+    for nk in range(cuda.blockIdx.z, n_ * k_, cuda.gridDim.z):
+        n, k = nk // k_, nk % k_
+        g = k // kg
+        acc = b[k]
+        for c in range(cg):
+            ci = g * cg + c
+            for r in range(r_):
+                ih = oh * sh - pt + r * dh
+                if ih < 0 or ih >= h_:
+                    continue
+                for s in range(s_):
+                    iw = ow * sw - pl + s * dw
+                    if 0 <= iw < w_:
+                        acc += x[n, ci, ih, iw] * w[k, c, r, s]
+        y[n, k, oh, ow] = activate(acc, act, y.dtype)
+
+
+@cuda.jit(cache=True)
+def conv2d_forward_nchw_tiled(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
+    """y = act(b + conv(x, w)), staging the block's input patch in shared memory.
+
+    Layout: x (N, C, H, W), w OIHW (K, C/groups, R, S), b (K,), y (N, K, OH, OW).
+    A block computes an output tile of plane (n, k): each thread owns y[n, k, oh, ow] as in
+    conv2d_forward_nchw. Per input channel c of the group, the block's threads copy the
+    patch its tile reads (``(rows - 1) * sh + (R - 1) * dh + 1`` by the same in columns, the
+    tile's rows and columns clipped to the output, zeros in the padding) into ``TILE``; then
+    each thread adds its R * S taps from there. The launcher guarantees the patch fits TILE.
+    """
+    tile = cuda.shared.array(TILE, x.dtype)
+    n_, c_, h_, w_ = x.shape
+    k_, cg, r_, s_ = w.shape
+    oh_, ow_ = y.shape[2], y.shape[3]
+    kg = k_ // groups
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    oh0, ow0 = cuda.blockIdx.y * cuda.blockDim.y, cuda.blockIdx.x * cuda.blockDim.x
+    oh, ow = oh0 + ty, ow0 + tx
+    inside = oh < oh_ and ow < ow_
+    # the patch of the tile's outputs that lie inside y, and where it starts in x
+    ph = (min(cuda.blockDim.y, oh_ - oh0) - 1) * sh + (r_ - 1) * dh + 1
+    pw = (min(cuda.blockDim.x, ow_ - ow0) - 1) * sw + (s_ - 1) * dw + 1
+    ih0, iw0 = oh0 * sh - pt, ow0 * sw - pl
+    thread, threads = ty * cuda.blockDim.x + tx, cuda.blockDim.x * cuda.blockDim.y
+    zero = x.dtype.type(0)
+    for nk in range(cuda.blockIdx.z, n_ * k_, cuda.gridDim.z):
+        n, k = nk // k_, nk % k_
+        g = k // kg
+        acc = b[k]
+        for c in range(cg):
+            ci = g * cg + c
+            for i in range(thread, ph * pw, threads):
+                ih, iw = ih0 + i // pw, iw0 + i % pw
+                inside_x = 0 <= ih < h_ and 0 <= iw < w_
+                tile[i // pw, i % pw] = x[n, ci, ih, iw] if inside_x else zero
+            cuda.syncthreads()  # patch staged: every thread of the block may read it
+            if inside:
+                for r in range(r_):
+                    for s in range(s_):
+                        acc += tile[ty * sh + r * dh, tx * sw + s * dw] * w[k, c, r, s]
+            cuda.syncthreads()  # patch consumed: the next channel may overwrite it
+        if inside:
+            y[n, k, oh, ow] = activate(acc, act, y.dtype)
+
+
+@cuda.jit(cache=True)
+def conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups):
+    """gx = dL/dx of the convolution, as a gather.
+
+    Layout: gy (N, K, OH, OW), w OIHW (K, C/groups, R, S), gx (N, C, H, W).
+    Each thread owns gx[n, ci, ih, iw] (threads over (iw, ih), planes n*C + ci on grid z): it
+    sums gy[n, k, oh, ow] * w[k, c, r, s] over the group's k and the taps (r, s) that read
+    this pixel, i.e. those with ih + pt - r * dh = oh * sh for an output row 0 <= oh < OH (and
+    the same for columns).
+    """
+    n_, c_, h_, w_ = gx.shape
+    k_, cg, r_, s_ = w.shape
+    oh_, ow_ = gy.shape[2], gy.shape[3]
+    kg = k_ // groups
+    iw, ih = cuda.grid(2)
+    if ih >= h_ or iw >= w_:
+        return
+    for nc in range(cuda.blockIdx.z, n_ * c_, cuda.gridDim.z):
+        n, ci = nc // c_, nc % c_
+        c, g = ci % cg, ci // cg
+        acc = gx.dtype.type(0)
+        for k in range(g * kg, (g + 1) * kg):
+            for r in range(r_):
+                th = ih + pt - r * dh
+                if th < 0 or th % sh != 0 or th // sh >= oh_:
+                    continue
+                oh = th // sh
+                for s in range(s_):
+                    tw = iw + pl - s * dw
+                    if tw >= 0 and tw % sw == 0 and tw // sw < ow_:
+                        acc += gy[n, k, oh, tw // sw] * w[k, c, r, s]
+        gx[n, ci, ih, iw] = acc
+
+
+@cuda.jit(cache=True)
+def conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
+    """gw = dL/dw of the convolution: gy correlated with x over batch and pixels.
+
+    Layout: gy (N, K, OH, OW), x (N, C, H, W), gw OIHW (K, C/groups, R, S).
+    Each thread owns one gw[k, c, r, s] (a 1-D grid over the flat OIHW index): it sums
+    gy[n, k, oh, ow] * x[n, ci, ih, iw] over n, oh, ow, skipping taps in the padding.
+    """
+    n_, c_, h_, w_ = x.shape
+    k_, cg, r_, s_ = gw.shape
+    oh_, ow_ = gy.shape[2], gy.shape[3]
+    kg = k_ // groups
+    i = cuda.grid(1)
+    if i >= k_ * cg * r_ * s_:
+        return
+    k, c, r, s = i // (cg * r_ * s_), i // (r_ * s_) % cg, i // s_ % r_, i % s_
+    ci = k // kg * cg + c
+    acc = gw.dtype.type(0)
+    for n in range(n_):
+        for oh in range(oh_):
+            ih = oh * sh - pt + r * dh
+            if ih < 0 or ih >= h_:
+                continue
+            for ow in range(ow_):
+                iw = ow * sw - pl + s * dw
+                if 0 <= iw < w_:
+                    acc += gy[n, k, oh, ow] * x[n, ci, ih, iw]
+    gw[k, c, r, s] = acc
+
+
+@cuda.jit(cache=True)
+def conv2d_backward_bias(gy, gb):
+    """gb[k] = sum over n, oh, ow of gy[n, k, oh, ow], as kernels/bias.py.
+
+    Layout: gy (N, K, OH, OW), gb (K,). Each thread owns one gb[k] (1-D grid over k).
+    """
+    n_, k_, oh_, ow_ = gy.shape
+    k = cuda.grid(1)
+    if k >= k_:
+        return
+    acc = gb.dtype.type(0)
+    for n in range(n_):
+        for oh in range(oh_):
+            for ow in range(ow_):
+                acc += gy[n, k, oh, ow]
+    gb[k] = acc
+
+
+def tile_fits(oh_, ow_, r_, s_, sh, sw, dh, dw, block):
+    """Whether a block's input patch fits TILE (the tiled forward's precondition)."""
+    bx, by = block
+    ph = (min(by, oh_) - 1) * sh + (r_ - 1) * dh + 1
+    pw = (min(bx, ow_) - 1) * sw + (s_ - 1) * dw + 1
+    return ph <= TILE[0] and pw <= TILE[1]
+
+
+def launch_conv2d_forward(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act, block=(8, 8),
+                          tiled=True):
+    """Run the forward on y's planes: the tiled kernel when asked and its patch fits TILE."""
+    n_, k_, oh_, ow_ = y.shape
+    use_tile = tiled and tile_fits(oh_, ow_, w.shape[2], w.shape[3], sh, sw, dh, dw, block)
+    kernel = conv2d_forward_nchw_tiled if use_tile else conv2d_forward_nchw
+    kernel[plane_grid(oh_, ow_, n_ * k_, block), block](x, w, b, y, sh, sw, pt, pl, dh, dw,
+                                                         groups, act)
+
+
+def launch_conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups, block=(8, 8)):
+    n_, c_, h_, w_ = gx.shape
+    conv2d_backward_input[plane_grid(h_, w_, n_ * c_, block), block](
+        gy, w, gx, sh, sw, pt, pl, dh, dw, groups)
+
+
+def launch_conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups, block=(8, 8)):
+    conv2d_backward_weight[flat_grid(gw.size, block)](gy, x, gw, sh, sw, pt, pl, dh, dw, groups)
+
+
+def launch_conv2d_backward_bias(gy, gb, block=(8, 8)):
+    conv2d_backward_bias[flat_grid(gb.shape[0], block)](gy, gb)

@@ -1,0 +1,51 @@
+"""The one module that imports Numba's CUDA target, with what every CUDA kernel file shares:
+the activation epilogue as a device function and the launch geometry.
+
+Kernels are declared lazily (``@cuda.jit`` with no signature): an eager signature compiles at
+import, which needs a GPU. Under ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is imported) the
+same kernels run in Numba's simulator on NumPy arrays.
+"""
+
+import math
+
+from numba import cuda
+
+from .activation import RELU, SIGMOID, TANH
+
+__all__ = ["cuda", "activate", "plane_grid", "flat_grid", "MAX_GRID_Z"]
+
+# The hardware limit on gridDim.z; kernels with more planes loop over them with stride gridDim.z.
+MAX_GRID_Z = 65535
+
+
+@cuda.jit(device=True, inline="always")
+def activate(v, code, dtype):
+    """a(v) for an activation code of kernels/activation.py (0 none, 1 relu, 2 tanh, 3 sigmoid).
+
+    Constants are made in ``dtype`` (the output array's): a bare literal is float64 in Numba
+    and would turn a float32 kernel's epilogue into double-precision arithmetic.
+    """
+    zero, one = dtype.type(0), dtype.type(1)
+    if code == RELU:
+        return v if v > zero else zero
+    if code == TANH:
+        return math.tanh(v)
+    if code == SIGMOID:
+        # the exp of a non-positive argument only, so it cannot overflow
+        if v >= zero:
+            return one / (one + math.exp(-v))
+        e = math.exp(v)
+        return e / (one + e)
+    return v
+
+
+def plane_grid(rows, cols, planes, block):
+    """Grid for a block (bx, by) of threads over (column, row) tiles of ``planes`` planes."""
+    bx, by = block
+    return (-(-cols // bx), -(-rows // by), min(planes, MAX_GRID_Z))
+
+
+def flat_grid(total, block):
+    """1-D grid and block (bx * by threads) covering ``total`` elements."""
+    threads = block[0] * block[1]
+    return -(-total // threads), threads

@@ -1,0 +1,24 @@
+"""The CUDA kernels' simulator tests, run in their own process: Numba's CUDA simulator must be
+switched on (NUMBA_ENABLE_CUDASIM=1) before numba is first imported, which this process has
+already done in real mode."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cuda_kernels_in_the_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    run = subprocess.run([sys.executable, "-m", "pytest", "tests/cuda/test_sim.py", "-q",
+                          "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert " passed" in output and "skipped" not in output, output
