@@ -1,0 +1,103 @@
+"""Train LeNet-5 with fastconv and with PyTorch side by side: same data pipeline, batches,
+initial weights, optimiser and threads; prints per-epoch time and test accuracy of each.
+
+    python benchmarks/compare_training.py --dataset fashion-mnist --epochs 1 --threads 2
+
+The fastconv numbers of a full run come from `fastconv train`; this script exists to put an
+epoch of each framework next to each other on the same machine, in the same minutes.
+"""
+
+import argparse
+import time
+
+import torch
+
+import fastconv
+from fastconv import data, models, optim, tensor, train
+from fastconv.nn import functional as F
+
+
+class TorchLeNet5(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c3 = torch.nn.Conv2d(1, 6, 5), torch.nn.Conv2d(6, 16, 5)
+        self.c5 = torch.nn.Conv2d(16, 120, 5)
+        self.f6, self.output = torch.nn.Linear(120, 84), torch.nn.Linear(84, 10)
+
+    def forward(self, x):
+        relu, pool = torch.relu, torch.nn.functional.max_pool2d
+        x = pool(relu(self.c1(x)), 2)
+        x = pool(relu(self.c3(x)), 2)
+        x = relu(self.c5(x)).flatten(1)
+        return self.output(relu(self.f6(x)))
+
+
+def epoch_fastconv(model, opt, batches):
+    start = time.perf_counter()
+    for x, y in batches:
+        loss = F.cross_entropy(model(tensor(x)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def epoch_torch(model, opt, batches):
+    start = time.perf_counter()
+    for x, y in batches:
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def accuracy_torch(model, batches):
+    with torch.no_grad():
+        hits = sum(int((model(torch.from_numpy(x)).argmax(1).numpy() == y).sum())
+                   for x, y in batches)
+    return hits / len(batches.images)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=train.DATASETS, default="fashion-mnist")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=fastconv.get_num_threads())
+    args = parser.parse_args()
+    fastconv.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+
+    train_x, train_y, test_x, test_y = train.load_dataset(args.dataset)
+    stats = data.pixel_stats(train_x)
+    batches = data.Batches(train_x, train_y, args.batch_size, normalize=stats)
+    test = data.Batches(test_x, test_y, 1000, shuffle=False, normalize=stats)
+
+    torch.manual_seed(0)
+    theirs = TorchLeNet5()
+    ours = models.LeNet5()
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    opt_ours = optim.Adam(ours.parameters(), lr=1e-3)
+    opt_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-3)
+    warm = data.Batches(train_x[:256], train_y[:256], args.batch_size, normalize=stats)
+    epoch_fastconv(models.LeNet5(), optim.Adam(models.LeNet5().parameters()), warm)  # JIT
+
+    print(f"{args.dataset}, batch {args.batch_size}, {args.threads} threads, "
+          f"{len(batches)} steps an epoch")
+    for epoch in range(args.epochs):
+        batches.epoch = epoch
+        t_ours = epoch_fastconv(ours, opt_ours, batches)
+        batches.epoch = epoch
+        t_theirs = epoch_torch(theirs, opt_theirs, batches)
+        acc_ours = train.evaluate(ours, test)[1]
+        acc_theirs = accuracy_torch(theirs, test)
+        print(f"epoch {epoch + 1}: fastconv {t_ours:.1f} s ({len(train_x) / t_ours:.0f} img/s, "
+              f"test acc {acc_ours:.4f}) | torch {t_theirs:.1f} s "
+              f"({len(train_x) / t_theirs:.0f} img/s, test acc {acc_theirs:.4f}) | "
+              f"fastconv / torch time {t_ours / t_theirs:.2f}")
+
+
+if __name__ == "__main__":
+    main()
