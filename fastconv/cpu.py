@@ -151,10 +151,14 @@ def _matmul(a, b, out):
 
 
 def _matmul_over_pixels(a, b):
-    """The sum over images of a[:, n] @ b[:, n].T for (rows, n, P) views a and b."""
-    flat_a, flat_b = _flat(a), _flat(b)
-    if flat_a is None or flat_b is None:
-        return np.matmul(a.transpose(1, 0, 2), b.transpose(1, 2, 0)).sum(axis=0)
+    """The sum over images of a[:, n] @ b[:, n].T for (rows, n, P) views a and b, as one GEMM
+    over the flattened (n, P) axis: an operand that does not flatten (an NCHW gradient) is
+    copied once, which costs far less than a GEMM per image and their sum (LeNet's C1 at
+    batch 64: 64 GEMMs of 6 x 784 x 25)."""
+    flat_a = _flat(a)
+    flat_a = _flat(np.ascontiguousarray(a)) if flat_a is None else flat_a
+    flat_b = _flat(b)
+    flat_b = _flat(np.ascontiguousarray(b)) if flat_b is None else flat_b
     return flat_a @ flat_b.T
 
 
