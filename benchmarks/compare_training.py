@@ -4,7 +4,10 @@ initial weights, optimiser and threads; prints per-epoch time and test accuracy 
     python benchmarks/compare_training.py --dataset fashion-mnist --epochs 1 --threads 2
 
 The fastconv numbers of a full run come from `fastconv train`; this script exists to put an
-epoch of each framework next to each other on the same machine, in the same minutes.
+epoch of each framework next to each other on the same machine, in the same minutes. Both in
+one process share the cores between two OpenMP runtimes: torch, imported first, keeps its
+spinning workers and slows fastconv's threads severalfold on 2 cores. `--framework` runs one
+of them alone (run the script twice) for each one's own best time.
 """
 
 import argparse
@@ -66,6 +69,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=fastconv.get_num_threads())
+    parser.add_argument("--framework", choices=("both", "fastconv", "torch"), default="both")
     args = parser.parse_args()
     fastconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
@@ -87,16 +91,18 @@ def main():
     print(f"{args.dataset}, batch {args.batch_size}, {args.threads} threads, "
           f"{len(batches)} steps an epoch")
     for epoch in range(args.epochs):
-        batches.epoch = epoch
-        t_ours = epoch_fastconv(ours, opt_ours, batches)
-        batches.epoch = epoch
-        t_theirs = epoch_torch(theirs, opt_theirs, batches)
-        acc_ours = train.evaluate(ours, test)[1]
-        acc_theirs = accuracy_torch(theirs, test)
-        print(f"epoch {epoch + 1}: fastconv {t_ours:.1f} s ({len(train_x) / t_ours:.0f} img/s, "
-              f"test acc {acc_ours:.4f}) | torch {t_theirs:.1f} s "
-              f"({len(train_x) / t_theirs:.0f} img/s, test acc {acc_theirs:.4f}) | "
-              f"fastconv / torch time {t_ours / t_theirs:.2f}")
+        report = []
+        if args.framework in ("both", "fastconv"):
+            batches.epoch = epoch
+            seconds = epoch_fastconv(ours, opt_ours, batches)
+            report.append(f"fastconv {seconds:.1f} s ({len(train_x) / seconds:.0f} img/s, "
+                          f"test acc {train.evaluate(ours, test)[1]:.4f})")
+        if args.framework in ("both", "torch"):
+            batches.epoch = epoch
+            seconds = epoch_torch(theirs, opt_theirs, batches)
+            report.append(f"torch {seconds:.1f} s ({len(train_x) / seconds:.0f} img/s, "
+                          f"test acc {accuracy_torch(theirs, test):.4f})")
+        print(f"epoch {epoch + 1}: " + " | ".join(report))
 
 
 if __name__ == "__main__":

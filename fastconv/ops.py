@@ -72,8 +72,9 @@ def _algo(algo, device):
 
 def _run(op, device, algo, g, dtype, *args):
     signature = f"{g.key()}|{dtype}|{runtime.device_name(device)}"
-    impl = dispatch.select(op, device, algo, g, signature, lambda fn: fn(g, *args))
-    return impl(g, *args)
+    with runtime.KERNEL_LOCK:
+        impl = dispatch.select(op, device, algo, g, signature, lambda fn: fn(g, *args))
+        return impl(g, *args)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
@@ -143,7 +144,9 @@ def conv2d_backward_bias(gy, data_format="NCHW", device=None):
     data_format = geometry.layout(data_format)
     if gy.ndim != 4:
         raise ValueError(f"gy must be 4-D {data_format}, got shape {gy.shape}")
-    return dispatch.select("conv2d_backward_bias", device, "auto", None, "", None)(gy, data_format)
+    with runtime.KERNEL_LOCK:
+        return dispatch.select("conv2d_backward_bias", device, "auto", None, "",
+                               None)(gy, data_format)
 
 
 def _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format):

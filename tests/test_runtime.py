@@ -39,3 +39,36 @@ def test_set_num_threads_sets_numba_and_blas():
 def test_set_num_threads_refuses_bad_counts(bad):
     with pytest.raises(ValueError, match="n must be an int"):
         fastconv.set_num_threads(bad)
+
+
+def _run(code, **env):
+    base = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    return subprocess.run([sys.executable, "-c", code], env={**base, **env},
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_an_openmp_runtime_loaded_first_moves_numba_to_its_workqueue_layer():
+    layer = "import numba, fastconv; print(numba.config.THREADING_LAYER)"
+    assert _run("import torch; " + layer) == "workqueue"
+    assert _run(layer) == "default"
+    assert _run("import torch; " + layer, NUMBA_THREADING_LAYER="omp") == "omp"
+
+
+def test_concurrent_calls_from_threads_are_safe_on_the_workqueue_layer():
+    code = """
+import threading, numpy as np, numba
+from fastconv import ops
+x = np.random.default_rng(0).standard_normal((8, 3, 16, 16))
+w = np.random.default_rng(1).standard_normal((4, 3, 3, 3))
+want = ops.conv2d(x, w, algo="reference")
+errors = []
+def work():
+    for _ in range(20):
+        for algo in ("direct", "im2col"):
+            errors.append(float(np.abs(ops.conv2d(x, w, algo=algo) - want).max()))
+threads = [threading.Thread(target=work) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(numba.threading_layer(), len(errors), max(errors) < 1e-12)
+"""
+    assert _run(code, NUMBA_THREADING_LAYER="workqueue") == "workqueue 160 True"
