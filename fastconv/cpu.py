@@ -155,11 +155,13 @@ def _matmul_over_pixels(a, b):
     over the flattened (n, P) axis: an operand that does not flatten (an NCHW gradient) is
     copied once, which costs far less than a GEMM per image and their sum (LeNet's C1 at
     batch 64: 64 GEMMs of 6 x 784 x 25)."""
-    flat_a = _flat(a)
-    flat_a = _flat(np.ascontiguousarray(a)) if flat_a is None else flat_a
-    flat_b = _flat(b)
-    flat_b = _flat(np.ascontiguousarray(b)) if flat_b is None else flat_b
-    return flat_a @ flat_b.T
+    return _flat_or_copy(a) @ _flat_or_copy(b).T
+
+
+def _flat_or_copy(a):
+    """(rows, n*P) of a (rows, n, P) view: a view where one exists, else of a contiguous copy."""
+    flat = _flat(a)
+    return _flat(np.ascontiguousarray(a)) if flat is None else flat
 
 
 def _columns(g, x):
