@@ -17,19 +17,11 @@ from .dispatch import algorithms
 
 __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
+    "conv2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "algorithms",
 ]
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _device(device) -> str:
-    if device is None or device == "cpu":
-        return "cpu"
-    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
-        raise RuntimeError(f"device={device!r}: this build of fastconv has no CUDA backend; "
-                           "run on device='cpu'")
-    raise ValueError(f"device must be None, 'cpu' or 'cuda[:N]', got {device!r}")
 
 
 def _arrays(**named):
@@ -106,7 +98,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=N
                [6., 9., 9., 6.],
                [4., 6., 6., 4.]], dtype=float32)
     """
-    device = _device(device)
+    device = runtime.check_device(device)
     x, w, b = _arrays(x=x, w=w, b=b)
     g = geometry.conv_geometry(x.shape, w.shape, stride, padding, dilation, groups, data_format)
     if b is not None:
@@ -118,7 +110,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=N
 def conv2d_backward_input(gy, w, x_shape, stride=1, padding=0, dilation=1, groups=1,
                           data_format="NCHW", algo="auto", device=None):
     """Gradient of :func:`conv2d` with respect to x, of shape ``x_shape``, given ``gy = dL/dy``."""
-    device = _device(device)
+    device = runtime.check_device(device)
     gy, w = _arrays(gy=gy, w=w)
     x_shape = _shape4("x_shape", x_shape)
     g = geometry.conv_geometry(x_shape, w.shape, stride, padding, dilation, groups, data_format)
@@ -129,7 +121,7 @@ def conv2d_backward_input(gy, w, x_shape, stride=1, padding=0, dilation=1, group
 def conv2d_backward_weight(gy, x, w_shape, stride=1, padding=0, dilation=1, groups=1,
                            data_format="NCHW", algo="auto", device=None):
     """Gradient of :func:`conv2d` with respect to w, of shape ``w_shape``, given ``gy``."""
-    device = _device(device)
+    device = runtime.check_device(device)
     gy, x = _arrays(gy=gy, x=x)
     w_shape = _shape4("w_shape", w_shape)
     g = geometry.conv_geometry(x.shape, w_shape, stride, padding, dilation, groups, data_format)
@@ -139,7 +131,7 @@ def conv2d_backward_weight(gy, x, w_shape, stride=1, padding=0, dilation=1, grou
 
 def conv2d_backward_bias(gy, data_format="NCHW", device=None):
     """Gradient of :func:`conv2d` with respect to b: gy summed over all but the channel axis."""
-    device = _device(device)
+    device = runtime.check_device(device)
     (gy,) = _arrays(gy=gy)
     data_format = geometry.layout(data_format)
     if gy.ndim != 4:
@@ -147,6 +139,20 @@ def conv2d_backward_bias(gy, data_format="NCHW", device=None):
     with runtime.KERNEL_LOCK:
         return dispatch.select("conv2d_backward_bias", device, "auto", None, "",
                                None)(gy, data_format)
+
+
+def conv2d_backward(gy, x, w, needs=(True, True, True), stride=1, padding=0, dilation=1,
+                    groups=1, data_format="NCHW", algo="auto", device=None):
+    """The gradients of :func:`conv2d` with respect to (x, w, b), computing only those that
+    ``needs`` (three booleans) asks for and putting None in place of the others."""
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                    data_format=data_format, device=device)
+    need_x, need_w, need_b = needs
+    return (
+        conv2d_backward_input(gy, w, x.shape, algo=algo, **geometry) if need_x else None,
+        conv2d_backward_weight(gy, x, w.shape, algo=algo, **geometry) if need_w else None,
+        conv2d_backward_bias(gy, data_format=data_format, device=device) if need_b else None,
+    )
 
 
 def _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format):
@@ -161,7 +167,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, data_for
     Padded cells never win. ``stride`` defaults to ``kernel_size``; with ``ceil_mode`` a last,
     partial window is kept when it starts inside the input or its left padding.
     """
-    device = _device(device)
+    device = runtime.check_device(device)
     (x,) = _arrays(x=x)
     p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, True, data_format)
     return _run("max_pool2d", device, "auto", p, x.dtype, x)
@@ -171,7 +177,7 @@ def max_pool2d_backward(gy, x, kernel_size, stride=None, padding=0, ceil_mode=Fa
                         data_format="NCHW", device=None):
     """Gradient of :func:`max_pool2d`: each gy goes to its window's first maximum in scan order,
     summed where windows overlap."""
-    device = _device(device)
+    device = runtime.check_device(device)
     gy, x = _arrays(gy=gy, x=x)
     p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, True, data_format)
     _expect("gy", gy, p.y_shape, f"max_pool2d of x {x.shape}")
@@ -186,7 +192,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     input (True, PyTorch's default) or by the number of real cells (False). With "same" or
     "valid" padding TensorFlow's rule applies: padded cells are never counted.
     """
-    device = _device(device)
+    device = runtime.check_device(device)
     (x,) = _arrays(x=x)
     p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format)
     return _run("avg_pool2d", device, "auto", p, x.dtype, x)
@@ -195,7 +201,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
 def avg_pool2d_backward(gy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
                         count_include_pad=True, data_format="NCHW", device=None):
     """Gradient of :func:`avg_pool2d` with respect to its input of shape ``x_shape``."""
-    device = _device(device)
+    device = runtime.check_device(device)
     (gy,) = _arrays(gy=gy)
     x_shape = _shape4("x_shape", x_shape)
     p = _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format)

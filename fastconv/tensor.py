@@ -14,6 +14,8 @@ import threading
 
 import numpy as np
 
+from .runtime import check_device
+
 _state = threading.local()
 
 
@@ -84,8 +86,7 @@ class Tensor:
         return Tensor(self.data)
 
     def to(self, device):
-        if device != "cpu":
-            raise RuntimeError(f"device={device!r}: this build of fastconv has no CUDA backend")
+        check_device(device)
         return self
 
     # --- graph -----------------------------------------------------------------------------
@@ -268,8 +269,7 @@ def _topological(root):
 
 def tensor(data, dtype=None, device=None, requires_grad=False):
     """A Tensor holding a copy of ``data`` (float32 for Python floats, as in PyTorch)."""
-    if device not in (None, "cpu"):
-        raise RuntimeError(f"device={device!r}: this build of fastconv has no CUDA backend")
+    check_device(device)
     if isinstance(data, Tensor):
         data = data.data
     array = np.array(data, dtype=dtype)

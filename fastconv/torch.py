@@ -42,17 +42,10 @@ class _Conv2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         input, weight = ctx.saved_tensors
-        gy = _array(grad, "grad")
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = _tensor(ops.conv2d_backward_input(gy, _array(weight, "weight"),
-                                                   tuple(input.shape), **ctx.geometry))
-        if ctx.needs_input_grad[1]:
-            gw = _tensor(ops.conv2d_backward_weight(gy, _array(input, "input"),
-                                                    tuple(weight.shape), **ctx.geometry))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = _tensor(ops.conv2d_backward_bias(gy))
-        return gx, gw, gb, None, None, None, None
+        needs = (*ctx.needs_input_grad[:2], ctx.has_bias and ctx.needs_input_grad[2])
+        grads = ops.conv2d_backward(_array(grad, "grad"), _array(input, "input"),
+                                    _array(weight, "weight"), needs, **ctx.geometry)
+        return (*(None if g is None else _tensor(g) for g in grads), None, None, None, None)
 
 
 class _MaxPool2d(torch.autograd.Function):

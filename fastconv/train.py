@@ -20,6 +20,7 @@ from tqdm import tqdm
 from . import data, models, optim
 from .nn import functional as F
 from .nn import manual_seed
+from .runtime import check_device
 from .tensor import no_grad, tensor
 
 DATASETS = ("fashion-mnist", "mnist")
@@ -58,9 +59,7 @@ def build(config: RunConfig):
     """The model and optimiser a config describes, initialised from its seed."""
     if config.model != "lenet5":
         raise ValueError(f"model must be 'lenet5', got {config.model!r}")
-    if config.device != "cpu":
-        raise RuntimeError(f"device={config.device!r}: this build of fastconv has no CUDA "
-                           "backend yet; train with --device cpu")
+    check_device(config.device)
     manual_seed(config.seed)
     model = models.LeNet5(activation=config.activation, pool=config.pool)
     if config.optimizer == "adam":

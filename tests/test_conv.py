@@ -226,3 +226,20 @@ def test_workspace_is_reused_and_a_huge_one_is_not_kept(monkeypatch):
     huge = cpu._workspace((1000,), np.float64)
     assert not np.shares_memory(huge, cpu._workspace((4, 5), np.float32))
     assert cpu._scratch.buffers[0].nbytes < 1000
+
+
+@pytest.mark.parametrize("needs", [(True, True, True), (False, True, False), (True, False, True)],
+                         ids=["all", "weight", "input_bias"])
+def test_conv2d_backward_computes_only_the_gradients_asked_for(needs):
+    rng = np.random.default_rng(5)
+    x, w = random(rng, (2, 4, 6, 5)), random(rng, (6, 2, 3, 3))
+    kwargs = dict(stride=2, padding="same", groups=2)
+    gy = random(rng, ops.conv2d(x, w, **kwargs).shape)
+    want = (ops.conv2d_backward_input(gy, w, x.shape, **kwargs),
+            ops.conv2d_backward_weight(gy, x, w.shape, **kwargs), ops.conv2d_backward_bias(gy))
+    for got, expected, needed in zip(ops.conv2d_backward(gy, x, w, needs, **kwargs), want, needs,
+                                     strict=True):
+        if needed:
+            np.testing.assert_array_equal(got, expected)
+        else:
+            assert got is None

@@ -17,28 +17,22 @@ _ACTIVATION_SLOPE = {
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
            activation=None, data_format="NCHW"):
     """``activation(conv2d(input, weight) + bias)`` in one fused kernel; see fastconv.ops.conv2d
-    for the arguments. Backward runs conv2d_backward_input/_weight/_bias, each only when its
-    input needs a gradient."""
+    for the arguments. Backward computes only the gradients its inputs need
+    (fastconv.ops.conv2d_backward)."""
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                     data_format=data_format)
     y = ops.conv2d(input.data, weight.data, None if bias is None else bias.data,
                    activation=activation, **geometry)
 
+    parents = (input, weight) if bias is None else (input, weight, bias)
+
     def backward(g):
         if activation is not None:
             g = g * _ACTIVATION_SLOPE[activation.lower()](y)
-        grads = (
-            ops.conv2d_backward_input(g, weight.data, input.shape, **geometry)
-            if input.requires_grad else None,
-            ops.conv2d_backward_weight(g, input.data, weight.shape, **geometry)
-            if weight.requires_grad else None,
-        )
-        if bias is None:
-            return grads
-        return grads + (ops.conv2d_backward_bias(g, data_format=data_format)
-                        if bias.requires_grad else None,)
+        needs = (input.requires_grad, weight.requires_grad,
+                 bias is not None and bias.requires_grad)
+        return ops.conv2d_backward(g, input.data, weight.data, needs, **geometry)[:len(parents)]
 
-    parents = (input, weight) if bias is None else (input, weight, bias)
     return Tensor._result(y, parents, backward, "conv2d")
 
 
