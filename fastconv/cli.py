@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from . import bench, dispatch, runtime, train
+from . import bench, device, dispatch, ops, runtime, train
 
 BENCH_HELP = """\
 Time every op (conv2d, max_pool2d, avg_pool2d, forward and backward) with every
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="threads for fastconv, its BLAS and torch (fastconv.set_num_threads; "
                      "default: as many as Numba uses, NUMBA_NUM_THREADS)")
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                     help="where to run (default: cpu; cuda is not in this build yet)")
+                     help="where to run (default: cpu; cuda's benchmark is not built yet)")
     run.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
     run.add_argument("--json", metavar="PATH",
                      help="also write the machine and the rows as JSON")
@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--pool", choices=("max", "avg"), default="max",
                      help="LeNet-5's subsampling (default: max)")
     fit.add_argument("--device", default="cpu",
-                     help="cpu (default); cuda is not in this build yet")
+                     help="cpu (default) or cuda[:N]: every conv and pooling on fastconv's CUDA "
+                     "kernels (needs the cuda12 or cuda13 extra and a GPU)")
     fit.add_argument("--seed", type=int, default=0,
                      help="seeds the initialisation and the shuffles (default: 0)")
     fit.add_argument("--out", default="runs/lenet5", metavar="DIR",
@@ -146,19 +147,31 @@ def _info(args) -> int:
     about = dict(bench.describe(machine))
     print(f"fastconv {machine['versions']['fastconv']}")
     print(f"versions: {about['versions']}")
-    print(f"devices:\n  cpu: {about['cpu']}\n  cuda: not available in this build")
+    print(f"devices:\n  cpu: {about['cpu']}\n  cuda: {_cuda_about()}")
     print(f"threads: {about['threads']}")
     print(f"BLAS: {about['BLAS']}")
-    print(f"algorithms:\n  cpu: {', '.join(dispatch.algorithms('cpu'))}")
+    print(f"algorithms:\n  cpu: {', '.join(ops.algorithms('cpu'))}")
+    try:
+        print(f"  cuda: {', '.join(ops.algorithms('cuda'))}")
+    except RuntimeError:
+        pass
     print(f"autotune: {'on' if dispatch.autotuning() else 'off'} (cache: {dispatch.cache_path()})")
     return 0
+
+
+def _cuda_about() -> str:
+    """The GPU and its versions, or why there is no CUDA backend."""
+    try:
+        return ", ".join(f"{k} {v}" for k, v in device.cuda_backend().info().items())
+    except RuntimeError as err:
+        return f"unavailable: {err}"
 
 
 def _bench(args) -> int:
     error = args.parser.error
     if args.device != "cpu":
-        error(f"--device {args.device}: this build of fastconv has no CUDA backend yet; "
-              "benchmark with --device cpu")
+        error(f"--device {args.device}: the GPU benchmark is not built yet (the CUDA kernels run "
+              "through fastconv.ops with device='cuda'); benchmark with --device cpu")
     for name in ("batch", "repeats", "numpy_repeats", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             error(f"--{name.replace('_', '-')} must be at least 1")

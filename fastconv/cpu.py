@@ -10,6 +10,7 @@ import threading
 import numpy as np
 
 from .dispatch import heuristic, register
+from .geometry import nchw_view, oihw_view
 from .kernels import bias, conv_direct, im2col, pool
 from .kernels.activation import CODES
 
@@ -20,11 +21,6 @@ WORKSPACE_BYTES = 2 << 20
 KEPT_WORKSPACE_BYTES = 256 << 20
 
 _scratch = threading.local()  # per thread: .buffers, one per workspace slot
-
-
-def _nchw(a, layout):
-    """An NCHW-indexed view of a 4-D array in ``layout`` (no copy)."""
-    return a if layout == "NCHW" else a.transpose(0, 3, 1, 2)
 
 
 def _empty(shape, dtype):
@@ -48,16 +44,7 @@ def _workspace(shape, dtype, slot=0):
 def _output(shape, dtype, layout):
     """A new array in ``layout`` and its NCHW-indexed view for the kernel to write."""
     out = _empty(shape, dtype)
-    return out, _nchw(out, layout)
-
-
-def _taps(g):
-    """The kernels' tap arguments: sh, sw, pt, pl, dh, dw."""
-    return (*g.stride, g.padding[0], g.padding[2], *g.dilation)
-
-
-def _oihw(w, layout):
-    return w if layout == "NCHW" else w.transpose(3, 2, 0, 1)
+    return out, nchw_view(out, layout)
 
 
 def _bias(b, g, dtype):
@@ -69,28 +56,28 @@ def conv2d_direct(g, x, w, b, activation):
     y = _empty(g.y_shape, x.dtype)
     bias, code = _bias(b, g, x.dtype), CODES[activation]
     if g.layout == "NHWC":
-        conv_direct.conv2d_forward_nhwc(x, w, bias, y, *_taps(g), g.groups, code)
+        conv_direct.conv2d_forward_nhwc(x, w, bias, y, *g.taps, g.groups, code)
     elif g.stride == (1, 1):
         conv_direct.conv2d_forward_nchw_unit_stride(x, w, bias, y, g.padding[0], g.padding[2],
                                                     *g.dilation, g.groups, code)
     else:
-        conv_direct.conv2d_forward_nchw(x, w, bias, y, *_taps(g), g.groups, code)
+        conv_direct.conv2d_forward_nchw(x, w, bias, y, *g.taps, g.groups, code)
     return y
 
 
 @register("conv2d_backward_input", "cpu", "direct")
 def conv2d_backward_input_direct(g, gy, w):
     gx, gx_nchw = _output(g.x_shape, gy.dtype, g.layout)
-    conv_direct.conv2d_backward_input(_nchw(gy, g.layout), _oihw(w, g.layout), gx_nchw,
-                                      *_taps(g), g.groups)
+    conv_direct.conv2d_backward_input(nchw_view(gy, g.layout), oihw_view(w, g.layout), gx_nchw,
+                                      *g.taps, g.groups)
     return gx
 
 
 @register("conv2d_backward_weight", "cpu", "direct")
 def conv2d_backward_weight_direct(g, gy, x):
     gw = _empty(g.w_shape, gy.dtype)
-    conv_direct.conv2d_backward_weight(_nchw(gy, g.layout), _nchw(x, g.layout),
-                                       _oihw(gw, g.layout), *_taps(g), g.groups)
+    conv_direct.conv2d_backward_weight(nchw_view(gy, g.layout), nchw_view(x, g.layout),
+                                       oihw_view(gw, g.layout), *g.taps, g.groups)
     return gw
 
 
@@ -102,25 +89,9 @@ def conv2d_backward_weight_direct(g, gy, x):
 # epilogue moves into y while adding bias and activation. A 1x1 stride-1 unpadded convolution
 # reads X straight from x, without im2col.
 
-def _pointwise(g):
-    return g.R == g.S == 1 and g.stride == (1, 1) and g.padding == (0, 0, 0, 0)
-
 
 def _weight_matrix(w, g):
-    return np.ascontiguousarray(_oihw(w, g.layout)).reshape(g.K, -1)
-
-
-def _groups(g):
-    """Per group: its rows of X (C/groups*R*S of them) and its output channels."""
-    rows, kg = (g.C // g.groups) * g.R * g.S, g.K // g.groups
-    return [(slice(i * rows, (i + 1) * rows), slice(i * kg, (i + 1) * kg))
-            for i in range(g.groups)]
-
-
-def _chunks(g, itemsize):
-    """Batch slices whose columns fit in WORKSPACE_BYTES (at least one image each)."""
-    step = max(1, WORKSPACE_BYTES // (g.C * g.R * g.S * g.OH * g.OW * itemsize))
-    return [slice(i, min(i + step, g.N)) for i in range(0, g.N, step)]
+    return np.ascontiguousarray(oihw_view(w, g.layout)).reshape(g.K, -1)
 
 
 def _channels_first(a, layout):
@@ -166,10 +137,10 @@ def _flat_or_copy(a):
 
 def _columns(g, x):
     """X (C*R*S, n, P) for a batch chunk: im2col's columns, or x itself when pointwise."""
-    if _pointwise(g):
+    if g.pointwise:
         return _channels_first(x, g.layout)
     cols = _workspace((g.C * g.R * g.S, x.shape[0], g.OH, g.OW), x.dtype)
-    im2col.im2col(_nchw(x, g.layout), cols, g.R, g.S, *_taps(g))
+    im2col.im2col(nchw_view(x, g.layout), cols, g.R, g.S, *g.taps)
     return cols.reshape(cols.shape[0], x.shape[0], -1)
 
 
@@ -177,11 +148,11 @@ def _columns(g, x):
 def conv2d_im2col(g, x, w, b, activation):
     y = _empty(g.y_shape, x.dtype)
     wmat = _weight_matrix(w, g)
-    for batch in _chunks(g, x.itemsize):
+    for batch in g.batch_chunks(x.itemsize, WORKSPACE_BYTES):
         cols, out = _columns(g, x[batch]), _channels_first(y[batch], g.layout)
         gemm_out = out if _flat(out) is not None or _flat(cols) is None else (
             _workspace(out.shape, x.dtype, slot=1))
-        for rows, ks in _groups(g):
+        for rows, ks in g.group_slices():
             _matmul(wmat[ks], cols[rows], gemm_out[ks])
         if gemm_out is not out or b is not None or activation is not None:
             im2col.bias_activation(gemm_out, out, _bias(b, g, x.dtype), CODES[activation])
@@ -192,24 +163,24 @@ def conv2d_im2col(g, x, w, b, activation):
 def conv2d_backward_input_im2col(g, gy, w):
     gx = _empty(g.x_shape, gy.dtype)
     wmat = _weight_matrix(w, g)
-    for batch in _chunks(g, gy.itemsize):
+    for batch in g.batch_chunks(gy.itemsize, WORKSPACE_BYTES):
         grad = _channels_first(gy[batch], g.layout)
-        gcols = _channels_first(gx[batch], g.layout) if _pointwise(g) else (
+        gcols = _channels_first(gx[batch], g.layout) if g.pointwise else (
             _workspace((g.C * g.R * g.S,) + grad.shape[1:], gy.dtype))
-        for rows, ks in _groups(g):
+        for rows, ks in g.group_slices():
             _matmul(wmat[ks].T, grad[ks], gcols[rows])
-        if not _pointwise(g):
+        if not g.pointwise:
             im2col.col2im(gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),
-                          _nchw(gx[batch], g.layout), g.R, g.S, *_taps(g))
+                          nchw_view(gx[batch], g.layout), g.R, g.S, *g.taps)
     return gx
 
 
 @register("conv2d_backward_weight", "cpu", "im2col")
 def conv2d_backward_weight_im2col(g, gy, x):
     gw_mat = np.zeros((g.K, (g.C // g.groups) * g.R * g.S), gy.dtype)
-    for batch in _chunks(g, gy.itemsize):
+    for batch in g.batch_chunks(gy.itemsize, WORKSPACE_BYTES):
         cols, grad = _columns(g, x[batch]), _channels_first(gy[batch], g.layout)
-        for rows, ks in _groups(g):
+        for rows, ks in g.group_slices():
             gw_mat[ks] += _matmul_over_pixels(grad[ks], cols[rows])
     gw = gw_mat.reshape(g.K, -1, g.R, g.S)
     return gw if g.layout == "NCHW" else np.ascontiguousarray(gw.transpose(2, 3, 1, 0))
@@ -239,7 +210,7 @@ def choose_backward_algo(g):
 @register("conv2d_backward_bias", "cpu", "numba")
 def conv2d_backward_bias(gy, layout):
     gb = _empty(gy.shape[1] if layout == "NCHW" else gy.shape[3], gy.dtype)
-    bias.conv2d_backward_bias(_nchw(gy, layout), gb)
+    bias.conv2d_backward_bias(nchw_view(gy, layout), gb)
     return gb
 
 
@@ -247,7 +218,7 @@ def conv2d_backward_bias(gy, layout):
 def max_pool2d(p, x):
     y, y_nchw = _output(p.y_shape, x.dtype, p.layout)
     top, _, left, _ = p.padding
-    pool.max_pool2d_forward(_nchw(x, p.layout), y_nchw, *p.kernel, *p.stride, top, left)
+    pool.max_pool2d_forward(nchw_view(x, p.layout), y_nchw, *p.kernel, *p.stride, top, left)
     return y
 
 
@@ -255,7 +226,7 @@ def max_pool2d(p, x):
 def max_pool2d_backward(p, gy, x):
     gx, gx_nchw = _output(p.x_shape, gy.dtype, p.layout)
     top, _, left, _ = p.padding
-    pool.max_pool2d_backward(_nchw(gy, p.layout), _nchw(x, p.layout), gx_nchw, *p.kernel,
+    pool.max_pool2d_backward(nchw_view(gy, p.layout), nchw_view(x, p.layout), gx_nchw, *p.kernel,
                              *p.stride, top, left)
     return gx
 
@@ -263,7 +234,7 @@ def max_pool2d_backward(p, gy, x):
 @register("avg_pool2d", "cpu", "numba")
 def avg_pool2d(p, x):
     y, y_nchw = _output(p.y_shape, x.dtype, p.layout)
-    pool.avg_pool2d_forward(_nchw(x, p.layout), y_nchw, *p.kernel, *p.stride, *p.padding,
+    pool.avg_pool2d_forward(nchw_view(x, p.layout), y_nchw, *p.kernel, *p.stride, *p.padding,
                             p.count_padding)
     return y
 
@@ -271,6 +242,6 @@ def avg_pool2d(p, x):
 @register("avg_pool2d_backward", "cpu", "numba")
 def avg_pool2d_backward(p, gy):
     gx, gx_nchw = _output(p.x_shape, gy.dtype, p.layout)
-    pool.avg_pool2d_backward(_nchw(gy, p.layout), gx_nchw, *p.kernel, *p.stride, *p.padding,
+    pool.avg_pool2d_backward(nchw_view(gy, p.layout), gx_nchw, *p.kernel, *p.stride, *p.padding,
                              p.count_padding)
     return gx

@@ -94,6 +94,16 @@ def _no_output(window, x_shape, padded_hw):
                       f"{tuple(x_shape)} padded to height x width {padded_hw}, so no output")
 
 
+def nchw_view(a, layout: str):
+    """An NCHW-indexed view of a 4-D array in ``layout`` (no copy)."""
+    return a if layout == "NCHW" else a.transpose(0, 3, 1, 2)
+
+
+def oihw_view(w, layout: str):
+    """An OIHW-indexed view of the filters of a convolution in ``layout`` (HWIO for NHWC)."""
+    return w if layout == "NCHW" else w.transpose(3, 2, 0, 1)
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """A convolution fully resolved: sizes, strides, dilations and explicit paddings.
@@ -136,6 +146,29 @@ class ConvGeometry:
     def flops(self) -> int:
         """Multiply-adds times two of the forward pass (also each backward's cost)."""
         return 2 * self.N * self.K * self.OH * self.OW * (self.C // self.groups) * self.R * self.S
+
+    @property
+    def taps(self) -> tuple[int, int, int, int, int, int]:
+        """The kernels' tap arguments: sh, sw, pt, pl (bottom and right padding are implicit in
+        the output size), dh, dw."""
+        return (*self.stride, self.padding[0], self.padding[2], *self.dilation)
+
+    @property
+    def pointwise(self) -> bool:
+        """A 1x1, stride-1, unpadded convolution: a plain matrix product, no im2col."""
+        return self.R == self.S == 1 and self.stride == (1, 1) and self.padding == (0, 0, 0, 0)
+
+    def group_slices(self):
+        """Per group: its rows of the im2col columns (C/groups*R*S of them) and its output
+        channels."""
+        rows, kg = (self.C // self.groups) * self.R * self.S, self.K // self.groups
+        return [(slice(i * rows, (i + 1) * rows), slice(i * kg, (i + 1) * kg))
+                for i in range(self.groups)]
+
+    def batch_chunks(self, itemsize: int, budget: int):
+        """Batch slices whose im2col columns fit in ``budget`` bytes (at least one image each)."""
+        step = max(1, budget // (self.C * self.R * self.S * self.OH * self.OW * itemsize))
+        return [slice(i, min(i + step, self.N)) for i in range(0, self.N, step)]
 
     def key(self) -> str:
         """A shape signature for the autotuning cache."""

@@ -1,8 +1,9 @@
-"""The validated array-level API: NumPy arrays in, NumPy arrays out.
+"""The validated array-level API: NumPy or CuPy arrays in, the same kind out.
 
 Every argument is checked here, before any kernel runs; bad input raises ValueError or TypeError
 naming the argument and the shapes. Inputs are never modified: non-contiguous arrays are copied
-to contiguous ones and kernels only write the arrays they allocate.
+to contiguous ones and kernels only write the arrays they allocate. ``device=None`` runs where
+the arrays are (see :mod:`fastconv.device`); a CUDA torch tensor is taken zero-copy.
 
 Layouts: ``data_format="NCHW"`` takes x as (N, C, H, W) and weights as OIHW (K, C/groups, R, S);
 ``"NHWC"`` takes x as (N, H, W, C) and weights as HWIO (R, S, C/groups, K), TensorFlow's filter
@@ -12,8 +13,8 @@ described in :mod:`fastconv.geometry`.
 
 import numpy as np
 
+from . import device as devices
 from . import dispatch, geometry, runtime
-from .dispatch import algorithms
 
 __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
@@ -24,23 +25,27 @@ __all__ = [
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _arrays(**named):
-    """Check each named array is a float32/float64 ndarray, all of one dtype; make contiguous."""
-    out = []
-    for name, a in named.items():
-        if a is None:
-            out.append(None)
-            continue
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
-        if a.dtype not in FLOATS:
+def _arrays(device, **named):
+    """The call's device, and each named array checked to be float32/float64, all of one dtype,
+    on that device and contiguous."""
+    device = devices.resolve(device, **named)
+    xp = devices.array_module(device)
+    arrays = {name: None if a is None else devices.to_device(a, device)
+              for name, a in named.items()}
+    for name, a in arrays.items():
+        if a is not None and a.dtype not in FLOATS:
             raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-        out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
-    dtypes = {name: a.dtype for name, a in named.items() if a is not None}
+    dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{n} {d}" for n, d in dtypes.items())
         raise TypeError(f"arguments must share one dtype, got {listed}")
-    return out
+    return device, [a if a is None or a.flags.c_contiguous else xp.ascontiguousarray(a)
+                    for a in arrays.values()]
+
+
+def algorithms(device="cpu"):
+    """The names ``algo=`` of the conv ops accepts on ``device`` ("cpu" or "cuda")."""
+    return dispatch.algorithms(devices.parse(device))
 
 
 def _shape4(name, shape):
@@ -63,7 +68,7 @@ def _algo(algo, device):
 
 
 def _run(op, device, algo, g, dtype, *args):
-    signature = f"{g.key()}|{dtype}|{runtime.device_name(device)}"
+    signature = f"{g.key()}|{dtype}|{devices.name(device)}"
     with runtime.KERNEL_LOCK:
         impl = dispatch.select(op, device, algo, g, signature, lambda fn: fn(g, *args))
         return impl(g, *args)
@@ -98,8 +103,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=N
                [6., 9., 9., 6.],
                [4., 6., 6., 4.]], dtype=float32)
     """
-    device = runtime.check_device(device)
-    x, w, b = _arrays(x=x, w=w, b=b)
+    device, (x, w, b) = _arrays(device, x=x, w=w, b=b)
     g = geometry.conv_geometry(x.shape, w.shape, stride, padding, dilation, groups, data_format)
     if b is not None:
         _expect("b", b, (g.K,), f"w {w.shape}")
@@ -110,8 +114,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=N
 def conv2d_backward_input(gy, w, x_shape, stride=1, padding=0, dilation=1, groups=1,
                           data_format="NCHW", algo="auto", device=None):
     """Gradient of :func:`conv2d` with respect to x, of shape ``x_shape``, given ``gy = dL/dy``."""
-    device = runtime.check_device(device)
-    gy, w = _arrays(gy=gy, w=w)
+    device, (gy, w) = _arrays(device, gy=gy, w=w)
     x_shape = _shape4("x_shape", x_shape)
     g = geometry.conv_geometry(x_shape, w.shape, stride, padding, dilation, groups, data_format)
     _expect("gy", gy, g.y_shape, f"conv2d of x {x_shape} with w {w.shape}")
@@ -121,8 +124,7 @@ def conv2d_backward_input(gy, w, x_shape, stride=1, padding=0, dilation=1, group
 def conv2d_backward_weight(gy, x, w_shape, stride=1, padding=0, dilation=1, groups=1,
                            data_format="NCHW", algo="auto", device=None):
     """Gradient of :func:`conv2d` with respect to w, of shape ``w_shape``, given ``gy``."""
-    device = runtime.check_device(device)
-    gy, x = _arrays(gy=gy, x=x)
+    device, (gy, x) = _arrays(device, gy=gy, x=x)
     w_shape = _shape4("w_shape", w_shape)
     g = geometry.conv_geometry(x.shape, w_shape, stride, padding, dilation, groups, data_format)
     _expect("gy", gy, g.y_shape, f"conv2d of x {x.shape} with w {w_shape}")
@@ -131,8 +133,7 @@ def conv2d_backward_weight(gy, x, w_shape, stride=1, padding=0, dilation=1, grou
 
 def conv2d_backward_bias(gy, data_format="NCHW", device=None):
     """Gradient of :func:`conv2d` with respect to b: gy summed over all but the channel axis."""
-    device = runtime.check_device(device)
-    (gy,) = _arrays(gy=gy)
+    device, (gy,) = _arrays(device, gy=gy)
     data_format = geometry.layout(data_format)
     if gy.ndim != 4:
         raise ValueError(f"gy must be 4-D {data_format}, got shape {gy.shape}")
@@ -167,8 +168,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, data_for
     Padded cells never win. ``stride`` defaults to ``kernel_size``; with ``ceil_mode`` a last,
     partial window is kept when it starts inside the input or its left padding.
     """
-    device = runtime.check_device(device)
-    (x,) = _arrays(x=x)
+    device, (x,) = _arrays(device, x=x)
     p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, True, data_format)
     return _run("max_pool2d", device, "auto", p, x.dtype, x)
 
@@ -177,8 +177,7 @@ def max_pool2d_backward(gy, x, kernel_size, stride=None, padding=0, ceil_mode=Fa
                         data_format="NCHW", device=None):
     """Gradient of :func:`max_pool2d`: each gy goes to its window's first maximum in scan order,
     summed where windows overlap."""
-    device = runtime.check_device(device)
-    gy, x = _arrays(gy=gy, x=x)
+    device, (gy, x) = _arrays(device, gy=gy, x=x)
     p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, True, data_format)
     _expect("gy", gy, p.y_shape, f"max_pool2d of x {x.shape}")
     return _run("max_pool2d_backward", device, "auto", p, gy.dtype, gy, x)
@@ -192,8 +191,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     input (True, PyTorch's default) or by the number of real cells (False). With "same" or
     "valid" padding TensorFlow's rule applies: padded cells are never counted.
     """
-    device = runtime.check_device(device)
-    (x,) = _arrays(x=x)
+    device, (x,) = _arrays(device, x=x)
     p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format)
     return _run("avg_pool2d", device, "auto", p, x.dtype, x)
 
@@ -201,8 +199,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
 def avg_pool2d_backward(gy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
                         count_include_pad=True, data_format="NCHW", device=None):
     """Gradient of :func:`avg_pool2d` with respect to its input of shape ``x_shape``."""
-    device = runtime.check_device(device)
-    (gy,) = _arrays(gy=gy)
+    device, (gy,) = _arrays(device, gy=gy)
     x_shape = _shape4("x_shape", x_shape)
     p = _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format)
     _expect("gy", gy, p.y_shape, f"avg_pool2d of x {x_shape}")

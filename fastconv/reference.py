@@ -9,18 +9,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .dispatch import register
-
-
-def _to_nchw(a, layout):
-    return a if layout == "NCHW" else a.transpose(0, 3, 1, 2)
+from .geometry import nchw_view, oihw_view
 
 
 def _from_nchw(a, layout):
     return a if layout == "NCHW" else np.ascontiguousarray(a.transpose(0, 2, 3, 1))
-
-
-def _oihw(w, layout):
-    return w if layout == "NCHW" else w.transpose(3, 2, 0, 1)
 
 
 def _pad(x, padding, value=0.0):
@@ -58,7 +51,7 @@ def _crop(gxp, g):
 
 @register("conv2d", "cpu", "reference")
 def conv2d(g, x, w, b, activation):
-    x, w = _to_nchw(x, g.layout), _oihw(w, g.layout)
+    x, w = nchw_view(x, g.layout), oihw_view(w, g.layout)
     win = _windows(_pad(x, g.padding), (g.R, g.S), g.stride, g.dilation, (g.OH, g.OW))
     y = np.empty((g.N, g.K, g.OH, g.OW), np.result_type(x, w))
     for cs, ks in _group_slices(g):
@@ -71,7 +64,7 @@ def conv2d(g, x, w, b, activation):
 @register("conv2d_backward_input", "cpu", "reference")
 def conv2d_backward_input(g, gy, w):
     """A transposed convolution: each kernel tap adds its contribution to a strided slice."""
-    gy, w = _to_nchw(gy, g.layout), _oihw(w, g.layout)
+    gy, w = nchw_view(gy, g.layout), oihw_view(w, g.layout)
     top, bottom, left, right = g.padding
     gxp = np.zeros((g.N, g.C, g.H + top + bottom, g.W + left + right), gy.dtype)
     (sh, sw), (dh, dw) = g.stride, g.dilation
@@ -86,7 +79,7 @@ def conv2d_backward_input(g, gy, w):
 
 @register("conv2d_backward_weight", "cpu", "reference")
 def conv2d_backward_weight(g, gy, x):
-    gy, x = _to_nchw(gy, g.layout), _to_nchw(x, g.layout)
+    gy, x = nchw_view(gy, g.layout), nchw_view(x, g.layout)
     win = _windows(_pad(x, g.padding), (g.R, g.S), g.stride, g.dilation, (g.OH, g.OW))
     gw = np.empty((g.K, g.C // g.groups, g.R, g.S), gy.dtype)
     for cs, ks in _group_slices(g):
@@ -118,14 +111,14 @@ def _pool_zeros(p, dtype):
 
 @register("max_pool2d", "cpu", "reference")
 def max_pool2d(p, x):
-    x = _to_nchw(x, p.layout)
+    x = nchw_view(x, p.layout)
     return _from_nchw(_pool_windows(x, p, -np.inf).max(axis=(4, 5)), p.layout)
 
 
 @register("max_pool2d_backward", "cpu", "reference")
 def max_pool2d_backward(p, gy, x):
     """Each gradient goes to its window's first maximum in row-major scan order."""
-    gy, x = _to_nchw(gy, p.layout), _to_nchw(x, p.layout)
+    gy, x = nchw_view(gy, p.layout), nchw_view(x, p.layout)
     win = _pool_windows(x, p, -np.inf)
     first = win.reshape(win.shape[:4] + (-1,)).argmax(axis=-1)
     n, c, oh, ow = np.indices(first.shape, sparse=True)
@@ -149,7 +142,7 @@ def _avg_divisor(p, dtype):
 
 @register("avg_pool2d", "cpu", "reference")
 def avg_pool2d(p, x):
-    x = _to_nchw(x, p.layout)
+    x = nchw_view(x, p.layout)
     total = _pool_windows(x, p, 0.0).sum(axis=(4, 5))
     return _from_nchw(total / _avg_divisor(p, x.dtype), p.layout)
 
@@ -157,7 +150,7 @@ def avg_pool2d(p, x):
 @register("avg_pool2d_backward", "cpu", "reference")
 def avg_pool2d_backward(p, gy):
     """Each window hands gy / divisor to every cell it covers; padded cells are cropped away."""
-    gy = _to_nchw(gy, p.layout)
+    gy = nchw_view(gy, p.layout)
     share = gy / _avg_divisor(p, gy.dtype)
     gxp = _pool_zeros(p, gy.dtype)
     (kh, kw), (sh, sw) = p.kernel, p.stride

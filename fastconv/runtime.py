@@ -58,22 +58,6 @@ def simd_flags() -> list[str]:
     return [f for f in SIMD_FLAGS if f in flags]
 
 
-def check_device(device) -> str:
-    """The device a ``device=`` argument names: None and "cpu" are the CPU; "cuda[:N]" is
-    refused until the CUDA backend is wired to the ops."""
-    if device is None or device == "cpu":
-        return "cpu"
-    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
-        raise RuntimeError(f"device={device!r}: this build of fastconv has no CUDA backend; "
-                           "run on device='cpu'")
-    raise ValueError(f"device must be None, 'cpu' or 'cuda[:N]', got {device!r}")
-
-
-def device_name(device: str) -> str:
-    """Identifies the hardware in autotuning keys: the CPU model and the thread count."""
-    return f"{cpu_name()} x{numba.get_num_threads()}"
-
-
 def blas() -> list[dict]:
     """The BLAS libraries NumPy and SciPy loaded, as threadpoolctl reports them."""
     import numpy  # noqa: F401  (loads NumPy's BLAS so threadpoolctl sees it)

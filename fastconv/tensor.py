@@ -1,10 +1,14 @@
-"""A define-by-run autograd Tensor over NumPy arrays, micrograd-sized.
+"""A define-by-run autograd Tensor over NumPy or CuPy arrays, micrograd-sized.
 
 Each operation computes its output array and, when grad mode is on and an input needs a
 gradient, records its inputs and a backward closure that maps the output's gradient to one
 gradient per input (None where that input needs none). ``backward`` walks the graph once in
 reverse topological order (iteratively, so deep graphs don't hit Python's recursion limit),
 adds up the gradients reaching each node and accumulates leaf gradients into ``.grad``.
+
+A Tensor's ``device`` ("cpu" or "cuda") says which backend its ops run on; its data is a NumPy
+array on the CPU and a CuPy array on the GPU (a NumPy array under the CUDA simulator). The
+element-wise maths is written with NumPy's functions, which dispatch to CuPy for CuPy arrays.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 
 import numpy as np
 
-from .runtime import check_device
+from . import device as devices
 
 _state = threading.local()
 
@@ -50,12 +54,13 @@ def _unbroadcast(grad, shape):
 
 
 class Tensor:
-    """An array with an optional gradient. ``data`` is a NumPy array on the CPU."""
+    """An array with an optional gradient, on ``device`` (by default where ``data`` lives)."""
 
     __array_priority__ = 1000  # NumPy defers to Tensor's operators (ndarray + Tensor)
 
-    def __init__(self, data, requires_grad=False):
+    def __init__(self, data, requires_grad=False, device=None):
         self.data = data
+        self.device = device or devices.where(data) or "cpu"
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._parents = ()
@@ -66,7 +71,7 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    device = property(lambda self: "cpu")
+    xp = property(lambda self: devices.array_module(self.device))  # NumPy or CuPy
 
     def __len__(self):
         return len(self.data)
@@ -80,20 +85,27 @@ class Tensor:
 
     def numpy(self):
         """A host copy of the data."""
-        return np.array(self.data)
+        return np.array(devices.to_device(self.data, "cpu"))
 
     def detach(self):
-        return Tensor(self.data)
+        return Tensor(self.data, device=self.device)
 
     def to(self, device):
-        check_device(device)
-        return self
+        """This tensor on ``device``: itself if already there, else a copy (not a graph node)."""
+        device = devices.parse(device)
+        if device == self.device:
+            return self
+        return Tensor(devices.to_device(self.data, device), self.requires_grad, device)
 
     # --- graph -----------------------------------------------------------------------------
     @staticmethod
     def _result(data, parents, backward, op):
         """The output of an op; records the graph when grad mode is on and an input needs it."""
-        out = Tensor(data)
+        device = parents[0].device
+        if any(p.device != device for p in parents):
+            raise RuntimeError("tensors of one op must be on one device, got "
+                               + ", ".join(f"{p.shape} on {p.device}" for p in parents))
+        out = Tensor(data, device=device)
         if is_grad_enabled() and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._parents, out._backward, out._op = parents, backward, op
@@ -107,15 +119,16 @@ class Tensor:
             if self.data.size != 1:
                 raise RuntimeError(f"grad can be implicitly created only for scalar outputs, "
                                    f"not shape {self.shape}; pass gradient=")
-            gradient = np.ones_like(self.data)
-        gradient = gradient.data if isinstance(gradient, Tensor) else np.asarray(gradient)
+            gradient = self.xp.ones_like(self.data)
+        gradient = gradient.data if isinstance(gradient, Tensor) else self.xp.asarray(gradient)
         grads = {id(self): gradient.astype(self.dtype, copy=False)}
         for node in _topological(self):
             grad = grads.pop(id(node), None)
             if grad is None:
                 continue
             if node._backward is None:
-                node.grad = Tensor(grad) if node.grad is None else Tensor(node.grad.data + grad)
+                total = grad if node.grad is None else node.grad.data + grad
+                node.grad = Tensor(total, device=node.device)
                 continue
             for parent, g in zip(node._parents, node._backward(grad), strict=True):
                 if g is not None and parent.requires_grad:
@@ -128,7 +141,7 @@ class Tensor:
     def _lift(self, other):
         if isinstance(other, Tensor):
             return other
-        return Tensor(np.asarray(other, dtype=self.dtype))
+        return Tensor(self.xp.asarray(other, dtype=self.dtype), device=self.device)
 
     def __add__(self, other):
         other = self._lift(other)
@@ -184,8 +197,8 @@ class Tensor:
     def sum(self, axis=None, keepdims=False):
         def backward(g):
             if not keepdims and axis is not None:
-                g = np.expand_dims(g, axis)
-            return (np.broadcast_to(g, self.shape).copy(),)
+                g = self.xp.expand_dims(g, axis)
+            return (self.xp.broadcast_to(g, self.shape).copy(),)
         return Tensor._result(self.data.sum(axis=axis, keepdims=keepdims), (self,), backward,
                               "sum")
 
@@ -214,8 +227,8 @@ class Tensor:
 
     def __getitem__(self, index):
         def backward(g):
-            full = np.zeros_like(self.data)
-            np.add.at(full, index, g)
+            full = self.xp.zeros_like(self.data)
+            self.xp.add.at(full, index, g)
             return (full,)
         return Tensor._result(self.data[index], (self,), backward, "getitem")
 
@@ -268,13 +281,17 @@ def _topological(root):
 
 
 def tensor(data, dtype=None, device=None, requires_grad=False):
-    """A Tensor holding a copy of ``data`` (float32 for Python floats, as in PyTorch)."""
-    check_device(device)
+    """A Tensor holding a copy of ``data`` on ``device`` (by default where ``data`` is: the CPU
+    for lists and NumPy arrays). Python floats become float32, as in PyTorch."""
     if isinstance(data, Tensor):
         data = data.data
-    array = np.array(data, dtype=dtype)
-    if dtype is None and array.dtype == np.float64 and not isinstance(data, np.ndarray):
-        array = array.astype(np.float32)
+    source = devices.where(data)
+    device = devices.parse(device if device is not None else source)
+    if source is None:
+        data = np.array(data, dtype=dtype)
+        if dtype is None and data.dtype == np.float64:
+            data = data.astype(np.float32)
+    array = devices.array_module(device).array(devices.to_device(data, device), dtype=dtype)
     if requires_grad and array.dtype.kind != "f":
         raise TypeError(f"only floating-point tensors can require grad, got {array.dtype}")
-    return Tensor(array, requires_grad=requires_grad)
+    return Tensor(array, requires_grad=requires_grad, device=device)

@@ -18,9 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from . import data, models, optim
+from . import device as devices
 from .nn import functional as F
 from .nn import manual_seed
-from .runtime import check_device
 from .tensor import no_grad, tensor
 
 DATASETS = ("fashion-mnist", "mnist")
@@ -59,9 +59,9 @@ def build(config: RunConfig):
     """The model and optimiser a config describes, initialised from its seed."""
     if config.model != "lenet5":
         raise ValueError(f"model must be 'lenet5', got {config.model!r}")
-    check_device(config.device)
+    device = devices.parse(config.device)
     manual_seed(config.seed)
-    model = models.LeNet5(activation=config.activation, pool=config.pool)
+    model = models.LeNet5(activation=config.activation, pool=config.pool).to(device)
     if config.optimizer == "adam":
         optimizer = optim.Adam(model.parameters(), lr=config.lr)
     elif config.optimizer == "sgd":
@@ -71,15 +71,19 @@ def build(config: RunConfig):
     return model, optimizer
 
 
+def _device(model):
+    return model.parameters()[0].device
+
+
 def evaluate(model, batches):
     """Mean loss, accuracy and the predicted classes over ``batches``, without a graph."""
     model.eval()
     total, correct, count, predictions = 0.0, 0, 0, []
     with no_grad():
         for x, y in batches:
-            logits = model(tensor(x))
+            logits = model(tensor(x, device=_device(model)))
             total += F.cross_entropy(logits, y).item() * len(y)
-            predicted = logits.data.argmax(axis=1)
+            predicted = logits.numpy().argmax(axis=1)
             correct += int((predicted == y).sum())
             count += len(y)
             predictions.append(predicted)
@@ -93,13 +97,13 @@ def train_epoch(model, optimizer, batches, description):
     start = time.perf_counter()
     bar = tqdm(batches, desc=description, unit="batch", leave=True)
     for x, y in bar:
-        logits = model(tensor(x))
+        logits = model(tensor(x, device=_device(model)))
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         total += loss.item() * len(y)
-        correct += int((logits.data.argmax(axis=1) == y).sum())
+        correct += int((logits.numpy().argmax(axis=1) == y).sum())
         count += len(y)
         rate = count / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{total / count:.4f}", acc=f"{correct / count:.4f}",
@@ -110,7 +114,8 @@ def train_epoch(model, optimizer, batches, description):
 def save_checkpoint(directory: Path, model, optimizer, config: RunConfig):
     arrays = {f"model/{name}": value for name, value in model.state_dict().items()}
     for i, state in enumerate(optimizer.state):
-        arrays.update({f"optim/{i}/{key}": np.asarray(value) for key, value in state.items()})
+        arrays.update({f"optim/{i}/{key}": np.asarray(devices.to_device(value, "cpu"))
+                       for key, value in state.items()})
     temporary = directory / "checkpoint.tmp.npz"
     np.savez(temporary, **arrays)
     temporary.replace(directory / "checkpoint.npz")
@@ -131,7 +136,8 @@ def load_checkpoint(path):
             if key.startswith("optim/"):
                 _, index, name = key.split("/")
                 value = arrays[key]
-                optimizer.state[int(index)][name] = value.item() if value.ndim == 0 else value
+                optimizer.state[int(index)][name] = (
+                    value.item() if value.ndim == 0 else devices.to_device(value, _device(model)))
     return config, model, optimizer
 
 

@@ -12,7 +12,7 @@ threads along the rows). Planes (n, k) or (n, ci) run on grid z, in a loop of st
 when there are more than MAX_GRID_Z of them.
 """
 
-from .cuda_device import activate, cuda, flat_grid, plane_grid
+from .cuda_device import activate, cuda, flat_grid, launch, plane_grid
 
 # The input tile the tiled forward stages in shared memory, in input cells (rows, columns). A
 # shared array's shape must be a compile-time constant; 40 x 40 holds the patch of a 16 x 16
@@ -20,6 +20,8 @@ from .cuda_device import activate, cuda, flat_grid, plane_grid
 # 5-tap window (6.4 KB in float32, 12.8 KB in float64). Launches whose patch does not fit
 # take the untiled kernel.
 TILE = (40, 40)
+# Output channels per thread in the tiled forward, and the most taps (R*S) it stages per filter.
+K_TILE, MAX_TAPS = 4, 64
 
 
 @cuda.jit(cache=True)
@@ -57,20 +59,26 @@ def conv2d_forward_nchw(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
 
 @cuda.jit(cache=True)
 def conv2d_forward_nchw_tiled(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
-    """y = act(b + conv(x, w)), staging the block's input patch in shared memory.
+    """y = act(b + conv(x, w)), from an input patch and filters staged in shared memory.
 
     Layout: x (N, C, H, W), w OIHW (K, C/groups, R, S), b (K,), y (N, K, OH, OW).
-    A block computes an output tile of plane (n, k): each thread owns y[n, k, oh, ow] as in
-    conv2d_forward_nchw. Per input channel c of the group, the block's threads copy the
-    patch its tile reads (``(rows - 1) * sh + (R - 1) * dh + 1`` by the same in columns, the
-    tile's rows and columns clipped to the output, zeros in the padding) into ``TILE``; then
-    each thread adds its R * S taps from there. The launcher guarantees the patch fits TILE.
+    A block computes an output tile for K_TILE output channels of one group (planes
+    (n, group, channel block) on grid z); each thread owns the pixel (oh, ow) of those
+    channels, K_TILE accumulators in registers. Per input channel c of the group, the block
+    copies the patch its tile reads (``(rows - 1) * sh + (R - 1) * dh + 1`` by the same in
+    columns, clipped to the output, zeros in the padding) into ``TILE`` and the K_TILE filters'
+    R x S taps into shared memory; then each thread reads each tap of the patch once and adds
+    it, times each filter's weight, to its K_TILE sums. The launcher guarantees that the patch
+    and the taps fit (``tile_fits``).
     """
     tile = cuda.shared.array(TILE, x.dtype)
+    taps = cuda.shared.array((K_TILE, MAX_TAPS), x.dtype)
+    acc = cuda.local.array(K_TILE, y.dtype)
     n_, c_, h_, w_ = x.shape
     k_, cg, r_, s_ = w.shape
     oh_, ow_ = y.shape[2], y.shape[3]
     kg = k_ // groups
+    blocks = (kg + K_TILE - 1) // K_TILE  # channel blocks per group
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     oh0, ow0 = cuda.blockIdx.y * cuda.blockDim.y, cuda.blockIdx.x * cuda.blockDim.x
     oh, ow = oh0 + ty, ow0 + tx
@@ -81,24 +89,64 @@ def conv2d_forward_nchw_tiled(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
     ih0, iw0 = oh0 * sh - pt, ow0 * sw - pl
     thread, threads = ty * cuda.blockDim.x + tx, cuda.blockDim.x * cuda.blockDim.y
     zero = x.dtype.type(0)
-    for nk in range(cuda.blockIdx.z, n_ * k_, cuda.gridDim.z):
-        n, k = nk // k_, nk % k_
-        g = k // kg
-        acc = b[k]
+    for plane in range(cuda.blockIdx.z, n_ * groups * blocks, cuda.gridDim.z):
+        n, g, kb = plane // (groups * blocks), plane // blocks % groups, plane % blocks
+        k0 = g * kg + kb * K_TILE
+        kn = min(K_TILE, kg - kb * K_TILE)
+        for j in range(K_TILE):
+            acc[j] = b[k0 + j] if j < kn else zero
         for c in range(cg):
             ci = g * cg + c
             for i in range(thread, ph * pw, threads):
                 ih, iw = ih0 + i // pw, iw0 + i % pw
                 inside_x = 0 <= ih < h_ and 0 <= iw < w_
                 tile[i // pw, i % pw] = x[n, ci, ih, iw] if inside_x else zero
-            cuda.syncthreads()  # patch staged: every thread of the block may read it
+            for i in range(thread, kn * r_ * s_, threads):
+                j, rs = i // (r_ * s_), i % (r_ * s_)
+                taps[j, rs] = w[k0 + j, c, rs // s_, rs % s_]
+            cuda.syncthreads()  # patch and taps staged: every thread of the block may read them
             if inside:
                 for r in range(r_):
                     for s in range(s_):
-                        acc += tile[ty * sh + r * dh, tx * sw + s * dw] * w[k, c, r, s]
-            cuda.syncthreads()  # patch consumed: the next channel may overwrite it
+                        v = tile[ty * sh + r * dh, tx * sw + s * dw]
+                        for j in range(K_TILE):
+                            if j < kn:
+                                acc[j] += v * taps[j, r * s_ + s]
+            cuda.syncthreads()  # consumed: the next channel may overwrite them
         if inside:
-            y[n, k, oh, ow] = activate(acc, act, y.dtype)
+            for j in range(kn):
+                y[n, k0 + j, oh, ow] = activate(acc[j], act, y.dtype)
+
+
+@cuda.jit(cache=True)
+def conv2d_forward_nhwc(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
+    """y = act(b + conv(x, w)) for channels-last arrays.
+
+    Layout: x (N, H, W, C), w HWIO (R, S, C/groups, K), b (K,), y (N, OH, OW, K).
+    Each thread owns y[n, oh, ow, k] (threads over (k, ow), planes n*OH + oh on grid z):
+    consecutive threads take consecutive output channels, so their filter loads and output
+    stores are coalesced and the input cell they share is one broadcast load.
+    """
+    n_, h_, w_, c_ = x.shape
+    r_, s_, cg, k_ = w.shape
+    oh_, ow_ = y.shape[1], y.shape[2]
+    k, ow = cuda.grid(2)
+    if k >= k_ or ow >= ow_:
+        return
+    c0 = k // (k_ // groups) * cg
+    for plane in range(cuda.blockIdx.z, n_ * oh_, cuda.gridDim.z):
+        n, oh = plane // oh_, plane % oh_
+        acc = b[k]
+        for r in range(r_):
+            ih = oh * sh - pt + r * dh
+            if ih < 0 or ih >= h_:
+                continue
+            for s in range(s_):
+                iw = ow * sw - pl + s * dw
+                if 0 <= iw < w_:
+                    for c in range(cg):
+                        acc += x[n, ih, iw, c0 + c] * w[r, s, c, k]
+        y[n, oh, ow, k] = activate(acc, act, y.dtype)
 
 
 @cuda.jit(cache=True)
@@ -184,32 +232,46 @@ def conv2d_backward_bias(gy, gb):
 
 
 def tile_fits(oh_, ow_, r_, s_, sh, sw, dh, dw, block):
-    """Whether a block's input patch fits TILE (the tiled forward's precondition)."""
+    """Whether a block's input patch fits TILE and a filter's taps MAX_TAPS (the tiled
+    forward's precondition)."""
     bx, by = block
     ph = (min(by, oh_) - 1) * sh + (r_ - 1) * dh + 1
     pw = (min(bx, ow_) - 1) * sw + (s_ - 1) * dw + 1
-    return ph <= TILE[0] and pw <= TILE[1]
+    return ph <= TILE[0] and pw <= TILE[1] and r_ * s_ <= MAX_TAPS
 
 
 def launch_conv2d_forward(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act, block=(8, 8),
-                          tiled=True):
-    """Run the forward on y's planes: the tiled kernel when asked and its patch fits TILE."""
+                          tiled=True, stream=0):
+    """The NCHW forward: the tiled kernel when asked and its patch fits, else the untiled."""
     n_, k_, oh_, ow_ = y.shape
-    use_tile = tiled and tile_fits(oh_, ow_, w.shape[2], w.shape[3], sh, sw, dh, dw, block)
-    kernel = conv2d_forward_nchw_tiled if use_tile else conv2d_forward_nchw
-    kernel[plane_grid(oh_, ow_, n_ * k_, block), block](x, w, b, y, sh, sw, pt, pl, dh, dw,
-                                                         groups, act)
+    if tiled and tile_fits(oh_, ow_, w.shape[2], w.shape[3], sh, sw, dh, dw, block):
+        kernel, planes = conv2d_forward_nchw_tiled, n_ * groups * -(-k_ // groups // K_TILE)
+    else:
+        kernel, planes = conv2d_forward_nchw, n_ * k_
+    launch(kernel, plane_grid(oh_, ow_, planes, block), block, stream,
+           x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act)
 
 
-def launch_conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups, block=(8, 8)):
+def launch_conv2d_forward_nhwc(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act, block=(32, 4),
+                               stream=0):
+    n_, oh_, ow_, k_ = y.shape
+    launch(conv2d_forward_nhwc, plane_grid(ow_, k_, n_ * oh_, block), block, stream,
+           x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act)
+
+
+def launch_conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups, block=(8, 8),
+                                 stream=0):
     n_, c_, h_, w_ = gx.shape
-    conv2d_backward_input[plane_grid(h_, w_, n_ * c_, block), block](
-        gy, w, gx, sh, sw, pt, pl, dh, dw, groups)
+    launch(conv2d_backward_input, plane_grid(h_, w_, n_ * c_, block), block, stream,
+           gy, w, gx, sh, sw, pt, pl, dh, dw, groups)
 
 
-def launch_conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups, block=(8, 8)):
-    conv2d_backward_weight[flat_grid(gw.size, block)](gy, x, gw, sh, sw, pt, pl, dh, dw, groups)
+def launch_conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups, block=(8, 8),
+                                  stream=0):
+    grid, threads = flat_grid(gw.size, block)
+    launch(conv2d_backward_weight, grid, threads, stream, gy, x, gw, sh, sw, pt, pl, dh, dw, groups)
 
 
-def launch_conv2d_backward_bias(gy, gb, block=(8, 8)):
-    conv2d_backward_bias[flat_grid(gb.shape[0], block)](gy, gb)
+def launch_conv2d_backward_bias(gy, gb, block=(8, 8), stream=0):
+    grid, threads = flat_grid(gb.shape[0], block)
+    launch(conv2d_backward_bias, grid, threads, stream, gy, gb)

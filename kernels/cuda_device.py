@@ -8,11 +8,11 @@ same kernels run in Numba's simulator on NumPy arrays.
 
 import math
 
-from numba import cuda
+from numba import config, cuda
 
 from .activation import RELU, SIGMOID, TANH
 
-__all__ = ["cuda", "activate", "plane_grid", "flat_grid", "MAX_GRID_Z"]
+__all__ = ["cuda", "activate", "launch", "plane_grid", "flat_grid", "MAX_GRID_Z"]
 
 # The hardware limit on gridDim.z; kernels with more planes loop over them with stride gridDim.z.
 MAX_GRID_Z = 65535
@@ -49,3 +49,21 @@ def flat_grid(total, block):
     """1-D grid and block (bx * by threads) covering ``total`` elements."""
     threads = block[0] * block[1]
     return -(-total // threads), threads
+
+
+if config.ENABLE_CUDASIM:
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    def _argument(a):
+        # The simulator copies a NumPy argument to a fake device and back, which needs a
+        # contiguous buffer; wrapped, the kernel reads and writes any view in place, as it
+        # does a CuPy view on a GPU.
+        return FakeCUDAArray(a) if hasattr(a, "ndim") and a.ndim > 0 else a
+else:
+    def _argument(a):
+        return a
+
+
+def launch(kernel, grid, block, stream, *args):
+    """kernel[grid, block, stream](*args): every launch of fastconv goes through here."""
+    kernel[grid, block, stream](*(_argument(a) for a in args))

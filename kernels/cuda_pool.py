@@ -13,7 +13,7 @@ threads along the rows); planes n*C + c run on grid z, in a loop of stride gridD
 
 import math
 
-from .cuda_device import cuda, plane_grid
+from .cuda_device import cuda, launch, plane_grid
 
 
 @cuda.jit(device=True, inline="always")
@@ -151,27 +151,27 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
         gx[n, c, ih, iw] = acc
 
 
-def launch_max_pool2d_forward(x, y, kh, kw, sh, sw, pt, pl, block=(8, 8)):
+def launch_max_pool2d_forward(x, y, kh, kw, sh, sw, pt, pl, block=(8, 8), stream=0):
     n_, c_, oh_, ow_ = y.shape
-    max_pool2d_forward[plane_grid(oh_, ow_, n_ * c_, block), block](
-        x, y, kh, kw, sh, sw, pt, pl)
+    launch(max_pool2d_forward, plane_grid(oh_, ow_, n_ * c_, block), block, stream,
+           x, y, kh, kw, sh, sw, pt, pl)
 
 
-def launch_max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl, block=(8, 8)):
+def launch_max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl, block=(8, 8), stream=0):
     n_, c_, h_, w_ = gx.shape
-    max_pool2d_backward[plane_grid(h_, w_, n_ * c_, block), block](
-        gy, x, gx, kh, kw, sh, sw, pt, pl)
+    launch(max_pool2d_backward, plane_grid(h_, w_, n_ * c_, block), block, stream,
+           gy, x, gx, kh, kw, sh, sw, pt, pl)
 
 
 def launch_avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding,
-                              block=(8, 8)):
+                              block=(8, 8), stream=0):
     n_, c_, oh_, ow_ = y.shape
-    avg_pool2d_forward[plane_grid(oh_, ow_, n_ * c_, block), block](
-        x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding)
+    launch(avg_pool2d_forward, plane_grid(oh_, ow_, n_ * c_, block), block, stream,
+           x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding)
 
 
 def launch_avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding,
-                               block=(8, 8)):
+                               block=(8, 8), stream=0):
     n_, c_, h_, w_ = gx.shape
-    avg_pool2d_backward[plane_grid(h_, w_, n_ * c_, block), block](
-        gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding)
+    launch(avg_pool2d_backward, plane_grid(h_, w_, n_ * c_, block), block, stream,
+           gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding)

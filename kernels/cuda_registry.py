@@ -7,7 +7,7 @@ kernel touches its file and one line here.
 
 from numba import types
 
-from . import cuda_conv, cuda_pool
+from . import cuda_conv, cuda_gemm, cuda_im2col, cuda_pool
 
 _i, _b = types.int64, types.boolean
 
@@ -29,6 +29,18 @@ def _conv_backward(t):
     return types.void(_arr(t, 4), _arr(t, 4), _arr(t, 4), *[_i] * 7)
 
 
+def _gemm(t):
+    return types.void(_arr(t, 3), _arr(t, 3), _arr(t, 3), _arr(t, 1), _i)
+
+
+def _bias_activation(t):
+    return types.void(_arr(t, 3), _arr(t, 1), _i)
+
+
+def _unfold(t):
+    return types.void(_arr(t, 4), _arr(t, 4), *[_i] * 8)
+
+
 def _bias_backward(t):
     return types.void(_arr(t, 4), _arr(t, 1))
 
@@ -48,9 +60,14 @@ def _avg(t):
 _KERNELS = [
     (cuda_conv.conv2d_forward_nchw, _conv_forward),
     (cuda_conv.conv2d_forward_nchw_tiled, _conv_forward),
+    (cuda_conv.conv2d_forward_nhwc, _conv_forward),
     (cuda_conv.conv2d_backward_input, _conv_backward),
     (cuda_conv.conv2d_backward_weight, _conv_backward),
     (cuda_conv.conv2d_backward_bias, _bias_backward),
+    (cuda_im2col.im2col, _unfold),
+    (cuda_im2col.col2im, _unfold),
+    (cuda_gemm.gemm, _gemm),
+    (cuda_gemm.bias_activation, _bias_activation),
     (cuda_pool.max_pool2d_forward, _max_forward),
     (cuda_pool.max_pool2d_backward, _max_backward),
     (cuda_pool.avg_pool2d_forward, _avg),

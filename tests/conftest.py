@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastconv.cpu
+from fastconv import device
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +14,5 @@ def poisoned_outputs(monkeypatch):
         return np.full(shape, np.nan, dtype)
     monkeypatch.setattr(fastconv.cpu, "_empty", poisoned)
     monkeypatch.setattr(fastconv.cpu, "_workspace", poisoned)
+    if device.simulated():  # the CUDA backend's arrays are NumPy arrays in the simulator
+        monkeypatch.setattr(device.cuda_backend(), "_empty", poisoned)

@@ -149,8 +149,6 @@ def test_tensor_basics():
     assert (t.sum()).item() == 3.0
     with pytest.raises(TypeError, match="floating-point"):
         tensor([1, 2], requires_grad=True)
-    with pytest.raises(RuntimeError, match="no CUDA backend"):
-        t.to("cuda")
 
 
 def test_float32_stays_float32_through_scalars():

@@ -3,6 +3,7 @@ backward ops as the chain rule, and the layers and losses a CNN needs around the
 
 import numpy as np
 
+from .. import device as devices
 from .. import ops
 from ..tensor import Tensor
 
@@ -20,7 +21,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     for the arguments. Backward computes only the gradients its inputs need
     (fastconv.ops.conv2d_backward)."""
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-                    data_format=data_format)
+                    data_format=data_format, device=input.device)
     y = ops.conv2d(input.data, weight.data, None if bias is None else bias.data,
                    activation=activation, **geometry)
 
@@ -38,7 +39,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, data_format="NCHW"):
     window = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                  data_format=data_format)
+                  data_format=data_format, device=input.device)
     y = ops.max_pool2d(input.data, **window)
     return Tensor._result(y, (input,),
                           lambda g: (ops.max_pool2d_backward(g, input.data, **window),),
@@ -48,7 +49,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, data
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, data_format="NCHW"):
     window = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                  count_include_pad=count_include_pad, data_format=data_format)
+                  count_include_pad=count_include_pad, data_format=data_format,
+                  device=input.device)
     y = ops.avg_pool2d(input.data, **window)
     return Tensor._result(y, (input,),
                           lambda g: (ops.avg_pool2d_backward(g, input.shape, **window),),
@@ -84,13 +86,14 @@ def log_softmax(input, dim=-1):
 def cross_entropy(input, target):
     """Mean negative log-likelihood of integer class ``target`` (N,) under logits (N, classes),
     through log_softmax, so large logits do not overflow."""
-    labels = np.asarray(target.data if isinstance(target, Tensor) else target)
+    labels = target.numpy() if isinstance(target, Tensor) else np.asarray(target)
     if labels.ndim != 1 or labels.shape[0] != input.shape[0] or labels.dtype.kind not in "iu":
         raise ValueError(f"target must be (N,) integer class indices for input {input.shape}, "
                          f"got {labels.dtype} {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= input.shape[1]):
         raise ValueError(f"target classes must lie in [0, {input.shape[1]})")
-    picked = log_softmax(input, dim=1)[np.arange(len(labels)), labels]
+    rows, labels = (devices.to_device(a, input.device) for a in (np.arange(len(labels)), labels))
+    picked = log_softmax(input, dim=1)[rows, labels]
     return -picked.mean()
 
 

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from .. import device as devices
 from ..tensor import Tensor
 from . import functional as F
 
@@ -64,8 +65,12 @@ class Module:
         return self.train(False)
 
     def to(self, device):
+        """Move every parameter (and its gradient) to ``device``, in place, as PyTorch does."""
+        device = devices.parse(device)
         for p in self.parameters():
-            p.to(device)
+            p.data, p.device = devices.to_device(p.data, device), device
+            if p.grad is not None:
+                p.grad = p.grad.to(device)
         return self
 
     def state_dict(self):
@@ -88,7 +93,7 @@ class Module:
             if value.shape != params[name].shape:
                 raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the parameter "
                                  f"{params[name].shape}")
-            params[name].data[...] = value
+            params[name].data[...] = devices.to_device(value, params[name].device)
         return self
 
 

@@ -13,9 +13,9 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
                 allow_module_level=True)
 pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
-from fastconv import geometry  # noqa: E402
+from fastconv import geometry, ops  # noqa: E402
 from fastconv.dispatch import implementations  # noqa: E402
-from fastconv.kernels import cuda_conv, cuda_pool  # noqa: E402
+from fastconv.kernels import cuda_conv, cuda_gemm, cuda_pool  # noqa: E402
 from fastconv.kernels.activation import CODES  # noqa: E402
 from oracle import random, rel_error, tolerance  # noqa: E402
 
@@ -148,3 +148,125 @@ def test_avg_pool2d(case):
     gx = _poisoned(p.x_shape, dtype)
     cuda_pool.launch_avg_pool2d_backward(gy, gx, *args, block=BLOCK)
     _close(gx, _reference("avg_pool2d_backward", p, gy64), dtype)
+
+
+# --- the CUDA kernels through fastconv.ops, device="cuda" -------------------------------------
+
+# (x NCHW shape, w OIHW shape, geometry, layout, activation, dtype). Together: both layouts,
+# groups, strides, dilation, asymmetric and "same"/"valid" padding, a pointwise convolution
+# (which skips im2col), every activation, both dtypes.
+OPS_CASES = [
+    ((2, 4, 7, 6), (6, 2, 3, 3), dict(stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2),
+                                      groups=2), "NCHW", "tanh", np.float32),
+    ((1, 3, 6, 6), (4, 3, 3, 3), dict(padding="same"), "NHWC", "relu", np.float64),
+    ((2, 3, 5, 4), (5, 3, 1, 1), dict(), "NCHW", None, np.float64),
+    ((1, 2, 6, 5), (2, 2, 2, 2), dict(stride=2, padding="valid"), "NHWC", "sigmoid", np.float32),
+]
+
+
+def _layout(a, layout, filters=False):
+    """An NCHW array (OIHW filters) in ``layout``, contiguous."""
+    if layout == "NCHW":
+        return a
+    return np.ascontiguousarray(a.transpose((2, 3, 1, 0) if filters else (0, 2, 3, 1)))
+
+
+def test_cuda_algorithms_in_the_simulator():
+    assert ops.algorithms("cuda") == ("direct", "im2col")  # no cuBLAS without a GPU
+
+
+@pytest.mark.parametrize("algo", ["direct", "im2col", "auto"])
+@pytest.mark.parametrize("case", OPS_CASES, ids=[f"{c[3]}-{np.dtype(c[5])}-{c[1]}"
+                                                 for c in OPS_CASES])
+def test_conv_ops_on_cuda(case, algo):
+    x_shape, w_shape, kwargs, layout, activation, dtype = case
+    rng = np.random.default_rng(5)
+    x = _layout(random(rng, x_shape, dtype), layout)
+    w = _layout(random(rng, w_shape, dtype), layout, filters=True)
+    b = random(rng, w_shape[0], dtype)
+    kw = dict(kwargs, data_format=layout)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    want = ops.conv2d(x64, w64, b64, activation=activation, algo="reference", **kw)
+    y = ops.conv2d(x, w, b, activation=activation, algo=algo, device="cuda", **kw)
+    _close(y, want, dtype)
+
+    gy = random(rng, want.shape, dtype)
+    gy64 = gy.astype(np.float64)
+    gx, gw, gb = ops.conv2d_backward(gy, x, w, algo=algo, device="cuda", **kw)
+    _close(gx, ops.conv2d_backward_input(gy64, w64, x.shape, algo="reference", **kw), dtype)
+    _close(gw, ops.conv2d_backward_weight(gy64, x64, w.shape, algo="reference", **kw), dtype)
+    _close(gb, ops.conv2d_backward_bias(gy64, data_format=layout), dtype)
+
+
+# (x NCHW shape, kernel, stride, padding, ceil_mode, count_include_pad, layout, dtype)
+POOL_OPS_CASES = [
+    ((1, 2, 7, 6), 3, 2, 1, True, False, "NHWC", np.float32),
+    ((2, 1, 5, 6), (2, 3), (1, 2), "same", False, True, "NCHW", np.float64),
+]
+
+
+@pytest.mark.parametrize("case", POOL_OPS_CASES, ids=[c[6] for c in POOL_OPS_CASES])
+def test_pool_ops_on_cuda(case):
+    x_shape, kernel, stride, padding, ceil_mode, count_pad, layout, dtype = case
+    rng = np.random.default_rng(6)
+    x = _layout(rng.permutation(np.linspace(-1, 1, int(np.prod(x_shape)))).reshape(x_shape)
+                .astype(dtype), layout)
+    window = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                  data_format=layout)
+    x64 = x.astype(np.float64)
+    for op, extra in (("max_pool2d", {}), ("avg_pool2d", dict(count_include_pad=count_pad))):
+        want = getattr(ops, op)(x64, **window, **extra)
+        assert set(implementations(op, "cuda")) == {"numba"}
+        _close(getattr(ops, op)(x, **window, **extra, device="cuda"), want, dtype)
+        gy = random(rng, want.shape, dtype)
+        gy64 = gy.astype(np.float64)
+        if op == "max_pool2d":
+            got = ops.max_pool2d_backward(gy, x, **window, device="cuda")
+            expected = ops.max_pool2d_backward(gy64, x64, **window)
+        else:
+            got = ops.avg_pool2d_backward(gy, x.shape, **window, **extra, device="cuda")
+            expected = ops.avg_pool2d_backward(gy64, x.shape, **window, **extra)
+        _close(got, expected, dtype)
+
+
+def test_gemm_over_several_tiles_with_broadcast_and_transposed_operands():
+    """The tiled GEMM on more than one tile in every direction, K not a multiple of its slice,
+    a broadcast left operand and a transposed right one (as the backward passes them)."""
+    rng = np.random.default_rng(7)
+    z, m, k, n = 2, 70, 20, 66
+    a = np.broadcast_to(random(rng, (m, k), np.float32), (z, m, k))
+    b = random(rng, (z, n, k), np.float32).transpose(0, 2, 1)
+    bias = random(rng, m, np.float32)
+    c = _poisoned((z, m, n), np.float32)
+    cuda_gemm.launch_gemm(a, b, c, bias, CODES["relu"])
+    want = np.maximum(np.einsum("zmk,zkn->zmn", a.astype(np.float64), b) + bias[:, None], 0)
+    _close(c, want, np.float32)
+
+
+# --- training on device="cuda" ------------------------------------------------------------------
+
+def test_lenet5_training_step_on_cuda_matches_the_cpu():
+    """One Adam step of LeNet-5 on a tiny batch, on the CUDA kernels and on the CPU's, from the
+    same weights: the loss, every gradient and every updated parameter agree."""
+    from fastconv import models, nn, optim, tensor
+    from fastconv.nn import functional as F
+
+    rng = np.random.default_rng(8)
+    x, labels = random(rng, (2, 1, 32, 32), np.float32), np.array([3, 7])
+    runs = {}
+    for where in ("cpu", "cuda"):
+        nn.manual_seed(0)
+        model = models.LeNet5().to(where)
+        optimizer = optim.Adam(model.parameters(), lr=1e-3)
+        loss = F.cross_entropy(model(tensor(x, device=where)), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        grads = {n: p.grad.numpy() for n, p in model.named_parameters()}
+        optimizer.step()
+        assert {p.device for p in model.parameters()} == {where} and loss.device == where
+        runs[where] = loss.item(), grads, model.state_dict()
+    (loss_cpu, grads_cpu, after_cpu), (loss_gpu, grads_gpu, after_gpu) = runs.values()
+    assert abs(loss_gpu - loss_cpu) <= 1e-5 * abs(loss_cpu)
+    for name in grads_cpu:
+        assert rel_error(grads_gpu[name], grads_cpu[name]) < 1e-4, name
+        assert rel_error(after_gpu[name], after_cpu[name]) < 1e-6, name
