@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 import fastconv.ops
+import fastconv.tf
 
 
-@pytest.mark.parametrize("module", [fastconv.ops], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [fastconv.ops, fastconv.tf], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0, f"{module.__name__} has no examples"
