@@ -1,14 +1,17 @@
-"""Benchmarks of every op and algorithm against NumPy and PyTorch.
+"""Benchmarks of every op and algorithm against NumPy and PyTorch, on the CPU or the GPU.
 
 Shared by ``fastconv bench`` and the pytest-benchmark suite (benchmarks/test_bench.py). A *case*
 is one layer of a known network (LeNet-5, a ResNet block), benchmarked forward and backward with
 every implementation: each of fastconv's conv algorithms and "auto" (for pooling, the ops:
-"fastconv"), the NumPy reference ("numpy") and PyTorch ("torch"), when it is installed.
+"fastconv"), and the baselines: on the CPU the NumPy reference ("numpy") and PyTorch ("torch")
+when it is installed; on the GPU PyTorch's cuDNN ("torch", FP32 with TF32 off) when PyTorch sees
+a GPU. :func:`gemm` compares fastconv's hand-written GEMM kernel with cuBLAS.
 
 Timings never include the first call, which compiles the JIT kernels: after one warm-up call,
-each implementation runs ``repeats`` times under :func:`time.perf_counter`, and the median and the
-minimum are reported. A speed-up "vs numpy" or "vs torch" is that baseline's median divided by the
-row's median, so above 1 means faster than the baseline.
+each implementation runs ``repeats`` times, timed by :func:`time.perf_counter` on the CPU and by
+CUDA events around the call on the GPU, and the median and the minimum are reported. A speed-up
+"vs numpy" or "vs torch" is that baseline's median divided by the row's median, so above 1 means
+faster than the baseline.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, dispatch, geometry, ops, runtime
+from . import __version__, device, dispatch, geometry, ops, runtime
 
 SHAPES = ("lenet", "resnet", "all")
 BASELINES = ("numpy", "torch")
@@ -91,12 +94,25 @@ SHAPE_SETS = {
 }
 
 
-def cases(shapes: str = "all", batch: int | None = None, quick: bool = False) -> list[Case]:
-    """The cases of the shape set ``shapes`` ("lenet", "resnet" or "all"). ``batch`` sets every
-    batch size; otherwise ``quick`` divides each by :data:`QUICK_BATCH_DIVISOR` (at least 1)."""
+# On a GPU the ResNet layers run at batch 64, with a wide 3x3 layer besides.
+GPU_SHAPE_SETS = {
+    "lenet": SHAPE_SETS["lenet"],
+    "resnet": (
+        *(dataclasses.replace(c, x=(64, *c.x[1:])) for c in SHAPE_SETS["resnet"]),
+        Case("resnet.3x3-256", "conv2d", (64, 256, 28, 28), (256, 256, 3, 3), padding=1),
+    ),
+}
+
+
+def cases(shapes: str = "all", batch: int | None = None, quick: bool = False,
+          device: str = "cpu") -> list[Case]:
+    """The cases of the shape set ``shapes`` ("lenet", "resnet" or "all") on ``device``.
+    ``batch`` sets every batch size; otherwise ``quick`` divides each by
+    :data:`QUICK_BATCH_DIVISOR` (at least 1)."""
     if shapes not in SHAPES:
         raise ValueError(f"shapes must be one of {SHAPES}, got {shapes!r}")
-    chosen = [c for name, cs in SHAPE_SETS.items() if shapes in (name, "all") for c in cs]
+    sets = SHAPE_SETS if device == "cpu" else GPU_SHAPE_SETS
+    chosen = [c for name, cs in sets.items() if shapes in (name, "all") for c in cs]
     if batch is None and not quick:
         return chosen
     return [dataclasses.replace(c, x=(batch or max(1, c.x[0] // QUICK_BATCH_DIVISOR), *c.x[1:]))
@@ -112,37 +128,54 @@ def has_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def impls(op: str) -> tuple[str, ...]:
-    """Implementations benchmarked for ``op``: fastconv's, then the baselines."""
+def has_torch_cuda() -> bool:
+    """Whether PyTorch is installed and sees a GPU (never under the CUDA simulator)."""
+    if device.simulated() or not has_torch():
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+def baselines(on: str = "cpu") -> tuple[str, ...]:
+    """The baselines that run on device ``on``."""
+    if on == "cpu":
+        return ("numpy", "torch") if has_torch() else ("numpy",)
+    return ("torch",) if has_torch_cuda() else ()
+
+
+def impls(op: str, on: str = "cpu") -> tuple[str, ...]:
+    """Implementations benchmarked for ``op`` on device ``on``: fastconv's, then the baselines."""
     if op.startswith("conv2d"):
-        ours = (*(a for a in dispatch.algorithms("cpu") if a != dispatch.REFERENCE), "auto")
+        ours = (*(a for a in ops.algorithms(on) if a != dispatch.REFERENCE), "auto")
     else:
         ours = ("fastconv",)
-    return ours + (("numpy", "torch") if has_torch() else ("numpy",))
+    return ours + baselines(on)
 
 
-def inputs(case: Case, dtype) -> dict:
-    """Random x, w (conv) and the output gradient gy of ``case`` in ``dtype``, from a fixed seed."""
+def inputs(case: Case, dtype, on: str = "cpu") -> dict:
+    """Random x, w (conv) and the output gradient gy of ``case`` in ``dtype`` on device ``on``,
+    from a fixed seed."""
     rng = np.random.default_rng(0)
     arrays = {"x": rng.standard_normal(case.x, dtype)}
     if case.w is not None:
         arrays["w"] = rng.standard_normal(case.w, dtype)
     arrays["gy"] = rng.standard_normal(case.geometry().y_shape, dtype)
-    return arrays
+    return {name: device.to_device(a, on) for name, a in arrays.items()}
 
 
-def runner(case: Case, op: str, impl: str, arrays: dict) -> Callable[[], object]:
-    """A call of ``impl`` computing ``op`` (one of :func:`directions`) on ``arrays``, with all
-    setup done, ready to be timed."""
+def runner(case: Case, op: str, impl: str, arrays: dict, on: str = "cpu") -> Callable[[], object]:
+    """A call of ``impl`` computing ``op`` (one of :func:`directions`) on ``arrays`` on device
+    ``on``, with all setup done, ready to be timed."""
     if impl == "torch":
-        return _torch_runner(case, op, arrays)
+        return _torch_runner(case, op, arrays, on)
     if case.op == "conv2d":
-        return _conv_runner(case, op, dispatch.REFERENCE if impl == "numpy" else impl, arrays)
-    return _pool_runner(case, op, impl, arrays)
+        return _conv_runner(case, op, dispatch.REFERENCE if impl == "numpy" else impl, arrays,
+                            on)
+    return _pool_runner(case, op, impl, arrays, on)
 
 
-def _conv_runner(case, op, algo, a):
-    args = {"stride": case.stride, "padding": case.padding, "algo": algo}
+def _conv_runner(case, op, algo, a, on):
+    args = {"stride": case.stride, "padding": case.padding, "algo": algo, "device": on}
     if op == "conv2d":
         return lambda: ops.conv2d(a["x"], a["w"], **args)
 
@@ -157,23 +190,26 @@ _POOL_ARGS = {"max_pool2d": ("x",), "max_pool2d_backward": ("gy", "x"),
               "avg_pool2d": ("x",), "avg_pool2d_backward": ("gy", "x_shape")}
 
 
-def _pool_runner(case, op, impl, a):
+def _pool_runner(case, op, impl, a, on):
     a = {**a, "x_shape": a["x"].shape}
     if impl == "numpy":  # the registered reference takes the geometry, and arrays only
         fn, p = dispatch.implementations(op, "cpu")[dispatch.REFERENCE], case.geometry()
         arrays = [a[name] for name in _POOL_ARGS[op] if name != "x_shape"]
         return lambda: fn(p, *arrays)
     fn, args = getattr(ops, op), [a[name] for name in _POOL_ARGS[op]]
-    return lambda: fn(*args, case.kernel, case.stride, case.padding)
+    return lambda: fn(*args, case.kernel, case.stride, case.padding, device=on)
 
 
-def _torch_runner(case, op, a):
-    """PyTorch on fastconv's thread count; backward is autograd's, timed without the forward."""
+def _torch_runner(case, op, a, on):
+    """PyTorch on fastconv's thread count, or on the GPU with cuDNN in FP32 (TF32 off), on the
+    arrays themselves (zero-copy); backward is autograd's, timed without the forward."""
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(runtime.get_num_threads())
-    tensors = [torch.from_numpy(a[name]) for name in ("x", "w") if name in a]
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    wrap = torch.from_numpy if on == "cpu" else torch.from_dlpack
+    tensors = [wrap(a[name]) for name in ("x", "w") if name in a]
     if case.op == "conv2d":
         def forward(x, w):
             return F.conv2d(x, w, stride=case.stride, padding=case.padding)
@@ -188,7 +224,7 @@ def _torch_runner(case, op, a):
                 return forward(*tensors)
         return run
     leaves = [t.detach().requires_grad_() for t in tensors]  # the gradients of x and w
-    y, gy = forward(*leaves), torch.from_numpy(a["gy"])
+    y, gy = forward(*leaves), wrap(a["gy"])
     return lambda: torch.autograd.grad(y, leaves, gy, retain_graph=True)
 
 
@@ -200,16 +236,31 @@ class Timing:
     repeats: int
 
 
-def measure(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
+def measure(fn: Callable[[], object], repeats: int, warmup: int = 1, on: str = "cpu") -> Timing:
     """Time ``fn`` ``repeats`` times after ``warmup`` untimed calls (the first one compiles)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    clock = _gpu_seconds if on == "cuda" and not device.simulated() else _host_seconds
+    times = [clock(fn) for _ in range(repeats)]
     return Timing(statistics.median(times), min(times), repeats)
+
+
+def _host_seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _gpu_seconds(fn) -> float:
+    """The GPU time of the work ``fn`` queues, between CUDA events on CuPy's current stream
+    (fastconv's stream; PyTorch's default stream is ordered with it)."""
+    import cupy
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / 1e3
 
 
 def work(case: Case, op: str, arrays: dict) -> tuple[float | None, float | None]:
@@ -228,22 +279,22 @@ COLUMNS = ("op", "shape", "dims", "impl", "dtype", "median_ms", "min_ms", "repea
 
 
 def run(chosen: list[Case], dtype=np.float32, repeats: int = 10, numpy_repeats: int = 3,
-        progress: bool = True) -> list[dict]:
-    """Benchmark every case forward and backward with every implementation; one row (a dict
-    with the keys :data:`COLUMNS`) per op, case and implementation. ``numpy_repeats`` applies
-    to the slow NumPy baseline. A tqdm bar on stderr shows progress."""
+        progress: bool = True, on: str = "cpu") -> list[dict]:
+    """Benchmark every case forward and backward with every implementation on device ``on``;
+    one row (a dict with the keys :data:`COLUMNS`) per op, case and implementation.
+    ``numpy_repeats`` applies to the slow NumPy baseline. A tqdm bar on stderr shows progress."""
     dtype = np.dtype(dtype)
-    total = sum(len(impls(op)) for case in chosen for op in directions(case))
+    total = sum(len(impls(op, on)) for case in chosen for op in directions(case))
     rows = []
     with tqdm(total=total, desc="fastconv bench", unit="run", disable=not progress) as bar:
         for case in chosen:
-            arrays = inputs(case, dtype)
+            arrays = inputs(case, dtype, on)
             for op in directions(case):
                 timings = {}
-                for impl in impls(op):
+                for impl in impls(op, on):
                     bar.set_postfix_str(f"{op} {case.name} {impl}")
                     n = numpy_repeats if impl == "numpy" else repeats
-                    timings[impl] = measure(runner(case, op, impl, arrays), n)
+                    timings[impl] = measure(runner(case, op, impl, arrays, on), n, on=on)
                     bar.update()
                 flops, nbytes = work(case, op, arrays)
                 for impl, t in timings.items():
@@ -270,13 +321,17 @@ def versions() -> dict:
     return found
 
 
-def machine() -> dict:
-    """What the numbers were measured on: CPU, SIMD, threads, BLAS and versions."""
+def machine(on: str = "cpu") -> dict:
+    """What the numbers were measured on: CPU, SIMD, threads, BLAS and versions, and the GPU
+    and its versions when ``on`` is "cuda"."""
     blas = [f"{lib['internal_api']} {lib['version']} ({lib['architecture']}, "
             f"{lib['num_threads']} threads)" for lib in runtime.blas()]
-    return {"cpu": runtime.cpu_name(), "simd": runtime.simd_flags(),
+    info = {"cpu": runtime.cpu_name(), "simd": runtime.simd_flags(),
             "threads": runtime.get_num_threads(), "cpus": runtime.cpu_count(),
             "blas": list(dict.fromkeys(blas)), "versions": versions()}
+    if on == "cuda":
+        info["gpu"] = device.cuda_backend().info()
+    return info
 
 
 def describe(info: dict) -> list[tuple[str, str]]:
@@ -286,6 +341,8 @@ def describe(info: dict) -> list[tuple[str, str]]:
         ("threads", f"{info['threads']} (of {info['cpus']} CPUs)"),
         ("BLAS", "; ".join(info["blas"]) or "none found"),
         ("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items())),
+        *((("gpu", ", ".join(f"{k} {v}" for k, v in info["gpu"].items())),)
+          if "gpu" in info else ()),
     ]
 
 
@@ -299,6 +356,33 @@ def header(info: dict, rows: list[dict]) -> list[tuple[str, str]]:
                 "median (> 1: faster)")
     return [*describe(info), ("timing", settings),
             *((name, dims) for name, dims in shown)]
+
+
+def gemm(size: int, dtype=np.float32, repeats: int = 10) -> list[dict]:
+    """fastconv's tiled GEMM kernel against cuBLAS (CuPy's matmul, absent in the simulator) on
+    ``size`` x ``size`` x ``size``: one row per implementation with its median time, GFLOP/s,
+    its error against a float64 product and its speed relative to cuBLAS (> 1: faster)."""
+    cuda = device.cuda_backend()
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((1, size, size)).astype(dtype) for _ in range(2))
+    want = a[0].astype(np.float64) @ b[0]
+    a_dev, b_dev = (device.to_device(m, "cuda") for m in (a, b))
+    out = cuda.xp.empty((1, size, size), dtype)
+    runs = {"fastconv": lambda: cuda.gemm(a_dev, b_dev, out=out)}
+    if not device.simulated():
+        runs["cublas"] = lambda: cuda.xp.matmul(a_dev, b_dev, out=out)
+    rows = []
+    for impl, fn in runs.items():
+        timing = measure(fn, repeats, on="cuda")
+        got = device.to_device(out, "cpu")[0]
+        rows.append({"impl": impl, "size": size, "dtype": np.dtype(dtype).name,
+                     "median_ms": timing.median * 1e3, "min_ms": timing.min * 1e3,
+                     "gflops": 2 * size ** 3 / timing.median / 1e9,
+                     "rel_error": float(np.linalg.norm(got - want) / np.linalg.norm(want))})
+    for row in rows:
+        cublas = next((r for r in rows if r["impl"] == "cublas"), None)
+        row["vs_cublas"] = cublas["median_ms"] / row["median_ms"] if cublas else None
+    return rows
 
 
 _TITLES = {"op": "op", "shape": "shape", "impl": "impl", "median_ms": "median ms",

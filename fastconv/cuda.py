@@ -11,6 +11,7 @@ memory), "im2col" (im2col and col2im kernels around fastconv's own tiled GEMM), 
 same around cuBLAS through CuPy; absent in the simulator).
 """
 
+import contextlib
 import functools
 
 import numpy as np
@@ -96,6 +97,15 @@ def _stream():
     return 0 if device.simulated() else _external_stream(xp.cuda.get_current_stream().ptr)
 
 
+def use_stream(pointer):
+    """A context in which CuPy's current stream, and so fastconv's, is the CUDA stream at
+    ``pointer`` (say, ``torch.cuda.current_stream().cuda_stream``)."""
+    if device.simulated():
+        return contextlib.nullcontext()
+    external = getattr(xp.cuda.Stream, "from_external", None)  # CuPy 14; ExternalStream before
+    return external(pointer) if external else xp.cuda.ExternalStream(pointer)
+
+
 def _empty(shape, dtype):
     """Every array a kernel writes comes from here (tests poison it to catch unwritten cells)."""
     return xp.empty(shape, dtype)
@@ -142,6 +152,15 @@ def conv2d_backward_weight_direct(g, gy, x):
 
 def _gemm(a, b, c, bias, act):
     cuda_gemm.launch_gemm(a, b, c, _bias(bias, c.shape[1], c.dtype), act, stream=_stream())
+
+
+def gemm(a, b, out=None):
+    """``a @ b`` by fastconv's tiled GEMM kernel, for (Z, M, K) and (Z, K, N) device arrays of
+    one dtype (any strides), into ``out`` (Z, M, N) when given."""
+    if out is None:
+        out = _empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+    _gemm(a, b, out, None, CODES[None])
+    return out
 
 
 def _cublas(a, b, c, bias, act):

@@ -1,36 +1,55 @@
 """fastconv's kernels under PyTorch: autograd Functions, drop-in modules and ``convert``.
 
 CPU tensors cross as zero-copy NumPy views (``Tensor.numpy()`` of a detached, contiguous
-tensor) and results come back through ``torch.from_numpy``; float32 and float64. The
-signatures are torch.nn.functional's. CUDA tensors wait for fastconv's CUDA backend.
+tensor) and results come back through ``torch.from_numpy``; CUDA tensors cross as zero-copy
+CuPy arrays through DLPack and come back the same way, the kernels queued on torch's current
+stream. float32 and float64. The signatures are torch.nn.functional's.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
-from . import ops
+from . import device, ops
 
 
 def _array(t, name):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise RuntimeError(f"{name} is on {t.device}: fastconv.torch runs CPU tensors until the "
-                           "CUDA backend lands")
-    return t.detach().contiguous().numpy()
+    t = t.detach().contiguous()
+    if t.device.type == "cpu":
+        return t.numpy()
+    if t.device.type == "cuda":
+        return device.cuda_backend().from_any(t)
+    raise RuntimeError(f"{name} is on {t.device}: fastconv runs CPU and CUDA tensors")
 
 
 def _tensor(array):
-    return torch.from_numpy(array)
+    return torch.from_numpy(array) if isinstance(array, np.ndarray) else torch.from_dlpack(array)
+
+
+def _on_torch_stream(method):
+    """Run a Function's forward(ctx, input, ...) or backward(ctx, grad) with fastconv's kernels
+    queued on torch's current stream of the tensor's GPU, behind the work torch queued there."""
+    @functools.wraps(method)
+    def run(ctx, tensor, *args):
+        if not (isinstance(tensor, torch.Tensor) and tensor.is_cuda):
+            return method(ctx, tensor, *args)
+        stream = torch.cuda.current_stream(tensor.device).cuda_stream
+        with device.cuda_backend().use_stream(stream):
+            return method(ctx, tensor, *args)
+    return run
 
 
 class _Conv2d(torch.autograd.Function):
     @staticmethod
+    @_on_torch_stream
     def forward(ctx, input, weight, bias, stride, padding, dilation, groups):
         x, w = _array(input, "input"), _array(weight, "weight")
         b = None if bias is None else _array(bias, "bias")
@@ -40,6 +59,7 @@ class _Conv2d(torch.autograd.Function):
         return _tensor(ops.conv2d(x, w, b, **geometry))
 
     @staticmethod
+    @_on_torch_stream
     def backward(ctx, grad):
         input, weight = ctx.saved_tensors
         needs = (*ctx.needs_input_grad[:2], ctx.has_bias and ctx.needs_input_grad[2])
@@ -50,6 +70,7 @@ class _Conv2d(torch.autograd.Function):
 
 class _MaxPool2d(torch.autograd.Function):
     @staticmethod
+    @_on_torch_stream
     def forward(ctx, input, kernel_size, stride, padding, ceil_mode):
         window = dict(kernel_size=kernel_size, stride=stride, padding=padding,
                       ceil_mode=ceil_mode)
@@ -58,6 +79,7 @@ class _MaxPool2d(torch.autograd.Function):
         return _tensor(ops.max_pool2d(_array(input, "input"), **window))
 
     @staticmethod
+    @_on_torch_stream
     def backward(ctx, grad):
         (input,) = ctx.saved_tensors
         return (_tensor(ops.max_pool2d_backward(_array(grad, "grad"), _array(input, "input"),
@@ -66,6 +88,7 @@ class _MaxPool2d(torch.autograd.Function):
 
 class _AvgPool2d(torch.autograd.Function):
     @staticmethod
+    @_on_torch_stream
     def forward(ctx, input, kernel_size, stride, padding, ceil_mode, count_include_pad):
         window = dict(kernel_size=kernel_size, stride=stride, padding=padding,
                       ceil_mode=ceil_mode, count_include_pad=count_include_pad)
@@ -73,6 +96,7 @@ class _AvgPool2d(torch.autograd.Function):
         return _tensor(ops.avg_pool2d(_array(input, "input"), **window))
 
     @staticmethod
+    @_on_torch_stream
     def backward(ctx, grad):
         return (_tensor(ops.avg_pool2d_backward(_array(grad, "grad"), ctx.shape, **ctx.window)),
                 None, None, None, None, None)

@@ -2,6 +2,7 @@
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import shutil
@@ -85,11 +86,20 @@ def test_bench_writes_csv_json_markdown_and_plot(quick_run):
     assert files["plot"].read_bytes().startswith(b"\x89PNG")
 
 
-def test_bench_rejects_cuda_clearly(capsys):
+def test_bench_on_cuda_without_the_backend_says_what_is_missing(capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cupy" else real(name, *a))
     with pytest.raises(SystemExit) as exit_:
         cli.main(["bench", "--device", "cuda"])
     assert exit_.value.code == 2
-    assert "GPU benchmark is not built yet" in capsys.readouterr().err
+    assert "--device cuda: the CUDA backend needs cupy" in capsys.readouterr().err
+
+
+def test_gemm_benchmark_needs_cuda(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--gemm", "64"])
+    assert "--gemm needs --device cuda" in capsys.readouterr().err
 
 
 def test_plot_without_matplotlib_says_what_to_install(capsys, monkeypatch, tmp_path):

@@ -270,3 +270,27 @@ def test_lenet5_training_step_on_cuda_matches_the_cpu():
     for name in grads_cpu:
         assert rel_error(grads_gpu[name], grads_cpu[name]) < 1e-4, name
         assert rel_error(after_gpu[name], after_cpu[name]) < 1e-6, name
+
+
+# --- the GPU benchmark's code paths (the simulator's times mean nothing) ----------------------
+
+def test_bench_runs_every_cuda_implementation():
+    from fastconv import bench
+
+    case = bench.Case("tiny", "conv2d", (1, 2, 6, 6), (3, 2, 3, 3), padding=1)
+    pool = bench.Case("tiny", "max_pool2d", (1, 2, 4, 4), kernel=2, stride=2)
+    rows = bench.run([case, pool], repeats=1, progress=False, on="cuda")
+    assert {(r["op"], r["impl"]) for r in rows} == {
+        *((op, impl) for op in ("conv2d", "conv2d_backward")
+          for impl in ("direct", "im2col", "auto")),
+        ("max_pool2d", "fastconv"), ("max_pool2d_backward", "fastconv")}
+    assert all(r["median_ms"] > 0 for r in rows)
+    assert dict(bench.describe(bench.machine("cuda")))["gpu"].startswith("gpu Numba's CUDA")
+
+
+def test_gemm_benchmark_checks_its_product():
+    from fastconv import bench
+
+    (row,) = bench.gemm(40, repeats=1)  # no cuBLAS in the simulator
+    assert row["impl"] == "fastconv" and row["vs_cublas"] is None
+    assert row["rel_error"] < 1e-6
