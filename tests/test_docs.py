@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+from test_gpu import gpu_missing
 
 import fastconv.ops
 import fastconv.tf
@@ -23,4 +24,6 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.mark.parametrize("index", range(len(re.findall(r"```python\n", README.read_text()))))
 def test_readme_python_examples_run(index):
     block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[index]
+    if "import cupy" in block and gpu_missing():
+        pytest.skip(f"README python block {index} runs on a GPU: {gpu_missing()}")
     exec(compile(block, f"README.md python block {index}", "exec"), {})

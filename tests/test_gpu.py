@@ -3,6 +3,7 @@ against the float64 NumPy reference, over hypothesis-drawn cases; arrays followi
 CUDA torch tensors zero-copy; kernels ordered on the caller's stream; a LeNet-5 step on the GPU
 against the CPU. Skipped, with the reason printed, where there is no GPU."""
 
+import functools
 import importlib.util
 
 import numpy as np
@@ -14,7 +15,9 @@ from fastconv import device, ops
 from oracle import random, rel_error, tolerance
 
 
-def _gpu_missing():
+@functools.cache
+def gpu_missing():
+    """Why there is no GPU to test on, or None."""
     if device.simulated():
         return "the CUDA simulator is on (tests/cuda/test_sim.py covers it)"
     if importlib.util.find_spec("cupy") is None:
@@ -27,7 +30,7 @@ def _gpu_missing():
     return None if count else "no CUDA GPU"
 
 
-MISSING = _gpu_missing()
+MISSING = gpu_missing()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(MISSING is not None,
                                                   reason=f"needs a CUDA GPU: {MISSING}")]
 GPU_SETTINGS = settings(max_examples=40, deadline=None)
