@@ -9,6 +9,7 @@ Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) device="cuda" runs the
 in the simulator on NumPy arrays, which there stand in for device arrays.
 """
 
+import functools
 import importlib.util
 import os
 
@@ -22,8 +23,10 @@ __all__ = ["parse", "resolve", "where", "cuda_backend", "array_module", "to_devi
 _KDL_CUDA = (2, 13)  # DLPack device types of CUDA and CUDA-managed memory
 
 
+@functools.cache
 def simulated() -> bool:
-    """Whether Numba's CUDA simulator stands in for the GPU in this process."""
+    """Whether Numba's CUDA simulator stands in for the GPU in this process (it is chosen
+    before numba is imported, so once per process)."""
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 
@@ -74,6 +77,8 @@ def resolve(device, **arrays) -> str:
 
 def cuda_backend():
     """The CUDA backend module, or a RuntimeError saying exactly what is missing."""
+    if _loaded:  # looked up on every GPU call: the checks below cost ~80 us
+        return _loaded[0]
     missing = [package for package, module in (("numba-cuda", "numba_cuda"), ("cupy", "cupy"))
                if importlib.util.find_spec(module) is None
                and not (package == "cupy" and simulated())]
@@ -83,7 +88,11 @@ def cuda_backend():
                            "(pip install 'fastconv[cuda12]')")
     from . import cuda
     cuda.check_available()
+    _loaded.append(cuda)
     return cuda
+
+
+_loaded = []  # the CUDA backend, once it has loaded
 
 
 def array_module(device: str):

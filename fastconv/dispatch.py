@@ -15,11 +15,12 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from types import MappingProxyType
 
 REFERENCE = "reference"
 CACHE_FORMAT = "fastconv-autotune/1"
 
-_registry: dict[tuple[str, str, str], object] = {}
+_registry: dict[tuple[str, str], dict[str, object]] = {}  # (op, device) -> {algo: fn}
 _heuristics: dict[tuple[str, str], object] = {}
 _autotune: bool | None = None  # None: follow FASTCONV_AUTOTUNE
 
@@ -27,7 +28,7 @@ _autotune: bool | None = None  # None: follow FASTCONV_AUTOTUNE
 def register(op: str, device: str, algo: str):
     """Decorator: make ``fn`` the implementation of ``op`` on ``device`` under ``algo``."""
     def deco(fn):
-        _registry[(op, device, algo)] = fn
+        _registry.setdefault((op, device), {})[algo] = fn
         return fn
     return deco
 
@@ -41,8 +42,9 @@ def heuristic(op: str, device: str):
 
 
 def implementations(op: str, device: str) -> dict:
-    """``{algo: fn}`` of every implementation of ``op`` on ``device``, in registration order."""
-    return {a: fn for (o, d, a), fn in _registry.items() if o == op and d == device}
+    """``{algo: fn}`` of every implementation of ``op`` on ``device``, in registration order
+    (a read-only view)."""
+    return MappingProxyType(_registry.get((op, device), {}))
 
 
 def algorithms(device: str = "cpu") -> tuple[str, ...]:
@@ -109,7 +111,7 @@ def _time(fn, run, repeats: int = 3) -> float:
 def _autotuned(op, device, candidates, signature, run):
     path = cache_path()
     entries = _load_cache(path)
-    key = f"{device}|{op}|{signature}"
+    key = f"{device}|{op}|{signature()}"
     if entries.get(key) not in candidates:
         times = {algo: _time(fn, run) for algo, fn in candidates.items()}
         entries[key] = min(times, key=times.get)
@@ -121,11 +123,12 @@ def _autotuned(op, device, candidates, signature, run):
     return entries[key]
 
 
-def select(op: str, device: str, algo: str, geometry, signature: str, run):
+def select(op: str, device: str, algo: str, geometry, signature, run):
     """The implementation of ``op`` for ``algo``; "auto" resolves by autotuning or heuristic.
 
     ``run(fn)`` calls a candidate on the real arguments; it is used only when autotuning.
-    ``signature`` identifies the shapes, dtype and machine in the autotune cache.
+    ``signature()`` identifies the shapes, dtype and machine in the autotune cache (called only
+    when autotuning).
     """
     impls = implementations(op, device)
     if algo != "auto":

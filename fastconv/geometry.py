@@ -22,6 +22,7 @@ Padding rules (shared by conv2d and the pooling ops):
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass
 
@@ -176,6 +177,27 @@ class ConvGeometry:
                 f"g{self.groups}s{self.stride}d{self.dilation}p{self.padding}")
 
 
+def _memoised(resolve):
+    """``resolve`` remembering its results: a layer's arguments repeat call after call, and
+    resolving them is a sizeable part of a small op's host time. The key is the arguments'
+    repr, which tells apart what compares equal but is refused differently (1, True, 1.0);
+    errors are raised every time, never stored."""
+    results = {}
+
+    @functools.wraps(resolve)
+    def lookup(*args):
+        key = repr(args)
+        found = results.get(key)
+        if found is None:
+            found = resolve(*args)
+            if len(results) >= 4096:
+                results.clear()
+            results[key] = found
+        return found
+    return lookup
+
+
+@_memoised
 def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, data_format) -> ConvGeometry:
     """Resolve a convolution's arguments; raises ValueError/TypeError naming the argument."""
     data_format = layout(data_format)
@@ -263,6 +285,7 @@ def _pool_size(size, k, s, p, ceil_mode):
     return out
 
 
+@_memoised
 def pool_geometry(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
                   data_format) -> PoolGeometry:
     """Resolve a pooling's arguments; raises ValueError/TypeError naming the argument."""

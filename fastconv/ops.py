@@ -68,7 +68,8 @@ def _algo(algo, device):
 
 
 def _run(op, device, algo, g, dtype, *args):
-    signature = f"{g.key()}|{dtype}|{devices.name(device)}"
+    def signature():
+        return f"{g.key()}|{dtype}|{devices.name(device)}"
     with runtime.KERNEL_LOCK:
         impl = dispatch.select(op, device, algo, g, signature, lambda fn: fn(g, *args))
         return impl(g, *args)
@@ -138,7 +139,7 @@ def conv2d_backward_bias(gy, data_format="NCHW", device=None):
     if gy.ndim != 4:
         raise ValueError(f"gy must be 4-D {data_format}, got shape {gy.shape}")
     with runtime.KERNEL_LOCK:
-        return dispatch.select("conv2d_backward_bias", device, "auto", None, "",
+        return dispatch.select("conv2d_backward_bias", device, "auto", None, None,
                                None)(gy, data_format)
 
 

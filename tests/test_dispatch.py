@@ -97,13 +97,14 @@ def ran(monkeypatch):
             return fn(*args, **kwargs)
         return wrapper
 
-    for (op, device, algo), fn in list(dispatch._registry.items()):
-        monkeypatch.setitem(dispatch._registry, (op, device, algo), spy(op, algo, fn))
+    for (op, device), algos in list(dispatch._registry.items()):
+        monkeypatch.setitem(dispatch._registry, (op, device),
+                            {algo: spy(op, algo, fn) for algo, fn in algos.items()})
     return calls
 
 
 def _algo_of(fn):
-    return next(a for (_, _, a), f in dispatch._registry.items() if f is fn)
+    return next(a for algos in dispatch._registry.values() for a, f in algos.items() if f is fn)
 
 
 @pytest.fixture

@@ -212,8 +212,9 @@ def no_kernel_runs(monkeypatch):
         return fail
 
     monkeypatch.setattr(dispatch, "select", refuse("dispatch.select"))
-    for key in list(dispatch._registry):
-        monkeypatch.setitem(dispatch._registry, key, refuse(f"kernel {key}"))
+    for key, algos in list(dispatch._registry.items()):
+        monkeypatch.setitem(dispatch._registry, key,
+                            {algo: refuse(f"kernel {key} {algo}") for algo in algos})
     return called
 
 
