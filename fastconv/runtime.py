@@ -3,12 +3,14 @@
 import os
 import platform
 import threading
+import warnings
 from functools import cache
 
 # Numba's OpenMP workers spin for a while after each parallel loop, and on a 2-core machine
 # they take the cores from the BLAS threads of the GEMM that follows: im2col on LeNet's C3 went
 # from 5.7 ms to 60 ms on 2 threads. Passive waiting (unless the user chose otherwise) must be
 # set before the OpenMP runtime starts, at the first parallel call.
+_USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402
@@ -30,6 +32,13 @@ def _openmp_already_loaded() -> bool:
 # several threads, which KERNEL_LOCK prevents.
 if "NUMBA_THREADING_LAYER" not in os.environ and _openmp_already_loaded():
     numba.config.THREADING_LAYER = "workqueue"
+    # Its workers still spin after each of that library's own parallel ops, on the cores the
+    # next kernel needs: a converted LeNet-5 under PyTorch trained 4.5x slower.
+    if _USER_WAIT_POLICY is None:
+        warnings.warn("fastconv was imported after a library that started OpenMP (PyTorch?), "
+                      "whose threads now spin between its ops and slow fastconv's kernels "
+                      "(a converted LeNet-5 epoch: 59 s instead of 13); import fastconv first "
+                      "or set OMP_WAIT_POLICY=PASSIVE", RuntimeWarning, stacklevel=2)
 
 KERNEL_LOCK = threading.RLock()  # one kernel call at a time: each already uses every core
 

@@ -1,4 +1,8 @@
-"""Fixtures for every test: outputs poisoned before kernels write them."""
+"""Fixtures for every test: outputs poisoned before kernels write them, and the real data's
+folder."""
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,3 +20,14 @@ def poisoned_outputs(monkeypatch):
     monkeypatch.setattr(fastconv.cpu, "_workspace", poisoned)
     if device.simulated():  # the CUDA backend's arrays are NumPy arrays in the simulator
         monkeypatch.setattr(device.cuda_backend(), "_empty", poisoned)
+
+
+@pytest.fixture(scope="module")
+def data_root():
+    """$FASTCONV_DATA where it holds fashion-mnist/; the tests that need it skip, saying why,
+    without it."""
+    root = os.environ.get("FASTCONV_DATA")
+    if not root or not (Path(root) / "fashion-mnist").is_dir():
+        pytest.skip(f"FASTCONV_DATA={root!r} has no fashion-mnist/ (CI points it at "
+                    "../shared/data)")
+    return root

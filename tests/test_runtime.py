@@ -72,3 +72,19 @@ threads = [threading.Thread(target=work) for _ in range(4)]
 print(numba.threading_layer(), len(errors), max(errors) < 1e-12)
 """
     assert _run(code, NUMBA_THREADING_LAYER="workqueue") == "workqueue 160 True"
+
+
+def test_importing_fastconv_after_torch_warns_unless_the_wait_policy_was_chosen():
+    code = "import torch, fastconv"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",
+                                                             "NUMBA_THREADING_LAYER")}
+    warned = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, check=True).stderr
+    assert "imported after a library that started OpenMP" in warned
+    assert "OMP_WAIT_POLICY=PASSIVE" in warned
+    quiet = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "PASSIVE"},
+                           capture_output=True, text=True, check=True).stderr
+    assert "started OpenMP" not in quiet
+    fine = subprocess.run([sys.executable, "-c", "import fastconv, torch"], env=env,
+                          capture_output=True, text=True, check=True).stderr
+    assert "started OpenMP" not in fine

@@ -3,22 +3,11 @@ run directory holds what it promises, checkpoints round-trip and a run resumes."
 
 import csv
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fastconv import cli, train
-
-
-@pytest.fixture(scope="module")
-def data_root():
-    root = os.environ.get("FASTCONV_DATA")
-    if not root or not (Path(root) / "fashion-mnist").is_dir():
-        pytest.skip(f"FASTCONV_DATA={root!r} has no fashion-mnist/ (CI points it at "
-                    "../shared/data)")
-    return root
 
 
 @pytest.fixture(scope="module")
