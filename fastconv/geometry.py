@@ -185,11 +185,11 @@ def _memoised(resolve):
     results = {}
 
     @functools.wraps(resolve)
-    def lookup(*args):
-        key = repr(args)
+    def lookup(*args, **kwargs):
+        key = repr((args, kwargs))
         found = results.get(key)
         if found is None:
-            found = resolve(*args)
+            found = resolve(*args, **kwargs)
             if len(results) >= 4096:
                 results.clear()
             results[key] = found
