@@ -13,10 +13,14 @@ from .dispatch import heuristic, register
 from .geometry import nchw_view, oihw_view
 from .kernels import bias, conv_direct, im2col, pool
 from .kernels.activation import CODES
+from .kernels.serial import serial_twin
 
 # Bytes of im2col columns per batch chunk: a chunk's columns stay in a core's L2 between im2col,
 # the GEMM and the epilogue.
 WORKSPACE_BYTES = 2 << 20
+# Below this much work (multiply-adds, or cells moved) a kernel runs in the calling thread
+# (kernels/serial.py): waking the thread pool costs more than the work.
+SERIAL_WORK = 1 << 16
 # Largest workspace kept for reuse between calls; a bigger one is freed after its call.
 KEPT_WORKSPACE_BYTES = 256 << 20
 
@@ -26,6 +30,19 @@ _scratch = threading.local()  # per thread: .buffers, one per workspace slot
 def _empty(shape, dtype):
     """Every array a kernel writes comes from here (tests poison it to catch unwritten cells)."""
     return np.empty(shape, dtype)
+
+
+_serial_twins = {}
+
+
+def _call(kernel, work, *args):
+    """``kernel(*args)``, in one thread when ``work`` is below SERIAL_WORK."""
+    if work >= SERIAL_WORK:
+        return kernel(*args)
+    twin = _serial_twins.get(kernel)
+    if twin is None:
+        twin = _serial_twins[kernel] = serial_twin(kernel)
+    return twin(*args)
 
 
 def _workspace(shape, dtype, slot=0):
@@ -56,28 +73,28 @@ def conv2d_direct(g, x, w, b, activation):
     y = _empty(g.y_shape, x.dtype)
     bias, code = _bias(b, g, x.dtype), CODES[activation]
     if g.layout == "NHWC":
-        conv_direct.conv2d_forward_nhwc(x, w, bias, y, *g.taps, g.groups, code)
+        _call(conv_direct.conv2d_forward_nhwc, g.flops // 2, x, w, bias, y, *g.taps, g.groups, code)
     elif g.stride == (1, 1):
-        conv_direct.conv2d_forward_nchw_unit_stride(x, w, bias, y, g.padding[0], g.padding[2],
-                                                    *g.dilation, g.groups, code)
+        _call(conv_direct.conv2d_forward_nchw_unit_stride, g.flops // 2, x, w, bias, y,
+              g.padding[0], g.padding[2], *g.dilation, g.groups, code)
     else:
-        conv_direct.conv2d_forward_nchw(x, w, bias, y, *g.taps, g.groups, code)
+        _call(conv_direct.conv2d_forward_nchw, g.flops // 2, x, w, bias, y, *g.taps, g.groups, code)
     return y
 
 
 @register("conv2d_backward_input", "cpu", "direct")
 def conv2d_backward_input_direct(g, gy, w):
     gx, gx_nchw = _output(g.x_shape, gy.dtype, g.layout)
-    conv_direct.conv2d_backward_input(nchw_view(gy, g.layout), oihw_view(w, g.layout), gx_nchw,
-                                      *g.taps, g.groups)
+    _call(conv_direct.conv2d_backward_input, g.flops // 2, nchw_view(gy, g.layout),
+          oihw_view(w, g.layout), gx_nchw, *g.taps, g.groups)
     return gx
 
 
 @register("conv2d_backward_weight", "cpu", "direct")
 def conv2d_backward_weight_direct(g, gy, x):
     gw = _empty(g.w_shape, gy.dtype)
-    conv_direct.conv2d_backward_weight(nchw_view(gy, g.layout), nchw_view(x, g.layout),
-                                       oihw_view(gw, g.layout), *g.taps, g.groups)
+    _call(conv_direct.conv2d_backward_weight, g.flops // 2, nchw_view(gy, g.layout),
+          nchw_view(x, g.layout), oihw_view(gw, g.layout), *g.taps, g.groups)
     return gw
 
 
@@ -140,7 +157,7 @@ def _columns(g, x):
     if g.pointwise:
         return _channels_first(x, g.layout)
     cols = _workspace((g.C * g.R * g.S, x.shape[0], g.OH, g.OW), x.dtype)
-    im2col.im2col(nchw_view(x, g.layout), cols, g.R, g.S, *g.taps)
+    _call(im2col.im2col, cols.size, nchw_view(x, g.layout), cols, g.R, g.S, *g.taps)
     return cols.reshape(cols.shape[0], x.shape[0], -1)
 
 
@@ -155,7 +172,8 @@ def conv2d_im2col(g, x, w, b, activation):
         for rows, ks in g.group_slices():
             _matmul(wmat[ks], cols[rows], gemm_out[ks])
         if gemm_out is not out or b is not None or activation is not None:
-            im2col.bias_activation(gemm_out, out, _bias(b, g, x.dtype), CODES[activation])
+            _call(im2col.bias_activation, out.size, gemm_out, out, _bias(b, g, x.dtype),
+                  CODES[activation])
     return y
 
 
@@ -170,7 +188,7 @@ def conv2d_backward_input_im2col(g, gy, w):
         for rows, ks in g.group_slices():
             _matmul(wmat[ks].T, grad[ks], gcols[rows])
         if not g.pointwise:
-            im2col.col2im(gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),
+            _call(im2col.col2im, gcols.size, gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),
                           nchw_view(gx[batch], g.layout), g.R, g.S, *g.taps)
     return gx
 
@@ -210,7 +228,7 @@ def choose_backward_algo(g):
 @register("conv2d_backward_bias", "cpu", "numba")
 def conv2d_backward_bias(gy, layout):
     gb = _empty(gy.shape[1] if layout == "NCHW" else gy.shape[3], gy.dtype)
-    bias.conv2d_backward_bias(nchw_view(gy, layout), gb)
+    _call(bias.conv2d_backward_bias, gy.size, nchw_view(gy, layout), gb)
     return gb
 
 
@@ -218,7 +236,8 @@ def conv2d_backward_bias(gy, layout):
 def max_pool2d(p, x):
     y, y_nchw = _output(p.y_shape, x.dtype, p.layout)
     top, _, left, _ = p.padding
-    pool.max_pool2d_forward(nchw_view(x, p.layout), y_nchw, *p.kernel, *p.stride, top, left)
+    _call(pool.max_pool2d_forward, x.size, nchw_view(x, p.layout), y_nchw, *p.kernel, *p.stride,
+          top, left)
     return y
 
 
@@ -226,22 +245,22 @@ def max_pool2d(p, x):
 def max_pool2d_backward(p, gy, x):
     gx, gx_nchw = _output(p.x_shape, gy.dtype, p.layout)
     top, _, left, _ = p.padding
-    pool.max_pool2d_backward(nchw_view(gy, p.layout), nchw_view(x, p.layout), gx_nchw, *p.kernel,
-                             *p.stride, top, left)
+    _call(pool.max_pool2d_backward, x.size, nchw_view(gy, p.layout), nchw_view(x, p.layout),
+          gx_nchw, *p.kernel, *p.stride, top, left)
     return gx
 
 
 @register("avg_pool2d", "cpu", "numba")
 def avg_pool2d(p, x):
     y, y_nchw = _output(p.y_shape, x.dtype, p.layout)
-    pool.avg_pool2d_forward(nchw_view(x, p.layout), y_nchw, *p.kernel, *p.stride, *p.padding,
-                            p.count_padding)
+    _call(pool.avg_pool2d_forward, x.size, nchw_view(x, p.layout), y_nchw, *p.kernel, *p.stride,
+          *p.padding, p.count_padding)
     return y
 
 
 @register("avg_pool2d_backward", "cpu", "numba")
 def avg_pool2d_backward(p, gy):
     gx, gx_nchw = _output(p.x_shape, gy.dtype, p.layout)
-    pool.avg_pool2d_backward(nchw_view(gy, p.layout), gx_nchw, *p.kernel, *p.stride, *p.padding,
-                             p.count_padding)
+    _call(pool.avg_pool2d_backward, gx.size, nchw_view(gy, p.layout), gx_nchw, *p.kernel, *p.stride,
+          *p.padding, p.count_padding)
     return gx

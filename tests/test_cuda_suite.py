@@ -22,3 +22,12 @@ def test_cuda_kernels_in_the_simulator():
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     assert " passed" in output and "skipped" not in output, output
+
+
+def test_launch_count_script_counts_a_training_step():
+    run = subprocess.run([sys.executable, "benchmarks/launches.py", "--batch", "2"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    total = run.stdout.strip().splitlines()[-1]
+    assert total.endswith("fastconv kernel launches in one training step"), run.stdout
+    assert int(total.split()[0]) > 10  # at least every conv and pool forward and backward

@@ -378,3 +378,40 @@ def test_an_unwritable_cache_does_not_break_the_op(tmp_path, monkeypatch, tuning
     with pytest.warns(UserWarning, match="autotune cache"):
         call("conv2d")
     assert ran == [("conv2d", "im2col")]
+
+
+# --- one thread or the pool ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
+def test_serial_and_parallel_kernels_agree(data_format, monkeypatch):
+    """Every CPU kernel gives the same result in the calling thread (small calls) and on the
+    thread pool: the same case is run with everything serial, then everything parallel."""
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((3, 4, 9, 8)), rng.standard_normal((6, 2, 3, 3))
+    if data_format == "NHWC":
+        x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
+    conv = dict(stride=(2, 1), padding=1, groups=2, data_format=data_format)
+    pool = dict(kernel_size=3, stride=2, padding=1, data_format=data_format)
+
+    def every_kernel():
+        y = {f"conv2d {algo}": ops.conv2d(x, w, rng.standard_normal(6), activation="tanh",
+                                         algo=algo, **conv)
+             for algo in ("direct", "im2col")}
+        gy = np.ones_like(y["conv2d direct"])
+        for algo in ("direct", "im2col"):
+            grads = ops.conv2d_backward(gy, x, w, algo=algo, **conv)
+            y.update({f"grad {i} {algo}": g for i, g in enumerate(grads)})
+        for op in ("max_pool2d", "avg_pool2d"):
+            y[op] = getattr(ops, op)(x, **pool)
+        y["max back"] = ops.max_pool2d_backward(np.ones_like(y["max_pool2d"]), x, **pool)
+        y["avg back"] = ops.avg_pool2d_backward(np.ones_like(y["avg_pool2d"]), x.shape, **pool)
+        return y
+
+    results = {}
+    for serial_below in (2**62, 0):
+        monkeypatch.setattr(cpu, "SERIAL_WORK", serial_below)
+        rng = np.random.default_rng(12)
+        results[serial_below] = every_kernel()
+    for name, serial in results[2**62].items():
+        np.testing.assert_allclose(results[0][name], serial, rtol=1e-12, atol=1e-12,
+                                   err_msg=name)

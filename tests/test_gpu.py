@@ -127,3 +127,27 @@ def test_lenet5_step_on_the_gpu_matches_the_cpu():
         grads[where] = {n: p.grad.numpy() for n, p in model.named_parameters()}
     for name, g in grads["cpu"].items():
         assert rel_error(grads["cuda"][name], g) < 1e-4, name
+
+
+def test_converted_model_on_cuda_tensors_matches_torch():
+    """fastconv.torch on CUDA tensors: DLPack both ways, kernels on torch's current stream."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("this PyTorch build has no CUDA")
+    import fastconv.torch as ft
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 4, 3),
+                              torch.nn.AvgPool2d(2)).cuda()
+    fast = ft.convert(net)
+    x = torch.randn(4, 3, 16, 16, device="cuda", requires_grad=True)
+    with torch.cuda.stream(torch.cuda.Stream()):  # a side stream: the kernels must follow it
+        y_fast, y_torch = fast(x), net(x)
+        g_fast = torch.autograd.grad(y_fast.sum(), [x, *fast.parameters()])
+        g_torch = torch.autograd.grad(y_torch.sum(), [x, *net.parameters()])
+    torch.cuda.synchronize()
+    assert y_fast.is_cuda
+    torch.testing.assert_close(y_fast, y_torch, rtol=1e-4, atol=1e-4)
+    for a, b in zip(g_fast, g_torch, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
