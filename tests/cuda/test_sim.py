@@ -294,3 +294,34 @@ def test_gemm_benchmark_checks_its_product():
     (row,) = bench.gemm(40, repeats=1)  # no cuBLAS in the simulator
     assert row["impl"] == "fastconv" and row["vs_cublas"] is None
     assert row["rel_error"] < 1e-6
+
+
+def test_autotuning_on_cuda_is_keyed_by_the_gpu(tmp_path, monkeypatch):
+    """algo="auto" with autotuning times the CUDA candidates once and keeps the winner under a
+    key naming the device, the op and the GPU."""
+    import json
+
+    from fastconv import dispatch
+
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    dispatch.autotune(True)
+    try:
+        rng = np.random.default_rng(9)
+        x, w = random(rng, (1, 2, 5, 5), np.float32), random(rng, (2, 2, 3, 3), np.float32)
+        y = ops.conv2d(x, w, device="cuda")
+    finally:
+        dispatch.autotune(False)
+    _close(y, ops.conv2d(x.astype(np.float64), w.astype(np.float64), algo="reference"),
+           np.float32)
+    entries = json.loads((tmp_path / "autotune.json").read_text())["entries"]
+    ((key, winner),) = entries.items()
+    assert key.startswith("cuda|conv2d|") and key.endswith("|float32|CUDA simulator")
+    assert winner in ("direct", "im2col")
+
+
+def test_info_lists_the_simulated_gpu(capsys):
+    from fastconv import cli
+
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "cuda: gpu Numba's CUDA simulator" in out and "  cuda: direct, im2col" in out
