@@ -39,13 +39,15 @@ def check_available() -> None:
 
 
 def select(index: int) -> None:
-    """Make GPU ``index`` current for CuPy and Numba."""
+    """Make GPU ``index`` current for CuPy and Numba (nothing to do when it already is)."""
+    current = 0 if device.simulated() else xp.cuda.Device().id
+    if index == current:
+        return
     count = 1 if device.simulated() else xp.cuda.runtime.getDeviceCount()
     if index >= count:
         raise ValueError(f"device='cuda:{index}' but there are {count} GPU(s)")
-    if not device.simulated():
-        xp.cuda.Device(index).use()
-        cuda.select_device(index)
+    xp.cuda.Device(index).use()
+    cuda.select_device(index)
 
 
 def info() -> dict:
@@ -112,8 +114,16 @@ def _empty(shape, dtype):
 
 
 def _bias(b, k, dtype):
-    """b, or the K zeros the kernels add when there is no bias."""
-    return xp.zeros(k, dtype) if b is None else b
+    """b, or the K zeros the kernels add when there is no bias (kept: no allocation and fill
+    per call; kernels only read a bias)."""
+    if b is not None:
+        return b
+    return _zeros(k, dtype.str, 0 if device.simulated() else xp.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(k, dtype, gpu):
+    return xp.zeros(k, dtype)
 
 
 @register("conv2d", "cuda", "direct")

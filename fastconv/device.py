@@ -31,14 +31,17 @@ def simulated() -> bool:
 
 
 def parse(device) -> str:
-    """"cpu" or "cuda" for a ``device=`` argument: None, "cpu", "cuda" or "cuda:N"."""
+    """"cpu" or "cuda" for a ``device=`` argument: None, "cpu", "cuda" (the current GPU) or
+    "cuda:N" (which makes GPU N the current one, as ``cupy.cuda.Device(N).use()`` does)."""
     if device is None or device == "cpu":
         return "cpu"
     if isinstance(device, str) and device.partition(":")[0] == "cuda":
         index = device.partition(":")[2]
         if index and not index.isdigit():
             raise ValueError(f"device must be None, 'cpu' or 'cuda[:N]', got {device!r}")
-        cuda_backend().select(int(index or 0))
+        backend = cuda_backend()
+        if index:
+            backend.select(int(index))
         return "cuda"
     raise ValueError(f"device must be None, 'cpu' or 'cuda[:N]', got {device!r}")
 

@@ -325,3 +325,10 @@ def test_info_lists_the_simulated_gpu(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "cuda: gpu Numba's CUDA simulator" in out and "  cuda: direct, im2col" in out
+
+
+def test_a_gpu_that_does_not_exist_is_refused():
+    x = np.ones((1, 1, 4, 4), np.float32)
+    assert ops.max_pool2d(x, 2, device="cuda:0").shape == (1, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"device='cuda:3' but there are 1 GPU\(s\)"):
+        ops.max_pool2d(x, 2, device="cuda:3")
