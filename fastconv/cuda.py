@@ -200,10 +200,6 @@ def _columns(g, x):
     return cols.reshape(cols.shape[0], cols.shape[1], -1)
 
 
-def _broadcast(matrix, planes):
-    return xp.broadcast_to(matrix, (planes,) + matrix.shape)
-
-
 def _im2col_forward(matmul):
     def conv2d(g, x, w, b, activation):
         y = _empty(g.y_shape, x.dtype)
@@ -211,7 +207,7 @@ def _im2col_forward(matmul):
         for batch in g.batch_chunks(x.itemsize, WORKSPACE_BYTES):
             cols, out = _columns(g, x[batch]), _planes(y[batch], g.layout)
             for rows, ks in g.group_slices():
-                matmul(_broadcast(wmat[ks], out.shape[0]), cols[:, rows], out[:, ks],
+                matmul(wmat[None, ks], cols[:, rows], out[:, ks],
                        None if b is None else b[ks], act)
         return y
     return conv2d
@@ -226,7 +222,7 @@ def _im2col_backward_input(matmul):
             gcols = _planes(gx[batch], g.layout) if g.pointwise else _empty(
                 (grad.shape[0], g.C * g.R * g.S, g.OH * g.OW), gy.dtype)
             for rows, ks in g.group_slices():
-                matmul(_broadcast(wmat[ks].T, grad.shape[0]), grad[:, ks],
+                matmul(wmat[ks].T[None], grad[:, ks],
                        gcols[:, rows], None, CODES[None])
             if not g.pointwise:
                 cuda_im2col.launch_col2im(gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),

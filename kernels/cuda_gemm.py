@@ -1,10 +1,10 @@
 """Batched matrix products on the GPU: a hand-written tiled GEMM with the convolution's epilogue
 fused, and that epilogue alone for products computed elsewhere (cuBLAS).
 
-Operands are 3-D (plane, rows, columns) arrays of any strides: a matrix shared by every plane
-(the filters) arrives broadcast, with a zero plane stride, and a transposed operand as a
-transposed view, so one kernel serves the forward (Y = W X), the backward input (dX = W^T dY)
-and the backward weight (dW = dY X^T, per plane, summed by the caller).
+Operands are 3-D (plane, rows, columns) arrays of any strides: a left operand with one plane
+(the filters) is shared by every plane, and a transposed operand arrives as a transposed view,
+so one kernel serves the forward (Y = W X), the backward input (dX = W^T dY) and the backward
+weight (dW = dY X^T, per plane, summed by the caller).
 """
 
 from .cuda_device import MAX_GRID_Z, activate, cuda, launch, plane_grid
@@ -22,9 +22,9 @@ _PER_THREAD_B = TILE_K * TILE_N // (THREADS[0] * THREADS[1])
 
 @cuda.jit(cache=True)
 def gemm(a, b, c, bias, act):
-    """c[z] = act(bias[:, None] + a[z] @ b[z]) for every plane z.
+    """c[z] = act(bias[:, None] + a[z] @ b[z]) for every plane z (a[0] for all when a has one).
 
-    Layout: a (Z, M, K), b (Z, K, N), c (Z, M, N), bias (M,), any strides. Grid: x over
+    Layout: a (Z or 1, M, K), b (Z, K, N), c (Z, M, N), bias (M,), any strides. Grid: x over
     column tiles, y over row tiles, z over planes (a loop of stride gridDim.z). Per TILE_K
     slice of K the block's threads copy a's TILE_M x TILE_K and b's TILE_K x TILE_N tiles to
     shared memory (consecutive threads take consecutive columns, zeros past the edges), then
@@ -36,13 +36,14 @@ def gemm(a, b, c, bias, act):
     acc = cuda.local.array((_RM, _RN), c.dtype)
     a_reg = cuda.local.array(_RM, c.dtype)
     b_reg = cuda.local.array(_RN, c.dtype)
-    z_, m_, k_ = a.shape
-    n_ = b.shape[2]
+    a_planes, m_, k_ = a.shape
+    z_, n_ = b.shape[0], b.shape[2]
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     thread = ty * THREADS[0] + tx
     m0, n0 = cuda.blockIdx.y * TILE_M, cuda.blockIdx.x * TILE_N
     zero = c.dtype.type(0)
     for z in range(cuda.blockIdx.z, z_, cuda.gridDim.z):
+        za = z if a_planes > 1 else 0
         for i in range(_RM):
             for j in range(_RN):
                 acc[i, j] = zero
@@ -51,7 +52,7 @@ def gemm(a, b, c, bias, act):
                 flat = thread + e * THREADS[0] * THREADS[1]
                 row, kk = flat // TILE_K, flat % TILE_K
                 inside = m0 + row < m_ and k0 + kk < k_
-                a_tile[kk, row] = a[z, m0 + row, k0 + kk] if inside else zero
+                a_tile[kk, row] = a[za, m0 + row, k0 + kk] if inside else zero
             for e in range(_PER_THREAD_B):
                 flat = thread + e * THREADS[0] * THREADS[1]
                 kk, col = flat // TILE_N, flat % TILE_N
