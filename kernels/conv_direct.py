@@ -29,9 +29,11 @@ def _valid_range(offset, stride, size, out_size):
 
     All three are clamped to >= 0: Numba wraps negative indices, and only an index LLVM can
     prove non-negative (a clamped base plus a loop counter from 0) loses that check and lets
-    the inner loop vectorise, about 5x faster.
+    the inner loop vectorise, about 5x faster. ``lo`` is also at most ``out_size``, so the
+    outputs before it are always real ones (a tap that lands in the left padding of every
+    output once made im2col zero cells past its row).
     """
-    lo = max(0, (stride - 1 - offset) // stride)
+    lo = min(out_size, max(0, (stride - 1 - offset) // stride))
     hi = min(out_size, (size - 1 - offset) // stride + 1)
     return lo, max(0, hi - lo), max(0, lo * stride + offset)
 

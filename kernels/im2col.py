@@ -19,7 +19,8 @@ def im2col(x, cols, r_, s_, sh, sw, pt, pl, dh, dw):
 
     Loop order: (n, c) in parallel, then r, s, oh, ow innermost (contiguous writes; contiguous
     reads for stride 1). Each task owns cols[(c, r, s), n] for all taps and writes each cell
-    once: the input where the tap lands inside it, zero in the padding.
+    once: the input where the tap lands inside it, zero in the padding (the columns before
+    ``ow0``, which _valid_range keeps within the row).
     """
     n_, c_, h_, w_ = x.shape
     oh_, ow_ = cols.shape[2], cols.shape[3]

@@ -180,6 +180,24 @@ def test_float32_layers_within_1e5_of_float64(shape, layout, algo):
                                                     **kwargs)) < 1e-5
 
 
+@pytest.mark.parametrize("algo", FAST)
+@pytest.mark.parametrize("padding, window", [((0, 2), (1, 3)), ((2, 0), (3, 1)), (3, (3, 3))])
+def test_taps_entirely_in_the_padding(algo, padding, window):
+    """A tap that falls in the padding for every output (here the first tap of a 3-wide,
+    dilation-2 window over a 1-pixel input padded by 2): im2col once zeroed cells past such a
+    tap's row, corrupting the next image's columns (found by hypothesis)."""
+    rng = np.random.default_rng(3)
+    x, w = random(rng, (2, 1, 1, 1)), random(rng, (2, 1, *window))
+    kwargs = dict(padding=padding, dilation=2)
+    y = ops.conv2d(x, w, algo="reference", **kwargs)
+    gy = random(rng, y.shape)
+    assert rel_error(ops.conv2d(x, w, algo=algo, **kwargs), y) < 1e-12
+    for op, args in (("conv2d_backward_input", (gy, w, x.shape)),
+                     ("conv2d_backward_weight", (gy, x, w.shape))):
+        want = getattr(ops, op)(*args, algo="reference", **kwargs)
+        assert rel_error(getattr(ops, op)(*args, algo=algo, **kwargs), want) < 1e-12, op
+
+
 def test_tf_same_pads_the_odd_pixel_after():
     """7x7 stride 2 on 224 pads (2, 3) as TensorFlow does; checked against explicit padding."""
     rng = np.random.default_rng(1)
