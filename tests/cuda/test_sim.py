@@ -333,3 +333,16 @@ def test_a_gpu_that_does_not_exist_is_refused():
     assert ops.max_pool2d(x, 2, device="cuda:0").shape == (1, 1, 2, 2)
     with pytest.raises(ValueError, match=r"device='cuda:3' but there are 1 GPU\(s\)"):
         ops.max_pool2d(x, 2, device="cuda:3")
+
+
+def test_tensors_move_between_devices_and_do_not_mix():
+    from fastconv import tensor
+
+    t = tensor([[1.0, 2.0]], requires_grad=True)
+    g = t.to("cuda")
+    assert (t.device, g.device, g.requires_grad) == ("cpu", "cuda", True)
+    assert g.to("cuda") is g and g.to("cpu").device == "cpu"
+    np.testing.assert_array_equal(g.numpy(), t.numpy())
+    assert (g * 2).device == "cuda"
+    with pytest.raises(RuntimeError, match="tensors of one op must be on one device"):
+        t + g
