@@ -201,13 +201,15 @@ def _pool_runner(case, op, impl, a, on):
 
 
 def _torch_runner(case, op, a, on):
-    """PyTorch on fastconv's thread count, or on the GPU with cuDNN in FP32 (TF32 off), on the
-    arrays themselves (zero-copy); backward is autograd's, timed without the forward."""
+    """PyTorch on fastconv's thread count, or on the GPU with cuDNN in FP32 (TF32 off, its own
+    autotuning on), on the arrays themselves (zero-copy); backward is autograd's, timed without
+    the forward."""
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(runtime.get_num_threads())
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = on == "cuda"  # cuDNN at its best: it times its algorithms
     wrap = torch.from_numpy if on == "cpu" else torch.from_dlpack
     tensors = [wrap(a[name]) for name in ("x", "w") if name in a]
     if case.op == "conv2d":
