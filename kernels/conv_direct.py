@@ -29,11 +29,10 @@ def _valid_range(offset, stride, size, out_size):
 
     All three are clamped to >= 0: Numba wraps negative indices, and only an index LLVM can
     prove non-negative (a clamped base plus a loop counter from 0) loses that check and lets
-    the inner loop vectorise, about 5x faster. ``lo`` is also at most ``out_size``, so the
-    outputs before it are always real ones (a tap that lands in the left padding of every
-    output once made im2col zero cells past its row).
+    the inner loop vectorise, about 5x faster. ``lo`` may exceed ``out_size`` (a tap in the
+    padding of every output; ``count`` is then 0): a caller looping up to ``lo`` clips it.
     """
-    lo = min(out_size, max(0, (stride - 1 - offset) // stride))
+    lo = max(0, (stride - 1 - offset) // stride)
     hi = min(out_size, (size - 1 - offset) // stride + 1)
     return lo, max(0, hi - lo), max(0, lo * stride + offset)
 

@@ -19,8 +19,7 @@ def im2col(x, cols, r_, s_, sh, sw, pt, pl, dh, dw):
 
     Loop order: (n, c) in parallel, then r, s, oh, ow innermost (contiguous writes; contiguous
     reads for stride 1). Each task owns cols[(c, r, s), n] for all taps and writes each cell
-    once: the input where the tap lands inside it, zero in the padding (the columns before
-    ``ow0``, which _valid_range keeps within the row).
+    once: the input where the tap lands inside it, zero in the padding.
     """
     n_, c_, h_, w_ = x.shape
     oh_, ow_ = cols.shape[2], cols.shape[3]
@@ -38,7 +37,9 @@ def im2col(x, cols, r_, s_, sh, sw, pt, pl, dh, dw):
                             cols[row, n, oh, ow] = 0
                         continue
                     ih = ih0 + i * sh
-                    for ow in range(ow0):
+                    # ow0 passes the row's end when the tap is in the padding of every output
+                    # (writing up to it once zeroed the next image's columns)
+                    for ow in range(min(ow0, ow_)):
                         cols[row, n, oh, ow] = 0
                     if sw == 1:
                         for j in range(count):
