@@ -12,7 +12,7 @@ threads along the rows). Planes (n, k) or (n, ci) run on grid z, in a loop of st
 when there are more than MAX_GRID_Z of them.
 """
 
-from .cuda_device import activate, cuda, flat_grid, launch, plane_grid
+from .cuda_device import activate, cuda, flat_grid, launch, output_reading, plane_grid
 
 # The input tile the tiled forward stages in shared memory, in input cells (rows, columns). A
 # shared array's shape must be a compile-time constant; 40 x 40 holds the patch of a 16 x 16
@@ -172,14 +172,13 @@ def conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups):
         acc = gx.dtype.type(0)
         for k in range(g * kg, (g + 1) * kg):
             for r in range(r_):
-                th = ih + pt - r * dh
-                if th < 0 or th % sh != 0 or th // sh >= oh_:
+                oh = output_reading(ih, pt, r * dh, sh, oh_)
+                if oh < 0:
                     continue
-                oh = th // sh
                 for s in range(s_):
-                    tw = iw + pl - s * dw
-                    if tw >= 0 and tw % sw == 0 and tw // sw < ow_:
-                        acc += gy[n, k, oh, tw // sw] * w[k, c, r, s]
+                    ow = output_reading(iw, pl, s * dw, sw, ow_)
+                    if ow >= 0:
+                        acc += gy[n, k, oh, ow] * w[k, c, r, s]
         gx[n, ci, ih, iw] = acc
 
 

@@ -12,7 +12,8 @@ from numba import config, cuda
 
 from .activation import RELU, SIGMOID, TANH
 
-__all__ = ["cuda", "activate", "launch", "plane_grid", "flat_grid", "MAX_GRID_Z"]
+__all__ = ["cuda", "activate", "launch", "output_reading", "plane_grid", "flat_grid",
+           "MAX_GRID_Z"]
 
 # The hardware limit on gridDim.z; kernels with more planes loop over them with stride gridDim.z.
 MAX_GRID_Z = 65535
@@ -37,6 +38,17 @@ def activate(v, code, dtype):
         e = math.exp(v)
         return e / (one + e)
     return v
+
+
+@cuda.jit(device=True, inline="always")
+def output_reading(i, before, tap, stride, out_size):
+    """The output o whose window reads input cell ``i`` at offset ``tap`` (tap index times
+    dilation) along one axis, i.e. ``o * stride - before + tap == i`` with 0 <= o < out_size;
+    -1 when no output does. The gather of the backward kernels (no atomics) asks this."""
+    t = i + before - tap
+    if t < 0 or t % stride != 0 or t // stride >= out_size:
+        return -1
+    return t // stride
 
 
 def plane_grid(rows, cols, planes, block):

@@ -6,7 +6,7 @@ out (N, C*R*S, OH, OW), rows in OIHW order (c, r, s), so each image's columns ar
 (C*R*S, OH*OW) matrix for the GEMM and an NCHW output needs no transposition.
 """
 
-from .cuda_device import cuda, launch, plane_grid
+from .cuda_device import cuda, launch, output_reading, plane_grid
 
 
 @cuda.jit(cache=True)
@@ -47,13 +47,13 @@ def col2im(cols, x, r_, s_, sh, sw, pt, pl, dh, dw):
         n, c = plane // c_, plane % c_
         acc = x.dtype.type(0)
         for r in range(r_):
-            th = ih + pt - r * dh
-            if th < 0 or th % sh != 0 or th // sh >= oh_:
+            oh = output_reading(ih, pt, r * dh, sh, oh_)
+            if oh < 0:
                 continue
             for s in range(s_):
-                tw = iw + pl - s * dw
-                if tw >= 0 and tw % sw == 0 and tw // sw < ow_:
-                    acc += cols[n, (c * r_ + r) * s_ + s, th // sh, tw // sw]
+                ow = output_reading(iw, pl, s * dw, sw, ow_)
+                if ow >= 0:
+                    acc += cols[n, (c * r_ + r) * s_ + s, oh, ow]
         x[n, c, ih, iw] = acc
 
 
