@@ -330,7 +330,8 @@ def machine(on: str = "cpu") -> dict:
             f"{lib['num_threads']} threads)" for lib in runtime.blas()]
     info = {"cpu": runtime.cpu_name(), "simd": runtime.simd_flags(),
             "threads": runtime.get_num_threads(), "cpus": runtime.cpu_count(),
-            "blas": list(dict.fromkeys(blas)), "versions": versions()}
+            "blas": list(dict.fromkeys(blas)), "malloc": runtime.malloc(),
+            "versions": versions()}
     if on == "cuda":
         info["gpu"] = device.cuda_backend().info()
     return info
@@ -342,6 +343,7 @@ def describe(info: dict) -> list[tuple[str, str]]:
         ("cpu", f"{info['cpu']} (SIMD: {' '.join(info['simd']) or 'none found'})"),
         ("threads", f"{info['threads']} (of {info['cpus']} CPUs)"),
         ("BLAS", "; ".join(info["blas"]) or "none found"),
+        ("malloc", info["malloc"]),
         ("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items())),
         *((("gpu", ", ".join(f"{k} {v}" for k, v in info["gpu"].items())),)
           if "gpu" in info else ()),

@@ -155,6 +155,7 @@ def _info(args) -> int:
     print(f"devices:\n  cpu: {about['cpu']}\n  cuda: {_cuda_about()}")
     print(f"threads: {about['threads']}")
     print(f"BLAS: {about['BLAS']}")
+    print(f"malloc: {about['malloc']}")
     print(f"algorithms:\n  cpu: {', '.join(ops.algorithms('cpu'))}")
     try:
         print(f"  cuda: {', '.join(ops.algorithms('cuda'))}")

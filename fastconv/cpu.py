@@ -23,6 +23,8 @@ WORKSPACE_BYTES = 2 << 20
 SERIAL_WORK = 1 << 16
 # Largest workspace kept for reuse between calls; a bigger one is freed after its call.
 KEPT_WORKSPACE_BYTES = 256 << 20
+# Fewer im2col rows (C/groups * R * S) than this make a thin GEMM (see _thin_gemm).
+THIN_ROWS = 64
 
 _scratch = threading.local()  # per thread: .buffers, one per workspace slot
 
@@ -139,11 +141,15 @@ def _matmul(a, b, out):
 
 
 def _matmul_over_pixels(a, b):
-    """The sum over images of a[:, n] @ b[:, n].T for (rows, n, P) views a and b, as one GEMM
-    over the flattened (n, P) axis: an operand that does not flatten (an NCHW gradient) is
-    copied once, which costs far less than a GEMM per image and their sum (LeNet's C1 at
-    batch 64: 64 GEMMs of 6 x 784 x 25)."""
-    return _flat_or_copy(a) @ _flat_or_copy(b).T
+    """The sum over images of a[:, n] @ b[:, n].T for (rows, n, P) views a (gradient) and b
+    (columns). OpenBLAS splits a GEMM's threads over its output, never over the long reduction:
+    with few column rows (LeNet's C1: 6 x 25 outputs, n*P = 50k long) one GEMM per image and
+    their sum runs 3-5x faster than one flat GEMM. Otherwise one GEMM over the flattened (n, P)
+    axis, computed as its transpose: OpenBLAS runs it 1.2-2x faster with the longer output axis
+    first. An operand that does not flatten (an NCHW gradient) is copied once."""
+    if b.shape[0] < THIN_ROWS:
+        return np.matmul(a.transpose(1, 0, 2), b.transpose(1, 2, 0)).sum(0)
+    return (_flat_or_copy(b) @ _flat_or_copy(a).T).T
 
 
 def _flat_or_copy(a):
@@ -207,7 +213,7 @@ def conv2d_backward_weight_im2col(g, gy, x):
 def _thin_gemm(g):
     """Few taps per output or few output channels per group: BLAS runs such a GEMM far from its
     peak while im2col still copies R*S times the input."""
-    return (g.C // g.groups) * g.R * g.S < 64 or g.K // g.groups < 16
+    return (g.C // g.groups) * g.R * g.S < THIN_ROWS or g.K // g.groups < 16
 
 
 @heuristic("conv2d", "cpu")

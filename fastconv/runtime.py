@@ -1,5 +1,6 @@
 """What fastconv runs on: the CPU's name, its SIMD, the threads and the BLAS in use."""
 
+import ctypes
 import os
 import platform
 import threading
@@ -39,6 +40,40 @@ if "NUMBA_THREADING_LAYER" not in os.environ and _openmp_already_loaded():
                       "whose threads now spin between its ops and slow fastconv's kernels "
                       "(a converted LeNet-5 epoch: 59 s instead of 13); import fastconv first "
                       "or set OMP_WAIT_POLICY=PASSIVE", RuntimeWarning, stacklevel=2)
+
+# glibc's malloc serves an array over its mmap threshold (128 KiB at start, raised by each freed
+# mapping) with fresh pages and trims freed memory at the heap's top back to the OS, so a training
+# step's megabyte-sized activations and gradients page-fault anew on every step: ~560 faults, a
+# tenth of a LeNet-5 step (10.2 -> 8.7 ms median). Holding the two thresholds where glibc's own
+# adaptation tops out (32 MiB, and twice that to trim) keeps such arrays in a reused heap: 0
+# faults. The cost is that up to the peak heap stays with the process, as PyTorch's caching
+# allocator keeps GPU memory. FASTCONV_MALLOC=0, or the user's own MALLOC_* or GLIBC_TUNABLES
+# setting, leaves malloc alone.
+MMAP_THRESHOLD_BYTES = 32 << 20
+TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _tune_malloc() -> bool:
+    """Set glibc's thresholds (see above); False where they were left as they were."""
+    chosen = [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]
+    if os.environ.get("FASTCONV_MALLOC") == "0" or chosen or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+                and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+
+
+MALLOC_TUNED = _tune_malloc()
+
+
+def malloc() -> str:
+    """How the C heap under NumPy's arrays is set up, for ``fastconv info`` and bench headers."""
+    if MALLOC_TUNED:
+        return (f"glibc, mmap threshold {MMAP_THRESHOLD_BYTES >> 20} MiB, trim threshold "
+                f"{TRIM_THRESHOLD_BYTES >> 20} MiB (set by fastconv; FASTCONV_MALLOC=0 leaves it)")
+    return f"{platform.libc_ver()[0] or 'unknown libc'}, left as the process set it"
+
 
 KERNEL_LOCK = threading.RLock()  # one kernel call at a time: each already uses every core
 

@@ -88,3 +88,38 @@ def test_importing_fastconv_after_torch_warns_unless_the_wait_policy_was_chosen(
     fine = subprocess.run([sys.executable, "-c", "import fastconv, torch"], env=env,
                           capture_output=True, text=True, check=True).stderr
     assert "started OpenMP" not in fine
+
+
+_FAULTS = """
+import resource, numpy as np, fastconv
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def round_trip():  # a step's worth of megabyte arrays, allocated, written, then freed
+    batch = [np.ones(1 << 18, np.float32) for _ in range(4)]
+    del batch
+round_trip(); round_trip()  # the heap grows to its peak once
+before = faults()
+for _ in range(20):
+    round_trip()
+print(fastconv.runtime.MALLOC_TUNED, (faults() - before) / 20)
+"""
+
+
+def _page_faults_per_round(**env):
+    base = {k: v for k, v in os.environ.items()
+            if not (k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "FASTCONV_MALLOC"))}
+    run = subprocess.run([sys.executable, "-c", _FAULTS], env={**base, **env},
+                         capture_output=True, text=True, check=True)
+    tuned, faults = run.stdout.split()
+    return tuned == "True", float(faults)
+
+
+@pytest.mark.skipif(fastconv.runtime.platform.libc_ver()[0] != "glibc",
+                    reason="fastconv tunes glibc's malloc only; this libc is not glibc")
+def test_freed_arrays_are_reused_without_page_faults_unless_opted_out():
+    # glibc as it comes trims the 4 MiB freed at the heap's top and faults it in again (~1000
+    # faults a round); with fastconv's thresholds the heap keeps it
+    assert _page_faults_per_round() == (True, pytest.approx(0, abs=5))
+    tuned, faults = _page_faults_per_round(FASTCONV_MALLOC="0")
+    assert not tuned and faults > 500
+    assert _page_faults_per_round(MALLOC_TRIM_THRESHOLD_="131072")[0] is False
