@@ -4,20 +4,28 @@ initial weights, optimiser and threads; prints per-epoch time and test accuracy 
     python benchmarks/compare_training.py --dataset fashion-mnist --epochs 1 --threads 2
 
 The fastconv numbers of a full run come from `fastconv train`; this script exists to put an
-epoch of each framework next to each other on the same machine, in the same minutes. Both in
-one process share the cores between two OpenMP runtimes: torch, imported first, keeps its
-spinning workers and slows fastconv's threads severalfold on 2 cores. `--framework` runs one
-of them alone (run the script twice) for each one's own best time.
+epoch of each framework next to each other on the same machine, in the same minutes. The two
+share one OpenMP runtime in a process, and whichever is imported first sets its wait policy:
+torch's spinning workers, its best, slow fastconv's kernels (they push Numba onto its
+workqueue threads: a LeNet-5 step 11.2 ms instead of 8.8 on 2 threads, 12.5-14.5 instead of
+8.6-9.2 on one), and fastconv's passive ones would slow torch. `--framework` runs one of them
+alone, imported first, for each one's own best time: run the script once for each.
 """
 
 import argparse
+import sys
 import time
 import warnings
 
-import torch
+_only = argparse.ArgumentParser(add_help=False)
+_only.add_argument("--framework", default="both")
+if _only.parse_known_args(sys.argv[1:])[0].framework == "fastconv":
+    import fastconv  # noqa: F401  (first, for its passive OpenMP workers; see above)
 
-# torch first, on purpose: it keeps its own (spinning) wait policy, its best for its own epoch;
-# fastconv's warning about that order is for code that mixes the two in one model
+import torch  # noqa: E402
+
+# in "both" and "torch" runs torch comes first, keeping its own wait policy; fastconv's warning
+# about that order is for code that mixes the two in one model
 warnings.filterwarnings("ignore", "fastconv was imported after", RuntimeWarning)
 import fastconv  # noqa: E402
 from fastconv import data, models, optim, tensor, train  # noqa: E402

@@ -7,6 +7,7 @@ the output. Kernels index arrays as NCHW; an NHWC array is handed over as a tran
 
 import threading
 
+import numba
 import numpy as np
 
 from .dispatch import heuristic, register
@@ -19,8 +20,11 @@ from .kernels.serial import serial_twin
 # the GEMM and the epilogue.
 WORKSPACE_BYTES = 2 << 20
 # Below this much work (multiply-adds, or cells moved) a kernel runs in the calling thread
-# (kernels/serial.py): waking the thread pool costs more than the work.
-SERIAL_WORK = 1 << 16
+# (kernels/serial.py): waking the thread pool costs more than the work. Measured on the 2-vCPU
+# guest of benchmarks/results/cpu.md (OpenMP and workqueue layers alike): serial wins below
+# ~2M (a LeNet C1 forward at batch 16, 1.9M: 0.15 ms against 0.23-0.28), the two tie around
+# 4-8M, parallel wins from ~16M (batch 256, 30M: 1.4-2.0 ms against 2.4-3.6).
+SERIAL_WORK = 1 << 22
 # Largest workspace kept for reuse between calls; a bigger one is freed after its call.
 KEPT_WORKSPACE_BYTES = 256 << 20
 # Fewer im2col rows (C/groups * R * S) than this make a thin GEMM (see _thin_gemm).
@@ -38,8 +42,9 @@ _serial_twins = {}
 
 
 def _call(kernel, work, *args):
-    """``kernel(*args)``, in one thread when ``work`` is below SERIAL_WORK."""
-    if work >= SERIAL_WORK:
+    """``kernel(*args)``, in the calling thread when ``work`` is below SERIAL_WORK or fastconv
+    runs on one thread (Numba's workqueue layer still hands a parallel loop to a worker)."""
+    if work >= SERIAL_WORK and numba.get_num_threads() > 1:
         return kernel(*args)
     twin = _serial_twins.get(kernel)
     if twin is None:
