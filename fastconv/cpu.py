@@ -128,7 +128,7 @@ def _channels_first(a, layout):
 def _flat(a):
     """(rows, n*P) view of a (rows, n, P) view, or None where that would need a copy."""
     rows, n, p = a.shape
-    if n == 1 or a.strides[1] == p * a.strides[2]:
+    if n == 1 or p == 1 or a.strides[1] == p * a.strides[2]:
         return a.reshape(rows, n * p)
     return None
 
@@ -163,10 +163,22 @@ def _flat_or_copy(a):
     return _flat(np.ascontiguousarray(a)) if flat is None else flat
 
 
-def _columns(g, x):
-    """X (C*R*S, n, P) for a batch chunk: im2col's columns, or x itself when pointwise."""
+def _input_columns(g, a):
+    """The columns (C*R*S, n, P) of an input-shaped array as a view of it, where im2col would
+    only copy: a pointwise convolution's channels, or each NCHW image as its one column when
+    one window covers it. None where im2col is needed."""
     if g.pointwise:
-        return _channels_first(x, g.layout)
+        return _channels_first(a, g.layout)
+    if g.whole_window and g.layout == "NCHW":
+        return a.reshape(a.shape[0], -1).T[:, :, None]
+    return None
+
+
+def _columns(g, x):
+    """X (C*R*S, n, P) for a batch chunk: a view of x where one exists, else im2col's."""
+    view = _input_columns(g, x)
+    if view is not None:
+        return view
     cols = _workspace((g.C * g.R * g.S, x.shape[0], g.OH, g.OW), x.dtype)
     _call(im2col.im2col, cols.size, nchw_view(x, g.layout), cols, g.R, g.S, *g.taps)
     return cols.reshape(cols.shape[0], x.shape[0], -1)
@@ -194,11 +206,13 @@ def conv2d_backward_input_im2col(g, gy, w):
     wmat = _weight_matrix(w, g)
     for batch in g.batch_chunks(gy.itemsize, WORKSPACE_BYTES):
         grad = _channels_first(gy[batch], g.layout)
-        gcols = _channels_first(gx[batch], g.layout) if g.pointwise else (
-            _workspace((g.C * g.R * g.S,) + grad.shape[1:], gy.dtype))
+        gcols = _input_columns(g, gx[batch])  # the GEMM writes gx itself where it can
+        scattered = gcols is None
+        if scattered:
+            gcols = _workspace((g.C * g.R * g.S,) + grad.shape[1:], gy.dtype)
         for rows, ks in g.group_slices():
             _matmul(wmat[ks].T, grad[ks], gcols[rows])
-        if not g.pointwise:
+        if scattered:
             _call(im2col.col2im, gcols.size, gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),
                           nchw_view(gx[batch], g.layout), g.R, g.S, *g.taps)
     return gx

@@ -159,6 +159,13 @@ class ConvGeometry:
         """A 1x1, stride-1, unpadded convolution: a plain matrix product, no im2col."""
         return self.R == self.S == 1 and self.stride == (1, 1) and self.padding == (0, 0, 0, 0)
 
+    @property
+    def whole_window(self) -> bool:
+        """One unpadded, undilated window covering the whole input (LeNet's C5, a fully
+        connected layer written as a convolution): each image's pixels are its one column."""
+        return ((self.R, self.S) == (self.H, self.W) and self.padding == (0, 0, 0, 0)
+                and self.dilation == (1, 1))
+
     def group_slices(self):
         """Per group: its rows of the im2col columns (C/groups*R*S of them) and its output
         channels."""

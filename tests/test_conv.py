@@ -158,7 +158,9 @@ def test_backward_matches_finite_differences(case, algo):
     dict(x=(2, 16, 9, 9), w=(32, 16, 3, 3), stride=2, padding=1, groups=1),
     dict(x=(2, 32, 6, 6), w=(16, 32, 1, 1), stride=1, padding=0, groups=1),  # pointwise GEMM
     dict(x=(2, 8, 7, 7), w=(8, 1, 3, 3), stride=1, padding="same", groups=8),  # depthwise
-], ids=["lenet_c1", "3x3_stride2", "1x1", "depthwise"])
+    dict(x=(3, 16, 5, 5), w=(120, 16, 5, 5), stride=1, padding=0, groups=1),  # LeNet C5
+    dict(x=(3, 6, 4, 3), w=(9, 2, 4, 3), stride=2, padding=0, groups=3),  # grouped, whole
+], ids=["lenet_c1", "3x3_stride2", "1x1", "depthwise", "lenet_c5", "whole_input_grouped"])
 def test_float32_layers_within_1e5_of_float64(shape, layout, algo):
     """Named layer shapes at sizes where float32 accumulation error would show."""
     rng = np.random.default_rng(0)
@@ -178,6 +180,30 @@ def test_float32_layers_within_1e5_of_float64(shape, layout, algo):
                                                    **kwargs)) < 1e-5
     assert rel_error(gw, ops.conv2d_backward_weight(gy64, x64, w.shape, algo="reference",
                                                     **kwargs)) < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_whole_input_window_reads_strided_inputs(layout):
+    """One window per image makes the columns a view of x (no im2col) and lets the backward
+    GEMM write gx directly; a strided x must still be read right, and stay as it was."""
+    rng = np.random.default_rng(5)
+    big = random(rng, (4, 10, 5, 5), np.float32)
+    x = big[:, ::2] if layout == "NCHW" else big[:, ::2].transpose(0, 2, 3, 1)
+    w = random(rng, (7, 5, 5, 5), np.float32)
+    w = w if layout == "NCHW" else w.transpose(2, 3, 1, 0)
+    before = big.copy()
+    kwargs = dict(data_format=layout)
+    y = ops.conv2d(x, w, algo="im2col", **kwargs)
+    gy = random(rng, y.shape, np.float32)
+    x64, w64, gy64 = _float64(x, w, gy)
+    assert rel_error(y, ops.conv2d(x64, w64, algo="reference", **kwargs)) < 1e-5
+    assert rel_error(ops.conv2d_backward_weight(gy, x, w.shape, algo="im2col", **kwargs),
+                     ops.conv2d_backward_weight(gy64, x64, w.shape, algo="reference",
+                                                **kwargs)) < 1e-5
+    assert rel_error(ops.conv2d_backward_input(gy, w, x.shape, algo="im2col", **kwargs),
+                     ops.conv2d_backward_input(gy64, w64, x.shape, algo="reference",
+                                               **kwargs)) < 1e-5
+    np.testing.assert_array_equal(big, before)
 
 
 @pytest.mark.parametrize("algo", FAST)
