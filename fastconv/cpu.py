@@ -12,7 +12,7 @@ import numpy as np
 
 from .dispatch import heuristic, register
 from .geometry import nchw_view, oihw_view
-from .kernels import bias, conv_direct, im2col, pool
+from .kernels import bias, conv_direct, im2col, optim, pool
 from .kernels.activation import CODES
 from .kernels.serial import serial_twin
 
@@ -289,3 +289,9 @@ def avg_pool2d_backward(p, gy):
     _call(pool.avg_pool2d_backward, gx.size, nchw_view(gy, p.layout), gx_nchw, *p.kernel, *p.stride,
           *p.padding, p.count_padding)
     return gx
+
+
+@register("adam_step", "cpu", "numba")
+def adam_step(param, grad, m, v, scalars):
+    flat = [a.reshape(-1) for a in (param, grad, m, v)]  # views: ops checked param, m, v
+    _call(optim.adam_step, param.size, *flat, *scalars)

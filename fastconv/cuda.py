@@ -19,7 +19,7 @@ import numpy as np
 from . import device
 from .dispatch import heuristic, register
 from .geometry import nchw_view, oihw_view
-from .kernels import cuda_conv, cuda_gemm, cuda_im2col, cuda_pool
+from .kernels import cuda_conv, cuda_gemm, cuda_im2col, cuda_optim, cuda_pool
 from .kernels.activation import CODES
 from .kernels.cuda_device import cuda
 
@@ -319,3 +319,9 @@ def avg_pool2d_backward(p, gy):
     cuda_pool.launch_avg_pool2d_backward(nchw_view(gy, p.layout), gx_nchw, *p.kernel, *p.stride,
                                          *p.padding, p.count_padding, stream=_stream())
     return gx
+
+
+@register("adam_step", "cuda", "numba")
+def adam_step(param, grad, m, v, scalars):
+    flat = [a.reshape(-1) for a in (param, grad, m, v)]  # views: ops checked param, m, v
+    cuda_optim.launch_adam_step(*flat, *scalars, stream=_stream())

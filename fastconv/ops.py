@@ -2,7 +2,8 @@
 
 Every argument is checked here, before any kernel runs; bad input raises ValueError or TypeError
 naming the argument and the shapes. Inputs are never modified: non-contiguous arrays are copied
-to contiguous ones and kernels only write the arrays they allocate. ``device=None`` runs where
+to contiguous ones and kernels only write the arrays they allocate; the one exception is
+:func:`adam_step`, an in-place update by definition. ``device=None`` runs where
 the arrays are (see :mod:`fastconv.device`); a CUDA torch tensor is taken zero-copy.
 
 Layouts: ``data_format="NCHW"`` takes x as (N, C, H, W) and weights as OIHW (K, C/groups, R, S);
@@ -10,6 +11,8 @@ Layouts: ``data_format="NCHW"`` takes x as (N, C, H, W) and weights as OIHW (K, 
 layout. Outputs have the input's layout and dtype (float32 or float64). The padding forms are
 described in :mod:`fastconv.geometry`.
 """
+
+import math
 
 import numpy as np
 
@@ -19,7 +22,8 @@ from . import dispatch, geometry, runtime
 __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
     "conv2d_backward",
-    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "algorithms",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adam_step",
+    "algorithms",
 ]
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -205,3 +209,29 @@ def avg_pool2d_backward(gy, x_shape, kernel_size, stride=None, padding=0, ceil_m
     p = _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format)
     _expect("gy", gy, p.y_shape, f"avg_pool2d of x {x_shape}")
     return _run("avg_pool2d_backward", device, "auto", p, gy.dtype, gy)
+
+
+def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+              weight_decay=0.0, device=None):
+    """Step ``step`` (1 for the first) of torch.optim.Adam on ``param``, in one kernel.
+
+    Updates ``param`` and its moment estimates ``m`` and ``v`` in place, so those three must be
+    C-contiguous NumPy or CuPy arrays (a copy would lose the update); ``grad`` is only read.
+    The arithmetic is in the arrays' dtype, as PyTorch's, with its bias corrections.
+    """
+    for name, a in (("param", param), ("m", m), ("v", v)):
+        flags = getattr(a, "flags", None)
+        if flags is None or not flags.c_contiguous or not flags.writeable:
+            raise ValueError(f"{name} must be a writeable C-contiguous array: adam_step "
+                             "updates it in place")
+    device, (param, grad, m, v) = _arrays(device, param=param, grad=grad, m=m, v=v)
+    for name, a in (("grad", grad), ("m", m), ("v", v)):
+        _expect(name, a, param.shape, "an update of param")
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step must be an int >= 1, got {step!r}")
+    b1, b2 = betas
+    scalars = (b1, 1 - b1, b2, 1 - b2, eps, weight_decay, lr / (1 - b1 ** step),
+               math.sqrt(1 - b2 ** step))
+    with runtime.KERNEL_LOCK:
+        dispatch.select("adam_step", device, "auto", None, None, None)(
+            param, grad, m, v, tuple(param.dtype.type(s) for s in scalars))

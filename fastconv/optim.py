@@ -1,11 +1,13 @@
 """Optimisers with PyTorch's exact update rules, updating parameters' arrays in place.
 
 Optimizer keeps the parameter list and per-parameter state; SGD adds momentum (and Nesterov's
-look-ahead) to the plain gradient step; Adam adds a second moment and bias correction to
-SGD's momentum.
+look-ahead) to the plain gradient step in array arithmetic; Adam adds a second moment and bias
+correction to SGD's momentum, in one kernel per parameter (fastconv.ops.adam_step).
 """
 
 import numpy as np
+
+from . import ops
 
 
 class Optimizer:
@@ -65,15 +67,8 @@ class Adam(Optimizer):
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
     def _update(self, param, grad, state):
-        b1, b2 = self.betas
-        g = grad + self.weight_decay * param if self.weight_decay else grad
         if not state:
             state.update(step=0, m=np.zeros_like(param), v=np.zeros_like(param))
         state["step"] += 1
-        m, v, t = state["m"], state["v"], state["step"]
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * g * g
-        denom = np.sqrt(v) / np.sqrt(1 - b2 ** t) + self.eps
-        param -= (self.lr / (1 - b1 ** t)) * m / denom
+        ops.adam_step(param, grad, state["m"], state["v"], state["step"], self.lr, self.betas,
+                      self.eps, self.weight_decay)

@@ -7,7 +7,7 @@ kernel touches its file and one line here.
 
 from numba import types
 
-from . import cuda_conv, cuda_gemm, cuda_im2col, cuda_pool
+from . import cuda_conv, cuda_gemm, cuda_im2col, cuda_optim, cuda_pool
 
 _i, _b = types.int64, types.boolean
 
@@ -57,6 +57,10 @@ def _avg(t):
     return types.void(_arr(t, 4), _arr(t, 4), *[_i] * 8, _b)
 
 
+def _adam(t):
+    return types.void(*[_arr(t, 1)] * 4, *[t] * 8)
+
+
 _KERNELS = [
     (cuda_conv.conv2d_forward_nchw, _conv_forward),
     (cuda_conv.conv2d_forward_nchw_tiled, _conv_forward),
@@ -72,6 +76,7 @@ _KERNELS = [
     (cuda_pool.max_pool2d_backward, _max_backward),
     (cuda_pool.avg_pool2d_forward, _avg),
     (cuda_pool.avg_pool2d_backward, _avg),
+    (cuda_optim.adam_step, _adam),
 ]
 
 KERNELS = [(k.py_func.__name__, k.py_func, *_signatures(make)) for k, make in _KERNELS]

@@ -97,6 +97,55 @@ def test_adam_matches_torch(kwargs):
     _run_optimizer(lambda p: optim.Adam(p, **kwargs), lambda p: torch.optim.Adam(p, **kwargs))
 
 
+def _adam_float64(param, grads, lr, betas, eps, weight_decay):
+    """torch.optim.Adam's rule written out in float64: the reference for ops.adam_step."""
+    p, m, v = param.astype(np.float64), np.zeros(param.shape), np.zeros(param.shape)
+    (b1, b2) = betas
+    for t, grad in enumerate(grads, start=1):
+        g = grad + weight_decay * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr / (1 - b1 ** t) * m / (np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps)
+    return p, m, v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("serial_below", [0, 1 << 60], ids=["parallel", "serial"])
+def test_adam_step_kernel_matches_float64_rule(dtype, serial_below, monkeypatch):
+    monkeypatch.setattr(fastconv.cpu, "SERIAL_WORK", serial_below)
+    rng = np.random.default_rng(11)
+    param = rng.standard_normal((7, 5, 3)).astype(dtype)
+    grads = [rng.standard_normal(param.shape).astype(dtype) for _ in range(5)]
+    hyper = dict(lr=3e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.05)
+    ours, m, v = param.copy(), np.full_like(param, 0), np.full_like(param, 0)
+    for t, g in enumerate(grads, start=1):
+        before = g.copy()
+        fastconv.ops.adam_step(ours, g, m, v, t, **hyper)
+        np.testing.assert_array_equal(g, before)  # the gradient is only read
+    want = _adam_float64(param, grads, **hyper)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for got, expected in zip((ours, m, v), want, strict=True):
+        assert got.dtype == dtype and rel_error(got, expected) < tol
+
+
+def test_adam_step_refuses_what_it_cannot_update_in_place():
+    p, g = np.ones((4, 4), np.float32), np.ones((4, 4), np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    with pytest.raises(ValueError, match="param must be a writeable C-contiguous"):
+        fastconv.ops.adam_step(p[:, ::2], g[:, ::2], m[:, ::2], v[:, ::2], 1)
+    frozen = v.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="v must be a writeable"):
+        fastconv.ops.adam_step(p, g, m, frozen, 1)
+    with pytest.raises(ValueError, match=r"m has shape \(4, 3\) but an update of param needs"):
+        fastconv.ops.adam_step(p, g, np.zeros((4, 3), np.float32), v, 1)
+    with pytest.raises(TypeError, match="one dtype"):
+        fastconv.ops.adam_step(p, g.astype(np.float64), m, v, 1)
+    with pytest.raises(ValueError, match="step must be an int >= 1"):
+        fastconv.ops.adam_step(p, g, m, v, 0)
+    np.testing.assert_array_equal(p, 1)  # nothing ran
+
+
 def test_optimizer_skips_parameters_without_gradients_and_zero_grad_clears():
     p, q = nn.Parameter(np.ones(2, np.float32)), nn.Parameter(np.ones(2, np.float32))
     opt = optim.SGD([p, q], lr=1.0)

@@ -246,6 +246,21 @@ def test_gemm_over_several_tiles_with_shared_and_transposed_operands():
 
 # --- training on device="cuda" ------------------------------------------------------------------
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_step_on_cuda_matches_the_cpu_kernel(dtype):
+    rng = np.random.default_rng(2)
+    param = random(rng, (3, 100), dtype)  # 300 elements: a full and a partial block of 256
+    state = {d: [param.copy(), np.zeros_like(param), np.zeros_like(param)]
+             for d in ("cpu", "cuda")}
+    for step in (1, 2):
+        grad = random(rng, param.shape, dtype)
+        for d, (p, m, v) in state.items():
+            ops.adam_step(p, grad, m, v, step, lr=1e-2, weight_decay=0.1, device=d)
+    for got, want in zip(state["cuda"], state["cpu"], strict=True):
+        assert rel_error(got, want) < tolerance(dtype)
+    assert not np.array_equal(state["cuda"][0], param)
+
+
 def test_lenet5_training_step_on_cuda_matches_the_cpu():
     """One Adam step of LeNet-5 on a tiny batch, on the CUDA kernels and on the CPU's, from the
     same weights: the loss, every gradient and every updated parameter agree."""
