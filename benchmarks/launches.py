@@ -4,8 +4,9 @@
 
 The step runs under Numba's CUDA simulator with every launch counted and skipped (the counts do
 not depend on the values, and the simulator would take minutes to run them). Counted: the
-launches of fastconv's kernels (forward, backward, epilogues). Not counted: the element-wise
-work of the autograd layer, the loss and Adam, which on a GPU are CuPy launches of their own.
+launches of fastconv's kernels (forward, backward, epilogues, the Adam update). Not counted:
+the element-wise work of the autograd layer and the loss, which on a GPU are CuPy launches of
+their own.
 """
 
 import os
@@ -18,7 +19,7 @@ from collections import Counter  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fastconv import models, nn, optim, tensor  # noqa: E402
-from fastconv.kernels import cuda_conv, cuda_gemm, cuda_im2col, cuda_pool  # noqa: E402
+from fastconv.kernels import cuda_conv, cuda_gemm, cuda_im2col, cuda_optim, cuda_pool  # noqa: E402,E501
 from fastconv.nn import functional as F  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def count_step(batch, activation, pool):
     def counted(kernel, grid, block, stream, *args):
         counts[kernel.fn.__name__] += 1
 
-    for module in (cuda_conv, cuda_gemm, cuda_im2col, cuda_pool):
+    for module in (cuda_conv, cuda_gemm, cuda_im2col, cuda_optim, cuda_pool):
         module.launch = counted
     nn.manual_seed(0)
     model = models.LeNet5(activation=activation, pool=pool).to("cuda")

@@ -27,9 +27,10 @@ class Optimizer:
     def step(self):
         for p, state in zip(self.params, self.state, strict=True):
             if p.grad is not None:
-                self._update(p.data, p.grad.data, state)
+                self._update(p, state)
 
-    def _update(self, param, grad, state):
+    def _update(self, p, state):
+        """Update the Tensor ``p`` in place from ``p.grad``; ``state`` is its own."""
         raise NotImplementedError
 
 
@@ -46,7 +47,8 @@ class SGD(Optimizer):
         self.momentum, self.dampening = momentum, dampening
         self.weight_decay, self.nesterov = weight_decay, nesterov
 
-    def _update(self, param, grad, state):
+    def _update(self, p, state):
+        param, grad = p.data, p.grad.data
         d = grad + self.weight_decay * param if self.weight_decay else grad
         if self.momentum:
             if "buffer" not in state:
@@ -66,9 +68,9 @@ class Adam(Optimizer):
         super().__init__(params, lr)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
-    def _update(self, param, grad, state):
+    def _update(self, p, state):
         if not state:
-            state.update(step=0, m=np.zeros_like(param), v=np.zeros_like(param))
+            state.update(step=0, m=np.zeros_like(p.data), v=np.zeros_like(p.data))
         state["step"] += 1
-        ops.adam_step(param, grad, state["m"], state["v"], state["step"], self.lr, self.betas,
-                      self.eps, self.weight_decay)
+        ops.adam_step(p.data, p.grad.data, state["m"], state["v"], state["step"], self.lr,
+                      self.betas, self.eps, self.weight_decay, device=p.device)
