@@ -86,11 +86,19 @@ def _torch_layout(a, layout, weight=False):
     return torch.from_numpy(np.ascontiguousarray(a, np.float64))
 
 
+def _threads(monkeypatch, parallel):
+    """Run the next calls on the parallel kernels or on their serial twins (kernels/serial.py):
+    the tiny shapes here would otherwise always take the serial ones."""
+    monkeypatch.setattr(fastconv.cpu, "SERIAL_WORK", 0 if parallel else 1 << 62)
+
+
 @SETTINGS
 @given(case=conv_cases(), algo=st.sampled_from(ALGOS),
        activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]),
-       with_bias=st.booleans())
-def test_forward_matches_reference_and_torch(case, algo, activation, with_bias):
+       with_bias=st.booleans(), parallel=st.booleans())
+def test_forward_matches_reference_and_torch(case, algo, activation, with_bias, parallel,
+                                             monkeypatch):
+    _threads(monkeypatch, parallel)
     x, w, b, _ = _arrays(case)
     b = b if with_bias else None
     g, layout = case["geometry"], case["kwargs"]["data_format"]
@@ -105,8 +113,9 @@ def test_forward_matches_reference_and_torch(case, algo, activation, with_bias):
 
 
 @SETTINGS
-@given(case=conv_cases(), algo=st.sampled_from(ALGOS))
-def test_backward_matches_reference_and_torch_autograd(case, algo):
+@given(case=conv_cases(), algo=st.sampled_from(ALGOS), parallel=st.booleans())
+def test_backward_matches_reference_and_torch_autograd(case, algo, parallel, monkeypatch):
+    _threads(monkeypatch, parallel)
     x, w, _, gy = _arrays(case)
     g, kwargs, layout = case["geometry"], case["kwargs"], case["kwargs"]["data_format"]
     gx = ops.conv2d_backward_input(gy, w, x.shape, algo=algo, **kwargs)

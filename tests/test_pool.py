@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fastconv import dispatch, geometry, ops
+from fastconv import cpu, dispatch, geometry, ops
 from oracle import from_nchw, random, rel_error, to_nchw, tolerance
 
 SETTINGS = settings(max_examples=40, deadline=None,
@@ -113,9 +113,12 @@ def _data(kind, case):
 
 
 @SETTINGS
-@given(case=pool_cases(), kind=st.sampled_from(["max", "avg"]))
-def test_matches_reference_and_torch(case, kind):
-    """Forward and backward values, shapes and dtypes; the inputs are left unchanged."""
+@given(case=pool_cases(), kind=st.sampled_from(["max", "avg"]), parallel=st.booleans())
+def test_matches_reference_and_torch(case, kind, parallel, monkeypatch):
+    """Forward and backward values, shapes and dtypes, on the parallel kernels or their serial
+    twins (the tiny shapes would otherwise always take the serial ones); the inputs are left
+    unchanged."""
+    monkeypatch.setattr(cpu, "SERIAL_WORK", 0 if parallel else 1 << 62)
     x, gy = _data(kind, case)
     x_before, gy_before = x.copy(), gy.copy()
     y, gx = _run(kind, case, x, gy)
