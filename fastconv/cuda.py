@@ -157,8 +157,9 @@ def conv2d_backward_weight_direct(g, gy, x):
 # im2col + GEMM. Operands are per-image (plane) matrices: X the columns (n, C*R*S, P), rows in
 # OIHW order, Y the output (n, K, P), P = OH*OW, and W the filters (K, C*R*S) broadcast over the
 # images, so a convolution is Y[n] = W X[n] per group: one batched GEMM launch, written straight
-# into y (an NHWC output as a transposed view). A 1x1 stride-1 unpadded convolution reads X
-# from x without im2col. ``matmul(a, b, c, bias, act)`` is the GEMM of an algorithm.
+# into y (an NHWC output as a transposed view). A 1x1 stride-1 unpadded convolution, and an
+# NCHW one whose window covers the whole input, read X from x without im2col.
+# ``matmul(a, b, c, bias, act)`` is the GEMM of an algorithm.
 
 def _gemm(a, b, c, bias, act):
     cuda_gemm.launch_gemm(a, b, c, _bias(bias, c.shape[1], c.dtype), act, stream=_stream())
@@ -191,13 +192,34 @@ def _weight_matrix(w, g):
     return xp.ascontiguousarray(oihw_view(w, g.layout)).reshape(g.K, -1)
 
 
-def _columns(g, x):
-    """X (n, C*R*S, P) of a batch chunk: im2col's columns, or x itself when pointwise."""
+def _input_columns(g, a):
+    """X (n, C*R*S, P) of an input-shaped array as a view of it, where im2col would only copy
+    (cpu.py's rule): a pointwise convolution's channels, or each NCHW image as its one column
+    when one window covers it. None where im2col is needed."""
     if g.pointwise:
-        return _planes(x, g.layout)
+        return _planes(a, g.layout)
+    if g.whole_window and g.layout == "NCHW":
+        return a.reshape(a.shape[0], -1, 1)
+    return None
+
+
+def _columns(g, x):
+    """X (n, C*R*S, P) of a batch chunk: a view of x where one exists, else im2col's."""
+    view = _input_columns(g, x)
+    if view is not None:
+        return view
     cols = _empty((x.shape[0], g.C * g.R * g.S, g.OH, g.OW), x.dtype)
     cuda_im2col.launch_im2col(nchw_view(x, g.layout), cols, g.R, g.S, *g.taps, stream=_stream())
     return cols.reshape(cols.shape[0], cols.shape[1], -1)
+
+
+def _batched(*planes):
+    """Per-image matrices (n, rows, P) as the GEMM takes them: as they are or, with one pixel
+    per image (P = 1: LeNet's C5), the images folded into one matrix (1, rows, n), so one GEMM
+    runs n columns instead of n GEMMs of one column, each filling 1/64 of a tile."""
+    if planes[0].shape[2] == 1:
+        return [a.transpose(2, 1, 0) for a in planes]
+    return list(planes)
 
 
 def _im2col_forward(matmul):
@@ -205,7 +227,7 @@ def _im2col_forward(matmul):
         y = _empty(g.y_shape, x.dtype)
         wmat, act = _weight_matrix(w, g), CODES[activation]
         for batch in g.batch_chunks(x.itemsize, WORKSPACE_BYTES):
-            cols, out = _columns(g, x[batch]), _planes(y[batch], g.layout)
+            cols, out = _batched(_columns(g, x[batch]), _planes(y[batch], g.layout))
             for rows, ks in g.group_slices():
                 matmul(wmat[None, ks], cols[:, rows], out[:, ks],
                        None if b is None else b[ks], act)
@@ -219,12 +241,14 @@ def _im2col_backward_input(matmul):
         wmat = _weight_matrix(w, g)
         for batch in g.batch_chunks(gy.itemsize, WORKSPACE_BYTES):
             grad = _planes(gy[batch], g.layout)
-            gcols = _planes(gx[batch], g.layout) if g.pointwise else _empty(
-                (grad.shape[0], g.C * g.R * g.S, g.OH * g.OW), gy.dtype)
+            gcols = _input_columns(g, gx[batch])  # the GEMM writes gx itself where it can
+            scattered = gcols is None
+            if scattered:
+                gcols = _empty((grad.shape[0], g.C * g.R * g.S, g.OH * g.OW), gy.dtype)
+            grad_m, gcols_m = _batched(grad, gcols)
             for rows, ks in g.group_slices():
-                matmul(wmat[ks].T[None], grad[:, ks],
-                       gcols[:, rows], None, CODES[None])
-            if not g.pointwise:
+                matmul(wmat[ks].T[None], grad_m[:, ks], gcols_m[:, rows], None, CODES[None])
+            if scattered:
                 cuda_im2col.launch_col2im(gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),
                                           nchw_view(gx[batch], g.layout), g.R, g.S, *g.taps,
                                           stream=_stream())
@@ -236,9 +260,9 @@ def _im2col_backward_weight(matmul):
     def conv2d_backward_weight(g, gy, x):
         gw_mat = xp.zeros((g.K, (g.C // g.groups) * g.R * g.S), gy.dtype)
         for batch in g.batch_chunks(gy.itemsize, WORKSPACE_BYTES):
-            cols, grad = _columns(g, x[batch]), _planes(gy[batch], g.layout)
+            cols, grad = _batched(_columns(g, x[batch]), _planes(gy[batch], g.layout))
             for rows, ks in g.group_slices():
-                # one product per image, summed: the per-image GEMMs run in parallel
+                # one product per image (or one of all), summed: the GEMMs run in parallel
                 per_image = _empty((grad.shape[0],) + gw_mat[ks].shape, gy.dtype)
                 matmul(grad[:, ks], cols[:, rows].transpose(0, 2, 1), per_image, None,
                        CODES[None])

@@ -161,6 +161,7 @@ OPS_CASES = [
     ((1, 3, 6, 6), (4, 3, 3, 3), dict(padding="same"), "NHWC", "relu", np.float64),
     ((2, 3, 5, 4), (5, 3, 1, 1), dict(), "NCHW", None, np.float64),
     ((1, 2, 6, 5), (2, 2, 2, 2), dict(stride=2, padding="valid"), "NHWC", "sigmoid", np.float32),
+    ((2, 4, 3, 2), (4, 2, 3, 2), dict(groups=2), "NCHW", "relu", np.float32),  # whole input
 ]
 
 
