@@ -2,6 +2,7 @@
 initial weights, optimiser and threads; prints per-epoch time and test accuracy of each.
 
     python benchmarks/compare_training.py --dataset fashion-mnist --epochs 1 --threads 2
+    python benchmarks/compare_training.py --device cuda --framework fastconv   # on a GPU
 
 The fastconv numbers of a full run come from `fastconv train`; this script exists to put an
 epoch of each framework next to each other on the same machine, in the same minutes. The two
@@ -47,30 +48,33 @@ class TorchLeNet5(torch.nn.Module):
         return self.output(relu(self.f6(x)))
 
 
-def epoch_fastconv(model, opt, batches):
+def epoch_fastconv(model, opt, batches, device):
     start = time.perf_counter()
     for x, y in batches:
-        loss = F.cross_entropy(model(tensor(x)), y)
+        loss = F.cross_entropy(model(tensor(x, device=device)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    loss.item()  # waits for the GPU's queue
     return time.perf_counter() - start
 
 
-def epoch_torch(model, opt, batches):
+def epoch_torch(model, opt, batches, device):
     start = time.perf_counter()
     for x, y in batches:
-        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    loss.item()
     return time.perf_counter() - start
 
 
-def accuracy_torch(model, batches):
+def accuracy_torch(model, batches, device):
     with torch.no_grad():
-        hits = sum(int((model(torch.from_numpy(x)).argmax(1).numpy() == y).sum())
-                   for x, y in batches)
+        hits = sum(int((model(torch.from_numpy(x).to(device)).argmax(1).cpu().numpy() == y)
+                       .sum()) for x, y in batches)
     return hits / len(batches.images)
 
 
@@ -82,11 +86,19 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=fastconv.get_num_threads())
     parser.add_argument("--framework", choices=("both", "fastconv", "torch"), default="both")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where both train: cuda needs fastconv's cuda extra and a CUDA "
+                             "build of torch (default: cpu)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="train and test on the first N images of each set (a smoke run)")
+    parser.add_argument("--data", default=None,
+                        help="dataset root (default: FASTCONV_DATA and fastconv's search path)")
     args = parser.parse_args()
     fastconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
 
-    train_x, train_y, test_x, test_y = train.load_dataset(args.dataset)
+    train_x, train_y, test_x, test_y = (a[:args.limit]
+                                        for a in train.load_dataset(args.dataset, args.data))
     stats = data.pixel_stats(train_x)
     batches = data.Batches(train_x, train_y, args.batch_size, normalize=stats)
     test = data.Batches(test_x, test_y, 1000, shuffle=False, normalize=stats)
@@ -95,25 +107,30 @@ def main():
     theirs = TorchLeNet5()
     ours = models.LeNet5()
     ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    ours.to(args.device)
+    theirs.to(args.device)
     opt_ours = optim.Adam(ours.parameters(), lr=1e-3)
     opt_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-3)
     warm = data.Batches(train_x[:256], train_y[:256], args.batch_size, normalize=stats)
-    epoch_fastconv(models.LeNet5(), optim.Adam(models.LeNet5().parameters()), warm)  # JIT
+    spare, spare_torch = models.LeNet5().to(args.device), TorchLeNet5().to(args.device)
+    # JIT compilation, CUDA contexts and cuDNN's handles stay out of the timed epochs
+    epoch_fastconv(spare, optim.Adam(spare.parameters()), warm, args.device)
+    epoch_torch(spare_torch, torch.optim.Adam(spare_torch.parameters()), warm, args.device)
 
-    print(f"{args.dataset}, batch {args.batch_size}, {args.threads} threads, "
+    print(f"{args.dataset}, batch {args.batch_size}, {args.device}, {args.threads} threads, "
           f"{len(batches)} steps an epoch")
     for epoch in range(args.epochs):
         report = []
         if args.framework in ("both", "fastconv"):
             batches.epoch = epoch
-            seconds = epoch_fastconv(ours, opt_ours, batches)
+            seconds = epoch_fastconv(ours, opt_ours, batches, args.device)
             report.append(f"fastconv {seconds:.1f} s ({len(train_x) / seconds:.0f} img/s, "
                           f"test acc {train.evaluate(ours, test)[1]:.4f})")
         if args.framework in ("both", "torch"):
             batches.epoch = epoch
-            seconds = epoch_torch(theirs, opt_theirs, batches)
+            seconds = epoch_torch(theirs, opt_theirs, batches, args.device)
             report.append(f"torch {seconds:.1f} s ({len(train_x) / seconds:.0f} img/s, "
-                          f"test acc {accuracy_torch(theirs, test):.4f})")
+                          f"test acc {accuracy_torch(theirs, test, args.device):.4f})")
         print(f"epoch {epoch + 1}: " + " | ".join(report))
 
 
