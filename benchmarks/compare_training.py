@@ -8,8 +8,8 @@ The fastconv numbers of a full run come from `fastconv train`; this script exist
 epoch of each framework next to each other on the same machine, in the same minutes. The two
 share one OpenMP runtime in a process, and whichever is imported first sets its wait policy:
 torch's spinning workers, its best, slow fastconv's kernels (they push Numba onto its
-workqueue threads: a LeNet-5 step 11.2 ms instead of 8.8 on 2 threads, 12.5-14.5 instead of
-8.6-9.2 on one), and fastconv's passive ones would slow torch. `--framework` runs one of them
+workqueue threads; benchmarks/results/train.md), and fastconv's passive ones would slow
+torch. `--framework` runs one of them
 alone, imported first, for each one's own best time: run the script once for each.
 """
 
@@ -31,21 +31,7 @@ warnings.filterwarnings("ignore", "fastconv was imported after", RuntimeWarning)
 import fastconv  # noqa: E402
 from fastconv import data, models, optim, tensor, train  # noqa: E402
 from fastconv.nn import functional as F  # noqa: E402
-
-
-class TorchLeNet5(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1, self.c3 = torch.nn.Conv2d(1, 6, 5), torch.nn.Conv2d(6, 16, 5)
-        self.c5 = torch.nn.Conv2d(16, 120, 5)
-        self.f6, self.output = torch.nn.Linear(120, 84), torch.nn.Linear(84, 10)
-
-    def forward(self, x):
-        relu, pool = torch.relu, torch.nn.functional.max_pool2d
-        x = pool(relu(self.c1(x)), 2)
-        x = pool(relu(self.c3(x)), 2)
-        x = relu(self.c5(x)).flatten(1)
-        return self.output(relu(self.f6(x)))
+from torch_lenet5 import TorchLeNet5  # noqa: E402  (benchmarks/, the tests' twin too)
 
 
 def epoch_fastconv(model, opt, batches, device):

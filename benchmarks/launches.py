@@ -2,8 +2,9 @@
 
     python benchmarks/launches.py [--batch 64] [--activation relu] [--pool max]
 
-The step runs under Numba's CUDA simulator with every launch counted and skipped (the counts do
-not depend on the values, and the simulator would take minutes to run them). Counted: the
+The step runs under Numba's CUDA simulator with every launch of a kernel the registry lists
+(fastconv.registry.cuda_kernels) counted and skipped (the counts do not depend on the values,
+and the simulator would take minutes to run them). Counted: the
 launches of fastconv's kernels (forward, backward, epilogues, the Adam update). Not counted:
 the element-wise work of the autograd layer and the loss, which on a GPU are CuPy launches of
 their own.
@@ -14,23 +15,32 @@ import os
 os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before numba is first imported
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 from collections import Counter  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from fastconv import models, nn, optim, tensor  # noqa: E402
-from fastconv.kernels import cuda_conv, cuda_gemm, cuda_im2col, cuda_optim, cuda_pool  # noqa: E402,E501
+from fastconv import models, nn, optim, registry, tensor  # noqa: E402
 from fastconv.nn import functional as F  # noqa: E402
+
+
+class Counted:
+    """A kernel whose launches are counted instead of run."""
+
+    def __init__(self, name, counts):
+        self.name, self.counts = name, counts
+
+    def __getitem__(self, configuration):
+        def launch(*args):
+            self.counts[self.name] += 1
+        return launch
 
 
 def count_step(batch, activation, pool):
     counts = Counter()
-
-    def counted(kernel, grid, block, stream, *args):
-        counts[kernel.fn.__name__] += 1
-
-    for module in (cuda_conv, cuda_gemm, cuda_im2col, cuda_optim, cuda_pool):
-        module.launch = counted
+    for name in registry.cuda_kernels():
+        module, _, kernel = name.partition(".")
+        setattr(sys.modules[f"fastconv.kernels.{module}"], kernel, Counted(kernel, counts))
     nn.manual_seed(0)
     model = models.LeNet5(activation=activation, pool=pool).to("cuda")
     optimizer = optim.Adam(model.parameters())

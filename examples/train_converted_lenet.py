@@ -18,8 +18,8 @@ import argparse
 import time
 
 # fastconv before torch: it sets OMP_WAIT_POLICY=PASSIVE before torch starts its OpenMP runtime,
-# whose workers otherwise spin after each torch op on the cores fastconv's kernels need (an
-# epoch of this training: 59 s against 13 on 2 threads; README, "fastconv under PyTorch").
+# whose workers otherwise spin after each torch op on the cores fastconv's kernels need
+# (benchmarks/results/torch_adapter.md; README, "fastconv under PyTorch").
 import fastconv.torch as ft
 
 # isort: split

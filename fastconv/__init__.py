@@ -1,7 +1,7 @@
 """fastconv: hand-written Numba convolution and pooling kernels behind one dispatcher, and a
 small autograd to train CNNs on them."""
 
-from . import cpu, models, nn, ops, optim, reference  # noqa: F401  (reference and cpu register their kernels)
+from . import models, nn, ops, optim
 from .dispatch import algorithms, autotune
 from .nn import manual_seed
 from .runtime import get_num_threads, set_num_threads

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from . import bench, device, dispatch, ops, runtime, train
+from . import __version__, bench, device, dispatch, machine, ops, registry, runtime, train
 
 BENCH_HELP = """\
 Time every op (conv2d, max_pool2d, avg_pool2d, forward and backward) with every
@@ -148,9 +148,8 @@ def main(argv=None) -> int:
 
 
 def _info(args) -> int:
-    machine = bench.machine()
-    about = dict(bench.describe(machine))
-    print(f"fastconv {machine['versions']['fastconv']}")
+    about = dict(machine.describe(machine.machine()))
+    print(f"fastconv {__version__}")
     print(f"versions: {about['versions']}")
     print(f"devices:\n  cpu: {about['cpu']}\n  cuda: {_cuda_about()}")
     print(f"threads: {about['threads']}")
@@ -161,6 +160,10 @@ def _info(args) -> int:
         print(f"  cuda: {', '.join(ops.algorithms('cuda'))}")
     except RuntimeError:
         pass
+    print("CUDA kernels each implementation launches:")
+    for op, where, algo in registry.entries():
+        if where == "cuda":
+            print(f"  {op} {algo}: {', '.join(registry.launches(op, where, algo))}")
     print(f"autotune: {'on' if dispatch.autotuning() else 'off'} (cache: {dispatch.cache_path()})")
     return 0
 
@@ -201,8 +204,8 @@ def _bench(args) -> int:
     numpy_repeats = args.numpy_repeats or (1 if args.quick else 3)
     rows = bench.run(chosen, np.dtype(args.dtype), repeats, numpy_repeats, on=args.device)
 
-    machine = bench.machine(args.device)
-    print(bench.table(rows, machine), end="")
+    measured_on = machine.machine(args.device)
+    print(bench.table(rows, measured_on), end="")
     if args.gemm:
         for row in bench.gemm(args.gemm, np.dtype(args.dtype), repeats):
             vs = f", {row['vs_cublas']:.2f}x cuBLAS" if row["vs_cublas"] else ""
@@ -215,12 +218,12 @@ def _bench(args) -> int:
             writer.writerows(rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "rows": rows}, f, indent=1)
+            json.dump({"machine": measured_on, "rows": rows}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(bench.markdown(rows, machine))
+            f.write(bench.markdown(rows, measured_on))
     if args.plot:
-        bench.plot(rows, machine, args.plot)
+        bench.plot(rows, measured_on, args.plot)
     for path in filter(None, (args.csv, args.json, args.markdown, args.plot)):
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -3,31 +3,22 @@
 A NumPy array lives on the host ("cpu"); a CuPy array, or any object offering
 ``__cuda_array_interface__`` or a CUDA DLPack capsule (a CUDA torch tensor), lives on the GPU
 ("cuda"). ``device=None`` follows the arrays; mixing host and device arrays in one call is a
-TypeError saying which is where. The CUDA backend (:mod:`fastconv.cuda`) is imported on the
+TypeError saying which is where. The CUDA runtime (:mod:`fastconv.cuda`) is imported on the
 first call that asks for it, so ``import fastconv`` needs neither numba-cuda, CuPy nor a GPU.
 Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) device="cuda" runs the CUDA kernels
 in the simulator on NumPy arrays, which there stand in for device arrays.
 """
 
-import functools
 import importlib.util
-import os
 
 import numpy as np
 
 from . import runtime
+from .kernels import cuda_simulated
 
-__all__ = ["parse", "resolve", "where", "cuda_backend", "array_module", "to_device", "name",
-           "simulated"]
+__all__ = ["parse", "resolve", "where", "cuda_backend", "array_module", "to_device", "name"]
 
 _KDL_CUDA = (2, 13)  # DLPack device types of CUDA and CUDA-managed memory
-
-
-@functools.cache
-def simulated() -> bool:
-    """Whether Numba's CUDA simulator stands in for the GPU in this process (it is chosen
-    before numba is imported, so once per process)."""
-    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 
 def parse(device) -> str:
@@ -70,7 +61,7 @@ def resolve(device, **arrays) -> str:
                         + ", ".join(f"{n} on {p}" for n, p in places.items()))
     device = parse(device if device is not None else next(iter(places.values()), "cpu"))
     wrong = {n: p for n, p in places.items() if p != device}
-    if wrong and not (device == "cuda" and simulated()):
+    if wrong and not (device == "cuda" and cuda_simulated()):
         listed = ", ".join(f"{n} is on {'the host' if p == 'cpu' else 'the GPU'}"
                            for n, p in wrong.items())
         raise TypeError(f"device={device!r} but {listed}: move it first (cupy.asarray on the "
@@ -79,23 +70,24 @@ def resolve(device, **arrays) -> str:
 
 
 def cuda_backend():
-    """The CUDA backend module, or a RuntimeError saying exactly what is missing."""
+    """The CUDA runtime (:mod:`fastconv.cuda`), or a RuntimeError saying exactly what is
+    missing."""
     if _loaded:  # looked up on every GPU call: the checks below cost ~80 us
         return _loaded[0]
     missing = [package for package, module in (("numba-cuda", "numba_cuda"), ("cupy", "cupy"))
                if importlib.util.find_spec(module) is None
-               and not (package == "cupy" and simulated())]
+               and not (package == "cupy" and cuda_simulated())]
     if missing:
         raise RuntimeError(f"the CUDA backend needs {' and '.join(missing)}, which is not "
                            "installed: install fastconv's 'cuda12' or 'cuda13' extra "
                            "(pip install 'fastconv[cuda12]')")
-    from . import cuda
+    from . import cuda  # not at the top: it imports numba-cuda, and CuPy on a real GPU
     cuda.check_available()
     _loaded.append(cuda)
     return cuda
 
 
-_loaded = []  # the CUDA backend, once it has loaded
+_loaded = []  # the CUDA runtime, once it has loaded
 
 
 def array_module(device: str):
@@ -105,9 +97,10 @@ def array_module(device: str):
 
 def to_device(array, device: str):
     """``array`` on ``device``: itself when already there, else a copy (host <-> GPU)."""
+    on_gpu = where(array) == "cuda"
     if device == "cpu":
-        return cuda_backend().to_host(array) if where(array) == "cuda" else array
-    return cuda_backend().from_any(array)
+        return cuda_backend().to_host(array) if on_gpu else array
+    return cuda_backend().adopt(array) if on_gpu else cuda_backend().from_host(array)
 
 
 def name(device: str) -> str:

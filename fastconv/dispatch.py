@@ -1,10 +1,9 @@
-"""The one registry of implementations, and how algo="auto" picks among them.
+"""How a call picks its implementation from the registry (:mod:`fastconv.registry`).
 
-Every implementation is registered under (op, device, algo). ``algo="auto"`` asks the device's
-heuristic, or, with autotuning on (``fastconv.autotune(True)`` or ``FASTCONV_AUTOTUNE=1``), times
-every candidate once per shape signature and keeps the winner in a JSON cache under
-``FASTCONV_CACHE_DIR`` (default ``~/.cache/fastconv``). The baseline algo "reference" is never
-chosen by "auto"; it exists to be compared against.
+``algo="auto"`` asks the device's heuristic, or, with autotuning on (``fastconv.autotune(True)``
+or ``FASTCONV_AUTOTUNE=1``), times every candidate once per shape signature and keeps the winner
+in a JSON cache under ``FASTCONV_CACHE_DIR`` (default ``~/.cache/fastconv``). The baseline algo
+"reference" is never chosen by "auto"; it exists to be compared against.
 """
 
 from __future__ import annotations
@@ -15,41 +14,20 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from types import MappingProxyType
 
-REFERENCE = "reference"
+from . import device as devices
+from . import implementations as _registering  # noqa: F401  (importing registers them all)
+from .registry import REFERENCE, choose, implementations
+
 CACHE_FORMAT = "fastconv-autotune/1"
 
-_registry: dict[tuple[str, str], dict[str, object]] = {}  # (op, device) -> {algo: fn}
-_heuristics: dict[tuple[str, str], object] = {}
 _autotune: bool | None = None  # None: follow FASTCONV_AUTOTUNE
 
 
-def register(op: str, device: str, algo: str):
-    """Decorator: make ``fn`` the implementation of ``op`` on ``device`` under ``algo``."""
-    def deco(fn):
-        _registry.setdefault((op, device), {})[algo] = fn
-        return fn
-    return deco
-
-
-def heuristic(op: str, device: str):
-    """Decorator: ``fn(geometry) -> algo`` is what algo="auto" picks without autotuning."""
-    def deco(fn):
-        _heuristics[(op, device)] = fn
-        return fn
-    return deco
-
-
-def implementations(op: str, device: str) -> dict:
-    """``{algo: fn}`` of every implementation of ``op`` on ``device``, in registration order
-    (a read-only view)."""
-    return MappingProxyType(_registry.get((op, device), {}))
-
-
-def algorithms(device: str = "cpu") -> tuple[str, ...]:
-    """The names accepted by ``algo=`` of the conv ops on ``device``."""
-    return tuple(implementations("conv2d", device))
+def algorithms(device="cpu") -> tuple[str, ...]:
+    """The names ``algo=`` of the conv ops accepts on ``device`` ("cpu", "cuda" or "cuda:N");
+    a RuntimeError names what is missing where the CUDA backend cannot load."""
+    return tuple(implementations("conv2d", devices.parse(device)))
 
 
 def autotune(enabled: bool = True) -> None:
@@ -138,4 +116,4 @@ def select(op: str, device: str, algo: str, geometry, signature, run):
         return next(iter(candidates.values()))
     if autotuning():
         return candidates[_autotuned(op, device, candidates, signature, run)]
-    return candidates[_heuristics[(op, device)](geometry)]
+    return candidates[choose(op, device, geometry)]

@@ -166,6 +166,12 @@ class ConvGeometry:
         return ((self.R, self.S) == (self.H, self.W) and self.padding == (0, 0, 0, 0)
                 and self.dilation == (1, 1))
 
+    def channel_slices(self):
+        """Per group: its input channels and its output channels."""
+        cg, kg = self.C // self.groups, self.K // self.groups
+        return [(slice(i * cg, (i + 1) * cg), slice(i * kg, (i + 1) * kg))
+                for i in range(self.groups)]
+
     def group_slices(self):
         """Per group: its rows of the im2col columns (C/groups*R*S of them) and its output
         channels."""

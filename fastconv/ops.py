@@ -18,6 +18,7 @@ import numpy as np
 
 from . import device as devices
 from . import dispatch, geometry, runtime
+from .dispatch import algorithms
 
 __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
@@ -45,11 +46,6 @@ def _arrays(device, **named):
         raise TypeError(f"arguments must share one dtype, got {listed}")
     return device, [a if a is None or a.flags.c_contiguous else xp.ascontiguousarray(a)
                     for a in arrays.values()]
-
-
-def algorithms(device="cpu"):
-    """The names ``algo=`` of the conv ops accepts on ``device`` ("cpu" or "cuda")."""
-    return dispatch.algorithms(devices.parse(device))
 
 
 def _shape4(name, shape):

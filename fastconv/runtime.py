@@ -8,9 +8,9 @@ import warnings
 from functools import cache
 
 # Numba's OpenMP workers spin for a while after each parallel loop, and on a 2-core machine
-# they take the cores from the BLAS threads of the GEMM that follows: im2col on LeNet's C3 went
-# from 5.7 ms to 60 ms on 2 threads. Passive waiting (unless the user chose otherwise) must be
-# set before the OpenMP runtime starts, at the first parallel call.
+# they take the cores from the BLAS threads of the GEMM that follows (an im2col convolution
+# ran ten times slower: benchmarks/results/cpu.md). Passive waiting (unless the user chose
+# otherwise) must be set before the OpenMP runtime starts, at the first parallel call.
 _USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -28,23 +28,23 @@ def _openmp_already_loaded() -> bool:
 
 
 # That runtime read its wait policy before we could set it, and Numba's OpenMP layer would
-# share it: a LeNet-5 training step took 105 ms instead of 15 with torch imported first. Numba's
-# own workqueue layer has no spinning workers (14.5 ms); it aborts on concurrent launches from
+# share it (a LeNet-5 training step ran several times slower with torch imported first). Numba's
+# own workqueue layer has no spinning workers; it aborts on concurrent launches from
 # several threads, which KERNEL_LOCK prevents.
 if "NUMBA_THREADING_LAYER" not in os.environ and _openmp_already_loaded():
     numba.config.THREADING_LAYER = "workqueue"
     # Its workers still spin after each of that library's own parallel ops, on the cores the
-    # next kernel needs: a converted LeNet-5 under PyTorch trained 4.5x slower.
+    # next kernel needs (benchmarks/results/torch_adapter.md).
     if _USER_WAIT_POLICY is None:
         warnings.warn("fastconv was imported after a library that started OpenMP (PyTorch?), "
                       "whose threads now spin between its ops and slow fastconv's kernels "
-                      "(a converted LeNet-5 epoch: 59 s instead of 13); import fastconv first "
+                      "several times over; import fastconv first "
                       "or set OMP_WAIT_POLICY=PASSIVE", RuntimeWarning, stacklevel=2)
 
 # glibc's malloc serves an array over its mmap threshold (128 KiB at start, raised by each freed
 # mapping) with fresh pages and trims freed memory at the heap's top back to the OS, so a training
-# step's megabyte-sized activations and gradients page-fault anew on every step: ~560 faults, a
-# tenth of a LeNet-5 step (10.2 -> 8.7 ms median). Holding the two thresholds where glibc's own
+# step's megabyte-sized activations and gradients page-fault anew on every step (a tenth of a
+# LeNet-5 step: benchmarks/results/train.md). Holding the two thresholds where glibc's own
 # adaptation tops out (32 MiB, and twice that to trim) keeps such arrays in a reused heap: 0
 # faults. The cost is that up to the peak heap stays with the process, as PyTorch's caching
 # allocator keeps GPU memory. FASTCONV_MALLOC=0, or the user's own MALLOC_* or GLIBC_TUNABLES

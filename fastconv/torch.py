@@ -7,8 +7,8 @@ stream. float32 and float64. The signatures are torch.nn.functional's.
 
 Import this module (or fastconv) before torch: fastconv sets ``OMP_WAIT_POLICY=PASSIVE``, which
 torch's OpenMP runtime reads only when torch is imported; otherwise its workers spin after each
-torch op on the cores the next kernel needs (a converted LeNet-5's epoch: 59 s against 12-13 s
-on 2 threads). Converted models train under DistributedDataParallel as they are
+torch op on the cores the next kernel needs (several times slower: benchmarks/results/
+torch_adapter.md). Converted models train under DistributedDataParallel as they are
 (examples/ddp_train.py).
 """
 
@@ -32,7 +32,7 @@ def _array(t, name):
     if t.device.type == "cpu":
         return t.numpy()
     if t.device.type == "cuda":
-        return device.cuda_backend().from_any(t)
+        return device.cuda_backend().adopt(t)
     raise RuntimeError(f"{name} is on {t.device}: fastconv runs CPU and CUDA tensors")
 
 

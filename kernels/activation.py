@@ -1,4 +1,5 @@
-"""The activation epilogue every conv kernel ends with, as one inlined device function."""
+"""The activation epilogue every conv kernel ends with: scalar code written once, compiled
+inline for the CPU here and for the GPU by kernels/cuda_device.py (from ``activate.py_func``)."""
 
 import math
 
@@ -9,16 +10,19 @@ CODES = {None: NONE, "relu": RELU, "tanh": TANH, "sigmoid": SIGMOID}
 
 
 @njit(inline="always", cache=True)
-def activate(v, code):
-    """a(v) for an activation code; the caller's store casts back to its dtype."""
+def activate(v, code, dtype):
+    """a(v) for an activation code (0 none, 1 relu, 2 tanh, 3 sigmoid), in ``dtype`` (the
+    output array's): a bare literal is an int or a float64 in Numba, and would turn a float32
+    epilogue into double-precision arithmetic."""
+    zero, one = dtype.type(0), dtype.type(1)
     if code == RELU:
-        return v if v > 0 else v * 0
+        return v if v > zero else zero
     if code == TANH:
         return math.tanh(v)
     if code == SIGMOID:
-        # the exp of a negative argument only, so it cannot overflow
-        if v >= 0:
-            return 1 / (1 + math.exp(-v))
+        # the exp of a non-positive argument only, so it cannot overflow
+        if v >= zero:
+            return one / (one + math.exp(-v))
         e = math.exp(v)
-        return e / (1 + e)
+        return e / (one + e)
     return v

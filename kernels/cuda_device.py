@@ -1,43 +1,48 @@
 """The one module that imports Numba's CUDA target, with what every CUDA kernel file shares:
-the activation epilogue as a device function and the launch geometry.
+the kernel decorator, scalar code compiled for the GPU, the launch and its grids.
 
-Kernels are declared lazily (``@cuda.jit`` with no signature): an eager signature compiles at
-import, which needs a GPU. Under ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is imported) the
-same kernels run in Numba's simulator on NumPy arrays.
+Kernels are declared lazily (``@kernel`` compiles on first launch): an eager signature compiles
+at import, which needs a GPU. Under ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is imported)
+the same kernels run in Numba's simulator on NumPy arrays.
 """
 
-import math
+from numba import cuda, types
 
-from numba import config, cuda
+from . import activation, cuda_simulated
 
-from .activation import RELU, SIGMOID, TANH
-
-__all__ = ["cuda", "activate", "launch", "output_reading", "plane_grid", "flat_grid",
-           "MAX_GRID_Z"]
+__all__ = ["cuda", "kernel", "signature", "device_function", "activate", "launch",
+           "output_reading", "plane_grid", "flat_grid", "MAX_GRID_Z"]
 
 # The hardware limit on gridDim.z; kernels with more planes loop over them with stride gridDim.z.
 MAX_GRID_Z = 65535
 
 
-@cuda.jit(device=True, inline="always")
-def activate(v, code, dtype):
-    """a(v) for an activation code of kernels/activation.py (0 none, 1 relu, 2 tanh, 3 sigmoid).
+def kernel(*params):
+    """``@cuda.jit(cache=True)``, keeping the kernel's parameter kinds for the compile sweep:
+    an int n is an n-D array of the kernel's dtype (any layout: NHWC arrives as transposed
+    views), "int" an int64, "bool" a boolean, "scalar" a number of the kernel's dtype."""
+    def declare(fn):
+        compiled = cuda.jit(cache=True)(fn)
+        compiled.params = params
+        return compiled
+    return declare
 
-    Constants are made in ``dtype`` (the output array's): a bare literal is float64 in Numba
-    and would turn a float32 kernel's epilogue into double-precision arithmetic.
-    """
-    zero, one = dtype.type(0), dtype.type(1)
-    if code == RELU:
-        return v if v > zero else zero
-    if code == TANH:
-        return math.tanh(v)
-    if code == SIGMOID:
-        # the exp of a non-positive argument only, so it cannot overflow
-        if v >= zero:
-            return one / (one + math.exp(-v))
-        e = math.exp(v)
-        return e / (one + e)
-    return v
+
+def signature(params, dtype):
+    """The Numba signature of a kernel declared with ``params``, for arrays of ``dtype``."""
+    number = types.float32 if dtype == "float32" else types.float64
+    kinds = {"int": types.int64, "bool": types.boolean, "scalar": number}
+    return types.void(*(types.Array(number, p, "A") if isinstance(p, int) else kinds[p]
+                        for p in params))
+
+
+def device_function(fn):
+    """The GPU build of scalar code written once for both targets: ``fn`` is an
+    ``@njit(inline="always")`` function (or a plain one) calling no other fastconv function."""
+    return cuda.jit(device=True, inline="always")(getattr(fn, "py_func", fn))
+
+
+activate = device_function(activation.activate)
 
 
 @cuda.jit(device=True, inline="always")
@@ -63,7 +68,7 @@ def flat_grid(total, block):
     return -(-total // threads), threads
 
 
-if config.ENABLE_CUDASIM:
+if cuda_simulated():
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
     def _argument(a):

@@ -1,6 +1,7 @@
 """im2col and col2im: lay convolution windows out as matrix columns so BLAS does the GEMM.
 
-The columns of a batch are cols (C * R * S, N, OH, OW), seen by the GEMM as
+The columns of a batch are channel-major, cols (C * R * S, N, OH, OW) (the GPU's twin,
+kernels/im2col_cuda.py, lays them out image-major, and says why), seen by the GEMM as
 (C * R * S, N * OH * OW): row (c, r, s), column (n, oh, ow) holds
 x[n, c, oh * sh - pt + r * dh, ow * sw - pl + s * dw], zero in the padding. The row order matches
 an OIHW filter reshaped to (K, C * R * S), so a convolution is one GEMM per group.
@@ -92,4 +93,4 @@ def bias_activation(src, out, b, act):
     for task in prange(k_ * n_):
         k, n = task // n_, task % n_
         for p in range(p_):
-            out[k, n, p] = activate(src[k, n, p] + b[k], act)
+            out[k, n, p] = activate(src[k, n, p] + b[k], act, out.dtype)

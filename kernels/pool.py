@@ -1,4 +1,5 @@
-"""Max and average pooling, forward and backward, with the window arithmetic written once."""
+"""Max and average pooling, forward and backward, with the window arithmetic written once: its
+functions here (span, divisor, argmax) are compiled for the GPU too, by kernels/pool_cuda.py."""
 
 import math
 
@@ -24,7 +25,7 @@ def _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl):
 
 
 @njit(inline="always", cache=True)
-def _span(o, stride, before, after, k, size, clip):
+def span(o, stride, before, after, k, size, clip):
     """Window ``o`` along one axis: its real cells ``[lo, hi)`` and its length in the padded input.
 
     The window starts at ``o * stride - before``. Its padded length stops at ``size + after``
@@ -39,7 +40,7 @@ def _span(o, stride, before, after, k, size, clip):
 
 
 @njit(inline="always", cache=True)
-def _divisor(h0, h1, w0, w1, padded_h, padded_w, count_padding):
+def divisor(h0, h1, w0, w1, padded_h, padded_w, count_padding):
     """Cells an average divides by: the window in the padded input, or its real cells."""
     if count_padding:
         return padded_h * padded_w
@@ -47,7 +48,7 @@ def _divisor(h0, h1, w0, w1, padded_h, padded_w, count_padding):
 
 
 @njit(inline="always", cache=True)
-def _argmax(plane, h0, h1, w0, w1):
+def argmax(plane, h0, h1, w0, w1):
     """PyTorch's max over ``plane[h0:h1, w0:w1]``: row-major scan, ``v > best or isnan(v)``.
 
     So the first maximum wins a tie and a NaN wins over numbers (the last NaN, as in PyTorch).
@@ -72,10 +73,10 @@ def _max_plane(xp, yp, kh, kw, sh, sw, pt, pl, clip):
     h_, w_ = xp.shape
     oh_, ow_ = yp.shape
     for oh in range(oh_):
-        h0, h1, _ = _span(oh, sh, pt, 0, kh, h_, clip)
+        h0, h1, _ = span(oh, sh, pt, 0, kh, h_, clip)
         for ow in range(ow_):
-            w0, w1, _ = _span(ow, sw, pl, 0, kw, w_, clip)
-            yp[oh, ow] = _argmax(xp, h0, h1, w0, w1)[2]
+            w0, w1, _ = span(ow, sw, pl, 0, kw, w_, clip)
+            yp[oh, ow] = argmax(xp, h0, h1, w0, w1)[2]
 
 
 @njit(inline="always", cache=True)
@@ -90,10 +91,10 @@ def _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, pt, pl, clip):
     rows, cols = np.empty(ow_, np.int64), np.empty(ow_, np.int64)
     gxp[:] = 0
     for oh in range(oh_):
-        h0, h1, _ = _span(oh, sh, pt, 0, kh, h_, clip)
+        h0, h1, _ = span(oh, sh, pt, 0, kh, h_, clip)
         for ow in range(ow_):
-            w0, w1, _ = _span(ow, sw, pl, 0, kw, w_, clip)
-            rows[ow], cols[ow], _ = _argmax(xp, h0, h1, w0, w1)
+            w0, w1, _ = span(ow, sw, pl, 0, kw, w_, clip)
+            rows[ow], cols[ow], _ = argmax(xp, h0, h1, w0, w1)
         for ow in range(ow_):
             gxp[rows[ow], cols[ow]] += gyp[oh, ow]
 
@@ -104,14 +105,14 @@ def _avg_plane(xp, yp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, clip):
     h_, w_ = xp.shape
     oh_, ow_ = yp.shape
     for oh in range(oh_):
-        h0, h1, ph = _span(oh, sh, pt, pb, kh, h_, clip)
+        h0, h1, ph = span(oh, sh, pt, pb, kh, h_, clip)
         for ow in range(ow_):
-            w0, w1, pw = _span(ow, sw, pl, pr, kw, w_, clip)
+            w0, w1, pw = span(ow, sw, pl, pr, kw, w_, clip)
             acc = xp.dtype.type(0)
             for h in range(h0, h1):
                 for w in range(w0, w1):
                     acc += xp[h, w]
-            yp[oh, ow] = acc / xp.dtype.type(_divisor(h0, h1, w0, w1, ph, pw, count_padding))
+            yp[oh, ow] = acc / xp.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding))
 
 
 @njit(inline="always", cache=True)
@@ -121,10 +122,10 @@ def _avg_plane_backward(gyp, gxp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding,
     oh_, ow_ = gyp.shape
     gxp[:] = 0
     for oh in range(oh_):
-        h0, h1, ph = _span(oh, sh, pt, pb, kh, h_, clip)
+        h0, h1, ph = span(oh, sh, pt, pb, kh, h_, clip)
         for ow in range(ow_):
-            w0, w1, pw = _span(ow, sw, pl, pr, kw, w_, clip)
-            share = gyp[oh, ow] / gxp.dtype.type(_divisor(h0, h1, w0, w1, ph, pw, count_padding))
+            w0, w1, pw = span(ow, sw, pl, pr, kw, w_, clip)
+            share = gyp[oh, ow] / gxp.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding))
             for h in range(h0, h1):
                 for w in range(w0, w1):
                     gxp[h, w] += share

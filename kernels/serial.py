@@ -1,7 +1,7 @@
 """Single-threaded twins of the parallel kernels, for calls too small to pay for the threads.
 
-Waking Numba's thread pool costs 50-100 microseconds a call on these machines, more than the
-whole work of a small call (a 1x1x8x8 convolution: 57 us in parallel, 0.8 us in one thread).
+Waking Numba's thread pool costs tens of microseconds a call, more than the whole work of a
+small call (a 1x1x8x8 convolution runs ~70x faster in one thread: benchmarks/results/cpu.md).
 """
 
 import types

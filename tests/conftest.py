@@ -4,22 +4,24 @@ folder."""
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-import fastconv.cpu
-from fastconv import device
+from fastconv.implementations import driver
 
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
-    """Every array a CPU kernel writes starts as NaN, so a cell it forgets to write shows."""
-    def poisoned(shape, dtype, slot=0):
+    """Every array a kernel writes, and the CPU's scratch, starts as NaN, so a cell it forgets to
+    write shows (on both devices: driver.empty takes the array module)."""
+    import numpy as np
+
+    def poisoned(xp, shape, dtype):
+        return xp.full(shape, np.nan, dtype)
+
+    def poisoned_workspace(shape, dtype, slot=0):
         return np.full(shape, np.nan, dtype)
-    monkeypatch.setattr(fastconv.cpu, "_empty", poisoned)
-    monkeypatch.setattr(fastconv.cpu, "_workspace", poisoned)
-    if device.simulated():  # the CUDA backend's arrays are NumPy arrays in the simulator
-        monkeypatch.setattr(device.cuda_backend(), "_empty", poisoned)
+    monkeypatch.setattr(driver, "empty", poisoned)
+    monkeypatch.setattr(driver, "workspace", poisoned_workspace)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # trains both frameworks in subprocesses
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_training.py"
 
 

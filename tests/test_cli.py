@@ -33,6 +33,7 @@ def test_info_prints_algorithms_and_blas(capsys):
     assert "cuda: " in out
 
 
+@pytest.mark.slow
 def test_installed_script_runs():
     script = shutil.which("fastconv", path=str(Path(sys.executable).parent))
     if script is None:

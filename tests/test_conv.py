@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import fastconv
 from fastconv import geometry, ops
+from fastconv.implementations import driver
 from oracle import from_nchw, random, rel_error, to_nchw, tolerance
 
 ALGOS = fastconv.algorithms("cpu")
@@ -89,7 +90,7 @@ def _torch_layout(a, layout, weight=False):
 def _threads(monkeypatch, parallel):
     """Run the next calls on the parallel kernels or on their serial twins (kernels/serial.py):
     the tiny shapes here would otherwise always take the serial ones."""
-    monkeypatch.setattr(fastconv.cpu, "SERIAL_WORK", 0 if parallel else 1 << 62)
+    monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
 
 
 @SETTINGS
@@ -238,7 +239,7 @@ def test_float32_bias_gradient_is_the_rounded_exact_sum(serial_below, monkeypatc
     """The bias gradient sums every pixel of the batch: accumulated in float32 it lost ~1e-6
     of relative precision on 32k terms (and failed a hypothesis case whose terms cancelled);
     accumulated in float64 it is the exact sum rounded once."""
-    monkeypatch.setattr(fastconv.cpu, "SERIAL_WORK", serial_below)
+    monkeypatch.setattr(driver, "SERIAL_WORK", serial_below)
     gy = (np.random.default_rng(4).standard_normal((8, 3, 64, 64)) + 1000).astype(np.float32)
     want = gy.astype(np.float64).sum(axis=(0, 2, 3))
     gb = ops.conv2d_backward_bias(gy)
@@ -282,16 +283,15 @@ def test_sigmoid_saturates_without_overflow():
 
 def test_workspace_is_reused_and_a_huge_one_is_not_kept(monkeypatch):
     """im2col's scratch survives between calls of one thread, up to KEPT_WORKSPACE_BYTES."""
-    import fastconv.cpu as cpu
     monkeypatch.undo()  # the real workspace, not the poisoned one of conftest
-    monkeypatch.setattr(cpu, "_scratch", type(cpu._scratch)())
-    first = cpu._workspace((4, 5), np.float32)
-    again = cpu._workspace((2, 3), np.float64, slot=0)
+    monkeypatch.setattr(driver, "_scratch", type(driver._scratch)())
+    first = driver.workspace((4, 5), np.float32)
+    again = driver.workspace((2, 3), np.float64, slot=0)
     assert np.shares_memory(first, again)
-    monkeypatch.setattr(cpu, "KEPT_WORKSPACE_BYTES", 1000)
-    huge = cpu._workspace((1000,), np.float64)
-    assert not np.shares_memory(huge, cpu._workspace((4, 5), np.float32))
-    assert cpu._scratch.buffers[0].nbytes < 1000
+    monkeypatch.setattr(driver, "KEPT_WORKSPACE_BYTES", 1000)
+    huge = driver.workspace((1000,), np.float64)
+    assert not np.shares_memory(huge, driver.workspace((4, 5), np.float32))
+    assert driver._scratch.buffers[0].nbytes < 1000
 
 
 @pytest.mark.parametrize("needs", [(True, True, True), (False, True, False), (True, False, True)],

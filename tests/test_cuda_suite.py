@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a nested simulator suite and a script, in subprocesses
+
 pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -262,6 +262,7 @@ def test_bad_arguments(call):
         call()
 
 
+@pytest.mark.slow
 def test_imports_with_numpy_only():
     """data.py itself needs nothing beyond NumPy (the package's __init__ does import numba)."""
     code = (

@@ -5,6 +5,7 @@ import copy
 import socket
 from datetime import timedelta
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -14,6 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 import fastconv
 import fastconv.torch as ft
+
+pytestmark = pytest.mark.slow  # DDP runs in subprocesses
 
 PROCESSES, STEPS, BATCH = 2, 3, 6  # BATCH images per process and step
 

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import cpu, dispatch, geometry, ops
+from fastconv import dispatch, geometry, ops, registry
+from fastconv.implementations import conv2d, driver
 
 CONV_OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
 SINGLE_OPS = ("conv2d_backward_bias", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
@@ -28,8 +29,6 @@ THIN = ((1, 1, 6, 6), (2, 1, 3, 3), 1)         # 9 taps (LeNet-like first layer)
 DEPTHWISE = ((1, 16, 6, 6), (16, 1, 3, 3), 16)  # 9 taps per group
 HEURISTIC = [(WIDE, "im2col", "im2col"), (THIN, "direct", "im2col"),
              (DEPTHWISE, "direct", "direct")]
-HEURISTICS = {"conv2d": "choose_forward_algo", "conv2d_backward_input": "choose_backward_algo",
-              "conv2d_backward_weight": "choose_backward_algo"}
 
 
 def _layout(shape, data_format, weight=False):
@@ -97,14 +96,15 @@ def ran(monkeypatch):
             return fn(*args, **kwargs)
         return wrapper
 
-    for (op, device), algos in list(dispatch._registry.items()):
-        monkeypatch.setitem(dispatch._registry, (op, device),
+    for (op, device), algos in list(registry._implementations.items()):
+        monkeypatch.setitem(registry._implementations, (op, device),
                             {algo: spy(op, algo, fn) for algo, fn in algos.items()})
     return calls
 
 
 def _algo_of(fn):
-    return next(a for algos in dispatch._registry.values() for a, f in algos.items() if f is fn)
+    return next(a for algos in registry._implementations.values() for a, f in algos.items()
+                if f is fn)
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_conv_ops_have_every_algorithm(op):
     impls = dispatch.implementations(op, "cpu")
     assert set(impls) == set(fastconv.algorithms("cpu"))
     assert all(callable(fn) for fn in impls.values())
-    assert dispatch._heuristics[(op, "cpu")] is getattr(cpu, HEURISTICS[op])
+    assert registry._heuristics[(op, "cpu")] is conv2d.choose_cpu
 
 
 @pytest.mark.parametrize("op", SINGLE_OPS)
@@ -198,7 +198,7 @@ def test_auto_follows_the_heuristic(op, case, forward, backward, ran):
     x_shape, w_shape, groups = case
     g = geometry.conv_geometry(x_shape, w_shape, 1, 1, 1, groups, "NCHW")
     expected = forward if op == "conv2d" else backward
-    assert getattr(cpu, HEURISTICS[op])(g) == expected
+    assert registry.choose(op, "cpu", g) == expected
     call(op, case)
     assert ran == [(op, expected)]
 
@@ -210,8 +210,8 @@ def test_heuristic_never_picks_reference(groups, cg, kg, r, s, data_format):
     x_shape = _layout((1, cg * groups, 8, 8), data_format)
     w_shape = _layout((kg * groups, cg, r, s), data_format, weight=True)
     g = geometry.conv_geometry(x_shape, w_shape, 1, "same", 1, groups, data_format)
-    for choose in set(HEURISTICS.values()):
-        assert getattr(cpu, choose)(g) in CPU_ALGOS - {"reference"}
+    for op in CONV_OPS:
+        assert registry.choose(op, "cpu", g) in CPU_ALGOS - {"reference"}
 
 
 @pytest.mark.parametrize("autotune", [False, True], ids=["heuristic", "autotune"])
@@ -409,7 +409,7 @@ def test_serial_and_parallel_kernels_agree(data_format, monkeypatch):
 
     results = {}
     for serial_below in (2**62, 0):
-        monkeypatch.setattr(cpu, "SERIAL_WORK", serial_below)
+        monkeypatch.setattr(driver, "SERIAL_WORK", serial_below)
         rng = np.random.default_rng(12)
         results[serial_below] = every_kernel()
     for name, serial in results[2**62].items():

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the example scripts train, each in its own process
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUICK = ["--epochs", "1", "--limit", "256", "--batch-size", "32"]
 COMMANDS = {

@@ -11,14 +11,15 @@ import pytest
 from hypothesis import given, settings
 from test_conv import _arrays, conv_cases
 
-from fastconv import device, ops
+from fastconv import ops
+from fastconv.kernels import cuda_simulated
 from oracle import random, rel_error, tolerance
 
 
 @functools.cache
 def gpu_missing():
     """Why there is no GPU to test on, or None."""
-    if device.simulated():
+    if cuda_simulated():
         return "the CUDA simulator is on (tests/cuda/test_sim.py covers it)"
     if importlib.util.find_spec("cupy") is None:
         return "CuPy is not installed (the cuda12/cuda13 extra)"

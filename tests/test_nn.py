@@ -7,27 +7,10 @@ import torch
 
 import fastconv
 from fastconv import models, nn, optim, tensor
+from fastconv.implementations import driver
 from fastconv.nn import functional as F
 from oracle import rel_error
-
-
-class TorchLeNet5(torch.nn.Module):
-    """The same network written in PyTorch, with the same layer names."""
-
-    def __init__(self, activation="relu", pool="max"):
-        super().__init__()
-        self.c1, self.c3 = torch.nn.Conv2d(1, 6, 5), torch.nn.Conv2d(6, 16, 5)
-        self.c5 = torch.nn.Conv2d(16, 120, 5)
-        self.f6, self.output = torch.nn.Linear(120, 84), torch.nn.Linear(84, 10)
-        self.act = getattr(torch, activation)
-        self.pool = torch.nn.functional.max_pool2d if pool == "max" else (
-            torch.nn.functional.avg_pool2d)
-
-    def forward(self, x):
-        x = self.pool(self.act(self.c1(x)), 2)
-        x = self.pool(self.act(self.c3(x)), 2)
-        x = self.act(self.c5(x)).flatten(1)
-        return self.output(self.act(self.f6(x)))
+from torch_lenet5 import TorchLeNet5
 
 
 def _pair(activation="relu", pool="max", seed=0):
@@ -112,7 +95,7 @@ def _adam_float64(param, grads, lr, betas, eps, weight_decay):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("serial_below", [0, 1 << 60], ids=["parallel", "serial"])
 def test_adam_step_kernel_matches_float64_rule(dtype, serial_below, monkeypatch):
-    monkeypatch.setattr(fastconv.cpu, "SERIAL_WORK", serial_below)
+    monkeypatch.setattr(driver, "SERIAL_WORK", serial_below)
     rng = np.random.default_rng(11)
     param = rng.standard_normal((7, 5, 3)).astype(dtype)
     grads = [rng.standard_normal(param.shape).astype(dtype) for _ in range(5)]

@@ -16,6 +16,7 @@ def _policy_after_import(env):
     return run.stdout.strip()
 
 
+@pytest.mark.slow
 def test_openmp_waits_passively_unless_the_user_chose():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     assert _policy_after_import(env) == "PASSIVE"
@@ -47,6 +48,7 @@ def _run(code, **env):
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
+@pytest.mark.slow
 def test_an_openmp_runtime_loaded_first_moves_numba_to_its_workqueue_layer():
     layer = "import numba, fastconv; print(numba.config.THREADING_LAYER)"
     assert _run("import torch; " + layer) == "workqueue"
@@ -54,11 +56,13 @@ def test_an_openmp_runtime_loaded_first_moves_numba_to_its_workqueue_layer():
     assert _run("import torch; " + layer, NUMBA_THREADING_LAYER="omp") == "omp"
 
 
+@pytest.mark.slow
 def test_concurrent_calls_from_threads_are_safe_on_the_workqueue_layer():
     code = """
 import threading, numpy as np, numba
-from fastconv import cpu, ops
-cpu.SERIAL_WORK = 0  # every call on the parallel kernels
+from fastconv import ops
+from fastconv.implementations import driver
+driver.SERIAL_WORK = 0  # every call on the parallel kernels
 x = np.random.default_rng(0).standard_normal((8, 3, 16, 16))
 w = np.random.default_rng(1).standard_normal((4, 3, 3, 3))
 want = ops.conv2d(x, w, algo="reference")
@@ -75,6 +79,7 @@ print(numba.threading_layer(), len(errors), max(errors) < 1e-12)
     assert _run(code, NUMBA_THREADING_LAYER="workqueue") == "workqueue 160 True"
 
 
+@pytest.mark.slow
 def test_importing_fastconv_after_torch_warns_unless_the_wait_policy_was_chosen():
     code = "import torch, fastconv"
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",
@@ -117,6 +122,7 @@ def _page_faults_per_round(**env):
 
 @pytest.mark.skipif(fastconv.runtime.platform.libc_ver()[0] != "glibc",
                     reason="fastconv tunes glibc's malloc only; this libc is not glibc")
+@pytest.mark.slow
 def test_freed_arrays_are_reused_without_page_faults_unless_opted_out():
     # glibc as it comes trims the 4 MiB freed at the heap's top and faults it in again (~1000
     # faults a round); with fastconv's thresholds the heap keeps it

@@ -9,6 +9,8 @@ import pytest
 
 from fastconv import cli, train
 
+pytestmark = pytest.mark.slow  # trains for two epochs
+
 
 @pytest.fixture(scope="module")
 def run(data_root, tmp_path_factory):

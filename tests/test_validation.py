@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import dispatch, ops
+from fastconv import dispatch, ops, registry
 
 # --- valid calls, one per op; the table below spoils one argument at a time --------------------
 
@@ -212,8 +212,8 @@ def no_kernel_runs(monkeypatch):
         return fail
 
     monkeypatch.setattr(dispatch, "select", refuse("dispatch.select"))
-    for key, algos in list(dispatch._registry.items()):
-        monkeypatch.setitem(dispatch._registry, key,
+    for key, algos in list(registry._implementations.items()):
+        monkeypatch.setitem(registry._implementations, key,
                             {algo: refuse(f"kernel {key} {algo}") for algo in algos})
     return called
 

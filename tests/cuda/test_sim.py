@@ -15,7 +15,7 @@ pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
 from fastconv import geometry, ops  # noqa: E402
 from fastconv.dispatch import implementations  # noqa: E402
-from fastconv.kernels import cuda_conv, cuda_gemm, cuda_pool  # noqa: E402
+from fastconv.kernels import bias_cuda, conv_direct_cuda, gemm_cuda, pool_cuda  # noqa: E402
 from fastconv.kernels.activation import CODES  # noqa: E402
 from oracle import random, rel_error, tolerance  # noqa: E402
 
@@ -74,19 +74,19 @@ def test_conv2d(case, block):
     x64, w64, b64, gy64 = (a.astype(np.float64) for a in (x, w, b, gy))
 
     want = _reference("conv2d", g, x64, w64, b64, activation)
-    assert cuda_conv.tile_fits(g.OH, g.OW, g.R, g.S, *g.stride, *g.dilation, block)
+    assert conv_direct_cuda.tile_fits(g.OH, g.OW, g.R, g.S, *g.stride, *g.dilation, block)
     for tiled in (True, False):
         y = _poisoned(g.y_shape, dtype)
-        cuda_conv.launch_conv2d_forward(x, w, b, y, *_taps(g), CODES[activation], block=block,
-                                        tiled=tiled)
+        conv_direct_cuda.launch_conv2d_forward(x, w, b, y, *_taps(g), CODES[activation],
+                                               block=block, tiled=tiled)
         _close(y, want, dtype)
 
     gx = _poisoned(g.x_shape, dtype)
-    cuda_conv.launch_conv2d_backward_input(gy, w, gx, *_taps(g), block=block)
+    conv_direct_cuda.launch_conv2d_backward_input(gy, w, gx, *_taps(g), block=block)
     _close(gx, _reference("conv2d_backward_input", g, gy64, w64), dtype)
 
     gw = _poisoned(g.w_shape, dtype)
-    cuda_conv.launch_conv2d_backward_weight(gy, x, gw, *_taps(g), block=block)
+    conv_direct_cuda.launch_conv2d_backward_weight(gy, x, gw, *_taps(g), block=block)
     _close(gw, _reference("conv2d_backward_weight", g, gy64, x64), dtype)
 
 
@@ -94,7 +94,7 @@ def test_conv2d(case, block):
 def test_conv2d_backward_bias(dtype):
     gy = random(np.random.default_rng(1), (2, 5, 3, 4), dtype)
     gb = _poisoned(5, dtype)
-    cuda_conv.launch_conv2d_backward_bias(gy, gb, block=(2, 2))
+    bias_cuda.launch_conv2d_backward_bias(gy, gb, block=(2, 2))
     _close(gb, _reference("conv2d_backward_bias", gy.astype(np.float64), "NCHW"), dtype)
 
 
@@ -117,10 +117,10 @@ def test_max_pool2d(case, ties):
     p, x, gy, x64, gy64 = _pool_case(case, seed=2, ties=ties)
     dtype, (pt, _, pl, _) = x.dtype, p.padding
     y = _poisoned(p.y_shape, dtype)
-    cuda_pool.launch_max_pool2d_forward(x, y, *p.kernel, *p.stride, pt, pl, block=BLOCK)
+    pool_cuda.launch_max_pool2d_forward(x, y, *p.kernel, *p.stride, pt, pl, block=BLOCK)
     _close(y, _reference("max_pool2d", p, x64), dtype)
     gx = _poisoned(p.x_shape, dtype)
-    cuda_pool.launch_max_pool2d_backward(gy, x, gx, *p.kernel, *p.stride, pt, pl, block=BLOCK)
+    pool_cuda.launch_max_pool2d_backward(gy, x, gx, *p.kernel, *p.stride, pt, pl, block=BLOCK)
     _close(gx, _reference("max_pool2d_backward", p, gy64, x64), dtype)
 
 
@@ -129,7 +129,7 @@ def test_max_pool2d_nan_wins():
     x[0, 0, 1, 1] = np.nan
     x64 = x.astype(np.float64)
     y = _poisoned(p.y_shape, x.dtype)
-    cuda_pool.launch_max_pool2d_forward(x, y, *p.kernel, *p.stride, 0, 0, block=BLOCK)
+    pool_cuda.launch_max_pool2d_forward(x, y, *p.kernel, *p.stride, 0, 0, block=BLOCK)
     want = _reference("max_pool2d", p, x64)
     assert np.isnan(y[0, 0, 0, 0]) and np.isnan(want[0, 0, 0, 0])
     np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
@@ -143,10 +143,10 @@ def test_avg_pool2d(case):
     dtype = x.dtype
     args = (*p.kernel, *p.stride, *p.padding, p.count_padding)
     y = _poisoned(p.y_shape, dtype)
-    cuda_pool.launch_avg_pool2d_forward(x, y, *args, block=BLOCK)
+    pool_cuda.launch_avg_pool2d_forward(x, y, *args, block=BLOCK)
     _close(y, _reference("avg_pool2d", p, x64), dtype)
     gx = _poisoned(p.x_shape, dtype)
-    cuda_pool.launch_avg_pool2d_backward(gy, gx, *args, block=BLOCK)
+    pool_cuda.launch_avg_pool2d_backward(gy, gx, *args, block=BLOCK)
     _close(gx, _reference("avg_pool2d_backward", p, gy64), dtype)
 
 
@@ -240,7 +240,7 @@ def test_gemm_over_several_tiles_with_shared_and_transposed_operands():
     b = random(rng, (z, n, k), np.float32).transpose(0, 2, 1)
     bias = random(rng, m, np.float32)
     c = _poisoned((z, m, n), np.float32)
-    cuda_gemm.launch_gemm(a, b, c, bias, CODES["relu"])
+    gemm_cuda.launch_gemm(a, b, c, bias, CODES["relu"])
     want = np.maximum(np.matmul(a.astype(np.float64), b) + bias[:, None], 0)
     _close(c, want, np.float32)
 
@@ -292,7 +292,7 @@ def test_lenet5_training_step_on_cuda_matches_the_cpu():
 # --- the GPU benchmark's code paths (the simulator's times mean nothing) ----------------------
 
 def test_bench_runs_every_cuda_implementation():
-    from fastconv import bench
+    from fastconv import bench, machine
 
     case = bench.Case("tiny", "conv2d", (1, 2, 6, 6), (3, 2, 3, 3), padding=1)
     pool = bench.Case("tiny", "max_pool2d", (1, 2, 4, 4), kernel=2, stride=2)
@@ -302,7 +302,7 @@ def test_bench_runs_every_cuda_implementation():
           for impl in ("direct", "im2col", "auto")),
         ("max_pool2d", "fastconv"), ("max_pool2d_backward", "fastconv")}
     assert all(r["median_ms"] > 0 for r in rows)
-    assert dict(bench.describe(bench.machine("cuda")))["gpu"].startswith("gpu Numba's CUDA")
+    assert dict(machine.describe(machine.machine("cuda")))["gpu"].startswith("gpu Numba's CUDA")
 
 
 def test_gemm_benchmark_checks_its_product():

@@ -1,15 +1,17 @@
 """im2col and col2im on the GPU: the input's windows as GEMM columns, and their gradient back.
 
 The CUDA twins of kernels/im2col.py's unfolding, with its tap arithmetic: tap (r, s) of output
-pixel (oh, ow) reads ``x[n, c, oh * sh - pt + r * dh, ow * sw - pl + s * dw]``. Columns are laid
-out (N, C*R*S, OH, OW), rows in OIHW order (c, r, s), so each image's columns are a contiguous
-(C*R*S, OH*OW) matrix for the GEMM and an NCHW output needs no transposition.
+pixel (oh, ow) reads ``x[n, c, oh * sh - pt + r * dh, ow * sw - pl + s * dw]``. The columns are
+image-major, (N, C*R*S, OH, OW), rows in OIHW order (c, r, s), where the CPU's are channel-major
+(C*R*S, N, OH, OW): each image's columns are a contiguous (C*R*S, OH*OW) matrix for a batched
+GEMM launch that writes an NCHW output in place, where BLAS on the CPU runs one flat GEMM over
+the columns of all the images.
 """
 
-from .cuda_device import cuda, launch, output_reading, plane_grid
+from .cuda_device import cuda, kernel, launch, output_reading, plane_grid
 
 
-@cuda.jit(cache=True)
+@kernel(4, 4, *["int"] * 8)
 def im2col(x, cols, r_, s_, sh, sw, pt, pl, dh, dw):
     """cols[n, (c * R + r) * S + s, oh, ow] = x at tap (r, s) of (oh, ow), 0 in the padding.
 
@@ -30,7 +32,7 @@ def im2col(x, cols, r_, s_, sh, sw, pt, pl, dh, dw):
         cols[n, row, oh, ow] = x[n, c, ih, iw] if inside else x.dtype.type(0)
 
 
-@cuda.jit(cache=True)
+@kernel(4, 4, *["int"] * 8)
 def col2im(cols, x, r_, s_, sh, sw, pt, pl, dh, dw):
     """x[n, c, ih, iw] = the sum of the columns' cells that im2col copied from it (a gather).
 

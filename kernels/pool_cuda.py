@@ -1,9 +1,9 @@
 """Max and average pooling on the GPU, forward and backward, one thread per output element.
 
-The CUDA twins of kernels/pool.py, with its signatures, window arithmetic and PyTorch's
-semantics: max ignores padded cells, the first maximum in row-major order wins a tie and a
-NaN wins over numbers; an average divides by the window clipped to the padded input
-(``count_padding``) or by its real cells. Window (oh, ow) starts at ``oh * sh - pt``,
+The CUDA twins of kernels/pool.py, with its signatures, its window functions (compiled from
+its code) and PyTorch's semantics: max ignores padded cells, the first maximum in row-major
+order wins a tie and a NaN wins over numbers; an average divides by the window clipped to the
+padded input (``count_padding``) or by its real cells. Window (oh, ow) starts at ``oh * sh - pt``,
 ``ow * sw - pl``. The backward kernels gather: a thread owns one gx element and loops over
 the windows that contain it (no atomics).
 
@@ -11,18 +11,10 @@ Launch: ``launch_*`` pick the grid from the shapes; ``block`` is (threads along 
 threads along the rows); planes n*C + c run on grid z, in a loop of stride gridDim.z.
 """
 
-import math
+from . import pool
+from .cuda_device import cuda, device_function, kernel, launch, plane_grid
 
-from .cuda_device import cuda, launch, plane_grid
-
-
-@cuda.jit(device=True, inline="always")
-def _span(o, stride, before, after, k, size):
-    """Window ``o`` along one axis: its real cells ``[lo, hi)`` and its length in the padded
-    input (which stops at ``size + after``; a ceil_mode overhang is never counted)."""
-    start = o * stride - before
-    end = min(start + k, size + after)
-    return max(start, 0), min(end, size), end - start
+span, divisor, argmax = (device_function(f) for f in (pool.span, pool.divisor, pool.argmax))
 
 
 @cuda.jit(device=True, inline="always")
@@ -32,29 +24,7 @@ def _windows(i, stride, before, k, out_size):
     return (first + stride - 1) // stride, min(out_size, (i + before) // stride + 1)
 
 
-@cuda.jit(device=True, inline="always")
-def _divisor(h0, h1, w0, w1, padded_h, padded_w, count_padding):
-    """Cells an average divides by: the window in the padded input, or its real cells."""
-    if count_padding:
-        return padded_h * padded_w
-    return (h1 - h0) * (w1 - w0)
-
-
-@cuda.jit(device=True, inline="always")
-def _argmax(x, n, c, h0, h1, w0, w1):
-    """PyTorch's max over ``x[n, c, h0:h1, w0:w1]``: row-major scan, ``v > best or isnan(v)``.
-    Returns the winner's row, column and value."""
-    best = x.dtype.type(-math.inf)
-    bh, bw = h0, w0
-    for h in range(h0, h1):
-        for w in range(w0, w1):
-            v = x[n, c, h, w]
-            if v > best or v != v:
-                best, bh, bw = v, h, w
-    return bh, bw, best
-
-
-@cuda.jit(cache=True)
+@kernel(4, 4, *["int"] * 6)
 def max_pool2d_forward(x, y, kh, kw, sh, sw, pt, pl):
     """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow), padded cells excluded.
 
@@ -66,14 +36,14 @@ def max_pool2d_forward(x, y, kh, kw, sh, sw, pt, pl):
     ow, oh = cuda.grid(2)
     if oh >= oh_ or ow >= ow_:
         return
-    h0, h1, _ = _span(oh, sh, pt, 0, kh, h_)
-    w0, w1, _ = _span(ow, sw, pl, 0, kw, w_)
+    h0, h1, _ = span(oh, sh, pt, 0, kh, h_, True)
+    w0, w1, _ = span(ow, sw, pl, 0, kw, w_, True)
     for nc in range(cuda.blockIdx.z, n_ * c_, cuda.gridDim.z):
         n, c = nc // c_, nc % c_
-        y[n, c, oh, ow] = _argmax(x, n, c, h0, h1, w0, w1)[2]
+        y[n, c, oh, ow] = argmax(x[n, c], h0, h1, w0, w1)[2]
 
 
-@cuda.jit(cache=True)
+@kernel(4, 4, 4, *["int"] * 6)
 def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
     """gx[n, c, ih, iw] = sum of gy[n, c, oh, ow] over the windows whose argmax is (ih, iw).
 
@@ -92,16 +62,16 @@ def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
         n, c = nc // c_, nc % c_
         acc = gx.dtype.type(0)
         for oh in range(oh_lo, oh_hi):
-            h0, h1, _ = _span(oh, sh, pt, 0, kh, h_)
+            h0, h1, _ = span(oh, sh, pt, 0, kh, h_, True)
             for ow in range(ow_lo, ow_hi):
-                w0, w1, _ = _span(ow, sw, pl, 0, kw, w_)
-                bh, bw, _ = _argmax(x, n, c, h0, h1, w0, w1)
+                w0, w1, _ = span(ow, sw, pl, 0, kw, w_, True)
+                bh, bw, _ = argmax(x[n, c], h0, h1, w0, w1)
                 if bh == ih and bw == iw:
                     acc += gy[n, c, oh, ow]
         gx[n, c, ih, iw] = acc
 
 
-@cuda.jit(cache=True)
+@kernel(4, 4, *["int"] * 8, "bool")
 def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
     """y[n, c, oh, ow] = sum of the real cells of window (oh, ow) / the window's divisor.
 
@@ -113,19 +83,19 @@ def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
     ow, oh = cuda.grid(2)
     if oh >= oh_ or ow >= ow_:
         return
-    h0, h1, ph = _span(oh, sh, pt, pb, kh, h_)
-    w0, w1, pw = _span(ow, sw, pl, pr, kw, w_)
-    divisor = y.dtype.type(_divisor(h0, h1, w0, w1, ph, pw, count_padding))
+    h0, h1, ph = span(oh, sh, pt, pb, kh, h_, True)
+    w0, w1, pw = span(ow, sw, pl, pr, kw, w_, True)
+    cells = y.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding))
     for nc in range(cuda.blockIdx.z, n_ * c_, cuda.gridDim.z):
         n, c = nc // c_, nc % c_
         acc = x.dtype.type(0)
         for h in range(h0, h1):
             for w in range(w0, w1):
                 acc += x[n, c, h, w]
-        y[n, c, oh, ow] = acc / divisor
+        y[n, c, oh, ow] = acc / cells
 
 
-@cuda.jit(cache=True)
+@kernel(4, 4, *["int"] * 8, "bool")
 def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
     """gx[n, c, ih, iw] = sum of gy[n, c, oh, ow] / divisor over the windows containing it.
 
@@ -143,11 +113,11 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
         n, c = nc // c_, nc % c_
         acc = gx.dtype.type(0)
         for oh in range(oh_lo, oh_hi):
-            h0, h1, ph = _span(oh, sh, pt, pb, kh, h_)
+            h0, h1, ph = span(oh, sh, pt, pb, kh, h_, True)
             for ow in range(ow_lo, ow_hi):
-                w0, w1, pw = _span(ow, sw, pl, pr, kw, w_)
-                divisor = gx.dtype.type(_divisor(h0, h1, w0, w1, ph, pw, count_padding))
-                acc += gy[n, c, oh, ow] / divisor
+                w0, w1, pw = span(ow, sw, pl, pr, kw, w_, True)
+                cells = gx.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding))
+                acc += gy[n, c, oh, ow] / cells
         gx[n, c, ih, iw] = acc
 
 

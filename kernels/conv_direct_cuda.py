@@ -12,7 +12,7 @@ threads along the rows). Planes (n, k) or (n, ci) run on grid z, in a loop of st
 when there are more than MAX_GRID_Z of them.
 """
 
-from .cuda_device import activate, cuda, flat_grid, launch, output_reading, plane_grid
+from .cuda_device import activate, cuda, flat_grid, kernel, launch, output_reading, plane_grid
 
 # The input tile the tiled forward stages in shared memory, in input cells (rows, columns). A
 # shared array's shape must be a compile-time constant; 40 x 40 holds the patch of a 16 x 16
@@ -24,7 +24,7 @@ TILE = (40, 40)
 K_TILE, MAX_TAPS = 4, 64
 
 
-@cuda.jit(cache=True)
+@kernel(4, 4, 1, 4, *["int"] * 8)
 def conv2d_forward_nchw(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
     """y = act(b + conv(x, w)), reading the input from global memory.
 
@@ -57,7 +57,7 @@ def conv2d_forward_nchw(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
         y[n, k, oh, ow] = activate(acc, act, y.dtype)
 
 
-@cuda.jit(cache=True)
+@kernel(4, 4, 1, 4, *["int"] * 8)
 def conv2d_forward_nchw_tiled(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
     """y = act(b + conv(x, w)), from an input patch and filters staged in shared memory.
 
@@ -118,7 +118,7 @@ def conv2d_forward_nchw_tiled(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
                 y[n, k0 + j, oh, ow] = activate(acc[j], act, y.dtype)
 
 
-@cuda.jit(cache=True)
+@kernel(4, 4, 1, 4, *["int"] * 8)
 def conv2d_forward_nhwc(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
     """y = act(b + conv(x, w)) for channels-last arrays.
 
@@ -149,7 +149,7 @@ def conv2d_forward_nhwc(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
         y[n, oh, ow, k] = activate(acc, act, y.dtype)
 
 
-@cuda.jit(cache=True)
+@kernel(4, 4, 4, *["int"] * 7)
 def conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups):
     """gx = dL/dx of the convolution, as a gather.
 
@@ -182,7 +182,7 @@ def conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups):
         gx[n, ci, ih, iw] = acc
 
 
-@cuda.jit(cache=True)
+@kernel(4, 4, 4, *["int"] * 7)
 def conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
     """gw = dL/dw of the convolution: gy correlated with x over batch and pixels.
 
@@ -210,24 +210,6 @@ def conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
                 if 0 <= iw < w_:
                     acc += gy[n, k, oh, ow] * x[n, ci, ih, iw]
     gw[k, c, r, s] = acc
-
-
-@cuda.jit(cache=True)
-def conv2d_backward_bias(gy, gb):
-    """gb[k] = sum over n, oh, ow of gy[n, k, oh, ow], as kernels/bias.py.
-
-    Layout: gy (N, K, OH, OW), gb (K,). Each thread owns one gb[k] (1-D grid over k).
-    """
-    n_, k_, oh_, ow_ = gy.shape
-    k = cuda.grid(1)
-    if k >= k_:
-        return
-    acc = gb.dtype.type(0)
-    for n in range(n_):
-        for oh in range(oh_):
-            for ow in range(ow_):
-                acc += gy[n, k, oh, ow]
-    gb[k] = acc
 
 
 def tile_fits(oh_, ow_, r_, s_, sh, sw, dh, dw, block):
@@ -269,8 +251,3 @@ def launch_conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups, blo
                                   stream=0):
     grid, threads = flat_grid(gw.size, block)
     launch(conv2d_backward_weight, grid, threads, stream, gy, x, gw, sh, sw, pt, pl, dh, dw, groups)
-
-
-def launch_conv2d_backward_bias(gy, gb, block=(8, 8), stream=0):
-    grid, threads = flat_grid(gb.shape[0], block)
-    launch(conv2d_backward_bias, grid, threads, stream, gy, gb)

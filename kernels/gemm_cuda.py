@@ -7,7 +7,7 @@ so one kernel serves the forward (Y = W X), the backward input (dX = W^T dY) and
 weight (dW = dY X^T, per plane, summed by the caller).
 """
 
-from .cuda_device import MAX_GRID_Z, activate, cuda, launch, plane_grid
+from .cuda_device import MAX_GRID_Z, activate, cuda, kernel, launch, plane_grid
 
 # A block of THREADS threads owns a TILE_M x TILE_N tile of one output plane; each thread a
 # (TILE_M / 16) x (TILE_N / 16) register tile of it, the cells (ty + 16 i, tx + 16 j): a warp's
@@ -20,7 +20,7 @@ _PER_THREAD_A = TILE_M * TILE_K // (THREADS[0] * THREADS[1])
 _PER_THREAD_B = TILE_K * TILE_N // (THREADS[0] * THREADS[1])
 
 
-@cuda.jit(cache=True)
+@kernel(3, 3, 3, 1, "int")
 def gemm(a, b, c, bias, act):
     """c[z] = act(bias[:, None] + a[z] @ b[z]) for every plane z (a[0] for all when a has one).
 
@@ -77,7 +77,7 @@ def gemm(a, b, c, bias, act):
                         c[z, m, n] = activate(bias[m] + acc[i, j], act, c.dtype)
 
 
-@cuda.jit(cache=True)
+@kernel(3, 1, "int")
 def bias_activation(c, bias, act):
     """c[z, m, n] = act(bias[m] + c[z, m, n]), in place: the epilogue of a product computed
     outside fastconv. Layout: c (Z, M, N), bias (M,). Each thread owns one cell (threads

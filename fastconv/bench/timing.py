@@ -1,0 +1,119 @@
+"""Timing: a call's median and minimum after a warm-up call (host clock on the CPU, CUDA events
+on the GPU), the benchmark's run over cases and implementations, and the GEMM against cuBLAS.
+
+Timings never include the first call, which compiles the JIT kernels. A speed-up "vs numpy" or
+"vs torch" is that baseline's median divided by the row's median, so above 1 means faster.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import device
+from ..implementations import conv2d
+from ..kernels import cuda_simulated
+from .cases import BASELINES, Case, directions, impls, inputs, runner, work
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: the median and the minimum of ``repeats`` timed calls."""
+    median: float
+    min: float
+    repeats: int
+
+
+def measure(fn: Callable[[], object], repeats: int, warmup: int = 1, on: str = "cpu") -> Timing:
+    """Time ``fn`` ``repeats`` times after ``warmup`` untimed calls (the first one compiles)."""
+    for _ in range(warmup):
+        fn()
+    clock = _gpu_seconds if on == "cuda" and not cuda_simulated() else _host_seconds
+    times = [clock(fn) for _ in range(repeats)]
+    return Timing(statistics.median(times), min(times), repeats)
+
+
+def _host_seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _gpu_seconds(fn) -> float:
+    """The GPU time of the work ``fn`` queues, between CUDA events on CuPy's current stream
+    (fastconv's stream; PyTorch's default stream is ordered with it)."""
+    import cupy
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / 1e3
+
+
+COLUMNS = ("op", "shape", "dims", "impl", "dtype", "median_ms", "min_ms", "repeats", "gflops",
+           "gbps", "vs_numpy", "vs_torch")
+
+
+def run(chosen: list[Case], dtype=np.float32, repeats: int = 10, numpy_repeats: int = 3,
+        progress: bool = True, on: str = "cpu") -> list[dict]:
+    """Benchmark every case forward and backward with every implementation on device ``on``;
+    one row (a dict with the keys :data:`COLUMNS`) per op, case and implementation.
+    ``numpy_repeats`` applies to the slow NumPy baseline. A tqdm bar on stderr shows progress."""
+    dtype = np.dtype(dtype)
+    total = sum(len(impls(op, on)) for case in chosen for op in directions(case))
+    rows = []
+    with tqdm(total=total, desc="fastconv bench", unit="run", disable=not progress) as bar:
+        for case in chosen:
+            arrays = inputs(case, dtype, on)
+            for op in directions(case):
+                timings = {}
+                for impl in impls(op, on):
+                    bar.set_postfix_str(f"{op} {case.name} {impl}")
+                    n = numpy_repeats if impl == "numpy" else repeats
+                    timings[impl] = measure(runner(case, op, impl, arrays, on), n, on=on)
+                    bar.update()
+                flops, nbytes = work(case, op, arrays)
+                for impl, t in timings.items():
+                    vs = {b: timings[b].median / t.median if b in timings and b != impl else None
+                          for b in BASELINES}
+                    rows.append({
+                        "op": op, "shape": case.name, "dims": case.dims, "impl": impl,
+                        "dtype": dtype.name, "median_ms": t.median * 1e3, "min_ms": t.min * 1e3,
+                        "repeats": t.repeats,
+                        "gflops": flops / t.median / 1e9 if flops else None,
+                        "gbps": nbytes / t.median / 1e9 if nbytes else None,
+                        "vs_numpy": vs["numpy"], "vs_torch": vs["torch"]})
+    return rows
+
+
+def gemm(size: int, dtype=np.float32, repeats: int = 10) -> list[dict]:
+    """fastconv's tiled GEMM kernel against cuBLAS (CuPy's matmul, absent in the simulator) on
+    ``size`` x ``size`` x ``size``: one row per implementation with its median time, GFLOP/s,
+    its error against a float64 product and its speed relative to cuBLAS (> 1: faster)."""
+    cuda = device.cuda_backend()
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((1, size, size)).astype(dtype) for _ in range(2))
+    want = a[0].astype(np.float64) @ b[0]
+    a_dev, b_dev = (device.to_device(m, "cuda") for m in (a, b))
+    out = cuda.xp.empty((1, size, size), dtype)
+    runs = {"fastconv": lambda: conv2d.gemm(a_dev, b_dev, out=out)}
+    if not cuda_simulated():
+        runs["cublas"] = lambda: cuda.xp.matmul(a_dev, b_dev, out=out)
+    rows = []
+    for impl, fn in runs.items():
+        timing = measure(fn, repeats, on="cuda")
+        got = device.to_device(out, "cpu")[0]
+        rows.append({"impl": impl, "size": size, "dtype": np.dtype(dtype).name,
+                     "median_ms": timing.median * 1e3, "min_ms": timing.min * 1e3,
+                     "gflops": 2 * size ** 3 / timing.median / 1e9,
+                     "rel_error": float(np.linalg.norm(got - want) / np.linalg.norm(want))})
+    for row in rows:
+        cublas = next((r for r in rows if r["impl"] == "cublas"), None)
+        row["vs_cublas"] = cublas["median_ms"] / row["median_ms"] if cublas else None
+    return rows

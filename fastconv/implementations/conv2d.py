@@ -1,0 +1,450 @@
+"""conv2d, its two backward passes and its bias gradient: every implementation on every device.
+
+Algorithms: "reference" (NumPy, the float64 oracle and the benchmarks' baseline; never chosen by
+algo="auto"), "direct" (loops over the window, no workspace) and "im2col" (the windows laid out
+as matrix columns, then a GEMM), on the CPU and on the GPU; on a real GPU also "cublas" (the
+GPU's im2col with cuBLAS's GEMM). Each implementation takes the resolved geometry ``g``
+(:class:`fastconv.geometry.ConvGeometry`) and contiguous arrays, and returns a new array. Kernels
+index NCHW; an NHWC array is handed over as a transposed view, except to the NHWC kernels.
+"""
+
+import numpy as np
+
+from ..geometry import nchw_view, oihw_view
+from ..kernels import bias as bias_kernels
+from ..kernels import conv_direct, cuda_simulated, im2col
+from ..kernels.activation import CODES
+from ..registry import heuristic, register
+from . import driver
+from .driver import lazy
+
+bias_cuda = lazy("fastconv.kernels.bias_cuda")
+conv_direct_cuda = lazy("fastconv.kernels.conv_direct_cuda")
+gemm_cuda = lazy("fastconv.kernels.gemm_cuda")
+im2col_cuda = lazy("fastconv.kernels.im2col_cuda")
+gpu = driver.gpu
+
+
+# --- reference ------------------------------------------------------------------------------------
+
+def _activate(y, activation):
+    if activation == "relu":
+        return np.maximum(y, 0)
+    if activation == "tanh":
+        return np.tanh(y)
+    if activation == "sigmoid":
+        return 0.5 * (1 + np.tanh(0.5 * y))
+    return y
+
+
+@register("conv2d", "cpu", "reference")
+def conv2d_reference(g, x, w, b, activation):
+    """Pad, take a strided window view, contract with einsum."""
+    x, w = nchw_view(x, g.layout), oihw_view(w, g.layout)
+    win = driver.windows(driver.pad(x, g.padding), (g.R, g.S), g.stride, g.dilation,
+                         (g.OH, g.OW))
+    y = np.empty((g.N, g.K, g.OH, g.OW), np.result_type(x, w))
+    for cs, ks in g.channel_slices():
+        y[:, ks] = np.einsum("nchwrs,kcrs->nkhw", win[:, cs], w[ks], optimize=True)
+    if b is not None:
+        y += b[:, None, None]
+    return driver.from_nchw(_activate(y, activation), g.layout)
+
+
+@register("conv2d_backward_input", "cpu", "reference")
+def conv2d_backward_input_reference(g, gy, w):
+    """A transposed convolution: each kernel tap adds its contribution to a strided slice."""
+    gy, w = nchw_view(gy, g.layout), oihw_view(w, g.layout)
+    top, bottom, left, right = g.padding
+    gxp = np.zeros((g.N, g.C, g.H + top + bottom, g.W + left + right), gy.dtype)
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    for cs, ks in g.channel_slices():
+        for r in range(g.R):
+            for s in range(g.S):
+                rows = slice(r * dh, r * dh + (g.OH - 1) * sh + 1, sh)
+                cols = slice(s * dw, s * dw + (g.OW - 1) * sw + 1, sw)
+                gxp[:, cs, rows, cols] += np.einsum("nkhw,kc->nchw", gy[:, ks], w[ks, :, r, s])
+    return driver.crop(gxp, g)
+
+
+@register("conv2d_backward_weight", "cpu", "reference")
+def conv2d_backward_weight_reference(g, gy, x):
+    gy, x = nchw_view(gy, g.layout), nchw_view(x, g.layout)
+    win = driver.windows(driver.pad(x, g.padding), (g.R, g.S), g.stride, g.dilation,
+                         (g.OH, g.OW))
+    gw = np.empty((g.K, g.C // g.groups, g.R, g.S), gy.dtype)
+    for cs, ks in g.channel_slices():
+        gw[ks] = np.tensordot(gy[:, ks], win[:, cs], axes=([0, 2, 3], [0, 2, 3]))
+    return gw if g.layout == "NCHW" else np.ascontiguousarray(gw.transpose(2, 3, 1, 0))
+
+
+@register("conv2d_backward_bias", "cpu", "reference")
+def conv2d_backward_bias_reference(gy, layout):
+    return gy.sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
+
+
+# --- direct -----------------------------------------------------------------------------------
+
+@register("conv2d", "cpu", "direct")
+def conv2d_direct_cpu(g, x, w, b, activation):
+    y = driver.empty(np, g.y_shape, x.dtype)
+    bias, act, work = driver.bias(np, b, g.K, x.dtype), CODES[activation], g.flops // 2
+    if g.layout == "NHWC":
+        driver.cpu_call(conv_direct.conv2d_forward_nhwc, work, x, w, bias, y, *g.taps, g.groups,
+                        act)
+    elif g.stride == (1, 1):
+        driver.cpu_call(conv_direct.conv2d_forward_nchw_unit_stride, work, x, w, bias, y,
+                        g.padding[0], g.padding[2], *g.dilation, g.groups, act)
+    else:
+        driver.cpu_call(conv_direct.conv2d_forward_nchw, work, x, w, bias, y, *g.taps, g.groups,
+                        act)
+    return y
+
+
+@register("conv2d", "cuda", "direct", launches=(
+    "conv_direct_cuda.conv2d_forward_nchw_tiled", "conv_direct_cuda.conv2d_forward_nchw",
+    "conv_direct_cuda.conv2d_forward_nhwc"))
+def conv2d_direct_cuda(g, x, w, b, activation):
+    y = driver.empty(gpu.xp, g.y_shape, x.dtype)
+    launch = (conv_direct_cuda.launch_conv2d_forward if g.layout == "NCHW"
+              else conv_direct_cuda.launch_conv2d_forward_nhwc)
+    launch(x, w, driver.bias(gpu.xp, b, g.K, x.dtype), y, *g.taps, g.groups, CODES[activation],
+           stream=gpu.stream())
+    return y
+
+
+@register("conv2d_backward_input", "cpu", "direct")
+def conv2d_backward_input_direct_cpu(g, gy, w):
+    gx, gx_nchw = driver.output(np, g.x_shape, gy.dtype, g.layout)
+    driver.cpu_call(conv_direct.conv2d_backward_input, g.flops // 2, nchw_view(gy, g.layout),
+                    oihw_view(w, g.layout), gx_nchw, *g.taps, g.groups)
+    return gx
+
+
+@register("conv2d_backward_input", "cuda", "direct",
+          launches=("conv_direct_cuda.conv2d_backward_input",))
+def conv2d_backward_input_direct_cuda(g, gy, w):
+    gx, gx_nchw = driver.output(gpu.xp, g.x_shape, gy.dtype, g.layout)
+    conv_direct_cuda.launch_conv2d_backward_input(nchw_view(gy, g.layout), oihw_view(w, g.layout),
+                                                  gx_nchw, *g.taps, g.groups, stream=gpu.stream())
+    return gx
+
+
+@register("conv2d_backward_weight", "cpu", "direct")
+def conv2d_backward_weight_direct_cpu(g, gy, x):
+    gw = driver.empty(np, g.w_shape, gy.dtype)
+    driver.cpu_call(conv_direct.conv2d_backward_weight, g.flops // 2, nchw_view(gy, g.layout),
+                    nchw_view(x, g.layout), oihw_view(gw, g.layout), *g.taps, g.groups)
+    return gw
+
+
+@register("conv2d_backward_weight", "cuda", "direct",
+          launches=("conv_direct_cuda.conv2d_backward_weight",))
+def conv2d_backward_weight_direct_cuda(g, gy, x):
+    gw = driver.empty(gpu.xp, g.w_shape, gy.dtype)
+    conv_direct_cuda.launch_conv2d_backward_weight(
+        nchw_view(gy, g.layout), nchw_view(x, g.layout), oihw_view(gw, g.layout), *g.taps,
+        g.groups, stream=gpu.stream())
+    return gw
+
+
+# --- im2col + GEMM ------------------------------------------------------------------------------
+#
+# A convolution is Y = W X per group: W the filters as a (K, C*R*S) matrix (rows of an OIHW
+# filter), X the columns (one per output pixel, rows (c, r, s)), Y the output. The two devices
+# lay the operands out differently, on purpose, and name the layouts for what they are:
+# - channel-major on the CPU: (rows, n, P), P = OH*OW. BLAS then runs a batch as one flat GEMM
+#   wherever images and pixels flatten into one axis (im2col's columns, any NHWC array), and one
+#   GEMM per image otherwise (an NCHW array, so NCHW's forward writes a flat scratch Y that the
+#   epilogue moves into y while adding bias and activation).
+# - image-major on the GPU: (n, rows, P). A batch is one launch of batched GEMMs, with the bias
+#   and activation fused, written straight into y (an NHWC output as a transposed view).
+# Both read X straight from x where im2col would only copy (_input_columns).
+
+def _channel_major(a, layout):
+    """(channels, n, P) view of a 4-D array."""
+    if layout == "NCHW":
+        return a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2)
+    return a.reshape(a.shape[0], -1, a.shape[3]).transpose(2, 0, 1)
+
+
+def _image_major(a, layout):
+    """(n, channels, P) view of a 4-D array."""
+    if layout == "NCHW":
+        return a.reshape(a.shape[0], a.shape[1], -1)
+    return a.reshape(a.shape[0], -1, a.shape[3]).transpose(0, 2, 1)
+
+
+def _input_columns(g, a, major):
+    """The columns of an input-shaped array as a view of it, in the ``major`` layout, where
+    im2col would only copy: a pointwise convolution's channels, or each NCHW image as its one
+    column when one window covers it. None where im2col is needed."""
+    if g.pointwise:
+        return major(a, g.layout)
+    if g.whole_window and g.layout == "NCHW":
+        return major(a.reshape(a.shape[0], -1, 1, 1), "NCHW")
+    return None
+
+
+def _weight_matrix(xp, w, g):
+    return xp.ascontiguousarray(oihw_view(w, g.layout)).reshape(g.K, -1)
+
+
+# The CPU: channel-major operands, NumPy's BLAS.
+
+# Bytes of im2col columns per batch chunk: a chunk's columns stay in a core's L2 between im2col,
+# the GEMM and the epilogue.
+CPU_WORKSPACE_BYTES = 2 << 20
+# Fewer column rows than this take one GEMM per image in the backward weight (see below).
+THIN_GEMM_ROWS = 64
+
+
+def _flat(a):
+    """(rows, n*P) view of a (rows, n, P) view, or None where that would need a copy."""
+    rows, n, p = a.shape
+    if n == 1 or p == 1 or a.strides[1] == p * a.strides[2]:
+        return a.reshape(rows, n * p)
+    return None
+
+
+def _flat_or_copy(a):
+    """(rows, n*P) of a (rows, n, P) view: a view where one exists, else of a contiguous copy."""
+    flat = _flat(a)
+    return _flat(np.ascontiguousarray(a)) if flat is None else flat
+
+
+def _matmul(a, b, out):
+    """out = a @ b for (rows, n, P) views b and out: one GEMM if both flatten, else one per
+    image. BLAS writes only row-major outputs, so a column-major one is computed transposed."""
+    flat_b, flat_out = _flat(b), _flat(out)
+    if flat_b is None or flat_out is None:
+        np.matmul(a, b.transpose(1, 0, 2), out=out.transpose(1, 0, 2))
+    elif flat_out.strides[1] == flat_out.itemsize:
+        np.matmul(a, flat_b, out=flat_out)
+    else:
+        np.matmul(flat_b.T, a.T, out=flat_out.T)
+
+
+def _matmul_over_pixels(a, b):
+    """The sum over images of a[:, n] @ b[:, n].T for (rows, n, P) views a (gradient) and b
+    (columns). OpenBLAS splits a GEMM's threads over its output, never over the long reduction:
+    with few column rows (LeNet's C1: 6 x 25 outputs, n*P = 50k long) one GEMM per image and
+    their sum runs several times faster than one flat GEMM. Otherwise one GEMM over the
+    flattened (n, P) axis, computed as its transpose, which OpenBLAS runs faster with the longer
+    output axis first. An operand that does not flatten (an NCHW gradient) is copied once."""
+    if b.shape[0] < THIN_GEMM_ROWS:
+        return np.matmul(a.transpose(1, 0, 2), b.transpose(1, 2, 0)).sum(0)
+    return (_flat_or_copy(b) @ _flat_or_copy(a).T).T
+
+
+def _columns_cpu(g, x):
+    """X (C*R*S, n, P) of a batch chunk: a view of x where one exists, else im2col's."""
+    view = _input_columns(g, x, _channel_major)
+    if view is not None:
+        return view
+    cols = driver.workspace((g.C * g.R * g.S, x.shape[0], g.OH, g.OW), x.dtype)
+    driver.cpu_call(im2col.im2col, cols.size, nchw_view(x, g.layout), cols, g.R, g.S, *g.taps)
+    return cols.reshape(cols.shape[0], x.shape[0], -1)
+
+
+@register("conv2d", "cpu", "im2col")
+def conv2d_im2col_cpu(g, x, w, b, activation):
+    y = driver.empty(np, g.y_shape, x.dtype)
+    wmat = _weight_matrix(np, w, g)
+    for batch in g.batch_chunks(x.itemsize, CPU_WORKSPACE_BYTES):
+        cols, out = _columns_cpu(g, x[batch]), _channel_major(y[batch], g.layout)
+        gemm_out = out if _flat(out) is not None or _flat(cols) is None else (
+            driver.workspace(out.shape, x.dtype, slot=1))
+        for rows, ks in g.group_slices():
+            _matmul(wmat[ks], cols[rows], gemm_out[ks])
+        if gemm_out is not out or b is not None or activation is not None:
+            driver.cpu_call(im2col.bias_activation, out.size, gemm_out, out,
+                            driver.bias(np, b, g.K, x.dtype), CODES[activation])
+    return y
+
+
+@register("conv2d_backward_input", "cpu", "im2col")
+def conv2d_backward_input_im2col_cpu(g, gy, w):
+    gx = driver.empty(np, g.x_shape, gy.dtype)
+    wmat = _weight_matrix(np, w, g)
+    for batch in g.batch_chunks(gy.itemsize, CPU_WORKSPACE_BYTES):
+        grad = _channel_major(gy[batch], g.layout)
+        gcols = _input_columns(g, gx[batch], _channel_major)  # the GEMM writes gx where it can
+        scattered = gcols is None
+        if scattered:
+            gcols = driver.workspace((g.C * g.R * g.S,) + grad.shape[1:], gy.dtype)
+        for rows, ks in g.group_slices():
+            _matmul(wmat[ks].T, grad[ks], gcols[rows])
+        if scattered:
+            driver.cpu_call(im2col.col2im, gcols.size,
+                            gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),
+                            nchw_view(gx[batch], g.layout), g.R, g.S, *g.taps)
+    return gx
+
+
+@register("conv2d_backward_weight", "cpu", "im2col")
+def conv2d_backward_weight_im2col_cpu(g, gy, x):
+    gw_mat = np.zeros((g.K, (g.C // g.groups) * g.R * g.S), gy.dtype)
+    for batch in g.batch_chunks(gy.itemsize, CPU_WORKSPACE_BYTES):
+        cols, grad = _columns_cpu(g, x[batch]), _channel_major(gy[batch], g.layout)
+        for rows, ks in g.group_slices():
+            gw_mat[ks] += _matmul_over_pixels(grad[ks], cols[rows])
+    return _filters(np, gw_mat, g)
+
+
+def _filters(xp, gw_mat, g):
+    """The (K, C/groups * R * S) weight gradient as filters in the caller's layout."""
+    gw = gw_mat.reshape(g.K, -1, g.R, g.S)
+    return gw if g.layout == "NCHW" else xp.ascontiguousarray(gw.transpose(2, 3, 1, 0))
+
+
+# The GPU: image-major operands; fastconv's tiled GEMM ("im2col") or cuBLAS ("cublas").
+# ``matmul(a, b, c, bias, act)`` computes c = act(bias + a @ b) for (planes, rows, columns)
+# operands; a left operand with one plane is shared by every plane.
+
+# Bytes of im2col columns per batch chunk: bounds the workspace of a large batch.
+GPU_WORKSPACE_BYTES = 256 << 20
+_IM2COL_KERNELS = ("im2col_cuda.im2col", "im2col_cuda.col2im")
+
+
+def _gemm(a, b, c, bias, act):
+    gemm_cuda.launch_gemm(a, b, c, driver.bias(gpu.xp, bias, c.shape[1], c.dtype), act,
+                          stream=gpu.stream())
+
+
+def _cublas(a, b, c, bias, act):
+    gpu.xp.matmul(a, b, out=c)
+    if bias is not None or act != CODES[None]:
+        gemm_cuda.launch_bias_activation(c, driver.bias(gpu.xp, bias, c.shape[1], c.dtype), act,
+                                         stream=gpu.stream())
+
+
+def gemm(a, b, out=None):
+    """``a @ b`` by fastconv's tiled GEMM kernel, for (Z, M, K) and (Z, K, N) GPU arrays of
+    one dtype (any strides), into ``out`` (Z, M, N) when given."""
+    if out is None:
+        out = driver.empty(gpu.xp, (a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+    _gemm(a, b, out, None, CODES[None])
+    return out
+
+
+def _columns_cuda(g, x):
+    """X (n, C*R*S, P) of a batch chunk: a view of x where one exists, else im2col's."""
+    view = _input_columns(g, x, _image_major)
+    if view is not None:
+        return view
+    cols = driver.empty(gpu.xp, (x.shape[0], g.C * g.R * g.S, g.OH, g.OW), x.dtype)
+    im2col_cuda.launch_im2col(nchw_view(x, g.layout), cols, g.R, g.S, *g.taps,
+                              stream=gpu.stream())
+    return cols.reshape(cols.shape[0], cols.shape[1], -1)
+
+
+def _batched(*planes):
+    """Per-image matrices (n, rows, P) as the GEMM takes them: as they are or, with one pixel
+    per image (P = 1: LeNet's C5), the images folded into one matrix (1, rows, n), so one GEMM
+    runs n columns instead of n GEMMs of one column, each filling 1/64 of a tile."""
+    if planes[0].shape[2] == 1:
+        return [a.transpose(2, 1, 0) for a in planes]
+    return list(planes)
+
+
+def _im2col_cuda(algo, matmul, gemm_kernels):
+    """Register the GPU's im2col implementations of the three conv ops around ``matmul``."""
+    launches = _IM2COL_KERNELS + gemm_kernels
+
+    @register("conv2d", "cuda", algo, launches)
+    def conv2d_im2col_cuda(g, x, w, b, activation):
+        y = driver.empty(gpu.xp, g.y_shape, x.dtype)
+        wmat, act = _weight_matrix(gpu.xp, w, g), CODES[activation]
+        for batch in g.batch_chunks(x.itemsize, GPU_WORKSPACE_BYTES):
+            cols, out = _batched(_columns_cuda(g, x[batch]), _image_major(y[batch], g.layout))
+            for rows, ks in g.group_slices():
+                matmul(wmat[None, ks], cols[:, rows], out[:, ks],
+                       None if b is None else b[ks], act)
+        return y
+
+    @register("conv2d_backward_input", "cuda", algo, launches)
+    def conv2d_backward_input_im2col_cuda(g, gy, w):
+        gx = driver.empty(gpu.xp, g.x_shape, gy.dtype)
+        wmat = _weight_matrix(gpu.xp, w, g)
+        for batch in g.batch_chunks(gy.itemsize, GPU_WORKSPACE_BYTES):
+            grad = _image_major(gy[batch], g.layout)
+            gcols = _input_columns(g, gx[batch], _image_major)  # the GEMM writes gx where it can
+            scattered = gcols is None
+            if scattered:
+                gcols = driver.empty(gpu.xp, (grad.shape[0], g.C * g.R * g.S, g.OH * g.OW),
+                                     gy.dtype)
+            grad_m, gcols_m = _batched(grad, gcols)
+            for rows, ks in g.group_slices():
+                matmul(wmat[ks].T[None], grad_m[:, ks], gcols_m[:, rows], None, CODES[None])
+            if scattered:
+                im2col_cuda.launch_col2im(gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),
+                                          nchw_view(gx[batch], g.layout), g.R, g.S, *g.taps,
+                                          stream=gpu.stream())
+        return gx
+
+    @register("conv2d_backward_weight", "cuda", algo, launches)
+    def conv2d_backward_weight_im2col_cuda(g, gy, x):
+        gw_mat = gpu.xp.zeros((g.K, (g.C // g.groups) * g.R * g.S), gy.dtype)
+        for batch in g.batch_chunks(gy.itemsize, GPU_WORKSPACE_BYTES):
+            cols, grad = _batched(_columns_cuda(g, x[batch]), _image_major(gy[batch], g.layout))
+            for rows, ks in g.group_slices():
+                # one product per image (or one of all), summed: the GEMMs run in parallel
+                per_image = driver.empty(gpu.xp, (grad.shape[0],) + gw_mat[ks].shape, gy.dtype)
+                matmul(grad[:, ks], cols[:, rows].transpose(0, 2, 1), per_image, None,
+                       CODES[None])
+                gw_mat[ks] += per_image.sum(axis=0)
+        return _filters(gpu.xp, gw_mat, g)
+
+
+_im2col_cuda("im2col", _gemm, ("gemm_cuda.gemm",))
+if not cuda_simulated():  # cuBLAS needs a real GPU
+    _im2col_cuda("cublas", _cublas, ("gemm_cuda.bias_activation",))
+
+
+# --- the bias gradient --------------------------------------------------------------------------
+
+@register("conv2d_backward_bias", "cpu", "numba")
+def conv2d_backward_bias_cpu(gy, layout):
+    gb = driver.empty(np, gy.shape[1] if layout == "NCHW" else gy.shape[3], gy.dtype)
+    driver.cpu_call(bias_kernels.conv2d_backward_bias, gy.size, nchw_view(gy, layout), gb)
+    return gb
+
+
+@register("conv2d_backward_bias", "cuda", "numba", launches=("bias_cuda.conv2d_backward_bias",))
+def conv2d_backward_bias_cuda(gy, layout):
+    gb = driver.empty(gpu.xp, gy.shape[1] if layout == "NCHW" else gy.shape[3], gy.dtype)
+    bias_cuda.launch_conv2d_backward_bias(nchw_view(gy, layout), gb, stream=gpu.stream())
+    return gb
+
+
+# --- algo="auto" without autotuning: one rule per device ----------------------------------------
+
+# A GEMM pays for im2col's copies when each output reads at least this many taps (C/groups *
+# R * S) and each group has at least this many output channels; below either, BLAS (or the
+# GPU's GEMM) runs it far from its peak.
+GEMM_MIN_TAPS = 64
+GEMM_MIN_CHANNELS = 16
+
+
+def _thin_gemm(g):
+    return (g.C // g.groups) * g.R * g.S < GEMM_MIN_TAPS or g.K // g.groups < GEMM_MIN_CHANNELS
+
+
+@heuristic("cpu")
+def choose_cpu(op, g):
+    """direct for a forward with a thin GEMM (LeNet's C1, depthwise), im2col + BLAS otherwise.
+    A backward pass takes direct only where the convolution is also grouped (depthwise): an
+    ungrouped convolution's backward GEMMs are wide (N*OH*OW long) even where its forward's is
+    thin, and im2col wins them (LeNet C1's, several times over: benchmarks/results/cpu.md)."""
+    thin = _thin_gemm(g) if op == "conv2d" else _thin_gemm(g) and g.groups > 1
+    return "direct" if thin else "im2col"
+
+
+@heuristic("cuda")
+def choose_cuda(op, g):
+    """The direct kernels for a thin GEMM, a GEMM otherwise (cuBLAS's on a real GPU), for all
+    three ops. Not yet measured on a GPU: autotuning (keyed by the GPU's name) chooses there."""
+    if _thin_gemm(g):
+        return "direct"
+    return "im2col" if cuda_simulated() else "cublas"

@@ -1,0 +1,122 @@
+"""What the implementations of every op family share, written once for both devices: output
+allocation, the bias a kernel adds when there is none, how a CPU kernel is called and where
+its scratch comes from, the CUDA runtime, and the NumPy window views of the references.
+
+Helpers that allocate take the array module ``xp`` (NumPy on the CPU; CuPy on the GPU, or NumPy
+in Numba's CUDA simulator). The CUDA runtime and the CUDA kernel modules load on the first call
+that runs on the GPU (:func:`lazy`), so importing fastconv needs neither CuPy nor numba-cuda.
+"""
+
+import functools
+import importlib
+import threading
+
+import numba
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..geometry import nchw_view
+from ..kernels.serial import serial_twin
+
+
+class lazy:  # noqa: N801  (used as a module is)
+    """Module ``name``, imported on its first attribute access. Not a placeholder in
+    sys.modules (importlib's LazyLoader): tools that scan sys.modules, such as inspect, would
+    touch it and import CuPy on a machine without it."""
+
+    def __init__(self, name: str):
+        self._name, self._module = name, None
+
+    def __getattr__(self, attribute):
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attribute)
+
+
+gpu = lazy("fastconv.cuda")  # the CUDA runtime: array module, streams, the current GPU
+
+
+def empty(xp, shape, dtype):
+    """Every array a kernel writes comes from here (tests poison it to catch unwritten cells)."""
+    return xp.empty(shape, dtype)
+
+
+def output(xp, shape, dtype, layout):
+    """A new array in ``layout`` and its NCHW-indexed view for a kernel to write."""
+    out = empty(xp, shape, dtype)
+    return out, nchw_view(out, layout)
+
+
+def bias(xp, b, k, dtype):
+    """``b``, or the K zeros a kernel adds when there is no bias, kept per size, dtype and
+    device rather than allocated and filled on every call (kernels only read a bias)."""
+    if b is not None:
+        return b
+    return _zeros(xp, k, np.dtype(dtype).str, None if xp is np else gpu.device_id())
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(xp, k, dtype, device_id):
+    return xp.zeros(k, dtype)
+
+
+# --- the CPU: serial twins and scratch ----------------------------------------------------------
+
+# Below this much work (multiply-adds, or cells moved) a CPU kernel runs in the calling thread
+# (kernels/serial.py): waking the thread pool costs more than the work. The break-even measured
+# on a 2-vCPU guest lies between 2M and 16M (benchmarks/results/cpu.md, "single-thread path").
+SERIAL_WORK = 1 << 22
+# Largest workspace kept for reuse between calls; a bigger one is freed after its call.
+KEPT_WORKSPACE_BYTES = 256 << 20
+
+_serial_twins = {}
+_scratch = threading.local()  # per thread: .buffers, one per workspace slot
+
+
+def cpu_call(kernel, work, *args):
+    """``kernel(*args)``, in the calling thread when ``work`` is below SERIAL_WORK or fastconv
+    runs on one thread (Numba's workqueue layer still hands a parallel loop to a worker)."""
+    if work >= SERIAL_WORK and numba.get_num_threads() > 1:
+        return kernel(*args)
+    twin = _serial_twins.get(kernel)
+    if twin is None:
+        twin = _serial_twins[kernel] = serial_twin(kernel)
+    return twin(*args)
+
+
+def workspace(shape, dtype, slot=0):
+    """CPU scratch (slot 0: im2col's columns, slot 1: a GEMM output), kept per thread and
+    reused across calls: a fresh multi-megabyte array pays its page faults on every call."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffers = list(getattr(_scratch, "buffers", None) or [np.empty(0, np.uint8)] * 2)
+    if buffers[slot].nbytes < nbytes:
+        buffers[slot] = np.empty(nbytes, np.uint8)
+        if nbytes <= KEPT_WORKSPACE_BYTES:
+            _scratch.buffers = buffers
+    return buffers[slot][:nbytes].view(dtype).reshape(shape)
+
+
+# --- the NumPy references: padded window views ---------------------------------------------------
+
+def from_nchw(a, layout):
+    """An NCHW result in ``layout``, contiguous."""
+    return a if layout == "NCHW" else np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def pad(x, padding, value=0.0):
+    """An NCHW array padded by (top, bottom, left, right) with ``value``."""
+    top, bottom, left, right = padding
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def windows(xp, kernel, stride, dilation, out_hw):
+    """(N, C, OH, OW, R, S) view of the windows of a padded NCHW array."""
+    (r, s), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_hw
+    view = sliding_window_view(xp, ((r - 1) * dh + 1, (s - 1) * dw + 1), axis=(2, 3))
+    return view[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw, ::dh, ::dw]
+
+
+def crop(gxp, g):
+    """The input-sized part of a padded NCHW gradient, in the caller's layout."""
+    top, _, left, _ = g.padding
+    return from_nchw(gxp[:, :, top : top + g.H, left : left + g.W], g.layout)

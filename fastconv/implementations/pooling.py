@@ -1,0 +1,130 @@
+"""max_pool2d and avg_pool2d, forward and backward: every implementation on every device.
+
+Each takes the resolved geometry ``p`` (:class:`fastconv.geometry.PoolGeometry`) and contiguous
+arrays, and returns a new array. Kernels index NCHW; an NHWC array is handed over as a
+transposed view. "reference" is NumPy (the float64 oracle and the benchmarks' baseline).
+"""
+
+import math
+
+import numpy as np
+
+from ..geometry import nchw_view
+from ..kernels import pool
+from ..registry import register
+from . import driver
+from .driver import lazy
+
+pool_cuda = lazy("fastconv.kernels.pool_cuda")
+gpu = driver.gpu
+
+
+# --- reference ------------------------------------------------------------------------------------
+
+def _extent(p):
+    """Padding (top, bottom, left, right) that fits every window, ceil_mode's last one too."""
+    top, bottom, left, right = p.padding
+    bottom = max(bottom, (p.OH - 1) * p.stride[0] + p.kernel[0] - p.H - top)
+    right = max(right, (p.OW - 1) * p.stride[1] + p.kernel[1] - p.W - left)
+    return top, bottom, left, right
+
+
+def _windows(x, p, value):
+    return driver.windows(driver.pad(x, _extent(p), value), p.kernel, p.stride, (1, 1),
+                          (p.OH, p.OW))
+
+
+def _padded_zeros(p, dtype):
+    top, bottom, left, right = _extent(p)
+    return np.zeros((p.N, p.C, top + p.H + bottom, left + p.W + right), dtype)
+
+
+def _divisors(p, dtype):
+    """Cells each window divides by: the window clipped to the padded input, or to the input."""
+    top, bottom, left, right = p.padding
+    mask = driver.pad(np.zeros((1, 1, p.H, p.W), dtype), _extent(p))
+    if p.count_padding:
+        mask[:, :, : top + p.H + bottom, : left + p.W + right] = 1
+    else:
+        mask[:, :, top : top + p.H, left : left + p.W] = 1
+    return driver.windows(mask, p.kernel, p.stride, (1, 1), (p.OH, p.OW)).sum(axis=(4, 5))
+
+
+@register("max_pool2d", "cpu", "reference")
+def max_pool2d_reference(p, x):
+    x = nchw_view(x, p.layout)
+    return driver.from_nchw(_windows(x, p, -np.inf).max(axis=(4, 5)), p.layout)
+
+
+@register("max_pool2d_backward", "cpu", "reference")
+def max_pool2d_backward_reference(p, gy, x):
+    """Each gradient goes to its window's first maximum in row-major scan order."""
+    gy, x = nchw_view(gy, p.layout), nchw_view(x, p.layout)
+    win = _windows(x, p, -np.inf)
+    first = win.reshape(win.shape[:4] + (-1,)).argmax(axis=-1)
+    n, c, oh, ow = np.indices(first.shape, sparse=True)
+    rows = oh * p.stride[0] + first // p.kernel[1]
+    cols = ow * p.stride[1] + first % p.kernel[1]
+    gxp = _padded_zeros(p, gy.dtype)
+    np.add.at(gxp, (n, c, rows, cols), gy)
+    return driver.crop(gxp, p)
+
+
+@register("avg_pool2d", "cpu", "reference")
+def avg_pool2d_reference(p, x):
+    x = nchw_view(x, p.layout)
+    total = _windows(x, p, 0.0).sum(axis=(4, 5))
+    return driver.from_nchw(total / _divisors(p, x.dtype), p.layout)
+
+
+@register("avg_pool2d_backward", "cpu", "reference")
+def avg_pool2d_backward_reference(p, gy):
+    """Each window hands gy / divisor to every cell it covers; padded cells are cropped away."""
+    gy = nchw_view(gy, p.layout)
+    share = gy / _divisors(p, gy.dtype)
+    gxp = _padded_zeros(p, gy.dtype)
+    (kh, kw), (sh, sw) = p.kernel, p.stride
+    for i in range(kh):
+        for j in range(kw):
+            gxp[:, :, i : i + (p.OH - 1) * sh + 1 : sh, j : j + (p.OW - 1) * sw + 1 : sw] += share
+    return driver.crop(gxp, p)
+
+
+# --- the kernels -------------------------------------------------------------------------------
+# Each op's CPU kernel pool.<name> and its CUDA twin (pool_cuda.<name>, launched by
+# pool_cuda.launch_<name>) take the same arguments: the inputs' NCHW views, the output's, then
+# the window. Max pooling passes the left and top padding only (the right and bottom are implicit
+# in the output size), averages all four (they bound the divisor).
+
+def _max_window(p):
+    top, _, left, _ = p.padding
+    return (*p.kernel, *p.stride, top, left)
+
+
+def _avg_window(p):
+    return (*p.kernel, *p.stride, *p.padding, p.count_padding)
+
+
+def _register(op, name, window, output_shape):
+    """Register ``op`` on both devices: kernel ``name`` writes a new array of
+    ``output_shape(p)`` from the call's input arrays."""
+    def run(xp, call, p, *inputs):
+        out, out_nchw = driver.output(xp, output_shape(p), inputs[0].dtype, p.layout)
+        call(*(nchw_view(a, p.layout) for a in inputs), out_nchw, *window(p))
+        return out
+
+    @register(op, "cpu", "numba")
+    def on_cpu(p, *inputs):
+        kernel, work = getattr(pool, name), math.prod(p.x_shape)
+        return run(np, lambda *args: driver.cpu_call(kernel, work, *args), p, *inputs)
+
+    @register(op, "cuda", "numba", launches=(f"pool_cuda.{name}",))
+    def on_cuda(p, *inputs):
+        launch = getattr(pool_cuda, f"launch_{name}")
+        return run(gpu.xp, lambda *args: launch(*args, stream=gpu.stream()), p, *inputs)
+
+
+_register("max_pool2d", "max_pool2d_forward", _max_window, lambda p: p.y_shape)
+_register("max_pool2d_backward", "max_pool2d_backward", _max_window, lambda p: p.x_shape)
+_register("avg_pool2d", "avg_pool2d_forward", _avg_window, lambda p: p.y_shape)
+_register("avg_pool2d_backward", "avg_pool2d_backward", _avg_window, lambda p: p.x_shape)

@@ -1,0 +1,105 @@
+"""float32 stays float32 in the CPU kernels, as the PTX sweep (tests/cuda/test_ptx.py) checks of
+the CUDA ones: every kernel the CPU implementations call, compiled for the float32 arguments it
+is really called with, does no double-precision arithmetic in its LLVM IR. That covers the
+scalar code written once for both targets (the activation epilogue, the pooling window, the
+Adam update) and the kernels around it."""
+
+import re
+import types
+
+import numba
+import numpy as np
+import pytest
+
+from fastconv import ops
+from fastconv.implementations import driver
+from oracle import random
+
+# Sums kept in float64 on purpose, whatever the arrays' dtype (see their docstrings).
+FLOAT64_ON_PURPOSE = {"conv2d_backward_bias"}
+# Arithmetic in double precision, a float widened to double, or a double-precision math call.
+# Not flagged: integers converted to double for Numba's own shape checks, and the unboxing of
+# Python floats (PyFloat_AsDouble, then fptrunc) into float32 scalar arguments.
+DOUBLE = re.compile(r"= (?:fadd|fsub|fmul|fdiv|frem|fneg)(?: \w+)* (?:<\d+ x )?double\b"
+                    r"|= fpext [^\n]* to (?:<\d+ x )?double\b"
+                    r"|call [^\n]*@llvm\.\w+\.(?:v\d+)?f64\b|call double @(?!PyFloat_AsDouble)")
+FUNCTION = re.compile(r'^define [^@]*@"?([^"(]+)"?\(.*?^}', re.S | re.M)
+
+
+def _calls_with_float32(monkeypatch):
+    """(kernel, arguments) of every CPU kernel call made by every op on float32 inputs: each
+    conv algorithm, layout, stride and activation, the bias gradient, pooling and Adam."""
+    calls, real = [], driver.cpu_call
+
+    def spy(kernel, work, *args):
+        calls.append((kernel, args))
+        return real(kernel, work, *args)
+    monkeypatch.setattr(driver, "cpu_call", spy)
+    rng = np.random.default_rng(0)
+    x, b = random(rng, (2, 3, 7, 7), np.float32), random(rng, (4,), np.float32)
+    w = random(rng, (4, 3, 3, 3), np.float32)
+    for algo in ("direct", "im2col"):
+        for layout, xs, ws in (("NCHW", x, w), ("NHWC", x.transpose(0, 2, 3, 1).copy(),
+                                                w.transpose(2, 3, 1, 0).copy())):
+            for stride in (1, 2):
+                kw = dict(stride=stride, padding=1, data_format=layout, algo=algo)
+                for activation in (None, "relu", "tanh", "sigmoid"):
+                    y = ops.conv2d(xs, ws, b, activation=activation, **kw)
+                gy = random(rng, y.shape, np.float32)
+                ops.conv2d_backward_input(gy, ws, xs.shape, **kw)
+                ops.conv2d_backward_weight(gy, xs, ws.shape, **kw)
+                ops.conv2d_backward_bias(gy, data_format=layout)
+    for kernel_size, stride, padding in ((2, 2, 0), (3, 2, 1)):  # the 2x2 path and the general
+        y = ops.max_pool2d(x, kernel_size, stride, padding)
+        ops.max_pool2d_backward(y, x, kernel_size, stride, padding)
+        y = ops.avg_pool2d(x, kernel_size, stride, padding)
+        ops.avg_pool2d_backward(y, x.shape, kernel_size, stride, padding)
+    param, grad = random(rng, (10,), np.float32), random(rng, (10,), np.float32)
+    ops.adam_step(param, grad, np.zeros_like(param), np.zeros_like(param), 1)
+    return calls
+
+
+def _llvm_ir(kernel, args):
+    """The kernel's own LLVM IR (not its Python wrapper) for ``args``, compiled afresh and
+    without parallelism, so the whole loop body is in one function."""
+    f = kernel.py_func
+    copy = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_ir", f.__defaults__,
+                              f.__closure__)
+    options = {k: v for k, v in kernel.targetoptions.items() if k not in ("nopython", "cache")}
+    compiled = numba.njit(**{**options, "parallel": False})(copy)
+    signature = tuple(numba.typeof(a) for a in args)
+    compiled.compile(signature)
+    ir = compiled.inspect_llvm(signature)
+    return "\n".join(m.group(0) for m in FUNCTION.finditer(ir)
+                     if not m.group(1).startswith(("cpython.", "cfunc.")))
+
+
+def test_float32_cpu_kernels_do_no_double_precision_arithmetic(monkeypatch):
+    seen, doubles = {}, {}
+    for kernel, args in _calls_with_float32(monkeypatch):
+        name = kernel.py_func.__name__
+        key = (name, tuple(numba.typeof(a) for a in args))
+        if key in seen:
+            continue
+        ir = seen[key] = _llvm_ir(kernel, args)
+        assert ir, name
+        found = DOUBLE.findall(ir)
+        if name in FLOAT64_ON_PURPOSE:
+            assert found, f"{name} sums in float64 on purpose, and the check can see it"
+        elif found:
+            doubles[name] = sorted(set(found))[:5]
+    assert {name for name, _ in seen} >= {
+        "conv2d_forward_nchw", "conv2d_forward_nchw_unit_stride", "conv2d_forward_nhwc",
+        "conv2d_backward_input", "conv2d_backward_weight", "im2col", "col2im",
+        "bias_activation", "conv2d_backward_bias", "max_pool2d_forward", "max_pool2d_backward",
+        "avg_pool2d_forward", "avg_pool2d_backward", "adam_step"}
+    assert not doubles, doubles
+
+
+@pytest.mark.parametrize("dtype", [np.float64])
+def test_the_check_sees_double_precision(dtype):
+    """The same kernels on float64 arrays are full of it: the regex is not blind."""
+    x = random(np.random.default_rng(1), (1, 1, 4, 4), dtype)
+    y = np.empty((1, 1, 2, 2), dtype)
+    from fastconv.kernels import pool
+    assert DOUBLE.search(_llvm_ir(pool.avg_pool2d_forward, (x, y, 2, 2, 2, 2, 0, 0, 0, 0, True)))
