@@ -1,4 +1,12 @@
-"""Test helpers shared by the op tests: random data, error measures, layout moves."""
+"""The one oracle of the op tests: what an op and its gradients must give, from two independent
+sources side by side, fastconv's float64 NumPy reference (algo "reference", never the code under
+test) and PyTorch's float64 ops (autograd for the gradients), with the tolerances.
+
+An op test is a few lines::
+
+    y = ops.conv2d(x, w, b, activation="relu", algo=algo, **kwargs)
+    oracle.check({"y": y}, oracle.conv2d(x, w, b, activation="relu", **kwargs))
+"""
 
 import numpy as np
 
@@ -6,6 +14,12 @@ import numpy as np
 def random(rng, shape, dtype=np.float64):
     """Fresh standard-normal data, never zeros."""
     return rng.standard_normal(shape).astype(dtype)
+
+
+def tie_free(rng, shape, dtype=np.float64):
+    """A shuffled linspace: distinct values, so every max-pooling window has one maximum."""
+    values = np.linspace(-1, 1, int(np.prod(shape)))
+    return rng.permutation(values).reshape(shape).astype(dtype)
 
 
 def rel_error(actual, expected):
@@ -26,3 +40,112 @@ def to_nchw(a, layout):
 
 def from_nchw(a, layout):
     return a if layout == "NCHW" else a.transpose(0, 2, 3, 1)
+
+
+def check(got, expected):
+    """Each array of ``got`` ({name: array}, any of the names ``expected`` has) matches both
+    sources of ``expected`` within the tolerance of its dtype, with its shape."""
+    for name, array in got.items():
+        array = np.asarray(array)
+        for source, want in expected.items():
+            error = rel_error(array, want[name])
+            assert error < tolerance(array.dtype), f"{name} against {source}: {error:.2e}"
+
+
+def _float64(a):
+    return None if a is None else np.asarray(a, np.float64)
+
+
+def _torch(a, layout="NCHW"):
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(to_nchw(a, layout), np.float64))
+
+
+# --- conv2d --------------------------------------------------------------------------------------
+
+def conv2d(x, w, b=None, gy=None, activation=None, stride=1, padding=0, dilation=1, groups=1,
+           data_format="NCHW"):
+    """{"reference": {...}, "torch": {...}}, each with y = activation(conv(x, w) + b) and,
+    given ``gy``, the gradients gx, gw and gb of the convolution itself (gy taken as the
+    gradient of its output before the activation, as ops.conv2d_backward_* take it), in the
+    caller's layout (NHWC with HWIO filters, as fastconv.ops)."""
+    import torch
+    import torch.nn.functional as F
+
+    from fastconv import geometry, ops
+
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                  data_format=data_format)
+    x64, w64, b64, gy64 = map(_float64, (x, w, b, gy))
+    reference = {"y": ops.conv2d(x64, w64, b64, activation=activation, algo="reference",
+                                 **kwargs)}
+    if gy is not None:
+        reference["gx"] = ops.conv2d_backward_input(gy64, w64, x.shape, algo="reference",
+                                                    **kwargs)
+        reference["gw"] = ops.conv2d_backward_weight(gy64, x64, w.shape, algo="reference",
+                                                     **kwargs)
+        reference["gb"] = gy64.sum(axis=(0, 2, 3) if data_format == "NCHW" else (0, 1, 2))
+
+    g = geometry.conv_geometry(x.shape, w.shape, stride, padding, dilation, groups, data_format)
+    top, bottom, left, right = g.padding
+    xt = _torch(x64, data_format).requires_grad_()
+    wt = torch.from_numpy(np.ascontiguousarray(
+        w64 if data_format == "NCHW" else w64.transpose(3, 2, 0, 1))).requires_grad_()
+    bt = torch.zeros(g.K, dtype=torch.float64) if b is None else torch.from_numpy(b64)
+    bt.requires_grad_()
+    zt = F.conv2d(F.pad(xt, (left, right, top, bottom)), wt, bt, stride=g.stride,
+                  dilation=g.dilation, groups=groups)
+    yt = zt if activation is None else getattr(torch, activation)(zt)
+    theirs = {"y": from_nchw(yt.detach().numpy(), data_format)}
+    if gy is not None:
+        zt.backward(_torch(gy64, data_format))
+        theirs["gx"] = from_nchw(xt.grad.numpy(), data_format)
+        gw = wt.grad.numpy()
+        theirs["gw"] = gw if data_format == "NCHW" else gw.transpose(2, 3, 1, 0)
+        theirs["gb"] = bt.grad.numpy()
+    return {"reference": reference, "torch": theirs}
+
+
+# --- pooling -------------------------------------------------------------------------------------
+
+def pool2d(kind, x, gy=None, kernel_size=None, stride=None, padding=0, ceil_mode=False,
+           count_include_pad=True, data_format="NCHW"):
+    """max (``kind`` "max") or average pooling: {"reference": {...}, "torch": {...}}, each
+    with y and, given ``gy``, gx. fastconv's "same"/"valid" padding (TensorFlow's: padded cells
+    never win a max nor count in an average) is given to PyTorch explicitly, with F.pad."""
+    import torch
+    import torch.nn.functional as F
+
+    from fastconv import geometry, registry
+
+    count_pad = count_include_pad if kind == "avg" else True
+    p = geometry.pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode, count_pad,
+                               data_format)
+    x64, gy64 = _float64(x), _float64(gy)
+    op = f"{kind}_pool2d"
+    impls = {name: registry.implementations(name, "cpu")["reference"]
+             for name in (op, f"{op}_backward")}
+    reference = {"y": impls[op](p, x64)}
+    if gy is not None:
+        reference["gx"] = impls[f"{op}_backward"](p, gy64, *([x64] if kind == "max" else []))
+
+    xt = _torch(x64, data_format).requires_grad_()
+    if isinstance(padding, str):
+        top, bottom, left, right = p.padding
+        pad = (left, right, top, bottom)
+        if kind == "max":
+            yt = F.max_pool2d(F.pad(xt, pad, value=-np.inf), p.kernel, p.stride)
+        else:
+            sums = F.avg_pool2d(F.pad(xt, pad), p.kernel, p.stride)
+            yt = sums / F.avg_pool2d(F.pad(torch.ones_like(xt), pad), p.kernel, p.stride)
+    elif kind == "max":
+        yt = F.max_pool2d(xt, p.kernel, p.stride, (p.padding[0], p.padding[2]),
+                          ceil_mode=ceil_mode)
+    else:
+        yt = F.avg_pool2d(xt, p.kernel, p.stride, (p.padding[0], p.padding[2]),
+                          ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    theirs = {"y": from_nchw(yt.detach().numpy(), data_format)}
+    if gy is not None:
+        yt.backward(_torch(gy64, data_format))
+        theirs["gx"] = from_nchw(xt.grad.numpy(), data_format)
+    return {"reference": reference, "torch": theirs}

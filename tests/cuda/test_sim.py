@@ -13,11 +13,12 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
                 allow_module_level=True)
 pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
+import oracle  # noqa: E402
 from fastconv import geometry, ops  # noqa: E402
 from fastconv.dispatch import implementations  # noqa: E402
 from fastconv.kernels import bias_cuda, conv_direct_cuda, gemm_cuda, pool_cuda  # noqa: E402
 from fastconv.kernels.activation import CODES  # noqa: E402
-from oracle import random, rel_error, tolerance  # noqa: E402
+from oracle import random, rel_error, tie_free, tolerance  # noqa: E402
 
 BLOCK = (4, 4)  # small blocks: the simulator's cost grows with threads per block
 
@@ -49,16 +50,6 @@ def _poisoned(shape, dtype):
     return np.full(shape, np.nan, dtype)
 
 
-def _reference(op, *args):
-    """fastconv's float64 NumPy baseline of ``op``."""
-    return implementations(op, "cpu")["reference"](*args)
-
-
-def _close(got, want, dtype):
-    assert not np.isnan(got).any(), "a cell was left unwritten"
-    assert rel_error(got, want) < tolerance(dtype)
-
-
 def _taps(g):
     return (*g.stride, g.padding[0], g.padding[2], *g.dilation, g.groups)
 
@@ -71,83 +62,80 @@ def test_conv2d(case, block):
     rng = np.random.default_rng(0)
     x, w, b = (random(rng, s, dtype) for s in (x_shape, w_shape, (g.K,)))
     gy = random(rng, g.y_shape, dtype)
-    x64, w64, b64, gy64 = (a.astype(np.float64) for a in (x, w, b, gy))
+    expected = oracle.conv2d(x, w, b, gy, activation, stride=stride, padding=padding,
+                             dilation=dilation, groups=groups)
 
-    want = _reference("conv2d", g, x64, w64, b64, activation)
     assert conv_direct_cuda.tile_fits(g.OH, g.OW, g.R, g.S, *g.stride, *g.dilation, block)
     for tiled in (True, False):
         y = _poisoned(g.y_shape, dtype)
         conv_direct_cuda.launch_conv2d_forward(x, w, b, y, *_taps(g), CODES[activation],
                                                block=block, tiled=tiled)
-        _close(y, want, dtype)
-
+        oracle.check({"y": y}, expected)
     gx = _poisoned(g.x_shape, dtype)
     conv_direct_cuda.launch_conv2d_backward_input(gy, w, gx, *_taps(g), block=block)
-    _close(gx, _reference("conv2d_backward_input", g, gy64, w64), dtype)
-
     gw = _poisoned(g.w_shape, dtype)
     conv_direct_cuda.launch_conv2d_backward_weight(gy, x, gw, *_taps(g), block=block)
-    _close(gw, _reference("conv2d_backward_weight", g, gy64, x64), dtype)
+    oracle.check({"gx": gx, "gw": gw}, expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_conv2d_backward_bias(dtype):
-    gy = random(np.random.default_rng(1), (2, 5, 3, 4), dtype)
+    rng = np.random.default_rng(1)
+    x, w, gy = (random(rng, s, dtype) for s in ((2, 1, 3, 4), (5, 1, 1, 1), (2, 5, 3, 4)))
     gb = _poisoned(5, dtype)
     bias_cuda.launch_conv2d_backward_bias(gy, gb, block=(2, 2))
-    _close(gb, _reference("conv2d_backward_bias", gy.astype(np.float64), "NCHW"), dtype)
+    oracle.check({"gb": gb}, oracle.conv2d(x, w, gy=gy))
 
 
 def _pool_case(case, seed, ties=False):
+    """The geometry, x and gy of a case, and the oracle's expectations."""
     x_shape, kernel, stride, padding, ceil_mode, count_pad, dtype = case
     p = geometry.pool_geometry(x_shape, kernel, stride, padding, ceil_mode, count_pad, "NCHW")
     rng = np.random.default_rng(seed)
     if ties:  # few distinct values: the first maximum in row-major order must win
         x = rng.integers(0, 3, x_shape).astype(dtype)
-    else:  # a shuffled linspace: no ties
-        x = rng.permutation(np.linspace(-1, 1, int(np.prod(x_shape)))).reshape(x_shape)
-        x = x.astype(dtype)
+    else:
+        x = tie_free(rng, x_shape, dtype)
     gy = random(rng, p.y_shape, dtype)
-    return p, x, gy, x.astype(np.float64), gy.astype(np.float64)
+    window = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                  count_include_pad=count_pad)
+    return p, x, gy, {kind: oracle.pool2d(kind, x, gy, **window) for kind in ("max", "avg")}
 
 
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("case", POOL_CASES[:2], ids=_ids(POOL_CASES[:2]))
 def test_max_pool2d(case, ties):
-    p, x, gy, x64, gy64 = _pool_case(case, seed=2, ties=ties)
-    dtype, (pt, _, pl, _) = x.dtype, p.padding
-    y = _poisoned(p.y_shape, dtype)
+    p, x, gy, expected = _pool_case(case, seed=2, ties=ties)
+    pt, _, pl, _ = p.padding
+    y = _poisoned(p.y_shape, x.dtype)
     pool_cuda.launch_max_pool2d_forward(x, y, *p.kernel, *p.stride, pt, pl, block=BLOCK)
-    _close(y, _reference("max_pool2d", p, x64), dtype)
-    gx = _poisoned(p.x_shape, dtype)
+    gx = _poisoned(p.x_shape, x.dtype)
     pool_cuda.launch_max_pool2d_backward(gy, x, gx, *p.kernel, *p.stride, pt, pl, block=BLOCK)
-    _close(gx, _reference("max_pool2d_backward", p, gy64, x64), dtype)
+    oracle.check({"y": y, "gx": gx}, expected["max"])
 
 
 def test_max_pool2d_nan_wins():
-    p, x, _, _, _ = _pool_case(POOL_CASES[1], seed=3)
+    """A NaN wins its window, as in PyTorch (and fastconv's reference)."""
+    p, x, _, _ = _pool_case(POOL_CASES[1], seed=3)
     x[0, 0, 1, 1] = np.nan
-    x64 = x.astype(np.float64)
     y = _poisoned(p.y_shape, x.dtype)
     pool_cuda.launch_max_pool2d_forward(x, y, *p.kernel, *p.stride, 0, 0, block=BLOCK)
-    want = _reference("max_pool2d", p, x64)
-    assert np.isnan(y[0, 0, 0, 0]) and np.isnan(want[0, 0, 0, 0])
-    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
-    np.testing.assert_allclose(y[~np.isnan(y)], want[~np.isnan(want)])
+    for want in oracle.pool2d("max", x, kernel_size=2, stride=2).values():
+        assert np.isnan(y[0, 0, 0, 0]) and np.isnan(want["y"][0, 0, 0, 0])
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(want["y"]))
+        np.testing.assert_allclose(y[~np.isnan(y)], want["y"][~np.isnan(want["y"])])
 
 
 @pytest.mark.parametrize("case", [POOL_CASES[0], POOL_CASES[2]],
                          ids=_ids([POOL_CASES[0], POOL_CASES[2]]))
 def test_avg_pool2d(case):
-    p, x, gy, x64, gy64 = _pool_case(case, seed=4)
-    dtype = x.dtype
+    p, x, gy, expected = _pool_case(case, seed=4)
     args = (*p.kernel, *p.stride, *p.padding, p.count_padding)
-    y = _poisoned(p.y_shape, dtype)
+    y = _poisoned(p.y_shape, x.dtype)
     pool_cuda.launch_avg_pool2d_forward(x, y, *args, block=BLOCK)
-    _close(y, _reference("avg_pool2d", p, x64), dtype)
-    gx = _poisoned(p.x_shape, dtype)
+    gx = _poisoned(p.x_shape, x.dtype)
     pool_cuda.launch_avg_pool2d_backward(gy, gx, *args, block=BLOCK)
-    _close(gx, _reference("avg_pool2d_backward", p, gy64), dtype)
+    oracle.check({"y": y, "gx": gx}, expected["avg"])
 
 
 # --- the CUDA kernels through fastconv.ops, device="cuda" -------------------------------------
@@ -186,17 +174,11 @@ def test_conv_ops_on_cuda(case, algo):
     w = _layout(random(rng, w_shape, dtype), layout, filters=True)
     b = random(rng, w_shape[0], dtype)
     kw = dict(kwargs, data_format=layout)
-    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
-    want = ops.conv2d(x64, w64, b64, activation=activation, algo="reference", **kw)
     y = ops.conv2d(x, w, b, activation=activation, algo=algo, device="cuda", **kw)
-    _close(y, want, dtype)
-
-    gy = random(rng, want.shape, dtype)
-    gy64 = gy.astype(np.float64)
+    gy = random(rng, y.shape, dtype)
     gx, gw, gb = ops.conv2d_backward(gy, x, w, algo=algo, device="cuda", **kw)
-    _close(gx, ops.conv2d_backward_input(gy64, w64, x.shape, algo="reference", **kw), dtype)
-    _close(gw, ops.conv2d_backward_weight(gy64, x64, w.shape, algo="reference", **kw), dtype)
-    _close(gb, ops.conv2d_backward_bias(gy64, data_format=layout), dtype)
+    oracle.check({"y": y, "gx": gx, "gw": gw, "gb": gb},
+                 oracle.conv2d(x, w, b, gy, activation, **kw))
 
 
 # (x NCHW shape, kernel, stride, padding, ceil_mode, count_include_pad, layout, dtype)
@@ -210,24 +192,19 @@ POOL_OPS_CASES = [
 def test_pool_ops_on_cuda(case):
     x_shape, kernel, stride, padding, ceil_mode, count_pad, layout, dtype = case
     rng = np.random.default_rng(6)
-    x = _layout(rng.permutation(np.linspace(-1, 1, int(np.prod(x_shape)))).reshape(x_shape)
-                .astype(dtype), layout)
+    x = _layout(tie_free(rng, x_shape, dtype), layout)
     window = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
                   data_format=layout)
-    x64 = x.astype(np.float64)
-    for op, extra in (("max_pool2d", {}), ("avg_pool2d", dict(count_include_pad=count_pad))):
-        want = getattr(ops, op)(x64, **window, **extra)
+    for kind in ("max", "avg"):
+        op, extra = f"{kind}_pool2d", dict(count_include_pad=count_pad) if kind == "avg" else {}
         assert set(implementations(op, "cuda")) == {"numba"}
-        _close(getattr(ops, op)(x, **window, **extra, device="cuda"), want, dtype)
-        gy = random(rng, want.shape, dtype)
-        gy64 = gy.astype(np.float64)
-        if op == "max_pool2d":
-            got = ops.max_pool2d_backward(gy, x, **window, device="cuda")
-            expected = ops.max_pool2d_backward(gy64, x64, **window)
+        y = getattr(ops, op)(x, **window, **extra, device="cuda")
+        gy = random(rng, y.shape, dtype)
+        if kind == "max":
+            gx = ops.max_pool2d_backward(gy, x, **window, device="cuda")
         else:
-            got = ops.avg_pool2d_backward(gy, x.shape, **window, **extra, device="cuda")
-            expected = ops.avg_pool2d_backward(gy64, x.shape, **window, **extra)
-        _close(got, expected, dtype)
+            gx = ops.avg_pool2d_backward(gy, x.shape, **window, **extra, device="cuda")
+        oracle.check({"y": y, "gx": gx}, oracle.pool2d(kind, x, gy, **window, **extra))
 
 
 def test_gemm_over_several_tiles_with_shared_and_transposed_operands():
@@ -242,7 +219,7 @@ def test_gemm_over_several_tiles_with_shared_and_transposed_operands():
     c = _poisoned((z, m, n), np.float32)
     gemm_cuda.launch_gemm(a, b, c, bias, CODES["relu"])
     want = np.maximum(np.matmul(a.astype(np.float64), b) + bias[:, None], 0)
-    _close(c, want, np.float32)
+    assert rel_error(c, want) < tolerance(np.float32)  # a poisoned cell left would be NaN
 
 
 # --- training on device="cuda" ------------------------------------------------------------------
@@ -328,8 +305,7 @@ def test_autotuning_on_cuda_is_keyed_by_the_gpu(tmp_path, monkeypatch):
         y = ops.conv2d(x, w, device="cuda")
     finally:
         dispatch.autotune(False)
-    _close(y, ops.conv2d(x.astype(np.float64), w.astype(np.float64), algo="reference"),
-           np.float32)
+    oracle.check({"y": y}, oracle.conv2d(x, w))
     entries = json.loads((tmp_path / "autotune.json").read_text())["entries"]
     ((key, winner),) = entries.items()
     assert key.startswith("cuda|conv2d|") and key.endswith("|float32|CUDA simulator")
