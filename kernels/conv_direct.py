@@ -216,7 +216,10 @@ def conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
     Layout: gy (N, K, OH, OW) and x (N, C, H, W), NCHW-indexed (NHWC arrives as transposed
     views); gw OIHW-indexed (K, C/groups, R, S).
     Loop order: (k, c) in parallel, then r, s, n, oh, ow innermost (a dot product over an output
-    row). Each task owns the filter gw[k, c] and sums each tap in a private accumulator.
+    row). Each task owns the filter gw[k, c] and sums each tap over the whole batch in a private
+    float64 accumulator, on purpose: as precise as the bias gradient's sum, and faster here than
+    a float32 one (LLVM vectorises these short row reductions better in doubles: float32 made
+    the kernel 1.5x slower on LeNet's C1, benchmarks/results/refactor.md).
     """
     n_, c_, h_, w_ = x.shape
     k_, cg, r_, s_ = gw.shape
@@ -229,7 +232,7 @@ def conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
             oh0, rows, ih0 = _valid_range(r * dh - pt, sh, h_, oh_)
             for s in range(s_):
                 ow0, cols, iw0 = _valid_range(s * dw - pl, sw, w_, ow_)
-                acc = gw.dtype.type(0)
+                acc = 0.0
                 for n in range(n_):
                     for i in range(rows):
                         ih = ih0 + i * sh

@@ -16,7 +16,7 @@ from fastconv.implementations import driver
 from oracle import random
 
 # Sums kept in float64 on purpose, whatever the arrays' dtype (see their docstrings).
-FLOAT64_ON_PURPOSE = {"conv2d_backward_bias"}
+FLOAT64_ON_PURPOSE = {"conv2d_backward_bias", "conv2d_backward_weight"}
 # Arithmetic in double precision, a float widened to double, or a double-precision math call.
 # Not flagged: integers converted to double for Numba's own shape checks, and the unboxing of
 # Python floats (PyFloat_AsDouble, then fptrunc) into float32 scalar arguments.
