@@ -8,6 +8,7 @@ in a JSON cache under ``FASTCONV_CACHE_DIR`` (default ``~/.cache/fastconv``). Th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -15,8 +16,14 @@ import time
 import warnings
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
+
 from . import device as devices
 from . import implementations as _registering  # noqa: F401  (importing registers them all)
+from . import runtime
 from .registry import REFERENCE, choose, implementations
 
 CACHE_FORMAT = "fastconv-autotune/1"
@@ -43,37 +50,59 @@ def autotuning() -> bool:
 
 
 def cache_path() -> Path:
-    root = os.environ.get("FASTCONV_CACHE_DIR") or Path.home() / ".cache" / "fastconv"
-    return Path(root) / "autotune.json"
+    return runtime.cache_dir() / "autotune.json"
 
 
-def _load_cache(path: Path) -> dict:
+def _load_cache(path: Path, warn: bool = True) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as err:
-        warnings.warn(f"ignoring unreadable autotune cache {path}: {err}", stacklevel=4)
+        if warn:
+            warnings.warn(f"ignoring unreadable autotune cache {path}: {err}", stacklevel=4)
         return {}
     if not (isinstance(data, dict) and data.get("format") == CACHE_FORMAT
             and isinstance(data.get("entries"), dict)
             and all(isinstance(v, str) for v in data["entries"].values())):
-        warnings.warn(f"ignoring autotune cache {path}: not a {CACHE_FORMAT} file", stacklevel=4)
+        if warn:
+            warnings.warn(f"ignoring autotune cache {path}: not a {CACHE_FORMAT} file",
+                          stacklevel=4)
         return {}
     return data["entries"]
 
 
-def _store_cache(path: Path, entries: dict) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune-", suffix=".json")
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive lock on ``folder`` among the processes writing into it (flock on the folder
+    itself, so no lock file is left behind; no lock where the OS has no flock)."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"format": CACHE_FORMAT, "entries": entries}, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _store_cache(path: Path, entries: dict) -> None:
+    """Merge ``entries`` into the file, under the folder's lock so that concurrent writers keep
+    each other's entries, and atomically: a reader sees the old file or the new one, never half
+    of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.parent):
+        merged = {**_load_cache(path, warn=False), **entries}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"format": CACHE_FORMAT, "entries": merged}, f, indent=1,
+                          sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
 
 def _time(fn, run, repeats: int = 3) -> float:
@@ -86,19 +115,33 @@ def _time(fn, run, repeats: int = 3) -> float:
     return best
 
 
+# This process's choices, per cache file: {path: {key: algo}}. Looked up first, so a call costs
+# the same whether or not the file can be written, and the file is read once per new key.
+_choices: dict[Path, dict[str, str]] = {}
+_unwritable: set[Path] = set()  # files whose write failed, warned about once
+
+
 def _autotuned(op, device, candidates, signature, run):
     path = cache_path()
-    entries = _load_cache(path)
     key = f"{device}|{op}|{signature()}"
-    if entries.get(key) not in candidates:
-        times = {algo: _time(fn, run) for algo, fn in candidates.items()}
-        entries[key] = min(times, key=times.get)
-        try:
-            _store_cache(path, entries)
-        except OSError as err:
-            warnings.warn(f"cannot write autotune cache {path}: {err}; the choice is not kept",
-                          stacklevel=4)
-    return entries[key]
+    known = _choices.setdefault(path, {})
+    if known.get(key) in candidates:
+        return known[key]
+    saved = _load_cache(path).get(key)
+    if saved in candidates:
+        known[key] = saved
+        return saved
+    times = {algo: _time(fn, run) for algo, fn in candidates.items()}
+    known[key] = min(times, key=times.get)
+    try:
+        _store_cache(path, known)  # with the choices an earlier failed write could not keep
+        _unwritable.discard(path)
+    except OSError as err:
+        if path not in _unwritable:
+            _unwritable.add(path)
+            warnings.warn(f"cannot write autotune cache {path}: {err}; this process keeps its "
+                          "choices in memory", stacklevel=4)
+    return known[key]
 
 
 def select(op: str, device: str, algo: str, geometry, signature, run):

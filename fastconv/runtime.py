@@ -75,6 +75,13 @@ def malloc() -> str:
     return f"{platform.libc_ver()[0] or 'unknown libc'}, left as the process set it"
 
 
+def cache_dir():
+    """Where fastconv keeps what it can rebuild (compiled kernels, autotuning choices):
+    ``$FASTCONV_CACHE_DIR``, default ``~/.cache/fastconv``."""
+    from pathlib import Path
+    return Path(os.environ.get("FASTCONV_CACHE_DIR") or Path.home() / ".cache" / "fastconv")
+
+
 KERNEL_LOCK = threading.RLock()  # one kernel call at a time: each already uses every core
 
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")

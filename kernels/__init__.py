@@ -7,7 +7,72 @@ conv_direct_cuda.py); scalar code both targets run (the activation epilogue, the
 window, the Adam update) is written once, in the CPU file, and compiled for the GPU from there.
 """
 
+import hashlib
+import json
+import os
+from pathlib import Path
+
 from numba import config
+from numba.core import caching
+
+from ..runtime import cache_dir
+
+KERNELS_DIR = str(Path(__file__).resolve().parent)
+
+# How every parallel CPU kernel is compiled (kernels/serial.py keeps these options for its
+# single-threaded twins). fastmath's reassociation lets LLVM vectorise sums, contraction fuse
+# multiply-adds, "arcp" divide by reciprocals; "nnan" and "ninf" stay off, so NaN and Inf
+# propagate as in PyTorch (with them LLVM may fold max(NaN, 0) to 0, or a NaN test to false),
+# and so does "nsz", which cost the pooling kernels up to 20% here. Numba's default (Python's)
+# error model raises on a division by zero, but no kernel here divides by one: a pooling window
+# counts at least one cell, a sigmoid's denominator is at least 1 or NaN; Adam's update can (eps
+# 0), so it takes NumPy's model (kernels/optim.py). NumPy's model for all cost the pooling
+# kernels 10-25%. Measured: benchmarks/results/reliability.md.
+CPU_KERNEL = dict(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
+# Numba keys its cache by each kernel file's stamp, not by the options above, so the cache
+# folder is named by them: changing them cannot load machine code compiled under others.
+_OPTIONS_TAG = hashlib.sha1(json.dumps(CPU_KERNEL, sort_keys=True, default=sorted).encode())
+_OPTIONS_TAG = _OPTIONS_TAG.hexdigest()[:8]
+
+
+def cache_locator(module):
+    """A Numba cache locator (for ``module``, numba.core.caching or numba-cuda's twin of it)
+    that keeps the compiled kernels of this package under cache_dir()/numba, where a user's
+    caches go (in a folder named by CPU_KERNEL's options), not next to the kernels' files
+    (Numba's default), where an installed package's folder may be read-only and uninstalling
+    leaves them behind. It applies to fastconv's kernels only, and steps aside where the user
+    set NUMBA_CACHE_DIR or the folder cannot be written (Numba's own locators then decide)."""
+    base = module.UserProvidedCacheLocator if hasattr(module, "UserProvidedCacheLocator") else (
+        module._UserProvidedCacheLocator)
+
+    class KernelCacheLocator(base):
+        def __init__(self, py_func, py_file):
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = os.path.join(cache_dir(), "numba", _OPTIONS_TAG,
+                                            self.get_suitable_cache_subpath(py_file))
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if config.CACHE_DIR or not os.path.realpath(py_file).startswith(KERNELS_DIR):
+                return None
+            locator = super(base, cls).from_function(py_func, py_file)
+            try:
+                locator.ensure_cache_path()
+            except OSError:
+                return None
+            return locator
+    return KernelCacheLocator
+
+
+def install_cache_locator(module):
+    """Put :func:`cache_locator` first among ``module``'s locators (once)."""
+    classes = module.CacheImpl._locator_classes
+    if not any(getattr(c, "__name__", "") == "KernelCacheLocator" for c in classes):
+        classes.insert(0, cache_locator(module))
+
+
+install_cache_locator(caching)
 
 
 def cuda_simulated() -> bool:

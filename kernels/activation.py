@@ -13,10 +13,11 @@ CODES = {None: NONE, "relu": RELU, "tanh": TANH, "sigmoid": SIGMOID}
 def activate(v, code, dtype):
     """a(v) for an activation code (0 none, 1 relu, 2 tanh, 3 sigmoid), in ``dtype`` (the
     output array's): a bare literal is an int or a float64 in Numba, and would turn a float32
-    epilogue into double-precision arithmetic."""
+    epilogue into double-precision arithmetic. NaN in gives NaN out, as in PyTorch: every test
+    below is false for NaN, which then takes the branch that returns an expression of it."""
     zero, one = dtype.type(0), dtype.type(1)
     if code == RELU:
-        return v if v > zero else zero
+        return zero if v <= zero else v
     if code == TANH:
         return math.tanh(v)
     if code == SIGMOID:

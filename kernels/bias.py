@@ -2,8 +2,10 @@
 
 from numba import njit, prange
 
+from . import CPU_KERNEL
 
-@njit(parallel=True, cache=True, fastmath=True)
+
+@njit(**CPU_KERNEL)
 def conv2d_backward_bias(gy, gb):
     """gb[k] = sum over n, oh, ow of gy[n, k, oh, ow].
 

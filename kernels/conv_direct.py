@@ -15,6 +15,7 @@ inside a parallel loop costs an atomic reference count. Accumulators keep the ar
 import numpy as np
 from numba import njit, prange
 
+from . import CPU_KERNEL
 from .activation import activate
 
 # Output channels per task in the NCHW forward: the task's planes stay in L1/L2 while every tap
@@ -45,7 +46,7 @@ def _channel_block(task, groups, blocks, kg):
     return n, g, k0, min(k0 + CHANNEL_BLOCK, (g + 1) * kg)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(**CPU_KERNEL)
 def conv2d_forward_nchw(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
     """y = act(b + conv(x, w)).
 
@@ -88,7 +89,7 @@ def conv2d_forward_nchw(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
                     y[n, k, oh, ow] = activate(y[n, k, oh, ow], act, y.dtype)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(**CPU_KERNEL)
 def conv2d_forward_nchw_unit_stride(x, w, b, y, pt, pl, dh, dw, groups, act):
     """y = act(b + conv(x, w)) for stride 1, on flat rows: the row-wise kernel's inner loop
     is one output row (28 pixels in LeNet's C1), too short for LLVM's vector loop, so here it
@@ -138,7 +139,7 @@ def conv2d_forward_nchw_unit_stride(x, w, b, y, pt, pl, dh, dw, groups, act):
                     y[n, k, oh, ow] = activate(acc[k - k0, oh * wp + ow], act, y.dtype)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(**CPU_KERNEL)
 def conv2d_forward_nhwc(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
     """y = act(b + conv(x, w)).
 
@@ -173,7 +174,7 @@ def conv2d_forward_nhwc(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
                 y[n, oh, ow, k] = activate(y[n, oh, ow, k], act, y.dtype)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(**CPU_KERNEL)
 def conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups):
     """gx = dL/dx of the convolution, a transposed convolution of gy with w.
 
@@ -209,7 +210,7 @@ def conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups):
                                 gx[n, ci, ih, iw0 + j * sw] += wv * gy[n, k, oh0 + i, ow0 + j]
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(**CPU_KERNEL)
 def conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
     """gw = dL/dw of the convolution: gy correlated with x over batch and pixels.
 

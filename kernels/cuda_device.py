@@ -7,8 +7,11 @@ the same kernels run in Numba's simulator on NumPy arrays.
 """
 
 from numba import cuda, types
+from numba.cuda.core import caching
 
-from . import activation, cuda_simulated
+from . import activation, cuda_simulated, install_cache_locator
+
+install_cache_locator(caching)  # before the first @kernel: the GPU's compiled kernels too
 
 __all__ = ["cuda", "kernel", "signature", "device_function", "activate", "launch",
            "output_reading", "plane_grid", "flat_grid", "MAX_GRID_Z"]

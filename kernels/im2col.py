@@ -10,11 +10,12 @@ Index names and the clipped-range idiom follow conv_direct.
 
 from numba import njit, prange
 
+from . import CPU_KERNEL
 from .activation import activate
 from .conv_direct import _valid_range
 
 
-@njit(parallel=True, cache=True)
+@njit(**CPU_KERNEL)
 def im2col(x, cols, r_, s_, sh, sw, pt, pl, dh, dw):
     """Fill cols (C*R*S, N, OH, OW) from x (N, C, H, W), NCHW-indexed (NHWC as a view).
 
@@ -52,7 +53,7 @@ def im2col(x, cols, r_, s_, sh, sw, pt, pl, dh, dw):
                         cols[row, n, oh, ow] = 0
 
 
-@njit(parallel=True, cache=True)
+@njit(**CPU_KERNEL)
 def col2im(cols, gx, r_, s_, sh, sw, pt, pl, dh, dw):
     """gx (N, C, H, W) = the sum of every column entry back at the input pixel it came from.
 
@@ -82,7 +83,7 @@ def col2im(cols, gx, r_, s_, sh, sw, pt, pl, dh, dw):
                             gx[n, c, ih, iw0 + j * sw] += cols[row, n, oh0 + i, ow0 + j]
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(**CPU_KERNEL)
 def bias_activation(src, out, b, act):
     """out = act(src + b): the epilogue of a GEMM, run on a chunk while it is in cache.
 

@@ -5,6 +5,8 @@ import math
 
 from numba import njit, prange
 
+from . import CPU_KERNEL
+
 
 @njit(inline="always", cache=True)
 def adam_update(p, g, m, v, b1, c1, b2, c2, eps, weight_decay, step_size, bc2_sqrt):
@@ -17,7 +19,7 @@ def adam_update(p, g, m, v, b1, c1, b2, c2, eps, weight_decay, step_size, bc2_sq
     return p - step_size * m / (math.sqrt(v) / bc2_sqrt + eps), m, v
 
 
-@njit(parallel=True, cache=True)
+@njit(**CPU_KERNEL, error_model="numpy")  # eps = 0 and v = 0 divide by zero: NaN, as PyTorch
 def adam_step(param, grad, m, v, b1, c1, b2, c2, eps, weight_decay, step_size, bc2_sqrt):
     """:func:`adam_update` in place on every element of a parameter.
 

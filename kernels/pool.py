@@ -6,9 +6,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# Reassociation lets LLVM reorder the window sums of the average kernels; "nnan" and "ninf" stay
-# off so NaN and infinity propagate as in PyTorch.
-_FAST = {"reassoc", "contract", "nsz", "arcp"}
+from . import CPU_KERNEL
 
 # Plane modes, chosen once per call by _mode. The 2x2 stride-2 window without clipping (LeNet,
 # VGG) is run with those sizes as constants, so LLVM unrolls the window loops; everything else
@@ -131,7 +129,7 @@ def _avg_plane_backward(gyp, gxp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding,
                     gxp[h, w] += share
 
 
-@njit(parallel=True, cache=True)
+@njit(**CPU_KERNEL)
 def max_pool2d_forward(x, y, kh, kw, sh, sw, pt, pl):
     """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow), padded cells excluded.
 
@@ -150,7 +148,7 @@ def max_pool2d_forward(x, y, kh, kw, sh, sw, pt, pl):
             _max_plane(xp, yp, kh, kw, sh, sw, pt, pl, True)
 
 
-@njit(parallel=True, cache=True)
+@njit(**CPU_KERNEL)
 def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
     """gx[n, c] = sum over windows of gy[n, c, oh, ow] placed at the window's argmax in x.
 
@@ -170,7 +168,7 @@ def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
             _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, pt, pl, True)
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
+@njit(**CPU_KERNEL)
 def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
     """y[n, c, oh, ow] = sum of the real cells of window (oh, ow) / the window's divisor.
 
@@ -189,7 +187,7 @@ def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
             _avg_plane(xp, yp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, True)
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
+@njit(**CPU_KERNEL)
 def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
     """gx[n, c] = sum over windows of gy[n, c, oh, ow] / divisor, added to each real cell.
 

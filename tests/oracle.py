@@ -52,6 +52,26 @@ def check(got, expected):
             assert error < tolerance(array.dtype), f"{name} against {source}: {error:.2e}"
 
 
+def nonfinite(a):
+    """Where ``a`` is NaN, +inf and -inf: the pattern that NaN-safe kernels share with PyTorch
+    whatever the order of their sums (inf - inf is NaN in any order)."""
+    a = np.asarray(a)
+    return np.stack([np.isnan(a), np.isposinf(a), np.isneginf(a)])
+
+
+def check_nonfinite(got, expected, exact=True):
+    """Each array of ``got`` is NaN, +inf and -inf exactly where PyTorch's is (``exact``), or
+    at least finite wherever PyTorch's is (not ``exact``: where a kernel skips a padded cell
+    that PyTorch multiplies, 0 * inf stays out of its sum)."""
+    for name, array in got.items():
+        mine, theirs = nonfinite(array), nonfinite(expected["torch"][name])
+        if exact:
+            assert np.array_equal(mine, theirs), f"{name}: {mine.sum(axis=(1, 2, 3, 4))} " \
+                f"NaN/+inf/-inf cells, PyTorch {theirs.sum(axis=(1, 2, 3, 4))}"
+        else:
+            assert not (mine.any(axis=0) & ~theirs.any(axis=0)).any(), name
+
+
 def _float64(a):
     return None if a is None else np.asarray(a, np.float64)
 

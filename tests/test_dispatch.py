@@ -5,8 +5,13 @@ Every test spies on the registry itself, so "ran" means the function was called,
 selector returned its name.
 """
 
+import concurrent.futures
+import errno
 import json
 import os
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -257,6 +262,7 @@ def test_a_cached_entry_decides(planted, tuning, ran, monkeypatch):
     call("conv2d_backward_input")
     [key] = read_cache(tuning)
     tuning.write_text(json.dumps({"format": dispatch.CACHE_FORMAT, "entries": {key: planted}}))
+    dispatch._choices.clear()  # a new process: it knows only the file
     no_timing(monkeypatch)
     ran.clear()
     call("conv2d_backward_input")
@@ -332,6 +338,7 @@ def test_an_entry_naming_an_unknown_algo_is_ignored(stale, tuning, ran, monkeypa
     [key] = read_cache(tuning)
     tuning.write_text(json.dumps({"format": dispatch.CACHE_FORMAT,
                                   "entries": {key: stale, "other|key": "direct"}}))
+    dispatch._choices.clear()  # a new process: it knows only the file
     timed = fake_times(monkeypatch, {"direct": 2.0, "im2col": 1.0})
     ran.clear()
     call("conv2d")
@@ -346,6 +353,33 @@ def test_writes_leave_no_temp_files(tuning, monkeypatch):
         call("conv2d", case)
         assert os.listdir(tuning.parent) == ["autotune.json"]
     assert len(read_cache(tuning)) == 3
+
+
+def test_an_unwritable_cache_costs_no_retiming_and_warns_once(tuning, ran, monkeypatch):
+    """A read-only or full disk: the choice is kept in memory, so later calls neither time the
+    candidates again nor warn again (root ignores chmod here, so the OSError is injected)."""
+    def read_only(path, entries):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    monkeypatch.setattr(dispatch, "_store_cache", read_only)
+    fake_times(monkeypatch, {"direct": 2.0, "im2col": 1.0})
+    with pytest.warns(UserWarning, match="Read-only file system"):
+        call("conv2d")
+    no_timing(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            call("conv2d")
+    assert ran == [("conv2d", "im2col")] * 4
+
+
+def test_concurrent_writers_keep_each_others_entries(tuning):
+    """Each writer merges its entries into the file under the folder's lock."""
+    def write(i):
+        dispatch._store_cache(tuning, {f"key{i}": "direct"})
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(64)))
+    assert read_cache(tuning) == {f"key{i}": "direct" for i in range(64)}
+    assert os.listdir(tuning.parent) == ["autotune.json"]
 
 
 def test_a_failed_write_keeps_the_old_file(tuning, monkeypatch):
@@ -366,8 +400,8 @@ def test_a_failed_write_keeps_the_old_file(tuning, monkeypatch):
     assert tuning.read_bytes() == before
     assert os.listdir(tuning.parent) == ["autotune.json"]
     monkeypatch.setattr(dispatch.json, "dump", real_dump)
-    call("conv2d", WIDE)
-    assert len(read_cache(tuning)) == 2
+    call("conv2d", DEPTHWISE)  # the next write keeps the choice the failed one could not
+    assert len(read_cache(tuning)) == 3
 
 
 def test_an_unwritable_cache_does_not_break_the_op(tmp_path, monkeypatch, tuning, ran):
@@ -415,3 +449,20 @@ def test_serial_and_parallel_kernels_agree(data_format, monkeypatch):
     for name, serial in results[2**62].items():
         np.testing.assert_allclose(results[0][name], serial, rtol=1e-12, atol=1e-12,
                                    err_msg=name)
+
+
+_AUTOTUNE_20_SHAPES = """
+import sys, numpy as np, fastconv
+fastconv.autotune(True)
+for h in range(int(sys.argv[1]), int(sys.argv[1]) + 20):
+    fastconv.ops.conv2d(np.ones((1, 2, h, 5), np.float32), np.ones((3, 2, 3, 3), np.float32))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_autotuning_into_one_folder_lose_no_entries(isolated):
+    env = {**os.environ, "FASTCONV_CACHE_DIR": str(isolated)}
+    runs = [subprocess.Popen([sys.executable, "-c", _AUTOTUNE_20_SHAPES, str(start)], env=env)
+            for start in (5, 40)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0]
+    assert len(read_cache(isolated / "autotune.json")) == 40

@@ -207,6 +207,39 @@ def test_pool_ops_on_cuda(case):
         oracle.check({"y": y, "gx": gx}, oracle.pool2d(kind, x, gy, **window, **extra))
 
 
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_nonfinite_values_propagate_on_cuda(algo, activation):
+    """NaN and Inf reach every output whose window or sum holds them, as on the CPU
+    (tests/test_nonfinite.py, which also says why a direct backward weight may keep finite
+    what PyTorch makes NaN: it skips padded cells)."""
+    rng = np.random.default_rng(10)
+    x, w = random(rng, (1, 2, 5, 5), np.float32), random(rng, (3, 2, 3, 3), np.float32)
+    b = random(rng, 3, np.float32)
+    x[0, 0, 1, 1], x[0, 1, 3, 2] = np.nan, np.inf
+    y = ops.conv2d(x, w, b, padding=1, activation=activation, algo=algo, device="cuda")
+    gy = random(rng, y.shape, np.float32)
+    gy[0, 1, 2, 2] = -np.inf
+    gx, gw, gb = ops.conv2d_backward(gy, x, w, padding=1, algo=algo, device="cuda")
+    expected = oracle.conv2d(x, w, b, gy, activation, padding=1)
+    assert np.isnan(y).any() and not np.isfinite(gx).all()  # the cases do poison
+    oracle.check_nonfinite({"y": y, "gx": gx, "gb": gb}, expected)
+    oracle.check_nonfinite({"gw": gw}, expected, exact=algo != "direct")
+
+
+def test_nonfinite_values_propagate_through_pooling_on_cuda():
+    rng = np.random.default_rng(11)
+    x = tie_free(rng, (1, 2, 6, 6), np.float32)
+    x[0, 0, 1, 1], x[0, 1, 4, 4] = np.nan, np.inf
+    gy = random(rng, (1, 2, 3, 3), np.float32)
+    gy[0, 1, 0, 2] = -np.inf
+    for kind in ("max", "avg"):
+        y = getattr(ops, f"{kind}_pool2d")(x, 2, device="cuda")
+        gx = (ops.max_pool2d_backward(gy, x, 2, device="cuda") if kind == "max"
+              else ops.avg_pool2d_backward(gy, x.shape, 2, device="cuda"))
+        oracle.check_nonfinite({"y": y, "gx": gx}, oracle.pool2d(kind, x, gy, kernel_size=2))
+
+
 def test_gemm_over_several_tiles_with_shared_and_transposed_operands():
     """The tiled GEMM on more than one tile in every direction, K not a multiple of its slice,
     a left operand shared by every plane and a transposed right one (as the backward passes

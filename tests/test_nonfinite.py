@@ -1,0 +1,88 @@
+"""NaN and Inf propagate as in PyTorch: a non-finite input, weight, bias or incoming gradient
+reaches every output cell whose window or sum contains it, on every op, algorithm, activation,
+layout, dtype and CPU path (the parallel kernels and their serial twins); the CUDA kernels are
+held to the same rule in the simulator (tests/cuda/test_sim.py).
+
+One documented exception: a kernel that skips the padded cells of a window (the direct
+kernels, but NCHW's stride-1 forward, which computes over a zero-padded copy) does not
+multiply them, so where PyTorch multiplies such a 0 by a non-finite weight (forward) or
+gradient (backward weight) and gets NaN, it may stay finite. There the rule checked is the
+weaker one: non-finite only where PyTorch is."""
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_conv import ALGOS, _arrays, conv_cases
+from test_pool import _data, _run, pool_cases
+
+import oracle
+from fastconv import ops
+from fastconv.implementations import driver
+
+SETTINGS = settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _poison(a, draw, values):
+    """``a`` with a few cells (drawn) set to drawn non-finite values."""
+    a = a.copy()
+    flat = a.reshape(-1)
+    for _ in range(draw(st.integers(1, 3))):
+        flat[draw(st.integers(0, flat.size - 1))] = draw(st.sampled_from(values))
+    return a
+
+
+NONFINITE = [np.nan, np.inf, -np.inf]
+
+
+@SETTINGS
+@given(case=conv_cases(), algo=st.sampled_from(ALGOS),
+       activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]),
+       poisoned=st.sampled_from(["x", "w", "b"]), parallel=st.booleans(), data=st.data())
+def test_conv2d_forward(case, algo, activation, poisoned, parallel, data, monkeypatch):
+    monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
+    x, w, b, _ = _arrays(case)
+    arrays = dict(x=x, w=w, b=b)
+    arrays[poisoned] = _poison(arrays[poisoned], data.draw, NONFINITE)
+    y = ops.conv2d(**arrays, activation=activation, algo=algo, **case["kwargs"])
+    g = case["geometry"]
+    skips_padding = poisoned == "w" and algo == "direct" and any(g.padding) and not (
+        g.layout == "NCHW" and g.stride == (1, 1))
+    oracle.check_nonfinite({"y": y}, oracle.conv2d(**arrays, activation=activation,
+                                                   **case["kwargs"]), exact=not skips_padding)
+
+
+@SETTINGS
+@given(case=conv_cases(), algo=st.sampled_from(ALGOS),
+       poisoned=st.sampled_from(["x", "w", "gy"]), parallel=st.booleans(), data=st.data())
+def test_conv2d_backward(case, algo, poisoned, parallel, data, monkeypatch):
+    monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
+    x, w, _, gy = _arrays(case)
+    arrays = dict(x=x, w=w, gy=gy)
+    arrays[poisoned] = _poison(arrays[poisoned], data.draw, NONFINITE)
+    x, w, gy, kwargs = arrays["x"], arrays["w"], arrays["gy"], case["kwargs"]
+    got = {"gx": ops.conv2d_backward_input(gy, w, x.shape, algo=algo, **kwargs),
+           "gw": ops.conv2d_backward_weight(gy, x, w.shape, algo=algo, **kwargs),
+           "gb": ops.conv2d_backward_bias(gy, data_format=kwargs["data_format"])}
+    expected = oracle.conv2d(x, w, gy=gy, **kwargs)
+    skips_padding = poisoned == "gy" and algo == "direct" and any(case["geometry"].padding)
+    oracle.check_nonfinite({"gw": got.pop("gw")}, expected, exact=not skips_padding)
+    oracle.check_nonfinite(got, expected)
+
+
+@SETTINGS
+@given(case=pool_cases(), kind=st.sampled_from(["max", "avg"]),
+       poisoned=st.sampled_from(["x", "gy"]), parallel=st.booleans(), data=st.data())
+def test_pooling(case, kind, poisoned, parallel, data, monkeypatch):
+    """Max pooling draws NaN and +inf only: a -inf cell ties with PyTorch's -inf padding (the
+    form "same" padding takes there), and which tie wins is not about propagation."""
+    monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
+    x, gy = _data(kind, case)
+    values = [np.nan, np.inf] if kind == "max" else NONFINITE
+    if poisoned == "x":
+        x = _poison(x, data.draw, values)
+    else:
+        gy = _poison(gy, data.draw, NONFINITE)
+    y, gx = _run(kind, case, x, gy)
+    oracle.check_nonfinite({"y": y, "gx": gx}, oracle.pool2d(
+        kind, x, gy, count_include_pad=case["count_include_pad"], **case["kwargs"]))
