@@ -92,36 +92,39 @@ def _parser() -> argparse.ArgumentParser:
     fit = commands.add_parser(
         "train", help="train a CNN (LeNet-5) on Fashion-MNIST or MNIST",
         description="Train LeNet-5 with fastconv's kernels: a progress bar per epoch (loss, "
-        "accuracy, images/s), the test accuracy after each epoch, and in --out: run.json (the "
-        "settings), checkpoint.npz (weights and optimiser state, NumPy arrays only), "
-        "curves.csv and, with matplotlib, curves.png. Data comes from --data-root, "
-        "$FASTCONV_DATA, ~/.cache/fastconv/datasets, Debian's dataset-fashion-mnist, or a "
-        "download.")
+        "accuracy, images/s), the test accuracy after each epoch, and in --out: checkpoint.npz "
+        "(weights, optimiser state, settings and curves, NumPy arrays only: the run's one "
+        "commit point, renamed into place after each epoch, so a kill leaves the last epoch's "
+        "run or the new one), and its views run.json, curves.csv and, with matplotlib, "
+        "curves.png. A non-finite loss or Ctrl-C stops the run, keeping the last checkpoint. "
+        "Data comes from --data-root, $FASTCONV_DATA, ~/.cache/fastconv/datasets, Debian's "
+        "dataset-fashion-mnist, or a download.")
     fit.set_defaults(command=_train, parser=fit)
-    fit.add_argument("--model", choices=("lenet5",), default="lenet5",
+    fit.add_argument("--model", choices=("lenet5",),
                      help="the network (default: lenet5)")
-    fit.add_argument("--dataset", choices=train.DATASETS, default="fashion-mnist",
+    fit.add_argument("--dataset", choices=train.DATASETS,
                      help="fashion-mnist (60k/10k) or mnist (the full set where present, "
                      "else 8k/2k of its test set) (default: fashion-mnist)")
     fit.add_argument("--epochs", type=int, default=10, help="epochs in all (default: 10)")
-    fit.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
-    fit.add_argument("--optimizer", choices=train.OPTIMIZERS, default="adam",
+    fit.add_argument("--batch-size", type=int, help="images per step (default: 64)")
+    fit.add_argument("--optimizer", choices=train.OPTIMIZERS,
                      help="adam, or sgd with momentum 0.9 (default: adam)")
-    fit.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
-    fit.add_argument("--activation", choices=("relu", "tanh", "sigmoid"), default="relu",
+    fit.add_argument("--lr", type=float, help="learning rate (default: 1e-3)")
+    fit.add_argument("--activation", choices=("relu", "tanh", "sigmoid"),
                      help="LeNet-5's activation (default: relu; tanh with --pool avg is 1998's)")
-    fit.add_argument("--pool", choices=("max", "avg"), default="max",
+    fit.add_argument("--pool", choices=("max", "avg"),
                      help="LeNet-5's subsampling (default: max)")
     fit.add_argument("--device", default="cpu",
                      help="cpu (default) or cuda[:N]: every conv and pooling on fastconv's CUDA "
                      "kernels (needs the cuda12 or cuda13 extra and a GPU)")
-    fit.add_argument("--seed", type=int, default=0,
+    fit.add_argument("--seed", type=int,
                      help="seeds the initialisation and the shuffles (default: 0)")
     fit.add_argument("--out", default="runs/lenet5", metavar="DIR",
                      help="the run directory (default: runs/lenet5)")
     fit.add_argument("--resume", metavar="CHECKPOINT",
                      help="continue a run from its checkpoint.npz (or its directory) up to "
-                     "--epochs")
+                     "--epochs, with its saved settings (giving another --lr, --limit, ... is "
+                     "an error)")
     fit.add_argument("--data-root", metavar="DIR", help="where the dataset files are")
     fit.add_argument("--limit", type=int, metavar="N",
                      help="train on the first N training images only (a quick run)")
@@ -234,16 +237,21 @@ def _train(args) -> int:
     for name in ("epochs", "batch_size", "limit", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.lr <= 0:
+    if args.lr is not None and args.lr <= 0:
         error("--lr must be positive")
     if args.threads is not None:
         runtime.set_num_threads(args.threads)
-    config = train.RunConfig(
-        model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, device=args.device, seed=args.seed,
-        activation=args.activation, pool=args.pool, limit=args.limit)
+    asked = [name for name in train.KEPT_ON_RESUME if getattr(args, name) is not None]
+    config = train.RunConfig(epochs=args.epochs, device=args.device,
+                             **{name: getattr(args, name) for name in asked})
     try:
-        train.fit(config, args.out, root=args.data_root, resume=args.resume)
+        train.fit(config, args.out, root=args.data_root, resume=args.resume, asked=asked)
+    except train.Stopped as err:
+        print(f"fastconv train: {err}", file=sys.stderr)
+        return 130 if isinstance(err.__cause__, KeyboardInterrupt) else 1
+    except train.RunError as err:
+        print(f"fastconv train: error: {err}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         error(str(err))
     return 0
@@ -251,10 +259,14 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     try:
-        config, model, _ = train.load_checkpoint(args.checkpoint)
+        config, model, _, _ = train.load_checkpoint(args.checkpoint)
+    except train.RunError as err:
+        print(f"fastconv eval: error: {err}", file=sys.stderr)
+        return 2
+    try:
         _, _, images, labels = train.load_dataset(args.dataset or config.dataset,
                                                   args.data_root)
-    except (FileNotFoundError, RuntimeError, ValueError, KeyError) as err:
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
         args.parser.error(str(err))
     batches = train.data.Batches(images, labels, args.batch_size, shuffle=False,
                                  normalize=tuple(config.normalization))

@@ -70,7 +70,7 @@ def _algo(algo, device):
 def _run(op, device, algo, g, dtype, *args):
     def signature():
         return f"{g.key()}|{dtype}|{devices.name(device)}"
-    with runtime.KERNEL_LOCK:
+    with runtime.kernels():
         impl = dispatch.select(op, device, algo, g, signature, lambda fn: fn(g, *args))
         return impl(g, *args)
 
@@ -138,7 +138,7 @@ def conv2d_backward_bias(gy, data_format="NCHW", device=None):
     data_format = geometry.layout(data_format)
     if gy.ndim != 4:
         raise ValueError(f"gy must be 4-D {data_format}, got shape {gy.shape}")
-    with runtime.KERNEL_LOCK:
+    with runtime.kernels():
         return dispatch.select("conv2d_backward_bias", device, "auto", None, None,
                                None)(gy, data_format)
 
@@ -228,6 +228,6 @@ def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
     b1, b2 = betas
     scalars = (b1, 1 - b1, b2, 1 - b2, eps, weight_decay, lr / (1 - b1 ** step),
                math.sqrt(1 - b2 ** step))
-    with runtime.KERNEL_LOCK:
+    with runtime.kernels():
         dispatch.select("adam_step", device, "auto", None, None, None)(
             param, grad, m, v, tuple(param.dtype.type(s) for s in scalars))

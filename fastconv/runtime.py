@@ -1,5 +1,6 @@
 """What fastconv runs on: the CPU's name, its SIMD, the threads and the BLAS in use."""
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -83,6 +84,17 @@ def cache_dir():
 
 
 KERNEL_LOCK = threading.RLock()  # one kernel call at a time: each already uses every core
+_threads = None  # set_num_threads' count, for every thread (Numba's own count is per thread)
+
+
+@contextlib.contextmanager
+def kernels():
+    """Where every kernel call runs: under KERNEL_LOCK, on set_num_threads' count whichever
+    thread calls."""
+    with KERNEL_LOCK:
+        if _threads is not None and numba.get_num_threads() != _threads:
+            numba.set_num_threads(_threads)
+        yield
 
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 
@@ -119,10 +131,13 @@ def blas() -> list[dict]:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in fastconv's parallel kernels and in the BLAS they call."""
+    """Use ``n`` threads in fastconv's parallel kernels and in the BLAS they call, whichever
+    thread calls them."""
     limit = numba.config.NUMBA_NUM_THREADS
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(f"n must be an int in 1..{limit} (NUMBA_NUM_THREADS), got {n!r}")
+    global _threads
+    _threads = n
     numba.set_num_threads(n)
     threadpoolctl.threadpool_limits(n, user_api="blas")
 

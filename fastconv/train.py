@@ -1,16 +1,27 @@
 """Training and evaluation runs behind ``fastconv train`` and ``fastconv eval``.
 
-A run directory holds ``run.json`` (the settings, the data's normalisation and the epochs done),
-``checkpoint.npz`` (model parameters under ``model/<name>``, optimiser state under
-``optim/<index>/<key>``; NumPy arrays only, loaded with allow_pickle=False), ``curves.csv``
-(one row per epoch) and, with matplotlib, ``curves.png``.
+A run directory holds ``checkpoint.npz``: model parameters under ``model/<name>``, optimiser
+state under ``optim/<index>/<key>``, and the run itself, ``run`` (the settings, the data's
+normalisation and the epochs done, as JSON) and ``curves`` (one record per epoch), NumPy arrays
+only, loaded with allow_pickle=False. It is the run's one commit point: written whole to a
+temporary file, then renamed over the last one, so a kill at any instant leaves the previous
+epoch's run or the new one, never a mix. ``run.json``, ``curves.csv`` and, with matplotlib,
+``curves.png`` are views of it for people, rewritten after each commit (and on resuming).
+
+Every failure about a file is a :class:`RunError`, one line naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import math
+import os
+import tempfile
 import time
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +38,14 @@ DATASETS = ("fashion-mnist", "mnist")
 OPTIMIZERS = ("adam", "sgd")
 CURVES = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
           "images_per_second")
+
+
+class RunError(Exception):
+    """A run cannot go on, in one line naming the file and what is wrong with it."""
+
+
+class Stopped(RunError):
+    """Training stopped early (a non-finite loss, an interrupt); the last checkpoint is kept."""
 
 
 @dataclass
@@ -96,9 +115,12 @@ def train_epoch(model, optimizer, batches, description):
     total, correct, count = 0.0, 0, 0
     start = time.perf_counter()
     bar = tqdm(batches, desc=description, unit="batch", leave=True)
-    for x, y in bar:
+    for step, (x, y) in enumerate(bar, 1):
         logits = model(tensor(x, device=_device(model)))
         loss = F.cross_entropy(logits, y)
+        if not math.isfinite(loss.item()):
+            bar.close()
+            raise Stopped(f"the loss is {loss.item()} at {description}, step {step}")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -111,41 +133,132 @@ def train_epoch(model, optimizer, batches, description):
     return total / count, correct / count, count / (time.perf_counter() - start)
 
 
-def save_checkpoint(directory: Path, model, optimizer, config: RunConfig):
+# What each optimiser keeps per parameter: the key and its shape ("param": the parameter's).
+OPTIMIZER_STATE = {"adam": {"step": (), "m": "param", "v": "param"}, "sgd": {"buffer": "param"}}
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, suffix: str):
+    """A temporary file beside ``path`` to write, renamed over ``path`` when the block ends, and
+    removed if it fails; OSErrors become a RunError naming ``path``."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(err, OSError):
+            raise RunError(f"{path}: cannot write it ({err.strerror or err})") from err
+        raise
+
+
+def save_checkpoint(directory: Path, model, optimizer, config: RunConfig, history):
+    """Commit the run: the checkpoint with the settings and the curves inside, in one rename."""
     arrays = {f"model/{name}": value for name, value in model.state_dict().items()}
     for i, state in enumerate(optimizer.state):
         arrays.update({f"optim/{i}/{key}": np.asarray(devices.to_device(value, "cpu"))
                        for key, value in state.items()})
-    temporary = directory / "checkpoint.tmp.npz"
-    np.savez(temporary, **arrays)
-    temporary.replace(directory / "checkpoint.npz")
-    (directory / "run.json").write_text(json.dumps(asdict(config), indent=1))
+    arrays["run"] = np.array(json.dumps(asdict(config)))
+    arrays["curves"] = np.array(json.dumps(history))
+    with _replacing(directory / "checkpoint.npz", ".npz") as temporary:
+        np.savez(temporary, **arrays)
 
 
-def load_checkpoint(path):
-    """(config, model, optimizer) restored from a checkpoint.npz and the run.json beside it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.npz"
-    config = RunConfig(**json.loads((path.parent / "run.json").read_text()))
-    model, optimizer = build(config)
-    with np.load(path, allow_pickle=False) as arrays:
-        model.load_state_dict({k[len("model/"):]: arrays[k] for k in arrays.files
-                               if k.startswith("model/")})
-        for key in arrays.files:
-            if key.startswith("optim/"):
-                _, index, name = key.split("/")
-                value = arrays[key]
-                optimizer.state[int(index)][name] = (
-                    value.item() if value.ndim == 0 else devices.to_device(value, _device(model)))
-    return config, model, optimizer
-
-
-def _write_curves(directory: Path, history):
-    with open(directory / "curves.csv", "w", newline="") as f:
+def write_views(directory: Path, config: RunConfig, history):
+    """run.json, curves.csv and (with matplotlib) curves.png from the committed run."""
+    with _replacing(directory / "run.json", ".json") as temporary:
+        temporary.write_text(json.dumps(asdict(config), indent=1))
+    with _replacing(directory / "curves.csv", ".csv") as temporary, \
+            open(temporary, "w", newline="") as f:
         writer = csv.DictWriter(f, CURVES)
         writer.writeheader()
         writer.writerows(history)
+    return _plot_curves(directory, history)
+
+
+def _read(path: Path):
+    """(run settings, curves, {key: array}) of a checkpoint, or a RunError saying why not. A
+    checkpoint written before the run lived inside it takes its settings from run.json."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except FileNotFoundError as err:
+        raise RunError(f"{path}: no such checkpoint") from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise RunError(f"{path}: not a readable checkpoint ({err})") from err
+    try:
+        settings = (json.loads(str(arrays.pop("run"))) if "run" in arrays
+                    else json.loads((path.parent / "run.json").read_text()))
+        config = RunConfig(**settings)
+    except (OSError, ValueError, TypeError) as err:
+        raise RunError(f"{path}: its run settings are unreadable ({err})") from err
+    try:
+        history = (json.loads(str(arrays.pop("curves"))) if "curves" in arrays
+                   else _read_curves_csv(path.parent / "curves.csv"))
+    except (OSError, ValueError, KeyError) as err:
+        raise RunError(f"{path}: its curves are unreadable ({err})") from err
+    return config, history, arrays
+
+
+def _read_curves_csv(path: Path):
+    """The curves of a checkpoint written before they lived inside it."""
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def _check_keys(path, arrays, model, optimizer, config):
+    """Every array of the checkpoint is one the model and optimiser have, of the right shape,
+    and every parameter is there, before anything is loaded."""
+    params = model.state_dict()
+    state = OPTIMIZER_STATE[config.optimizer]
+    for key, value in arrays.items():
+        kind, _, rest = key.partition("/")
+        if kind == "model" and rest in params:
+            want = params[rest].shape
+        elif kind == "optim" and rest.count("/") == 1:
+            index, name = rest.split("/")
+            if not (index.isdigit() and int(index) < len(params) and name in state):
+                raise RunError(f"{path}: {key} is no state of this run's {config.optimizer} "
+                               f"optimiser over {len(params)} parameters")
+            want = state[name] if state[name] != "param" else (
+                optimizer.params[int(index)].shape)
+        else:
+            raise RunError(f"{path}: {key} belongs to no part of this run's model or optimiser")
+        if value.shape != tuple(want):
+            raise RunError(f"{path}: {key} has shape {value.shape}, the run needs {tuple(want)}")
+    missing = [name for name in params if f"model/{name}" not in arrays]
+    if missing:
+        raise RunError(f"{path}: no model/{missing[0]} ({len(missing)} parameters missing)")
+
+
+def load_checkpoint(path):
+    """(config, model, optimizer, history) restored from a checkpoint.npz (or its directory);
+    a RunError names the file and what is wrong with it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.npz"
+    config, history, arrays = _read(path)
+    try:
+        model, optimizer = build(config)
+    except ValueError as err:
+        raise RunError(f"{path}: {err}") from err
+    _check_keys(path, arrays, model, optimizer, config)
+    model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()
+                           if k.startswith("model/")})
+    for key, value in arrays.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/")
+            optimizer.state[int(index)][name] = (
+                value.item() if value.ndim == 0 else devices.to_device(value, _device(model)))
+    return config, model, optimizer, history
+
+
+def _plot_curves(directory: Path, history):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -164,33 +277,53 @@ def _write_curves(directory: Path, history):
         axes.legend()
         axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(directory / "curves.png", dpi=100)
+    with _replacing(directory / "curves.png", ".png") as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
     plt.close(figure)
     return directory / "curves.png"
 
 
-def _read_curves(directory: Path):
-    path = directory / "curves.csv"
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+def _writable(out: Path):
+    """Create ``out`` and prove it writable before the first epoch, or a RunError."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: is a file, not a run directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise RunError(f"{out}: cannot write the run there ({err.strerror or err})") from err
 
 
-def fit(config: RunConfig, out: Path, root=None, resume=None, log=print):
-    """Train ``config.epochs`` epochs (more after ``resume``), evaluating and checkpointing
-    after each; returns the per-epoch history."""
+# Settings a resumed run keeps: asking for another value is an error naming the saved one.
+KEPT_ON_RESUME = ("model", "dataset", "batch_size", "optimizer", "lr", "seed", "activation",
+                  "pool", "limit")
+
+
+def fit(config: RunConfig, out: Path, root=None, resume=None, log=print, asked=()):
+    """Train ``config.epochs`` epochs (more after ``resume``), evaluating and committing the run
+    after each; returns the per-epoch history. ``asked`` names the settings the user gave:
+    on resuming, each must equal the saved run's. A RunError (Stopped for a non-finite loss or
+    an interrupt) says what stopped the run; the last committed epoch is kept."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if resume is not None:
         epochs = config.epochs
-        config, model, optimizer = load_checkpoint(resume)
-        config.epochs = epochs
-        history = _read_curves(Path(resume).parent if Path(resume).is_file() else Path(resume))
+        saved, model, optimizer, history = load_checkpoint(resume)
+        for name in asked:
+            if name in KEPT_ON_RESUME and getattr(config, name) != getattr(saved, name):
+                raise RunError(f"--{name.replace('_', '-')} {getattr(config, name)} differs from "
+                               f"the resumed run's {getattr(saved, name)}: a resumed run keeps "
+                               "its settings")
+        config, config.epochs = saved, epochs
+        if config.epochs <= config.epochs_done:
+            log(f"nothing to do: the run has done {config.epochs_done} epochs, --epochs is "
+                f"{config.epochs}")
+            return history
     else:
         model, optimizer = build(config)
         history = []
+    _writable(out)
     train_x, train_y, test_x, test_y = load_dataset(config.dataset, root)
     if config.limit:
         train_x, train_y = train_x[: config.limit], train_y[: config.limit]
@@ -198,20 +331,29 @@ def fit(config: RunConfig, out: Path, root=None, resume=None, log=print):
     config.normalization = list(stats)
     train = data.Batches(train_x, train_y, config.batch_size, seed=config.seed, normalize=stats)
     test = data.Batches(test_x, test_y, 1000, shuffle=False, normalize=stats)
-    plot = None
+    plot = write_views(out, config, history) if resume is not None else None
+    committed = config.epochs_done
     for epoch in range(config.epochs_done, config.epochs):
         train.epoch = epoch
-        start = time.perf_counter()
-        loss, accuracy, rate = train_epoch(model, optimizer, train,
-                                           f"epoch {epoch + 1}/{config.epochs}")
-        seconds = time.perf_counter() - start
-        test_loss, test_accuracy, _ = evaluate(model, test)
-        history.append(dict(epoch=epoch + 1, train_loss=loss, train_accuracy=accuracy,
-                            test_loss=test_loss, test_accuracy=test_accuracy, seconds=seconds,
-                            images_per_second=rate))
-        config.epochs_done = epoch + 1
-        save_checkpoint(out, model, optimizer, config)
-        plot = _write_curves(out, history)
+        try:
+            start = time.perf_counter()
+            loss, accuracy, rate = train_epoch(model, optimizer, train,
+                                               f"epoch {epoch + 1}/{config.epochs}")
+            seconds = time.perf_counter() - start
+            test_loss, test_accuracy, _ = evaluate(model, test)
+            history.append(dict(epoch=epoch + 1, train_loss=loss, train_accuracy=accuracy,
+                                test_loss=test_loss, test_accuracy=test_accuracy,
+                                seconds=seconds, images_per_second=rate))
+            config.epochs_done = epoch + 1
+            save_checkpoint(out, model, optimizer, config, history)
+            committed = epoch + 1
+            plot = write_views(out, config, history)
+        except (RunError, KeyboardInterrupt) as err:
+            why = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
+            kept = (f"the last checkpoint is epoch {committed} ({out / 'checkpoint.npz'})"
+                    if committed else "no epoch was checkpointed")
+            stop = RunError if type(err) is RunError else Stopped
+            raise stop(f"{why}; {kept}") from err
         log(f"epoch {epoch + 1}: train loss {loss:.4f} acc {accuracy:.4f} | test loss "
             f"{test_loss:.4f} acc {test_accuracy:.4f} | {seconds:.1f} s, {rate:.0f} images/s")
     log(f"wrote {out / 'checkpoint.npz'}, {out / 'run.json'}, {out / 'curves.csv'}"

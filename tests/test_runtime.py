@@ -130,3 +130,31 @@ def test_freed_arrays_are_reused_without_page_faults_unless_opted_out():
     tuned, faults = _page_faults_per_round(FASTCONV_MALLOC="0")
     assert not tuned and faults > 500
     assert _page_faults_per_round(MALLOC_TRIM_THRESHOLD_="131072")[0] is False
+
+
+def test_set_num_threads_holds_in_every_thread(monkeypatch):
+    """Numba's thread count is per thread: the kernels of an op called from another thread run
+    on the count set_num_threads chose, not on Numba's default."""
+    import threading
+
+    import numba
+    import numpy as np
+
+    from fastconv import ops
+    from fastconv.implementations import driver
+
+    seen, real = [], driver.cpu_call
+
+    def spy(kernel, work, *args):
+        seen.append(numba.get_num_threads())
+        return real(kernel, work, *args)
+    monkeypatch.setattr(driver, "cpu_call", spy)
+    before = fastconv.get_num_threads()
+    fastconv.set_num_threads(1)
+    try:
+        worker = threading.Thread(target=ops.max_pool2d, args=(np.ones((1, 1, 4, 4)), 2))
+        worker.start()
+        worker.join()
+    finally:
+        fastconv.set_num_threads(before)
+    assert seen == [1]

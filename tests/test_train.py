@@ -40,16 +40,18 @@ def test_run_directory_holds_settings_checkpoint_and_curves(run):
     assert settings["normalization"][0] == pytest.approx(0.286, abs=0.01)
     with np.load(run / "checkpoint.npz", allow_pickle=False) as arrays:
         assert "model/c1.weight" in arrays.files and "optim/0/m" in arrays.files
+        assert json.loads(str(arrays["run"])) == settings  # run.json is a view of it
     assert (run / "curves.png").stat().st_size > 0
 
 
 def test_checkpoint_round_trip_gives_the_same_predictions(run, data_root):
-    config, model, optimizer = train.load_checkpoint(run / "checkpoint.npz")
+    config, model, optimizer, history = train.load_checkpoint(run / "checkpoint.npz")
+    assert [row["epoch"] for row in history] == [1, 2]
     _, _, images, labels = train.load_dataset("fashion-mnist", data_root)
     batches = train.data.Batches(images[:500], labels[:500], 250, shuffle=False,
                                  normalize=tuple(config.normalization))
     first = train.evaluate(model, batches)
-    _, again, _ = train.load_checkpoint(run)
+    _, again, _, _ = train.load_checkpoint(run)
     second = train.evaluate(again, batches)
     np.testing.assert_array_equal(first[2], second[2])
     assert optimizer.state[0]["step"] == 2 * -(-3000 // 32)  # 94 steps an epoch, last partial
