@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("runs in its own simulator process, see tests/test_cuda_suite.py",
@@ -225,6 +227,54 @@ def test_nonfinite_values_propagate_on_cuda(algo, activation):
     assert np.isnan(y).any() and not np.isfinite(gx).all()  # the cases do poison
     oracle.check_nonfinite({"y": y, "gx": gx, "gb": gb}, expected)
     oracle.check_nonfinite({"gw": gw}, expected, exact=algo != "direct")
+
+
+@st.composite
+def _small_poisoned_convs(draw):
+    """A small convolution (the simulator runs a thread at a time) and which of its arrays a
+    few NaN/+inf/-inf cells poison."""
+    groups = draw(st.integers(1, 2))
+    c, k = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+    r, s = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kwargs = dict(stride=draw(st.integers(1, 2)), padding=draw(st.integers(0, 1)),
+                  dilation=draw(st.integers(1, 2)), groups=groups,
+                  data_format=draw(st.sampled_from(["NCHW", "NHWC"])))
+    h, w = draw(st.integers(r * 2, 6)), draw(st.integers(s * 2, 6))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = _layout(random(rng, (1, c, h, w), dtype), kwargs["data_format"])
+    wt = _layout(random(rng, (k, c // groups, r, s), dtype), kwargs["data_format"], filters=True)
+    arrays = dict(x=x, w=wt, b=random(rng, k, dtype))
+    poisoned = draw(st.sampled_from(["x", "w", "b", "gy"]))
+    return arrays, poisoned, kwargs, rng
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=_small_poisoned_convs(), algo=st.sampled_from(["direct", "im2col"]),
+       activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]), data=st.data())
+def test_nonfinite_rule_on_cuda(case, algo, activation, data):
+    """tests/test_nonfinite.py's rule, on the CUDA kernels: exact but where a direct kernel
+    skips padded cells (a poisoned weight forward, a poisoned gradient's weight gradient)."""
+    arrays, poisoned, kwargs, rng = case
+    values = [np.nan, np.inf, -np.inf]
+
+    def poison(a):
+        a = a.copy()
+        a.reshape(-1)[data.draw(st.integers(0, a.size - 1))] = data.draw(st.sampled_from(values))
+        return a
+    if poisoned != "gy":
+        arrays[poisoned] = poison(arrays[poisoned])
+    y = ops.conv2d(**arrays, activation=activation, algo=algo, device="cuda", **kwargs)
+    gy = random(rng, y.shape, y.dtype)
+    if poisoned == "gy":
+        gy = poison(gy)
+    gx, gw, gb = ops.conv2d_backward(gy, arrays["x"], arrays["w"], algo=algo, device="cuda",
+                                     **kwargs)
+    expected = oracle.conv2d(**arrays, gy=gy, activation=activation, **kwargs)
+    skips = algo == "direct" and kwargs["padding"] > 0
+    oracle.check_nonfinite({"y": y}, expected, exact=not (skips and poisoned == "w"))
+    oracle.check_nonfinite({"gw": gw}, expected, exact=not (skips and poisoned == "gy"))
+    oracle.check_nonfinite({"gx": gx, "gb": gb}, expected)
 
 
 def test_nonfinite_values_propagate_through_pooling_on_cuda():
