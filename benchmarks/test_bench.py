@@ -1,7 +1,7 @@
-"""The pytest-benchmark suite: every op, shape and implementation of ``fastconv bench``.
+"""The pytest-benchmark suite: every op, layer and implementation of ``fastconv bench``.
 
 Run with ``pytest benchmarks --benchmark-only``; pick with -k, e.g.
-``-k "lenet and conv2d and not numpy"``. The shapes, the inputs and the implementations come from
+``-k "lenet5 and conv2d and not numpy"``. The shapes, the inputs and the implementations come from
 :mod:`fastconv.bench`, so the numbers match the CLI's: one untimed warm-up call compiles the JIT
 kernels, and the slow NumPy baseline gets fewer rounds. Results are grouped per op and shape.
 The normal test run never collects this directory (pyproject's testpaths is tests/).

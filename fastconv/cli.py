@@ -11,29 +11,34 @@ from . import __version__, bench, device, dispatch, machine, ops, registry, runt
 
 BENCH_HELP = """\
 Time every op (conv2d, max_pool2d, avg_pool2d, forward and backward) with every
-implementation on the layers of a named network, and print one table row per op, shape and
-implementation.
+implementation on every distinct layer of real networks, and print one table row per op,
+layer and implementation.
 
-Implementations: each conv algorithm of fastconv.algorithms("cpu") and "auto" (pooling:
-"fastconv", the ops); "numpy", the NumPy reference (algo "reference"); "torch", PyTorch's
-torch.nn.functional on as many threads, when torch is installed. conv2d_backward is the input
-and the weight gradient together; torch's backward is torch.autograd.grad, timed without the
-forward.
+Suites (NCHW, every distinct conv and pooling layer, 224 x 224 images, batch 8):
+  lenet5        C1, C3, C5 and the max and avg pools (32 x 32 images, batch 256)
+  resnet18      the 7x7 stem, the 3x3 layers of each stage, the strided 3x3 and 1x1 shortcuts
+  resnet50      the bottlenecks' 1x1 and 3x3 layers (stride on the 3x3, torchvision's v1.5)
+  mobilenet_v2  the stem, the depthwise 3x3 layers (stride 1 and 2) and the 1x1 expansions and
+                projections
+  vgg16         the 3x3 layers of each stage and the first max pool
+  all           every suite (default)
 
-Timing: one untimed warm-up call (it compiles the JIT kernels), then the median and the minimum
-of --repeats calls (--numpy-repeats for the slow NumPy baseline). GFLOP/s counts 2 x
+Implementations: each conv algorithm of fastconv.algorithms(device) and "auto" (pooling:
+"fastconv", the ops); "numpy", the NumPy reference (algo "reference"; --no-numpy skips it, the
+big layers take it seconds); "torch", PyTorch's torch.nn.functional on as many threads (on a
+GPU: cuDNN, FP32, TF32 off), when torch is installed. conv2d_backward is the input and the
+weight gradient together; torch's backward is torch.autograd.grad, timed without the forward.
+
+Timing: one untimed warm-up call (it compiles the JIT kernels), whose result is checked against
+PyTorch's ("err vs torch"), then --repeats rounds, each timing one call of every implementation
+in turn (a busy neighbour slows all alike); the median and the minimum. GFLOP/s counts 2 x
 multiply-adds for convolutions (twice the forward's for conv2d_backward); pooling reports GB/s
-read and written instead. "vs numpy" and "vs torch" are that baseline's median time divided by
-the row's: above 1 means faster than the baseline.
+read and written. "% SGEMM" is the row's GFLOP/s over the machine's float32 GEMM rate through
+NumPy's BLAS on the same thread count (4096^3, best of 3, measured at the start of the run): how
+close the kernel comes to what this CPU can do. "vs numpy" and "vs torch" are that baseline's
+median time divided by the row's: above 1 means faster than the baseline.
 
-Shape sets (NCHW, OIHW filters):
-  lenet   C1 x 256x1x32x32 w 6x1x5x5; C3 x 256x6x14x14 w 16x6x5x5;
-          S2 and S4: max and avg pooling 2x2, stride 2, on 256x6x28x28 and 256x16x10x10
-  resnet  3x3 x 8x64x56x56 w 64x64x3x3 pad 1; 3x3s2 the same with w 128x64x3x3, stride 2;
-          1x1 x 8x256x28x28 w 64x256x1x1
-  all     both (default)
-
-Example: fastconv bench --quick --shapes lenet --csv lenet.csv
+Example: fastconv bench --suite resnet18 --threads 1,2 --markdown resnet18.md
 """
 
 
@@ -54,14 +59,20 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="benchmark every op and algorithm against NumPy and PyTorch",
         description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.set_defaults(command=_bench, parser=run)
-    run.add_argument("--shapes", choices=bench.SHAPES, default="all",
-                     help="the shape set to run (default: all)")
+    run.add_argument("--suite", choices=bench.SUITE_NAMES, default="all",
+                     help="the network whose layers to run (default: all)")
     run.add_argument("--quick", action="store_true",
-                     help="a smoke run in well under a minute: 3 repeats (1 for numpy) and "
-                     f"every batch size divided by {bench.QUICK_BATCH_DIVISOR} (lenet 256 -> 32, "
-                     "resnet 8 -> 1); --repeats, --numpy-repeats and --batch still override")
+                     help="a smoke run, checking results and never speed: batch 1 (LeNet-5 8), "
+                     f"images 1/{bench.QUICK_SIZE_DIVISOR} the size, 3 repeats (1 for numpy), "
+                     "SGEMM on 1024^3; --repeats, --numpy-repeats and --batch still override")
     run.add_argument("--batch", type=int, metavar="N",
-                     help="set every shape's batch size to N (e.g. 2 for a test-sized run)")
+                     help=f"set every layer's batch size to N (default: {bench.BATCH}, LeNet-5 "
+                     "256)")
+    run.add_argument("--no-numpy", action="store_true",
+                     help="leave out the NumPy reference (slow on the big layers)")
+    run.add_argument("--impls", type=lambda text: text.split(","), metavar="NAME[,NAME...]",
+                     help="time only these implementations (e.g. auto,torch: the direct "
+                     "kernels take seconds on VGG's layers); default: all")
     run.add_argument("--repeats", type=int, metavar="N",
                      help="timed calls per fastconv and torch measurement (default: 10, "
                      "--quick: 3)")
@@ -69,13 +80,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="timed calls of the slow NumPy baseline (default: 3, --quick: 1)")
     run.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                      help="the arrays' dtype (default: float32)")
-    run.add_argument("--threads", type=int, metavar="N",
-                     help="threads for fastconv, its BLAS and torch (fastconv.set_num_threads; "
-                     "default: as many as Numba uses, NUMBA_NUM_THREADS)")
+    run.add_argument("--threads", type=_thread_counts, metavar="N[,N...]",
+                     help="thread counts to run the suite at, in turn, for fastconv, its BLAS "
+                     "and torch (fastconv.set_num_threads; e.g. 1,2; default: as many as "
+                     "Numba uses, NUMBA_NUM_THREADS)")
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                      help="where to run (default: cpu). cuda compares with PyTorch's cuDNN "
-                     "(FP32, TF32 off) and times with CUDA events; its ResNet layers run at "
-                     "batch 64, with a 3x3 256->256 layer besides")
+                     "(FP32, TF32 off) and times with CUDA events")
     run.add_argument("--gemm", type=int, metavar="N",
                      help="with --device cuda: also time fastconv's GEMM kernel against cuBLAS "
                      "on N x N x N (e.g. 4096)")
@@ -179,6 +190,17 @@ def _cuda_about() -> str:
         return f"unavailable: {err}"
 
 
+def _thread_counts(text):
+    """--threads: a comma-separated list of positive ints."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected thread counts such as 1,2, got {text!r}")
+    return counts
+
+
 def _bench(args) -> int:
     error = args.parser.error
     if args.device == "cuda":
@@ -188,7 +210,7 @@ def _bench(args) -> int:
             error(f"--device cuda: {err}")
     elif args.gemm is not None:
         error("--gemm needs --device cuda")
-    for name in ("batch", "repeats", "numpy_repeats", "threads", "gemm"):
+    for name in ("batch", "repeats", "numpy_repeats", "gemm"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             error(f"--{name.replace('_', '-')} must be at least 1")
     if args.plot:
@@ -196,18 +218,20 @@ def _bench(args) -> int:
             bench.check_plotting()
         except ImportError as err:
             error(str(err))
-    if args.threads is not None:
-        try:
-            runtime.set_num_threads(args.threads)
-        except ValueError as err:
-            error(f"--threads: {err}")
-
-    chosen = bench.cases(args.shapes, args.batch, args.quick, args.device)
+    chosen = bench.cases(args.suite, args.batch, args.quick)
     repeats = args.repeats or (3 if args.quick else 10)
     numpy_repeats = args.numpy_repeats or (1 if args.quick else 3)
-    rows = bench.run(chosen, np.dtype(args.dtype), repeats, numpy_repeats, on=args.device)
+    rows, sgemm = [], {}
+    for threads in args.threads or [runtime.get_num_threads()]:
+        try:
+            runtime.set_num_threads(threads)
+        except ValueError as err:
+            error(f"--threads: {err}")
+        sgemm[threads] = bench.sgemm_gflops(1024 if args.quick else 4096)
+        rows += bench.run(chosen, np.dtype(args.dtype), repeats, numpy_repeats, on=args.device,
+                          sgemm=sgemm[threads], numpy=not args.no_numpy, only=args.impls)
 
-    measured_on = machine.machine(args.device)
+    measured_on = {**machine.machine(args.device), "sgemm": sgemm}
     print(bench.table(rows, measured_on), end="")
     if args.gemm:
         for row in bench.gemm(args.gemm, np.dtype(args.dtype), repeats):

@@ -42,4 +42,8 @@ def describe(info: dict) -> list[tuple[str, str]]:
         ("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items())),
         *((("gpu", ", ".join(f"{k} {v}" for k, v in info["gpu"].items())),)
           if "gpu" in info else ()),
+        *((("SGEMM", "; ".join(f"{rate:.0f} GFLOP/s on {threads} thread(s)"
+                               for threads, rate in info["sgemm"].items())
+            + " (float32 4096^3 through NumPy's BLAS, best of 3, measured in this run)"),)
+          if info.get("sgemm") else ()),
     ]

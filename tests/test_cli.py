@@ -45,19 +45,19 @@ def test_installed_script_runs():
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One ``fastconv bench --quick --shapes lenet`` at batch 2, writing every output file."""
+    """One ``fastconv bench --quick --suite lenet5`` at batch 2, writing every output file."""
     folder = tmp_path_factory.mktemp("bench")
     suffixes = {"csv": "csv", "json": "json", "markdown": "md", "plot": "png"}
     files = {kind: folder / f"rows.{suffix}" for kind, suffix in suffixes.items()}
     options = [arg for kind, path in files.items() for arg in (f"--{kind}", str(path))]
-    status, out, err = _main("bench", "--quick", "--shapes", "lenet", "--batch", "2",
+    status, out, err = _main("bench", "--quick", "--suite", "lenet5", "--batch", "2",
                              "--repeats", "2", *options)
     assert status == 0
     return out, err, files
 
 
 def _expected_rows():
-    return {(op, case.name, impl) for case in bench.cases("lenet")
+    return {(op, case.name, impl) for case in bench.cases("lenet5")
             for op in bench.directions(case) for impl in bench.impls(op)}
 
 
@@ -83,7 +83,8 @@ def test_bench_writes_csv_json_markdown_and_plot(quick_run):
     assert [tuple(r) for r in data["rows"]] == [bench.COLUMNS] * len(rows)
     assert all(r["median_ms"] > 0 for r in data["rows"])
     markdown = files["markdown"].read_text()
-    assert "| op | shape | impl | median ms |" in markdown and "- **BLAS**: " in markdown
+    assert "| op | shape | impl | threads | median ms |" in markdown
+    assert "- **BLAS**: " in markdown and "- **SGEMM**: " in markdown
     assert files["plot"].read_bytes().startswith(b"\x89PNG")
 
 
@@ -114,8 +115,8 @@ def test_bench_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--help"])
     out = capsys.readouterr().out
-    for option in ("--shapes", "--quick", "--batch", "--repeats", "--numpy-repeats", "--dtype",
-                   "--threads", "--device", "--csv", "--json", "--markdown", "--plot"):
+    for option in ("--suite", "--no-numpy", "--quick", "--batch", "--repeats", "--numpy-repeats",
+                   "--dtype", "--threads", "--device", "--csv", "--json", "--markdown", "--plot"):
         assert option in out
 
 
@@ -128,3 +129,10 @@ def test_measure_never_times_the_first_call():
 
     timing = bench.measure(compiles_first, repeats=3)
     assert len(calls) == 4 and timing.median < 0.1 and timing.repeats == 3
+
+
+@pytest.mark.parametrize("bad", ["0", "1,x", "", "2,-1"])
+def test_bench_threads_takes_a_list_of_positive_counts(bad, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--threads", bad])
+    assert "expected thread counts such as 1,2" in capsys.readouterr().err

@@ -11,25 +11,26 @@ sees a GPU. :func:`gemm` compares fastconv's hand-written GEMM kernel with cuBLA
 """
 
 from .cases import (
-                    BASELINES,
-                    QUICK_BATCH_DIVISOR,
-                    SHAPE_SETS,
-                    SHAPES,
-                    Case,
-                    baselines,
-                    cases,
-                    directions,
-                    has_torch,
-                    has_torch_cuda,
-                    impls,
-                    inputs,
-                    runner,
-                    work,
+    BASELINES,
+    BATCH,
+    QUICK_SIZE_DIVISOR,
+    SUITE_NAMES,
+    SUITES,
+    Case,
+    baselines,
+    cases,
+    directions,
+    has_torch,
+    has_torch_cuda,
+    impls,
+    inputs,
+    runner,
+    work,
 )
 from .report import PLOT_HINT, check_plotting, header, markdown, plot, table
-from .timing import COLUMNS, Timing, gemm, measure, run
+from .timing import COLUMNS, Timing, gemm, measure, run, sgemm_gflops
 
-__all__ = ["BASELINES", "COLUMNS", "PLOT_HINT", "QUICK_BATCH_DIVISOR", "SHAPES", "SHAPE_SETS",
-           "Case", "Timing", "baselines", "cases", "check_plotting", "directions", "gemm",
-           "has_torch", "has_torch_cuda", "header", "impls", "inputs", "markdown", "measure",
-           "plot", "run", "runner", "table", "work"]
+__all__ = ["BASELINES", "BATCH", "COLUMNS", "PLOT_HINT", "QUICK_SIZE_DIVISOR", "SUITES",
+           "SUITE_NAMES", "Case", "Timing", "baselines", "cases", "check_plotting",
+           "directions", "gemm", "has_torch", "has_torch_cuda", "header", "impls", "inputs",
+           "markdown", "measure", "plot", "run", "runner", "sgemm_gflops", "table", "work"]

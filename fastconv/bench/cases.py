@@ -1,6 +1,7 @@
-"""The benchmark's cases and how each implementation runs one: the layers of known networks
-(LeNet-5, a ResNet block), the implementations compared on a device (fastconv's algorithms and
-"auto", the NumPy reference, PyTorch), their inputs and a ready-to-time call of each."""
+"""The benchmark's cases and how each implementation runs one: the suites (every distinct conv
+and pooling layer of LeNet-5, ResNet-18, ResNet-50, MobileNetV2 and VGG-16), the
+implementations compared on a device (fastconv's algorithms and "auto", the NumPy reference,
+PyTorch), their inputs and a ready-to-time call of each."""
 
 from __future__ import annotations
 
@@ -14,17 +15,17 @@ import numpy as np
 from .. import device, dispatch, geometry, ops, runtime
 from ..kernels import cuda_simulated
 
-SHAPES = ("lenet", "resnet", "all")
 BASELINES = ("numpy", "torch")
-QUICK_BATCH_DIVISOR = 8  # --quick divides every batch size by this (at least 1)
+BATCH = 8  # images per layer, but LeNet-5's (256): --batch overrides both
+QUICK_SIZE_DIVISOR = 4  # --quick: batch 1 (LeNet-5 8) and images a quarter the size
 
 
 @dataclass(frozen=True)
 class Case:
     """One benchmarked layer: ``op`` ("conv2d", "max_pool2d" or "avg_pool2d") on NCHW ``x``.
 
-    Convolutions take OIHW filters ``w``, poolings a square ``kernel``; ``stride`` and
-    ``padding`` are ints, as the ops take them.
+    Convolutions take OIHW filters ``w`` (C/groups input channels each), poolings a square
+    ``kernel``; ``stride`` and ``padding`` are ints, as the ops take them.
     """
     name: str
     op: str
@@ -33,6 +34,7 @@ class Case:
     kernel: int | None = None
     stride: int = 1
     padding: int = 0
+    groups: int = 1
 
     @property
     def dims(self) -> str:
@@ -46,59 +48,140 @@ class Case:
             parts.append(f"stride {self.stride}")
         if self.padding:
             parts.append(f"pad {self.padding}")
+        if self.groups != 1:
+            parts.append(f"groups {self.groups}")
         return ", ".join(parts)
 
     def geometry(self):
         """The op's resolved geometry (:mod:`fastconv.geometry`), NCHW."""
         if self.op == "conv2d":
-            return geometry.conv_geometry(self.x, self.w, self.stride, self.padding, 1, 1, "NCHW")
+            return geometry.conv_geometry(self.x, self.w, self.stride, self.padding, 1,
+                                          self.groups, "NCHW")
         return geometry.pool_geometry(self.x, self.kernel, self.stride, self.padding, False, True,
                                       "NCHW")
 
 
-def _pools(name, x):
-    """Max and average 2x2 pooling with stride 2, LeNet's subsampling layers."""
-    return tuple(Case(name, op, x, kernel=2, stride=2) for op in ("max_pool2d", "avg_pool2d"))
+def _conv(name, c, size, k, r, stride=1, groups=1):
+    """A layer of ``k`` r x r filters on ``c`` channels of ``size`` x ``size`` images, padded
+    to keep the size at stride 1 (r // 2), at batch BATCH."""
+    return Case(name, "conv2d", (BATCH, c, size, size), (k, c // groups, r, r), stride=stride,
+                padding=r // 2, groups=groups)
 
 
-SHAPE_SETS = {
-    "lenet": (
-        Case("lenet.C1", "conv2d", (256, 1, 32, 32), (6, 1, 5, 5)),
-        *_pools("lenet.S2", (256, 6, 28, 28)),
-        Case("lenet.C3", "conv2d", (256, 6, 14, 14), (16, 6, 5, 5)),
-        *_pools("lenet.S4", (256, 16, 10, 10)),
+def _pool(name, op, c, size, kernel, stride, padding=0, batch=BATCH):
+    return Case(name, op, (batch, c, size, size), kernel=kernel, stride=stride, padding=padding)
+
+
+def _inverted_residual(name, c, size, expanded, out, stride):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise (the block's stride), 1x1 projection."""
+    return (_conv(f"{name}.expand", c, size, expanded, 1),
+            _conv(f"{name}.dw", expanded, size, expanded, 3, stride, groups=expanded),
+            _conv(f"{name}.project", expanded, size // stride, out, 1))
+
+
+# Every distinct conv and pooling layer of each network (224 x 224 inputs, LeNet-5's 32 x 32),
+# named as torchvision names the modules; a layer repeated in a network is listed once.
+SUITES = {
+    "lenet5": (
+        Case("c1", "conv2d", (256, 1, 32, 32), (6, 1, 5, 5)),
+        _pool("s2.max", "max_pool2d", 6, 28, 2, 2, batch=256),
+        _pool("s2.avg", "avg_pool2d", 6, 28, 2, 2, batch=256),
+        Case("c3", "conv2d", (256, 6, 14, 14), (16, 6, 5, 5)),
+        _pool("s4.max", "max_pool2d", 16, 10, 2, 2, batch=256),
+        _pool("s4.avg", "avg_pool2d", 16, 10, 2, 2, batch=256),
+        Case("c5", "conv2d", (256, 16, 5, 5), (120, 16, 5, 5)),
     ),
-    "resnet": (
-        Case("resnet.3x3", "conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1),
-        Case("resnet.3x3s2", "conv2d", (8, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1),
-        Case("resnet.1x1", "conv2d", (8, 256, 28, 28), (64, 256, 1, 1)),
+    "resnet18": (
+        _conv("conv1", 3, 224, 64, 7, 2),
+        _pool("maxpool", "max_pool2d", 64, 112, 3, 2, 1),
+        _conv("layer1.conv", 64, 56, 64, 3),
+        _conv("layer2.0.conv1", 64, 56, 128, 3, 2),
+        _conv("layer2.0.downsample", 64, 56, 128, 1, 2),
+        _conv("layer2.conv", 128, 28, 128, 3),
+        _conv("layer3.0.conv1", 128, 28, 256, 3, 2),
+        _conv("layer3.0.downsample", 128, 28, 256, 1, 2),
+        _conv("layer3.conv", 256, 14, 256, 3),
+        _conv("layer4.0.conv1", 256, 14, 512, 3, 2),
+        _conv("layer4.0.downsample", 256, 14, 512, 1, 2),
+        _conv("layer4.conv", 512, 7, 512, 3),
+        _pool("avgpool", "avg_pool2d", 512, 7, 7, 7),
+    ),
+    "resnet50": (  # torchvision's bottleneck (v1.5): the stride on the 3x3
+        _conv("layer1.0.conv1", 64, 56, 64, 1),
+        _conv("layer1.conv2", 64, 56, 64, 3),
+        _conv("layer1.conv3", 64, 56, 256, 1),
+        _conv("layer1.conv1", 256, 56, 64, 1),
+        _conv("layer2.0.conv1", 256, 56, 128, 1),
+        _conv("layer2.0.conv2", 128, 56, 128, 3, 2),
+        _conv("layer2.0.downsample", 256, 56, 512, 1, 2),
+        _conv("layer2.conv3", 128, 28, 512, 1),
+        _conv("layer2.conv1", 512, 28, 128, 1),
+        _conv("layer2.conv2", 128, 28, 128, 3),
+        _conv("layer3.0.conv1", 512, 28, 256, 1),
+        _conv("layer3.0.conv2", 256, 28, 256, 3, 2),
+        _conv("layer3.0.downsample", 512, 28, 1024, 1, 2),
+        _conv("layer3.conv3", 256, 14, 1024, 1),
+        _conv("layer3.conv1", 1024, 14, 256, 1),
+        _conv("layer3.conv2", 256, 14, 256, 3),
+        _conv("layer4.0.conv1", 1024, 14, 512, 1),
+        _conv("layer4.0.conv2", 512, 14, 512, 3, 2),
+        _conv("layer4.0.downsample", 1024, 14, 2048, 1, 2),
+        _conv("layer4.conv3", 512, 7, 2048, 1),
+        _conv("layer4.conv1", 2048, 7, 512, 1),
+        _conv("layer4.conv2", 512, 7, 512, 3),
+    ),
+    "mobilenet_v2": (
+        _conv("features.0", 3, 224, 32, 3, 2),
+        _conv("features.1.dw", 32, 112, 32, 3, groups=32),
+        _conv("features.1.project", 32, 112, 16, 1),
+        *_inverted_residual("features.2", 16, 112, 96, 24, 2),
+        *_inverted_residual("features.3", 24, 56, 144, 24, 1),
+        *_inverted_residual("features.4", 24, 56, 144, 32, 2)[1:],
+        *_inverted_residual("features.5", 32, 28, 192, 32, 1),
+        *_inverted_residual("features.7", 32, 28, 192, 64, 2)[1:],
+        *_inverted_residual("features.8", 64, 14, 384, 64, 1),
+        _conv("features.11.project", 384, 14, 96, 1),
+        *_inverted_residual("features.12", 96, 14, 576, 96, 1),
+        *_inverted_residual("features.14", 96, 14, 576, 160, 2)[1:],
+        *_inverted_residual("features.15", 160, 7, 960, 160, 1),
+        _conv("features.17.project", 960, 7, 320, 1),
+        _conv("features.18", 320, 7, 1280, 1),
+    ),
+    "vgg16": (
+        _conv("features.0", 3, 224, 64, 3),
+        _conv("features.2", 64, 224, 64, 3),
+        _pool("features.4", "max_pool2d", 64, 224, 2, 2),
+        _conv("features.5", 64, 112, 128, 3),
+        _conv("features.7", 128, 112, 128, 3),
+        _conv("features.10", 128, 56, 256, 3),
+        _conv("features.12", 256, 56, 256, 3),
+        _conv("features.17", 256, 28, 512, 3),
+        _conv("features.19", 512, 28, 512, 3),
+        _conv("features.24", 512, 14, 512, 3),
     ),
 }
+SUITE_NAMES = (*SUITES, "all")
 
 
-# On a GPU the ResNet layers run at batch 64, with a wide 3x3 layer besides.
-GPU_SHAPE_SETS = {
-    "lenet": SHAPE_SETS["lenet"],
-    "resnet": (
-        *(dataclasses.replace(c, x=(64, *c.x[1:])) for c in SHAPE_SETS["resnet"]),
-        Case("resnet.3x3-256", "conv2d", (64, 256, 28, 28), (256, 256, 3, 3), padding=1),
-    ),
-}
+def _shrunk(case: Case, batch: int | None) -> Case:
+    """``case`` for --quick: batch 1 (LeNet-5's 8) unless ``batch``, images a quarter the size
+    but no smaller than the window."""
+    n, c, h, w = case.x
+    window = case.w[2] if case.w is not None else case.kernel
+    size = min(h, max(h // QUICK_SIZE_DIVISOR, window))
+    return dataclasses.replace(case, x=(batch or (8 if n == 256 else 1), c, size, size))
 
 
-def cases(shapes: str = "all", batch: int | None = None, quick: bool = False,
-          device: str = "cpu") -> list[Case]:
-    """The cases of the shape set ``shapes`` ("lenet", "resnet" or "all") on ``device``.
-    ``batch`` sets every batch size; otherwise ``quick`` divides each by
-    :data:`QUICK_BATCH_DIVISOR` (at least 1)."""
-    if shapes not in SHAPES:
-        raise ValueError(f"shapes must be one of {SHAPES}, got {shapes!r}")
-    sets = SHAPE_SETS if device == "cpu" else GPU_SHAPE_SETS
-    chosen = [c for name, cs in sets.items() if shapes in (name, "all") for c in cs]
-    if batch is None and not quick:
-        return chosen
-    return [dataclasses.replace(c, x=(batch or max(1, c.x[0] // QUICK_BATCH_DIVISOR), *c.x[1:]))
-            for c in chosen]
+def cases(suite: str = "all", batch: int | None = None, quick: bool = False) -> list[Case]:
+    """The cases of ``suite`` (a name of :data:`SUITES`, or "all"), each named
+    "network/layer". ``batch`` sets every batch size; ``quick`` shrinks them for a smoke run."""
+    if suite not in SUITE_NAMES:
+        raise ValueError(f"suite must be one of {SUITE_NAMES}, got {suite!r}")
+    chosen = [dataclasses.replace(c, name=f"{network}/{c.name}")
+              for network, layers in SUITES.items() if suite in (network, "all") for c in layers]
+    if quick:
+        return [_shrunk(c, batch) for c in chosen]
+    return [dataclasses.replace(c, x=(batch, *c.x[1:])) if batch else c for c in chosen]
 
 
 def directions(case: Case) -> tuple[str, str]:
@@ -118,20 +201,20 @@ def has_torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def baselines(on: str = "cpu") -> tuple[str, ...]:
-    """The baselines that run on device ``on``."""
+def baselines(on: str = "cpu", numpy: bool = True) -> tuple[str, ...]:
+    """The baselines that run on device ``on`` (the NumPy one only if ``numpy``)."""
     if on == "cpu":
-        return ("numpy", "torch") if has_torch() else ("numpy",)
+        return ("numpy",) * numpy + ("torch",) * has_torch()
     return ("torch",) if has_torch_cuda() else ()
 
 
-def impls(op: str, on: str = "cpu") -> tuple[str, ...]:
+def impls(op: str, on: str = "cpu", numpy: bool = True) -> tuple[str, ...]:
     """Implementations benchmarked for ``op`` on device ``on``: fastconv's, then the baselines."""
     if op.startswith("conv2d"):
         ours = (*(a for a in ops.algorithms(on) if a != dispatch.REFERENCE), "auto")
     else:
         ours = ("fastconv",)
-    return ours + baselines(on)
+    return ours + baselines(on, numpy)
 
 
 def inputs(case: Case, dtype, on: str = "cpu") -> dict:
@@ -147,7 +230,8 @@ def inputs(case: Case, dtype, on: str = "cpu") -> dict:
 
 def runner(case: Case, op: str, impl: str, arrays: dict, on: str = "cpu") -> Callable[[], object]:
     """A call of ``impl`` computing ``op`` (one of :func:`directions`) on ``arrays`` on device
-    ``on``, with all setup done, ready to be timed."""
+    ``on``, with all setup done, ready to be timed. It returns its results (an array, or the
+    input and weight gradients), which the benchmark checks against PyTorch's."""
     if impl == "torch":
         return _torch_runner(case, op, arrays, on)
     if case.op == "conv2d":
@@ -157,13 +241,14 @@ def runner(case: Case, op: str, impl: str, arrays: dict, on: str = "cpu") -> Cal
 
 
 def _conv_runner(case, op, algo, a, on):
-    args = {"stride": case.stride, "padding": case.padding, "algo": algo, "device": on}
+    args = {"stride": case.stride, "padding": case.padding, "groups": case.groups, "algo": algo,
+            "device": on}
     if op == "conv2d":
         return lambda: ops.conv2d(a["x"], a["w"], **args)
 
     def backward():
-        ops.conv2d_backward_input(a["gy"], a["w"], a["x"].shape, **args)
-        ops.conv2d_backward_weight(a["gy"], a["x"], a["w"].shape, **args)
+        return (ops.conv2d_backward_input(a["gy"], a["w"], a["x"].shape, **args),
+                ops.conv2d_backward_weight(a["gy"], a["x"], a["w"].shape, **args))
     return backward
 
 
@@ -196,7 +281,7 @@ def _torch_runner(case, op, a, on):
     tensors = [wrap(a[name]) for name in ("x", "w") if name in a]
     if case.op == "conv2d":
         def forward(x, w):
-            return F.conv2d(x, w, stride=case.stride, padding=case.padding)
+            return F.conv2d(x, w, stride=case.stride, padding=case.padding, groups=case.groups)
     else:
         pool = getattr(F, case.op)
 

@@ -15,15 +15,18 @@ def header(info: dict, rows: list[dict]) -> list[tuple[str, str]]:
     ours = next((r["repeats"] for r in rows if r["impl"] != "numpy"), "-")
     numpy = next((r["repeats"] for r in rows if r["impl"] == "numpy"), "-")
     settings = (f"{rows[0]['dtype'] if rows else '-'}; median and min of {ours} calls ({numpy} "
-                "for numpy) after a warm-up call; vs numpy / vs torch: that median / this "
-                "median (> 1: faster)")
+                "for numpy) after a warm-up call, the implementations of an op timed in turn; "
+                "vs numpy / vs torch: that median / this median (> 1: faster); % SGEMM: the "
+                "row's GFLOP/s over the machine's SGEMM rate on as many threads; err vs torch: "
+                "norm-relative error of the warm-up call's result against PyTorch's")
     return [*describe(info), ("timing", settings),
             *((name, dims) for name, dims in shown)]
 
 
-_TITLES = {"op": "op", "shape": "shape", "impl": "impl", "median_ms": "median ms",
-           "min_ms": "min ms", "gflops": "GFLOP/s", "gbps": "GB/s", "vs_numpy": "vs numpy",
-           "vs_torch": "vs torch"}
+_TITLES = {"op": "op", "shape": "shape", "impl": "impl", "threads": "threads",
+           "median_ms": "median ms", "min_ms": "min ms", "gflops": "GFLOP/s",
+           "pct_sgemm": "% SGEMM", "gbps": "GB/s", "vs_numpy": "vs numpy", "vs_torch": "vs torch",
+           "rel_error": "err vs torch"}
 
 
 def _number(value, suffix=""):
@@ -35,9 +38,11 @@ def _number(value, suffix=""):
 
 
 def _cells(row: dict) -> list[str]:
-    return [row["op"], row["shape"], row["impl"], _number(row["median_ms"]),
-            _number(row["min_ms"]), _number(row["gflops"]), _number(row["gbps"]),
-            _number(row["vs_numpy"], "x"), _number(row["vs_torch"], "x")]
+    error = row["rel_error"]
+    return [row["op"], row["shape"], row["impl"], str(row["threads"]), _number(row["median_ms"]),
+            _number(row["min_ms"]), _number(row["gflops"]), _number(row["pct_sgemm"], "%"),
+            _number(row["gbps"]), _number(row["vs_numpy"], "x"), _number(row["vs_torch"], "x"),
+            "" if error is None else f"{error:.1e}"]
 
 
 def table(rows: list[dict], info: dict) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from .. import device
+from .. import device, runtime
 from ..implementations import conv2d
 from ..kernels import cuda_simulated
 from .cases import BASELINES, Case, directions, impls, inputs, runner, work
@@ -56,39 +56,85 @@ def _gpu_seconds(fn) -> float:
     return cupy.cuda.get_elapsed_time(start, end) / 1e3
 
 
-COLUMNS = ("op", "shape", "dims", "impl", "dtype", "median_ms", "min_ms", "repeats", "gflops",
-           "gbps", "vs_numpy", "vs_torch")
+def sgemm_gflops(size: int = 4096, repeats: int = 3) -> float:
+    """The machine's float32 GEMM rate through NumPy's BLAS on the current thread count: the
+    best of ``repeats`` ``size``^3 products after a warm-up one. The roofline each conv row's
+    "% SGEMM" is measured against."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), np.float32) for _ in range(2))
+    out = np.empty_like(a)
+    np.matmul(a, b, out=out)
+    best = min(_host_seconds(lambda: np.matmul(a, b, out=out)) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def _host_arrays(result):
+    """The arrays (or torch tensors) of a runner's result, on the host, in float64."""
+    items = result if isinstance(result, tuple) else (result,)
+    return [np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach")
+                       else device.to_device(a, "cpu"), np.float64) for a in items]
+
+
+def _error(result, expected):
+    """The largest norm-relative error of ``result``'s arrays against ``expected``'s."""
+    return max(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300)
+               for got, want in zip(_host_arrays(result), _host_arrays(expected), strict=True))
+
+
+COLUMNS = ("op", "shape", "dims", "impl", "dtype", "threads", "median_ms", "min_ms", "repeats",
+           "gflops", "pct_sgemm", "gbps", "vs_numpy", "vs_torch", "rel_error")
 
 
 def run(chosen: list[Case], dtype=np.float32, repeats: int = 10, numpy_repeats: int = 3,
-        progress: bool = True, on: str = "cpu") -> list[dict]:
+        progress: bool = True, on: str = "cpu", sgemm: float | None = None,
+        numpy: bool = True, only=None) -> list[dict]:
     """Benchmark every case forward and backward with every implementation on device ``on``;
     one row (a dict with the keys :data:`COLUMNS`) per op, case and implementation.
-    ``numpy_repeats`` applies to the slow NumPy baseline. A tqdm bar on stderr shows progress."""
+
+    The implementations of an op are timed in turn, one call each per round (so a busy
+    neighbour slows them alike), after a warm-up call whose result is checked against
+    PyTorch's (``rel_error``, where PyTorch runs). ``numpy_repeats`` applies to the slow NumPy
+    baseline, left out when not ``numpy``; ``only`` (names) keeps those implementations alone
+    (a pooling op's is "fastconv"). ``sgemm`` (GFLOP/s, :func:`sgemm_gflops`) gives
+    each conv row its "% SGEMM". A tqdm bar on stderr shows progress."""
     dtype = np.dtype(dtype)
-    total = sum(len(impls(op, on)) for case in chosen for op in directions(case))
+    clock = _gpu_seconds if on == "cuda" and not cuda_simulated() else _host_seconds
+    def timed(op):
+        return [i for i in impls(op, on, numpy)
+                if only is None or i in only or (i == "fastconv" and "auto" in only)]
+    total = sum(len(timed(op)) for case in chosen for op in directions(case))
     rows = []
     with tqdm(total=total, desc="fastconv bench", unit="run", disable=not progress) as bar:
         for case in chosen:
             arrays = inputs(case, dtype, on)
             for op in directions(case):
-                timings = {}
-                for impl in impls(op, on):
-                    bar.set_postfix_str(f"{op} {case.name} {impl}")
-                    n = numpy_repeats if impl == "numpy" else repeats
-                    timings[impl] = measure(runner(case, op, impl, arrays, on), n, on=on)
-                    bar.update()
+                bar.set_postfix_str(f"{op} {case.name}")
+                calls = {impl: runner(case, op, impl, arrays, on) for impl in timed(op)}
+                results = {impl: fn() for impl, fn in calls.items()}  # compiles, outside timing
+                wanted = {impl: numpy_repeats if impl == "numpy" else repeats for impl in calls}
+                times = {impl: [] for impl in calls}
+                for round_ in range(max(wanted.values())):
+                    for impl, fn in calls.items():
+                        if round_ < wanted[impl]:
+                            times[impl].append(clock(fn))
+                bar.update(len(calls))
                 flops, nbytes = work(case, op, arrays)
+                timings = {impl: Timing(statistics.median(t), min(t), len(t))
+                           for impl, t in times.items()}
                 for impl, t in timings.items():
                     vs = {b: timings[b].median / t.median if b in timings and b != impl else None
                           for b in BASELINES}
+                    gflops = flops / t.median / 1e9 if flops else None
                     rows.append({
                         "op": op, "shape": case.name, "dims": case.dims, "impl": impl,
-                        "dtype": dtype.name, "median_ms": t.median * 1e3, "min_ms": t.min * 1e3,
-                        "repeats": t.repeats,
-                        "gflops": flops / t.median / 1e9 if flops else None,
+                        "dtype": dtype.name, "threads": runtime.get_num_threads(),
+                        "median_ms": t.median * 1e3, "min_ms": t.min * 1e3,
+                        "repeats": t.repeats, "gflops": gflops,
+                        "pct_sgemm": 100 * gflops / sgemm if gflops and sgemm else None,
                         "gbps": nbytes / t.median / 1e9 if nbytes else None,
-                        "vs_numpy": vs["numpy"], "vs_torch": vs["torch"]})
+                        "vs_numpy": vs["numpy"], "vs_torch": vs["torch"],
+                        "rel_error": (_error(results[impl], results["torch"])
+                                      if "torch" in results and impl != "torch" else None)})
     return rows
 
 
