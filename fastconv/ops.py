@@ -163,25 +163,57 @@ def _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, d
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, data_format="NCHW",
-               device=None):
+               device=None, return_indices=False):
     """2-D max pooling, PyTorch's semantics; padding may also be "same" or "valid" (TensorFlow's).
 
     Padded cells never win. ``stride`` defaults to ``kernel_size``; with ``ceil_mode`` a last,
-    partial window is kept when it starts inside the input or its left padding.
+    partial window is kept when it starts inside the input or its left padding. With
+    ``return_indices`` also returns PyTorch's indices: where each maximum is, ``h * W + w``
+    within its plane, int64, in y's shape and layout; :func:`max_pool2d_backward` takes them.
     """
     device, (x,) = _arrays(device, x=x)
     p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, True, data_format)
-    return _run("max_pool2d", device, "auto", p, x.dtype, x)
+    return _run("max_pool2d", device, "auto", p, x.dtype, x, bool(return_indices))
+
+
+def _indices(indices, device, p):
+    """The saved indices of a max pooling, checked: an integer array on ``device`` in y's shape
+    whose values index a plane (0 <= i < H*W), as a contiguous int64 array (a copy where it
+    was not one: the caller's is never modified)."""
+    devices.resolve(device, indices=indices)
+    indices = devices.to_device(indices, device)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"indices must be an integer array, got {indices.dtype}")
+    _expect("indices", indices, p.y_shape, "max_pool2d's output")
+    indices = devices.array_module(device).ascontiguousarray(indices, dtype=np.int64)
+    if indices.size and not (0 <= int(indices.min()) and int(indices.max()) < p.H * p.W):
+        raise ValueError(f"indices must lie in [0, H*W = {p.H * p.W}) for planes of "
+                         f"{p.H}x{p.W}, got values in [{int(indices.min())}, "
+                         f"{int(indices.max())}]")
+    return indices
 
 
 def max_pool2d_backward(gy, x, kernel_size, stride=None, padding=0, ceil_mode=False,
-                        data_format="NCHW", device=None):
+                        data_format="NCHW", device=None, indices=None):
     """Gradient of :func:`max_pool2d`: each gy goes to its window's first maximum in scan order,
-    summed where windows overlap."""
-    device, (gy, x) = _arrays(device, gy=gy, x=x)
-    p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, True, data_format)
-    _expect("gy", gy, p.y_shape, f"max_pool2d of x {x.shape}")
+    summed where windows overlap. Given the forward's ``indices`` it goes there, nothing
+    recomputed, and ``x`` is only needed for its shape (an array, or the shape itself)."""
+    if indices is not None and _is_shape(x):
+        device, (gy,) = _arrays(device, gy=gy)
+        x_shape = _shape4("x", x)
+    else:
+        device, (gy, x) = _arrays(device, gy=gy, x=x)
+        x_shape = x.shape
+    p = _pool(x_shape, kernel_size, stride, padding, ceil_mode, True, data_format)
+    _expect("gy", gy, p.y_shape, f"max_pool2d of x {x_shape}")
+    if indices is not None:
+        return _run("max_pool2d_backward_indices", device, "auto", p, gy.dtype, gy,
+                    _indices(indices, device, p))
     return _run("max_pool2d_backward", device, "auto", p, gy.dtype, gy, x)
+
+
+def _is_shape(value):
+    return isinstance(value, (tuple, list))
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,

@@ -66,15 +66,19 @@ def argmax(plane, h0, h1, w0, w1):
 
 
 @njit(inline="always", cache=True)
-def _max_plane(xp, yp, kh, kw, sh, sw, pt, pl, clip):
-    """Forward of one plane: yp[oh, ow] = the max of window (oh, ow) of xp."""
+def _max_plane(xp, yp, ip, kh, kw, sh, sw, pt, pl, clip, keep):
+    """Forward of one plane: yp[oh, ow] = the max of window (oh, ow) of xp and, if ``keep``,
+    ip[oh, ow] = its flat index h * W + w in the plane (PyTorch's indices)."""
     h_, w_ = xp.shape
     oh_, ow_ = yp.shape
     for oh in range(oh_):
         h0, h1, _ = span(oh, sh, pt, 0, kh, h_, clip)
         for ow in range(ow_):
             w0, w1, _ = span(ow, sw, pl, 0, kw, w_, clip)
-            yp[oh, ow] = argmax(xp, h0, h1, w0, w1)[2]
+            bh, bw, best = argmax(xp, h0, h1, w0, w1)
+            yp[oh, ow] = best
+            if keep:
+                ip[oh, ow] = bh * w_ + bw
 
 
 @njit(inline="always", cache=True)
@@ -130,22 +134,26 @@ def _avg_plane_backward(gyp, gxp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding,
 
 
 @njit(**CPU_KERNEL)
-def max_pool2d_forward(x, y, kh, kw, sh, sw, pt, pl):
-    """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow), padded cells excluded.
+def max_pool2d_forward(x, y, indices, kh, kw, sh, sw, pt, pl, keep):
+    """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow), padded cells excluded, and with
+    ``keep`` indices[n, c, oh, ow] = where it is, h * W + w within the plane (int64).
 
-    Layout: x (N, C, H, W) and y (N, C, OH, OW), NCHW-indexed (an NHWC array arrives as a
-    transposed view). Loop order: plane n*C + c (parallel), oh, ow, window rows, window columns.
-    Each thread owns whole output planes y[n, c].
+    Layout: x (N, C, H, W), y and indices (N, C, OH, OW), NCHW-indexed (an NHWC array arrives
+    as a transposed view); without ``keep`` indices may be any 4-D int64 array (unused). Loop
+    order: plane n*C + c (parallel), oh, ow, window rows, window columns. Each thread owns whole
+    output planes y[n, c] and indices[n, c].
     """
     n_, c_, h_, w_ = x.shape
     oh_, ow_ = y.shape[2], y.shape[3]
     mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl)
     for nc in prange(n_ * c_):
-        xp, yp = x[nc // c_, nc % c_], y[nc // c_, nc % c_]
+        n, c = nc // c_, nc % c_
+        xp, yp = x[n, c], y[n, c]
+        ip = indices[n, c] if keep else indices[0, 0]
         if mode == _UNCLIPPED_2X2:
-            _max_plane(xp, yp, 2, 2, 2, 2, 0, 0, False)
+            _max_plane(xp, yp, ip, 2, 2, 2, 2, 0, 0, False, keep)
         else:
-            _max_plane(xp, yp, kh, kw, sh, sw, pt, pl, True)
+            _max_plane(xp, yp, ip, kh, kw, sh, sw, pt, pl, True, keep)
 
 
 @njit(**CPU_KERNEL)
@@ -166,6 +174,28 @@ def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
             _max_plane_backward(gyp, xp, gxp, 2, 2, 2, 2, 0, 0, False)
         else:
             _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, pt, pl, True)
+
+
+@njit(**CPU_KERNEL)
+def max_pool2d_backward_indices(gy, indices, gx, kh, kw, sh, sw, pt, pl):
+    """gx[n, c] = each gy[n, c, oh, ow] added at its forward's index, h * W + w in the plane:
+    a scatter through the saved indices, nothing recomputed (the window arguments serve the
+    CUDA twin's gather).
+
+    Layout: gy and indices (N, C, OH, OW), gx (N, C, H, W), NCHW-indexed; the indices are
+    validated (0 <= i < H*W) by the ops layer. Loop order: plane n*C + c (parallel); zero the
+    plane; oh, ow. Each thread owns whole gradient planes gx[n, c], so its scatter is race-free.
+    """
+    n_, c_, oh_, ow_ = gy.shape
+    w_ = gx.shape[3]
+    for nc in prange(n_ * c_):
+        n, c = nc // c_, nc % c_
+        gxp = gx[n, c]
+        gxp[:] = 0
+        for oh in range(oh_):
+            for ow in range(ow_):
+                i = indices[n, c, oh, ow]
+                gxp[i // w_, i % w_] += gy[n, c, oh, ow]
 
 
 @njit(**CPU_KERNEL)

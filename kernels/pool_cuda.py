@@ -24,12 +24,14 @@ def _windows(i, stride, before, k, out_size):
     return (first + stride - 1) // stride, min(out_size, (i + before) // stride + 1)
 
 
-@kernel(4, 4, *["int"] * 6)
-def max_pool2d_forward(x, y, kh, kw, sh, sw, pt, pl):
-    """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow), padded cells excluded.
+@kernel(4, 4, "index4", *["int"] * 6, "bool")
+def max_pool2d_forward(x, y, indices, kh, kw, sh, sw, pt, pl, keep):
+    """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow), padded cells excluded, and with
+    ``keep`` indices[n, c, oh, ow] = where it is, h * W + w within the plane.
 
-    Layout: x (N, C, H, W), y (N, C, OH, OW). Each thread owns y[n, c, oh, ow] (threads over
-    (ow, oh), planes n*C + c on grid z).
+    Layout: x (N, C, H, W), y and indices (N, C, OH, OW) (indices unused without ``keep``).
+    Each thread owns y[n, c, oh, ow] and its index (threads over (ow, oh), planes n*C + c on
+    grid z).
     """
     n_, c_, h_, w_ = x.shape
     oh_, ow_ = y.shape[2], y.shape[3]
@@ -40,7 +42,10 @@ def max_pool2d_forward(x, y, kh, kw, sh, sw, pt, pl):
     w0, w1, _ = span(ow, sw, pl, 0, kw, w_, True)
     for nc in range(cuda.blockIdx.z, n_ * c_, cuda.gridDim.z):
         n, c = nc // c_, nc % c_
-        y[n, c, oh, ow] = argmax(x[n, c], h0, h1, w0, w1)[2]
+        bh, bw, best = argmax(x[n, c], h0, h1, w0, w1)
+        y[n, c, oh, ow] = best
+        if keep:
+            indices[n, c, oh, ow] = bh * w_ + bw
 
 
 @kernel(4, 4, 4, *["int"] * 6)
@@ -67,6 +72,33 @@ def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
                 w0, w1, _ = span(ow, sw, pl, 0, kw, w_, True)
                 bh, bw, _ = argmax(x[n, c], h0, h1, w0, w1)
                 if bh == ih and bw == iw:
+                    acc += gy[n, c, oh, ow]
+        gx[n, c, ih, iw] = acc
+
+
+@kernel(4, "index4", 4, *["int"] * 6)
+def max_pool2d_backward_indices(gy, indices, gx, kh, kw, sh, sw, pt, pl):
+    """gx[n, c, ih, iw] = the sum of gy[n, c, oh, ow] over the windows whose saved index is
+    this cell (ih * W + iw): the CUDA twin of kernels/pool.py's scatter, as a gather.
+
+    Layout: gy and indices (N, C, OH, OW), gx (N, C, H, W). Each thread owns gx[n, c, ih, iw]
+    (threads over (iw, ih), planes on grid z) and reads the indices of the windows containing
+    its cell, recomputing nothing.
+    """
+    n_, c_, h_, w_ = gx.shape
+    oh_, ow_ = gy.shape[2], gy.shape[3]
+    iw, ih = cuda.grid(2)
+    if ih >= h_ or iw >= w_:
+        return
+    oh_lo, oh_hi = _windows(ih, sh, pt, kh, oh_)
+    ow_lo, ow_hi = _windows(iw, sw, pl, kw, ow_)
+    cell = ih * w_ + iw
+    for nc in range(cuda.blockIdx.z, n_ * c_, cuda.gridDim.z):
+        n, c = nc // c_, nc % c_
+        acc = gx.dtype.type(0)
+        for oh in range(oh_lo, oh_hi):
+            for ow in range(ow_lo, ow_hi):
+                if indices[n, c, oh, ow] == cell:
                     acc += gy[n, c, oh, ow]
         gx[n, c, ih, iw] = acc
 
@@ -121,16 +153,24 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
         gx[n, c, ih, iw] = acc
 
 
-def launch_max_pool2d_forward(x, y, kh, kw, sh, sw, pt, pl, block=(8, 8), stream=0):
+def launch_max_pool2d_forward(x, y, indices, kh, kw, sh, sw, pt, pl, keep, block=(8, 8),
+                              stream=0):
     n_, c_, oh_, ow_ = y.shape
     launch(max_pool2d_forward, plane_grid(oh_, ow_, n_ * c_, block), block, stream,
-           x, y, kh, kw, sh, sw, pt, pl)
+           x, y, indices, kh, kw, sh, sw, pt, pl, keep)
 
 
 def launch_max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl, block=(8, 8), stream=0):
     n_, c_, h_, w_ = gx.shape
     launch(max_pool2d_backward, plane_grid(h_, w_, n_ * c_, block), block, stream,
            gy, x, gx, kh, kw, sh, sw, pt, pl)
+
+
+def launch_max_pool2d_backward_indices(gy, indices, gx, kh, kw, sh, sw, pt, pl, block=(8, 8),
+                                       stream=0):
+    n_, c_, h_, w_ = gx.shape
+    launch(max_pool2d_backward_indices, plane_grid(h_, w_, n_ * c_, block), block, stream,
+           gy, indices, gx, kh, kw, sh, sw, pt, pl)
 
 
 def launch_avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding,

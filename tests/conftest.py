@@ -11,12 +11,12 @@ from fastconv.implementations import driver
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
-    """Every array a kernel writes, and the CPU's scratch, starts as NaN, so a cell it forgets to
-    write shows (on both devices: driver.empty takes the array module)."""
+    """Every array a kernel writes, and the CPU's scratch, starts as NaN (an index array as -1),
+    so a cell it forgets to write shows (on both devices: driver.empty takes the array module)."""
     import numpy as np
 
     def poisoned(xp, shape, dtype):
-        return xp.full(shape, np.nan, dtype)
+        return xp.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1, dtype)
 
     def poisoned_workspace(shape, dtype, slot=0):
         return np.full(shape, np.nan, dtype)

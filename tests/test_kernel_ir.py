@@ -50,8 +50,9 @@ def _calls_with_float32(monkeypatch):
                 ops.conv2d_backward_weight(gy, xs, ws.shape, **kw)
                 ops.conv2d_backward_bias(gy, data_format=layout)
     for kernel_size, stride, padding in ((2, 2, 0), (3, 2, 1)):  # the 2x2 path and the general
-        y = ops.max_pool2d(x, kernel_size, stride, padding)
+        y, indices = ops.max_pool2d(x, kernel_size, stride, padding, return_indices=True)
         ops.max_pool2d_backward(y, x, kernel_size, stride, padding)
+        ops.max_pool2d_backward(y, x, kernel_size, stride, padding, indices=indices)
         y = ops.avg_pool2d(x, kernel_size, stride, padding)
         ops.avg_pool2d_backward(y, x.shape, kernel_size, stride, padding)
     param, grad = random(rng, (10,), np.float32), random(rng, (10,), np.float32)
@@ -92,7 +93,8 @@ def test_float32_cpu_kernels_do_no_double_precision_arithmetic(monkeypatch):
         "conv2d_forward_nchw", "conv2d_forward_nchw_unit_stride", "conv2d_forward_nhwc",
         "conv2d_backward_input", "conv2d_backward_weight", "im2col", "col2im",
         "bias_activation", "conv2d_backward_bias", "max_pool2d_forward", "max_pool2d_backward",
-        "avg_pool2d_forward", "avg_pool2d_backward", "adam_step"}
+        "avg_pool2d_forward", "avg_pool2d_backward", "adam_step",
+        "max_pool2d_backward_indices"}
     assert not doubles, doubles
 
 

@@ -195,3 +195,53 @@ def test_2x2_stride_2_on_odd_sizes(layout, ceil_mode):
         gy = random(rng, ops.max_pool2d(x, **kwargs).shape)
         y, gx = _run(kind, dict(kwargs=kwargs, count_include_pad=True), x, gy)
         oracle.check({"y": y, "gx": gx}, oracle.pool2d(kind, x, gy, **kwargs))
+
+
+# --- max pooling's indices ---------------------------------------------------------------------
+
+@SETTINGS
+@given(case=pool_cases(), parallel=st.booleans(), ties=st.booleans())
+def test_max_pool_indices_are_pytorchs_and_the_backward_through_them_agrees(case, parallel,
+                                                                              ties, monkeypatch):
+    """return_indices gives PyTorch's indices (h * W + w in the plane, int64, in y's layout),
+    ties and all; the backward through them equals the one that recomputes the windows, with x
+    given as an array or as its shape."""
+    monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
+    x, gy = _data("max", case)
+    if ties:
+        x = np.round(x * 2) / 2  # few distinct values
+    kwargs = case["kwargs"]
+    y, indices = ops.max_pool2d(x, **kwargs, return_indices=True)
+    assert indices.dtype == np.int64 and indices.shape == y.shape
+    np.testing.assert_array_equal(y, ops.max_pool2d(x, **kwargs))
+    if not isinstance(kwargs["padding"], str):  # PyTorch's own padding: its indices to compare
+        g = case["geometry"]
+        layout = kwargs["data_format"]
+        _, want = F.max_pool2d(torch.from_numpy(np.ascontiguousarray(to_nchw(x, layout))),
+                               g.kernel, g.stride, (g.padding[0], g.padding[2]),
+                               ceil_mode=kwargs["ceil_mode"], return_indices=True)
+        np.testing.assert_array_equal(to_nchw(indices, layout), want.numpy())
+    recomputed = ops.max_pool2d_backward(gy, x, **kwargs)
+    for x_or_shape in (x, x.shape):
+        through = ops.max_pool2d_backward(gy, x_or_shape, **kwargs, indices=indices)
+        np.testing.assert_allclose(through, recomputed, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_indices_are_checked():
+    x = random(np.random.default_rng(7), (1, 2, 4, 4))
+    y, indices = ops.max_pool2d(x, 2, return_indices=True)
+    before = indices.copy()
+    with pytest.raises(TypeError, match="indices must be an integer array, got float64"):
+        ops.max_pool2d_backward(y, x, 2, indices=indices.astype(np.float64))
+    with pytest.raises(ValueError, match=r"indices has shape \(1, 2, 1, 2\) but max_pool2d"):
+        ops.max_pool2d_backward(y, x, 2, indices=indices[:, :, :1])
+    for bad in (-1, 16):
+        wrong = indices.copy()
+        wrong[0, 1, 1, 1] = bad
+        with pytest.raises(ValueError, match=r"indices must lie in \[0, H\*W = 16\)"):
+            ops.max_pool2d_backward(y, x, 2, indices=wrong)
+    with pytest.raises(TypeError, match="indices must be a NumPy or CuPy array"):
+        ops.max_pool2d_backward(y, x, 2, indices=before.tolist())
+    int32 = ops.max_pool2d_backward(y, x.shape, 2, indices=before.astype(np.int32))
+    np.testing.assert_array_equal(int32, ops.max_pool2d_backward(y, x, 2))
+    np.testing.assert_array_equal(indices, before)  # never modified

@@ -50,24 +50,44 @@ def _divisors(p, dtype):
     return driver.windows(mask, p.kernel, p.stride, (1, 1), (p.OH, p.OW)).sum(axis=(4, 5))
 
 
+def _first_maxima(p, x):
+    """(h, w) in the padded plane of each window's first maximum in row-major scan order."""
+    win = _windows(x, p, -np.inf)
+    first = win.reshape(win.shape[:4] + (-1,)).argmax(axis=-1)
+    _, _, oh, ow = np.indices(first.shape, sparse=True)
+    return oh * p.stride[0] + first // p.kernel[1], ow * p.stride[1] + first % p.kernel[1]
+
+
 @register("max_pool2d", "cpu", "reference")
-def max_pool2d_reference(p, x):
+def max_pool2d_reference(p, x, with_indices=False):
     x = nchw_view(x, p.layout)
-    return driver.from_nchw(_windows(x, p, -np.inf).max(axis=(4, 5)), p.layout)
+    y = driver.from_nchw(_windows(x, p, -np.inf).max(axis=(4, 5)), p.layout)
+    if not with_indices:
+        return y
+    rows, cols = _first_maxima(p, x)
+    top, _, left, _ = p.padding
+    return y, driver.from_nchw((rows - top) * p.W + (cols - left), p.layout)
 
 
 @register("max_pool2d_backward", "cpu", "reference")
 def max_pool2d_backward_reference(p, gy, x):
     """Each gradient goes to its window's first maximum in row-major scan order."""
     gy, x = nchw_view(gy, p.layout), nchw_view(x, p.layout)
-    win = _windows(x, p, -np.inf)
-    first = win.reshape(win.shape[:4] + (-1,)).argmax(axis=-1)
-    n, c, oh, ow = np.indices(first.shape, sparse=True)
-    rows = oh * p.stride[0] + first // p.kernel[1]
-    cols = ow * p.stride[1] + first % p.kernel[1]
+    rows, cols = _first_maxima(p, x)
+    n, c, _, _ = np.indices(gy.shape, sparse=True)
     gxp = _padded_zeros(p, gy.dtype)
     np.add.at(gxp, (n, c, rows, cols), gy)
     return driver.crop(gxp, p)
+
+
+@register("max_pool2d_backward_indices", "cpu", "reference")
+def max_pool2d_backward_indices_reference(p, gy, indices):
+    """Each gradient added at its saved index."""
+    gy, indices = nchw_view(gy, p.layout), nchw_view(indices, p.layout)
+    gx = np.zeros((p.N, p.C, p.H * p.W), gy.dtype)
+    n, c, _, _ = np.indices(gy.shape, sparse=True)
+    np.add.at(gx, (n, c, indices), gy)
+    return driver.from_nchw(gx.reshape(p.N, p.C, p.H, p.W), p.layout)
 
 
 @register("avg_pool2d", "cpu", "reference")
@@ -105,6 +125,29 @@ def _avg_window(p):
     return (*p.kernel, *p.stride, *p.padding, p.count_padding)
 
 
+# Max pooling's forward also writes PyTorch's indices when asked (a second output), so it is
+# registered by hand; without them its kernels take a one-cell stand-in they do not touch.
+
+def _max_pool2d(xp, call, p, x, with_indices):
+    y, y_nchw = driver.output(xp, p.y_shape, x.dtype, p.layout)
+    indices, indices_nchw = driver.output(xp, p.y_shape if with_indices else (1, 1, 1, 1),
+                                          np.int64, p.layout)
+    call(nchw_view(x, p.layout), y_nchw, indices_nchw, *_max_window(p), with_indices)
+    return (y, indices) if with_indices else y
+
+
+@register("max_pool2d", "cpu", "numba")
+def max_pool2d_cpu(p, x, with_indices=False):
+    return _max_pool2d(np, lambda *args: driver.cpu_call(pool.max_pool2d_forward, x.size, *args),
+                       p, x, with_indices)
+
+
+@register("max_pool2d", "cuda", "numba", launches=("pool_cuda.max_pool2d_forward",))
+def max_pool2d_cuda(p, x, with_indices=False):
+    return _max_pool2d(gpu.xp, lambda *args: pool_cuda.launch_max_pool2d_forward(
+        *args, stream=gpu.stream()), p, x, with_indices)
+
+
 def _register(op, name, window, output_shape):
     """Register ``op`` on both devices: kernel ``name`` writes a new array of
     ``output_shape(p)`` from the call's input arrays."""
@@ -124,7 +167,8 @@ def _register(op, name, window, output_shape):
         return run(gpu.xp, lambda *args: launch(*args, stream=gpu.stream()), p, *inputs)
 
 
-_register("max_pool2d", "max_pool2d_forward", _max_window, lambda p: p.y_shape)
 _register("max_pool2d_backward", "max_pool2d_backward", _max_window, lambda p: p.x_shape)
+_register("max_pool2d_backward_indices", "max_pool2d_backward_indices", _max_window,
+          lambda p: p.x_shape)
 _register("avg_pool2d", "avg_pool2d_forward", _avg_window, lambda p: p.y_shape)
 _register("avg_pool2d_backward", "avg_pool2d_backward", _avg_window, lambda p: p.x_shape)

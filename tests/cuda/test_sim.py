@@ -110,10 +110,32 @@ def test_max_pool2d(case, ties):
     p, x, gy, expected = _pool_case(case, seed=2, ties=ties)
     pt, _, pl, _ = p.padding
     y = _poisoned(p.y_shape, x.dtype)
-    pool_cuda.launch_max_pool2d_forward(x, y, *p.kernel, *p.stride, pt, pl, block=BLOCK)
+    pool_cuda.launch_max_pool2d_forward(x, y, _UNUSED, *p.kernel, *p.stride, pt, pl, False,
+                                        block=BLOCK)
     gx = _poisoned(p.x_shape, x.dtype)
     pool_cuda.launch_max_pool2d_backward(gy, x, gx, *p.kernel, *p.stride, pt, pl, block=BLOCK)
     oracle.check({"y": y, "gx": gx}, expected["max"])
+
+
+_UNUSED = np.zeros((1, 1, 1, 1), np.int64)  # the indices a forward without them is handed
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("case", POOL_CASES[:2], ids=_ids(POOL_CASES[:2]))
+def test_max_pool2d_indices_and_the_backward_through_them(case, ties):
+    """The forward's indices are the CPU's (PyTorch's, tested there), and the gather through
+    them gives the gradient."""
+    p, x, gy, expected = _pool_case(case, seed=12, ties=ties)
+    pt, _, pl, _ = p.padding
+    y, indices = _poisoned(p.y_shape, x.dtype), np.full(p.y_shape, -1, np.int64)
+    pool_cuda.launch_max_pool2d_forward(x, y, indices, *p.kernel, *p.stride, pt, pl, True,
+                                        block=BLOCK)
+    gx = _poisoned(p.x_shape, x.dtype)
+    pool_cuda.launch_max_pool2d_backward_indices(gy, indices, gx, *p.kernel, *p.stride, pt, pl,
+                                                 block=BLOCK)
+    oracle.check({"y": y, "gx": gx}, expected["max"])
+    _, on_cpu = ops.max_pool2d(x, *case[1:5], return_indices=True)
+    np.testing.assert_array_equal(indices, on_cpu)
 
 
 def test_max_pool2d_nan_wins():
@@ -121,7 +143,8 @@ def test_max_pool2d_nan_wins():
     p, x, _, _ = _pool_case(POOL_CASES[1], seed=3)
     x[0, 0, 1, 1] = np.nan
     y = _poisoned(p.y_shape, x.dtype)
-    pool_cuda.launch_max_pool2d_forward(x, y, *p.kernel, *p.stride, 0, 0, block=BLOCK)
+    pool_cuda.launch_max_pool2d_forward(x, y, _UNUSED, *p.kernel, *p.stride, 0, 0, False,
+                                        block=BLOCK)
     for want in oracle.pool2d("max", x, kernel_size=2, stride=2).values():
         assert np.isnan(y[0, 0, 0, 0]) and np.isnan(want["y"][0, 0, 0, 0])
         np.testing.assert_array_equal(np.isnan(y), np.isnan(want["y"]))
