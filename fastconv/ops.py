@@ -23,7 +23,8 @@ from .dispatch import algorithms
 __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
     "conv2d_backward",
-    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adam_step",
+    "max_pool2d", "max_pool2d_backward", "max_pool2d_backward_saved", "avg_pool2d",
+    "avg_pool2d_backward", "adam_step",
     "algorithms",
 ]
 
@@ -214,6 +215,19 @@ def max_pool2d_backward(gy, x, kernel_size, stride=None, padding=0, ceil_mode=Fa
 
 def _is_shape(value):
     return isinstance(value, (tuple, list))
+
+
+def max_pool2d_backward_saved(gy, indices, x_shape, kernel_size, stride=None, padding=0,
+                              ceil_mode=False, data_format="NCHW", device=None):
+    """:func:`max_pool2d_backward` through indices that :func:`max_pool2d` itself returned (the
+    autograd's path): trusted, so their range is not checked again, which would cost a pass over
+    them and, on a GPU, a host synchronisation per call."""
+    device, (gy,) = _arrays(device, gy=gy)
+    x_shape = _shape4("x_shape", x_shape)
+    p = _pool(x_shape, kernel_size, stride, padding, ceil_mode, True, data_format)
+    _expect("gy", gy, p.y_shape, f"max_pool2d of x {x_shape}")
+    _expect("indices", indices, p.y_shape, "max_pool2d's output")
+    return _run("max_pool2d_backward_indices", device, "auto", p, gy.dtype, gy, indices)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,

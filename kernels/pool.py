@@ -177,25 +177,25 @@ def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
 
 
 @njit(**CPU_KERNEL)
-def max_pool2d_backward_indices(gy, indices, gx, kh, kw, sh, sw, pt, pl):
-    """gx[n, c] = each gy[n, c, oh, ow] added at its forward's index, h * W + w in the plane:
-    a scatter through the saved indices, nothing recomputed (the window arguments serve the
-    CUDA twin's gather).
+def max_pool2d_backward_indices(gy, indices, gx):
+    """gx[n, c] = each gy[n, c, oh, ow] added at its forward's index: a scatter through the
+    saved indices, nothing recomputed.
 
-    Layout: gy and indices (N, C, OH, OW), gx (N, C, H, W), NCHW-indexed; the indices are
-    validated (0 <= i < H*W) by the ops layer. Loop order: plane n*C + c (parallel); zero the
-    plane; oh, ow. Each thread owns whole gradient planes gx[n, c], so its scatter is race-free.
+    Layout: gy and indices (N, C, OH, OW), NCHW-indexed; gx (N, C, H*W), each plane flat, so
+    an index (h * W + w, validated 0 <= i < H*W by the ops layer) addresses it without a
+    division (which made this 4x slower). Loop order: plane n*C + c (parallel); zero the plane;
+    oh, ow. Each thread owns whole gradient planes gx[n, c], so its scatter is race-free. The
+    CUDA twin gathers instead, and so takes gx as (N, C, H, W) and the window.
     """
     n_, c_, oh_, ow_ = gy.shape
-    w_ = gx.shape[3]
+    p_ = gx.shape[2]
     for nc in prange(n_ * c_):
         n, c = nc // c_, nc % c_
-        gxp = gx[n, c]
-        gxp[:] = 0
+        for i in range(p_):
+            gx[n, c, i] = 0
         for oh in range(oh_):
             for ow in range(ow_):
-                i = indices[n, c, oh, ow]
-                gxp[i // w_, i % w_] += gy[n, c, oh, ow]
+                gx[n, c, indices[n, c, oh, ow]] += gy[n, c, oh, ow]
 
 
 @njit(**CPU_KERNEL)

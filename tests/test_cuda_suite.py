@@ -34,9 +34,10 @@ def test_launch_count_script_counts_a_training_step():
     assert total.endswith("fastconv kernel launches in one training step"), run.stdout
     counts = {name: int(n) for n, name in (row.split() for row in rows)}
     # LeNet-5 with ReLU and max pooling: C1 direct (tiled forward, backward weight), C3 and C5
-    # im2col + GEMM (C5 without im2col/col2im: its window is the whole input), Adam per parameter
+    # im2col + GEMM (C5 without im2col/col2im: its window is the whole input), the max pools'
+    # backward through the forward's indices, Adam per parameter
     assert counts == {"adam_step": 10, "gemm": 6, "conv2d_backward_bias": 3,
-                      "max_pool2d_forward": 2, "max_pool2d_backward": 2, "im2col": 2,
+                      "max_pool2d_forward": 2, "max_pool2d_backward_indices": 2, "im2col": 2,
                       "col2im": 1, "conv2d_forward_nchw_tiled": 1,
                       "conv2d_backward_weight": 1}, run.stdout
     assert int(total.split()[0]) == sum(counts.values())

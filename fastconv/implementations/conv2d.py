@@ -16,7 +16,7 @@ from ..kernels import conv_direct, cuda_simulated, im2col
 from ..kernels.activation import CODES
 from ..registry import heuristic, register
 from . import driver
-from .driver import lazy
+from .driver import image_major, lazy
 
 bias_cuda = lazy("fastconv.kernels.bias_cuda")
 conv_direct_cuda = lazy("fastconv.kernels.conv_direct_cuda")
@@ -166,13 +166,6 @@ def _channel_major(a, layout):
     if layout == "NCHW":
         return a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2)
     return a.reshape(a.shape[0], -1, a.shape[3]).transpose(2, 0, 1)
-
-
-def _image_major(a, layout):
-    """(n, channels, P) view of a 4-D array."""
-    if layout == "NCHW":
-        return a.reshape(a.shape[0], a.shape[1], -1)
-    return a.reshape(a.shape[0], -1, a.shape[3]).transpose(0, 2, 1)
 
 
 def _input_columns(g, a, major):
@@ -330,7 +323,7 @@ def gemm(a, b, out=None):
 
 def _columns_cuda(g, x):
     """X (n, C*R*S, P) of a batch chunk: a view of x where one exists, else im2col's."""
-    view = _input_columns(g, x, _image_major)
+    view = _input_columns(g, x, image_major)
     if view is not None:
         return view
     cols = driver.empty(gpu.xp, (x.shape[0], g.C * g.R * g.S, g.OH, g.OW), x.dtype)
@@ -357,7 +350,7 @@ def _im2col_cuda(algo, matmul, gemm_kernels):
         y = driver.empty(gpu.xp, g.y_shape, x.dtype)
         wmat, act = _weight_matrix(gpu.xp, w, g), CODES[activation]
         for batch in g.batch_chunks(x.itemsize, GPU_WORKSPACE_BYTES):
-            cols, out = _batched(_columns_cuda(g, x[batch]), _image_major(y[batch], g.layout))
+            cols, out = _batched(_columns_cuda(g, x[batch]), image_major(y[batch], g.layout))
             for rows, ks in g.group_slices():
                 matmul(wmat[None, ks], cols[:, rows], out[:, ks],
                        None if b is None else b[ks], act)
@@ -368,8 +361,8 @@ def _im2col_cuda(algo, matmul, gemm_kernels):
         gx = driver.empty(gpu.xp, g.x_shape, gy.dtype)
         wmat = _weight_matrix(gpu.xp, w, g)
         for batch in g.batch_chunks(gy.itemsize, GPU_WORKSPACE_BYTES):
-            grad = _image_major(gy[batch], g.layout)
-            gcols = _input_columns(g, gx[batch], _image_major)  # the GEMM writes gx where it can
+            grad = image_major(gy[batch], g.layout)
+            gcols = _input_columns(g, gx[batch], image_major)  # the GEMM writes gx where it can
             scattered = gcols is None
             if scattered:
                 gcols = driver.empty(gpu.xp, (grad.shape[0], g.C * g.R * g.S, g.OH * g.OW),
@@ -387,7 +380,7 @@ def _im2col_cuda(algo, matmul, gemm_kernels):
     def conv2d_backward_weight_im2col_cuda(g, gy, x):
         gw_mat = gpu.xp.zeros((g.K, (g.C // g.groups) * g.R * g.S), gy.dtype)
         for batch in g.batch_chunks(gy.itemsize, GPU_WORKSPACE_BYTES):
-            cols, grad = _batched(_columns_cuda(g, x[batch]), _image_major(gy[batch], g.layout))
+            cols, grad = _batched(_columns_cuda(g, x[batch]), image_major(gy[batch], g.layout))
             for rows, ks in g.group_slices():
                 # one product per image (or one of all), summed: the GEMMs run in parallel
                 per_image = driver.empty(gpu.xp, (grad.shape[0],) + gw_mat[ks].shape, gy.dtype)

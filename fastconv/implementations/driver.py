@@ -60,6 +60,14 @@ def _zeros(xp, k, dtype, device_id):
     return xp.zeros(k, dtype)
 
 
+def image_major(a, layout):
+    """(n, channels, P) view of a 4-D array in ``layout``, P = H*W: each image's channels as
+    flat planes (NCHW's by reshaping, NHWC's as a transposed view)."""
+    if layout == "NCHW":
+        return a.reshape(a.shape[0], a.shape[1], -1)
+    return a.reshape(a.shape[0], -1, a.shape[3]).transpose(0, 2, 1)
+
+
 # --- the CPU: serial twins and scratch ----------------------------------------------------------
 
 # Below this much work (multiply-adds, or cells moved) a CPU kernel runs in the calling thread

@@ -148,6 +148,27 @@ def max_pool2d_cuda(p, x, with_indices=False):
         *args, stream=gpu.stream()), p, x, with_indices)
 
 
+# The backward through saved indices: a scatter into flat planes on the CPU, a gather over each
+# cell's windows on the GPU (no atomics), so the twins take different arguments.
+
+@register("max_pool2d_backward_indices", "cpu", "numba")
+def max_pool2d_backward_indices_cpu(p, gy, indices):
+    gx = driver.empty(np, p.x_shape, gy.dtype)
+    driver.cpu_call(pool.max_pool2d_backward_indices, gx.size, nchw_view(gy, p.layout),
+                    nchw_view(indices, p.layout), driver.image_major(gx, p.layout))
+    return gx
+
+
+@register("max_pool2d_backward_indices", "cuda", "numba",
+          launches=("pool_cuda.max_pool2d_backward_indices",))
+def max_pool2d_backward_indices_cuda(p, gy, indices):
+    gx, gx_nchw = driver.output(gpu.xp, p.x_shape, gy.dtype, p.layout)
+    pool_cuda.launch_max_pool2d_backward_indices(nchw_view(gy, p.layout),
+                                                 nchw_view(indices, p.layout), gx_nchw,
+                                                 *_max_window(p), stream=gpu.stream())
+    return gx
+
+
 def _register(op, name, window, output_shape):
     """Register ``op`` on both devices: kernel ``name`` writes a new array of
     ``output_shape(p)`` from the call's input arrays."""
@@ -168,7 +189,5 @@ def _register(op, name, window, output_shape):
 
 
 _register("max_pool2d_backward", "max_pool2d_backward", _max_window, lambda p: p.x_shape)
-_register("max_pool2d_backward_indices", "max_pool2d_backward_indices", _max_window,
-          lambda p: p.x_shape)
 _register("avg_pool2d", "avg_pool2d_forward", _avg_window, lambda p: p.y_shape)
 _register("avg_pool2d_backward", "avg_pool2d_backward", _avg_window, lambda p: p.x_shape)

@@ -40,9 +40,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
 def max_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, data_format="NCHW"):
     window = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
                   data_format=data_format, device=input.device)
-    y = ops.max_pool2d(input.data, **window)
+    y, indices = ops.max_pool2d(input.data, **window, return_indices=True)
+    shape = input.data.shape  # the backward scatters through the indices: x is not kept
     return Tensor._result(y, (input,),
-                          lambda g: (ops.max_pool2d_backward(g, input.data, **window),),
+                          lambda g: (ops.max_pool2d_backward_saved(g, indices, shape, **window),),
                           "max_pool2d")
 
 
