@@ -1,5 +1,6 @@
-"""benchmarks/compare_training.py runs, as a smoke run on a few hundred images: each framework
-in its own process (as the script is meant to be used), from the same weights and batches."""
+"""The benchmark scripts run: benchmarks/compare_training.py as a smoke run on a few hundred
+images, each framework in its own process (as the script is meant to be used), from the same
+weights and batches; benchmarks/profile_step.py on a few steps."""
 
 import re
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # trains both frameworks in subprocesses
+pytestmark = pytest.mark.slow  # trains in subprocesses
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_training.py"
 
@@ -30,3 +31,14 @@ def test_compare_training_trains_both_frameworks_alike(data_root):
     # same test accuracy up to a few of the 512 images float rounding may flip
     assert abs(ours - theirs) <= 0.01, (ours, theirs)
     assert ours > 0.2  # it learned: chance is 0.1
+
+
+def test_profile_step_accounts_for_a_training_step():
+    run = subprocess.run([sys.executable, str(SCRIPT.parent / "profile_step.py"), "--batch", "4",
+                          "--steps", "3"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("LeNet-5 step, batch 4")
+    labels = [line.split("|")[1].strip() for line in lines[3:]]
+    assert labels[:2] == ["conv2d #1", "max_pool2d #1"] and "adam_step" in labels
+    assert labels[-1].startswith("the rest")
