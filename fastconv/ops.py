@@ -194,19 +194,27 @@ def _indices(indices, device, p):
     return indices
 
 
+def _pool_gradient(op, device, gy, x_shape, kernel_size, stride, padding, ceil_mode,
+                   count_include_pad, data_format):
+    """(device, gy, geometry) of a pooling's gradient call: gy checked against the output of
+    ``op`` on an input of shape ``x_shape``."""
+    device, (gy,) = _arrays(device, gy=gy)
+    p = _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format)
+    _expect("gy", gy, p.y_shape, f"{op} of x {x_shape}")
+    return device, gy, p
+
+
 def max_pool2d_backward(gy, x, kernel_size, stride=None, padding=0, ceil_mode=False,
                         data_format="NCHW", device=None, indices=None):
     """Gradient of :func:`max_pool2d`: each gy goes to its window's first maximum in scan order,
     summed where windows overlap. Given the forward's ``indices`` it goes there, nothing
     recomputed, and ``x`` is only needed for its shape (an array, or the shape itself)."""
+    window = (kernel_size, stride, padding, ceil_mode, True, data_format)
     if indices is not None and _is_shape(x):
-        device, (gy,) = _arrays(device, gy=gy)
-        x_shape = _shape4("x", x)
+        device, gy, p = _pool_gradient("max_pool2d", device, gy, _shape4("x", x), *window)
     else:
         device, (gy, x) = _arrays(device, gy=gy, x=x)
-        x_shape = x.shape
-    p = _pool(x_shape, kernel_size, stride, padding, ceil_mode, True, data_format)
-    _expect("gy", gy, p.y_shape, f"max_pool2d of x {x_shape}")
+        device, gy, p = _pool_gradient("max_pool2d", device, gy, x.shape, *window)
     if indices is not None:
         return _run("max_pool2d_backward_indices", device, "auto", p, gy.dtype, gy,
                     _indices(indices, device, p))
@@ -222,10 +230,8 @@ def max_pool2d_backward_saved(gy, indices, x_shape, kernel_size, stride=None, pa
     """:func:`max_pool2d_backward` through indices that :func:`max_pool2d` itself returned (the
     autograd's path): trusted, so their range is not checked again, which would cost a pass over
     them and, on a GPU, a host synchronisation per call."""
-    device, (gy,) = _arrays(device, gy=gy)
-    x_shape = _shape4("x_shape", x_shape)
-    p = _pool(x_shape, kernel_size, stride, padding, ceil_mode, True, data_format)
-    _expect("gy", gy, p.y_shape, f"max_pool2d of x {x_shape}")
+    device, gy, p = _pool_gradient("max_pool2d", device, gy, _shape4("x_shape", x_shape),
+                                   kernel_size, stride, padding, ceil_mode, True, data_format)
     _expect("indices", indices, p.y_shape, "max_pool2d's output")
     return _run("max_pool2d_backward_indices", device, "auto", p, gy.dtype, gy, indices)
 
@@ -246,10 +252,9 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
 def avg_pool2d_backward(gy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
                         count_include_pad=True, data_format="NCHW", device=None):
     """Gradient of :func:`avg_pool2d` with respect to its input of shape ``x_shape``."""
-    device, (gy,) = _arrays(device, gy=gy)
-    x_shape = _shape4("x_shape", x_shape)
-    p = _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format)
-    _expect("gy", gy, p.y_shape, f"avg_pool2d of x {x_shape}")
+    device, gy, p = _pool_gradient("avg_pool2d", device, gy, _shape4("x_shape", x_shape),
+                                   kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                   data_format)
     return _run("avg_pool2d_backward", device, "auto", p, gy.dtype, gy)
 
 

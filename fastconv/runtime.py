@@ -7,6 +7,7 @@ import platform
 import threading
 import warnings
 from functools import cache
+from pathlib import Path
 
 # Numba's OpenMP workers spin for a while after each parallel loop, and on a 2-core machine
 # they take the cores from the BLAS threads of the GEMM that follows (an im2col convolution
@@ -79,7 +80,6 @@ def malloc() -> str:
 def cache_dir():
     """Where fastconv keeps what it can rebuild (compiled kernels, autotuning choices):
     ``$FASTCONV_CACHE_DIR``, default ``~/.cache/fastconv``."""
-    from pathlib import Path
     return Path(os.environ.get("FASTCONV_CACHE_DIR") or Path.home() / ".cache" / "fastconv")
 
 

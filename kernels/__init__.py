@@ -54,7 +54,8 @@ def cache_locator(module):
 
         @classmethod
         def from_function(cls, py_func, py_file):
-            if config.CACHE_DIR or not os.path.realpath(py_file).startswith(KERNELS_DIR):
+            if config.CACHE_DIR or not os.path.realpath(py_file).startswith(
+                    KERNELS_DIR + os.sep):
                 return None
             locator = super(base, cls).from_function(py_func, py_file)
             try:
