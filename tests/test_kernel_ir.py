@@ -38,7 +38,7 @@ def _calls_with_float32(monkeypatch):
     rng = np.random.default_rng(0)
     x, b = random(rng, (2, 3, 7, 7), np.float32), random(rng, (4,), np.float32)
     w = random(rng, (4, 3, 3, 3), np.float32)
-    for algo in ("direct", "im2col"):
+    for algo in ("direct", "im2col", "blocked"):
         for layout, xs, ws in (("NCHW", x, w), ("NHWC", x.transpose(0, 2, 3, 1).copy(),
                                                 w.transpose(2, 3, 1, 0).copy())):
             for stride in (1, 2):
@@ -60,9 +60,9 @@ def _calls_with_float32(monkeypatch):
     return calls
 
 
-def _llvm_ir(kernel, args):
-    """The kernel's own LLVM IR (not its Python wrapper) for ``args``, compiled afresh and
-    without parallelism, so the whole loop body is in one function."""
+def _compiled(kernel, args):
+    """The kernel compiled afresh for ``args`` without parallelism, so the whole loop body is
+    in one function, and its signature."""
     f = kernel.py_func
     copy = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_ir", f.__defaults__,
                               f.__closure__)
@@ -70,6 +70,12 @@ def _llvm_ir(kernel, args):
     compiled = numba.njit(**{**options, "parallel": False})(copy)
     signature = tuple(numba.typeof(a) for a in args)
     compiled.compile(signature)
+    return compiled, signature
+
+
+def _llvm_ir(kernel, args):
+    """The kernel's own LLVM IR (not its Python wrapper) for ``args``."""
+    compiled, signature = _compiled(kernel, args)
     ir = compiled.inspect_llvm(signature)
     return "\n".join(m.group(0) for m in FUNCTION.finditer(ir)
                      if not m.group(1).startswith(("cpython.", "cfunc.")))
@@ -105,3 +111,17 @@ def test_the_check_sees_double_precision(dtype):
     y = np.empty((1, 1, 2, 2), dtype)
     from fastconv.kernels import pool
     assert DOUBLE.search(_llvm_ir(pool.avg_pool2d_forward, (x, y, 2, 2, 2, 2, 0, 0, 0, 0, True)))
+
+
+@pytest.mark.parametrize("kernel", ["conv2d_forward", "conv2d_backward_weight"])
+def test_blocked_microkernel_is_packed_fmas_on_this_machine(kernel, monkeypatch):
+    """The channel-blocked kernels' inner loop compiles to the register tile it was written
+    for: at least PIXELS packed float32 FMAs on vector registers (ymm or zmm), one per pixel
+    of the tile, in the machine code for this CPU."""
+    from fastconv.kernels import conv_blocked
+    [args] = {id(k): a for k, a in _calls_with_float32(monkeypatch)
+              if k is getattr(conv_blocked, kernel)}.values()
+    compiled, signature = _compiled(getattr(conv_blocked, kernel), args)
+    asm = compiled.inspect_asm(signature)
+    fmas = re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm)
+    assert len(fmas) >= conv_blocked.PIXELS, (len(fmas), asm.count("vfmadd"))

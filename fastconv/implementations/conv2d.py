@@ -10,9 +10,9 @@ index NCHW; an NHWC array is handed over as a transposed view, except to the NHW
 
 import numpy as np
 
-from ..geometry import nchw_view, oihw_view
+from ..geometry import conv_geometry, nchw_view, oihw_view
 from ..kernels import bias as bias_kernels
-from ..kernels import conv_direct, cuda_simulated, im2col
+from ..kernels import conv_blocked, conv_direct, cuda_simulated, im2col
 from ..kernels.activation import CODES
 from ..registry import heuristic, register
 from . import driver
@@ -146,6 +146,120 @@ def conv2d_backward_weight_direct_cuda(g, gy, x):
         nchw_view(gy, g.layout), nchw_view(x, g.layout), oihw_view(gw, g.layout), *g.taps,
         g.groups, stream=gpu.stream())
     return gw
+
+
+# --- channel-blocked direct (CPU) ----------------------------------------------------------------
+#
+# kernels/conv_blocked.py addresses an image as a flat vector: the caller gives it the offset of
+# every tap from an output pixel's base, for the input's layout, and pads the input so that no
+# tap leaves it (the padding is then real zeros, and the kernel's inner loop has no branch).
+
+def _padded(g, x):
+    """x, or a zero-padded copy of it, each image flat: (N, X) and the padded (rows, columns),
+    sized so that every window lies inside."""
+    top, _, left, _ = g.padding
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    hp = max(top + g.H, (g.OH - 1) * sh + (g.R - 1) * dh + 1)
+    wp = max(left + g.W, (g.OW - 1) * sw + (g.S - 1) * dw + 1)
+    if (hp, wp) == (g.H, g.W):
+        return x.reshape(g.N, -1), hp, wp
+    xp = driver.workspace((g.N, g.C, hp, wp) if g.layout == "NCHW" else (g.N, hp, wp, g.C),
+                          x.dtype)
+    xp.fill(0)
+    nchw_view(xp, g.layout)[:, :, top:top + g.H, left:left + g.W] = nchw_view(x, g.layout)
+    return xp.reshape(g.N, -1), hp, wp
+
+
+def _tap_offsets(g, hp, wp):
+    """(G, T) uint64: tap (c, r, s) of group g from a pixel's base, and the base's row and
+    column steps, in a padded image of ``g.layout``."""
+    cg = g.C // g.groups
+    channel, row, col = (hp * wp, wp, 1) if g.layout == "NCHW" else (1, wp * g.C, g.C)
+    c = np.arange(g.groups * cg).reshape(g.groups, cg, 1, 1)
+    r = np.arange(g.R).reshape(1, 1, -1, 1) * g.dilation[0]
+    s = np.arange(g.S).reshape(1, 1, 1, -1) * g.dilation[1]
+    taps = (c * channel + r * row + s * col).reshape(g.groups, -1).astype(np.uint64)
+    return taps, g.stride[0] * row, g.stride[1] * col
+
+
+def _pixel_bases(g, row_step, col_step):
+    """(P,) uint64: each output pixel's base, row-major."""
+    oh, ow = np.arange(g.OH)[:, None], np.arange(g.OW)[None, :]
+    return (oh * row_step + ow * col_step).reshape(-1).astype(np.uint64)
+
+
+def _lane_blocks(a, groups):
+    """(G, B, ..., LANES) of a (K, ...) array: each group's K/groups channels in blocks of
+    LANES, zero past the group's last, the channel innermost."""
+    lanes, kg, rest = conv_blocked.LANES, a.shape[0] // groups, a.shape[1:]
+    blocks = -(-kg // lanes)
+    packed = np.zeros((groups, blocks * lanes) + rest, a.dtype)
+    packed[:, :kg] = a.reshape((groups, kg) + rest)
+    return np.ascontiguousarray(np.moveaxis(packed.reshape((groups, blocks, lanes) + rest), 2, -1))
+
+
+@register("conv2d", "cpu", "blocked")
+def conv2d_blocked_cpu(g, x, w, b, activation):
+    y = driver.empty(np, g.y_shape, x.dtype)
+    images, hp, wp = _padded(g, x)
+    taps, row_step, col_step = _tap_offsets(g, hp, wp)
+    p = g.OH * g.OW
+    y_channel, y_pixel = (p, 1) if g.layout == "NCHW" else (1, g.K)
+    filters = _lane_blocks(oihw_view(w, g.layout).reshape(g.K, -1), g.groups)
+    driver.cpu_call(conv_blocked.conv2d_forward, g.flops // 2, images, filters, taps,
+                    driver.bias(np, b, g.K, x.dtype), y.reshape(g.N, -1), g.OW, row_step,
+                    col_step, y_channel, y_pixel, CODES[activation])
+    return y
+
+
+@register("conv2d_backward_input", "cpu", "blocked")
+def conv2d_backward_input_blocked_cpu(g, gy, w):
+    """The forward kernel on gy spread out by the stride (zeros between its pixels) and padded
+    to the whole window, with the filters flipped and their two channel axes swapped. Every
+    stride runs as stride 1: a stride-s convolution costs s^2 times its multiply-adds here."""
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    reach_h, reach_w = (g.R - 1) * dh, (g.S - 1) * dw
+    shape = (g.N, g.K, g.H + reach_h, g.W + reach_w)
+    spread = driver.workspace(shape if g.layout == "NCHW" else shape[:1] + shape[2:] + shape[1:2],
+                              gy.dtype, slot=1)
+    spread.fill(0)
+    # gy's pixel (oh, ow) lands at (oh * sh + reach_h - top, ow * sw + reach_w - left)
+    rows = _spread(g.OH, sh, reach_h - g.padding[0], shape[2])
+    cols = _spread(g.OW, sw, reach_w - g.padding[2], shape[3])
+    if rows and cols:
+        nchw_view(spread, g.layout)[:, :, rows[1], cols[1]] = (
+            nchw_view(gy, g.layout)[:, :, rows[0], cols[0]])
+    cg, kg = g.C // g.groups, g.K // g.groups
+    flipped = oihw_view(w, g.layout).reshape(g.groups, kg, cg, g.R, g.S).swapaxes(1, 2)
+    flipped = flipped.reshape(g.C, kg, g.R, g.S)[:, :, ::-1, ::-1]
+    gt = conv_geometry(spread.shape, flipped.shape if g.layout == "NCHW" else (
+        flipped.transpose(2, 3, 1, 0).shape), 1, 0, g.dilation, g.groups, g.layout)
+    return conv2d_blocked_cpu(gt, spread, flipped if g.layout == "NCHW" else (
+        flipped.transpose(2, 3, 1, 0)), None, None)
+
+
+def _spread(size, stride, shift, room):
+    """(source, destination) slices putting gy's indices i at i * stride + shift, those that
+    land in [0, room); None if none does."""
+    lo = max(0, -(shift // stride) if shift < 0 else 0)
+    hi = min(size, (room - 1 - shift) // stride + 1)
+    if hi <= lo:
+        return None
+    first = lo * stride + shift
+    return slice(lo, hi), slice(first, first + (hi - lo - 1) * stride + 1, stride)
+
+
+@register("conv2d_backward_weight", "cpu", "blocked")
+def conv2d_backward_weight_blocked_cpu(g, gy, x):
+    images, hp, wp = _padded(g, x)
+    taps, row_step, col_step = _tap_offsets(g, hp, wp)
+    grad = _lane_blocks(image_major(gy, g.layout).transpose(1, 0, 2), g.groups)
+    blocks = driver.empty(np, grad.shape[:2] + (taps.shape[1], conv_blocked.LANES), gy.dtype)
+    driver.cpu_call(conv_blocked.conv2d_backward_weight, g.flops // 2, images, grad, taps,
+                    _pixel_bases(g, row_step, col_step), blocks)
+    kg = g.K // g.groups
+    gw_mat = np.moveaxis(blocks, -1, 2).reshape(g.groups, -1, taps.shape[1])[:, :kg]
+    return _filters(np, gw_mat.reshape(g.K, -1), g)
 
 
 # --- im2col + GEMM ------------------------------------------------------------------------------
