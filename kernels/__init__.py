@@ -19,7 +19,7 @@ from ..runtime import cache_dir
 
 KERNELS_DIR = str(Path(__file__).resolve().parent)
 
-# How every parallel CPU kernel is compiled (kernels/serial.py keeps these options for its
+# How every parallel CPU kernel is compiled (kernels/variants.py keeps these options for its
 # single-threaded twins). fastmath's reassociation lets LLVM vectorise sums, contraction fuse
 # multiply-adds, "arcp" divide by reciprocals; "nnan" and "ninf" stay off, so NaN and Inf
 # propagate as in PyTorch (with them LLVM may fold max(NaN, 0) to 0, or a NaN test to false),

@@ -1,13 +1,13 @@
-"""Channel-blocked direct convolution: a register tile of PIXELS output pixels x LANES output
-channels, accumulated over every tap of the window before it is stored.
+"""Channel-blocked direct convolution: a register tile of PIXELS output pixels x one or two
+vectors of output channels, accumulated over every tap of the window before it is stored.
 
 The design of oneDNN's and LIBXSMM's direct kernels (Georganas et al., SC'18; Zhang, Franchetti
 and Low, ICML'18), written so that LLVM compiles it to that microkernel: the tile lives in a
 stack array indexed only by constants once its loops unroll, so it is promoted to vector
-registers; per tap, one vector of LANES filter values (streamed from L1) meets PIXELS input
-values, each broadcast from memory into a fused multiply-add. On this project's AVX-512 machine
-the tap loop compiles to one ``vmovups`` of a zmm register and eight ``vfmadd231ps
-(mem){1to16}, zmm, zmm``, nothing else but the loop's own counter
+registers; per tap, a row of filter values (streamed from L1) meets PIXELS input values, each
+broadcast from memory into a fused multiply-add per vector. On this project's AVX-512 machine
+the tap loop of a one-vector tile compiles to one ``vmovups`` of a zmm register and eight
+``vfmadd231ps (mem){1to16}, zmm, zmm``, nothing else but the loop's own counter
 (tests/test_kernel_ir.py asserts the packed FMAs on the machine it runs on).
 
 Index arithmetic is affine, so one kernel serves every layout: an image is a flat vector, an
@@ -26,48 +26,58 @@ from numba.extending import intrinsic
 
 from . import CPU_KERNEL
 from .activation import activate
+from .variants import variant
 
-# The register tile: LANES output channels (one vector of float32: 16 with AVX-512's 32 zmm
-# registers, 8 with AVX2's 16 ymm) by PIXELS output pixels. float64 takes two vectors a row.
+# The register tile: PIXELS output pixels by LANES output channels, one or two vectors of
+# float32 (VECTOR lanes: 16 with AVX-512's 32 zmm registers, 8 with AVX2's 16 ymm). Two vectors
+# a pixel share each broadcast input value between two FMAs (ResNet's 3x3 layers 1.5x faster
+# than one); a layer with one vector's worth of channels (LeNet's C3) takes one. float64 takes
+# twice the registers.
 _AVX512 = bool(binding.get_host_cpu_features().get("avx512f", False))
-LANES = 16 if _AVX512 else 8
-PIXELS = 8 if _AVX512 else 6
-TILE = PIXELS * LANES  # a literal for _stack_array
+VECTOR = 16 if _AVX512 else 8
+PIXELS = 8 if _AVX512 else 4
+LANES = VECTOR  # the kernels below; their "_wide" variants (at the end) take 2 * VECTOR
 # Tiles per parallel task: a task's output pixels (and the filter block it streams) stay in
 # L1/L2, and a small batch still splits into enough tasks for every thread.
 TASK_TILES = 8
 
 
 @intrinsic
-def _stack_array(typingctx, size, dtype):
-    """A ``size``-element array on the stack (``size`` a compile-time constant): LLVM promotes
-    it to registers where every index into it is a constant after unrolling; a heap array
-    (np.empty) it never does, as its memory might alias the kernel's arguments."""
-    if not isinstance(size, types.IntegerLiteral):
-        raise errors.RequireLiteralValue(size)
-    count, element = size.literal_value, dtype.dtype
+def _stack_array(typingctx, rows, columns, dtype):
+    """A (rows x columns)-element array on the stack (both compile-time constants): LLVM
+    promotes it to registers where every index into it is a constant after unrolling; a heap
+    array (np.empty) it never does, as its memory might alias the kernel's arguments."""
+    if not (isinstance(rows, types.IntegerLiteral) and isinstance(columns, types.IntegerLiteral)):
+        raise errors.RequireLiteralValue((rows, columns))
+    count, element = rows.literal_value * columns.literal_value, dtype.dtype
 
     def codegen(context, builder, signature, args):
         return cgutils.alloca_once(builder, context.get_value_type(element), size=count)
-    return types.CPointer(element)(size, dtype), codegen
+    return types.CPointer(element)(rows, columns, dtype), codegen
+
+
+def lanes(channels: int) -> int:
+    """The tile's width in channels for a layer with ``channels`` output channels a group:
+    the width of the kernels :data:`FORWARD` and :data:`BACKWARD_WEIGHT` hold for it."""
+    return VECTOR if channels <= VECTOR else 2 * VECTOR
 
 
 @njit(inline="always", cache=True)
-def _accumulate(acc, a, bases, offsets, rows):
+def _accumulate(acc, a, bases, offsets, rows, width):
     """acc[j, v] += sum over t of a[bases[j] + offsets[t]] * rows[t, v]: the microkernel. acc
-    (PIXELS, LANES) and bases (PIXELS,) are stack arrays; rows (T, LANES) streams from L1."""
+    (PIXELS, width) and bases (PIXELS,) are stack arrays; rows (T, width) streams from L1."""
     for t in range(offsets.shape[0]):
         off = offsets[t]
-        for v in range(LANES):
+        for v in range(width):
             rv = rows[t, v]
             for j in range(PIXELS):
                 acc[j, v] += a[bases[j] + off] * rv
 
 
 @njit(inline="always", cache=True)
-def _zero(acc):
+def _zero(acc, width):
     for j in range(PIXELS):
-        for v in range(LANES):
+        for v in range(width):
             acc[j, v] = 0
 
 
@@ -79,7 +89,7 @@ def conv2d_forward(x, w, taps, b, y, ow_, row_step, col_step, y_channel, y_pixel
     in blocks of LANES, tap-major, zero past the group's last channel; taps (G, T) uint64;
     b (K,); y (N, Y) each image flat (k, p) at k * y_channel + p * y_pixel, P = Y / K pixels.
     Loop order: (n, group, channel block, TASK_TILES tiles of PIXELS consecutive output
-    pixels) in parallel; per tile, taps t, then the LANES channels, then the PIXELS pixels
+    pixels) in parallel; per tile, taps t, then the channels, then the PIXELS pixels
     innermost (unrolled: the register tile). A tile past the last pixel repeats it and stores
     nothing there. Each task owns y[n] at its channels x its pixels.
     """
@@ -92,19 +102,19 @@ def conv2d_forward(x, w, taps, b, y, ow_, row_step, col_step, y_channel, y_pixel
         n, rest = task // (groups * blocks * chunks), task % (groups * blocks * chunks)
         g, blk, chunk = rest // (blocks * chunks), rest // chunks % blocks, rest % chunks
         k0 = g * kg + blk * LANES
-        lanes = min(LANES, kg - blk * LANES)
+        used = min(LANES, kg - blk * LANES)
         yn = y[n]
-        acc = carray(_stack_array(TILE, y.dtype), (PIXELS, LANES))
-        bases = carray(_stack_array(PIXELS, np.uint64), PIXELS)
+        acc = carray(_stack_array(PIXELS, LANES, y.dtype), (PIXELS, LANES))
+        bases = carray(_stack_array(PIXELS, 1, np.uint64), PIXELS)
         for tile in range(chunk * TASK_TILES, min(tiles, (chunk + 1) * TASK_TILES)):
             p0 = tile * PIXELS
             for j in range(PIXELS):
                 p = min(p0 + j, p_ - 1)
                 bases[j] = np.uint64(p // ow_ * row_step + p % ow_ * col_step)
-            _zero(acc)
-            _accumulate(acc, x[n], bases, taps[g], w[g, blk])
+            _zero(acc, LANES)
+            _accumulate(acc, x[n], bases, taps[g], w[g, blk], LANES)
             for v in range(LANES):
-                if v < lanes:
+                if v < used:
                     k = k0 + v
                     for j in range(PIXELS):
                         if p0 + j < p_:
@@ -123,25 +133,25 @@ def conv2d_backward_weight(x, gy, taps, pixels, gw):
     gw (G, B, T, LANES) in the forward's filter blocks (lanes past a group's channels are
     written too: the caller drops them).
     Loop order: (group, channel block, tile of PIXELS taps) in parallel, then the images, then
-    the pixels, the LANES channels and the PIXELS taps innermost (unrolled). Each task owns its
-    tile of gw; an image's sum is added into a float64 tile, so a long batch x pixel sum keeps
-    the precision of the bias gradient's.
+    the pixels, the channels and the PIXELS taps innermost (unrolled). Each task owns its tile
+    of gw; an image's sum is added into a float64 tile, so a long batch x pixel sum keeps the
+    precision of the bias gradient's.
     """
     n_, groups, blocks, t_ = x.shape[0], gw.shape[0], gw.shape[1], gw.shape[2]
     tiles = (t_ + PIXELS - 1) // PIXELS
     for task in prange(groups * blocks * tiles):
         g, blk, tile = task // (blocks * tiles), task // tiles % blocks, task % tiles
         t0 = tile * PIXELS
-        acc = carray(_stack_array(TILE, gw.dtype), (PIXELS, LANES))
-        total = carray(_stack_array(TILE, np.float64), (PIXELS, LANES))
-        bases = carray(_stack_array(PIXELS, np.uint64), PIXELS)
+        acc = carray(_stack_array(PIXELS, LANES, gw.dtype), (PIXELS, LANES))
+        total = carray(_stack_array(PIXELS, LANES, np.float64), (PIXELS, LANES))
+        bases = carray(_stack_array(PIXELS, 1, np.uint64), PIXELS)
         for j in range(PIXELS):
             bases[j] = taps[g, min(t0 + j, t_ - 1)]
             for v in range(LANES):
                 total[j, v] = 0
         for n in range(n_):
-            _zero(acc)
-            _accumulate(acc, x[n], bases, pixels, gy[g, blk, n])
+            _zero(acc, LANES)
+            _accumulate(acc, x[n], bases, pixels, gy[g, blk, n], LANES)
             for j in range(PIXELS):
                 for v in range(LANES):
                     total[j, v] += acc[j, v]
@@ -149,3 +159,10 @@ def conv2d_backward_weight(x, gy, taps, pixels, gw):
             if t0 + j < t_:
                 for v in range(LANES):
                     gw[g, blk, t0 + j, v] = total[j, v]
+
+
+# The kernels by tile width (lanes(channels) says which a layer takes).
+FORWARD = {VECTOR: conv2d_forward,
+           2 * VECTOR: variant(conv2d_forward, "wide", LANES=2 * VECTOR)}
+BACKWARD_WEIGHT = {VECTOR: conv2d_backward_weight,
+                   2 * VECTOR: variant(conv2d_backward_weight, "wide", LANES=2 * VECTOR)}

@@ -31,7 +31,10 @@ def conv_cases(draw, layouts=("NCHW", "NHWC"), dtypes=(np.float32, np.float64)):
     groups = draw(st.integers(1, 3))
     case = dict(
         N=draw(st.integers(1, 3)), C=groups * draw(st.integers(1, 3)),
-        K=groups * draw(st.integers(1, 4)), R=draw(st.integers(1, 4)), S=draw(st.integers(1, 4)),
+        # output channels a group: a few, or around the blocked kernels' register tile widths
+        # (16 and 32 channels on AVX-512, 8 and 16 on AVX2), partial blocks included
+        K=groups * draw(st.one_of(st.integers(1, 4), st.integers(7, 36))),
+        R=draw(st.integers(1, 4)), S=draw(st.integers(1, 4)),
         H=draw(st.integers(1, 11)), W=draw(st.integers(1, 11)),
         kwargs=dict(stride=draw(st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3),
                                                                        st.integers(1, 3)))),
@@ -69,7 +72,7 @@ def _float64(*arrays):
 
 
 def _threads(monkeypatch, parallel):
-    """Run the next calls on the parallel kernels or on their serial twins (kernels/serial.py):
+    """Run the next calls on the parallel kernels or on their serial twins (kernels/variants.py):
     the tiny shapes here would otherwise always take the serial ones."""
     monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
 

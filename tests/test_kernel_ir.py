@@ -16,7 +16,8 @@ from fastconv.implementations import driver
 from oracle import random
 
 # Sums kept in float64 on purpose, whatever the arrays' dtype (see their docstrings).
-FLOAT64_ON_PURPOSE = {"conv2d_backward_bias", "conv2d_backward_weight"}
+FLOAT64_ON_PURPOSE = {"conv2d_backward_bias", "conv2d_backward_weight",
+                      "conv2d_backward_weight_wide"}
 # Arithmetic in double precision, a float widened to double, or a double-precision math call.
 # Not flagged: integers converted to double for Numba's own shape checks, and the unboxing of
 # Python floats (PyFloat_AsDouble, then fptrunc) into float32 scalar arguments.
@@ -38,6 +39,10 @@ def _calls_with_float32(monkeypatch):
     rng = np.random.default_rng(0)
     x, b = random(rng, (2, 3, 7, 7), np.float32), random(rng, (4,), np.float32)
     w = random(rng, (4, 3, 3, 3), np.float32)
+    wide = random(rng, (40, 3, 3, 3), np.float32)  # the blocked kernels' two-vector tiles
+    ops.conv2d(x, wide, random(rng, (40,), np.float32), algo="blocked")
+    ops.conv2d_backward_weight(random(rng, (2, 40, 5, 5), np.float32), x, wide.shape,
+                               algo="blocked")
     for algo in ("direct", "im2col", "blocked"):
         for layout, xs, ws in (("NCHW", x, w), ("NHWC", x.transpose(0, 2, 3, 1).copy(),
                                                 w.transpose(2, 3, 1, 0).copy())):
@@ -62,14 +67,15 @@ def _calls_with_float32(monkeypatch):
 
 def _compiled(kernel, args):
     """The kernel compiled afresh for ``args`` without parallelism, so the whole loop body is
-    in one function, and its signature."""
+    in one function, and its signature. Compiled by calling it (on the small arrays the ops
+    gave it), so that arguments a kernel takes as compile-time literals are typed as such."""
     f = kernel.py_func
     copy = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_ir", f.__defaults__,
                               f.__closure__)
     options = {k: v for k, v in kernel.targetoptions.items() if k not in ("nopython", "cache")}
     compiled = numba.njit(**{**options, "parallel": False})(copy)
-    signature = tuple(numba.typeof(a) for a in args)
-    compiled.compile(signature)
+    compiled(*args)
+    [signature] = compiled.signatures
     return compiled, signature
 
 
@@ -113,15 +119,17 @@ def test_the_check_sees_double_precision(dtype):
     assert DOUBLE.search(_llvm_ir(pool.avg_pool2d_forward, (x, y, 2, 2, 2, 2, 0, 0, 0, 0, True)))
 
 
-@pytest.mark.parametrize("kernel", ["conv2d_forward", "conv2d_backward_weight"])
-def test_blocked_microkernel_is_packed_fmas_on_this_machine(kernel, monkeypatch):
+@pytest.mark.parametrize("vectors", [1, 2])
+@pytest.mark.parametrize("kernels", ["FORWARD", "BACKWARD_WEIGHT"])
+def test_blocked_microkernel_is_packed_fmas_on_this_machine(kernels, vectors, monkeypatch):
     """The channel-blocked kernels' inner loop compiles to the register tile it was written
-    for: at least PIXELS packed float32 FMAs on vector registers (ymm or zmm), one per pixel
-    of the tile, in the machine code for this CPU."""
+    for: at least PIXELS packed float32 FMAs a vector of the tile's width, on vector registers
+    (ymm or zmm), and no scalar FMA, in the machine code for this CPU."""
     from fastconv.kernels import conv_blocked
-    [args] = {id(k): a for k, a in _calls_with_float32(monkeypatch)
-              if k is getattr(conv_blocked, kernel)}.values()
-    compiled, signature = _compiled(getattr(conv_blocked, kernel), args)
+    kernel = getattr(conv_blocked, kernels)[vectors * conv_blocked.VECTOR]
+    [args] = {id(k): a for k, a in _calls_with_float32(monkeypatch) if k is kernel}.values()
+    compiled, signature = _compiled(kernel, args)
     asm = compiled.inspect_asm(signature)
     fmas = re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm)
-    assert len(fmas) >= conv_blocked.PIXELS, (len(fmas), asm.count("vfmadd"))
+    assert len(fmas) >= vectors * conv_blocked.PIXELS, (len(fmas), asm.count("vfmadd"))
+    assert not re.search(r"vfmadd\d+ss", asm)

@@ -189,9 +189,11 @@ def _pixel_bases(g, row_step, col_step):
 
 
 def _lane_blocks(a, groups):
-    """(G, B, ..., LANES) of a (K, ...) array: each group's K/groups channels in blocks of
-    LANES, zero past the group's last, the channel innermost."""
-    lanes, kg, rest = conv_blocked.LANES, a.shape[0] // groups, a.shape[1:]
+    """(G, B, ..., lanes) of a (K, ...) array: each group's K/groups channels in blocks of the
+    register tile's width (conv_blocked.lanes), zero past the group's last, the channel
+    innermost."""
+    kg, rest = a.shape[0] // groups, a.shape[1:]
+    lanes = conv_blocked.lanes(kg)
     blocks = -(-kg // lanes)
     packed = np.zeros((groups, blocks * lanes) + rest, a.dtype)
     packed[:, :kg] = a.reshape((groups, kg) + rest)
@@ -206,7 +208,7 @@ def conv2d_blocked_cpu(g, x, w, b, activation):
     p = g.OH * g.OW
     y_channel, y_pixel = (p, 1) if g.layout == "NCHW" else (1, g.K)
     filters = _lane_blocks(oihw_view(w, g.layout).reshape(g.K, -1), g.groups)
-    driver.cpu_call(conv_blocked.conv2d_forward, g.flops // 2, images, filters, taps,
+    driver.cpu_call(conv_blocked.FORWARD[filters.shape[3]], g.flops // 2, images, filters, taps,
                     driver.bias(np, b, g.K, x.dtype), y.reshape(g.N, -1), g.OW, row_step,
                     col_step, y_channel, y_pixel, CODES[activation])
     return y
@@ -254,9 +256,9 @@ def conv2d_backward_weight_blocked_cpu(g, gy, x):
     images, hp, wp = _padded(g, x)
     taps, row_step, col_step = _tap_offsets(g, hp, wp)
     grad = _lane_blocks(image_major(gy, g.layout).transpose(1, 0, 2), g.groups)
-    blocks = driver.empty(np, grad.shape[:2] + (taps.shape[1], conv_blocked.LANES), gy.dtype)
-    driver.cpu_call(conv_blocked.conv2d_backward_weight, g.flops // 2, images, grad, taps,
-                    _pixel_bases(g, row_step, col_step), blocks)
+    blocks = driver.empty(np, grad.shape[:2] + (taps.shape[1], grad.shape[4]), gy.dtype)
+    driver.cpu_call(conv_blocked.BACKWARD_WEIGHT[grad.shape[4]], g.flops // 2, images, grad,
+                    taps, _pixel_bases(g, row_step, col_step), blocks)
     kg = g.K // g.groups
     gw_mat = np.moveaxis(blocks, -1, 2).reshape(g.groups, -1, taps.shape[1])[:, :kg]
     return _filters(np, gw_mat.reshape(g.K, -1), g)

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..geometry import nchw_view
-from ..kernels.serial import serial_twin
+from ..kernels.variants import serial_twin
 
 
 class lazy:  # noqa: N801  (used as a module is)
@@ -71,7 +71,7 @@ def image_major(a, layout):
 # --- the CPU: serial twins and scratch ----------------------------------------------------------
 
 # Below this much work (multiply-adds, or cells moved) a CPU kernel runs in the calling thread
-# (kernels/serial.py): waking the thread pool costs more than the work. The break-even measured
+# (kernels/variants.py): waking the thread pool costs more than the work. The break-even measured
 # on a 2-vCPU guest lies between 2M and 16M (benchmarks/results/cpu.md, "single-thread path").
 SERIAL_WORK = 1 << 22
 # Largest workspace kept for reuse between calls; a bigger one is freed after its call.
