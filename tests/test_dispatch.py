@@ -28,13 +28,15 @@ SINGLE_OPS = ("conv2d_backward_bias", "max_pool2d", "max_pool2d_backward", "avg_
 CPU_ALGOS = {"reference", "direct", "im2col", "blocked"}
 CANDIDATES = sorted(CPU_ALGOS - {"reference"})  # what autotuning times
 
-# (x_shape, w_shape, groups) in NCHW/OIHW, and what the forward and the backward heuristics
-# must pick for them.
+# (x_shape, w_shape, groups) in NCHW/OIHW
 WIDE = ((1, 8, 6, 6), (16, 8, 3, 3), 1)        # 72 taps, 16 filters: a GEMM worth BLAS
 THIN = ((1, 1, 6, 6), (2, 1, 3, 3), 1)         # 9 taps (LeNet-like first layer)
 DEPTHWISE = ((1, 16, 6, 6), (16, 1, 3, 3), 16)  # 9 taps per group
-HEURISTIC = [(WIDE, "im2col", "im2col"), (THIN, "direct", "im2col"),
-             (DEPTHWISE, "direct", "direct")]
+# A planted rule (in place of the fitted one) and what it picks for each case.
+PLANTED = {"feature": "taps", "threshold": 50, "below": {
+    "feature": "groups", "threshold": 2, "below": "im2col", "at_least": "direct"},
+    "at_least": "blocked"}
+PICKS = [(WIDE, "blocked"), (THIN, "im2col"), (DEPTHWISE, "direct")]
 
 
 def _layout(shape, data_format, weight=False):
@@ -198,16 +200,26 @@ def test_explicit_algo_is_not_autotuned(algo, tuning, ran, monkeypatch):
     assert not tuning.exists()
 
 
-@pytest.mark.parametrize("case, forward, backward", HEURISTIC,
-                         ids=[f"{c[1]}g{c[2]}" for c, _, _ in HEURISTIC])
+@pytest.mark.parametrize("case, expected", PICKS, ids=[f"{c[1]}g{c[2]}" for c, _ in PICKS])
 @pytest.mark.parametrize("op", CONV_OPS)
-def test_auto_follows_the_heuristic(op, case, forward, backward, ran):
+def test_auto_follows_the_cpu_rule(op, case, expected, ran, monkeypatch):
+    monkeypatch.setitem(conv2d.CPU_RULE, op, PLANTED)
     x_shape, w_shape, groups = case
     g = geometry.conv_geometry(x_shape, w_shape, 1, 1, 1, groups, "NCHW")
-    expected = forward if op == "conv2d" else backward
     assert registry.choose(op, "cpu", g) == expected
     call(op, case)
     assert ran == [(op, expected)]
+
+
+@pytest.mark.parametrize("op", CONV_OPS)
+def test_the_cpu_rule_names_registered_algorithms(op):
+    """Every leaf of the fitted rule is an algorithm auto may pick, every test a feature."""
+    def leaves(node):
+        if isinstance(node, str):
+            return {node}
+        assert node["feature"] in conv2d.FEATURES and node["threshold"] > 0
+        return leaves(node["below"]) | leaves(node["at_least"])
+    assert leaves(conv2d.CPU_RULE[op]) <= CPU_ALGOS - {"reference"}
 
 
 @settings(max_examples=100, deadline=None)

@@ -7,7 +7,8 @@ reports (:mod:`.report`); the machine's description comes from :mod:`fastconv.ma
 implementation: each of fastconv's conv algorithms and "auto" (for pooling, the ops:
 "fastconv"), and the baselines: on the CPU the NumPy reference ("numpy") and PyTorch ("torch")
 when it is installed; on the GPU PyTorch's cuDNN ("torch", FP32 with TF32 off) when PyTorch
-sees a GPU. :func:`gemm` compares fastconv's hand-written GEMM kernel with cuBLAS.
+sees a GPU. :func:`gemm` compares fastconv's hand-written GEMM kernel with cuBLAS. :mod:`.fit`
+fits the CPU's algo="auto" rule to the suite's measurements (benchmarks/fit_dispatch.py).
 """
 
 from .cases import (

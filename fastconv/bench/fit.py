@@ -8,26 +8,31 @@ t_fastest): a geometric mean, as the suite's ratios are, so a small layer counts
 big one. The tree has at most ``depth`` levels of ``feature >= threshold`` tests over
 :data:`fastconv.implementations.conv2d.FEATURES`, thresholds taken from the measured values; a
 split is kept only where it saves more than ``min_gain`` (5% of one layer's time by default),
-so the rule does not chase noise. benchmarks/fit_dispatch.py runs it and writes the rule into
-fastconv/implementations/cpu_rule.py; tests refit the committed measurements and compare.
+so the rule does not chase noise. :func:`held_out` judges a depth by fitting on all networks
+but one and scoring the rule on that one (benchmarks/results/dispatch-cpu.md has its figures;
+depth 3, the default, did best overall there). benchmarks/fit_dispatch.py runs it and writes
+the rule into fastconv/implementations/cpu_rule.py; tests refit the committed measurements and
+compare.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import pprint
 import statistics
 import time
 
 import numpy as np
 from tqdm import tqdm
 
-from .. import ops, runtime
-from ..implementations.conv2d import FEATURES
+from .. import ops
+from ..implementations.conv2d import FEATURES, walk
 from ..registry import CONV_OPS, REFERENCE, implementations
 from .cases import inputs
 
-COLUMNS = ("machine", "threads", "layer", "op", "algo", "median_ms", *FEATURES)
+COLUMNS = tuple(dict.fromkeys(("machine", "threads", "layer", "op", "algo", "median_ms",
+                               *FEATURES)))
 # An algorithm whose first timed call takes this many times the fastest one's is not timed
 # again (the direct kernels take seconds on VGG's layers): its one call stands as its time.
 CUT = 8.0
@@ -67,8 +72,7 @@ def measure(cases, machine: str, repeats: int = 3, progress: bool = True) -> lis
                 for algo in timed:
                     times[algo].append(_seconds(calls[algo]))
             for algo, t in times.items():
-                rows.append({"machine": machine, "threads": runtime.get_num_threads(),
-                             "layer": case.name, "op": op, "algo": algo,
+                rows.append({"machine": machine, "layer": case.name, "op": op, "algo": algo,
                              "median_ms": statistics.median(t) * 1e3,
                              **{name: f(g) for name, f in FEATURES.items()}})
     return rows
@@ -106,15 +110,16 @@ def _samples(rows, op):
 def _tree(features, losses, algos, depth, min_gain):
     """(loss, node) of the best tree on these samples: a node is an algo name or
     {"feature", "threshold", "below", "at_least"}. ``losses`` (S, A): log slowdown against
-    the sample's fastest algorithm."""
+    the sample's fastest algorithm. A split must beat the best found so far by ``min_gain``."""
     totals = losses.sum(axis=0)
     leaf = int(np.argmin(totals))
     best = (float(totals[leaf]), algos[leaf])
     if depth == 0 or best[0] == 0:
         return best
+    if depth == 1:
+        return _stump(features, losses, algos, min_gain, best)
     for f, name in enumerate(FEATURES):
-        values = np.unique(features[:, f])
-        for threshold in values[1:]:
+        for threshold in np.unique(features[:, f])[1:]:
             high = features[:, f] >= threshold
             below = _tree(features[~high], losses[~high], algos, depth - 1, min_gain)
             above = _tree(features[high], losses[high], algos, depth - 1, min_gain)
@@ -125,13 +130,36 @@ def _tree(features, losses, algos, depth, min_gain):
     return best
 
 
-def fit(rows: list[dict], depth: int = 2, min_gain: float = math.log(1.05)) -> dict:
+def _stump(features, losses, algos, min_gain, best):
+    """_tree at depth 1, every threshold of a feature at once: the samples sorted by the
+    feature, a split's two sides' totals are a running sum and its complement."""
+    totals = losses.sum(axis=0)
+    for f, name in enumerate(FEATURES):
+        order = np.argsort(features[:, f], kind="stable")
+        values = features[order, f]
+        cuts = np.flatnonzero(values[1:] != values[:-1])  # split after sorted sample i
+        if not len(cuts):
+            continue
+        below = np.cumsum(losses[order], axis=0)[cuts]
+        above = totals - below
+        split = below.min(axis=1) + above.min(axis=1)
+        i = int(np.argmin(split))
+        if split[i] < best[0] - min_gain:
+            best = (float(split[i]), {"feature": name, "threshold": int(values[cuts[i] + 1]),
+                                      "below": algos[int(np.argmin(below[i]))],
+                                      "at_least": algos[int(np.argmin(above[i]))]})
+    return best
+
+
+def fit(rows: list[dict], depth: int = 3, min_gain: float = math.log(1.05)) -> dict:
     """``{op: tree}`` for the conv ops, and the geomean slowdown against each layer's fastest
     algorithm of the rule, and of each single algorithm, per op (``"loss"``)."""
     rule, loss = {}, {}
     for op in CONV_OPS:
         features, logs, algos = _samples(rows, op)
-        losses = logs - logs.min(axis=1, keepdims=True)
+        # an algorithm not measured on a sample: far slower than any measured one, but finite,
+        # so that the running sums of _stump stay finite
+        losses = np.minimum(logs - logs.min(axis=1, keepdims=True), 1e6)
         total, rule[op] = _tree(features, losses, algos, depth, min_gain)
         count = len(features)
         loss[op] = {"rule": math.exp(total / count),
@@ -139,9 +167,68 @@ def fit(rows: list[dict], depth: int = 2, min_gain: float = math.log(1.05)) -> d
     return {"rule": rule, "loss": loss}
 
 
-def choose(tree, features: dict) -> str:
-    """The algo a fitted tree picks for a layer's features."""
-    while isinstance(tree, dict):
-        tree = tree["at_least"] if features[tree["feature"]] >= tree["threshold"] else (
-            tree["below"])
-    return tree
+def render(fitted: dict, source: str) -> str:
+    """fastconv/implementations/cpu_rule.py for a :func:`fit` result, ``source`` saying what
+    it was fitted on."""
+    lines = [f"{op}: the rule {loss['rule']:.3f}x, "
+             + ", ".join(f"{a} {v:.3f}x" for a, v in loss.items() if a != "rule")
+             for op, loss in fitted["loss"].items()]
+    return (f'''"""The CPU's algo="auto" rule: a decision tree per conv op over the layer's
+geometry (fastconv.implementations.conv2d.FEATURES), fitted by benchmarks/fit_dispatch.py; do not
+edit it by hand, rerun that.
+
+Fitted on {source}.
+Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
+fastest), of this rule and of each algorithm alone:
+''' + "".join(f"    {line}\n" for line in lines) + f'''"""
+
+RULE = {pprint.pformat(fitted["rule"], width=96, sort_dicts=False)}
+''')
+
+
+def table(rows: list[dict], rule: dict) -> str:
+    """Markdown: per machine, thread count, layer and op, each algorithm's time, the fastest and
+    the rule's pick (and what the pick loses where it is not the fastest)."""
+    algos = sorted({r["algo"] for r in rows})
+    keyed = {}
+    for r in rows:
+        keyed.setdefault((r["machine"], int(r["threads"]), r["layer"], r["op"]), {})[r["algo"]] = r
+    out = ["| machine | threads | layer | op | " + " | ".join(f"{a} ms" for a in algos)
+           + " | fastest | rule picks | loss |",
+           "|---|--:|---|---|" + "--:|" * len(algos) + "---|---|--:|"]
+    for (machine, threads, layer, op), by_algo in keyed.items():
+        times = {a: by_algo[a]["median_ms"] for a in algos if a in by_algo}
+        fastest = min(times, key=times.get)
+        pick = walk(rule[op], next(iter(by_algo.values())).__getitem__)
+        loss = times[pick] / times[fastest] if pick in times else math.inf
+        out.append(f"| {machine} | {threads} | {layer} | {op} | "
+                   + " | ".join(f"{times[a]:.3g}" if a in times else "-" for a in algos)
+                   + f" | {fastest} | {pick} | {loss:.2f}x |")
+    return "\n".join(out) + "\n"
+
+
+def _walk_loss(rows, rule) -> dict:
+    """{op: [log(t_picked / t_fastest) per sample]} of ``rule`` on ``rows``."""
+    keyed = {}
+    for r in rows:
+        keyed.setdefault((r["op"], r["machine"], r["threads"], r["layer"]), {})[r["algo"]] = r
+    losses = {}
+    for (op, *_), by_algo in keyed.items():
+        features = next(iter(by_algo.values()))
+        pick = walk(rule[op], features.__getitem__)
+        fastest = min(r["median_ms"] for r in by_algo.values())
+        losses.setdefault(op, []).append(math.log(by_algo[pick]["median_ms"] / fastest))
+    return losses
+
+
+def held_out(rows: list[dict], depth: int) -> dict:
+    """{op: geomean slowdown against the fastest} of rules fitted on every network but one and
+    judged on that one, over all networks: how well a depth generalises to unseen layers."""
+    networks = sorted({r["layer"].split("/")[0] for r in rows})
+    losses = {}
+    for network in networks:
+        rule = fit([r for r in rows if not r["layer"].startswith(network + "/")], depth)["rule"]
+        for op, values in _walk_loss([r for r in rows if r["layer"].startswith(network + "/")],
+                                     rule).items():
+            losses.setdefault(op, []).extend(values)
+    return {op: math.exp(sum(v) / len(v)) for op, v in losses.items()}

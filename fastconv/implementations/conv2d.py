@@ -8,6 +8,7 @@ GPU's im2col with cuBLAS's GEMM). Each implementation takes the resolved geometr
 index NCHW; an NHWC array is handed over as a transposed view, except to the NHWC kernels.
 """
 
+import numba
 import numpy as np
 
 from ..geometry import conv_geometry, nchw_view, oihw_view
@@ -16,6 +17,7 @@ from ..kernels import conv_blocked, conv_direct, cuda_simulated, im2col
 from ..kernels.activation import CODES
 from ..registry import heuristic, register
 from . import driver
+from .cpu_rule import RULE as CPU_RULE
 from .driver import image_major, lazy
 
 bias_cuda = lazy("fastconv.kernels.bias_cuda")
@@ -529,31 +531,49 @@ def conv2d_backward_bias_cuda(gy, layout):
 
 # --- algo="auto" without autotuning: one rule per device ----------------------------------------
 
-# A GEMM pays for im2col's copies when each output reads at least this many taps (C/groups *
-# R * S) and each group has at least this many output channels; below either, BLAS (or the
-# GPU's GEMM) runs it far from its peak.
-GEMM_MIN_TAPS = 64
-GEMM_MIN_CHANNELS = 16
+# What a fitted rule may test of a call (benchmarks/fit_dispatch.py fits the CPU's): the layer,
+# and the threads the kernels run on (BLAS's GEMMs gain more from a second thread than the
+# blocked kernels do).
+FEATURES = {
+    "taps": lambda g: (g.C // g.groups) * g.R * g.S,  # multiply-adds per output value
+    "channels": lambda g: g.K // g.groups,  # output channels a group
+    "in_channels": lambda g: g.C // g.groups,
+    "window": lambda g: g.R * g.S,
+    "pixels": lambda g: g.OH * g.OW,
+    "stride": lambda g: g.stride[0] * g.stride[1],
+    "groups": lambda g: g.groups,
+    "threads": lambda g: numba.get_num_threads(),
+}
 
 
-def _thin_gemm(g):
-    return (g.C // g.groups) * g.R * g.S < GEMM_MIN_TAPS or g.K // g.groups < GEMM_MIN_CHANNELS
+def walk(tree, feature):
+    """The algo a fitted tree picks: a node is an algo's name or {"feature", "threshold",
+    "below", "at_least"}; ``feature(name)`` gives the layer's value of a feature."""
+    while isinstance(tree, dict):
+        tree = tree["at_least"] if feature(tree["feature"]) >= tree["threshold"] else (
+            tree["below"])
+    return tree
 
 
 @heuristic("cpu")
 def choose_cpu(op, g):
-    """direct for a forward with a thin GEMM (LeNet's C1, depthwise), im2col + BLAS otherwise.
-    A backward pass takes direct only where the convolution is also grouped (depthwise): an
-    ungrouped convolution's backward GEMMs are wide (N*OH*OW long) even where its forward's is
-    thin, and im2col wins them (LeNet C1's, several times over: benchmarks/results/cpu.md)."""
-    thin = _thin_gemm(g) if op == "conv2d" else _thin_gemm(g) and g.groups > 1
-    return "direct" if thin else "im2col"
+    """The rule fitted to the layer suite's measurements: a small decision tree per op over
+    :data:`FEATURES` (cpu_rule.py says where it came from and what it costs against the
+    fastest algorithm of each measured layer)."""
+    return walk(CPU_RULE[op], lambda name: FEATURES[name](g))
+
+
+# The GPU's rule is still set by hand (no GPU measurements yet): a GEMM pays for im2col's copies
+# when each output reads at least GEMM_MIN_TAPS taps and each group has at least
+# GEMM_MIN_CHANNELS output channels; below either, the GPU's GEMM runs far from its peak.
+GEMM_MIN_TAPS = 64
+GEMM_MIN_CHANNELS = 16
 
 
 @heuristic("cuda")
 def choose_cuda(op, g):
     """The direct kernels for a thin GEMM, a GEMM otherwise (cuBLAS's on a real GPU), for all
     three ops. Not yet measured on a GPU: autotuning (keyed by the GPU's name) chooses there."""
-    if _thin_gemm(g):
+    if FEATURES["taps"](g) < GEMM_MIN_TAPS or FEATURES["channels"](g) < GEMM_MIN_CHANNELS:
         return "direct"
     return "im2col" if cuda_simulated() else "cublas"

@@ -1,0 +1,124 @@
+"""Fit the CPU's algo="auto" rule to measurements (fastconv.bench.fit says how).
+
+    python benchmarks/fit_dispatch.py                      # measure here, then fit
+    python benchmarks/fit_dispatch.py --from-csv A.csv B.csv   # refit, e.g. two machines' files
+
+Measuring times every CPU conv algorithm on every conv layer of the layer suite, forward,
+backward input and backward weight each on its own, on each --threads count, and appends the
+rows to --csv (a machine's rows replace that machine's earlier ones). Fitting reads --csv (or
+--from-csv) and writes the rule to --rule and the table it came from to --markdown.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from fastconv import bench, registry, runtime
+from fastconv.bench import fit
+from fastconv.machine import describe, machine
+from fastconv.registry import CONV_OPS
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine_label() -> str:
+    """The CPU's name and the widest vector instructions it has: the rule's measurements are
+    told apart by these."""
+    simd = "avx512" if "avx512f" in runtime.simd_flags() else (
+        "avx2" if "avx2" in runtime.simd_flags() else "sse")
+    return f"{runtime.cpu_name()} ({simd})"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="all", choices=bench.SUITE_NAMES,
+                        help="the layers to measure (default: all)")
+    parser.add_argument("--threads", default="1,2",
+                        help="comma-separated thread counts to measure on (default: 1,2)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed calls per algorithm, op and layer (default: 3)")
+    parser.add_argument("--depth", type=int, default=3,
+                        help="the rule's decision tree's levels at most (default: 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the suite's --quick sizes: a smoke run, never a rule to keep")
+    parser.add_argument("--csv", type=Path, default=RESULTS / "dispatch-cpu.csv",
+                        help="the measurements file (default: benchmarks/results/"
+                             "dispatch-cpu.csv)")
+    parser.add_argument("--from-csv", type=Path, nargs="+", metavar="CSV",
+                        help="measure nothing: fit on these files' rows")
+    parser.add_argument("--rule", type=Path,
+                        default=ROOT / "fastconv" / "implementations" / "cpu_rule.py",
+                        help="where the fitted rule goes (default: fastconv/implementations/"
+                             "cpu_rule.py)")
+    parser.add_argument("--markdown", type=Path, default=RESULTS / "dispatch-cpu.md",
+                        help="the table the rule came from (default: benchmarks/results/"
+                             "dispatch-cpu.md)")
+    args = parser.parse_args(argv)
+
+    if args.from_csv:
+        rows = [row for path in args.from_csv for row in fit.read_csv(path)]
+        sources = args.from_csv
+    else:
+        label = machine_label()
+        rows = [r for r in (fit.read_csv(args.csv) if args.csv.exists() else [])
+                if r["machine"] != label]
+        chosen = bench.cases(args.suite, quick=args.quick)
+        for threads in (int(t) for t in args.threads.split(",")):
+            runtime.set_num_threads(threads)
+            rows += fit.measure(chosen, label, args.repeats)
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        fit.write_csv(rows, args.csv)
+        sources = [args.csv]
+    fitted = fit.fit(rows, depth=args.depth)
+    machines = sorted({r["machine"] for r in rows})
+    names = ", ".join(p.name for p in sources)
+    args.rule.write_text(fit.render(fitted, f"{names}: {len(rows)} timings of "
+                                            f"{'; '.join(machines)}"))
+    info = "\n".join(f"- **{k}**: {v}" for k, v in describe(machine()))
+    args.markdown.write_text(
+        "# The CPU's algo=\"auto\" rule and the measurements it was fitted on\n\n"
+        f"`python benchmarks/fit_dispatch.py`, fitted on {names}; measured on:\n\n{info}\n\n"
+        "(the machine that ran the fit; each row names the machine it was measured on).\n\n"
+        "## The rule (fastconv/implementations/cpu_rule.py)\n\n```\n"
+        + args.rule.read_text().split('"""')[1].strip() + "\n\n"
+        + "\n".join(f"{op}: {tree}" for op, tree in fitted["rule"].items())
+        + f"\n```\n\nPicking costs {_pick_cost():.1f} us a call (registry.choose on a ResNet "
+        "layer, best of 5 x 10,000 calls).\n\n## How well a depth generalises\n\n"
+        "Each network's layers judged by the rule fitted on the other networks' (geomean "
+        "slowdown against the fastest algorithm of each layer; 1.000x: always the fastest):\n\n"
+        + _held_out(rows, range(1, args.depth + 1))
+        + "\n## Every measurement (median ms)\n\n" + fit.table(rows, fitted["rule"]))
+    print(args.rule.read_text())
+    return 0
+
+
+def _pick_cost() -> float:
+    """Microseconds registry.choose takes a call (the rule on a ResNet layer; best of 5 runs of
+    10,000 calls)."""
+    g = bench.cases("resnet18")[2].geometry()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(10_000):
+            registry.choose("conv2d_backward_weight", "cpu", g)
+        best = min(best, (time.perf_counter() - start) / 10_000)
+    return best * 1e6
+
+
+def _held_out(rows, depths) -> str:
+    """Markdown: each depth's rule judged on the network left out of its fit."""
+    if len({r["layer"].split("/")[0] for r in rows}) < 2:
+        return "(needs the layers of two networks at least)\n"
+    lines = ["| depth | " + " | ".join(CONV_OPS) + " |", "|--:|" + "--:|" * len(CONV_OPS)]
+    for depth in depths:
+        scores = fit.held_out(rows, depth)
+        lines.append(f"| {depth} | " + " | ".join(f"{scores[op]:.3f}x" for op in CONV_OPS)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

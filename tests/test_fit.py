@@ -1,0 +1,83 @@
+"""The fitted algo="auto" rule of the CPU (fastconv.bench.fit, benchmarks/fit_dispatch.py): the
+fitter finds a rule planted in synthetic timings and ignores differences below its threshold,
+and the committed rule is what fitting the committed measurements gives."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastconv.bench import fit
+from fastconv.implementations import conv2d, cpu_rule
+from fastconv.registry import CONV_OPS
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASUREMENTS = ROOT / "benchmarks" / "results" / "dispatch-cpu.csv"
+
+
+def _rows(timings):
+    """Rows as fit.measure writes them, from {(taps, channels): {algo: ms}} for every op."""
+    rows = []
+    for (taps, channels), by_algo in timings.items():
+        features = {name: 1 for name in conv2d.FEATURES} | {"taps": taps, "channels": channels}
+        for op in CONV_OPS:
+            for algo, ms in by_algo.items():
+                rows.append({"machine": "m", "threads": 1, "layer": f"t{taps}c{channels}",
+                             "op": op, "algo": algo, "median_ms": ms, **features})
+    return rows
+
+
+def test_fit_finds_a_planted_two_level_rule():
+    # blocked wins from 100 taps on; below, direct wins with few channels, im2col with many
+    timings = {}
+    for taps in (9, 25, 60, 100, 150, 576):
+        for channels in (6, 16, 64):
+            fastest = "blocked" if taps >= 100 else "direct" if channels < 16 else "im2col"
+            timings[(taps, channels)] = {a: 1.0 if a == fastest else 3.0
+                                         for a in ("blocked", "direct", "im2col")}
+    fitted = fit.fit(_rows(timings))
+    for op in CONV_OPS:
+        assert fitted["loss"][op]["rule"] == 1.0
+        for (taps, channels), by_algo in timings.items():
+            pick = conv2d.walk(fitted["rule"][op], {"taps": taps, "channels": channels}.get)
+            assert by_algo[pick] == 1.0, (op, taps, channels, fitted["rule"][op])
+        # and between the measured sizes
+        for (taps, channels), expected in {(120, 8): "blocked", (30, 8): "direct",
+                                           (30, 40): "im2col", (600, 40): "blocked"}.items():
+            pick = conv2d.walk(fitted["rule"][op], {"taps": taps, "channels": channels}.get)
+            assert pick == expected, (op, taps, channels, fitted["rule"][op])
+
+
+def test_fit_does_not_split_on_noise():
+    # im2col is 2% slower on some layers: below min_gain, one algorithm serves all
+    timings = {(taps, 16): {"direct": 1.0, "im2col": 1.02 if taps > 50 else 0.99}
+               for taps in (9, 25, 60, 100)}
+    fitted = fit.fit(_rows(timings))
+    assert fitted["rule"] == {op: "direct" for op in CONV_OPS}
+    # direct loses 1% on two of the four layers: a geomean loss of sqrt(1 / 0.99)
+    assert math.isclose(fitted["loss"]["conv2d"]["rule"], (1 / 0.99) ** 0.5, rel_tol=1e-9)
+
+
+def test_the_committed_rule_is_the_fit_of_the_committed_measurements():
+    if not MEASUREMENTS.exists():
+        pytest.fail(f"{MEASUREMENTS} is missing: run benchmarks/fit_dispatch.py")
+    assert fit.fit(fit.read_csv(MEASUREMENTS))["rule"] == cpu_rule.RULE
+
+
+def test_the_script_measures_fits_and_writes(tmp_path):
+    files = {name: tmp_path / name for name in ("m.csv", "rule.py", "table.md")}
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fit_dispatch.py"),
+                          "--suite", "lenet5", "--quick", "--threads", "1", "--repeats", "1",
+                          "--csv", files["m.csv"], "--rule", files["rule.py"],
+                          "--markdown", files["table.md"]],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = fit.read_csv(files["m.csv"])
+    assert {(r["layer"], r["op"]) for r in rows} == {
+        (f"lenet5/{layer}", op) for layer in ("c1", "c3", "c5") for op in CONV_OPS}
+    scope = {}
+    exec(files["rule.py"].read_text(), scope)
+    assert set(scope["RULE"]) == set(CONV_OPS)
+    assert "| lenet5/c3 | conv2d |" in files["table.md"].read_text()
