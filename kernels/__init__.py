@@ -12,12 +12,16 @@ import json
 import os
 from pathlib import Path
 
-from numba import config
-from numba.core import caching
+from llvmlite import binding
+from numba import config, types
+from numba.core import caching, cgutils, errors
+from numba.extending import intrinsic
 
 from ..runtime import cache_dir
 
 KERNELS_DIR = str(Path(__file__).resolve().parent)
+# float32 lanes of the widest vector registers this CPU has: the register tiles' width.
+VECTOR_LANES = 16 if binding.get_host_cpu_features().get("avx512f", False) else 8
 
 # How every parallel CPU kernel is compiled (kernels/variants.py keeps these options for its
 # single-threaded twins). fastmath's reassociation lets LLVM vectorise sums, contraction fuse
@@ -80,3 +84,17 @@ def cuda_simulated() -> bool:
     """Whether Numba's CUDA simulator stands in for the GPU in this process: fastconv's one
     answer, from the switch (NUMBA_ENABLE_CUDASIM=1) numba reads once, when it is imported."""
     return bool(config.ENABLE_CUDASIM)
+
+
+@intrinsic
+def stack_array(typingctx, rows, columns, dtype):
+    """A (rows x columns)-element array on the stack (both compile-time constants): LLVM
+    promotes it to registers where every index into it is a constant after unrolling; a heap
+    array (np.empty) it never does, as its memory might alias the kernel's arguments."""
+    if not (isinstance(rows, types.IntegerLiteral) and isinstance(columns, types.IntegerLiteral)):
+        raise errors.RequireLiteralValue((rows, columns))
+    count, element = rows.literal_value * columns.literal_value, dtype.dtype
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(element), size=count)
+    return types.CPointer(element)(rows, columns, dtype), codegen

@@ -19,12 +19,9 @@ negative-index wraparound (a shift, a mask and an add per load) folds away.
 """
 
 import numpy as np
-from llvmlite import binding
-from numba import carray, njit, prange, types
-from numba.core import cgutils, errors
-from numba.extending import intrinsic
+from numba import carray, njit, prange
 
-from . import CPU_KERNEL
+from . import CPU_KERNEL, VECTOR_LANES, stack_array
 from .activation import activate
 from .variants import variant
 
@@ -33,27 +30,12 @@ from .variants import variant
 # a pixel share each broadcast input value between two FMAs (ResNet's 3x3 layers 1.5x faster
 # than one); a layer with one vector's worth of channels (LeNet's C3) takes one. float64 takes
 # twice the registers.
-_AVX512 = bool(binding.get_host_cpu_features().get("avx512f", False))
-VECTOR = 16 if _AVX512 else 8
-PIXELS = 8 if _AVX512 else 4
+VECTOR = VECTOR_LANES
+PIXELS = 8 if VECTOR == 16 else 4
 LANES = VECTOR  # the kernels below; their "_wide" variants (at the end) take 2 * VECTOR
 # Tiles per parallel task: a task's output pixels (and the filter block it streams) stay in
 # L1/L2, and a small batch still splits into enough tasks for every thread.
 TASK_TILES = 8
-
-
-@intrinsic
-def _stack_array(typingctx, rows, columns, dtype):
-    """A (rows x columns)-element array on the stack (both compile-time constants): LLVM
-    promotes it to registers where every index into it is a constant after unrolling; a heap
-    array (np.empty) it never does, as its memory might alias the kernel's arguments."""
-    if not (isinstance(rows, types.IntegerLiteral) and isinstance(columns, types.IntegerLiteral)):
-        raise errors.RequireLiteralValue((rows, columns))
-    count, element = rows.literal_value * columns.literal_value, dtype.dtype
-
-    def codegen(context, builder, signature, args):
-        return cgutils.alloca_once(builder, context.get_value_type(element), size=count)
-    return types.CPointer(element)(rows, columns, dtype), codegen
 
 
 def lanes(channels: int) -> int:
@@ -104,8 +86,8 @@ def conv2d_forward(x, w, taps, b, y, ow_, row_step, col_step, y_channel, y_pixel
         k0 = g * kg + blk * LANES
         used = min(LANES, kg - blk * LANES)
         yn = y[n]
-        acc = carray(_stack_array(PIXELS, LANES, y.dtype), (PIXELS, LANES))
-        bases = carray(_stack_array(PIXELS, 1, np.uint64), PIXELS)
+        acc = carray(stack_array(PIXELS, LANES, y.dtype), (PIXELS, LANES))
+        bases = carray(stack_array(PIXELS, 1, np.uint64), PIXELS)
         for tile in range(chunk * TASK_TILES, min(tiles, (chunk + 1) * TASK_TILES)):
             p0 = tile * PIXELS
             for j in range(PIXELS):
@@ -142,9 +124,9 @@ def conv2d_backward_weight(x, gy, taps, pixels, gw):
     for task in prange(groups * blocks * tiles):
         g, blk, tile = task // (blocks * tiles), task // tiles % blocks, task % tiles
         t0 = tile * PIXELS
-        acc = carray(_stack_array(PIXELS, LANES, gw.dtype), (PIXELS, LANES))
-        total = carray(_stack_array(PIXELS, LANES, np.float64), (PIXELS, LANES))
-        bases = carray(_stack_array(PIXELS, 1, np.uint64), PIXELS)
+        acc = carray(stack_array(PIXELS, LANES, gw.dtype), (PIXELS, LANES))
+        total = carray(stack_array(PIXELS, LANES, np.float64), (PIXELS, LANES))
+        bases = carray(stack_array(PIXELS, 1, np.uint64), PIXELS)
         for j in range(PIXELS):
             bases[j] = taps[g, min(t0 + j, t_ - 1)]
             for v in range(LANES):

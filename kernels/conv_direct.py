@@ -13,14 +13,20 @@ inside a parallel loop costs an atomic reference count. Accumulators keep the ar
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit, prange
 
-from . import CPU_KERNEL
+from . import CPU_KERNEL, VECTOR_LANES, stack_array
 from .activation import activate
 
 # Output channels per task in the NCHW forward: the task's planes stay in L1/L2 while every tap
 # adds into them, and one input row load feeds this many of them.
 CHANNEL_BLOCK = 8
+# The tiled stride-1 forward's register tile: CHANNELS output channels x ROWS output rows x
+# VECTOR columns (one vector of float32: 16 with AVX-512, 8 with AVX2), 12 vectors in all.
+VECTOR = VECTOR_LANES
+UVECTOR = np.uint64(VECTOR)  # an unsigned loop counter: see the kernel
+CHANNELS, ROWS = 6, 2
+TILE_ROWS = CHANNELS * ROWS  # a literal for stack_array
 
 
 @njit(inline="always", cache=True)
@@ -137,6 +143,69 @@ def conv2d_forward_nchw_unit_stride(x, w, b, y, pt, pl, dh, dw, groups, act):
             for oh in range(oh_):
                 for ow in range(ow_):
                     y[n, k, oh, ow] = activate(acc[k - k0, oh * wp + ow], act, y.dtype)
+
+
+@njit(**CPU_KERNEL)
+def conv2d_forward_nchw_tiled(x, w, b, y, hp, wp, dh, dw, groups, act):
+    """y = act(b + conv(x, w)) for stride 1, over register tiles of CHANNELS output channels x
+    ROWS output rows x VECTOR output columns, summed over every tap before they are stored:
+    for layers with few output channels a group, where the channel-blocked kernel
+    (conv_blocked.py) would leave most of its vector lanes empty (LeNet's C1, the transposed
+    convolution of C3's input gradient, 6 channels each).
+
+    Layout: x (N, X) each image's C planes, zero-padded to hp x wp so that every window lies
+    inside, flat, with at least VECTOR elements of slack after them; w OIHW (K, C/groups, R, S);
+    b (K,); y (N, K, OH, OW), C-contiguous.
+    Loop order: (n, group, block of CHANNELS output channels, block of ROWS output rows) in
+    parallel; per tile of VECTOR columns: c, r, s, then the columns (one vector), the channels
+    and the rows (unrolled: the tile), each tap one filter value broadcast per channel and one
+    vector load per row. A tile past the last column, row or channel repeats the last one and
+    stores nothing there (the last column tile starts at OW - VECTOR, overlapping its
+    neighbour, where OW allows). Each task owns y[n] at its channels x its rows.
+    """
+    n_, k_, oh_, ow_ = y.shape
+    cg, r_, s_ = w.shape[1], w.shape[2], w.shape[3]
+    kg = k_ // groups
+    blocks, bands = (kg + CHANNELS - 1) // CHANNELS, (oh_ + ROWS - 1) // ROWS
+    tiles = (ow_ + VECTOR - 1) // VECTOR
+    for task in prange(n_ * groups * blocks * bands):
+        n, rest = task // (groups * blocks * bands), task % (groups * blocks * bands)
+        g, blk, band = rest // (blocks * bands), rest // bands % blocks, rest % bands
+        k0, oh0 = g * kg + blk * CHANNELS, max(0, min(band * ROWS, oh_ - ROWS))
+        xn = x[n]
+        acc = carray(stack_array(TILE_ROWS, VECTOR, y.dtype), (CHANNELS, ROWS, VECTOR))
+        weights = carray(stack_array(CHANNELS, 1, y.dtype), CHANNELS)
+        rows = carray(stack_array(ROWS, 1, np.uint64), ROWS)
+        for tile in range(tiles):
+            ow0 = max(0, min(tile * VECTOR, ow_ - VECTOR))
+            for k in range(CHANNELS):
+                for i in range(ROWS):
+                    for j in range(VECTOR):
+                        acc[k, i, j] = 0
+            for c in range(cg):
+                plane = (g * cg + c) * hp * wp
+                for r in range(r_):
+                    for s in range(s_):
+                        for k in range(CHANNELS):
+                            weights[k] = w[min(k0 + k, g * kg + kg - 1), c, r, s]
+                        for i in range(ROWS):
+                            rows[i] = np.uint64(plane + (min(oh0 + i, oh_ - 1) + r * dh) * wp
+                                                + ow0 + s * dw)
+                        # the vector axis outermost: LLVM then vectorises it and unrolls the
+                        # channels and rows inside (innermost, it would unroll the vector axis
+                        # and gather); unsigned offsets drop Numba's negative-index wraparound
+                        for j in range(UVECTOR):
+                            for k in range(CHANNELS):
+                                for i in range(ROWS):
+                                    acc[k, i, j] += weights[k] * xn[rows[i] + j]
+            for k in range(CHANNELS):
+                if blk * CHANNELS + k < kg:
+                    for i in range(ROWS):
+                        if oh0 + i < oh_:
+                            for j in range(VECTOR):
+                                if ow0 + j < ow_:
+                                    y[n, k0 + k, oh0 + i, ow0 + j] = activate(
+                                        acc[k, i, j] + b[k0 + k], act, y.dtype)
 
 
 @njit(**CPU_KERNEL)

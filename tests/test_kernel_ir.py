@@ -39,6 +39,8 @@ def _calls_with_float32(monkeypatch):
     rng = np.random.default_rng(0)
     x, b = random(rng, (2, 3, 7, 7), np.float32), random(rng, (4,), np.float32)
     w = random(rng, (4, 3, 3, 3), np.float32)
+    depthwise = random(rng, (3, 1, 3, 3), np.float32)  # the direct kernels' plane-wise path
+    ops.conv2d(x, depthwise, random(rng, (3,), np.float32), padding=1, groups=3, algo="direct")
     wide = random(rng, (40, 3, 3, 3), np.float32)  # the blocked kernels' two-vector tiles
     ops.conv2d(x, wide, random(rng, (40,), np.float32), algo="blocked")
     ops.conv2d_backward_weight(random(rng, (2, 40, 5, 5), np.float32), x, wide.shape,
@@ -102,7 +104,8 @@ def test_float32_cpu_kernels_do_no_double_precision_arithmetic(monkeypatch):
         elif found:
             doubles[name] = sorted(set(found))[:5]
     assert {name for name, _ in seen} >= {
-        "conv2d_forward_nchw", "conv2d_forward_nchw_unit_stride", "conv2d_forward_nhwc",
+        "conv2d_forward_nchw", "conv2d_forward_nchw_unit_stride", "conv2d_forward_nchw_tiled",
+        "conv2d_forward_nhwc",
         "conv2d_backward_input", "conv2d_backward_weight", "im2col", "col2im",
         "bias_activation", "conv2d_backward_bias", "max_pool2d_forward", "max_pool2d_backward",
         "avg_pool2d_forward", "avg_pool2d_backward", "adam_step",
@@ -119,17 +122,28 @@ def test_the_check_sees_double_precision(dtype):
     assert DOUBLE.search(_llvm_ir(pool.avg_pool2d_forward, (x, y, 2, 2, 2, 2, 0, 0, 0, 0, True)))
 
 
+def _packed_fmas(kernel, monkeypatch):
+    """The packed float32 FMAs on vector registers (ymm or zmm) in ``kernel``'s machine code for
+    this CPU, as the ops call it on float32; fails on any scalar FMA."""
+    [args] = {id(k): a for k, a in _calls_with_float32(monkeypatch) if k is kernel}.values()
+    compiled, signature = _compiled(kernel, args)
+    asm = compiled.inspect_asm(signature)
+    assert not re.search(r"vfmadd\d+ss", asm)
+    return len(re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm))
+
+
 @pytest.mark.parametrize("vectors", [1, 2])
 @pytest.mark.parametrize("kernels", ["FORWARD", "BACKWARD_WEIGHT"])
 def test_blocked_microkernel_is_packed_fmas_on_this_machine(kernels, vectors, monkeypatch):
     """The channel-blocked kernels' inner loop compiles to the register tile it was written
-    for: at least PIXELS packed float32 FMAs a vector of the tile's width, on vector registers
-    (ymm or zmm), and no scalar FMA, in the machine code for this CPU."""
+    for: at least PIXELS packed FMAs a vector of the tile's width."""
     from fastconv.kernels import conv_blocked
     kernel = getattr(conv_blocked, kernels)[vectors * conv_blocked.VECTOR]
-    [args] = {id(k): a for k, a in _calls_with_float32(monkeypatch) if k is kernel}.values()
-    compiled, signature = _compiled(kernel, args)
-    asm = compiled.inspect_asm(signature)
-    fmas = re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm)
-    assert len(fmas) >= vectors * conv_blocked.PIXELS, (len(fmas), asm.count("vfmadd"))
-    assert not re.search(r"vfmadd\d+ss", asm)
+    assert _packed_fmas(kernel, monkeypatch) >= vectors * conv_blocked.PIXELS
+
+
+def test_direct_tiled_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
+    """The direct kernels' stride-1 register tile: a packed FMA per vector of the tile."""
+    from fastconv.kernels import conv_direct
+    fmas = _packed_fmas(conv_direct.conv2d_forward_nchw_tiled, monkeypatch)
+    assert fmas >= conv_direct.TILE_ROWS

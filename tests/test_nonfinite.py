@@ -10,6 +10,7 @@ gradient (backward weight) and gets NaN, it may stay finite. There the rule chec
 weaker one: non-finite only where PyTorch is."""
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_conv import ALGOS, _arrays, conv_cases
@@ -86,3 +87,21 @@ def test_pooling(case, kind, poisoned, parallel, data, monkeypatch):
     y, gx = _run(kind, case, x, gy)
     oracle.check_nonfinite({"y": y, "gx": gx}, oracle.pool2d(
         kind, x, gy, count_include_pad=case["count_include_pad"], **case["kwargs"]))
+
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_an_infinite_filter_value_in_the_input_gradient(algo, stride):
+    """The kernels that compute the input gradient as a convolution of the zero-spread output
+    gradient (blocked, and direct at stride 1) would meet that infinity with the spread's
+    zeros, NaN where PyTorch has an infinity or a number: such filters take another path.
+    A fixed case, the infinity in a corner tap so that it reaches the padded border."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 4, 7, 7)), rng.standard_normal((6, 4, 3, 3))
+    w[1, 2, 0, 0] = np.inf
+    gy = rng.standard_normal((2, 6) + ((7 - 1) // stride + 1,) * 2)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, stride=stride, padding=1, algo=algo)
+    expected = oracle.conv2d(x, w, gy=gy, stride=stride, padding=1)
+    assert np.isinf(expected["torch"]["gx"]).any()
+    oracle.check_nonfinite({"gx": gx}, expected)

@@ -85,6 +85,76 @@ def conv2d_backward_bias_reference(gy, layout):
     return gy.sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
 
 
+# --- what the direct and blocked kernels share -----------------------------------------------
+
+def _padded(g, x, slack=0):
+    """x, or a zero-padded copy of it, each image flat: (N, X) and the padded (rows, columns),
+    sized so that every window lies inside; ``slack`` more elements after each image (then
+    always a copy) for a kernel whose vector loads may reach past its last row."""
+    top, _, left, _ = g.padding
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    hp = max(top + g.H, (g.OH - 1) * sh + (g.R - 1) * dh + 1)
+    wp = max(left + g.W, (g.OW - 1) * sw + (g.S - 1) * dw + 1)
+    if (hp, wp) == (g.H, g.W) and not slack:
+        return x.reshape(g.N, -1), hp, wp
+    images = driver.workspace((g.N, g.C * hp * wp + slack), x.dtype)
+    images.fill(0)
+    shape = (g.N, g.C, hp, wp) if g.layout == "NCHW" else (g.N, hp, wp, g.C)
+    padded = images[:, :g.C * hp * wp].reshape(shape)
+    nchw_view(padded, g.layout)[:, :, top:top + g.H, left:left + g.W] = nchw_view(x, g.layout)
+    return images, hp, wp
+
+
+def _transposed(g, gy, w, forward, exact):
+    """The input gradient as ``forward`` (a conv2d implementation) computes it: a convolution
+    of gy spread out by the stride (zeros between its pixels) and padded to the whole window,
+    with the filters flipped and their two channel axes swapped. Every stride runs as stride
+    1: a stride-s convolution costs s^2 times its multiply-adds here.
+
+    The spread's zeros meet every filter value; 0 x a non-finite value is NaN where PyTorch,
+    which never multiplies them, has a number or an infinity. So filters holding one go to
+    ``exact`` (a backward-input implementation) instead: the check reads only the filters."""
+    if not np.isfinite(w).all():
+        return exact(g, gy, w)
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    reach_h, reach_w = (g.R - 1) * dh, (g.S - 1) * dw
+    shape = (g.N, g.K, g.H + reach_h, g.W + reach_w)
+    spread = driver.workspace(shape if g.layout == "NCHW" else shape[:1] + shape[2:] + shape[1:2],
+                              gy.dtype, slot=1)
+    spread.fill(0)
+    # gy's pixel (oh, ow) lands at (oh * sh + reach_h - top, ow * sw + reach_w - left)
+    rows = _spread(g.OH, sh, reach_h - g.padding[0], shape[2])
+    cols = _spread(g.OW, sw, reach_w - g.padding[2], shape[3])
+    if rows and cols:
+        nchw_view(spread, g.layout)[:, :, rows[1], cols[1]] = (
+            nchw_view(gy, g.layout)[:, :, rows[0], cols[0]])
+    cg, kg = g.C // g.groups, g.K // g.groups
+    flipped = oihw_view(w, g.layout).reshape(g.groups, kg, cg, g.R, g.S).swapaxes(1, 2)
+    flipped = np.ascontiguousarray(flipped.reshape(g.C, kg, g.R, g.S)[:, :, ::-1, ::-1])
+    if g.layout == "NHWC":
+        flipped = flipped.transpose(2, 3, 1, 0)
+    gt = conv_geometry(spread.shape, flipped.shape, 1, 0, g.dilation, g.groups, g.layout)
+    return forward(gt, spread, flipped, None, None)
+
+
+def _spread(size, stride, shift, room):
+    """(source, destination) slices putting gy's indices i at i * stride + shift, those that
+    land in [0, room); None if none does."""
+    lo = max(0, -(shift // stride) if shift < 0 else 0)
+    hi = min(size, (room - 1 - shift) // stride + 1)
+    if hi <= lo:
+        return None
+    first = lo * stride + shift
+    return slice(lo, hi), slice(first, first + (hi - lo - 1) * stride + 1, stride)
+
+
+
+def _tiled(g, channels):
+    """Whether the direct kernels' register tiles serve a stride-1 NCHW layer with
+    ``channels`` output channels a group (the depthwise one keeps its plane kernels)."""
+    return g.layout == "NCHW" and g.stride == (1, 1) and channels > 1
+
+
 # --- direct -----------------------------------------------------------------------------------
 
 @register("conv2d", "cpu", "direct")
@@ -94,6 +164,10 @@ def conv2d_direct_cpu(g, x, w, b, activation):
     if g.layout == "NHWC":
         driver.cpu_call(conv_direct.conv2d_forward_nhwc, work, x, w, bias, y, *g.taps, g.groups,
                         act)
+    elif _tiled(g, g.K // g.groups):
+        images, hp, wp = _padded(g, x, slack=conv_direct.VECTOR)
+        driver.cpu_call(conv_direct.conv2d_forward_nchw_tiled, work, images, w, bias, y, hp, wp,
+                        *g.dilation, g.groups, act)
     elif g.stride == (1, 1):
         driver.cpu_call(conv_direct.conv2d_forward_nchw_unit_stride, work, x, w, bias, y,
                         g.padding[0], g.padding[2], *g.dilation, g.groups, act)
@@ -117,6 +191,12 @@ def conv2d_direct_cuda(g, x, w, b, activation):
 
 @register("conv2d_backward_input", "cpu", "direct")
 def conv2d_backward_input_direct_cpu(g, gy, w):
+    if _tiled(g, g.C // g.groups):
+        return _transposed(g, gy, w, conv2d_direct_cpu, _backward_input_planes)
+    return _backward_input_planes(g, gy, w)
+
+
+def _backward_input_planes(g, gy, w):
     gx, gx_nchw = driver.output(np, g.x_shape, gy.dtype, g.layout)
     driver.cpu_call(conv_direct.conv2d_backward_input, g.flops // 2, nchw_view(gy, g.layout),
                     oihw_view(w, g.layout), gx_nchw, *g.taps, g.groups)
@@ -155,22 +235,6 @@ def conv2d_backward_weight_direct_cuda(g, gy, x):
 # kernels/conv_blocked.py addresses an image as a flat vector: the caller gives it the offset of
 # every tap from an output pixel's base, for the input's layout, and pads the input so that no
 # tap leaves it (the padding is then real zeros, and the kernel's inner loop has no branch).
-
-def _padded(g, x):
-    """x, or a zero-padded copy of it, each image flat: (N, X) and the padded (rows, columns),
-    sized so that every window lies inside."""
-    top, _, left, _ = g.padding
-    (sh, sw), (dh, dw) = g.stride, g.dilation
-    hp = max(top + g.H, (g.OH - 1) * sh + (g.R - 1) * dh + 1)
-    wp = max(left + g.W, (g.OW - 1) * sw + (g.S - 1) * dw + 1)
-    if (hp, wp) == (g.H, g.W):
-        return x.reshape(g.N, -1), hp, wp
-    xp = driver.workspace((g.N, g.C, hp, wp) if g.layout == "NCHW" else (g.N, hp, wp, g.C),
-                          x.dtype)
-    xp.fill(0)
-    nchw_view(xp, g.layout)[:, :, top:top + g.H, left:left + g.W] = nchw_view(x, g.layout)
-    return xp.reshape(g.N, -1), hp, wp
-
 
 def _tap_offsets(g, hp, wp):
     """(G, T) uint64: tap (c, r, s) of group g from a pixel's base, and the base's row and
@@ -218,39 +282,7 @@ def conv2d_blocked_cpu(g, x, w, b, activation):
 
 @register("conv2d_backward_input", "cpu", "blocked")
 def conv2d_backward_input_blocked_cpu(g, gy, w):
-    """The forward kernel on gy spread out by the stride (zeros between its pixels) and padded
-    to the whole window, with the filters flipped and their two channel axes swapped. Every
-    stride runs as stride 1: a stride-s convolution costs s^2 times its multiply-adds here."""
-    (sh, sw), (dh, dw) = g.stride, g.dilation
-    reach_h, reach_w = (g.R - 1) * dh, (g.S - 1) * dw
-    shape = (g.N, g.K, g.H + reach_h, g.W + reach_w)
-    spread = driver.workspace(shape if g.layout == "NCHW" else shape[:1] + shape[2:] + shape[1:2],
-                              gy.dtype, slot=1)
-    spread.fill(0)
-    # gy's pixel (oh, ow) lands at (oh * sh + reach_h - top, ow * sw + reach_w - left)
-    rows = _spread(g.OH, sh, reach_h - g.padding[0], shape[2])
-    cols = _spread(g.OW, sw, reach_w - g.padding[2], shape[3])
-    if rows and cols:
-        nchw_view(spread, g.layout)[:, :, rows[1], cols[1]] = (
-            nchw_view(gy, g.layout)[:, :, rows[0], cols[0]])
-    cg, kg = g.C // g.groups, g.K // g.groups
-    flipped = oihw_view(w, g.layout).reshape(g.groups, kg, cg, g.R, g.S).swapaxes(1, 2)
-    flipped = flipped.reshape(g.C, kg, g.R, g.S)[:, :, ::-1, ::-1]
-    gt = conv_geometry(spread.shape, flipped.shape if g.layout == "NCHW" else (
-        flipped.transpose(2, 3, 1, 0).shape), 1, 0, g.dilation, g.groups, g.layout)
-    return conv2d_blocked_cpu(gt, spread, flipped if g.layout == "NCHW" else (
-        flipped.transpose(2, 3, 1, 0)), None, None)
-
-
-def _spread(size, stride, shift, room):
-    """(source, destination) slices putting gy's indices i at i * stride + shift, those that
-    land in [0, room); None if none does."""
-    lo = max(0, -(shift // stride) if shift < 0 else 0)
-    hi = min(size, (room - 1 - shift) // stride + 1)
-    if hi <= lo:
-        return None
-    first = lo * stride + shift
-    return slice(lo, hi), slice(first, first + (hi - lo - 1) * stride + 1, stride)
+    return _transposed(g, gy, w, conv2d_blocked_cpu, _backward_input_planes)
 
 
 @register("conv2d_backward_weight", "cpu", "blocked")
