@@ -113,7 +113,14 @@ def _cpuinfo() -> dict:
 
 
 def cpu_name() -> str:
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+    """The CPU's model name, and its family and model numbers where /proc/cpuinfo has them: a
+    virtual machine's name may hide the generation ("AMD EPYC" is Zen 4 as family 25, Zen 5 as
+    family 26), and results are only comparable within one."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info and "model" in info:
+        return f"{name} (family {info['cpu family']} model {info['model']})"
+    return name
 
 
 def simd_flags() -> list[str]:

@@ -2,7 +2,7 @@
 geometry (fastconv.implementations.conv2d.FEATURES), fitted by benchmarks/fit_dispatch.py; do not
 edit it by hand, rerun that.
 
-Fitted on dispatch-cpu.csv: 1350 timings of AMD EPYC (avx512).
+Fitted on dispatch-cpu.csv: 1350 timings of AMD EPYC (family 26 model 2) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
     conv2d: the rule 1.030x, blocked 1.293x, direct 2.806x, im2col 1.951x
