@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(command=_bench, parser=run)
     run.add_argument("--suite", choices=bench.SUITE_NAMES, default="all",
                      help="the network whose layers to run (default: all)")
+    run.add_argument("--layers", type=lambda v: v.split(","), metavar="NAME[,NAME...]",
+                     help="only these layers of the suite, by name (e.g. c1,s2.max or "
+                     "lenet5/c1; the names are in the output's header)")
     run.add_argument("--quick", action="store_true",
                      help="a smoke run, checking results and never speed: batch 1 (LeNet-5 8), "
                      f"images 1/{bench.QUICK_SIZE_DIVISOR} the size, 3 repeats (1 for numpy), "
@@ -219,6 +222,13 @@ def _bench(args) -> int:
         except ImportError as err:
             error(str(err))
     chosen = bench.cases(args.suite, args.batch, args.quick)
+    if args.layers:
+        known = {c.name for c in chosen} | {c.name.split("/", 1)[1] for c in chosen}
+        unknown = [name for name in args.layers if name not in known]
+        if unknown:
+            error(f"--layers: no layer {', '.join(unknown)} in suite {args.suite}")
+        chosen = [c for c in chosen
+                  if c.name in args.layers or c.name.split("/", 1)[1] in args.layers]
     repeats = args.repeats or (3 if args.quick else 10)
     numpy_repeats = args.numpy_repeats or (1 if args.quick else 3)
     rows, sgemm = [], {}

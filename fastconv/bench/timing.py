@@ -110,6 +110,8 @@ def run(chosen: list[Case], dtype=np.float32, repeats: int = 10, numpy_repeats: 
             for op in directions(case):
                 bar.set_postfix_str(f"{op} {case.name}")
                 calls = {impl: runner(case, op, impl, arrays, on) for impl in timed(op)}
+                if not calls:  # --impls left none of this op's implementations
+                    continue
                 results = {impl: fn() for impl, fn in calls.items()}  # compiles, outside timing
                 wanted = {impl: numpy_repeats if impl == "numpy" else repeats for impl in calls}
                 times = {impl: [] for impl in calls}
