@@ -115,8 +115,9 @@ def test_bench_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--help"])
     out = capsys.readouterr().out
-    for option in ("--suite", "--no-numpy", "--quick", "--batch", "--repeats", "--numpy-repeats",
-                   "--dtype", "--threads", "--device", "--csv", "--json", "--markdown", "--plot"):
+    for option in ("--suite", "--layers", "--no-numpy", "--quick", "--batch", "--repeats",
+                   "--numpy-repeats", "--dtype", "--threads", "--device", "--csv", "--json",
+                   "--markdown", "--plot"):
         assert option in out
 
 
@@ -136,3 +137,22 @@ def test_bench_threads_takes_a_list_of_positive_counts(bad, capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--threads", bad])
     assert "expected thread counts such as 1,2" in capsys.readouterr().err
+
+
+def test_bench_layers_runs_those_layers_alone():
+    status, out, _ = _main("bench", "--quick", "--suite", "lenet5", "--layers", "c3,lenet5/s2.max",
+                           "--impls", "direct,fastconv", "--no-numpy", "--repeats", "1")
+    assert status == 0
+    table = out.splitlines()[out.splitlines().index(next(
+        x for x in out.splitlines() if x.startswith("---"))) + 1:]
+    assert {tuple(line.split()[:3]) for line in table} == {
+        ("conv2d", "lenet5/c3", "direct"), ("conv2d_backward", "lenet5/c3", "direct"),
+        ("max_pool2d", "lenet5/s2.max", "fastconv"),
+        ("max_pool2d_backward", "lenet5/s2.max", "fastconv")}
+
+
+def test_bench_layers_names_a_layer_the_suite_lacks(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--suite", "lenet5", "--layers", "c1,conv9"])
+    assert exit_.value.code == 2
+    assert "--layers: no layer conv9 in suite lenet5" in capsys.readouterr().err
