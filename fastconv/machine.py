@@ -1,6 +1,8 @@
 """What numbers were measured on: the CPU, its SIMD, the threads, the BLAS, malloc, the versions
 and the GPU, for ``fastconv info`` and every benchmark's header."""
 
+from __future__ import annotations
+
 import importlib.metadata
 import platform
 
@@ -46,4 +48,21 @@ def describe(info: dict) -> list[tuple[str, str]]:
                                for threads, rate in info["sgemm"].items())
             + " (float32 4096^3 through NumPy's BLAS, best of 3, measured in this run)"),)
           if info.get("sgemm") else ()),
+        *((("WARNING", warning),) if (warning := _shared_cpus(info.get("sgemm") or {})) else ()),
     ]
+
+
+def _shared_cpus(sgemm: dict) -> str | None:
+    """A warning where the SGEMM rate grew less than 1.5x from one thread to two or more: other
+    work shares these CPUs (a virtual machine's neighbour), and the figures of more threads
+    measure it, not the kernels (benchmarks/results/cpu-suite.md, 2026-11-30)."""
+    one = sgemm.get(1)
+    more = {t: r for t, r in sgemm.items() if t > 1}
+    if not one or not more:
+        return None
+    slow = [t for t, rate in more.items() if rate < 1.5 * one]
+    if not slow:
+        return None
+    return (f"SGEMM on {', '.join(map(str, slow))} threads runs at most "
+            f"{max(more[t] for t in slow) / one:.2f}x its one-thread rate: other work shares "
+            "these CPUs, and the figures on more than one thread measure it")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fastconv import bench, cli, dispatch, runtime
+from fastconv import bench, cli, dispatch, machine, runtime
 
 
 def _main(*argv):
@@ -156,3 +156,15 @@ def test_bench_layers_names_a_layer_the_suite_lacks(capsys):
         cli.main(["bench", "--suite", "lenet5", "--layers", "c1,conv9"])
     assert exit_.value.code == 2
     assert "--layers: no layer conv9 in suite lenet5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rates, warned", [({1: 133.0, 2: 141.0}, True),
+                                           ({1: 126.0, 2: 246.0}, False),
+                                           ({1: 126.0}, False), ({2: 246.0}, False)])
+def test_bench_header_warns_when_more_threads_add_no_sgemm(rates, warned):
+    """A stolen vCPU (SGEMM barely faster on two threads than on one) is said in the header:
+    the multi-thread figures of such a run measure the neighbour, not the kernels."""
+    lines = dict(machine.describe({**machine.machine(), "sgemm": rates}))
+    assert ("WARNING" in lines) == warned
+    if warned:
+        assert "1.06x its one-thread rate" in lines["WARNING"]
