@@ -3,13 +3,15 @@
     python benchmarks/fit_dispatch.py                      # measure here, then fit
     python benchmarks/fit_dispatch.py --from-csv A.csv B.csv   # refit, e.g. two machines' files
 
-Measuring times every CPU conv algorithm on every conv layer of the layer suite, forward,
-backward input and backward weight each on its own, on each --threads count, and appends the
+Measuring times every CPU conv algorithm on every conv layer of the layer suite (and LeNet-5's
+at the training batch, 64, too), forward, backward input and backward weight each on its own,
+on each --threads count, and appends the
 rows to --csv (a machine's rows replace that machine's earlier ones). Fitting reads --csv (or
 --from-csv) and writes the rule to --rule and the table it came from to --markdown.
 """
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from fastconv.registry import CONV_OPS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+TRAIN = 64  # fastconv train's default batch
 
 
 def machine_label() -> str:
@@ -66,6 +69,11 @@ def main(argv=None) -> int:
         rows = [r for r in (fit.read_csv(args.csv) if args.csv.exists() else [])
                 if r["machine"] != label]
         chosen = bench.cases(args.suite, quick=args.quick)
+        # LeNet-5 also at the batch `fastconv train` runs it with (64): its layers are small
+        # enough that the best algorithm changes with the batch
+        chosen += [dataclasses.replace(c, name=c.name.replace("lenet5/", f"lenet5-b{TRAIN}/"),
+                                       x=(TRAIN, *c.x[1:]))
+                   for c in chosen if c.name.startswith("lenet5/") and not args.quick]
         for threads in (int(t) for t in args.threads.split(",")):
             runtime.set_num_threads(threads)
             rows += fit.measure(chosen, label, args.repeats)
