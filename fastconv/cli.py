@@ -231,17 +231,17 @@ def _bench(args) -> int:
                   if c.name in args.layers or c.name.split("/", 1)[1] in args.layers]
     repeats = args.repeats or (3 if args.quick else 10)
     numpy_repeats = args.numpy_repeats or (1 if args.quick else 3)
-    rows, sgemm = [], {}
+    rows, sgemm, sgemm_size = [], {}, 1024 if args.quick else 4096
     for threads in args.threads or [runtime.get_num_threads()]:
         try:
             runtime.set_num_threads(threads)
         except ValueError as err:
             error(f"--threads: {err}")
-        sgemm[threads] = bench.sgemm_gflops(1024 if args.quick else 4096)
+        sgemm[threads] = bench.sgemm_gflops(sgemm_size)
         rows += bench.run(chosen, np.dtype(args.dtype), repeats, numpy_repeats, on=args.device,
                           sgemm=sgemm[threads], numpy=not args.no_numpy, only=args.impls)
 
-    measured_on = {**machine.machine(args.device), "sgemm": sgemm}
+    measured_on = {**machine.machine(args.device), "sgemm": sgemm, "sgemm_size": sgemm_size}
     print(bench.table(rows, measured_on), end="")
     if args.gemm:
         for row in bench.gemm(args.gemm, np.dtype(args.dtype), repeats):

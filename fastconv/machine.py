@@ -46,7 +46,8 @@ def describe(info: dict) -> list[tuple[str, str]]:
           if "gpu" in info else ()),
         *((("SGEMM", "; ".join(f"{rate:.0f} GFLOP/s on {threads} thread(s)"
                                for threads, rate in info["sgemm"].items())
-            + " (float32 4096^3 through NumPy's BLAS, best of 3, measured in this run)"),)
+            + f" (float32 {info.get('sgemm_size', 4096)}^3 through NumPy's BLAS, best of 3, "
+            "measured in this run)"),)
           if info.get("sgemm") else ()),
         *((("WARNING", warning),) if (warning := _shared_cpus(info.get("sgemm") or {})) else ()),
     ]

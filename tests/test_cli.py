@@ -65,6 +65,7 @@ def test_bench_prints_machine_and_a_row_per_op_shape_and_impl(quick_run):
     out, err, _ = quick_run
     lines = out.splitlines()
     assert lines[0].startswith("cpu: ") and any(line.startswith("BLAS: ") for line in lines)
+    assert any(line.startswith("SGEMM: ") and "1024^3" in line for line in lines)  # --quick's
     table = lines[lines.index(next(x for x in lines if x.startswith("---"))) + 1:]
     assert {tuple(line.split()[:3]) for line in table} == _expected_rows()
     impls = {line.split()[2] for line in table}
