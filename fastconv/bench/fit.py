@@ -21,7 +21,6 @@ import csv
 import math
 import pprint
 import statistics
-import time
 
 import numpy as np
 from tqdm import tqdm
@@ -30,6 +29,7 @@ from .. import ops
 from ..implementations.conv2d import FEATURES, walk
 from ..registry import CONV_OPS, REFERENCE, implementations
 from .cases import inputs
+from .timing import _host_seconds
 
 COLUMNS = tuple(dict.fromkeys(("machine", "threads", "layer", "op", "algo", "median_ms",
                                *FEATURES)))
@@ -47,12 +47,6 @@ def _call(case, op, algo, a):
     return lambda: ops.conv2d_backward_weight(a["gy"], a["x"], a["w"].shape, **args)
 
 
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def measure(cases, machine: str, repeats: int = 3, progress: bool = True) -> list[dict]:
     """One row per conv case, op and CPU algorithm on the current thread count: the median of
     ``repeats`` calls, the algorithms timed in turn after a warm-up call each."""
@@ -65,12 +59,12 @@ def measure(cases, machine: str, repeats: int = 3, progress: bool = True) -> lis
             calls = {algo: _call(case, op, algo, arrays) for algo in algos}
             for fn in calls.values():
                 fn()  # compiles, outside the timing
-            times = {algo: [_seconds(fn)] for algo, fn in calls.items()}
+            times = {algo: [_host_seconds(fn)] for algo, fn in calls.items()}
             fastest = min(t[0] for t in times.values())
             timed = [a for a in algos if times[a][0] < CUT * fastest]
             for _ in range(repeats - 1):
                 for algo in timed:
-                    times[algo].append(_seconds(calls[algo]))
+                    times[algo].append(_host_seconds(calls[algo]))
             for algo, t in times.items():
                 rows.append({"machine": machine, "layer": case.name, "op": op, "algo": algo,
                              "median_ms": statistics.median(t) * 1e3,
@@ -91,19 +85,23 @@ def read_csv(path) -> list[dict]:
                  for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def _calls(rows) -> dict:
+    """{(machine, threads, layer, op): {algo: row}}: the rows of each measured call, in the
+    rows' order."""
+    calls = {}
+    for r in rows:
+        calls.setdefault((r["machine"], int(r["threads"]), r["layer"], r["op"]), {})[r["algo"]] = r
+    return calls
+
+
 def _samples(rows, op):
     """(features (S, F), log times (S, A), algos) of ``op``: a sample per machine, thread count
     and layer; an algorithm not measured on a sample counts as infinitely slow there."""
     algos = sorted({r["algo"] for r in rows if r["op"] == op})
-    keyed = {}
-    for r in rows:
-        if r["op"] == op:
-            sample = keyed.setdefault((r["machine"], r["threads"], r["layer"]),
-                                      {"features": [r[f] for f in FEATURES], "times": {}})
-            sample["times"][r["algo"]] = r["median_ms"]
-    features = np.array([s["features"] for s in keyed.values()], float)
-    logs = np.array([[math.log(s["times"][a]) if a in s["times"] else math.inf for a in algos]
-                     for s in keyed.values()])
+    samples = [by_algo for key, by_algo in _calls(rows).items() if key[3] == op]
+    features = np.array([[next(iter(s.values()))[f] for f in FEATURES] for s in samples], float)
+    logs = np.array([[math.log(s[a]["median_ms"]) if a in s else math.inf for a in algos]
+                     for s in samples])
     return features, logs, algos
 
 
@@ -190,13 +188,10 @@ def table(rows: list[dict], rule: dict) -> str:
     """Markdown: per machine, thread count, layer and op, each algorithm's time, the fastest and
     the rule's pick (and what the pick loses where it is not the fastest)."""
     algos = sorted({r["algo"] for r in rows})
-    keyed = {}
-    for r in rows:
-        keyed.setdefault((r["machine"], int(r["threads"]), r["layer"], r["op"]), {})[r["algo"]] = r
     out = ["| machine | threads | layer | op | " + " | ".join(f"{a} ms" for a in algos)
            + " | fastest | rule picks | loss |",
            "|---|--:|---|---|" + "--:|" * len(algos) + "---|---|--:|"]
-    for (machine, threads, layer, op), by_algo in keyed.items():
+    for (machine, threads, layer, op), by_algo in _calls(rows).items():
         times = {a: by_algo[a]["median_ms"] for a in algos if a in by_algo}
         fastest = min(times, key=times.get)
         pick = walk(rule[op], next(iter(by_algo.values())).__getitem__)
@@ -209,11 +204,8 @@ def table(rows: list[dict], rule: dict) -> str:
 
 def _walk_loss(rows, rule) -> dict:
     """{op: [log(t_picked / t_fastest) per sample]} of ``rule`` on ``rows``."""
-    keyed = {}
-    for r in rows:
-        keyed.setdefault((r["op"], r["machine"], r["threads"], r["layer"]), {})[r["algo"]] = r
     losses = {}
-    for (op, *_), by_algo in keyed.items():
+    for (*_, op), by_algo in _calls(rows).items():
         features = next(iter(by_algo.values()))
         pick = walk(rule[op], features.__getitem__)
         fastest = min(r["median_ms"] for r in by_algo.values())
