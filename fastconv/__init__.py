@@ -3,7 +3,7 @@ small autograd to train CNNs on them."""
 
 from . import models, nn, ops, optim
 from .dispatch import algorithms, autotune
-from .nn import manual_seed
+from .rng import manual_seed
 from .runtime import get_num_threads, set_num_threads
 from .tensor import Tensor, is_grad_enabled, no_grad, tensor
 

@@ -24,7 +24,7 @@ __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
     "conv2d_backward",
     "max_pool2d", "max_pool2d_backward", "max_pool2d_backward_saved", "avg_pool2d",
-    "avg_pool2d_backward", "adam_step",
+    "avg_pool2d_backward", "batch_norm2d", "batch_norm2d_backward", "adam_step",
     "algorithms",
 ]
 
@@ -258,6 +258,100 @@ def avg_pool2d_backward(gy, x_shape, kernel_size, stride=None, padding=0, ceil_m
     return _run("avg_pool2d_backward", device, "auto", p, gy.dtype, gy)
 
 
+def _channels(x, data_format):
+    """(layout, C) of a 4-D activation."""
+    data_format = geometry.layout(data_format)
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-D {data_format}, got shape {x.shape}")
+    return data_format, x.shape[1 if data_format == "NCHW" else 3]
+
+
+def _in_place(**arrays):
+    for name, a in arrays.items():
+        flags = getattr(a, "flags", None)
+        if a is not None and (flags is None or not flags.c_contiguous or not flags.writeable):
+            raise ValueError(f"{name} must be a writeable C-contiguous array: it is updated "
+                             "in place")
+
+
+def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None, training=False,
+                 momentum=0.1, eps=1e-5, data_format="NCHW", device=None):
+    """Batch normalisation of each channel, PyTorch's ``torch.nn.functional.batch_norm``:
+    ``(x - mean) / sqrt(var + eps) * weight + bias``.
+
+    In training, mean and var are the batch's, over N, H and W (the variance biased), and the
+    running buffers, when given, move ``momentum`` of the way to them (the variance unbiased),
+    updated in place: the one documented exception, with :func:`adam_step`, to "inputs are
+    never modified", so they must be writeable C-contiguous arrays. In evaluation
+    (``training=False``) the running statistics normalise and are needed. ``weight`` and
+    ``bias`` (C,) are optional (affine=False). Statistics are summed in float64.
+
+    Returns:
+        (y, mean, invstd): y in x's shape, layout and dtype, and the (C,) statistics used,
+        ``invstd = 1 / sqrt(var + eps)``, which :func:`batch_norm2d_backward` takes. For an
+        empty x nothing is measured: y is empty, mean and invstd are NaN and the running
+        buffers stay as they are.
+    """
+    if training:
+        _in_place(running_mean=running_mean, running_var=running_var)
+    elif running_mean is None or running_var is None:
+        raise ValueError("batch_norm2d in evaluation (training=False) normalises with "
+                         "running_mean and running_var: both are needed")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var go together: pass both or neither")
+    device, (x, weight, bias, running_mean, running_var) = _arrays(
+        device, x=x, weight=weight, bias=bias, running_mean=running_mean,
+        running_var=running_var)
+    layout, c = _channels(x, data_format)
+    for name, a in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if a is not None:
+            _expect(name, a, (c,), f"x {x.shape} ({layout}) with {c} channels")
+    momentum, eps = _real("momentum", momentum, 0, 1), _real("eps", eps, 0, math.inf)
+    count = x.size // max(c, 1)
+    if training and count == 1:
+        raise ValueError(f"batch_norm2d in training needs more than 1 value per channel, got "
+                         f"x {x.shape}")
+    if x.size == 0:
+        xp = devices.array_module(device)
+        nothing = xp.full(c, xp.nan, x.dtype)
+        return xp.empty(x.shape, x.dtype), nothing, nothing.copy()
+    return _run("batch_norm2d", device, "auto", layout, x.dtype, x, weight, bias, running_mean,
+                running_var, bool(training), training and running_mean is not None, momentum,
+                eps)
+
+
+def batch_norm2d_backward(gy, x, weight, save_mean, save_invstd, training=True,
+                          data_format="NCHW", device=None):
+    """The gradients (gx, gweight, gbias) of :func:`batch_norm2d` given ``gy = dL/dy``, from
+    the ``mean`` and ``invstd`` it returned. ``training`` must be the forward's: in training
+    the statistics depend on x, and gx carries their terms. ``weight`` None is affine=False
+    (gweight and gbias are still returned). An empty x gives an empty gx and zeros."""
+    device, (gy, x, weight, save_mean, save_invstd) = _arrays(
+        device, gy=gy, x=x, weight=weight, save_mean=save_mean, save_invstd=save_invstd)
+    layout, c = _channels(x, data_format)
+    _expect("gy", gy, x.shape, f"batch_norm2d of x {x.shape}")
+    if save_mean is None or save_invstd is None:
+        raise ValueError("save_mean and save_invstd are needed: pass the mean and invstd "
+                         "batch_norm2d returned")
+    for name, a in (("weight", weight), ("save_mean", save_mean), ("save_invstd", save_invstd)):
+        if a is not None:
+            _expect(name, a, (c,), f"x {x.shape} ({layout}) with {c} channels")
+    if x.size == 0:
+        xp = devices.array_module(device)
+        return xp.empty(x.shape, x.dtype), xp.zeros(c, x.dtype), xp.zeros(c, x.dtype)
+    return _run("batch_norm2d_backward", device, "auto", layout, x.dtype, gy, x, weight,
+                save_mean, save_invstd, bool(training))
+
+
+def _real(name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
 def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
               weight_decay=0.0, device=None):
     """Step ``step`` (1 for the first) of torch.optim.Adam on ``param``, in one kernel.
@@ -266,11 +360,7 @@ def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
     C-contiguous NumPy or CuPy arrays (a copy would lose the update); ``grad`` is only read.
     The arithmetic is in the arrays' dtype, as PyTorch's, with its bias corrections.
     """
-    for name, a in (("param", param), ("m", m), ("v", v)):
-        flags = getattr(a, "flags", None)
-        if flags is None or not flags.c_contiguous or not flags.writeable:
-            raise ValueError(f"{name} must be a writeable C-contiguous array: adam_step "
-                             "updates it in place")
+    _in_place(param=param, m=m, v=v)
     device, (param, grad, m, v) = _arrays(device, param=param, grad=grad, m=m, v=v)
     for name, a in (("grad", grad), ("m", m), ("v", v)):
         _expect(name, a, param.shape, "an update of param")

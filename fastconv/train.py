@@ -1,12 +1,13 @@
 """Training and evaluation runs behind ``fastconv train`` and ``fastconv eval``.
 
-A run directory holds ``checkpoint.npz``: model parameters under ``model/<name>``, optimiser
-state under ``optim/<index>/<key>``, and the run itself, ``run`` (the settings, the data's
-normalisation and the epochs done, as JSON) and ``curves`` (one record per epoch), NumPy arrays
-only, loaded with allow_pickle=False. It is the run's one commit point: written whole to a
-temporary file, then renamed over the last one, so a kill at any instant leaves the previous
-epoch's run or the new one, never a mix. ``run.json``, ``curves.csv`` and, with matplotlib,
-``curves.png`` are views of it for people, rewritten after each commit (and on resuming).
+A run directory holds ``checkpoint.npz``: model parameters and buffers under
+``model/<name>``, optimiser state under ``optim/<index>/<key>``, and the run itself, ``run``
+(the settings, the data's normalisation and the epochs done, as JSON) and ``curves`` (one record
+per epoch), NumPy arrays only, loaded with allow_pickle=False. It is the run's one commit point:
+written whole to a temporary file, then renamed over the last one, so a kill at any instant
+leaves the previous epoch's run or the new one, never a mix. ``run.json``, ``curves.csv`` and,
+with matplotlib, ``curves.png`` are views of it for people, rewritten after each commit (and on
+resuming).
 
 Every failure about a file is a :class:`RunError`, one line naming the file and what is wrong.
 """
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from . import data, models, optim
 from . import device as devices
 from .nn import functional as F
-from .nn import manual_seed
+from .rng import manual_seed
 from .tensor import no_grad, tensor
 
 DATASETS = ("fashion-mnist", "mnist")
@@ -214,7 +215,7 @@ def _read_curves_csv(path: Path):
 def _check_keys(path, arrays, model, optimizer, config):
     """Every array of the checkpoint is one the model and optimiser have, of the right shape,
     and every parameter is there, before anything is loaded."""
-    params = model.state_dict()
+    params, count = model.state_dict(), len(model.parameters())  # state_dict has buffers too
     state = OPTIMIZER_STATE[config.optimizer]
     for key, value in arrays.items():
         kind, _, rest = key.partition("/")
@@ -222,9 +223,9 @@ def _check_keys(path, arrays, model, optimizer, config):
             want = params[rest].shape
         elif kind == "optim" and rest.count("/") == 1:
             index, name = rest.split("/")
-            if not (index.isdigit() and int(index) < len(params) and name in state):
+            if not (index.isdigit() and int(index) < count and name in state):
                 raise RunError(f"{path}: {key} is no state of this run's {config.optimizer} "
-                               f"optimiser over {len(params)} parameters")
+                               f"optimiser over {count} parameters")
             want = state[name] if state[name] != "param" else (
                 optimizer.params[int(index)].shape)
         else:
@@ -233,7 +234,8 @@ def _check_keys(path, arrays, model, optimizer, config):
             raise RunError(f"{path}: {key} has shape {value.shape}, the run needs {tuple(want)}")
     missing = [name for name in params if f"model/{name}" not in arrays]
     if missing:
-        raise RunError(f"{path}: no model/{missing[0]} ({len(missing)} parameters missing)")
+        raise RunError(f"{path}: no model/{missing[0]} ({len(missing)} parameters or buffers "
+                       "missing)")
 
 
 def load_checkpoint(path):

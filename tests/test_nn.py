@@ -193,3 +193,104 @@ def test_train_and_eval_modes():
     model = models.LeNet5()
     assert model.eval() is model and not model.c1.training
     assert model.train().c1.training
+
+
+class _Block(nn.Module):
+    """A conv, a batch norm and a list: parameters, buffers and submodules at two depths."""
+
+    def __init__(self):
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.heads = nn.ModuleList([nn.Linear(4, 2), nn.ReLU()])
+
+
+class _TorchBlock(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(4, 2), torch.nn.ReLU()])
+
+
+def test_buffers_and_submodules_are_named_as_pytorch_names_them():
+    ours, theirs = _Block(), _TorchBlock()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert [n for n, _ in ours.named_buffers()] == [n for n, _ in theirs.named_buffers()]
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()]
+    assert [type(m).__name__ for m in ours.children()] == ["Conv2d", "BatchNorm2d",
+                                                          "ModuleList"]
+    assert len(ours.heads) == 2 and isinstance(ours.heads[0], nn.Linear)
+    assert ours.state_dict()["bn.num_batches_tracked"].dtype == np.int64
+    assert all(b not in ours.parameters() for b in ours.buffers())
+
+
+def test_a_pytorch_state_dict_with_buffers_loads_strictly_and_back():
+    rng = np.random.default_rng(4)
+    theirs = _TorchBlock()
+    theirs.bn.running_mean.copy_(torch.from_numpy(rng.standard_normal(4).astype(np.float32)))
+    theirs.bn.num_batches_tracked.fill_(7)
+    ours = _Block()
+    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    np.testing.assert_array_equal(ours.bn.running_mean.numpy(), theirs.bn.running_mean.numpy())
+    assert ours.bn.num_batches_tracked.item() == 7
+    back = _TorchBlock()
+    back.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()},
+                         strict=True)
+    for (name, a), b in zip(back.state_dict().items(), theirs.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    state = ours.state_dict()
+    del state["bn.running_var"]
+    with pytest.raises(KeyError, match="missing.*bn.running_var"):
+        _Block().load_state_dict(state)
+
+
+@pytest.mark.parametrize("momentum, affine, track", [(0.1, True, True), (None, True, True),
+                                                     (0.3, False, False)])
+def test_batch_norm_layer_matches_pytorch_in_training_and_evaluation(momentum, affine, track):
+    rng = np.random.default_rng(5)
+    ours = nn.BatchNorm2d(3, momentum=momentum, affine=affine, track_running_stats=track)
+    theirs = torch.nn.BatchNorm2d(3, momentum=momentum, affine=affine,
+                                  track_running_stats=track)
+    for training in (True, True, False):
+        ours.train(training), theirs.train(training)
+        x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32) * 2 + 1
+        xt = torch.from_numpy(x).requires_grad_()
+        xf = tensor(x, requires_grad=True)
+        y, yt = ours(xf), theirs(xt)
+        gy = rng.standard_normal(y.shape).astype(np.float32)
+        y.backward(gy), yt.backward(torch.from_numpy(gy))
+        assert rel_error(y.numpy(), yt.detach().numpy()) < 1e-5
+        assert rel_error(xf.grad.numpy(), xt.grad.numpy()) < 1e-4
+        for name, p in ours.named_parameters():
+            assert rel_error(p.grad.numpy(), dict(theirs.named_parameters())[name].grad) < 1e-5
+    for name, b in theirs.named_buffers():
+        assert rel_error(dict(ours.named_buffers())[name].numpy(), b.numpy()) < 1e-6, name
+    assert len(ours.state_dict()) == len(theirs.state_dict())
+
+
+def test_batch_norm_layer_refuses_a_wrong_input_before_any_kernel():
+    bn = nn.BatchNorm2d(3)
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(3\) got input \(2, 4, 5, 5\) with 4"):
+        bn(tensor(np.ones((2, 4, 5, 5), np.float32)))
+    with pytest.raises(ValueError, match="4-D input"):
+        bn(tensor(np.ones((2, 3, 5), np.float32)))
+    with pytest.raises(ValueError, match="num_features must be a positive int"):
+        nn.BatchNorm2d(0)
+    assert bn.num_batches_tracked.item() == 0  # nothing ran
+
+
+def test_conv_and_batch_norm_fold_in_evaluation():
+    rng = np.random.default_rng(6)
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+    bn.train()
+    bn(conv(tensor(rng.standard_normal((4, 3, 6, 6)).astype(np.float32))))  # running stats
+    bn.weight.data[...] = rng.standard_normal(4)
+    conv.eval(), bn.eval()
+    fused = nn.fuse_conv_bn_eval(conv, bn)
+    x = tensor(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+    assert rel_error(fused(x).numpy(), bn(conv(x)).numpy()) < 1e-5
+    assert fused is not conv and fused.weight is not conv.weight
+    with pytest.raises(ValueError, match="evaluation mode"):
+        nn.fuse_conv_bn_eval(conv, bn.train())

@@ -48,16 +48,20 @@ def output(xp, shape, dtype, layout):
 
 
 def bias(xp, b, k, dtype):
-    """``b``, or the K zeros a kernel adds when there is no bias, kept per size, dtype and
-    device rather than allocated and filled on every call (kernels only read a bias)."""
-    if b is not None:
-        return b
-    return _zeros(xp, k, np.dtype(dtype).str, None if xp is np else gpu.device_id())
+    """``b``, or the K zeros a kernel adds when there is no bias."""
+    return constant(xp, k, dtype, 0.0) if b is None else b
+
+
+def constant(xp, k, dtype, value):
+    """K copies of ``value``, kept per size, dtype, value and device rather than allocated and
+    filled on every call: the stand-ins for an absent bias or scale, which kernels only read."""
+    return _constant(xp, k, np.dtype(dtype).str, value,
+                     None if xp is np else gpu.device_id())
 
 
 @functools.lru_cache(maxsize=64)
-def _zeros(xp, k, dtype, device_id):
-    return xp.zeros(k, dtype)
+def _constant(xp, k, dtype, value, device_id):
+    return xp.full(k, value, dtype)
 
 
 def image_major(a, layout):

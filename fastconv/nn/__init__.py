@@ -3,18 +3,22 @@
 from . import functional
 from .modules import (
                       AvgPool2d,
+                      BatchNorm2d,
                       Conv2d,
                       Flatten,
                       Linear,
                       MaxPool2d,
                       Module,
+                      ModuleList,
                       Parameter,
                       ReLU,
                       Sequential,
                       Sigmoid,
                       Tanh,
+                      fuse_conv_bn_eval,
                       manual_seed,
 )
 
 __all__ = ["functional", "Module", "Parameter", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d",
-           "ReLU", "Tanh", "Sigmoid", "Flatten", "Sequential", "manual_seed"]
+           "BatchNorm2d", "ReLU", "Tanh", "Sigmoid", "Flatten", "Sequential", "ModuleList",
+           "fuse_conv_bn_eval", "manual_seed"]

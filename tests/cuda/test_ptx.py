@@ -24,7 +24,8 @@ CC = (9, 0)  # the H100
 F64 = re.compile(r"\b[a-z][a-z0-9.]*\.f64\b")  # a double-precision instruction
 KERNELS = registry.cuda_kernels()
 # Sums kept in float64 on purpose, whatever the arrays' dtype (see their docstrings).
-FLOAT64_ON_PURPOSE = {"bias_cuda.conv2d_backward_bias"}
+FLOAT64_ON_PURPOSE = {"bias_cuda.conv2d_backward_bias", "batch_norm_cuda.batch_norm_forward",
+                      "batch_norm_cuda.batch_norm_backward"}
 
 
 @pytest.fixture(autouse=True)

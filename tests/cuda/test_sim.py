@@ -18,7 +18,13 @@ pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 import oracle  # noqa: E402
 from fastconv import geometry, ops  # noqa: E402
 from fastconv.dispatch import implementations  # noqa: E402
-from fastconv.kernels import bias_cuda, conv_direct_cuda, gemm_cuda, pool_cuda  # noqa: E402
+from fastconv.kernels import (  # noqa: E402
+    batch_norm_cuda,
+    bias_cuda,
+    conv_direct_cuda,
+    gemm_cuda,
+    pool_cuda,
+)
 from fastconv.kernels.activation import CODES  # noqa: E402
 from oracle import random, rel_error, tie_free, tolerance  # noqa: E402
 
@@ -163,6 +169,46 @@ def test_avg_pool2d(case):
     oracle.check({"y": y, "gx": gx}, expected["avg"])
 
 
+# (x shape, training, with weight and bias, with running buffers, dtype)
+BATCH_NORM_CASES = [
+    ((2, 3, 3, 5), True, True, True, np.float32),
+    ((3, 2, 2, 3), True, False, False, np.float64),
+    ((2, 2, 3, 3), False, True, True, np.float32),
+]
+
+
+@pytest.mark.parametrize("threads", [4, 8])
+@pytest.mark.parametrize("case", BATCH_NORM_CASES, ids=_ids(BATCH_NORM_CASES))
+def test_batch_norm(case, threads):
+    """Blocks of 4 and 8 threads over rows of 15, 6 and 9 cells: strided rows with a ragged
+    end, and the shared-memory reduction over more than one step."""
+    shape, training, affine, buffers, dtype = case
+    rng = np.random.default_rng(13)
+    c = shape[1]
+    x, gy = random(rng, shape, dtype), random(rng, shape, dtype)
+    weight, bias = (random(rng, c, dtype), random(rng, c, dtype)) if affine else (None, None)
+    running = [random(rng, c, dtype), (rng.random(c) + 0.5).astype(dtype)] if buffers else [
+        None, None]
+    expected = oracle.batch_norm2d(x, weight, bias, *running, training=training, momentum=0.3,
+                                   gy=gy)
+    ones, zeros = np.ones(c, dtype), np.zeros(c, dtype)
+    planes = (x.reshape(shape[0], c, -1), gy.reshape(shape[0], c, -1))
+    y, mean, invstd = _poisoned(shape, dtype), _poisoned(c, dtype), _poisoned(c, dtype)
+    stand_in = running if buffers else [mean, mean]
+    batch_norm_cuda.launch_batch_norm_forward(
+        planes[0], ones if weight is None else weight, zeros if bias is None else bias,
+        *stand_in, training, training and buffers, dtype(0.3), dtype(1e-5),
+        y.reshape(planes[0].shape), mean, invstd, threads=threads)
+    gx, gw, gb = _poisoned(shape, dtype), _poisoned(c, dtype), _poisoned(c, dtype)
+    batch_norm_cuda.launch_batch_norm_backward(
+        planes[1], planes[0], ones if weight is None else weight, mean, invstd, training,
+        gx.reshape(planes[0].shape), gw, gb, threads=threads)
+    got = {"y": y, "gx": gx, "gweight": gw, "gbias": gb}
+    if buffers:
+        got.update(running_mean=running[0], running_var=running[1])
+    oracle.check(got, expected)
+
+
 # --- the CUDA kernels through fastconv.ops, device="cuda" -------------------------------------
 
 # (x NCHW shape, w OIHW shape, geometry, layout, activation, dtype). Together: both layouts,
@@ -230,6 +276,25 @@ def test_pool_ops_on_cuda(case):
         else:
             gx = ops.avg_pool2d_backward(gy, x.shape, **window, **extra, device="cuda")
         oracle.check({"y": y, "gx": gx}, oracle.pool2d(kind, x, gy, **window, **extra))
+
+
+def test_batch_norm_ops_on_cuda():
+    """NHWC through the ops (transposed views), training then evaluation, against the CPU."""
+    rng = np.random.default_rng(14)
+    x, gy = random(rng, (2, 3, 2, 2), np.float32), random(rng, (2, 3, 2, 2), np.float32)
+    weight, bias = random(rng, 2, np.float32), random(rng, 2, np.float32)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        running = [np.zeros(2, np.float32), np.ones(2, np.float32)]
+        y, mean, invstd = ops.batch_norm2d(x, weight, bias, *running, True,
+                                           data_format="NHWC", device=device)
+        grads = ops.batch_norm2d_backward(gy, x, weight, mean, invstd, data_format="NHWC",
+                                          device=device)
+        evaluated = ops.batch_norm2d(x, weight, bias, *running, data_format="NHWC",
+                                     device=device)[0]
+        runs[device] = (y, *grads, *running, evaluated)
+    for got, want in zip(runs["cuda"], runs["cpu"], strict=True):
+        assert rel_error(got, want) < tolerance(np.float32)
 
 
 @pytest.mark.parametrize("algo", ["direct", "im2col"])

@@ -1,0 +1,102 @@
+"""Batch normalisation over the batch and the pixels of each channel, forward and backward, in
+PyTorch's arithmetic: the batch's mean and biased variance normalise in training and update the
+running buffers (the variance unbiased), the running statistics normalise in evaluation.
+
+The statistics of a float32 channel are summed in float64 (as PyTorch's CPU kernels do): a
+sum over a batch's pixels, millions of terms, loses digits in float32, most where the mean is
+large against the spread; the variance is taken as the mean of squared deviations from the
+mean (two passes), never as E[x^2] - E[x]^2, which cancels. Applying the statistics is float
+arithmetic in the arrays' dtype, rounded once per channel.
+"""
+
+import math
+
+from numba import njit, prange
+
+from . import CPU_KERNEL
+
+
+@njit(inline="always", cache=True)
+def channel_sums(x, c, mean):
+    """(sum of x[:, c], sum of (x[:, c] - mean)^2) over an (N, C, P) array, in float64."""
+    total, squares = 0.0, 0.0
+    for n in range(x.shape[0]):
+        for p in range(x.shape[2]):
+            d = x[n, c, p] - mean
+            total += d
+            squares += d * d
+    return total, squares
+
+
+@njit(inline="always", cache=True)
+def running_update(running, c, momentum, value):
+    """PyTorch's exponential average of a running buffer, in the buffer's dtype."""
+    running[c] = (1 - momentum) * running[c] + momentum * value
+
+
+@njit(**CPU_KERNEL)
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, track, momentum,
+                       eps, y, mean, invstd):
+    """y[n, c, p] = (x[n, c, p] - mean[c]) * invstd[c] * weight[c] + bias[c].
+
+    Layout: x and y (N, C, P) views, P = H*W (NCHW's reshaped, NHWC's transposed); the rest
+    (C,). ``training``: mean and invstd = 1/sqrt(var + eps) are the batch's (the biased
+    variance), written to ``mean``/``invstd``, and with ``track`` the running buffers move
+    ``momentum`` of the way to them (the variance unbiased); else they are the running ones.
+    Loop order: c (parallel), then n, p: a sum pass for the mean, one for the squared
+    deviations, one writing y. Each thread owns whole channels: mean[c], invstd[c], the running
+    buffers' [c] and y[:, c].
+    """
+    n_, c_, p_ = x.shape
+    count = n_ * p_
+    for c in prange(c_):
+        if training:
+            shift, _ = channel_sums(x, c, 0.0)
+            shift /= count
+            total, squares = channel_sums(x, c, shift)
+            mu = shift + total / count  # the first pass's mean, corrected by the second's
+            var = squares / count - (total / count) ** 2
+            if track:
+                running_update(running_mean, c, momentum, mu)
+                running_update(running_var, c, momentum, var * count / max(count - 1, 1))
+            mean[c], invstd[c] = mu, 1 / math.sqrt(var + eps)
+        else:
+            mean[c], invstd[c] = running_mean[c], 1 / math.sqrt(running_var[c] + eps)
+        m, scale, b = mean[c], invstd[c] * weight[c], bias[c]
+        for n in range(n_):
+            for p in range(p_):
+                y[n, c, p] = (x[n, c, p] - m) * scale + b
+
+
+@njit(**CPU_KERNEL)
+def batch_norm_backward(gy, x, weight, mean, invstd, training, gx, gweight, gbias):
+    """The gradients of :func:`batch_norm_forward` for the ``mean``/``invstd`` it used:
+    gbias[c] = sum gy[:, c], gweight[c] = sum gy * xhat with xhat = (x - mean) * invstd, and
+    gx = weight * invstd * (gy - [gbias/M + xhat * gweight/M]), the bracket in training only
+    (the statistics depend on x there), M = N*P.
+
+    Layout: gy, x, gx (N, C, P) views; the rest (C,). Loop order: c (parallel), then n, p:
+    a pass for both sums (float64), one writing gx. Each thread owns gweight[c], gbias[c] and
+    gx[:, c].
+    """
+    n_, c_, p_ = x.shape
+    count = n_ * p_
+    for c in prange(c_):
+        m = mean[c]
+        sum_gy, dot = 0.0, 0.0
+        for n in range(n_):
+            for p in range(p_):
+                sum_gy += gy[n, c, p]
+                dot += gy[n, c, p] * (x[n, c, p] - m)
+        gbias[c], gweight[c] = sum_gy, dot * invstd[c]
+        scale = weight[c] * invstd[c]
+        if training:
+            # gy - mean(gy) - (x - mean) * invstd^2 * mean(gy * (x - mean)), times the scale
+            offset, slope = sum_gy / count, dot * invstd[c] * invstd[c] / count
+            for n in range(n_):
+                for p in range(p_):
+                    gx[n, c, p] = (gy[n, c, p] - offset - (x[n, c, p] - m) * slope) * scale
+        else:
+            for n in range(n_):
+                for p in range(p_):
+                    gx[n, c, p] = gy[n, c, p] * scale

@@ -1,0 +1,116 @@
+"""Batch normalisation on the GPU: the CUDA twin of kernels/batch_norm.py, with its signatures,
+its float64 statistics and its arithmetic.
+
+A block owns a channel (grid x = C): its threads stride over the channel's N*P cells (a
+row of P at a time, consecutive threads on consecutive cells, so reads coalesce in NCHW),
+each summing in float64, and reduce through shared memory; thread 0 writes the channel's
+statistics. ``threads`` (a power of two up to MAX_THREADS) is the block size.
+"""
+
+import math
+
+from numba import float64
+
+from . import batch_norm
+from .cuda_device import cuda, device_function, kernel, launch
+
+MAX_THREADS = 256
+running_update = device_function(batch_norm.running_update)
+
+
+@cuda.jit(device=True, inline="always")
+def _block_sum(value, shared):
+    """The sum of ``value`` over the block's threads, returned to every thread."""
+    t = cuda.threadIdx.x
+    shared[t] = value
+    cuda.syncthreads()
+    step = cuda.blockDim.x // 2
+    while step > 0:
+        if t < step:
+            shared[t] += shared[t + step]
+        cuda.syncthreads()
+        step //= 2
+    total = shared[0]
+    cuda.syncthreads()  # every thread has read it before the next sum overwrites it
+    return total
+
+
+@cuda.jit(device=True, inline="always")
+def _channel_sums(x, c, mean, shared):
+    """kernels/batch_norm.channel_sums over the block: this thread's cells, then reduced."""
+    total, squares = 0.0, 0.0
+    for n in range(x.shape[0]):
+        for p in range(cuda.threadIdx.x, x.shape[2], cuda.blockDim.x):
+            d = x[n, c, p] - mean
+            total += d
+            squares += d * d
+    return _block_sum(total, shared), _block_sum(squares, shared)
+
+
+@kernel(3, 1, 1, 1, 1, "bool", "bool", "scalar", "scalar", 3, 1, 1)
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, track, momentum,
+                       eps, y, mean, invstd):
+    """kernels/batch_norm.batch_norm_forward, same layout and arguments. Block c owns channel
+    c: thread 0 writes mean[c], invstd[c] and the running buffers' [c], every thread a stride of
+    y[:, c] once they are written."""
+    shared = cuda.shared.array(MAX_THREADS, float64)
+    n_, _, p_ = x.shape
+    count = n_ * p_
+    c = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    if training:
+        shift, _ = _channel_sums(x, c, 0.0, shared)
+        shift /= count
+        total, squares = _channel_sums(x, c, shift, shared)
+        if t == 0:
+            mu = shift + total / count
+            var = squares / count - (total / count) ** 2
+            if track:
+                running_update(running_mean, c, momentum, mu)
+                running_update(running_var, c, momentum, var * count / max(count - 1, 1))
+            mean[c], invstd[c] = mu, 1 / math.sqrt(var + eps)
+    elif t == 0:
+        mean[c], invstd[c] = running_mean[c], 1 / math.sqrt(running_var[c] + eps)
+    cuda.syncthreads()
+    m, scale, b = mean[c], invstd[c] * weight[c], bias[c]
+    for n in range(n_):
+        for p in range(t, p_, cuda.blockDim.x):
+            y[n, c, p] = (x[n, c, p] - m) * scale + b
+
+
+@kernel(3, 3, 1, 1, 1, "bool", 3, 1, 1)
+def batch_norm_backward(gy, x, weight, mean, invstd, training, gx, gweight, gbias):
+    """kernels/batch_norm.batch_norm_backward, same layout and arguments. Block c owns channel
+    c: thread 0 writes gweight[c] and gbias[c], every thread a stride of gx[:, c]."""
+    shared = cuda.shared.array(MAX_THREADS, float64)
+    n_, _, p_ = x.shape
+    count = n_ * p_
+    c = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    m = mean[c]
+    sum_gy, dot = 0.0, 0.0
+    for n in range(n_):
+        for p in range(t, p_, cuda.blockDim.x):
+            sum_gy += gy[n, c, p]
+            dot += gy[n, c, p] * (x[n, c, p] - m)
+    sum_gy, dot = _block_sum(sum_gy, shared), _block_sum(dot, shared)
+    if t == 0:
+        gbias[c], gweight[c] = sum_gy, dot * invstd[c]
+    scale = weight[c] * invstd[c]
+    if training:
+        offset, slope = sum_gy / count, dot * invstd[c] * invstd[c] / count
+        for n in range(n_):
+            for p in range(t, p_, cuda.blockDim.x):
+                gx[n, c, p] = (gy[n, c, p] - offset - (x[n, c, p] - m) * slope) * scale
+    else:
+        for n in range(n_):
+            for p in range(t, p_, cuda.blockDim.x):
+                gx[n, c, p] = gy[n, c, p] * scale
+
+
+def launch_batch_norm_forward(x, *args, threads=MAX_THREADS, stream=0):
+    launch(batch_norm_forward, x.shape[1], threads, stream, x, *args)
+
+
+def launch_batch_norm_backward(gy, *args, threads=MAX_THREADS, stream=0):
+    launch(batch_norm_backward, gy.shape[1], threads, stream, gy, *args)

@@ -1,0 +1,146 @@
+"""batch_norm2d forward and backward against the float64 NumPy reference and PyTorch, over
+hypothesis-drawn shapes, layouts, dtypes, modes (training or evaluation, affine or not, running
+buffers or none) and momenta; the semantics ports get wrong (the unbiased running variance, a
+large mean in float32, momentum=None, an empty batch) and the argument checks."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import oracle
+from fastconv import nn, ops, tensor
+from fastconv.implementations import driver
+from oracle import from_nchw, random, rel_error, to_nchw
+
+BUFFERS = ("running_mean", "running_var")
+
+
+@st.composite
+def batch_norm_cases(draw):
+    layout = draw(st.sampled_from(["NCHW", "NHWC"]))
+    n, c, h, w = (draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(1, 6)),
+                  draw(st.integers(1, 6)))
+    training = draw(st.booleans())
+    if training and n * h * w < 4:
+        n = 4  # with 2 values a channel's gx is 0 up to eps: all cancellation, no digits left
+    return dict(shape=(n, c, h, w) if layout == "NCHW" else (n, h, w, c), channels=c,
+                layout=layout, training=training, affine=draw(st.booleans()),
+                buffers=not training or draw(st.booleans()),
+                momentum=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
+                eps=draw(st.sampled_from([1e-5, 1e-3])),
+                offset=draw(st.sampled_from([0.0, 100.0])),  # a mean far from 0
+                dtype=draw(st.sampled_from([np.float32, np.float64])),
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def _arrays(case):
+    rng = np.random.default_rng(case["seed"])
+    dtype, c = case["dtype"], case["channels"]
+    x = (random(rng, case["shape"]) * 3 + case["offset"]).astype(dtype)
+    arrays = dict(x=x, gy=random(rng, case["shape"], dtype))
+    if case["affine"]:
+        arrays.update(weight=random(rng, c, dtype), bias=random(rng, c, dtype))
+    if case["buffers"]:
+        arrays.update(running_mean=random(rng, c, dtype),
+                      running_var=(rng.random(c) + 0.5).astype(dtype))
+    return arrays
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=batch_norm_cases(), parallel=st.booleans())
+def test_matches_reference_and_torch(case, parallel, monkeypatch):
+    """y, the updated running buffers and every gradient, on the parallel kernels or their
+    serial twins; x, gy, weight and bias are left unchanged."""
+    monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
+    a = _arrays(case)
+    before = {name: v.copy() for name, v in a.items()}
+    mode = dict(training=case["training"], momentum=case["momentum"], eps=case["eps"],
+                data_format=case["layout"])
+    expected = oracle.batch_norm2d(**{k: before[k] for k in before if k != "gy"},
+                                   gy=before["gy"], **mode)
+    y, mean, invstd = ops.batch_norm2d(a["x"], a.get("weight"), a.get("bias"),
+                                       a.get("running_mean"), a.get("running_var"), **mode)
+    gx, gweight, gbias = ops.batch_norm2d_backward(a["gy"], a["x"], a.get("weight"), mean,
+                                                   invstd, case["training"],
+                                                   data_format=case["layout"])
+    for name, value in a.items():
+        if name not in BUFFERS:
+            np.testing.assert_array_equal(value, before[name])
+    assert y.shape == gx.shape == a["x"].shape and y.dtype == gx.dtype == a["x"].dtype
+    assert mean.shape == invstd.shape == gweight.shape == gbias.shape == (case["channels"],)
+    got = dict(y=y, gx=gx, gweight=gweight, gbias=gbias)
+    got.update({name: a[name] for name in BUFFERS if name in a})
+    oracle.check(got, expected)
+
+
+def test_float32_statistics_keep_their_digits():
+    """A channel of a million values around 1000 with spread 0.01: float32 sums of x and x^2
+    lose the variance altogether; float64 statistics keep it (PyTorch's CPU kernels do too)."""
+    rng = np.random.default_rng(1)
+    x = (1000 + 0.01 * rng.standard_normal((16, 2, 256, 256))).astype(np.float32)
+    y, mean, invstd = ops.batch_norm2d(x, training=True, eps=0.0)
+    want = x.astype(np.float64)
+    assert rel_error(mean, want.mean(axis=(0, 2, 3))) < 1e-7
+    assert rel_error(1 / np.float64(invstd) ** 2, want.var(axis=(0, 2, 3))) < 1e-5
+    np.testing.assert_allclose(y.std(axis=(0, 2, 3), dtype=np.float64), 1, rtol=1e-4)
+
+
+def test_running_variance_is_unbiased_and_momentum_none_is_a_cumulative_average():
+    """nn.BatchNorm2d(momentum=None) averages every batch's statistics equally, as PyTorch."""
+    rng = np.random.default_rng(2)
+    ours, theirs = nn.BatchNorm2d(3, momentum=None), torch.nn.BatchNorm2d(3, momentum=None)
+    for _ in range(3):
+        x = random(rng, (4, 3, 5, 5), np.float32)
+        ours(tensor(x)), theirs(torch.from_numpy(x))
+    for name in BUFFERS:
+        np.testing.assert_allclose(getattr(ours, name).numpy(),
+                                   getattr(theirs, name).numpy(), rtol=1e-6)
+    assert ours.num_batches_tracked.item() == 3
+
+
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients():
+    """As PyTorch: nothing measured, the running buffers untouched, zeros for weight and
+    bias."""
+    x = np.empty((0, 3, 4, 4), np.float32)
+    running = np.zeros(3, np.float32), np.ones(3, np.float32)
+    w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    y, mean, invstd = ops.batch_norm2d(x, w, b, *running, training=True)
+    assert y.shape == x.shape and np.isnan(mean).all() and np.isnan(invstd).all()
+    np.testing.assert_array_equal(running[0], 0)
+    np.testing.assert_array_equal(running[1], 1)
+    gx, gw, gb = ops.batch_norm2d_backward(x, x, w, mean, invstd)
+    assert gx.shape == x.shape and not gw.any() and not gb.any() and gw.shape == (3,)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_evaluation_uses_the_running_statistics(layout):
+    rng = np.random.default_rng(3)
+    x = random(rng, (2, 3, 4, 5))
+    rm, rv = random(rng, 3), rng.random(3) + 0.5
+    y, mean, invstd = ops.batch_norm2d(from_nchw(x, layout).copy(), None, None, rm, rv,
+                                       data_format=layout)
+    want = (x - rm[:, None, None]) / np.sqrt(rv[:, None, None] + 1e-5)
+    assert rel_error(to_nchw(y, layout), want) < 1e-12
+    np.testing.assert_array_equal(mean, rm)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, c: ops.batch_norm2d(x, np.ones(c + 1, np.float32), training=True),
+     r"weight has shape \(4,\) but x \(2, 3, 4, 4\) \(NCHW\) with 3 channels"),
+    (lambda x, c: ops.batch_norm2d(x[0], training=True), "x must be 4-D NCHW, got shape"),
+    (lambda x, c: ops.batch_norm2d(x), "training=False.*running_mean and running_var"),
+    (lambda x, c: ops.batch_norm2d(x, training=True, momentum=1.5), r"momentum must lie in"),
+    (lambda x, c: ops.batch_norm2d(x[:1, :, :1, :1], training=True), "more than 1 value"),
+    (lambda x, c: ops.batch_norm2d(x, None, None, np.zeros(c, np.float32), None, True),
+     "go together"),
+    (lambda x, c: ops.batch_norm2d(x, None, None, np.zeros(2 * c, np.float32)[::2],
+                                   np.ones(c, np.float32), True), "C-contiguous"),
+    (lambda x, c: ops.batch_norm2d_backward(x, x, None, None, None), "save_mean"),
+])
+def test_bad_arguments_are_named(call, message):
+    x = np.ones((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=message):
+        call(x, 3)
