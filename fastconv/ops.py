@@ -17,14 +17,15 @@ import math
 import numpy as np
 
 from . import device as devices
-from . import dispatch, geometry, runtime
+from . import dispatch, geometry, rng, runtime
 from .dispatch import algorithms
 
 __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
     "conv2d_backward",
     "max_pool2d", "max_pool2d_backward", "max_pool2d_backward_saved", "avg_pool2d",
-    "avg_pool2d_backward", "batch_norm2d", "batch_norm2d_backward", "adam_step",
+    "avg_pool2d_backward", "batch_norm2d", "batch_norm2d_backward", "dropout",
+    "dropout_backward", "adam_step",
     "algorithms",
 ]
 
@@ -74,6 +75,13 @@ def _run(op, device, algo, g, dtype, *args):
     with runtime.kernels():
         impl = dispatch.select(op, device, algo, g, signature, lambda fn: fn(g, *args))
         return impl(g, *args)
+
+
+def _call(op, device, *args):
+    """``op``'s one implementation on ``device`` called on ``args``: for ops without a
+    geometry or a choice of algorithm."""
+    with runtime.kernels():
+        return dispatch.select(op, device, "auto", None, None, None)(*args)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
@@ -139,9 +147,7 @@ def conv2d_backward_bias(gy, data_format="NCHW", device=None):
     data_format = geometry.layout(data_format)
     if gy.ndim != 4:
         raise ValueError(f"gy must be 4-D {data_format}, got shape {gy.shape}")
-    with runtime.kernels():
-        return dispatch.select("conv2d_backward_bias", device, "auto", None, None,
-                               None)(gy, data_format)
+    return _call("conv2d_backward_bias", device, gy, data_format)
 
 
 def conv2d_backward(gy, x, w, needs=(True, True, True), stride=1, padding=0, dilation=1,
@@ -344,6 +350,54 @@ def batch_norm2d_backward(gy, x, weight, save_mean, save_invstd, training=True,
                 save_mean, save_invstd, bool(training))
 
 
+def _dropout_scale(p, dtype):
+    """What a kept element is multiplied by, 1 / (1 - p) in ``dtype`` (0 for p = 1: nothing
+    is kept)."""
+    p = _real("p", p, 0, 1)
+    return p, dtype.type(0 if p == 1 else 1 / (1 - p))
+
+
+def dropout(x, p=0.5, seed=None, device=None):
+    """Inverted dropout in training: each element kept with probability 1 - p and scaled by
+    1 / (1 - p), the others zeroed (p = 1 zeroes all).
+
+    The mask is a pure function of ``seed`` (a non-negative int) and the element's position in
+    x's C order, the same on the CPU and the GPU (kernels/dropout.py); ``seed=None`` draws it
+    from fastconv's generator, which ``fastconv.manual_seed`` seeds.
+
+    Returns:
+        (y, mask): y in x's shape and dtype, ``y == x * mask * (1 / (1 - p))``, and the boolean
+        mask, which :func:`dropout_backward` takes.
+    """
+    device, (x,) = _arrays(device, x=x)
+    p, scale = _dropout_scale(p, x.dtype)
+    if seed is None:
+        seed = rng.seed()
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
+            0 <= seed < 2**63):
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    threshold = min(round(p * 2**32), 2**32)
+    if x.size == 0:
+        xp = devices.array_module(device)
+        return xp.empty(x.shape, x.dtype), xp.empty(x.shape, np.bool_)
+    return _call("dropout", device, x, int(seed), threshold, scale)
+
+
+def dropout_backward(gy, mask, p=0.5, device=None):
+    """Gradient of :func:`dropout`: ``gy * mask * (1 / (1 - p))`` for the forward's mask."""
+    device, (gy,) = _arrays(device, gy=gy)
+    devices.resolve(device, mask=mask)
+    mask = devices.to_device(mask, device)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"mask must be a boolean array (dropout's), got {mask.dtype}")
+    _expect("mask", mask, gy.shape, f"dropout's gradient gy {gy.shape}")
+    _, scale = _dropout_scale(p, gy.dtype)
+    mask = devices.array_module(device).ascontiguousarray(mask)
+    if gy.size == 0:
+        return devices.array_module(device).empty(gy.shape, gy.dtype)
+    return _call("dropout_backward", device, gy, mask, scale)
+
+
 def _real(name, value, low, high):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
@@ -369,6 +423,4 @@ def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
     b1, b2 = betas
     scalars = (b1, 1 - b1, b2, 1 - b2, eps, weight_decay, lr / (1 - b1 ** step),
                math.sqrt(1 - b2 ** step))
-    with runtime.kernels():
-        dispatch.select("adam_step", device, "auto", None, None, None)(
-            param, grad, m, v, tuple(param.dtype.type(s) for s in scalars))
+    _call("adam_step", device, param, grad, m, v, tuple(param.dtype.type(s) for s in scalars))

@@ -23,8 +23,8 @@ MAX_GRID_Z = 65535
 def kernel(*params):
     """``@cuda.jit(cache=True)``, keeping the kernel's parameter kinds for the compile sweep:
     an int n is an n-D array of the kernel's dtype (any layout: NHWC arrives as transposed
-    views), "index4" a 4-D int64 array, "int" an int64, "bool" a boolean, "scalar" a number of
-    the kernel's dtype."""
+    views), "index4" a 4-D int64 array, "mask1" a 1-D boolean array, "int" an int64, "bool" a
+    boolean, "scalar" a number of the kernel's dtype."""
     def declare(fn):
         compiled = cuda.jit(cache=True)(fn)
         compiled.params = params
@@ -36,7 +36,8 @@ def signature(params, dtype):
     """The Numba signature of a kernel declared with ``params``, for arrays of ``dtype``."""
     number = types.float32 if dtype == "float32" else types.float64
     kinds = {"int": types.int64, "bool": types.boolean, "scalar": number,
-             "index4": types.Array(types.int64, 4, "A")}
+             "index4": types.Array(types.int64, 4, "A"),
+             "mask1": types.Array(types.boolean, 1, "A")}
     return types.void(*(types.Array(number, p, "A") if isinstance(p, int) else kinds[p]
                         for p in params))
 

@@ -79,6 +79,19 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return Tensor._result(y, (input, *affine), backward, "batch_norm")
 
 
+def dropout(input, p=0.5, training=True):
+    """Inverted dropout (fastconv.ops.dropout) in training, ``input`` itself in evaluation or
+    for p = 0; the mask is drawn from fastconv's generator (``fastconv.manual_seed``)."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout probability p must lie in [0, 1], got {p!r}")
+    if not training or p == 0:
+        return input
+    y, mask = ops.dropout(input.data, p, device=input.device)
+    return Tensor._result(y, (input,),
+                          lambda g: (ops.dropout_backward(g, mask, p, device=input.device),),
+                          "dropout")
+
+
 def linear(input, weight, bias=None):
     """``input @ weight.T + bias`` with PyTorch's (out_features, in_features) weight."""
     out = input @ weight.T

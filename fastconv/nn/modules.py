@@ -244,6 +244,19 @@ class BatchNorm2d(Module):
                             use_batch, momentum, self.eps)
 
 
+class Dropout(Module):
+    """PyTorch's Dropout: in training each element is zeroed with probability ``p`` and the
+    others scaled by 1 / (1 - p); the identity in evaluation."""
+
+    def __init__(self, p=0.5):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"dropout probability p must lie in [0, 1], got {p!r}")
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training)
+
+
 def fuse_conv_bn_eval(conv, bn):
     """A new Conv2d computing ``bn(conv(x))`` for a BatchNorm2d in evaluation: the running
     statistics and the affine map folded into the filters and bias, one kernel where there

@@ -297,6 +297,23 @@ def test_batch_norm_ops_on_cuda():
         assert rel_error(got, want) < tolerance(np.float32)
 
 
+# The simulator runs the hash on NumPy uint64 scalars, which warn where they wrap (by design).
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_draws_the_cpu_masks_on_cuda(dtype):
+    """The same (seed, index) hash: the GPU's mask, output and gradient are the CPU's, bit for
+    bit, over a full and a partial block of 256."""
+    rng = np.random.default_rng(15)
+    x, gy = random(rng, (3, 100), dtype), random(rng, (3, 100), dtype)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        y, mask = ops.dropout(x, 0.3, seed=2**62 + 5, device=device)
+        runs[device] = y, mask, ops.dropout_backward(gy, mask, 0.3, device=device)
+    for got, want in zip(runs["cuda"], runs["cpu"], strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert 0 < runs["cpu"][1].mean() < 1
+
+
 @pytest.mark.parametrize("algo", ["direct", "im2col"])
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 def test_nonfinite_values_propagate_on_cuda(algo, activation):
