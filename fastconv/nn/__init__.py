@@ -21,5 +21,5 @@ from .modules import (
 )
 
 __all__ = ["functional", "Module", "Parameter", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d",
-           "BatchNorm2d", "Dropout", "ReLU", "Tanh", "Sigmoid", "Flatten", "Sequential", "ModuleList",
-           "fuse_conv_bn_eval", "manual_seed"]
+           "BatchNorm2d", "Dropout", "ReLU", "Tanh", "Sigmoid", "Flatten", "Sequential",
+           "ModuleList", "fuse_conv_bn_eval", "manual_seed"]
