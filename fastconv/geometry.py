@@ -254,8 +254,22 @@ def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, data_form
                         (top, bottom, left, right), data_format)
 
 
+class _Planes:
+    """The shapes of an op from (N, C, H, W) planes to (N, C, OH, OW) ones, in its layout."""
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W) if self.layout == "NCHW" else (
+            self.N, self.H, self.W, self.C)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C, self.OH, self.OW) if self.layout == "NCHW" else (
+            self.N, self.OH, self.OW, self.C)
+
+
 @dataclass(frozen=True)
-class PoolGeometry:
+class PoolGeometry(_Planes):
     """A 2-D pooling fully resolved, in NCHW terms whatever the layout.
 
     Windows start at ``o * stride - pad_before``. ``count_padding`` says whether an average
@@ -273,16 +287,6 @@ class PoolGeometry:
     OW: int
     count_padding: bool
     layout: str
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W) if self.layout == "NCHW" else (
-            self.N, self.H, self.W, self.C)
-
-    @property
-    def y_shape(self):
-        return (self.N, self.C, self.OH, self.OW) if self.layout == "NCHW" else (
-            self.N, self.OH, self.OW, self.C)
 
     def key(self) -> str:
         return (f"{self.layout}:N{self.N}C{self.C}H{self.H}W{self.W}k{self.kernel}s{self.stride}"
@@ -331,3 +335,41 @@ def pool_geometry(x_shape, kernel_size, stride, padding, ceil_mode, count_includ
         raise _no_output(f"kernel_size {(kh, kw)}", x_shape, (h + 2 * ph, w + 2 * pw))
     return PoolGeometry(n, c, h, w, (kh, kw), (sh, sw), (ph, ph, pw, pw), oh, ow,
                         bool(count_include_pad), data_format)
+
+
+@dataclass(frozen=True)
+class AdaptivePoolGeometry(_Planes):
+    """An adaptive pooling: (N, C, H, W) planes to (N, C, OH, OW), window o along an axis of
+    size H spanning [floor(o * H / OH), ceil((o + 1) * H / OH)) (PyTorch's)."""
+    N: int
+    C: int
+    H: int
+    W: int
+    OH: int
+    OW: int
+    layout: str
+
+    def key(self) -> str:
+        return f"{self.layout}:N{self.N}C{self.C}H{self.H}W{self.W}o{self.OH}x{self.OW}"
+
+
+@_memoised
+def adaptive_pool_geometry(x_shape, output_size, data_format) -> AdaptivePoolGeometry:
+    """Resolve an adaptive pooling's arguments: ``output_size`` an int, or a pair whose None
+    keeps that axis's input size, as PyTorch's."""
+    data_format = layout(data_format)
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D {data_format}, got shape {tuple(x_shape)}")
+    n, c, h, w = _spatial(x_shape, data_format)
+    if min(c, h, w) < 1:
+        raise ValueError(f"x must have no empty channel or spatial axis, got shape "
+                         f"{tuple(x_shape)}")
+    size = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * 2
+    if len(size) != 2 or not all(s is None or (isinstance(s, numbers.Integral)
+                                               and not isinstance(s, bool)) for s in size):
+        raise TypeError(f"output_size must be an int or a pair of ints (or None), got "
+                        f"{output_size!r}")
+    oh, ow = (h if size[0] is None else int(size[0])), (w if size[1] is None else int(size[1]))
+    if min(oh, ow) < 1:
+        raise ValueError(f"output_size must be positive, got {output_size!r}")
+    return AdaptivePoolGeometry(n, c, h, w, oh, ow, data_format)

@@ -24,7 +24,8 @@ __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
     "conv2d_backward",
     "max_pool2d", "max_pool2d_backward", "max_pool2d_backward_saved", "avg_pool2d",
-    "avg_pool2d_backward", "batch_norm2d", "batch_norm2d_backward", "dropout",
+    "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
+    "batch_norm2d", "batch_norm2d_backward", "dropout",
     "dropout_backward", "adam_step",
     "algorithms",
 ]
@@ -262,6 +263,29 @@ def avg_pool2d_backward(gy, x_shape, kernel_size, stride=None, padding=0, ceil_m
                                    kernel_size, stride, padding, ceil_mode, count_include_pad,
                                    data_format)
     return _run("avg_pool2d_backward", device, "auto", p, gy.dtype, gy)
+
+
+def adaptive_avg_pool2d(x, output_size, data_format="NCHW", device=None):
+    """Adaptive average pooling to ``output_size`` (an int, or a pair whose None keeps that
+    axis), PyTorch's windows: along an axis of size H, output o averages rows
+    floor(o * H / OH) up to ceil((o + 1) * H / OH). ``output_size=1`` is global average
+    pooling."""
+    device, (x,) = _arrays(device, x=x)
+    p = geometry.adaptive_pool_geometry(x.shape, output_size, data_format)
+    return _run("adaptive_avg_pool2d", device, "auto", p, x.dtype, x)
+
+
+def adaptive_avg_pool2d_backward(gy, x_shape, data_format="NCHW", device=None):
+    """Gradient of :func:`adaptive_avg_pool2d` with respect to its input of shape ``x_shape``;
+    the output size is gy's."""
+    device, (gy,) = _arrays(device, gy=gy)
+    layout = geometry.layout(data_format)
+    if gy.ndim != 4:
+        raise ValueError(f"gy must be 4-D {layout}, got shape {gy.shape}")
+    out = gy.shape[2:] if layout == "NCHW" else gy.shape[1:3]
+    p = geometry.adaptive_pool_geometry(_shape4("x_shape", x_shape), tuple(out), layout)
+    _expect("gy", gy, p.y_shape, f"adaptive_avg_pool2d of x {p.x_shape}")
+    return _run("adaptive_avg_pool2d_backward", device, "auto", p, gy.dtype, gy)
 
 
 def _channels(x, data_format):

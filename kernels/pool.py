@@ -234,3 +234,59 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
             _avg_plane_backward(gyp, gxp, 2, 2, 2, 2, 0, 0, 0, 0, count_padding, False)
         else:
             _avg_plane_backward(gyp, gxp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, True)
+
+
+@njit(inline="always", cache=True)
+def adaptive_span(o, size, out_size):
+    """PyTorch's adaptive window ``o`` along one axis: [floor(o * size / out_size),
+    ceil((o + 1) * size / out_size))."""
+    return (o * size) // out_size, -(-((o + 1) * size) // out_size)
+
+
+@njit(**CPU_KERNEL)
+def adaptive_avg_pool2d_forward(x, y):
+    """y[n, c, oh, ow] = the mean of x[n, c] over adaptive window (oh, ow) (:func:`adaptive_span`
+    along each axis): windows of near-equal size tiling the plane, overlapping by at most a
+    cell where the sizes do not divide; an output of 1x1 is the global average.
+
+    Layout: x (N, C, H, W) and y (N, C, OH, OW), NCHW-indexed. Loop order: plane n*C + c
+    (parallel), oh, ow, window rows, window columns. Each thread owns whole output planes
+    y[n, c] and sums in an accumulator of x's dtype.
+    """
+    n_, c_, h_, w_ = x.shape
+    oh_, ow_ = y.shape[2], y.shape[3]
+    for nc in prange(n_ * c_):
+        xp, yp = x[nc // c_, nc % c_], y[nc // c_, nc % c_]
+        for oh in range(oh_):
+            h0, h1 = adaptive_span(oh, h_, oh_)
+            for ow in range(ow_):
+                w0, w1 = adaptive_span(ow, w_, ow_)
+                acc = xp.dtype.type(0)
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        acc += xp[h, w]
+                yp[oh, ow] = acc / xp.dtype.type((h1 - h0) * (w1 - w0))
+
+
+@njit(**CPU_KERNEL)
+def adaptive_avg_pool2d_backward(gy, gx):
+    """gx[n, c] = sum over adaptive windows of gy[n, c, oh, ow] / the window's cells, added to
+    each of its cells.
+
+    Layout: gy (N, C, OH, OW) and gx (N, C, H, W), NCHW-indexed. Loop order: plane n*C + c
+    (parallel); zero the plane; oh, ow, window rows, window columns. Each thread owns whole
+    gradient planes gx[n, c], so its scatter-add is race-free.
+    """
+    n_, c_, oh_, ow_ = gy.shape
+    h_, w_ = gx.shape[2], gx.shape[3]
+    for nc in prange(n_ * c_):
+        gyp, gxp = gy[nc // c_, nc % c_], gx[nc // c_, nc % c_]
+        gxp[:] = 0
+        for oh in range(oh_):
+            h0, h1 = adaptive_span(oh, h_, oh_)
+            for ow in range(ow_):
+                w0, w1 = adaptive_span(ow, w_, ow_)
+                share = gyp[oh, ow] / gxp.dtype.type((h1 - h0) * (w1 - w0))
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        gxp[h, w] += share

@@ -14,7 +14,8 @@ threads along the rows); planes n*C + c run on grid z, in a loop of stride gridD
 from . import pool
 from .cuda_device import cuda, device_function, kernel, launch, plane_grid
 
-span, divisor, argmax = (device_function(f) for f in (pool.span, pool.divisor, pool.argmax))
+span, divisor, argmax, adaptive_span = (device_function(f) for f in (
+    pool.span, pool.divisor, pool.argmax, pool.adaptive_span))
 
 
 @cuda.jit(device=True, inline="always")
@@ -153,6 +154,50 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
         gx[n, c, ih, iw] = acc
 
 
+@kernel(4, 4)
+def adaptive_avg_pool2d_forward(x, y):
+    """kernels/pool.adaptive_avg_pool2d_forward, same layout. Each thread owns y[n, c, oh, ow]
+    (threads over (ow, oh), planes on grid z)."""
+    n_, c_, h_, w_ = x.shape
+    oh_, ow_ = y.shape[2], y.shape[3]
+    ow, oh = cuda.grid(2)
+    if oh >= oh_ or ow >= ow_:
+        return
+    h0, h1 = adaptive_span(oh, h_, oh_)
+    w0, w1 = adaptive_span(ow, w_, ow_)
+    cells = y.dtype.type((h1 - h0) * (w1 - w0))
+    for nc in range(cuda.blockIdx.z, n_ * c_, cuda.gridDim.z):
+        n, c = nc // c_, nc % c_
+        acc = x.dtype.type(0)
+        for h in range(h0, h1):
+            for w in range(w0, w1):
+                acc += x[n, c, h, w]
+        y[n, c, oh, ow] = acc / cells
+
+
+@kernel(4, 4)
+def adaptive_avg_pool2d_backward(gy, gx):
+    """kernels/pool.adaptive_avg_pool2d_backward as a gather: each thread owns gx[n, c, ih, iw]
+    (threads over (iw, ih), planes on grid z) and adds gy / cells over the windows containing
+    its cell, along each axis outputs floor(i * out / size) up to ceil((i + 1) * out / size)."""
+    n_, c_, oh_, ow_ = gy.shape
+    h_, w_ = gx.shape[2], gx.shape[3]
+    iw, ih = cuda.grid(2)
+    if ih >= h_ or iw >= w_:
+        return
+    oh_lo, oh_hi = adaptive_span(ih, oh_, h_)
+    ow_lo, ow_hi = adaptive_span(iw, ow_, w_)
+    for nc in range(cuda.blockIdx.z, n_ * c_, cuda.gridDim.z):
+        n, c = nc // c_, nc % c_
+        acc = gx.dtype.type(0)
+        for oh in range(oh_lo, oh_hi):
+            h0, h1 = adaptive_span(oh, h_, oh_)
+            for ow in range(ow_lo, ow_hi):
+                w0, w1 = adaptive_span(ow, w_, ow_)
+                acc += gy[n, c, oh, ow] / gx.dtype.type((h1 - h0) * (w1 - w0))
+        gx[n, c, ih, iw] = acc
+
+
 def launch_max_pool2d_forward(x, y, indices, kh, kw, sh, sw, pt, pl, keep, block=(8, 8),
                               stream=0):
     n_, c_, oh_, ow_ = y.shape
@@ -178,6 +223,18 @@ def launch_avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_paddin
     n_, c_, oh_, ow_ = y.shape
     launch(avg_pool2d_forward, plane_grid(oh_, ow_, n_ * c_, block), block, stream,
            x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding)
+
+
+def launch_adaptive_avg_pool2d_forward(x, y, block=(8, 8), stream=0):
+    n_, c_, oh_, ow_ = y.shape
+    launch(adaptive_avg_pool2d_forward, plane_grid(oh_, ow_, n_ * c_, block), block, stream, x,
+           y)
+
+
+def launch_adaptive_avg_pool2d_backward(gy, gx, block=(8, 8), stream=0):
+    n_, c_, h_, w_ = gx.shape
+    launch(adaptive_avg_pool2d_backward, plane_grid(h_, w_, n_ * c_, block), block, stream, gy,
+           gx)
 
 
 def launch_avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding,

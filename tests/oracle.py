@@ -216,3 +216,23 @@ def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
         runs["torch"].update(gx=from_nchw(xt.grad.numpy(), data_format),
                              gweight=wt.grad.numpy(), gbias=bt.grad.numpy())
     return runs
+
+
+def adaptive_avg_pool2d(x, output_size, gy=None, data_format="NCHW"):
+    """{"reference": {...}, "torch": {...}}, each with y and, given ``gy``, gx."""
+    import torch.nn.functional as F
+
+    from fastconv import geometry, registry
+
+    p = geometry.adaptive_pool_geometry(x.shape, output_size, data_format)
+    impls = {op: registry.implementations(op, "cpu")["reference"]
+             for op in ("adaptive_avg_pool2d", "adaptive_avg_pool2d_backward")}
+    reference = {"y": impls["adaptive_avg_pool2d"](p, _float64(x))}
+    xt = _torch(_float64(x), data_format).requires_grad_()
+    yt = F.adaptive_avg_pool2d(xt, output_size)
+    theirs = {"y": from_nchw(yt.detach().numpy(), data_format)}
+    if gy is not None:
+        reference["gx"] = impls["adaptive_avg_pool2d_backward"](p, _float64(gy))
+        yt.backward(_torch(_float64(gy), data_format))
+        theirs["gx"] = from_nchw(xt.grad.numpy(), data_format)
+    return {"reference": reference, "torch": theirs}

@@ -294,3 +294,21 @@ def test_conv_and_batch_norm_fold_in_evaluation():
     assert fused is not conv and fused.weight is not conv.weight
     with pytest.raises(ValueError, match="evaluation mode"):
         nn.fuse_conv_bn_eval(conv, bn.train())
+
+
+def test_pooling_layers_match_pytorch_with_indices_and_adaptive_windows():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    y, indices = nn.MaxPool2d(3, 2, 1, return_indices=True)(tensor(x))
+    yt, it = torch.nn.MaxPool2d(3, 2, 1, return_indices=True)(torch.from_numpy(x))
+    np.testing.assert_array_equal(y.numpy(), yt.numpy())
+    np.testing.assert_array_equal(indices.numpy(), it.numpy())
+    assert indices.dtype == np.int64 and not indices.requires_grad
+    xf = tensor(x, requires_grad=True)
+    xt = torch.from_numpy(x).requires_grad_()
+    for size in (1, (4, None), (3, 5)):
+        out, want = nn.AdaptiveAvgPool2d(size)(xf), torch.nn.AdaptiveAvgPool2d(size)(xt)
+        gy = rng.standard_normal(want.shape).astype(np.float32)
+        out.backward(gy), want.backward(torch.from_numpy(gy))
+        assert rel_error(out.numpy(), want.detach().numpy()) < 1e-6
+        assert rel_error(xf.grad.numpy(), xt.grad.numpy()) < 1e-6

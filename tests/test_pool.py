@@ -245,3 +245,42 @@ def test_max_pool_indices_are_checked():
     int32 = ops.max_pool2d_backward(y, x.shape, 2, indices=before.astype(np.int32))
     np.testing.assert_array_equal(int32, ops.max_pool2d_backward(y, x, 2))
     np.testing.assert_array_equal(indices, before)  # never modified
+
+
+@SETTINGS
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 12),
+                       st.integers(1, 12)),
+       output_size=st.one_of(st.integers(1, 8), st.tuples(st.one_of(st.none(), st.integers(1, 8)),
+                                                           st.integers(1, 8))),
+       layout=st.sampled_from(["NCHW", "NHWC"]), dtype=st.sampled_from([np.float32, np.float64]),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_adaptive_avg_pool2d_matches_reference_and_torch(shape, output_size, layout, dtype,
+                                                         parallel, seed, monkeypatch):
+    """Outputs smaller than, equal to and larger than the input (windows that overlap, and
+    windows of one cell repeated), global pooling, None keeping an axis; both layouts."""
+    monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
+    rng = np.random.default_rng(seed)
+    x = from_nchw(random(rng, shape, dtype), layout).copy()
+    y = ops.adaptive_avg_pool2d(x, output_size, data_format=layout)
+    gy = random(rng, y.shape, dtype)
+    gx = ops.adaptive_avg_pool2d_backward(gy, x.shape, data_format=layout)
+    assert y.dtype == gx.dtype == x.dtype and gx.shape == x.shape
+    oracle.check({"y": y, "gx": gx}, oracle.adaptive_avg_pool2d(x, output_size, gy, layout))
+
+
+def test_adaptive_windows_are_pytorchs():
+    """Size 5 to 3: windows [0, 2), [1, 4), [3, 5), overlapping at cells 1 and 3."""
+    x = np.arange(5.0)[None, None, None]
+    np.testing.assert_allclose(ops.adaptive_avg_pool2d(x, (1, 3))[0, 0, 0],
+                               [0.5, 2.0, 3.5])
+
+
+@pytest.mark.parametrize("output_size, error, message", [
+    (0, ValueError, "output_size must be positive, got 0"),
+    ((2, -1), ValueError, "output_size must be positive"),
+    ((2, 2, 2), TypeError, "output_size must be an int or a pair"),
+    (1.5, TypeError, "output_size must be an int or a pair"),
+])
+def test_adaptive_output_size_is_checked(output_size, error, message):
+    with pytest.raises(error, match=message):
+        ops.adaptive_avg_pool2d(np.ones((1, 1, 4, 4)), output_size)

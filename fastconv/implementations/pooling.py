@@ -1,6 +1,8 @@
-"""max_pool2d and avg_pool2d, forward and backward: every implementation on every device.
+"""max_pool2d, avg_pool2d and adaptive_avg_pool2d, forward and backward: every implementation
+on every device.
 
-Each takes the resolved geometry ``p`` (:class:`fastconv.geometry.PoolGeometry`) and contiguous
+Each takes the resolved geometry ``p`` (:class:`fastconv.geometry.PoolGeometry`, or
+AdaptivePoolGeometry) and contiguous
 arrays, and returns a new array. Kernels index NCHW; an NHWC array is handed over as a
 transposed view. "reference" is NumPy (the float64 oracle and the benchmarks' baseline).
 """
@@ -110,6 +112,31 @@ def avg_pool2d_backward_reference(p, gy):
     return driver.crop(gxp, p)
 
 
+def _adaptive_windows(p):
+    """(rows, cols): the adaptive windows' [start, end) along each axis."""
+    return [[pool.adaptive_span(o, size, out) for o in range(out)]
+            for size, out in ((p.H, p.OH), (p.W, p.OW))]
+
+
+@register("adaptive_avg_pool2d", "cpu", "reference")
+def adaptive_avg_pool2d_reference(p, x):
+    x, (rows, cols) = nchw_view(x, p.layout), _adaptive_windows(p)
+    y = np.stack([np.stack([x[:, :, h0:h1, w0:w1].mean(axis=(2, 3)) for w0, w1 in cols], -1)
+                  for h0, h1 in rows], -2)
+    return driver.from_nchw(y, p.layout)
+
+
+@register("adaptive_avg_pool2d_backward", "cpu", "reference")
+def adaptive_avg_pool2d_backward_reference(p, gy):
+    gy, (rows, cols) = nchw_view(gy, p.layout), _adaptive_windows(p)
+    gx = np.zeros((p.N, p.C, p.H, p.W), gy.dtype)
+    for oh, (h0, h1) in enumerate(rows):
+        for ow, (w0, w1) in enumerate(cols):
+            gx[:, :, h0:h1, w0:w1] += (gy[:, :, oh, ow] / ((h1 - h0) * (w1 - w0)))[..., None,
+                                                                                   None]
+    return driver.from_nchw(gx, p.layout)
+
+
 # --- the kernels -------------------------------------------------------------------------------
 # Each op's CPU kernel pool.<name> and its CUDA twin (pool_cuda.<name>, launched by
 # pool_cuda.launch_<name>) take the same arguments: the inputs' NCHW views, the output's, then
@@ -188,6 +215,14 @@ def _register(op, name, window, output_shape):
         return run(gpu.xp, lambda *args: launch(*args, stream=gpu.stream()), p, *inputs)
 
 
+def _no_window(p):
+    return ()
+
+
 _register("max_pool2d_backward", "max_pool2d_backward", _max_window, lambda p: p.x_shape)
 _register("avg_pool2d", "avg_pool2d_forward", _avg_window, lambda p: p.y_shape)
 _register("avg_pool2d_backward", "avg_pool2d_backward", _avg_window, lambda p: p.x_shape)
+_register("adaptive_avg_pool2d", "adaptive_avg_pool2d_forward", _no_window,
+          lambda p: p.y_shape)
+_register("adaptive_avg_pool2d_backward", "adaptive_avg_pool2d_backward", _no_window,
+          lambda p: p.x_shape)

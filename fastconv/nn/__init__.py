@@ -2,6 +2,7 @@
 
 from . import functional
 from .modules import (
+                      AdaptiveAvgPool2d,
                       AvgPool2d,
                       BatchNorm2d,
                       Conv2d,
@@ -21,5 +22,6 @@ from .modules import (
 )
 
 __all__ = ["functional", "Module", "Parameter", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d",
+           "AdaptiveAvgPool2d",
            "BatchNorm2d", "Dropout", "ReLU", "Tanh", "Sigmoid", "Flatten", "Sequential",
            "ModuleList", "fuse_conv_bn_eval", "manual_seed"]

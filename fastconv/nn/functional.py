@@ -37,14 +37,19 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     return Tensor._result(y, parents, backward, "conv2d")
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, data_format="NCHW"):
+def max_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, return_indices=False,
+               data_format="NCHW"):
+    """Max pooling (fastconv.ops.max_pool2d); with ``return_indices`` also PyTorch's indices
+    (``h * W + w`` within each plane), an int64 Tensor outside the graph, which
+    ``fastconv.ops.max_pool2d_backward(..., indices=)`` takes."""
     window = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
                   data_format=data_format, device=input.device)
     y, indices = ops.max_pool2d(input.data, **window, return_indices=True)
     shape = input.data.shape  # the backward scatters through the indices: x is not kept
-    return Tensor._result(y, (input,),
-                          lambda g: (ops.max_pool2d_backward_saved(g, indices, shape, **window),),
-                          "max_pool2d")
+    out = Tensor._result(y, (input,),
+                         lambda g: (ops.max_pool2d_backward_saved(g, indices, shape, **window),),
+                         "max_pool2d")
+    return (out, Tensor(indices, device=input.device)) if return_indices else out
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -56,6 +61,15 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     return Tensor._result(y, (input,),
                           lambda g: (ops.avg_pool2d_backward(g, input.shape, **window),),
                           "avg_pool2d")
+
+
+def adaptive_avg_pool2d(input, output_size, data_format="NCHW"):
+    """Adaptive average pooling (fastconv.ops.adaptive_avg_pool2d); output_size 1 is global
+    average pooling."""
+    y = ops.adaptive_avg_pool2d(input.data, output_size, data_format, device=input.device)
+    shape = input.shape
+    return Tensor._result(y, (input,), lambda g: (ops.adaptive_avg_pool2d_backward(
+        g, shape, data_format, device=input.device),), "adaptive_avg_pool2d")
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,

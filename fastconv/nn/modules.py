@@ -185,12 +185,16 @@ class Linear(Module):
 
 
 class MaxPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """PyTorch's MaxPool2d; with ``return_indices`` it returns (output, indices)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 return_indices=False):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.ceil_mode = ceil_mode
+        self.ceil_mode, self.return_indices = ceil_mode, return_indices
 
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.return_indices)
 
 
 class AvgPool2d(Module):
@@ -279,6 +283,17 @@ def fuse_conv_bn_eval(conv, bn):
     fused.weight = Parameter((conv.weight.data * scale[:, None, None, None]).astype(dtype))
     fused.bias = Parameter(shift.astype(dtype))
     return fused.to(conv.weight.device)
+
+
+class AdaptiveAvgPool2d(Module):
+    """PyTorch's AdaptiveAvgPool2d: an int or a pair (None keeps that axis); 1 is global
+    average pooling."""
+
+    def __init__(self, output_size):
+        self.output_size = output_size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
 
 
 class ReLU(Module):

@@ -209,6 +209,22 @@ def test_batch_norm(case, threads):
     oracle.check(got, expected)
 
 
+@pytest.mark.parametrize("shape, output_size, dtype", [
+    ((1, 2, 7, 5), (3, 2), np.float32),  # overlapping windows
+    ((2, 1, 3, 2), (5, 4), np.float64),  # more outputs than cells: windows repeat
+    ((1, 2, 6, 6), 1, np.float32),  # global average
+])
+def test_adaptive_avg_pool2d(shape, output_size, dtype):
+    rng = np.random.default_rng(16)
+    x = random(rng, shape, dtype)
+    p = geometry.adaptive_pool_geometry(shape, output_size, "NCHW")
+    gy = random(rng, p.y_shape, dtype)
+    y, gx = _poisoned(p.y_shape, dtype), _poisoned(shape, dtype)
+    pool_cuda.launch_adaptive_avg_pool2d_forward(x, y, block=BLOCK)
+    pool_cuda.launch_adaptive_avg_pool2d_backward(gy, gx, block=BLOCK)
+    oracle.check({"y": y, "gx": gx}, oracle.adaptive_avg_pool2d(x, output_size, gy))
+
+
 # --- the CUDA kernels through fastconv.ops, device="cuda" -------------------------------------
 
 # (x NCHW shape, w OIHW shape, geometry, layout, activation, dtype). Together: both layouts,
