@@ -232,8 +232,9 @@ def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, data_form
     if cg * groups != c:
         raise ValueError(f"w expects {cg * groups} input channels ({cg} per group x groups="
                          f"{groups}) but x has {c} (x {tuple(x_shape)}, w {tuple(w_shape)})")
-    if min(n, c, h, w, k, r, s) < 1:
-        raise ValueError(f"x {tuple(x_shape)} and w {tuple(w_shape)} must have no empty axis")
+    if min(c, h, w, k, r, s) < 1 or n < 0:
+        raise ValueError(f"x {tuple(x_shape)} and w {tuple(w_shape)} must have no empty axis "
+                         "but the batch")
     sh, sw = pair(stride, "stride", 1)
     dh, dw = pair(dilation, "dilation", 1)
     if isinstance(padding, str):
@@ -310,8 +311,8 @@ def pool_geometry(x_shape, kernel_size, stride, padding, ceil_mode, count_includ
     if len(x_shape) != 4:
         raise ValueError(f"x must be 4-D {data_format}, got shape {tuple(x_shape)}")
     n, c, h, w = _spatial(x_shape, data_format)
-    if min(n, c, h, w) < 1:
-        raise ValueError(f"x must have no empty axis, got shape {tuple(x_shape)}")
+    if min(c, h, w) < 1 or n < 0:
+        raise ValueError(f"x must have no empty axis but the batch, got shape {tuple(x_shape)}")
     kh, kw = pair(kernel_size, "kernel_size", 1)
     sh, sw = pair(kernel_size if stride is None else stride, "stride", 1)
     if isinstance(padding, str):
@@ -361,9 +362,8 @@ def adaptive_pool_geometry(x_shape, output_size, data_format) -> AdaptivePoolGeo
     if len(x_shape) != 4:
         raise ValueError(f"x must be 4-D {data_format}, got shape {tuple(x_shape)}")
     n, c, h, w = _spatial(x_shape, data_format)
-    if min(c, h, w) < 1:
-        raise ValueError(f"x must have no empty channel or spatial axis, got shape "
-                         f"{tuple(x_shape)}")
+    if min(c, h, w) < 1 or n < 0:
+        raise ValueError(f"x must have no empty axis but the batch, got shape {tuple(x_shape)}")
     size = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * 2
     if len(size) != 2 or not all(s is None or (isinstance(s, numbers.Integral)
                                                and not isinstance(s, bool)) for s in size):

@@ -52,10 +52,12 @@ def _arrays(device, **named):
 
 
 def _shape4(name, shape):
+    """A 4-D shape: positive ints, but for the batch, which may be 0."""
     if (not isinstance(shape, (tuple, list)) or len(shape) != 4
-            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
-                       for s in shape)):
-        raise ValueError(f"{name} must be 4 positive ints, got {shape!r}")
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+                       and s >= (i > 0) for i, s in enumerate(shape))):
+        raise ValueError(f"{name} must be 4 ints, positive but for a batch of 0, got "
+                         f"{shape!r}")
     return tuple(int(s) for s in shape)
 
 
@@ -71,6 +73,9 @@ def _algo(algo, device):
 
 
 def _run(op, device, algo, g, dtype, *args):
+    if g.N == 0:
+        return _empty_batch(op, device, g, dtype, args)
+
     def signature():
         return f"{g.key()}|{dtype}|{devices.name(device)}"
     with runtime.kernels():
@@ -83,6 +88,19 @@ def _call(op, device, *args):
     geometry or a choice of algorithm."""
     with runtime.kernels():
         return dispatch.select(op, device, "auto", None, None, None)(*args)
+
+
+def _empty_batch(op, device, g, dtype, args):
+    """``op``'s result for a batch of none (N = 0), with no kernel run (a launch over no
+    blocks is an error on a GPU): its empty outputs, and zeros for a weight's gradient, as
+    PyTorch gives."""
+    xp = devices.array_module(device)
+    if op == "conv2d_backward_weight":
+        return xp.zeros(g.w_shape, dtype)
+    if "_backward" in op:
+        return xp.empty(g.x_shape, dtype)
+    y = xp.empty(g.y_shape, dtype)
+    return (y, xp.empty(g.y_shape, np.int64)) if op == "max_pool2d" and args[-1] else y
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
@@ -346,9 +364,8 @@ def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
         xp = devices.array_module(device)
         nothing = xp.full(c, xp.nan, x.dtype)
         return xp.empty(x.shape, x.dtype), nothing, nothing.copy()
-    return _run("batch_norm2d", device, "auto", layout, x.dtype, x, weight, bias, running_mean,
-                running_var, bool(training), training and running_mean is not None, momentum,
-                eps)
+    return _call("batch_norm2d", device, layout, x, weight, bias, running_mean, running_var,
+                 bool(training), training and running_mean is not None, momentum, eps)
 
 
 def batch_norm2d_backward(gy, x, weight, save_mean, save_invstd, training=True,
@@ -370,8 +387,8 @@ def batch_norm2d_backward(gy, x, weight, save_mean, save_invstd, training=True,
     if x.size == 0:
         xp = devices.array_module(device)
         return xp.empty(x.shape, x.dtype), xp.zeros(c, x.dtype), xp.zeros(c, x.dtype)
-    return _run("batch_norm2d_backward", device, "auto", layout, x.dtype, gy, x, weight,
-                save_mean, save_invstd, bool(training))
+    return _call("batch_norm2d_backward", device, layout, gy, x, weight, save_mean,
+                 save_invstd, bool(training))
 
 
 def _dropout_scale(p, dtype):

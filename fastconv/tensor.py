@@ -213,7 +213,8 @@ class Tensor:
                               lambda g: (g.reshape(self.shape),), "reshape")
 
     def flatten(self, start_dim=1):
-        return self.reshape(self.shape[:start_dim] + (-1,))
+        # the product, not -1: NumPy cannot infer -1 when the batch is empty
+        return self.reshape(self.shape[:start_dim] + (int(np.prod(self.shape[start_dim:])),))
 
     def transpose(self, *axes):
         axes = axes or tuple(reversed(range(self.ndim)))

@@ -15,6 +15,10 @@ The signatures and conventions are TensorFlow 2's ``tf.nn`` (``tensorflow/python
   axes, ``[[0, 0], [top, bottom], [left, right], [0, 0]]`` for NHWC; avg_pool2d takes only the
   words, as tf.nn.avg_pool2d does.
 - Pooling never counts padded cells: max ignores them, average divides by the real cells.
+- An input with an empty spatial or channel axis gives TensorFlow's output shape without a
+  kernel run: empty, or zeros where only the channels are empty (a convolution's output then
+  is its bias-free sum over no channels); a VALID window larger than an empty axis is
+  TensorFlow's "Computed output size would be negative" error.
 
 Arrays go to :mod:`fastconv.ops` as they are (only NCHW convolution transposes a view of the
 filters to OIHW) and come back as ops returns them, with the input's dtype. Bad arguments raise
@@ -26,6 +30,7 @@ TensorFlow allows any padding up to the window).
 
 from __future__ import annotations
 
+from . import device as devices
 from . import geometry, ops
 
 LAYOUTS = ("NHWC", "NCHW")
@@ -101,6 +106,37 @@ def _symmetric(pads):
     return top, left
 
 
+def _windowed_size(size, k, stride, dilation, padding):
+    """TensorFlow's output length along an axis of ``size`` (GetWindowedOutputSizeVerbose in
+    tensorflow/core/framework/kernel_shape_util.cc): for "VALID", "SAME" or (before, after)."""
+    extent = (k - 1) * dilation + 1
+    if padding == "SAME":
+        return (size + stride - 1) // stride
+    before, after = (0, 0) if padding == "VALID" else padding
+    out = (size + before + after - extent + stride) // stride
+    if out < 0:
+        raise ValueError(f"Computed output size would be negative: {out} [input_size: {size}, "
+                         f"effective_filter_size: {extent}, stride: {stride}]")
+    return out
+
+
+def _without_cells(input, data_format, channels_out, kernel, stride, dilation, padding):
+    """The result of a tf.nn op whose input has an empty spatial or channel axis: zeros of
+    TensorFlow's output shape (empty unless only the channels are)."""
+    h, w = (input.shape[i] for i in _SPATIAL[data_format])
+    pads = (padding, padding) if isinstance(padding, str) else padding
+    oh, ow = (_windowed_size(size, k, s, d, p) for size, k, s, d, p in
+              zip((h, w), kernel, stride, dilation, pads, strict=True))
+    shape = ((input.shape[0], oh, ow, channels_out) if data_format == "NHWC"
+             else (input.shape[0], channels_out, oh, ow))
+    return devices.array_module(devices.where(input) or "cpu").zeros(shape, input.dtype)
+
+
+def _empty_cells(input, data_format):
+    """Whether a spatial or the channel axis of ``input`` is empty."""
+    return min(input.shape[1:]) == 0
+
+
 def _pool(input, ksize, strides, data_format):
     """The data_format and ops' window arguments of a tf.nn pooling."""
     data_format = _layout(data_format)
@@ -157,10 +193,14 @@ def conv2d(input, filters, strides, padding, data_format="NHWC", dilations=None,
         raise ValueError(f"input has {channels} channels, not a multiple of the filters' "
                          f"in_channels {per_group} (filters {tuple(filters.shape)}, HWIO): "
                          f"groups = channels / in_channels must be a whole number")
+    padding = _padding(padding, data_format)
+    if _empty_cells(input, data_format):
+        return _without_cells(input, data_format, filters.shape[3], filters.shape[:2], stride,
+                              dilation, padding)
     if data_format == "NCHW":
         filters = filters.transpose(3, 2, 0, 1)  # a view in ops' NCHW weight layout, OIHW
-    return ops.conv2d(input, filters, stride=stride, padding=_padding(padding, data_format),
-                      dilation=dilation, groups=channels // per_group, data_format=data_format)
+    return ops.conv2d(input, filters, stride=stride, padding=padding, dilation=dilation,
+                      groups=channels // per_group, data_format=data_format)
 
 
 def max_pool2d(input, ksize, strides, padding, data_format="NHWC", name=None):
@@ -189,6 +229,8 @@ def max_pool2d(input, ksize, strides, padding, data_format="NHWC", name=None):
     """
     data_format, window = _pool(input, ksize, strides, data_format)
     padding = _padding(padding, data_format)
+    if _empty_cells(input, data_format):
+        return _pooled_without_cells(input, data_format, window, padding)
     return ops.max_pool2d(input, padding=padding if isinstance(padding, str)
                           else _symmetric(padding), **window)
 
@@ -207,5 +249,12 @@ def avg_pool2d(input, ksize, strides, padding, data_format="NHWC", name=None):
         (N, OH, OW, C) for NHWC or (N, C, OH, OW) for NCHW, with input's dtype.
     """
     data_format, window = _pool(input, ksize, strides, data_format)
-    return ops.avg_pool2d(input, padding=_padding(padding, data_format, explicit=False),
-                          **window)
+    padding = _padding(padding, data_format, explicit=False)
+    if _empty_cells(input, data_format):
+        return _pooled_without_cells(input, data_format, window, padding)
+    return ops.avg_pool2d(input, padding=padding, **window)
+
+
+def _pooled_without_cells(input, data_format, window, padding):
+    return _without_cells(input, data_format, input.shape[data_format.index("C")],
+                          window["kernel_size"], window["stride"], (1, 1), padding)

@@ -343,3 +343,22 @@ def test_bad_arguments_raise_naming_them(name):
     call, error, message = BAD[name]
     with pytest.raises(error, match=message):
         call()
+
+
+def test_empty_spatial_or_channel_axes_give_tensorflows_shapes():
+    """TensorFlow's Conv2D returns an empty output when there is nothing to compute and zeros
+    when only the input is empty (conv_ops.cc); its windowed sizes decide the shapes."""
+    w = np.ones((3, 3, 3, 4), np.float32)
+    y = tf.conv2d(np.empty((2, 0, 5, 3), np.float32), w, 2, "SAME")
+    assert y.shape == (2, 0, 3, 4)
+    y = tf.conv2d(np.empty((2, 5, 5, 0), np.float32), w, 1, "VALID")
+    assert y.shape == (2, 3, 3, 4) and y.dtype == np.float32 and not y.any()
+    y = tf.conv2d(np.empty((1, 0, 6, 5), np.float64), w, 1, [[0, 0], [0, 0], [2, 2], [1, 1]],
+                  data_format="NCHW")
+    assert y.shape == (1, 4, 8, 5) and not y.any()  # 6 + 2 + 2 - 3 + 1, 5 + 1 + 1 - 3 + 1
+    with pytest.raises(ValueError, match="Computed output size would be negative"):
+        tf.conv2d(np.empty((2, 0, 5, 3), np.float32), w, 1, "VALID")
+    assert tf.max_pool2d(np.empty((1, 0, 4, 3), np.float32), 2, 2, "SAME").shape == (1, 0, 2, 3)
+    assert tf.avg_pool2d(np.empty((1, 4, 4, 0), np.float32), 2, 2, "VALID").shape == (1, 2, 2, 0)
+    assert tf.max_pool2d(np.empty((1, 0, 4, 4), np.float32), 3, 1, "SAME",
+                         data_format="NCHW").shape == (1, 0, 4, 4)

@@ -66,11 +66,11 @@ def _generic_rows():
         if "x_shape" in VALID[op] or "w_shape" in VALID[op]:
             name = "x_shape" if "x_shape" in VALID[op] else "w_shape"
             good = VALID[op][name]
+            message = rf"\b{name} must be 4 ints, positive but for a batch of 0"
             for bad in (good[:3], good + (1,), good[:3] + (0,), good[:3] + (5.0,), list(good[:3]),
                         "NCHW", None):
-                yield op, {name: bad}, ValueError, rf"\b{name} must be 4 positive ints"
-            yield op, {name: good[:3] + (True,)}, ValueError, \
-                rf"\b{name} must be 4 positive ints", ()
+                yield op, {name: bad}, ValueError, message
+            yield op, {name: good[:3] + (True,)}, ValueError, message, ()
     for op in WINDOWED:
         for stride in (0, -1, (1, 0)):
             yield op, dict(stride=stride), ValueError, r"stride must be >= 1"

@@ -227,6 +227,30 @@ def test_adaptive_avg_pool2d(shape, output_size, dtype):
 
 # --- the CUDA kernels through fastconv.ops, device="cuda" -------------------------------------
 
+def test_an_empty_batch_launches_nothing_on_cuda(monkeypatch):
+    """N = 0 through every op family: shaped empty results and zero gradients, and no launch
+    (a grid of no blocks is an error on a GPU)."""
+    from fastconv.kernels import cuda_device
+
+    def no_launch(kernel, *args):
+        raise AssertionError(f"{kernel} launched for an empty batch")
+    x, w = np.empty((0, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    from fastconv.kernels import dropout_cuda
+    for module in (batch_norm_cuda, bias_cuda, conv_direct_cuda, dropout_cuda, gemm_cuda,
+                   pool_cuda):
+        monkeypatch.setattr(module, "launch", no_launch, raising=False)
+    monkeypatch.setattr(cuda_device, "launch", no_launch)
+    for algo in ("direct", "im2col"):
+        y = ops.conv2d(x, w, algo=algo, device="cuda")
+        gx, gw, _ = ops.conv2d_backward(y, x, w, (True, True, False), algo=algo, device="cuda")
+        assert y.shape == (0, 3, 3, 3) and gx.shape == x.shape and not gw.any()
+    assert ops.max_pool2d(x, 2, device="cuda").shape == (0, 2, 2, 2)
+    assert ops.adaptive_avg_pool2d(x, 1, device="cuda").shape == (0, 2, 1, 1)
+    y, mean, _ = ops.batch_norm2d(x, training=True, device="cuda")
+    assert y.shape == x.shape and np.isnan(mean).all()
+    assert ops.dropout(x, 0.5, device="cuda")[0].shape == x.shape
+
+
 # (x NCHW shape, w OIHW shape, geometry, layout, activation, dtype). Together: both layouts,
 # groups, strides, dilation, asymmetric and "same"/"valid" padding, a pointwise convolution
 # (which skips im2col), every activation, both dtypes.
