@@ -16,7 +16,8 @@ layer and implementation.
 
 Suites (NCHW, every distinct conv and pooling layer, 224 x 224 images, batch 8):
   lenet5        C1, C3, C5 and the max and avg pools (32 x 32 images, batch 256)
-  resnet18      the 7x7 stem, the 3x3 layers of each stage, the strided 3x3 and 1x1 shortcuts
+  resnet18      the 7x7 stem, the 3x3 layers of each stage, the strided 3x3 and 1x1 shortcuts,
+                the batch normalisations (in training: batch statistics)
   resnet50      the bottlenecks' 1x1 and 3x3 layers (stride on the 3x3, torchvision's v1.5)
   mobilenet_v2  the stem, the depthwise 3x3 layers (stride 1 and 2) and the 1x1 expansions and
                 projections
@@ -24,7 +25,7 @@ Suites (NCHW, every distinct conv and pooling layer, 224 x 224 images, batch 8):
   all           every suite (default)
 
 Implementations: each conv algorithm of fastconv.algorithms(device) and "auto" (pooling:
-"fastconv", the ops); "numpy", the NumPy reference (algo "reference"; --no-numpy skips it, the
+"fastconv", the ops; batch norm too); "numpy", the NumPy reference (algo "reference"; --no-numpy skips it, the
 big layers take it seconds); "torch", PyTorch's torch.nn.functional on as many threads (on a
 GPU: cuDNN, FP32, TF32 off), when torch is installed. conv2d_backward is the input and the
 weight gradient together; torch's backward is torch.autograd.grad, timed without the forward.

@@ -4,28 +4,38 @@ running buffers (the variance unbiased), the running statistics normalise in eva
 
 The statistics of a float32 channel are summed in float64 (as PyTorch's CPU kernels do): a
 sum over a batch's pixels, millions of terms, loses digits in float32, most where the mean is
-large against the spread; the variance is taken as the mean of squared deviations from the
-mean (two passes), never as E[x^2] - E[x]^2, which cancels. Applying the statistics is float
-arithmetic in the arrays' dtype, rounded once per channel.
+large against the spread. They take one pass, of the deviations from a shift K, the channel's
+first value (Chan, Golub and LeVeque's shifted data): var = E[(x-K)^2] - E[x-K]^2 cancels only
+as far as K lies from the mean in units of the spread (a few at most, in float64: ~1e-14),
+where E[x^2] - E[x]^2 cancels by (mean / spread)^2. Applying the statistics is arithmetic in
+the arrays' dtype, with the per-channel coefficients rounded once.
 """
 
 import math
 
+import numpy as np
 from numba import njit, prange
 
 from . import CPU_KERNEL
 
 
 @njit(inline="always", cache=True)
-def channel_sums(x, c, mean):
-    """(sum of x[:, c], sum of (x[:, c] - mean)^2) over an (N, C, P) array, in float64."""
+def channel_sums(x, c, shift):
+    """(sum of x[:, c] - shift, sum of its squares) over an (N, C, P) array, in float64."""
     total, squares = 0.0, 0.0
     for n in range(x.shape[0]):
         for p in range(x.shape[2]):
-            d = x[n, c, p] - mean
+            d = x[n, c, p] - shift
             total += d
             squares += d * d
     return total, squares
+
+
+@njit(inline="always", cache=True)
+def moments(total, squares, shift, count):
+    """(mean, biased variance) from :func:`channel_sums` over ``count`` cells."""
+    mean_shifted = total / count
+    return shift + mean_shifted, max(squares / count - mean_shifted * mean_shifted, 0.0)
 
 
 @njit(inline="always", cache=True)
@@ -43,19 +53,17 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, tra
     (C,). ``training``: mean and invstd = 1/sqrt(var + eps) are the batch's (the biased
     variance), written to ``mean``/``invstd``, and with ``track`` the running buffers move
     ``momentum`` of the way to them (the variance unbiased); else they are the running ones.
-    Loop order: c (parallel), then n, p: a sum pass for the mean, one for the squared
-    deviations, one writing y. Each thread owns whole channels: mean[c], invstd[c], the running
-    buffers' [c] and y[:, c].
+    Loop order: c (parallel), then n, p: in training a pass summing the statistics, then one
+    writing y. Each thread owns whole channels: mean[c], invstd[c], the running buffers' [c]
+    and y[:, c].
     """
     n_, c_, p_ = x.shape
     count = n_ * p_
     for c in prange(c_):
         if training:
-            shift, _ = channel_sums(x, c, 0.0)
-            shift /= count
+            shift = np.float64(x[0, c, 0])
             total, squares = channel_sums(x, c, shift)
-            mu = shift + total / count  # the first pass's mean, corrected by the second's
-            var = squares / count - (total / count) ** 2
+            mu, var = moments(total, squares, shift, count)
             if track:
                 running_update(running_mean, c, momentum, mu)
                 running_update(running_var, c, momentum, var * count / max(count - 1, 1))
@@ -91,8 +99,10 @@ def batch_norm_backward(gy, x, weight, mean, invstd, training, gx, gweight, gbia
         gbias[c], gweight[c] = sum_gy, dot * invstd[c]
         scale = weight[c] * invstd[c]
         if training:
-            # gy - mean(gy) - (x - mean) * invstd^2 * mean(gy * (x - mean)), times the scale
-            offset, slope = sum_gy / count, dot * invstd[c] * invstd[c] / count
+            # gy - mean(gy) - (x - mean) * invstd^2 * mean(gy * (x - mean)), times the scale;
+            # the per-cell arithmetic in gx's dtype (float64 halves the vector width)
+            to = gx.dtype.type
+            offset, slope = to(sum_gy / count), to(dot * invstd[c] * invstd[c] / count)
             for n in range(n_):
                 for p in range(p_):
                     gx[n, c, p] = (gy[n, c, p] - offset - (x[n, c, p] - m) * slope) * scale

@@ -15,7 +15,8 @@ from . import batch_norm
 from .cuda_device import cuda, device_function, kernel, launch
 
 MAX_THREADS = 256
-running_update = device_function(batch_norm.running_update)
+running_update, moments = (device_function(f) for f in (batch_norm.running_update,
+                                                         batch_norm.moments))
 
 
 @cuda.jit(device=True, inline="always")
@@ -36,12 +37,12 @@ def _block_sum(value, shared):
 
 
 @cuda.jit(device=True, inline="always")
-def _channel_sums(x, c, mean, shared):
+def _channel_sums(x, c, shift, shared):
     """kernels/batch_norm.channel_sums over the block: this thread's cells, then reduced."""
     total, squares = 0.0, 0.0
     for n in range(x.shape[0]):
         for p in range(cuda.threadIdx.x, x.shape[2], cuda.blockDim.x):
-            d = x[n, c, p] - mean
+            d = x[n, c, p] - shift
             total += d
             squares += d * d
     return _block_sum(total, shared), _block_sum(squares, shared)
@@ -59,12 +60,10 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, tra
     c = cuda.blockIdx.x
     t = cuda.threadIdx.x
     if training:
-        shift, _ = _channel_sums(x, c, 0.0, shared)
-        shift /= count
+        shift = float64(x[0, c, 0])
         total, squares = _channel_sums(x, c, shift, shared)
         if t == 0:
-            mu = shift + total / count
-            var = squares / count - (total / count) ** 2
+            mu, var = moments(total, squares, shift, count)
             if track:
                 running_update(running_mean, c, momentum, mu)
                 running_update(running_var, c, momentum, var * count / max(count - 1, 1))

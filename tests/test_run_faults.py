@@ -210,3 +210,28 @@ def test_resume_with_nothing_left_to_do_writes_nothing(run, capsys):
     assert "nothing to do: the run has done 1 epochs, --epochs is 1" in out
     assert "wrote" not in out
     assert {name: (run / name).stat().st_mtime_ns for name in RUN_FILES} == before
+
+
+def test_a_checkpoint_carries_buffers_and_checks_them_before_loading(tmp_path):
+    """A model with batch norm: its running statistics and batch count go into the checkpoint
+    beside the parameters (NumPy arrays, no pickle), come back, and a missing one is named."""
+    from fastconv import nn, optim, tensor
+
+    def model():
+        return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    saved = model()
+    saved.train()(tensor(np.random.default_rng(0).standard_normal((2, 1, 5, 5)),
+                         dtype=np.float32))
+    optimizer = optim.Adam(saved.parameters())
+    train.save_checkpoint(tmp_path, saved, optimizer, train.RunConfig(), [])
+    _, _, arrays = train._read(tmp_path / "checkpoint.npz")
+    assert arrays["model/1.num_batches_tracked"] == 1
+    restored = model()
+    train._check_keys(tmp_path, arrays, restored, optimizer, train.RunConfig())
+    restored.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()
+                              if k.startswith("model/")})
+    for name, value in saved.state_dict().items():
+        np.testing.assert_array_equal(restored.state_dict()[name], value)
+    del arrays["model/1.running_var"]
+    with pytest.raises(train.RunError, match="no model/1.running_var"):
+        train._check_keys(tmp_path, arrays, restored, optimizer, train.RunConfig())

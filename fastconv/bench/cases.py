@@ -1,5 +1,6 @@
 """The benchmark's cases and how each implementation runs one: the suites (every distinct conv
-and pooling layer of LeNet-5, ResNet-18, ResNet-50, MobileNetV2 and VGG-16), the
+and pooling layer of LeNet-5, ResNet-18, ResNet-50, MobileNetV2 and VGG-16, and ResNet-18's
+batch normalisations), the
 implementations compared on a device (fastconv's algorithms and "auto", the NumPy reference,
 PyTorch), their inputs and a ready-to-time call of each."""
 
@@ -22,7 +23,8 @@ QUICK_SIZE_DIVISOR = 4  # --quick: batch 1 (LeNet-5 8) and images a quarter the 
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmarked layer: ``op`` ("conv2d", "max_pool2d" or "avg_pool2d") on NCHW ``x``.
+    """One benchmarked layer: ``op`` ("conv2d", "max_pool2d", "avg_pool2d" or
+    "batch_norm2d", in training) on NCHW ``x``.
 
     Convolutions take OIHW filters ``w`` (C/groups input channels each), poolings a square
     ``kernel``; ``stride`` and ``padding`` are ints, as the ops take them.
@@ -52,8 +54,14 @@ class Case:
             parts.append(f"groups {self.groups}")
         return ", ".join(parts)
 
+    @property
+    def y_shape(self):
+        """The output's shape (checking that the layer fits)."""
+        return self.x if self.op == "batch_norm2d" else self.geometry().y_shape
+
     def geometry(self):
-        """The op's resolved geometry (:mod:`fastconv.geometry`), NCHW."""
+        """The op's resolved geometry (:mod:`fastconv.geometry`), NCHW (none for a batch
+        normalisation)."""
         if self.op == "conv2d":
             return geometry.conv_geometry(self.x, self.w, self.stride, self.padding, 1,
                                           self.groups, "NCHW")
@@ -105,6 +113,9 @@ SUITES = {
         _conv("layer4.0.downsample", 256, 14, 512, 1, 2),
         _conv("layer4.conv", 512, 7, 512, 3),
         _pool("avgpool", "avg_pool2d", 512, 7, 7, 7),
+        *(Case(f"{layer}.bn", "batch_norm2d", (BATCH, c, size, size))
+          for layer, c, size in (("bn1", 64, 112), ("layer1", 64, 56), ("layer2", 128, 28),
+                                 ("layer3", 256, 14), ("layer4", 512, 7))),
     ),
     "resnet50": (  # torchvision's bottleneck (v1.5): the stride on the 3x3
         _conv("layer1.0.conv1", 64, 56, 64, 1),
@@ -167,7 +178,8 @@ def _shrunk(case: Case, batch: int | None) -> Case:
     """``case`` for --quick: batch 1 (LeNet-5's 8) unless ``batch``, images a quarter the size
     but no smaller than the window."""
     n, c, h, w = case.x
-    window = case.w[2] if case.w is not None else case.kernel
+    # a batch norm's "window" is 2x2: more than one value per channel, which training needs
+    window = case.w[2] if case.w is not None else case.kernel or 2
     size = min(h, max(h // QUICK_SIZE_DIVISOR, window))
     return dataclasses.replace(case, x=(batch or (8 if n == 256 else 1), c, size, size))
 
@@ -224,7 +236,11 @@ def inputs(case: Case, dtype, on: str = "cpu") -> dict:
     arrays = {"x": rng.standard_normal(case.x, dtype)}
     if case.w is not None:
         arrays["w"] = rng.standard_normal(case.w, dtype)
-    arrays["gy"] = rng.standard_normal(case.geometry().y_shape, dtype)
+    if case.op == "batch_norm2d":  # weight, bias and the running buffers
+        c = case.x[1]
+        arrays.update(weight=rng.standard_normal(c, dtype), bias=rng.standard_normal(c, dtype),
+                      running_mean=np.zeros(c, dtype), running_var=np.ones(c, dtype))
+    arrays["gy"] = rng.standard_normal(case.y_shape, dtype)
     return {name: device.to_device(a, on) for name, a in arrays.items()}
 
 
@@ -237,6 +253,8 @@ def runner(case: Case, op: str, impl: str, arrays: dict, on: str = "cpu") -> Cal
     if case.op == "conv2d":
         return _conv_runner(case, op, dispatch.REFERENCE if impl == "numpy" else impl, arrays,
                             on)
+    if case.op == "batch_norm2d":
+        return _batch_norm_runner(op, impl, arrays, on)
     return _pool_runner(case, op, impl, arrays, on)
 
 
@@ -267,6 +285,25 @@ def _pool_runner(case, op, impl, a, on):
     return lambda: fn(*args, case.kernel, case.stride, case.padding, device=on)
 
 
+def _batch_norm_runner(op, impl, a, on):
+    """Training's batch normalisation: the forward returns y (the running buffers move on
+    every call, as in training), the backward (gx, gweight, gbias) from the forward's saved
+    statistics."""
+    parameters = a["weight"], a["bias"], a["running_mean"], a["running_var"]
+    if impl == "numpy":  # the registered reference: the layout, then the arrays and the mode
+        forward = dispatch.implementations("batch_norm2d", "cpu")[dispatch.REFERENCE]
+        backward = dispatch.implementations("batch_norm2d_backward", "cpu")[dispatch.REFERENCE]
+        _, mean, invstd = forward("NCHW", a["x"], *parameters, True, True, 0.1, 1e-5)
+        if op == "batch_norm2d":
+            return lambda: forward("NCHW", a["x"], *parameters, True, True, 0.1, 1e-5)[0]
+        return lambda: backward("NCHW", a["gy"], a["x"], a["weight"], mean, invstd, True)
+    _, mean, invstd = ops.batch_norm2d(a["x"], *parameters, True, device=on)
+    if op == "batch_norm2d":
+        return lambda: ops.batch_norm2d(a["x"], *parameters, True, device=on)[0]
+    return lambda: ops.batch_norm2d_backward(a["gy"], a["x"], a["weight"], mean, invstd,
+                                             device=on)
+
+
 def _torch_runner(case, op, a, on):
     """PyTorch on fastconv's thread count, or on the GPU with cuDNN in FP32 (TF32 off, its own
     autotuning on), on the arrays themselves (zero-copy); backward is autograd's, timed without
@@ -278,8 +315,13 @@ def _torch_runner(case, op, a, on):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.benchmark = on == "cuda"  # cuDNN at its best: it times its algorithms
     wrap = torch.from_numpy if on == "cpu" else torch.from_dlpack
-    tensors = [wrap(a[name]) for name in ("x", "w") if name in a]
-    if case.op == "conv2d":
+    tensors = [wrap(a[name]) for name in ("x", "w", "weight", "bias") if name in a]
+    if case.op == "batch_norm2d":
+        buffers = wrap(a["running_mean"]), wrap(a["running_var"])
+
+        def forward(x, weight, bias):
+            return F.batch_norm(x, *buffers, weight, bias, training=True)
+    elif case.op == "conv2d":
         def forward(x, w):
             return F.conv2d(x, w, stride=case.stride, padding=case.padding, groups=case.groups)
     else:
@@ -292,7 +334,7 @@ def _torch_runner(case, op, a, on):
             with torch.no_grad():
                 return forward(*tensors)
         return run
-    leaves = [t.detach().requires_grad_() for t in tensors]  # the gradients of x and w
+    leaves = [t.detach().requires_grad_() for t in tensors]  # x's gradient, the weights'
     y, gy = forward(*leaves), wrap(a["gy"])
     return lambda: torch.autograd.grad(y, leaves, gy, retain_graph=True)
 
@@ -300,9 +342,11 @@ def _torch_runner(case, op, a, on):
 def work(case: Case, op: str, arrays: dict) -> tuple[float | None, float | None]:
     """(flops, bytes) of one call of ``op``: flops for a convolution (its backward computes the
     input and the weight gradient, each as costly as the forward), the bytes read and written
-    for a pooling."""
+    for a pooling or a batch normalisation (at least: x and y forward, gy, x and gx backward)."""
     if case.op == "conv2d":
         return case.geometry().flops * (1 if op == case.op else 2), None
     x, gy = arrays["x"], arrays["gy"]
+    if case.op == "batch_norm2d":
+        return None, x.nbytes * (2 if op == case.op else 3)
     reads_x_twice = op == "max_pool2d_backward"  # reads x and gy, writes gx
     return None, x.itemsize * ((2 if reads_x_twice else 1) * x.size + gy.size)
