@@ -24,9 +24,9 @@ Suites (NCHW, every distinct conv and pooling layer, 224 x 224 images, batch 8):
   vgg16         the 3x3 layers of each stage and the first max pool
   all           every suite (default)
 
-Implementations: each conv algorithm of fastconv.algorithms(device) and "auto" (pooling:
-"fastconv", the ops; batch norm too); "numpy", the NumPy reference (algo "reference"; --no-numpy skips it, the
-big layers take it seconds); "torch", PyTorch's torch.nn.functional on as many threads (on a
+Implementations: each conv algorithm of fastconv.algorithms(device) and "auto" (pooling and
+batch norm: "fastconv", the ops); "numpy", the NumPy reference (algo "reference"; --no-numpy
+skips it, the big layers take it seconds); "torch", PyTorch's torch.nn.functional on as many threads (on a
 GPU: cuDNN, FP32, TF32 off), when torch is installed. conv2d_backward is the input and the
 weight gradient together; torch's backward is torch.autograd.grad, timed without the forward.
 
