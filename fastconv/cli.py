@@ -26,9 +26,10 @@ Suites (NCHW, every distinct conv and pooling layer, 224 x 224 images, batch 8):
 
 Implementations: each conv algorithm of fastconv.algorithms(device) and "auto" (pooling and
 batch norm: "fastconv", the ops); "numpy", the NumPy reference (algo "reference"; --no-numpy
-skips it, the big layers take it seconds); "torch", PyTorch's torch.nn.functional on as many threads (on a
-GPU: cuDNN, FP32, TF32 off), when torch is installed. conv2d_backward is the input and the
-weight gradient together; torch's backward is torch.autograd.grad, timed without the forward.
+skips it, the big layers take it seconds); "torch", PyTorch's torch.nn.functional on as many
+threads (on a GPU: cuDNN, FP32, TF32 off), when torch is installed. conv2d_backward is the
+input and the weight gradient together; torch's backward is torch.autograd.grad, timed without
+the forward.
 
 Timing: one untimed warm-up call (it compiles the JIT kernels), whose result is checked against
 PyTorch's ("err vs torch"), then --repeats rounds, each timing one call of every implementation

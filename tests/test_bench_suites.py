@@ -1,6 +1,7 @@
 """The benchmark's suites: every distinct conv and pooling layer of LeNet-5, ResNet-18,
 ResNet-50, MobileNetV2 and VGG-16 and ResNet-18's batch normalisations, each a valid layer at
-full size and in --quick's shrunk one; and a smoke run of every suite whose results match PyTorch's (the timings are not checked)."""
+full size and in --quick's shrunk one; and a smoke run of every suite whose results match
+PyTorch's (the timings are not checked)."""
 
 import numpy as np
 import pytest
