@@ -294,6 +294,18 @@ class PoolGeometry(_Planes):
                 f"p{self.padding}c{int(self.count_padding)}")
 
 
+def _planes(x_shape, data_format):
+    """(layout, (N, C, H, W)) of a pooling's input, checked: 4-D, no empty axis but the
+    batch."""
+    data_format = layout(data_format)
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D {data_format}, got shape {tuple(x_shape)}")
+    n, c, h, w = _spatial(x_shape, data_format)
+    if min(c, h, w) < 1 or n < 0:
+        raise ValueError(f"x must have no empty axis but the batch, got shape {tuple(x_shape)}")
+    return data_format, (n, c, h, w)
+
+
 def _pool_size(size, k, s, p, ceil_mode):
     """PyTorch's pooled size: the last window must start inside the input or its left padding."""
     span = size + 2 * p - k
@@ -307,12 +319,7 @@ def _pool_size(size, k, s, p, ceil_mode):
 def pool_geometry(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
                   data_format) -> PoolGeometry:
     """Resolve a pooling's arguments; raises ValueError/TypeError naming the argument."""
-    data_format = layout(data_format)
-    if len(x_shape) != 4:
-        raise ValueError(f"x must be 4-D {data_format}, got shape {tuple(x_shape)}")
-    n, c, h, w = _spatial(x_shape, data_format)
-    if min(c, h, w) < 1 or n < 0:
-        raise ValueError(f"x must have no empty axis but the batch, got shape {tuple(x_shape)}")
+    data_format, (n, c, h, w) = _planes(x_shape, data_format)
     kh, kw = pair(kernel_size, "kernel_size", 1)
     sh, sw = pair(kernel_size if stride is None else stride, "stride", 1)
     if isinstance(padding, str):
@@ -358,12 +365,7 @@ class AdaptivePoolGeometry(_Planes):
 def adaptive_pool_geometry(x_shape, output_size, data_format) -> AdaptivePoolGeometry:
     """Resolve an adaptive pooling's arguments: ``output_size`` an int, or a pair whose None
     keeps that axis's input size, as PyTorch's."""
-    data_format = layout(data_format)
-    if len(x_shape) != 4:
-        raise ValueError(f"x must be 4-D {data_format}, got shape {tuple(x_shape)}")
-    n, c, h, w = _spatial(x_shape, data_format)
-    if min(c, h, w) < 1 or n < 0:
-        raise ValueError(f"x must have no empty axis but the batch, got shape {tuple(x_shape)}")
+    data_format, (n, c, h, w) = _planes(x_shape, data_format)
     size = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * 2
     if len(size) != 2 or not all(s is None or (isinstance(s, numbers.Integral)
                                                and not isinstance(s, bool)) for s in size):
