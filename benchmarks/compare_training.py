@@ -1,8 +1,13 @@
-"""Train LeNet-5 with fastconv and with PyTorch side by side: same data pipeline, batches,
-initial weights, optimiser and threads; prints per-epoch time and test accuracy of each.
+"""Train a network with fastconv and with PyTorch side by side: same data pipeline, batches
+(augmentation included), initial weights, recipe (optimiser, schedule) and threads; prints
+per-epoch time and test accuracy of each.
 
     python benchmarks/compare_training.py --dataset fashion-mnist --epochs 1 --threads 2
+    python benchmarks/compare_training.py --model resnet8 --epochs 5 --framework torch
     python benchmarks/compare_training.py --device cuda --framework fastconv   # on a GPU
+
+LeNet-5 trains with Adam at 1e-3; a ResNet with `fastconv train`'s recipe for it (SGD with
+momentum 0.9 at 0.1, weight decay 5e-4, cosine annealing per step, shifts and flips).
 
 The fastconv numbers of a full run come from `fastconv train`; this script exists to put an
 epoch of each framework next to each other on the same machine, in the same minutes. The two
@@ -32,20 +37,50 @@ import fastconv  # noqa: E402
 from fastconv import data, models, optim, tensor, train  # noqa: E402
 from fastconv.nn import functional as F  # noqa: E402
 from torch_lenet5 import TorchLeNet5  # noqa: E402  (benchmarks/, the tests' twin too)
+from torch_resnet import TorchResNet  # noqa: E402
 
 
-def epoch_fastconv(model, opt, batches, device):
+def networks(name):
+    """(fastconv's, PyTorch's) network ``name``, PyTorch's initialisation in both."""
+    torch.manual_seed(0)
+    if name == "lenet5":
+        ours, theirs = models.LeNet5(), TorchLeNet5()
+    else:
+        depth = int(name[len("resnet"):])
+        ours, theirs = models.ResNet(depth), TorchResNet(depth)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    return ours, theirs
+
+
+def optimisers(name, ours, theirs, total_steps):
+    """Each side's optimiser and per-step schedule (or None): ``fastconv train``'s recipe."""
+    recipe = train.recipe(name)
+    if recipe["optimizer"] == "adam":
+        return (optim.Adam(ours.parameters(), lr=recipe["lr"]), None,
+                torch.optim.Adam(theirs.parameters(), lr=recipe["lr"]), None)
+    sgd = dict(lr=recipe["lr"], momentum=0.9, weight_decay=recipe["weight_decay"])
+    opt_ours, opt_theirs = optim.SGD(ours.parameters(), **sgd), torch.optim.SGD(
+        theirs.parameters(), **sgd)
+    return (opt_ours, optim.CosineAnnealing(opt_ours, total_steps), opt_theirs,
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt_theirs, total_steps))
+
+
+def epoch_fastconv(model, opt, schedule, batches, device):
+    model.train()
     start = time.perf_counter()
     for x, y in batches:
         loss = F.cross_entropy(model(tensor(x, device=device)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
     loss.item()  # waits for the GPU's queue
     return time.perf_counter() - start
 
 
-def epoch_torch(model, opt, batches, device):
+def epoch_torch(model, opt, schedule, batches, device):
+    model.train()
     start = time.perf_counter()
     for x, y in batches:
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
@@ -53,11 +88,14 @@ def epoch_torch(model, opt, batches, device):
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
     loss.item()
     return time.perf_counter() - start
 
 
 def accuracy_torch(model, batches, device):
+    model.eval()
     with torch.no_grad():
         hits = sum(int((model(torch.from_numpy(x).to(device)).argmax(1).cpu().numpy() == y)
                        .sum()) for x, y in batches)
@@ -67,6 +105,8 @@ def accuracy_torch(model, batches, device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=train.MODELS, default="lenet5",
+                        help="the network, trained with its recipe (default: lenet5)")
     parser.add_argument("--dataset", choices=train.DATASETS, default="fashion-mnist")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -86,40 +126,40 @@ def main():
     train_x, train_y, test_x, test_y = (a[:args.limit]
                                         for a in train.load_dataset(args.dataset, args.data))
     stats = data.pixel_stats(train_x)
-    batches = data.Batches(train_x, train_y, args.batch_size, normalize=stats)
+    augment = train.recipe(args.model)["augment"]
+    batches = data.Batches(train_x, train_y, args.batch_size, normalize=stats, augment=augment)
     test = data.Batches(test_x, test_y, 1000, shuffle=False, normalize=stats)
 
-    torch.manual_seed(0)
-    theirs = TorchLeNet5()
-    ours = models.LeNet5()
-    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    ours, theirs = networks(args.model)
     runs = {name: args.framework in ("both", name) for name in ("fastconv", "torch")}
     ours.to(args.device)
     if runs["torch"]:  # a CPU build of torch (CI's) runs fastconv alone on a GPU or simulator
         theirs.to(args.device)
-    opt_ours = optim.Adam(ours.parameters(), lr=1e-3)
-    opt_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-3)
+    opt_ours, schedule_ours, opt_theirs, schedule_theirs = optimisers(
+        args.model, ours, theirs, args.epochs * len(batches))
     warm = data.Batches(train_x[:256], train_y[:256], args.batch_size, normalize=stats)
     # JIT compilation, CUDA contexts and cuDNN's handles stay out of the timed epochs
+    spare, spare_torch = networks(args.model)
+    opt_spare, schedule_spare, opt_spare_torch, schedule_spare_torch = optimisers(
+        args.model, spare, spare_torch, len(warm))
     if runs["fastconv"]:
-        spare = models.LeNet5().to(args.device)
-        epoch_fastconv(spare, optim.Adam(spare.parameters()), warm, args.device)
+        epoch_fastconv(spare.to(args.device), opt_spare, schedule_spare, warm, args.device)
     if runs["torch"]:
-        spare_torch = TorchLeNet5().to(args.device)
-        epoch_torch(spare_torch, torch.optim.Adam(spare_torch.parameters()), warm, args.device)
+        epoch_torch(spare_torch.to(args.device), opt_spare_torch, schedule_spare_torch, warm,
+                    args.device)
 
-    print(f"{args.dataset}, batch {args.batch_size}, {args.device}, {args.threads} threads, "
-          f"{len(batches)} steps an epoch")
+    print(f"{args.model}, {args.dataset}, batch {args.batch_size}, {args.device}, "
+          f"{args.threads} threads, {len(batches)} steps an epoch")
     for epoch in range(args.epochs):
         report = []
         if runs["fastconv"]:
             batches.epoch = epoch
-            seconds = epoch_fastconv(ours, opt_ours, batches, args.device)
+            seconds = epoch_fastconv(ours, opt_ours, schedule_ours, batches, args.device)
             report.append(f"fastconv {seconds:.1f} s ({len(train_x) / seconds:.0f} img/s, "
                           f"test acc {train.evaluate(ours, test)[1]:.4f})")
         if runs["torch"]:
             batches.epoch = epoch
-            seconds = epoch_torch(theirs, opt_theirs, batches, args.device)
+            seconds = epoch_torch(theirs, opt_theirs, schedule_theirs, batches, args.device)
             report.append(f"torch {seconds:.1f} s ({len(train_x) / seconds:.0f} img/s, "
                           f"test acc {accuracy_torch(theirs, test, args.device):.4f})")
         print(f"epoch {epoch + 1}: " + " | ".join(report))

@@ -4,6 +4,7 @@ import argparse
 import csv
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -103,29 +104,45 @@ def _parser() -> argparse.ArgumentParser:
                      "(e.g. benchmarks/results/cpu.md)")
     run.add_argument("--plot", metavar="PATH",
                      help="also draw a PNG bar chart of the speed-ups over numpy (needs "
-                     "matplotlib: pip install fastconv[plot])")
+                     "matplotlib)")
 
     fit = commands.add_parser(
-        "train", help="train a CNN (LeNet-5) on Fashion-MNIST or MNIST",
-        description="Train LeNet-5 with fastconv's kernels: a progress bar per epoch (loss, "
-        "accuracy, images/s), the test accuracy after each epoch, and in --out: checkpoint.npz "
-        "(weights, optimiser state, settings and curves, NumPy arrays only: the run's one "
-        "commit point, renamed into place after each epoch, so a kill leaves the last epoch's "
-        "run or the new one), and its views run.json, curves.csv and, with matplotlib, "
-        "curves.png. A non-finite loss or Ctrl-C stops the run, keeping the last checkpoint. "
+        "train", help="train a CNN (LeNet-5, a ResNet) on Fashion-MNIST or MNIST",
+        description="Train LeNet-5 or a CIFAR-style ResNet with fastconv's kernels: progress "
+        "per epoch (a bar on a terminal; in a log file or a pipe a line every 10 s), the test "
+        "accuracy after each epoch, and in --out: checkpoint.npz (weights, buffers, optimiser "
+        "state, settings and curves, NumPy arrays only: the run's one commit point, renamed "
+        "into place after each epoch, so a kill leaves the last epoch's run or the new one), "
+        "and its views run.json, curves.csv and curves.png. A non-finite loss or Ctrl-C stops "
+        "the run, keeping the last checkpoint. Each model has its recipe, which the options "
+        "override: LeNet-5 trains with Adam at 1e-3; a ResNet with SGD (momentum 0.9) at 0.1, "
+        "weight decay 5e-4, a cosine schedule and augmentation (He et al.'s CIFAR recipe). "
         "Data comes from --data-root, $FASTCONV_DATA, ~/.cache/fastconv/datasets, Debian's "
-        "dataset-fashion-mnist, or a download.")
+        "dataset-fashion-mnist, or a download.",
+        epilog="Example: fastconv train --model resnet8 --epochs 5 --out runs/resnet8")
     fit.set_defaults(command=_train, parser=fit)
-    fit.add_argument("--model", choices=("lenet5",),
-                     help="the network (default: lenet5)")
+    fit.add_argument("--model", choices=train.MODELS,
+                     help="the network: LeNet-5, or the CIFAR-style ResNet of depth 8, 14, 20 "
+                     "or 32 (width 16) (default: lenet5)")
     fit.add_argument("--dataset", choices=train.DATASETS,
                      help="fashion-mnist (60k/10k) or mnist (the full set where present, "
                      "else 8k/2k of its test set) (default: fashion-mnist)")
     fit.add_argument("--epochs", type=int, default=10, help="epochs in all (default: 10)")
     fit.add_argument("--batch-size", type=int, help="images per step (default: 64)")
     fit.add_argument("--optimizer", choices=train.OPTIMIZERS,
-                     help="adam, or sgd with momentum 0.9 (default: adam)")
-    fit.add_argument("--lr", type=float, help="learning rate (default: 1e-3)")
+                     help="adam, or sgd with momentum 0.9 (default: the model's recipe)")
+    fit.add_argument("--lr", type=float,
+                     help="(initial) learning rate (default: 1e-3 for lenet5, 0.1 for a resnet)")
+    fit.add_argument("--weight-decay", type=float, metavar="L2",
+                     help="L2 penalty added to the gradients, as torch.optim's weight_decay "
+                     "(default: 0 for lenet5, 5e-4 for a resnet)")
+    fit.add_argument("--schedule", choices=train.SCHEDULES,
+                     help="cosine: the learning rate annealed to 0 over the run, step by step "
+                     "(resumed runs continue the curve); none: constant (default: none for "
+                     "lenet5, cosine for a resnet)")
+    fit.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                     help="random shifts of up to 2 pixels and horizontal flips, seeded "
+                     "(default: off for lenet5, on for a resnet)")
     fit.add_argument("--activation", choices=("relu", "tanh", "sigmoid"),
                      help="LeNet-5's activation (default: relu; tanh with --pool avg is 1998's)")
     fit.add_argument("--pool", choices=("max", "avg"),
@@ -135,8 +152,8 @@ def _parser() -> argparse.ArgumentParser:
                      "kernels (needs the cuda12 or cuda13 extra and a GPU)")
     fit.add_argument("--seed", type=int,
                      help="seeds the initialisation and the shuffles (default: 0)")
-    fit.add_argument("--out", default="runs/lenet5", metavar="DIR",
-                     help="the run directory (default: runs/lenet5)")
+    fit.add_argument("--out", metavar="DIR",
+                     help="the run directory (default: runs/MODEL, or the --resume'd run's)")
     fit.add_argument("--resume", metavar="CHECKPOINT",
                      help="continue a run from its checkpoint.npz (or its directory) up to "
                      "--epochs, with its saved settings (giving another --lr, --limit, ... is "
@@ -275,13 +292,17 @@ def _train(args) -> int:
             error(f"--{name.replace('_', '-')} must be at least 1")
     if args.lr is not None and args.lr <= 0:
         error("--lr must be positive")
+    if args.weight_decay is not None and args.weight_decay < 0:
+        error("--weight-decay must be at least 0")
     if args.threads is not None:
         runtime.set_num_threads(args.threads)
     asked = [name for name in train.KEPT_ON_RESUME if getattr(args, name) is not None]
-    config = train.RunConfig(epochs=args.epochs, device=args.device,
-                             **{name: getattr(args, name) for name in asked})
+    settings = train.recipe(args.model or "lenet5")
+    settings.update({name: getattr(args, name) for name in asked})
+    config = train.RunConfig(epochs=args.epochs, device=args.device, **settings)
+    out = args.out or _run_directory(args.resume) or f"runs/{config.model}"
     try:
-        train.fit(config, args.out, root=args.data_root, resume=args.resume, asked=asked)
+        train.fit(config, out, root=args.data_root, resume=args.resume, asked=asked)
     except train.Stopped as err:
         print(f"fastconv train: {err}", file=sys.stderr)
         return 130 if isinstance(err.__cause__, KeyboardInterrupt) else 1
@@ -291,6 +312,14 @@ def _train(args) -> int:
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         error(str(err))
     return 0
+
+
+def _run_directory(checkpoint):
+    """Where a resumed run goes on without --out: the checkpoint's own directory."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    return path if path.is_dir() else path.parent
 
 
 def _eval(args) -> int:

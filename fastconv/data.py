@@ -317,6 +317,11 @@ class Batches:
             of an odd padding goes after (bottom/right). ``None`` pads nothing. Default: 32
         drop_last (bool): drop the last batch when it is smaller than ``batch_size``.
             Default: False
+        augment (bool): each image at a random offset within the ``pad_to`` canvas and flipped
+            left-right with probability 1/2: the random crop with that border as padding
+            (2 pixels for 28 -> 32) and the horizontal flip of He et al.'s CIFAR recipe, drawn
+            from ``numpy.random.default_rng([seed, epoch, 1])``, so an epoch replays exactly.
+            Default: False
 
     Attributes:
         epoch (int): the epoch the next iteration runs; each iteration increments it, and setting
@@ -339,7 +344,8 @@ class Batches:
     """
 
     def __init__(self, images, labels, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 normalize=True, pad_to: int | None = 32, drop_last: bool = False):
+                 normalize=True, pad_to: int | None = 32, drop_last: bool = False,
+                 augment: bool = False):
         images, labels = np.asarray(images), np.asarray(labels)
         if images.dtype != np.uint8 or images.ndim != 3:
             raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} "
@@ -359,6 +365,7 @@ class Batches:
         self.batch_size, self.shuffle, self.seed, self.drop_last = (batch_size, shuffle, seed,
                                                                     drop_last)
         self.size = size
+        self.augment = augment
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -371,21 +378,33 @@ class Batches:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
         else:
             order = np.arange(n)
-        self.epoch += 1
         height, width = self.images.shape[1:]
-        top = (self.size[0] - height) // 2
-        left = (self.size[1] - width) // 2
+        room = self.size[0] - height, self.size[1] - width
+        if self.augment:
+            draw = np.random.default_rng([self.seed, self.epoch, 1])
+            offsets = np.stack([draw.integers(0, r + 1, n) for r in room], axis=1)
+            flips = draw.random(n) < 0.5
+        self.epoch += 1
         scale = np.float32(1 / (255 * self.std))
         shift = np.float32(self.mean / self.std)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
             x = np.zeros((len(index), 1, *self.size), np.float32)
-            x[:, 0, top:top + height, left:left + width] = self.images[index] * scale - shift
+            pixels = self.images[index] * scale - shift
+            if not self.augment:
+                top, left = room[0] // 2, room[1] // 2
+                x[:, 0, top:top + height, left:left + width] = pixels
+            else:
+                for i, image in enumerate(index):  # each image at its own place
+                    top, left = offsets[image]
+                    x[i, 0, top:top + height, left:left + width] = (
+                        pixels[i, :, ::-1] if flips[image] else pixels[i])
             yield x, self.labels[index].astype(np.int64)
 
 
 def batches(images, labels, batch_size: int, shuffle: bool = True, seed: int = 0,
-            normalize=True, pad_to: int | None = 32, drop_last: bool = False) -> Batches:
+            normalize=True, pad_to: int | None = 32, drop_last: bool = False,
+            augment: bool = False) -> Batches:
     """Shorthand for :class:`Batches` with the same arguments."""
     return Batches(images, labels, batch_size, shuffle=shuffle, seed=seed, normalize=normalize,
-                   pad_to=pad_to, drop_last=drop_last)
+                   pad_to=pad_to, drop_last=drop_last, augment=augment)

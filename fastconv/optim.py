@@ -1,9 +1,13 @@
-"""Optimisers with PyTorch's exact update rules, updating parameters' arrays in place.
+"""Optimisers with PyTorch's exact update rules, updating parameters' arrays in place, and the
+cosine learning-rate schedule.
 
-Optimizer keeps the parameter list and per-parameter state; SGD adds momentum (and Nesterov's
-look-ahead) to the plain gradient step in array arithmetic; Adam adds a second moment and bias
-correction to SGD's momentum, in one kernel per parameter (fastconv.ops.adam_step).
+Optimizer keeps the parameter list, per-parameter state and the count of steps taken; SGD adds
+momentum (and Nesterov's look-ahead) to the plain gradient step in array arithmetic; Adam adds
+a second moment and bias correction to SGD's momentum, in one kernel per parameter
+(fastconv.ops.adam_step).
 """
+
+import math
 
 import numpy as np
 
@@ -19,6 +23,7 @@ class Optimizer:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.lr = lr
         self.state = [{} for _ in self.params]
+        self.steps = 0  # steps taken: what a learning-rate schedule follows
 
     def zero_grad(self):
         for p in self.params:
@@ -28,6 +33,7 @@ class Optimizer:
         for p, state in zip(self.params, self.state, strict=True):
             if p.grad is not None:
                 self._update(p, state)
+        self.steps += 1
 
     def _update(self, p, state):
         """Update the Tensor ``p`` in place from ``p.grad``; ``state`` is its own."""
@@ -74,3 +80,21 @@ class Adam(Optimizer):
         state["step"] += 1
         ops.adam_step(p.data, p.grad.data, state["m"], state["v"], state["step"], self.lr,
                       self.betas, self.eps, self.weight_decay, device=p.device)
+
+
+class CosineAnnealing:
+    """torch.optim.lr_scheduler.CosineAnnealingLR with eta_min 0, stepped after every optimiser
+    step: ``lr = base_lr * (1 + cos(pi * t / total_steps)) / 2`` at step t of the optimiser
+    (``optimizer.steps``, which a checkpoint keeps, so a resumed run continues the curve)."""
+
+    def __init__(self, optimizer, total_steps, base_lr=None):
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        self.optimizer, self.total_steps = optimizer, total_steps
+        self.base_lr = optimizer.lr if base_lr is None else base_lr
+        self.step()
+
+    def step(self):
+        """Set the optimiser's lr for its next step."""
+        t = min(self.optimizer.steps, self.total_steps)
+        self.optimizer.lr = self.base_lr * (1 + math.cos(math.pi * t / self.total_steps)) / 2

@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 import zipfile
@@ -36,7 +37,9 @@ from .rng import manual_seed
 from .tensor import no_grad, tensor
 
 DATASETS = ("fashion-mnist", "mnist")
+MODELS = ("lenet5", "resnet8", "resnet14", "resnet20", "resnet32")
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("none", "cosine")
 CURVES = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
           "images_per_second")
 
@@ -51,13 +54,17 @@ class Stopped(RunError):
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run; stored as run.json."""
+    """Everything that defines a run; stored as run.json. The defaults are LeNet-5's recipe;
+    :func:`recipe` gives each model's."""
     model: str = "lenet5"
     dataset: str = "fashion-mnist"
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adam"
     lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "none"  # "cosine": annealed to 0 over the run, per step
+    augment: bool = False  # random 2-pixel shifts and horizontal flips
     device: str = "cpu"
     seed: int = 0
     activation: str = "relu"
@@ -65,6 +72,17 @@ class RunConfig:
     limit: int | None = None  # train on the first `limit` images only (smoke runs, tests)
     normalization: list = field(default_factory=list)  # the train set's (mean, std)
     epochs_done: int = 0
+
+
+def recipe(model: str) -> dict:
+    """The settings a model trains with unless told otherwise: LeNet-5 Adam at 1e-3; a ResNet
+    He et al.'s CIFAR recipe, SGD (momentum 0.9) at 0.1 with weight decay 5e-4, the rate
+    annealed to 0 on a cosine, shifts and flips."""
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if model == "lenet5":
+        return dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="none", augment=False)
+    return dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="cosine", augment=True)
 
 
 def load_dataset(name, root=None):
@@ -77,15 +95,22 @@ def load_dataset(name, root=None):
 
 def build(config: RunConfig):
     """The model and optimiser a config describes, initialised from its seed."""
-    if config.model != "lenet5":
-        raise ValueError(f"model must be 'lenet5', got {config.model!r}")
+    recipe(config.model)  # checks the name
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {config.schedule!r}")
     device = devices.parse(config.device)
     manual_seed(config.seed)
-    model = models.LeNet5(activation=config.activation, pool=config.pool).to(device)
+    if config.model == "lenet5":
+        model = models.LeNet5(activation=config.activation, pool=config.pool)
+    else:
+        model = models.ResNet(int(config.model[len("resnet"):]))
+    model.to(device)
     if config.optimizer == "adam":
-        optimizer = optim.Adam(model.parameters(), lr=config.lr)
+        optimizer = optim.Adam(model.parameters(), lr=config.lr,
+                               weight_decay=config.weight_decay)
     elif config.optimizer == "sgd":
-        optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
+        optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
+                              weight_decay=config.weight_decay)
     else:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
     return model, optimizer
@@ -110,12 +135,44 @@ def evaluate(model, batches):
     return total / count, correct / count, np.concatenate(predictions)
 
 
-def train_epoch(model, optimizer, batches, description):
-    """One pass over ``batches``; returns mean loss, accuracy and images per second."""
+class _Lines:
+    """Progress for a log file or a pipe: a line every ``every`` seconds and a last one, where a
+    bar's carriage-return refreshes would add a line per refresh (thousands an epoch)."""
+
+    def __init__(self, iterable, desc, every=10.0, file=None):
+        self.iterable, self.desc, self.every = iterable, desc, every
+        self.file, self.postfix = file or sys.stderr, ""
+
+    def __iter__(self):
+        total, last = len(self.iterable), time.perf_counter()
+        for i, item in enumerate(self.iterable, 1):
+            yield item
+            now = time.perf_counter()
+            if now - last >= self.every or i == total:
+                print(f"{self.desc}: {i}/{total} {self.postfix}", file=self.file, flush=True)
+                last = now
+
+    def set_postfix(self, **values):
+        self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self):
+        pass
+
+
+def _progress(batches, description):
+    """A tqdm bar on a terminal, else :class:`_Lines` (both on stderr)."""
+    if sys.stderr.isatty():
+        return tqdm(batches, desc=description, unit="batch", leave=True)
+    return _Lines(batches, description)
+
+
+def train_epoch(model, optimizer, batches, description, schedule=None):
+    """One pass over ``batches``, stepping ``schedule`` (if any) after each optimiser step;
+    returns mean loss, accuracy and images per second."""
     model.train()
     total, correct, count = 0.0, 0, 0
     start = time.perf_counter()
-    bar = tqdm(batches, desc=description, unit="batch", leave=True)
+    bar = _progress(batches, description)
     for step, (x, y) in enumerate(bar, 1):
         logits = model(tensor(x, device=_device(model)))
         loss = F.cross_entropy(logits, y)
@@ -125,6 +182,8 @@ def train_epoch(model, optimizer, batches, description):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         total += loss.item() * len(y)
         correct += int((logits.numpy().argmax(axis=1) == y).sum())
         count += len(y)
@@ -161,6 +220,7 @@ def save_checkpoint(directory: Path, model, optimizer, config: RunConfig, histor
     for i, state in enumerate(optimizer.state):
         arrays.update({f"optim/{i}/{key}": np.asarray(devices.to_device(value, "cpu"))
                        for key, value in state.items()})
+    arrays["optim/steps"] = np.array(optimizer.steps)  # where a schedule resumes
     arrays["run"] = np.array(json.dumps(asdict(config)))
     arrays["curves"] = np.array(json.dumps(history))
     with _replacing(directory / "checkpoint.npz", ".npz") as temporary:
@@ -221,6 +281,8 @@ def _check_keys(path, arrays, model, optimizer, config):
         kind, _, rest = key.partition("/")
         if kind == "model" and rest in params:
             want = params[rest].shape
+        elif key == "optim/steps":
+            want = ()
         elif kind == "optim" and rest.count("/") == 1:
             index, name = rest.split("/")
             if not (index.isdigit() and int(index) < count and name in state):
@@ -252,8 +314,9 @@ def load_checkpoint(path):
     _check_keys(path, arrays, model, optimizer, config)
     model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()
                            if k.startswith("model/")})
+    optimizer.steps = int(arrays.get("optim/steps", 0))
     for key, value in arrays.items():
-        if key.startswith("optim/"):
+        if key.startswith("optim/") and key != "optim/steps":
             _, index, name = key.split("/")
             optimizer.state[int(index)][name] = (
                 value.item() if value.ndim == 0 else devices.to_device(value, _device(model)))
@@ -299,8 +362,8 @@ def _writable(out: Path):
 
 
 # Settings a resumed run keeps: asking for another value is an error naming the saved one.
-KEPT_ON_RESUME = ("model", "dataset", "batch_size", "optimizer", "lr", "seed", "activation",
-                  "pool", "limit")
+KEPT_ON_RESUME = ("model", "dataset", "batch_size", "optimizer", "lr", "weight_decay",
+                  "schedule", "augment", "seed", "activation", "pool", "limit")
 
 
 def fit(config: RunConfig, out: Path, root=None, resume=None, log=print, asked=()):
@@ -331,16 +394,19 @@ def fit(config: RunConfig, out: Path, root=None, resume=None, log=print, asked=(
         train_x, train_y = train_x[: config.limit], train_y[: config.limit]
     stats = tuple(config.normalization) or data.pixel_stats(train_x)
     config.normalization = list(stats)
-    train = data.Batches(train_x, train_y, config.batch_size, seed=config.seed, normalize=stats)
+    train = data.Batches(train_x, train_y, config.batch_size, seed=config.seed, normalize=stats,
+                         augment=config.augment)
     test = data.Batches(test_x, test_y, 1000, shuffle=False, normalize=stats)
     plot = write_views(out, config, history) if resume is not None else None
+    schedule = (optim.CosineAnnealing(optimizer, config.epochs * len(train), base_lr=config.lr)
+                if config.schedule == "cosine" else None)
     committed = config.epochs_done
     for epoch in range(config.epochs_done, config.epochs):
         train.epoch = epoch
         try:
             start = time.perf_counter()
             loss, accuracy, rate = train_epoch(model, optimizer, train,
-                                               f"epoch {epoch + 1}/{config.epochs}")
+                                               f"epoch {epoch + 1}/{config.epochs}", schedule)
             seconds = time.perf_counter() - start
             test_loss, test_accuracy, _ = evaluate(model, test)
             history.append(dict(epoch=epoch + 1, train_loss=loss, train_accuracy=accuracy,

@@ -4,7 +4,9 @@ its float64 statistics and its arithmetic.
 A block owns a channel (grid x = C): its threads stride over the channel's N*P cells (a
 row of P at a time, consecutive threads on consecutive cells, so reads coalesce in NCHW),
 each summing in float64, and reduce through shared memory; thread 0 writes the channel's
-statistics. ``threads`` (a power of two up to MAX_THREADS) is the block size.
+statistics. ``threads`` (a power of two up to MAX_THREADS) is the block size; by default the
+smallest power of two (at least a warp) that covers a row of P cells, so a 7x7 plane does not
+leave 207 of 256 threads idle.
 """
 
 import math
@@ -107,9 +109,14 @@ def batch_norm_backward(gy, x, weight, mean, invstd, training, gx, gweight, gbia
                 gx[n, c, p] = gy[n, c, p] * scale
 
 
-def launch_batch_norm_forward(x, *args, threads=MAX_THREADS, stream=0):
-    launch(batch_norm_forward, x.shape[1], threads, stream, x, *args)
+def _threads(cells):
+    return min(MAX_THREADS, max(32, 1 << (cells - 1).bit_length()))
 
 
-def launch_batch_norm_backward(gy, *args, threads=MAX_THREADS, stream=0):
-    launch(batch_norm_backward, gy.shape[1], threads, stream, gy, *args)
+def launch_batch_norm_forward(x, *args, threads=None, stream=0):
+    launch(batch_norm_forward, x.shape[1], threads or _threads(x.shape[2]), stream, x, *args)
+
+
+def launch_batch_norm_backward(gy, *args, threads=None, stream=0):
+    launch(batch_norm_backward, gy.shape[1], threads or _threads(gy.shape[2]), stream, gy,
+           *args)

@@ -14,9 +14,10 @@ pytestmark = pytest.mark.slow  # trains in subprocesses
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_training.py"
 
 
-def _epoch(framework, data_root):
+def _epoch(framework, data_root, model="lenet5"):
     done = subprocess.run([sys.executable, str(SCRIPT), "--framework", framework, "--limit",
-                           "512", "--epochs", "1", "--threads", "1", "--data", data_root],
+                           "512", "--epochs", "1", "--threads", "1", "--data", data_root,
+                           "--model", model],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     line = re.search(rf"^epoch 1: {framework} [\d.]+ s \(\d+ img/s, test acc (0\.\d{{4}})\)$",
@@ -25,12 +26,15 @@ def _epoch(framework, data_root):
     return float(line.group(1))
 
 
-def test_compare_training_trains_both_frameworks_alike(data_root):
-    ours, theirs = _epoch("fastconv", data_root), _epoch("torch", data_root)
-    # 8 Adam steps from PyTorch's initial weights on the same batches: the same network, so the
-    # same test accuracy up to a few of the 512 images float rounding may flip
+@pytest.mark.parametrize("model", ["lenet5", "resnet8"])
+def test_compare_training_trains_both_frameworks_alike(data_root, model):
+    ours, theirs = _epoch("fastconv", data_root, model), _epoch("torch", data_root, model)
+    # 8 steps of the model's recipe (Adam; SGD with a cosine schedule and augmentation) from
+    # PyTorch's initial weights on the same batches: the same network, so the same test
+    # accuracy up to a few of the 512 images float rounding may flip
     assert abs(ours - theirs) <= 0.01, (ours, theirs)
-    assert ours > 0.2  # it learned: chance is 0.1
+    if model == "lenet5":  # a ResNet's running statistics are 8 batches old: no verdict yet
+        assert ours > 0.2  # it learned: chance is 0.1
 
 
 def test_profile_step_accounts_for_a_training_step():

@@ -109,7 +109,7 @@ def test_plot_without_matplotlib_says_what_to_install(capsys, monkeypatch, tmp_p
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
     with pytest.raises(SystemExit):
         cli.main(["bench", "--plot", str(tmp_path / "chart.png")])
-    assert "pip install fastconv[plot]" in capsys.readouterr().err
+    assert "pip install matplotlib" in capsys.readouterr().err
 
 
 def test_bench_help_explains_every_option(capsys):

@@ -7,7 +7,7 @@ import math
 
 from ..machine import describe
 
-PLOT_HINT = "plotting needs matplotlib, which is not installed: pip install fastconv[plot]"
+PLOT_HINT = "plotting needs matplotlib, which is not installed: pip install matplotlib"
 
 def header(info: dict, rows: list[dict]) -> list[tuple[str, str]]:
     """The machine, the settings and the shapes: what makes a pasted table self-describing."""

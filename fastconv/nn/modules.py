@@ -357,17 +357,15 @@ class ModuleList(Module):
         return iter(self._modules)
 
 
-class Sequential(Module):
+class Sequential(ModuleList):
     """Layers applied in order, named "0", "1", ... A Conv2d directly followed by ReLU, Tanh or
     Sigmoid runs as one fused kernel."""
 
     def __init__(self, *layers):
-        for i, layer in enumerate(layers):
-            setattr(self, str(i), layer)
-        self.layers = layers
+        super().__init__(layers)
 
     def forward(self, x):
-        layers = list(self.layers)
+        layers = list(self)
         while layers:
             layer = layers.pop(0)
             if isinstance(layer, Conv2d) and layers and type(layers[0]) in ACTIVATIONS.values():

@@ -494,6 +494,38 @@ def test_lenet5_training_step_on_cuda_matches_the_cpu():
         assert rel_error(after_gpu[name], after_cpu[name]) < 1e-6, name
 
 
+def test_resnet_training_steps_on_cuda_match_pytorch():
+    """ResNet-8 of width 4 on 8x8 images, batch 2: two SGD steps on the CUDA kernels (batch
+    norm, residual sums, global pooling) from PyTorch's weights agree with PyTorch's steps."""
+    import torch
+
+    from fastconv import models, optim, tensor
+    from fastconv.nn import functional as F
+    from torch_resnet import TorchResNet
+
+    torch.manual_seed(0)
+    theirs = TorchResNet(8, width=4)
+    ours = models.ResNet(8, width=4)
+    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    ours.to("cuda")
+    ours_opt = optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    theirs_opt = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    rng = np.random.default_rng(17)
+    for _ in range(2):
+        x = random(rng, (2, 1, 8, 8), np.float32)
+        labels = rng.integers(0, 10, 2)
+        loss = F.cross_entropy(ours(tensor(x, device="cuda")), labels)
+        torch_loss = torch.nn.functional.cross_entropy(theirs(torch.from_numpy(x)),
+                                                       torch.from_numpy(labels))
+        assert abs(loss.item() - torch_loss.item()) <= 1e-5 * abs(torch_loss.item())
+        ours_opt.zero_grad(), theirs_opt.zero_grad()
+        loss.backward(), torch_loss.backward()
+        ours_opt.step(), theirs_opt.step()
+    state = theirs.state_dict()
+    for name, value in ours.state_dict().items():
+        assert rel_error(value, state[name].numpy()) < 1e-4, name
+
+
 # --- the GPU benchmark's code paths (the simulator's times mean nothing) ----------------------
 
 def test_bench_runs_every_cuda_implementation():
