@@ -1,6 +1,7 @@
 """Fit the CPU's algo="auto" rule to measurements (fastconv.bench.fit says how).
 
     python benchmarks/fit_dispatch.py                      # measure here, then fit
+    python benchmarks/fit_dispatch.py --suite resnet_cifar --add   # measure a suite more
     python benchmarks/fit_dispatch.py --from-csv A.csv B.csv   # refit, e.g. two machines' files
 
 Measuring times every CPU conv algorithm on every conv layer of the layer suite (and LeNet-5's
@@ -23,7 +24,7 @@ from fastconv.registry import CONV_OPS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-TRAIN = 64  # fastconv train's default batch
+TRAIN = bench.TRAIN_BATCH  # fastconv train's default batch
 
 
 def machine_label() -> str:
@@ -45,6 +46,9 @@ def main(argv=None) -> int:
                         help="timed calls per algorithm, op and layer (default: 3)")
     parser.add_argument("--depth", type=int, default=3,
                         help="the rule's decision tree's levels at most (default: 3)")
+    parser.add_argument("--add", action="store_true",
+                        help="keep this machine's earlier rows but those of the layers measured "
+                             "now (default: measuring replaces all of them)")
     parser.add_argument("--quick", action="store_true",
                         help="the suite's --quick sizes: a smoke run, never a rule to keep")
     parser.add_argument("--csv", type=Path, default=RESULTS / "dispatch-cpu.csv",
@@ -66,14 +70,15 @@ def main(argv=None) -> int:
         sources = args.from_csv
     else:
         label = machine_label()
-        rows = [r for r in (fit.read_csv(args.csv) if args.csv.exists() else [])
-                if r["machine"] != label]
         chosen = bench.cases(args.suite, quick=args.quick)
         # LeNet-5 also at the batch `fastconv train` runs it with (64): its layers are small
         # enough that the best algorithm changes with the batch
         chosen += [dataclasses.replace(c, name=c.name.replace("lenet5/", f"lenet5-b{TRAIN}/"),
                                        x=(TRAIN, *c.x[1:]))
                    for c in chosen if c.name.startswith("lenet5/") and not args.quick]
+        measured = {c.name for c in chosen}
+        rows = [r for r in (fit.read_csv(args.csv) if args.csv.exists() else [])
+                if r["machine"] != label or (args.add and r["layer"] not in measured)]
         for threads in (int(t) for t in args.threads.split(",")):
             runtime.set_num_threads(threads)
             rows += fit.measure(chosen, label, args.repeats)

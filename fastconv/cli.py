@@ -23,6 +23,8 @@ Suites (NCHW, every distinct conv and pooling layer, 224 x 224 images, batch 8):
   mobilenet_v2  the stem, the depthwise 3x3 layers (stride 1 and 2) and the 1x1 expansions and
                 projections
   vgg16         the 3x3 layers of each stage and the first max pool
+  resnet_cifar  the ResNet `fastconv train --model resnetN` trains (32 x 32, width 16, batch
+                64): its conv layers and batch normalisations
   all           every suite (default)
 
 Implementations: each conv algorithm of fastconv.algorithms(device) and "auto" (pooling and

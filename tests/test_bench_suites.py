@@ -28,7 +28,7 @@ def test_the_suites_cover_what_the_layers_of_real_networks_need():
     assert any(c.groups == c.x[1] > 1 for c in convs)  # depthwise
     assert any(c.w[2] == 1 and c.stride == 2 for c in convs)  # strided 1x1 shortcuts
     assert any(c.w[2] == 3 and c.stride == 2 for c in convs)
-    assert {c.x[0] for c in bench.cases("all")} == {bench.BATCH, 256}
+    assert {c.x[0] for c in bench.cases("all")} == {bench.BATCH, bench.TRAIN_BATCH, 256}
     assert {c.x[0] for c in bench.cases("all", batch=3)} == {3}
 
 

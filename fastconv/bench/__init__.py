@@ -17,6 +17,7 @@ from .cases import (
     QUICK_SIZE_DIVISOR,
     SUITE_NAMES,
     SUITES,
+    TRAIN_BATCH,
     Case,
     baselines,
     cases,
@@ -31,7 +32,7 @@ from .cases import (
 from .report import PLOT_HINT, check_plotting, header, markdown, plot, table
 from .timing import COLUMNS, Timing, gemm, measure, run, sgemm_gflops
 
-__all__ = ["BASELINES", "BATCH", "COLUMNS", "PLOT_HINT", "QUICK_SIZE_DIVISOR", "SUITES",
-           "SUITE_NAMES", "Case", "Timing", "baselines", "cases", "check_plotting",
+__all__ = ["BASELINES", "BATCH", "TRAIN_BATCH", "COLUMNS", "PLOT_HINT", "QUICK_SIZE_DIVISOR",
+           "SUITES", "SUITE_NAMES", "Case", "Timing", "baselines", "cases", "check_plotting",
            "directions", "gemm", "has_torch", "has_torch_cuda", "header", "impls", "inputs",
            "markdown", "measure", "plot", "run", "runner", "sgemm_gflops", "table", "work"]

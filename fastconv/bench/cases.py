@@ -1,6 +1,6 @@
 """The benchmark's cases and how each implementation runs one: the suites (every distinct conv
-and pooling layer of LeNet-5, ResNet-18, ResNet-50, MobileNetV2 and VGG-16, and ResNet-18's
-batch normalisations), the
+and pooling layer of LeNet-5, ResNet-18, ResNet-50, MobileNetV2, VGG-16 and the CIFAR-style
+ResNet fastconv trains, and the ResNets' batch normalisations), the
 implementations compared on a device (fastconv's algorithms and "auto", the NumPy reference,
 PyTorch), their inputs and a ready-to-time call of each."""
 
@@ -17,7 +17,8 @@ from .. import device, dispatch, geometry, ops, runtime
 from ..kernels import cuda_simulated
 
 BASELINES = ("numpy", "torch")
-BATCH = 8  # images per layer, but LeNet-5's (256): --batch overrides both
+BATCH = 8  # images per layer, but LeNet-5's (256) and the trained ResNet's: --batch overrides
+TRAIN_BATCH = 64  # `fastconv train`'s batch, the CIFAR-style ResNet's in the suite
 QUICK_SIZE_DIVISOR = 4  # --quick: batch 1 (LeNet-5 8) and images a quarter the size
 
 
@@ -69,11 +70,17 @@ class Case:
                                       "NCHW")
 
 
-def _conv(name, c, size, k, r, stride=1, groups=1):
+def _conv(name, c, size, k, r, stride=1, groups=1, batch=BATCH):
     """A layer of ``k`` r x r filters on ``c`` channels of ``size`` x ``size`` images, padded
     to keep the size at stride 1 (r // 2), at batch BATCH."""
-    return Case(name, "conv2d", (BATCH, c, size, size), (k, c // groups, r, r), stride=stride,
+    return Case(name, "conv2d", (batch, c, size, size), (k, c // groups, r, r), stride=stride,
                 padding=r // 2, groups=groups)
+
+
+def _batch_norms(layers, batch=BATCH):
+    """A training batch norm after each (name, channels, size) of ``layers``."""
+    return tuple(Case(f"{name}.bn", "batch_norm2d", (batch, c, size, size))
+                 for name, c, size in layers)
 
 
 def _pool(name, op, c, size, kernel, stride, padding=0, batch=BATCH):
@@ -113,9 +120,22 @@ SUITES = {
         _conv("layer4.0.downsample", 256, 14, 512, 1, 2),
         _conv("layer4.conv", 512, 7, 512, 3),
         _pool("avgpool", "avg_pool2d", 512, 7, 7, 7),
-        *(Case(f"{layer}.bn", "batch_norm2d", (BATCH, c, size, size))
-          for layer, c, size in (("bn1", 64, 112), ("layer1", 64, 56), ("layer2", 128, 28),
-                                 ("layer3", 256, 14), ("layer4", 512, 7))),
+        *_batch_norms((("bn1", 64, 112), ("layer1", 64, 56), ("layer2", 128, 28),
+                       ("layer3", 256, 14), ("layer4", 512, 7))),
+    ),
+    # models.ResNet as `fastconv train --model resnet8..32` runs it: Fashion-MNIST's 1-channel
+    # images padded to 32 x 32, width 16, the training batch; every depth has these layers
+    "resnet_cifar": (
+        _conv("conv1", 1, 32, 16, 3, batch=TRAIN_BATCH),
+        _conv("layer1.conv", 16, 32, 16, 3, batch=TRAIN_BATCH),
+        _conv("layer2.0.conv1", 16, 32, 32, 3, 2, batch=TRAIN_BATCH),
+        _conv("layer2.0.downsample", 16, 32, 32, 1, 2, batch=TRAIN_BATCH),
+        _conv("layer2.conv", 32, 16, 32, 3, batch=TRAIN_BATCH),
+        _conv("layer3.0.conv1", 32, 16, 64, 3, 2, batch=TRAIN_BATCH),
+        _conv("layer3.0.downsample", 32, 16, 64, 1, 2, batch=TRAIN_BATCH),
+        _conv("layer3.conv", 64, 8, 64, 3, batch=TRAIN_BATCH),
+        *_batch_norms((("layer1", 16, 32), ("layer2", 32, 16), ("layer3", 64, 8)),
+                      TRAIN_BATCH),
     ),
     "resnet50": (  # torchvision's bottleneck (v1.5): the stride on the 3x3
         _conv("layer1.0.conv1", 64, 56, 64, 1),
