@@ -52,15 +52,18 @@ def networks(name):
     return ours, theirs
 
 
-def optimisers(name, ours, theirs, total_steps):
-    """Each side's optimiser and per-step schedule (or None): ``fastconv train``'s recipe."""
-    recipe = train.recipe(name)
+def optimisers(recipe, ours, theirs, total_steps):
+    """Each side's optimiser and per-step schedule (or None) for ``recipe``
+    (fastconv.train.recipe's settings)."""
+    settings = dict(lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     if recipe["optimizer"] == "adam":
-        return (optim.Adam(ours.parameters(), lr=recipe["lr"]), None,
-                torch.optim.Adam(theirs.parameters(), lr=recipe["lr"]), None)
-    sgd = dict(lr=recipe["lr"], momentum=0.9, weight_decay=recipe["weight_decay"])
-    opt_ours, opt_theirs = optim.SGD(ours.parameters(), **sgd), torch.optim.SGD(
-        theirs.parameters(), **sgd)
+        opt_ours = optim.Adam(ours.parameters(), **settings)
+        opt_theirs = torch.optim.Adam(theirs.parameters(), **settings)
+    else:
+        opt_ours = optim.SGD(ours.parameters(), momentum=0.9, **settings)
+        opt_theirs = torch.optim.SGD(theirs.parameters(), momentum=0.9, **settings)
+    if recipe["schedule"] == "none":
+        return opt_ours, None, opt_theirs, None
     return (opt_ours, optim.CosineAnnealing(opt_ours, total_steps), opt_theirs,
             torch.optim.lr_scheduler.CosineAnnealingLR(opt_theirs, total_steps))
 
@@ -107,6 +110,9 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=train.MODELS, default="lenet5",
                         help="the network, trained with its recipe (default: lenet5)")
+    parser.add_argument("--lr", type=float, help="the recipe's learning rate, overridden")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                        help="the recipe's augmentation, overridden")
     parser.add_argument("--dataset", choices=train.DATASETS, default="fashion-mnist")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -126,8 +132,10 @@ def main():
     train_x, train_y, test_x, test_y = (a[:args.limit]
                                         for a in train.load_dataset(args.dataset, args.data))
     stats = data.pixel_stats(train_x)
-    augment = train.recipe(args.model)["augment"]
-    batches = data.Batches(train_x, train_y, args.batch_size, normalize=stats, augment=augment)
+    recipe = train.recipe(args.model)
+    recipe.update({k: v for k, v in (("lr", args.lr), ("augment", args.augment)) if v is not None})
+    batches = data.Batches(train_x, train_y, args.batch_size, normalize=stats,
+                           augment=recipe["augment"])
     test = data.Batches(test_x, test_y, 1000, shuffle=False, normalize=stats)
 
     ours, theirs = networks(args.model)
@@ -136,12 +144,12 @@ def main():
     if runs["torch"]:  # a CPU build of torch (CI's) runs fastconv alone on a GPU or simulator
         theirs.to(args.device)
     opt_ours, schedule_ours, opt_theirs, schedule_theirs = optimisers(
-        args.model, ours, theirs, args.epochs * len(batches))
+        recipe, ours, theirs, args.epochs * len(batches))
     warm = data.Batches(train_x[:256], train_y[:256], args.batch_size, normalize=stats)
     # JIT compilation, CUDA contexts and cuDNN's handles stay out of the timed epochs
     spare, spare_torch = networks(args.model)
     opt_spare, schedule_spare, opt_spare_torch, schedule_spare_torch = optimisers(
-        args.model, spare, spare_torch, len(warm))
+        recipe, spare, spare_torch, len(warm))
     if runs["fastconv"]:
         epoch_fastconv(spare.to(args.device), opt_spare, schedule_spare, warm, args.device)
     if runs["torch"]:
@@ -149,7 +157,7 @@ def main():
                     args.device)
 
     print(f"{args.model}, {args.dataset}, batch {args.batch_size}, {args.device}, "
-          f"{args.threads} threads, {len(batches)} steps an epoch")
+          f"{args.threads} threads, {len(batches)} steps an epoch, recipe {recipe}")
     for epoch in range(args.epochs):
         report = []
         if runs["fastconv"]:

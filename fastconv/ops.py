@@ -323,9 +323,10 @@ def _in_place(**arrays):
 
 
 def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None, training=False,
-                 momentum=0.1, eps=1e-5, data_format="NCHW", device=None):
+                 momentum=0.1, eps=1e-5, activation=None, data_format="NCHW", device=None):
     """Batch normalisation of each channel, PyTorch's ``torch.nn.functional.batch_norm``:
-    ``(x - mean) / sqrt(var + eps) * weight + bias``.
+    ``(x - mean) / sqrt(var + eps) * weight + bias``, then ``activation`` (None, "relu",
+    "tanh" or "sigmoid") in the same pass, as conv2d fuses it.
 
     In training, mean and var are the batch's, over N, H and W (the variance biased), and the
     running buffers, when given, move ``momentum`` of the way to them (the variance unbiased),
@@ -356,6 +357,7 @@ def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
         if a is not None:
             _expect(name, a, (c,), f"x {x.shape} ({layout}) with {c} channels")
     momentum, eps = _real("momentum", momentum, 0, 1), _real("eps", eps, 0, math.inf)
+    act = geometry.activation(activation)
     count = x.size // max(c, 1)
     if training and count == 1:
         raise ValueError(f"batch_norm2d in training needs more than 1 value per channel, got "
@@ -365,19 +367,28 @@ def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
         nothing = xp.full(c, xp.nan, x.dtype)
         return xp.empty(x.shape, x.dtype), nothing, nothing.copy()
     return _call("batch_norm2d", device, layout, x, weight, bias, running_mean, running_var,
-                 bool(training), training and running_mean is not None, momentum, eps)
+                 bool(training), training and running_mean is not None, momentum, eps, act)
 
 
-def batch_norm2d_backward(gy, x, weight, save_mean, save_invstd, training=True,
-                          data_format="NCHW", device=None):
+def batch_norm2d_backward(gy, x, weight, save_mean, save_invstd, training=True, y=None,
+                          activation=None, data_format="NCHW", device=None):
     """The gradients (gx, gweight, gbias) of :func:`batch_norm2d` given ``gy = dL/dy``, from
     the ``mean`` and ``invstd`` it returned. ``training`` must be the forward's: in training
-    the statistics depend on x, and gx carries their terms. ``weight`` None is affine=False
-    (gweight and gbias are still returned). An empty x gives an empty gx and zeros."""
-    device, (gy, x, weight, save_mean, save_invstd) = _arrays(
-        device, gy=gy, x=x, weight=weight, save_mean=save_mean, save_invstd=save_invstd)
+    the statistics depend on x, and gx carries their terms. With the forward's ``activation``
+    its output ``y`` is needed too (the activation's slope is read from it). ``weight`` None is
+    affine=False (gweight and gbias are still returned). An empty x gives an empty gx and
+    zeros."""
+    act = geometry.activation(activation)
+    if act is not None and y is None:
+        raise ValueError(f"batch_norm2d_backward with activation={activation!r} needs the "
+                         "forward's output y")
+    device, (gy, x, weight, save_mean, save_invstd, y) = _arrays(
+        device, gy=gy, x=x, weight=weight, save_mean=save_mean, save_invstd=save_invstd,
+        y=y if act is not None else None)
     layout, c = _channels(x, data_format)
     _expect("gy", gy, x.shape, f"batch_norm2d of x {x.shape}")
+    if y is not None:
+        _expect("y", y, x.shape, f"batch_norm2d of x {x.shape}")
     if save_mean is None or save_invstd is None:
         raise ValueError("save_mean and save_invstd are needed: pass the mean and invstd "
                          "batch_norm2d returned")
@@ -388,7 +399,7 @@ def batch_norm2d_backward(gy, x, weight, save_mean, save_invstd, training=True,
         xp = devices.array_module(device)
         return xp.empty(x.shape, x.dtype), xp.zeros(c, x.dtype), xp.zeros(c, x.dtype)
     return _call("batch_norm2d_backward", device, layout, gy, x, weight, save_mean,
-                 save_invstd, bool(training))
+                 save_invstd, bool(training), y, act)
 
 
 def _dropout_scale(p, dtype):

@@ -1,5 +1,6 @@
-"""The activation epilogue every conv kernel ends with: scalar code written once, compiled
-inline for the CPU here and for the GPU by kernels/cuda_device.py (from ``activate.py_func``)."""
+"""The activation epilogue every conv and batch norm kernel ends with, and its slope for their
+backward: scalar code written once, compiled inline for the CPU here and for the GPU by
+kernels/cuda_device.py (from ``activate.py_func``)."""
 
 import math
 
@@ -27,3 +28,18 @@ def activate(v, code, dtype):
         e = math.exp(v)
         return e / (one + e)
     return v
+
+
+@njit(inline="always", cache=True)
+def slope(y, code, dtype):
+    """da/dv at the v where a(v) = ``y``, from the output alone (what a fused kernel keeps):
+    1 or 0 for relu (0 at a NaN, as PyTorch's ``y > 0``), 1 - y^2 for tanh, y (1 - y) for
+    sigmoid, 1 for none; in ``dtype``."""
+    zero, one = dtype.type(0), dtype.type(1)
+    if code == RELU:
+        return one if y > zero else zero
+    if code == TANH:
+        return one - y * y
+    if code == SIGMOID:
+        return y * (one - y)
+    return one

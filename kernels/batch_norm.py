@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import CPU_KERNEL
+from .activation import activate, slope
 
 
 @njit(inline="always", cache=True)
@@ -46,8 +47,9 @@ def running_update(running, c, momentum, value):
 
 @njit(**CPU_KERNEL)
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, track, momentum,
-                       eps, y, mean, invstd):
-    """y[n, c, p] = (x[n, c, p] - mean[c]) * invstd[c] * weight[c] + bias[c].
+                       eps, act, y, mean, invstd):
+    """y[n, c, p] = a((x[n, c, p] - mean[c]) * invstd[c] * weight[c] + bias[c]), ``a`` the
+    activation of code ``act`` (kernels/activation.py; 0: none).
 
     Layout: x and y (N, C, P) views, P = H*W (NCHW's reshaped, NHWC's transposed); the rest
     (C,). ``training``: mean and invstd = 1/sqrt(var + eps) are the batch's (the biased
@@ -73,17 +75,18 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, tra
         m, scale, b = mean[c], invstd[c] * weight[c], bias[c]
         for n in range(n_):
             for p in range(p_):
-                y[n, c, p] = (x[n, c, p] - m) * scale + b
+                y[n, c, p] = activate((x[n, c, p] - m) * scale + b, act, y.dtype)
 
 
 @njit(**CPU_KERNEL)
-def batch_norm_backward(gy, x, weight, mean, invstd, training, gx, gweight, gbias):
-    """The gradients of :func:`batch_norm_forward` for the ``mean``/``invstd`` it used:
-    gbias[c] = sum gy[:, c], gweight[c] = sum gy * xhat with xhat = (x - mean) * invstd, and
-    gx = weight * invstd * (gy - [gbias/M + xhat * gweight/M]), the bracket in training only
-    (the statistics depend on x there), M = N*P.
+def batch_norm_backward(gy, x, y, weight, mean, invstd, training, act, gx, gweight, gbias):
+    """The gradients of :func:`batch_norm_forward` for the ``mean``/``invstd`` it used, with
+    g = gy * a'(y) the gradient before its activation (``y`` its output; any array of the
+    shape for act 0): gbias[c] = sum g[:, c], gweight[c] = sum g * xhat with xhat =
+    (x - mean) * invstd, and gx = weight * invstd * (g - [gbias/M + xhat * gweight/M]), the
+    bracket in training only (the statistics depend on x there), M = N*P.
 
-    Layout: gy, x, gx (N, C, P) views; the rest (C,). Loop order: c (parallel), then n, p:
+    Layout: gy, x, y, gx (N, C, P) views; the rest (C,). Loop order: c (parallel), then n, p:
     a pass for both sums (float64), one writing gx. Each thread owns gweight[c], gbias[c] and
     gx[:, c].
     """
@@ -94,19 +97,21 @@ def batch_norm_backward(gy, x, weight, mean, invstd, training, gx, gweight, gbia
         sum_gy, dot = 0.0, 0.0
         for n in range(n_):
             for p in range(p_):
-                sum_gy += gy[n, c, p]
-                dot += gy[n, c, p] * (x[n, c, p] - m)
+                g = gy[n, c, p] * slope(y[n, c, p], act, gy.dtype)
+                sum_gy += g
+                dot += g * (x[n, c, p] - m)
         gbias[c], gweight[c] = sum_gy, dot * invstd[c]
         scale = weight[c] * invstd[c]
         if training:
             # gy - mean(gy) - (x - mean) * invstd^2 * mean(gy * (x - mean)), times the scale;
             # the per-cell arithmetic in gx's dtype (float64 halves the vector width)
             to = gx.dtype.type
-            offset, slope = to(sum_gy / count), to(dot * invstd[c] * invstd[c] / count)
+            offset, tilt = to(sum_gy / count), to(dot * invstd[c] * invstd[c] / count)
             for n in range(n_):
                 for p in range(p_):
-                    gx[n, c, p] = (gy[n, c, p] - offset - (x[n, c, p] - m) * slope) * scale
+                    g = gy[n, c, p] * slope(y[n, c, p], act, gy.dtype)
+                    gx[n, c, p] = (g - offset - (x[n, c, p] - m) * tilt) * scale
         else:
             for n in range(n_):
                 for p in range(p_):
-                    gx[n, c, p] = gy[n, c, p] * scale
+                    gx[n, c, p] = gy[n, c, p] * slope(y[n, c, p], act, gy.dtype) * scale

@@ -13,12 +13,12 @@ import math
 
 from numba import float64
 
-from . import batch_norm
-from .cuda_device import cuda, device_function, kernel, launch
+from . import activation, batch_norm
+from .cuda_device import activate, cuda, device_function, kernel, launch
 
 MAX_THREADS = 256
-running_update, moments = (device_function(f) for f in (batch_norm.running_update,
-                                                         batch_norm.moments))
+running_update, moments, slope = (device_function(f) for f in (
+    batch_norm.running_update, batch_norm.moments, activation.slope))
 
 
 @cuda.jit(device=True, inline="always")
@@ -50,9 +50,9 @@ def _channel_sums(x, c, shift, shared):
     return _block_sum(total, shared), _block_sum(squares, shared)
 
 
-@kernel(3, 1, 1, 1, 1, "bool", "bool", "scalar", "scalar", 3, 1, 1)
+@kernel(3, 1, 1, 1, 1, "bool", "bool", "scalar", "scalar", "int", 3, 1, 1)
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, track, momentum,
-                       eps, y, mean, invstd):
+                       eps, act, y, mean, invstd):
     """kernels/batch_norm.batch_norm_forward, same layout and arguments. Block c owns channel
     c: thread 0 writes mean[c], invstd[c] and the running buffers' [c], every thread a stride of
     y[:, c] once they are written."""
@@ -76,11 +76,11 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, tra
     m, scale, b = mean[c], invstd[c] * weight[c], bias[c]
     for n in range(n_):
         for p in range(t, p_, cuda.blockDim.x):
-            y[n, c, p] = (x[n, c, p] - m) * scale + b
+            y[n, c, p] = activate((x[n, c, p] - m) * scale + b, act, y.dtype)
 
 
-@kernel(3, 3, 1, 1, 1, "bool", 3, 1, 1)
-def batch_norm_backward(gy, x, weight, mean, invstd, training, gx, gweight, gbias):
+@kernel(3, 3, 3, 1, 1, 1, "bool", "int", 3, 1, 1)
+def batch_norm_backward(gy, x, y, weight, mean, invstd, training, act, gx, gweight, gbias):
     """kernels/batch_norm.batch_norm_backward, same layout and arguments. Block c owns channel
     c: thread 0 writes gweight[c] and gbias[c], every thread a stride of gx[:, c]."""
     shared = cuda.shared.array(MAX_THREADS, float64)
@@ -92,21 +92,24 @@ def batch_norm_backward(gy, x, weight, mean, invstd, training, gx, gweight, gbia
     sum_gy, dot = 0.0, 0.0
     for n in range(n_):
         for p in range(t, p_, cuda.blockDim.x):
-            sum_gy += gy[n, c, p]
-            dot += gy[n, c, p] * (x[n, c, p] - m)
+            g = gy[n, c, p] * slope(y[n, c, p], act, gy.dtype)
+            sum_gy += g
+            dot += g * (x[n, c, p] - m)
     sum_gy, dot = _block_sum(sum_gy, shared), _block_sum(dot, shared)
     if t == 0:
         gbias[c], gweight[c] = sum_gy, dot * invstd[c]
     scale = weight[c] * invstd[c]
     if training:
-        offset, slope = sum_gy / count, dot * invstd[c] * invstd[c] / count
+        to = gx.dtype.type
+        offset, tilt = to(sum_gy / count), to(dot * invstd[c] * invstd[c] / count)
         for n in range(n_):
             for p in range(t, p_, cuda.blockDim.x):
-                gx[n, c, p] = (gy[n, c, p] - offset - (x[n, c, p] - m) * slope) * scale
+                g = gy[n, c, p] * slope(y[n, c, p], act, gy.dtype)
+                gx[n, c, p] = (g - offset - (x[n, c, p] - m) * tilt) * scale
     else:
         for n in range(n_):
             for p in range(t, p_, cuda.blockDim.x):
-                gx[n, c, p] = gy[n, c, p] * scale
+                gx[n, c, p] = gy[n, c, p] * slope(y[n, c, p], act, gy.dtype) * scale
 
 
 def _threads(cells):

@@ -174,10 +174,11 @@ def pool2d(kind, x, gy=None, kernel_size=None, stride=None, padding=0, ceil_mode
 # --- batch normalisation -------------------------------------------------------------------------
 
 def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None, training=False,
-                 momentum=0.1, eps=1e-5, gy=None, data_format="NCHW"):
-    """{"reference": {...}, "torch": {...}}, each with y, the running buffers after the call
-    (running_mean, running_var, when given) and, given ``gy``, gx, gweight and gbias (the last
-    two also for weight None: the gradients of an implicit weight of ones and bias of zeros)."""
+                 momentum=0.1, eps=1e-5, activation=None, gy=None, data_format="NCHW"):
+    """{"reference": {...}, "torch": {...}}, each with y = activation(batch_norm(x)), the
+    running buffers after the call (running_mean, running_var, when given) and, given ``gy``
+    (dL/dy), gx, gweight and gbias (the last two also for weight None: the gradients of an
+    implicit weight of ones and bias of zeros)."""
     import torch
     import torch.nn.functional as F
 
@@ -191,11 +192,12 @@ def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
              for op in ("batch_norm2d", "batch_norm2d_backward")}
     y, mean, invstd = impls["batch_norm2d"](data_format, x64, _float64(weight), _float64(bias),
                                             *buffers, training,
-                                            training and running_mean is not None, momentum, eps)
+                                            training and running_mean is not None, momentum, eps,
+                                            activation)
     runs["reference"] = {"y": y, "running_mean": buffers[0], "running_var": buffers[1]}
     if gy is not None:
         gx, gw, gb = impls["batch_norm2d_backward"](data_format, gy64, x64, _float64(weight),
-                                                    mean, invstd, training)
+                                                    mean, invstd, training, y, activation)
         runs["reference"].update(gx=gx, gweight=gw, gbias=gb)
 
     c = x.shape[1 if data_format == "NCHW" else 3]
@@ -208,6 +210,8 @@ def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
     rt = [None if a is None else torch.tensor(np.float64(a)) for a in (running_mean,
                                                                        running_var)]
     yt = F.batch_norm(xt, *rt, wt, bt, training, momentum, eps)
+    if activation is not None:
+        yt = getattr(torch, activation)(yt)
     runs["torch"] = {"y": from_nchw(yt.detach().numpy(), data_format),
                      "running_mean": None if rt[0] is None else rt[0].numpy(),
                      "running_var": None if rt[1] is None else rt[1].numpy()}

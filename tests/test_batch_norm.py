@@ -31,6 +31,7 @@ def batch_norm_cases(draw):
                 momentum=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
                 eps=draw(st.sampled_from([1e-5, 1e-3])),
                 offset=draw(st.sampled_from([0.0, 100.0])),  # a mean far from 0
+                activation=draw(st.sampled_from([None, "relu", "tanh", "sigmoid"])),
                 dtype=draw(st.sampled_from([np.float32, np.float64])),
                 seed=draw(st.integers(0, 2**32 - 1)))
 
@@ -52,30 +53,41 @@ def _arrays(case):
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=batch_norm_cases(), parallel=st.booleans())
 def test_matches_reference_and_torch(case, parallel, monkeypatch):
-    """y, the updated running buffers and every gradient, on the parallel kernels or their
-    serial twins; x, gy, weight and bias are left unchanged."""
+    """y, the updated running buffers and every gradient, with each activation fused, on the
+    parallel kernels or their serial twins; x, gy, weight and bias are left unchanged."""
     monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
     a = _arrays(case)
     before = {name: v.copy() for name, v in a.items()}
     mode = dict(training=case["training"], momentum=case["momentum"], eps=case["eps"],
-                data_format=case["layout"])
-    expected = oracle.batch_norm2d(**{k: before[k] for k in before if k != "gy"},
-                                   gy=before["gy"], **mode)
+                activation=case["activation"], data_format=case["layout"])
+    inputs = {k: before[k] for k in before if k != "gy"}
+    expected = oracle.batch_norm2d(**inputs, **mode)
     y, mean, invstd = ops.batch_norm2d(a["x"], a.get("weight"), a.get("bias"),
                                        a.get("running_mean"), a.get("running_var"), **mode)
+    # The gradients: the activation's slope read from y as the kernel reads it (a saturated
+    # tanh's 1 - y^2 keeps no digits of a rounded y, in PyTorch's float32 as in fastconv), then
+    # batch norm's backward, by the oracles
+    slope = SLOPES[case["activation"]](np.float64(y))
+    expected_grads = oracle.batch_norm2d(**inputs, **dict(mode, activation=None),
+                                         gy=np.float64(before["gy"]) * slope)
     gx, gweight, gbias = ops.batch_norm2d_backward(a["gy"], a["x"], a.get("weight"), mean,
-                                                   invstd, case["training"],
+                                                   invstd, case["training"], y,
+                                                   case["activation"],
                                                    data_format=case["layout"])
     for name, value in a.items():
         if name not in BUFFERS:
             np.testing.assert_array_equal(value, before[name])
     assert y.shape == gx.shape == a["x"].shape and y.dtype == gx.dtype == a["x"].dtype
     assert mean.shape == invstd.shape == gweight.shape == gbias.shape == (case["channels"],)
-    got = dict(y=y, gx=gx, gbias=gbias)
-    got.update({name: a[name] for name in BUFFERS if name in a})
+    got = {"y": y, **{name: a[name] for name in BUFFERS if name in a}}
     oracle.check(got, expected)
-    for source, want in expected.items():
+    oracle.check({"gx": gx, "gbias": gbias}, expected_grads)
+    for source, want in expected_grads.items():
         assert rel_error(gweight, want["gweight"]) <= _gweight_tolerance(case, a, want), source
+
+
+SLOPES = {None: lambda y: 1.0, "relu": lambda y: y > 0, "tanh": lambda y: 1 - y * y,
+          "sigmoid": lambda y: y * (1 - y)}
 
 
 def _gweight_tolerance(case, a, want):
@@ -155,6 +167,9 @@ def test_evaluation_uses_the_running_statistics(layout):
     (lambda x, c: ops.batch_norm2d(x, None, None, np.zeros(2 * c, np.float32)[::2],
                                    np.ones(c, np.float32), True), "C-contiguous"),
     (lambda x, c: ops.batch_norm2d_backward(x, x, None, None, None), "save_mean"),
+    (lambda x, c: ops.batch_norm2d_backward(x, x, None, x[0, 0, 0, :3], x[0, 0, 0, :3],
+                                            activation="relu"), "needs the forward's output y"),
+    (lambda x, c: ops.batch_norm2d(x, training=True, activation="gelu"), "activation must be"),
 ])
 def test_bad_arguments_are_named(call, message):
     x = np.ones((2, 3, 4, 4), np.float32)

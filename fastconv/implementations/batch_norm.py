@@ -10,6 +10,7 @@ float64 (the tests' oracle).
 import numpy as np
 
 from ..kernels import batch_norm
+from ..kernels.activation import CODES
 from ..registry import register
 from . import driver
 from .driver import lazy
@@ -38,9 +39,15 @@ def _or(a, value):
     return value if a is None else np.float64(a)
 
 
+_ACTIVATIONS = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0), "tanh": np.tanh,
+                "sigmoid": lambda v: 1 / (1 + np.exp(-v))}
+_SLOPES = {None: lambda y: 1, "relu": lambda y: y > 0, "tanh": lambda y: 1 - y * y,
+           "sigmoid": lambda y: y * (1 - y)}
+
+
 @register("batch_norm2d", "cpu", "reference")
 def batch_norm2d_reference(layout, x, weight, bias, running_mean, running_var, training, track,
-                           momentum, eps):
+                           momentum, eps, activation=None):
     cells = _channels_last(x, layout)
     if training:
         mean, var = cells.mean(axis=0), cells.var(axis=0)
@@ -51,13 +58,16 @@ def batch_norm2d_reference(layout, x, weight, bias, running_mean, running_var, t
     else:
         mean, var = np.float64(running_mean), np.float64(running_var)
     invstd = 1 / np.sqrt(var + eps)
-    y = (cells - mean) * invstd * _or(weight, 1) + _or(bias, 0)
+    y = _ACTIVATIONS[activation]((cells - mean) * invstd * _or(weight, 1) + _or(bias, 0))
     return _from_channels_last(y, x.shape, layout), mean, invstd
 
 
 @register("batch_norm2d_backward", "cpu", "reference")
-def batch_norm2d_backward_reference(layout, gy, x, weight, mean, invstd, training):
+def batch_norm2d_backward_reference(layout, gy, x, weight, mean, invstd, training, y=None,
+                                    activation=None):
     g, cells = _channels_last(gy, layout), _channels_last(x, layout)
+    if activation is not None:
+        g = g * _SLOPES[activation](_channels_last(y, layout))
     xhat = (cells - np.float64(mean)) * np.float64(invstd)
     gbias, gweight = g.sum(axis=0), (g * xhat).sum(axis=0)
     if training:
@@ -69,7 +79,7 @@ def batch_norm2d_backward_reference(layout, gy, x, weight, mean, invstd, trainin
 # --- the kernels: kernels/batch_norm.py and its CUDA twin ---------------------------------------
 
 def _forward(xp, call, layout, x, weight, bias, running_mean, running_var, training, track,
-             momentum, eps):
+             momentum, eps, activation=None):
     y = driver.empty(xp, x.shape, x.dtype)
     c = x.shape[1 if layout == "NCHW" else 3]
     weight, bias = _affine(xp, weight, c, x.dtype, 1.0), _affine(xp, bias, c, x.dtype, 0.0)
@@ -79,7 +89,7 @@ def _forward(xp, call, layout, x, weight, bias, running_mean, running_var, train
     call(driver.image_major(x, layout), weight, bias,
          stand_in if running_mean is None else running_mean,
          stand_in if running_var is None else running_var, training, track, *scalars,
-         driver.image_major(y, layout), mean, invstd)
+         CODES[activation], driver.image_major(y, layout), mean, invstd)
     return y, mean, invstd
 
 
@@ -87,12 +97,16 @@ def _affine(xp, a, c, dtype, value):
     return driver.constant(xp, c, dtype, value) if a is None else a
 
 
-def _backward(xp, call, layout, gy, x, weight, mean, invstd, training):
+def _backward(xp, call, layout, gy, x, weight, mean, invstd, training, y=None,
+              activation=None):
     weight = _affine(xp, weight, mean.shape[0], x.dtype, 1.0)
     gx = driver.empty(xp, x.shape, x.dtype)
     gweight, gbias = driver.empty(xp, mean.shape, x.dtype), driver.empty(xp, mean.shape, x.dtype)
-    call(driver.image_major(gy, layout), driver.image_major(x, layout), weight, mean, invstd,
-         training, driver.image_major(gx, layout), gweight, gbias)
+    planes = driver.image_major(gy, layout)
+    call(planes, driver.image_major(x, layout),
+         planes if activation is None else driver.image_major(y, layout),  # a stand-in y
+         weight, mean, invstd, training, CODES[activation], driver.image_major(gx, layout),
+         gweight, gbias)
     return gx, gweight, gbias
 
 

@@ -230,7 +230,8 @@ class BatchNorm2d(Module):
                               ("num_batches_tracked", np.array(0, np.int64))):
             self.register_buffer(name, initial if track_running_stats else None)
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
+        """The normalisation, then ``activation`` in the same kernel (as Conv2d's)."""
         if x.ndim != 4:
             raise ValueError(f"BatchNorm2d expects a 4-D input (N, C, H, W), got shape {x.shape}")
         if x.shape[1] != self.num_features:
@@ -245,7 +246,7 @@ class BatchNorm2d(Module):
         keep = not self.training or self.track_running_stats
         return F.batch_norm(x, self.running_mean if keep else None,
                             self.running_var if keep else None, self.weight, self.bias,
-                            use_batch, momentum, self.eps)
+                            use_batch, momentum, self.eps, activation)
 
 
 class Dropout(Module):
@@ -358,8 +359,8 @@ class ModuleList(Module):
 
 
 class Sequential(ModuleList):
-    """Layers applied in order, named "0", "1", ... A Conv2d directly followed by ReLU, Tanh or
-    Sigmoid runs as one fused kernel."""
+    """Layers applied in order, named "0", "1", ... A Conv2d or a BatchNorm2d directly followed
+    by ReLU, Tanh or Sigmoid runs as one fused kernel."""
 
     def __init__(self, *layers):
         super().__init__(layers)
@@ -368,7 +369,8 @@ class Sequential(ModuleList):
         layers = list(self)
         while layers:
             layer = layers.pop(0)
-            if isinstance(layer, Conv2d) and layers and type(layers[0]) in ACTIVATIONS.values():
+            if (isinstance(layer, (Conv2d, BatchNorm2d)) and layers
+                    and type(layers[0]) in ACTIVATIONS.values()):
                 x = layer(x, activation=layers.pop(0).name)
             else:
                 x = layer(x)

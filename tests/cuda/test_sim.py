@@ -169,11 +169,11 @@ def test_avg_pool2d(case):
     oracle.check({"y": y, "gx": gx}, expected["avg"])
 
 
-# (x shape, training, with weight and bias, with running buffers, dtype)
+# (x shape, training, with weight and bias, with running buffers, activation, dtype)
 BATCH_NORM_CASES = [
-    ((2, 3, 3, 5), True, True, True, np.float32),
-    ((3, 2, 2, 3), True, False, False, np.float64),
-    ((2, 2, 3, 3), False, True, True, np.float32),
+    ((2, 3, 3, 5), True, True, True, "relu", np.float32),
+    ((3, 2, 2, 3), True, False, False, None, np.float64),
+    ((2, 2, 3, 3), False, True, True, "tanh", np.float32),
 ]
 
 
@@ -181,8 +181,8 @@ BATCH_NORM_CASES = [
 @pytest.mark.parametrize("case", BATCH_NORM_CASES, ids=_ids(BATCH_NORM_CASES))
 def test_batch_norm(case, threads):
     """Blocks of 4 and 8 threads over rows of 15, 6 and 9 cells: strided rows with a ragged
-    end, and the shared-memory reduction over more than one step."""
-    shape, training, affine, buffers, dtype = case
+    end, and the shared-memory reduction over more than one step; activations fused."""
+    shape, training, affine, buffers, activation, dtype = case
     rng = np.random.default_rng(13)
     c = shape[1]
     x, gy = random(rng, shape, dtype), random(rng, shape, dtype)
@@ -190,19 +190,20 @@ def test_batch_norm(case, threads):
     running = [random(rng, c, dtype), (rng.random(c) + 0.5).astype(dtype)] if buffers else [
         None, None]
     expected = oracle.batch_norm2d(x, weight, bias, *running, training=training, momentum=0.3,
-                                   gy=gy)
+                                   activation=activation, gy=gy)
     ones, zeros = np.ones(c, dtype), np.zeros(c, dtype)
     planes = (x.reshape(shape[0], c, -1), gy.reshape(shape[0], c, -1))
     y, mean, invstd = _poisoned(shape, dtype), _poisoned(c, dtype), _poisoned(c, dtype)
     stand_in = running if buffers else [mean, mean]
     batch_norm_cuda.launch_batch_norm_forward(
         planes[0], ones if weight is None else weight, zeros if bias is None else bias,
-        *stand_in, training, training and buffers, dtype(0.3), dtype(1e-5),
+        *stand_in, training, training and buffers, dtype(0.3), dtype(1e-5), CODES[activation],
         y.reshape(planes[0].shape), mean, invstd, threads=threads)
     gx, gw, gb = _poisoned(shape, dtype), _poisoned(c, dtype), _poisoned(c, dtype)
     batch_norm_cuda.launch_batch_norm_backward(
-        planes[1], planes[0], ones if weight is None else weight, mean, invstd, training,
-        gx.reshape(planes[0].shape), gw, gb, threads=threads)
+        planes[1], planes[0], y.reshape(planes[0].shape), ones if weight is None else weight,
+        mean, invstd, training, CODES[activation], gx.reshape(planes[0].shape), gw, gb,
+        threads=threads)
     got = {"y": y, "gx": gx, "gweight": gw, "gbias": gb}
     if buffers:
         got.update(running_mean=running[0], running_var=running[1])
