@@ -7,7 +7,8 @@ per-epoch time and test accuracy of each.
     python benchmarks/compare_training.py --device cuda --framework fastconv   # on a GPU
 
 LeNet-5 trains with Adam at 1e-3; a ResNet with `fastconv train`'s recipe for it (SGD with
-momentum 0.9 at 0.1, weight decay 5e-4, cosine annealing per step, shifts and flips).
+momentum 0.9 at 0.1, weight decay 5e-4, cosine annealing per step); --lr and --augment
+override the recipe's.
 
 The fastconv numbers of a full run come from `fastconv train`; this script exists to put an
 epoch of each framework next to each other on the same machine, in the same minutes. The two

@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
         "the BLAS in use, the algorithms per device, the autotune cache path and whether "
         "autotuning is on.")
     info.set_defaults(command=_info)
+    info.add_argument("--kernels", action="store_true",
+                      help="also the static report of every CUDA kernel for sm_90 (registers, "
+                      "spills, shared memory, occupancy, instruction mix; needs numba-cuda, "
+                      "ptxas and nvdisasm, not a GPU): benchmarks/kernel_report.py's table")
 
     run = commands.add_parser(
         "bench", help="benchmark every op and algorithm against NumPy and PyTorch",
@@ -118,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
         "and its views run.json, curves.csv and curves.png. A non-finite loss or Ctrl-C stops "
         "the run, keeping the last checkpoint. Each model has its recipe, which the options "
         "override: LeNet-5 trains with Adam at 1e-3; a ResNet with SGD (momentum 0.9) at 0.1, "
-        "weight decay 5e-4, a cosine schedule and augmentation (He et al.'s CIFAR recipe). "
+        "weight decay 5e-4 and a cosine schedule (He et al.'s CIFAR recipe, without its "
+        "augmentation, which costs accuracy over a few epochs: --augment adds it). "
         "Data comes from --data-root, $FASTCONV_DATA, ~/.cache/fastconv/datasets, Debian's "
         "dataset-fashion-mnist, or a download.",
         epilog="Example: fastconv train --model resnet8 --epochs 5 --out runs/resnet8")
@@ -144,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
                      "lenet5, cosine for a resnet)")
     fit.add_argument("--augment", action=argparse.BooleanOptionalAction,
                      help="random shifts of up to 2 pixels and horizontal flips, seeded "
-                     "(default: off for lenet5, on for a resnet)")
+                     "(default: off)")
     fit.add_argument("--activation", choices=("relu", "tanh", "sigmoid"),
                      help="LeNet-5's activation (default: relu; tanh with --pool avg is 1998's)")
     fit.add_argument("--pool", choices=("max", "avg"),
@@ -203,6 +208,14 @@ def _info(args) -> int:
         if where == "cuda":
             print(f"  {op} {algo}: {', '.join(registry.launches(op, where, algo))}")
     print(f"autotune: {'on' if dispatch.autotuning() else 'off'} (cache: {dispatch.cache_path()})")
+    if args.kernels:
+        from .bench import kernels
+        missing = [name for name in ("ptxas", "nvdisasm") if kernels.tool(name) is None]
+        if missing:
+            print(f"kernels: {' and '.join(missing)} not found (pip install nvidia-cuda-nvcc "
+                  "nvidia-cuda-nvdisasm)")
+            return 1
+        print(kernels.markdown(kernels.reports(ccs=((9, 0),), dtypes=("float32",))), end="")
     return 0
 
 

@@ -29,7 +29,7 @@ def _epoch(framework, data_root, model="lenet5"):
 @pytest.mark.parametrize("model", ["lenet5", "resnet8"])
 def test_compare_training_trains_both_frameworks_alike(data_root, model):
     ours, theirs = _epoch("fastconv", data_root, model), _epoch("torch", data_root, model)
-    # 8 steps of the model's recipe (Adam; SGD with a cosine schedule and augmentation) from
+    # 8 steps of the model's recipe (Adam; SGD with a cosine schedule) from
     # PyTorch's initial weights on the same batches: the same network, so the same test
     # accuracy up to a few of the 512 images float rounding may flip
     assert abs(ours - theirs) <= 0.01, (ours, theirs)

@@ -57,7 +57,7 @@ def test_augmentation_shifts_and_flips_each_image_and_replays_an_epoch():
 
 def test_recipes_differ_by_model_and_the_options_override_them():
     assert train.recipe("resnet8") == dict(optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                                           schedule="cosine", augment=True)
+                                           schedule="cosine", augment=False)
     assert train.recipe("lenet5")["optimizer"] == "adam"
     with pytest.raises(ValueError, match="model must be one of"):
         train.recipe("resnet9")
@@ -82,7 +82,7 @@ def test_progress_in_a_log_file_is_a_few_lines(capsys):
 def test_a_resnet_trains_from_the_command_line_and_resumes_its_schedule(data_root, tmp_path,
                                                                         capsys):
     out = tmp_path / "resnet8"
-    args = ["train", "--model", "resnet8", "--limit", "256", "--batch-size", "64",
+    args = ["train", "--model", "resnet8", "--limit", "256", "--batch-size", "64", "--augment",
             "--data-root", data_root, "--out", str(out)]
     assert cli.main([*args, "--epochs", "1"]) == 0
     with np.load(out / "checkpoint.npz") as arrays:
@@ -92,6 +92,7 @@ def test_a_resnet_trains_from_the_command_line_and_resumes_its_schedule(data_roo
                      data_root]) == 0
     settings = json.loads((out / "run.json").read_text())
     assert settings["epochs_done"] == 2 and settings["schedule"] == "cosine"
+    assert settings["augment"] and settings["optimizer"] == "sgd"
     _, model, optimizer, _ = train.load_checkpoint(out)
     assert optimizer.steps == 8  # 4 steps an epoch: where the cosine resumes
     assert model(tensor(np.zeros((1, 1, 32, 32), np.float32))).shape == (1, 10)

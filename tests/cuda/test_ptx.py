@@ -1,12 +1,13 @@
 """Every CUDA kernel the registry lists compiles to PTX for the H100 (sm_90), in float32 and
-float64, and the float32 kernels do no double-precision arithmetic. Needs no GPU: the
-simulator runs the kernels but checks no types, so this sweep is the compile check."""
+float64, the float32 kernels do no double-precision arithmetic, and ptxas assembles them with
+no register spills. Needs no GPU: the simulator runs the kernels but checks no types, so this
+sweep is the compile check."""
 
+import functools
 import importlib
 import os
 import pkgutil
 import re
-from types import SimpleNamespace
 
 import pytest
 
@@ -14,11 +15,10 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     pytest.skip("compile_ptx does not work in the CUDA simulator; this sweep runs in the normal "
                 "suite", allow_module_level=True)
 cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
-cuda_dispatcher = pytest.importorskip("numba.cuda.dispatcher")
 
 import fastconv.kernels  # noqa: E402
 from fastconv import dispatch, registry  # noqa: E402, F401  (dispatch registers them all)
-from fastconv.kernels.cuda_device import signature  # noqa: E402
+from fastconv.bench import kernels  # noqa: E402
 
 CC = (9, 0)  # the H100
 F64 = re.compile(r"\b[a-z][a-z0-9.]*\.f64\b")  # a double-precision instruction
@@ -28,26 +28,31 @@ FLOAT64_ON_PURPOSE = {"bias_cuda.conv2d_backward_bias", "batch_norm_cuda.batch_n
                       "batch_norm_cuda.batch_norm_backward"}
 
 
-@pytest.fixture(autouse=True)
-def h100_device(monkeypatch):
-    """numba-cuda 0.30.4 compiles a kernel's device functions for the current device's
-    compute capability (CUDADispatcher.compile_device), which needs a GPU; here that device is
-    a stand-in with the H100's, matching the cc every kernel is compiled for."""
-    monkeypatch.setattr(cuda_dispatcher, "get_current_device",
-                        lambda: SimpleNamespace(compute_capability=CC))
+@functools.cache
+def _ptx(name, dtype):
+    """The kernel's PTX for sm_90 (numba-cuda asks a stand-in device for the cc)."""
+    return kernels.ptx(KERNELS[name], dtype, CC)
 
 
 @pytest.mark.parametrize("name", KERNELS)
 def test_compiles_for_sm90(name):
-    kernel = KERNELS[name]
-    ptx32, _ = cuda.compile_ptx(kernel.py_func, signature(kernel.params, "float32"), cc=CC)
-    ptx64, _ = cuda.compile_ptx(kernel.py_func, signature(kernel.params, "float64"), cc=CC)
+    ptx32, ptx64 = _ptx(name, "float32"), _ptx(name, "float64")
     assert ".target sm_90" in ptx32 and ".target sm_90" in ptx64, name
     assert F64.search(ptx64), name  # the check below can see double precision
     if name not in FLOAT64_ON_PURPOSE:
         # float32 kernels keep their accumulators, constants and math (expf, tanhf) in
         # float32: no double-precision register, instruction or conversion at all
         assert ".f64" not in ptx32, (name, sorted(set(F64.findall(ptx32))))
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_float32_kernels_do_not_spill(name):
+    """ptxas's verdict on the float32 PTX for sm_90: a spilling kernel is slow on any GPU."""
+    if kernels.tool("ptxas") is None or kernels.tool("nvdisasm") is None:
+        pytest.skip("ptxas or nvdisasm is missing: pip install nvidia-cuda-nvcc "
+                    "nvidia-cuda-nvdisasm (the dev extra has them; CI installs it)")
+    usage, _ = kernels.assemble(_ptx(name, "float32"), CC)
+    assert usage["spill_bytes"] == 0, (name, usage)
 
 
 def test_the_registry_lists_every_cuda_kernel():
