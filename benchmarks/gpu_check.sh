@@ -9,8 +9,9 @@
 # project installed from this tree without the network; the GPU tests (pytest -m gpu); every
 # conv algorithm against cuDNN on ResNet-18's layers (FP32, TF32 off, CUDA events); the GEMM
 # kernel against cuBLAS at 4096^3; a LeNet-5 epoch of fastconv and of PyTorch on the GPU
-# (benchmarks/compare_training.py, data from FASTCONV_DATA); last and optional, the CPU layer
-# suite at 1/2/4/8/16 threads. The steps stop starting once BUDGET seconds (default 300) would
+# (benchmarks/compare_training.py, data from FASTCONV_DATA), then ResNet-20 on 12,800 images
+# (its recipe, 200 steps each: the speed and that it trains; its 10-epoch accuracy needs more
+# than this budget); last and optional, the CPU layer suite at 1/2/4/8/16 threads. The steps stop starting once BUDGET seconds (default 300) would
 # be passed. summary.md has a row per step: its exit status, seconds, and file.
 #
 # --smoke runs the same steps end to end in Numba's CUDA simulator on tiny sizes (CI runs it):
@@ -101,6 +102,11 @@ else
         --device cuda --framework fastconv --epochs 2 --data "$FASTCONV_DATA"
     step "LeNet-5 epoch on the GPU: PyTorch" 60 steps.log "$PY" benchmarks/compare_training.py \
         --device cuda --framework torch --epochs 2 --data "$FASTCONV_DATA"
+    for framework in fastconv torch; do
+        step "ResNet-20, 200 steps on the GPU: $framework" 60 steps.log "$PY" \
+            benchmarks/compare_training.py --model resnet20 --device cuda --framework "$framework" \
+            --epochs 1 --limit 12800 --data "$FASTCONV_DATA"
+    done
 fi
 
 if ((SMOKE)); then

@@ -255,6 +255,67 @@ def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, data_form
                         (top, bottom, left, right), data_format)
 
 
+@dataclass(frozen=True)
+class ConvTransposeGeometry:
+    """A transposed convolution as the convolution it transposes: ``conv`` maps the output's
+    first ``conv.H`` x ``conv.W`` cells (its core) to x, whose gradient the transposed
+    convolution computes; ``extra`` (rows, columns) of output_padding past the core's last
+    row and column, which no input reaches (zero before the bias), make up ``y_shape``."""
+    conv: ConvGeometry
+    y_shape: tuple[int, int, int, int]
+    extra: tuple[int, int]
+
+    @property
+    def core_shape(self):
+        return self.conv.x_shape
+
+
+@_memoised
+def conv_transpose_geometry(x_shape, w_shape, stride, padding, output_padding, dilation,
+                            groups, data_format) -> ConvTransposeGeometry:
+    """Resolve a transposed convolution's arguments (PyTorch's conv_transpose2d): x
+    (N, C_in, H, W), w (C_in, C_out/groups, R, S) for NCHW or (R, S, C_out/groups, C_in) for
+    NHWC, out = (in - 1) * stride - pad_before - pad_after + dilation * (k - 1) +
+    output_padding + 1; output_padding must be smaller than the stride or the dilation."""
+    data_format = layout(data_format)
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D {data_format}, got shape {tuple(x_shape)}")
+    if len(w_shape) != 4:
+        want = "(C_in, C_out/groups, R, S)" if data_format == "NCHW" else (
+            "(R, S, C_out/groups, C_in)")
+        raise ValueError(f"w must be 4-D {want}, got shape {tuple(w_shape)}")
+    n, c, h, w = _spatial(x_shape, data_format)
+    k, cg, r, s = w_shape if data_format == "NCHW" else (w_shape[3], w_shape[2], *w_shape[:2])
+    if k != c:
+        raise ValueError(f"w {tuple(w_shape)} is for {k} input channels but x {tuple(x_shape)} "
+                         f"has {c}")
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be numbers for a transposed convolution (PyTorch's), "
+                         f"got {padding!r}")
+    top, bottom, left, right = _explicit_padding(padding, allow_asymmetric=True)
+    (sh, sw), (dh, dw) = pair(stride, "stride", 1), pair(dilation, "dilation", 1)
+    oph, opw = pair(output_padding, "output_padding", 0)
+    if not (oph < sh or oph < dh) or not (opw < sw or opw < dw):
+        raise ValueError(f"output_padding {(oph, opw)} must be smaller than the stride "
+                         f"{(sh, sw)} or the dilation {(dh, dw)}")
+    out_h = (h - 1) * sh - top - bottom + dh * (r - 1) + oph + 1
+    out_w = (w - 1) * sw - left - right + dw * (s - 1) + opw + 1
+    if min(out_h, out_w) < 1 or min(h, w, r, s, c, cg) < 1 or n < 0:
+        raise ValueError(f"x {tuple(x_shape)} and w {tuple(w_shape)} with padding "
+                         f"{(top, bottom, left, right)} give no output ({out_h} x {out_w})")
+    extra = max(oph - bottom, 0), max(opw - right, 0)
+    core = (n, cg * groups, out_h - extra[0], out_w - extra[1])
+    core = core if data_format == "NCHW" else (n, core[2], core[3], core[1])
+    conv = conv_geometry(core, w_shape, (sh, sw),
+                         ((top, max(bottom - oph, 0)), (left, max(right - opw, 0))), (dh, dw),
+                         groups, data_format)
+    y_shape = (n, cg * groups, out_h, out_w)
+    return ConvTransposeGeometry(conv, y_shape if data_format == "NCHW" else (
+        n, out_h, out_w, cg * groups), extra)
+
+
 class _Planes:
     """The shapes of an op from (N, C, H, W) planes to (N, C, OH, OW) ones, in its layout."""
 

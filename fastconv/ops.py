@@ -22,7 +22,8 @@ from .dispatch import algorithms
 
 __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
-    "conv2d_backward",
+    "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward_input",
+    "conv_transpose2d_backward_weight", "conv_transpose2d_backward",
     "max_pool2d", "max_pool2d_backward", "max_pool2d_backward_saved", "avg_pool2d",
     "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
     "batch_norm2d", "batch_norm2d_backward", "dropout",
@@ -179,6 +180,109 @@ def conv2d_backward(gy, x, w, needs=(True, True, True), stride=1, padding=0, dil
     return (
         conv2d_backward_input(gy, w, x.shape, algo=algo, **geometry) if need_x else None,
         conv2d_backward_weight(gy, x, w.shape, algo=algo, **geometry) if need_w else None,
+        conv2d_backward_bias(gy, data_format=data_format, device=device) if need_b else None,
+    )
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                     activation=None, data_format="NCHW", algo="auto", device=None):
+    """The transposed convolution, PyTorch's ``conv_transpose2d`` (the gradient of
+    :func:`conv2d` with respect to its input, as a layer), with bias and activation.
+
+    Args:
+        x: (N, C_in, H, W) for NCHW or (N, H, W, C_in) for NHWC.
+        w: (C_in, C_out/groups, R, S) for NCHW (PyTorch's) or (R, S, C_out/groups, C_in) for
+            NHWC (TensorFlow's conv2d_transpose filters).
+        stride, dilation, output_padding: an int or a pair; output_padding adds rows and
+            columns after the last, smaller than the stride or the dilation.
+        padding: an int, a pair or ((top, bottom), (left, right)), taken off the output.
+        groups, activation, data_format, algo, device: as :func:`conv2d` (``algo`` picks the
+            conv2d_backward_input algorithm that computes it).
+
+    Returns:
+        y: (N, C_out, OH, OW) (NHWC: (N, OH, OW, C_out)), OH = (H - 1) * stride - pad_top -
+        pad_bottom + dilation * (R - 1) + output_padding + 1.
+    """
+    device, (x, w, b) = _arrays(device, x=x, w=w, b=b)
+    t = geometry.conv_transpose_geometry(x.shape, w.shape, stride, padding, output_padding,
+                                         dilation, groups, data_format)
+    c_out = t.y_shape[1 if t.conv.layout == "NCHW" else 3]
+    if b is not None:
+        _expect("b", b, (c_out,), f"w {w.shape}")
+    act = geometry.activation(activation)
+    y = _run("conv2d_backward_input", device, _algo(algo, device), t.conv, x.dtype, x, w)
+    if any(t.extra):  # output_padding past what any input reaches: zeros before the bias
+        xp = devices.array_module(device)
+        core, y = y, xp.zeros(t.y_shape, x.dtype)
+        nchw = geometry.nchw_view(y, t.conv.layout)
+        nchw[:, :, : t.conv.H, : t.conv.W] = geometry.nchw_view(core, t.conv.layout)
+    y = devices.array_module(device).ascontiguousarray(y)  # the reference's is a view
+    if (b is None and act is None) or y.size == 0:
+        return y
+    return _call("bias_activation", device, y, b, act, t.conv.layout)
+
+
+def _core(gy, t, device):
+    """The part of a transposed convolution's output gradient its input reaches."""
+    if not any(t.extra):
+        return gy
+    view = geometry.nchw_view(gy, t.conv.layout)[:, :, : t.conv.H, : t.conv.W]
+    return devices.array_module(device).ascontiguousarray(
+        view if t.conv.layout == "NCHW" else view.transpose(0, 2, 3, 1))
+
+
+def _transposed_gradient(gy, other, name, shape, stride, padding, output_padding, dilation,
+                         groups, data_format, device):
+    """(device, gy's core, the conv's geometry arguments, the geometry) of a transposed
+    convolution's gradient call, gy checked against its output."""
+    device, (gy, other) = _arrays(device, gy=gy, **{name: other})
+    x_shape, w_shape = (shape, other.shape) if name == "w" else (other.shape, shape)
+    t = geometry.conv_transpose_geometry(x_shape, w_shape, stride, padding, output_padding,
+                                         dilation, groups, data_format)
+    _expect("gy", gy, t.y_shape, f"conv_transpose2d of x {x_shape} with w {w_shape}")
+    conv = t.conv
+    return device, _core(gy, t, device), other, dict(
+        stride=conv.stride, dilation=conv.dilation, groups=conv.groups,
+        padding=((conv.padding[0], conv.padding[1]), (conv.padding[2], conv.padding[3])),
+        data_format=conv.layout, device=device)
+
+
+def conv_transpose2d_backward_input(gy, w, x_shape, stride=1, padding=0, output_padding=0,
+                                    groups=1, dilation=1, data_format="NCHW", algo="auto",
+                                    device=None):
+    """Gradient of :func:`conv_transpose2d` with respect to x: the convolution of gy with w."""
+    x_shape = _shape4("x_shape", x_shape)
+    device, core, w, conv = _transposed_gradient(gy, w, "w", x_shape, stride, padding,
+                                                 output_padding, dilation, groups, data_format,
+                                                 device)
+    return conv2d(core, w, algo=algo, **conv)
+
+
+def conv_transpose2d_backward_weight(gy, x, w_shape, stride=1, padding=0, output_padding=0,
+                                     groups=1, dilation=1, data_format="NCHW", algo="auto",
+                                     device=None):
+    """Gradient of :func:`conv_transpose2d` with respect to w: conv2d's weight gradient with
+    the roles swapped (gy the convolution's input, x its output's gradient)."""
+    w_shape = _shape4("w_shape", w_shape)
+    device, core, x, conv = _transposed_gradient(gy, x, "x", w_shape, stride, padding,
+                                                 output_padding, dilation, groups, data_format,
+                                                 device)
+    return conv2d_backward_weight(x, core, w_shape, algo=algo, **conv)
+
+
+def conv_transpose2d_backward(gy, x, w, needs=(True, True, True), stride=1, padding=0,
+                              output_padding=0, groups=1, dilation=1, data_format="NCHW",
+                              algo="auto", device=None):
+    """The gradients of :func:`conv_transpose2d` with respect to (x, w, b), those ``needs``
+    asks for, None for the others."""
+    arguments = dict(stride=stride, padding=padding, output_padding=output_padding,
+                     groups=groups, dilation=dilation, data_format=data_format, device=device)
+    need_x, need_w, need_b = needs
+    return (
+        conv_transpose2d_backward_input(gy, w, x.shape, algo=algo, **arguments)
+        if need_x else None,
+        conv_transpose2d_backward_weight(gy, x, w.shape, algo=algo, **arguments)
+        if need_w else None,
         conv2d_backward_bias(gy, data_format=data_format, device=device) if need_b else None,
     )
 

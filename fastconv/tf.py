@@ -1,4 +1,5 @@
-"""tf.nn's conv2d, max_pool2d and avg_pool2d on fastconv's kernels, without TensorFlow.
+"""tf.nn's conv2d, conv2d_transpose, max_pool2d and avg_pool2d on fastconv's kernels, without
+TensorFlow.
 
 The signatures and conventions are TensorFlow 2's ``tf.nn`` (``tensorflow/python/ops/nn_ops.py``):
 
@@ -201,6 +202,51 @@ def conv2d(input, filters, strides, padding, data_format="NHWC", dilations=None,
         filters = filters.transpose(3, 2, 0, 1)  # a view in ops' NCHW weight layout, OIHW
     return ops.conv2d(input, filters, stride=stride, padding=padding, dilation=dilation,
                       groups=channels // per_group, data_format=data_format)
+
+
+def conv2d_transpose(input, filters, output_shape, strides, padding="SAME", data_format="NHWC",
+                     dilations=None, name=None):
+    """tf.nn.conv2d_transpose: the gradient of :func:`conv2d` with respect to its input, for
+    the convolution of an ``output_shape`` input with ``filters``.
+
+    Args:
+        input: (N, H, W, C_in) for NHWC or (N, C_in, H, W) for NCHW; float32 or float64.
+        filters: (R, S, C_out, C_in), TensorFlow's ``[height, width, output_channels,
+            in_channels]`` whatever the data_format.
+        output_shape: the output's 4 sizes in data_format order. It decides the padding as in
+            TensorFlow: the padding of the convolution from ``output_shape`` to ``input``'s
+            shape, SAME's split with the odd pixel after; a shape that convolution does not map
+            to ``input``'s shape is a ValueError.
+        strides, dilations: an int or 1, 2 or 4 ints, as conv2d's.
+        padding: "SAME", "VALID" or 4 explicit pairs in data_format order.
+        data_format: "NHWC" (default) or "NCHW".
+        name: accepted for tf.nn's signature; unused.
+
+    Returns:
+        An array of ``output_shape`` with input's dtype.
+    """
+    data_format = _layout(data_format)
+    _rank4("input", input, data_format)
+    _rank4("filters", filters, "(filter_height, filter_width, output_channels, in_channels)")
+    out = tuple(int(v) for v in getattr(output_shape, "tolist", lambda: output_shape)())
+    if len(out) != 4:
+        raise ValueError(f"output_shape must be 4 sizes in {data_format} order, got "
+                         f"{output_shape!r}")
+    stride = _window(strides, "strides", data_format)
+    dilation = _window(1 if dilations is None else dilations, "dilations", data_format)
+    if max(dilation) > 1 and max(stride) > 1:
+        raise ValueError(f"dilations {dilations!r} above 1 need strides of 1, as in TensorFlow; "
+                         f"got strides {strides!r}")
+    padding = _padding(padding, data_format)
+    # the convolution's own filters: HWIO is TensorFlow's layout as it is, OIHW a view of it
+    w = filters.transpose(3, 2, 0, 1) if data_format == "NCHW" else filters
+    g = geometry.conv_geometry(out, w.shape, stride, padding, dilation, 1, data_format)
+    if g.y_shape != tuple(input.shape):
+        raise ValueError(f"output_shape {out} does not fit input {tuple(input.shape)}: the "
+                         f"convolution of {out} with filters {tuple(filters.shape)}, strides "
+                         f"{stride} and padding {padding!r} gives {g.y_shape}")
+    return ops.conv2d_backward_input(input, w, out, stride=stride, padding=padding,
+                                     dilation=dilation, data_format=data_format)
 
 
 def max_pool2d(input, ksize, strides, padding, data_format="NHWC", name=None):

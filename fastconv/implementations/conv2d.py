@@ -561,6 +561,25 @@ def conv2d_backward_bias_cuda(gy, layout):
     return gb
 
 
+# --- a bias and an activation on a computed output (the transposed convolution's epilogue) ------
+
+@register("bias_activation", "cpu", "numba")
+def bias_activation_cpu(y, b, activation, layout):
+    """y = activation(y + b), in place on the caller's own array."""
+    planes = _channel_major(y, layout)
+    driver.cpu_call(im2col.bias_activation, y.size, planes, planes,
+                    driver.bias(np, b, planes.shape[0], y.dtype), CODES[activation])
+    return y
+
+
+@register("bias_activation", "cuda", "numba", launches=("gemm_cuda.bias_activation",))
+def bias_activation_cuda(y, b, activation, layout):
+    planes = image_major(y, layout)
+    gemm_cuda.launch_bias_activation(planes, driver.bias(gpu.xp, b, planes.shape[1], y.dtype),
+                                     CODES[activation], stream=gpu.stream())
+    return y
+
+
 # --- algo="auto" without autotuning: one rule per device ----------------------------------------
 
 # What a fitted rule may test of a call (benchmarks/fit_dispatch.py fits the CPU's): the layer,

@@ -6,6 +6,7 @@ from .modules import (
                       AvgPool2d,
                       BatchNorm2d,
                       Conv2d,
+                      ConvTranspose2d,
                       Dropout,
                       Flatten,
                       Linear,
@@ -21,7 +22,7 @@ from .modules import (
                       manual_seed,
 )
 
-__all__ = ["functional", "Module", "Parameter", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d",
-           "AdaptiveAvgPool2d",
-           "BatchNorm2d", "Dropout", "ReLU", "Tanh", "Sigmoid", "Flatten", "Sequential",
-           "ModuleList", "fuse_conv_bn_eval", "manual_seed"]
+__all__ = ["functional", "Module", "Parameter", "Conv2d", "ConvTranspose2d", "Linear",
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "Dropout", "ReLU",
+           "Tanh", "Sigmoid", "Flatten", "Sequential", "ModuleList", "fuse_conv_bn_eval",
+           "manual_seed"]

@@ -37,6 +37,28 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     return Tensor._result(y, parents, backward, "conv2d")
 
 
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, activation=None, data_format="NCHW"):
+    """PyTorch's F.conv_transpose2d (fastconv.ops.conv_transpose2d), ``activation`` fused;
+    the backward computes only the gradients its inputs need."""
+    geometry = dict(stride=stride, padding=padding, output_padding=output_padding,
+                    groups=groups, dilation=dilation, data_format=data_format,
+                    device=input.device)
+    y = ops.conv_transpose2d(input.data, weight.data, None if bias is None else bias.data,
+                             activation=activation, **geometry)
+    parents = (input, weight) if bias is None else (input, weight, bias)
+
+    def backward(g):
+        if activation is not None:
+            g = g * _ACTIVATION_SLOPE[activation.lower()](y)
+        needs = (input.requires_grad, weight.requires_grad,
+                 bias is not None and bias.requires_grad)
+        return ops.conv_transpose2d_backward(g, input.data, weight.data, needs,
+                                             **geometry)[:len(parents)]
+
+    return Tensor._result(y, parents, backward, "conv_transpose2d")
+
+
 def max_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, return_indices=False,
                data_format="NCHW"):
     """Max pooling (fastconv.ops.max_pool2d); with ``return_indices`` also PyTorch's indices

@@ -172,6 +172,25 @@ class Conv2d(Module):
                         self.groups, activation=activation)
 
 
+class ConvTranspose2d(Module):
+    """PyTorch's ConvTranspose2d: weight (in_channels, out_channels/groups, kh, kw), its default
+    init U(+-1/sqrt(fan_in)) for weight and bias with PyTorch's fan_in, out_channels/groups *
+    kh * kw (the weight's second axis)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1):
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        bound = 1 / math.sqrt(out_channels // groups * kh * kw)
+        self.weight = _uniform((in_channels, out_channels // groups, kh, kw), bound)
+        self.bias = _uniform((out_channels,), bound) if bias else None
+        self.stride, self.padding, self.output_padding = stride, padding, output_padding
+        self.groups, self.dilation = groups, dilation
+
+    def forward(self, x, activation=None):
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.dilation, activation)
+
+
 class Linear(Module):
     """PyTorch's Linear ((out, in) weight) with its default init, U(+-1/sqrt(in_features))."""
 
@@ -359,8 +378,8 @@ class ModuleList(Module):
 
 
 class Sequential(ModuleList):
-    """Layers applied in order, named "0", "1", ... A Conv2d or a BatchNorm2d directly followed
-    by ReLU, Tanh or Sigmoid runs as one fused kernel."""
+    """Layers applied in order, named "0", "1", ... A Conv2d, ConvTranspose2d or BatchNorm2d
+    directly followed by ReLU, Tanh or Sigmoid runs as one fused kernel."""
 
     def __init__(self, *layers):
         super().__init__(layers)
@@ -369,7 +388,7 @@ class Sequential(ModuleList):
         layers = list(self)
         while layers:
             layer = layers.pop(0)
-            if (isinstance(layer, (Conv2d, BatchNorm2d)) and layers
+            if (isinstance(layer, (Conv2d, ConvTranspose2d, BatchNorm2d)) and layers
                     and type(layers[0]) in ACTIVATIONS.values()):
                 x = layer(x, activation=layers.pop(0).name)
             else:

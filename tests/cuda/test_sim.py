@@ -300,6 +300,26 @@ POOL_OPS_CASES = [
 ]
 
 
+@pytest.mark.parametrize("layout, dtype", [("NCHW", np.float32), ("NHWC", np.float64)])
+def test_conv_transpose2d_on_cuda(layout, dtype):
+    """The transposed convolution on the CUDA kernels (conv2d's backward input, then the bias
+    and activation kernel), an output_padding past the input's reach, against the CPU."""
+    rng = np.random.default_rng(18)
+    x = _layout(random(rng, (1, 2, 3, 3), dtype), layout)
+    w = random(rng, (2, 2, 2, 2), dtype)
+    w = w if layout == "NCHW" else np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    b = random(rng, 2, dtype)
+    kwargs = dict(stride=2, padding=0, output_padding=1, data_format=layout)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        y = ops.conv_transpose2d(x, w, b, activation="sigmoid", device=device, **kwargs)
+        gy = random(np.random.default_rng(19), y.shape, dtype)
+        runs[device] = (y, *ops.conv_transpose2d_backward(gy, x, w, device=device, **kwargs))
+    assert runs["cpu"][0].shape[2 if layout == "NCHW" else 1] == 7  # (3 - 1) * 2 + 2 + 1
+    for got, want in zip(runs["cuda"], runs["cpu"], strict=True):
+        assert rel_error(got, want) < tolerance(dtype)
+
+
 @pytest.mark.parametrize("case", POOL_OPS_CASES, ids=[c[6] for c in POOL_OPS_CASES])
 def test_pool_ops_on_cuda(case):
     x_shape, kernel, stride, padding, ceil_mode, count_pad, layout, dtype = case
