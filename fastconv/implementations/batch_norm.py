@@ -41,7 +41,7 @@ def _or(a, value):
 
 _ACTIVATIONS = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0), "tanh": np.tanh,
                 "sigmoid": lambda v: 1 / (1 + np.exp(-v))}
-_SLOPES = {None: lambda y: 1, "relu": lambda y: y > 0, "tanh": lambda y: 1 - y * y,
+_SLOPES = {None: lambda y: 1, "relu": lambda y: y > 0, "tanh": lambda y: (1 - y) * (1 + y),
            "sigmoid": lambda y: y * (1 - y)}
 
 
