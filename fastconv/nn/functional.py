@@ -20,32 +20,28 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     """``activation(conv2d(input, weight) + bias)`` in one fused kernel; see fastconv.ops.conv2d
     for the arguments. Backward computes only the gradients its inputs need
     (fastconv.ops.conv2d_backward)."""
-    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-                    data_format=data_format, device=input.device)
-    y = ops.conv2d(input.data, weight.data, None if bias is None else bias.data,
-                   activation=activation, **geometry)
-
-    parents = (input, weight) if bias is None else (input, weight, bias)
-
-    def backward(g):
-        if activation is not None:
-            g = g * _ACTIVATION_SLOPE[activation.lower()](y)
-        needs = (input.requires_grad, weight.requires_grad,
-                 bias is not None and bias.requires_grad)
-        return ops.conv2d_backward(g, input.data, weight.data, needs, **geometry)[:len(parents)]
-
-    return Tensor._result(y, parents, backward, "conv2d")
+    return _convolution(ops.conv2d, ops.conv2d_backward, "conv2d", input, weight, bias,
+                        activation, stride=stride, padding=padding, dilation=dilation,
+                        groups=groups, data_format=data_format)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, activation=None, data_format="NCHW"):
     """PyTorch's F.conv_transpose2d (fastconv.ops.conv_transpose2d), ``activation`` fused;
     the backward computes only the gradients its inputs need."""
-    geometry = dict(stride=stride, padding=padding, output_padding=output_padding,
-                    groups=groups, dilation=dilation, data_format=data_format,
-                    device=input.device)
-    y = ops.conv_transpose2d(input.data, weight.data, None if bias is None else bias.data,
-                             activation=activation, **geometry)
+    return _convolution(ops.conv_transpose2d, ops.conv_transpose2d_backward, "conv_transpose2d",
+                        input, weight, bias, activation, stride=stride, padding=padding,
+                        output_padding=output_padding, groups=groups, dilation=dilation,
+                        data_format=data_format)
+
+
+def _convolution(forward, gradients, name, input, weight, bias, activation, **geometry):
+    """The graph node of a convolution op ``forward`` with its fused activation, whose
+    backward takes the activation's slope from the output and asks ``gradients`` for those of
+    (input, weight, bias) that need one."""
+    geometry["device"] = input.device
+    y = forward(input.data, weight.data, None if bias is None else bias.data,
+                activation=activation, **geometry)
     parents = (input, weight) if bias is None else (input, weight, bias)
 
     def backward(g):
@@ -53,10 +49,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
             g = g * _ACTIVATION_SLOPE[activation.lower()](y)
         needs = (input.requires_grad, weight.requires_grad,
                  bias is not None and bias.requires_grad)
-        return ops.conv_transpose2d_backward(g, input.data, weight.data, needs,
-                                             **geometry)[:len(parents)]
+        return gradients(g, input.data, weight.data, needs, **geometry)[:len(parents)]
 
-    return Tensor._result(y, parents, backward, "conv_transpose2d")
+    return Tensor._result(y, parents, backward, name)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, return_indices=False,
