@@ -210,13 +210,13 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups
     if b is not None:
         _expect("b", b, (c_out,), f"w {w.shape}")
     act = geometry.activation(activation)
+    xp = devices.array_module(device)
     y = _run("conv2d_backward_input", device, _algo(algo, device), t.conv, x.dtype, x, w)
     if any(t.extra):  # output_padding past what any input reaches: zeros before the bias
-        xp = devices.array_module(device)
         core, y = y, xp.zeros(t.y_shape, x.dtype)
         nchw = geometry.nchw_view(y, t.conv.layout)
         nchw[:, :, : t.conv.H, : t.conv.W] = geometry.nchw_view(core, t.conv.layout)
-    y = devices.array_module(device).ascontiguousarray(y)  # the reference's is a view
+    y = xp.ascontiguousarray(y)  # the reference's is a view
     if (b is None and act is None) or y.size == 0:
         return y
     return _call("bias_activation", device, y, b, act, t.conv.layout)
@@ -233,15 +233,15 @@ def _core(gy, t, device):
 
 def _transposed_gradient(gy, other, name, shape, stride, padding, output_padding, dilation,
                          groups, data_format, device):
-    """(device, gy's core, the conv's geometry arguments, the geometry) of a transposed
-    convolution's gradient call, gy checked against its output."""
+    """(gy's core, the other array, the keyword arguments of the convolution it transposes)
+    of a transposed convolution's gradient call, gy checked against its output."""
     device, (gy, other) = _arrays(device, gy=gy, **{name: other})
     x_shape, w_shape = (shape, other.shape) if name == "w" else (other.shape, shape)
     t = geometry.conv_transpose_geometry(x_shape, w_shape, stride, padding, output_padding,
                                          dilation, groups, data_format)
     _expect("gy", gy, t.y_shape, f"conv_transpose2d of x {x_shape} with w {w_shape}")
     conv = t.conv
-    return device, _core(gy, t, device), other, dict(
+    return _core(gy, t, device), other, dict(
         stride=conv.stride, dilation=conv.dilation, groups=conv.groups,
         padding=((conv.padding[0], conv.padding[1]), (conv.padding[2], conv.padding[3])),
         data_format=conv.layout, device=device)
@@ -252,9 +252,8 @@ def conv_transpose2d_backward_input(gy, w, x_shape, stride=1, padding=0, output_
                                     device=None):
     """Gradient of :func:`conv_transpose2d` with respect to x: the convolution of gy with w."""
     x_shape = _shape4("x_shape", x_shape)
-    device, core, w, conv = _transposed_gradient(gy, w, "w", x_shape, stride, padding,
-                                                 output_padding, dilation, groups, data_format,
-                                                 device)
+    core, w, conv = _transposed_gradient(gy, w, "w", x_shape, stride, padding, output_padding,
+                                         dilation, groups, data_format, device)
     return conv2d(core, w, algo=algo, **conv)
 
 
@@ -264,9 +263,8 @@ def conv_transpose2d_backward_weight(gy, x, w_shape, stride=1, padding=0, output
     """Gradient of :func:`conv_transpose2d` with respect to w: conv2d's weight gradient with
     the roles swapped (gy the convolution's input, x its output's gradient)."""
     w_shape = _shape4("w_shape", w_shape)
-    device, core, x, conv = _transposed_gradient(gy, x, "x", w_shape, stride, padding,
-                                                 output_padding, dilation, groups, data_format,
-                                                 device)
+    core, x, conv = _transposed_gradient(gy, x, "x", w_shape, stride, padding, output_padding,
+                                         dilation, groups, data_format, device)
     return conv2d_backward_weight(x, core, w_shape, algo=algo, **conv)
 
 
