@@ -44,6 +44,12 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def _integer(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    return int(value)
+
+
 def layout(data_format) -> str:
     """Normalise ``data_format`` to "NCHW" or "NHWC"."""
     name = data_format.upper() if isinstance(data_format, str) else data_format
@@ -74,11 +80,15 @@ def _padding_word(padding):
     return word
 
 
+def _nested(padding) -> bool:
+    """Whether ``padding`` has the per-side form ``((top, bottom), (left, right))``."""
+    return (isinstance(padding, (tuple, list)) and len(padding) == 2
+            and all(isinstance(p, (tuple, list)) for p in padding))
+
+
 def _explicit_padding(padding, allow_asymmetric: bool) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)`` from an int, a pair or ``((t, b), (l, r))``."""
-    nested = (isinstance(padding, (tuple, list)) and len(padding) == 2
-              and all(isinstance(p, (tuple, list)) for p in padding))
-    if nested and allow_asymmetric:
+    if _nested(padding) and allow_asymmetric:
         (top, bottom), (left, right) = (pair(p, "padding", 0) for p in padding)
         return top, bottom, left, right
     ph, pw = pair(padding, "padding", 0)
@@ -334,9 +344,11 @@ class _Planes:
 class PoolGeometry(_Planes):
     """A 2-D pooling fully resolved, in NCHW terms whatever the layout.
 
-    Windows start at ``o * stride - pad_before``. ``count_padding`` says whether an average
-    divides by the window clipped to the padded input (PyTorch's count_include_pad) or by the
-    number of real cells (count_include_pad=False, and TensorFlow's SAME/VALID).
+    Window (oh, ow) starts at ``oh * stride - pad_top`` (and the same along the width) and
+    takes every ``dilation``-th cell, ``kernel`` of them. ``count_padding`` says whether an
+    average divides by the window clipped to the padded input (PyTorch's count_include_pad) or
+    by the number of real cells (count_include_pad=False, and TensorFlow's SAME/VALID);
+    ``divisor``, when not 0, replaces both (PyTorch's divisor_override).
     """
     N: int
     C: int
@@ -344,15 +356,22 @@ class PoolGeometry(_Planes):
     W: int
     kernel: tuple[int, int]
     stride: tuple[int, int]
+    dilation: tuple[int, int]
     padding: tuple[int, int, int, int]  # top, bottom, left, right
     OH: int
     OW: int
     count_padding: bool
+    divisor: int
     layout: str
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        """The window's span in cells, (kernel - 1) * dilation + 1 along each axis."""
+        return tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilation, strict=True))
 
     def key(self) -> str:
         return (f"{self.layout}:N{self.N}C{self.C}H{self.H}W{self.W}k{self.kernel}s{self.stride}"
-                f"p{self.padding}c{int(self.count_padding)}")
+                f"d{self.dilation}p{self.padding}c{int(self.count_padding)}v{self.divisor}")
 
 
 def _planes(x_shape, data_format):
@@ -367,43 +386,66 @@ def _planes(x_shape, data_format):
     return data_format, (n, c, h, w)
 
 
-def _pool_size(size, k, s, p, ceil_mode):
-    """PyTorch's pooled size: the last window must start inside the input or its left padding."""
-    span = size + 2 * p - k
-    out = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (out - 1) * s >= size + p:
+def _pool_size(size, extent, stride, before, after, ceil_mode):
+    """PyTorch's pooled size (pooling_output_shape_pad_lr): with ceil_mode the last window
+    must start inside the input or its leading padding."""
+    span = size + before + after - extent
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + before:
         out -= 1
     return out
 
 
+def _pool_padding(padding, kernel, ceil_mode):
+    """(top, bottom, left, right) of a pooling's numeric padding, checked by the rule of the
+    framework whose form it has: an int or a pair is PyTorch's, at most half the window;
+    ``((top, bottom), (left, right))`` is TensorFlow's explicit padding, each side smaller
+    than the window, and without ceil_mode (which TensorFlow does not have)."""
+    (kh, kw), pads = kernel, _explicit_padding(padding, allow_asymmetric=True)
+    top, bottom, left, right = pads
+    if _nested(padding):
+        if max(top, bottom) >= kh or max(left, right) >= kw:
+            raise ValueError(f"padding (({top}, {bottom}), ({left}, {right})) must be smaller "
+                             f"than kernel_size {kernel} on every side")
+        if ceil_mode:
+            raise ValueError(f"ceil_mode needs PyTorch's symmetric padding (an int or a pair), "
+                             f"got padding={padding!r}")
+    elif 2 * top > kh or 2 * left > kw:
+        raise ValueError(f"padding {(top, left)} must be at most half of kernel_size {kernel}")
+    return pads
+
+
 @_memoised
-def pool_geometry(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                  data_format) -> PoolGeometry:
+def pool_geometry(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format,
+                  dilation=1, divisor_override=None) -> PoolGeometry:
     """Resolve a pooling's arguments; raises ValueError/TypeError naming the argument."""
     data_format, (n, c, h, w) = _planes(x_shape, data_format)
     kh, kw = pair(kernel_size, "kernel_size", 1)
     sh, sw = pair(kernel_size if stride is None else stride, "stride", 1)
+    dh, dw = pair(dilation, "dilation", 1)
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    divisor = 0 if divisor_override is None else _integer(divisor_override, "divisor_override")
+    if divisor_override is not None and divisor == 0:
+        raise ValueError("divisor_override must not be zero")
     if isinstance(padding, str):
         if ceil_mode:
             raise ValueError(f"ceil_mode applies to numeric padding, not padding={padding!r}")
         if _padding_word(padding) == "same":
-            pads = same_padding(h, kh, sh, 1) + same_padding(w, kw, sw, 1)
+            pads = same_padding(h, kh, sh, dh) + same_padding(w, kw, sw, dw)
             oh, ow = -(-h // sh), -(-w // sw)
         else:
             pads = (0, 0, 0, 0)
-            oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-        if min(oh, ow) < 1:
-            raise _no_output(f"kernel_size {(kh, kw)}", x_shape, (h, w))
-        return PoolGeometry(n, c, h, w, (kh, kw), (sh, sw), pads, oh, ow, False, data_format)
-    ph, pw = pair(padding, "padding", 0)
-    if 2 * ph > kh or 2 * pw > kw:
-        raise ValueError(f"padding {(ph, pw)} must be at most half of kernel_size {(kh, kw)}")
-    oh = _pool_size(h, kh, sh, ph, ceil_mode)
-    ow = _pool_size(w, kw, sw, pw, ceil_mode)
+            oh, ow = (h - eh) // sh + 1, (w - ew) // sw + 1
+        count_include_pad = False
+    else:
+        pads = _pool_padding(padding, (kh, kw), ceil_mode)
+        oh = _pool_size(h, eh, sh, pads[0], pads[1], ceil_mode)
+        ow = _pool_size(w, ew, sw, pads[2], pads[3], ceil_mode)
     if min(oh, ow) < 1:
-        raise _no_output(f"kernel_size {(kh, kw)}", x_shape, (h + 2 * ph, w + 2 * pw))
-    return PoolGeometry(n, c, h, w, (kh, kw), (sh, sw), (ph, ph, pw, pw), oh, ow,
-                        bool(count_include_pad), data_format)
+        raise _no_output(f"kernel_size {(kh, kw)} dilated by {(dh, dw)}", x_shape,
+                         (h + pads[0] + pads[1], w + pads[2] + pads[3]))
+    return PoolGeometry(n, c, h, w, (kh, kw), (sh, sw), (dh, dw), pads, oh, ow,
+                        bool(count_include_pad), divisor, data_format)
 
 
 @dataclass(frozen=True)

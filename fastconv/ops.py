@@ -285,22 +285,21 @@ def conv_transpose2d_backward(gy, x, w, needs=(True, True, True), stride=1, padd
     )
 
 
-def _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format):
-    return geometry.pool_geometry(x_shape, kernel_size, stride, padding, ceil_mode,
-                                  count_include_pad, data_format)
-
-
-def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, data_format="NCHW",
-               device=None, return_indices=False):
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               data_format="NCHW", device=None, return_indices=False):
     """2-D max pooling, PyTorch's semantics; padding may also be "same" or "valid" (TensorFlow's).
 
-    Padded cells never win. ``stride`` defaults to ``kernel_size``; with ``ceil_mode`` a last,
-    partial window is kept when it starts inside the input or its left padding. With
-    ``return_indices`` also returns PyTorch's indices: where each maximum is, ``h * W + w``
-    within its plane, int64, in y's shape and layout; :func:`max_pool2d_backward` takes them.
+    Padded cells never win. ``stride`` defaults to ``kernel_size``; a window takes every
+    ``dilation``-th cell; with ``ceil_mode`` a last, partial window is kept when it starts
+    inside the input or its leading padding. ``padding`` is an int or a pair, at most half the
+    window (PyTorch's rule), or TensorFlow's explicit ``((top, bottom), (left, right))``, each
+    side smaller than the window. With ``return_indices`` also returns PyTorch's indices: where
+    each maximum is, ``h * W + w`` within its plane, int64, in y's shape and layout;
+    :func:`max_pool2d_backward` takes them.
     """
     device, (x,) = _arrays(device, x=x)
-    p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, True, data_format)
+    p = geometry.pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode, True,
+                               data_format, dilation)
     return _run("max_pool2d", device, "auto", p, x.dtype, x, bool(return_indices))
 
 
@@ -321,22 +320,22 @@ def _indices(indices, device, p):
     return indices
 
 
-def _pool_gradient(op, device, gy, x_shape, kernel_size, stride, padding, ceil_mode,
-                   count_include_pad, data_format):
+def _pool_gradient(op, device, gy, x_shape, *window):
     """(device, gy, geometry) of a pooling's gradient call: gy checked against the output of
-    ``op`` on an input of shape ``x_shape``."""
+    ``op`` on an input of shape ``x_shape``; ``window`` is pool_geometry's arguments after the
+    shape."""
     device, (gy,) = _arrays(device, gy=gy)
-    p = _pool(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format)
+    p = geometry.pool_geometry(x_shape, *window)
     _expect("gy", gy, p.y_shape, f"{op} of x {x_shape}")
     return device, gy, p
 
 
-def max_pool2d_backward(gy, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+def max_pool2d_backward(gy, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                         data_format="NCHW", device=None, indices=None):
     """Gradient of :func:`max_pool2d`: each gy goes to its window's first maximum in scan order,
     summed where windows overlap. Given the forward's ``indices`` it goes there, nothing
     recomputed, and ``x`` is only needed for its shape (an array, or the shape itself)."""
-    window = (kernel_size, stride, padding, ceil_mode, True, data_format)
+    window = (kernel_size, stride, padding, ceil_mode, True, data_format, dilation)
     if indices is not None and _is_shape(x):
         device, gy, p = _pool_gradient("max_pool2d", device, gy, _shape4("x", x), *window)
     else:
@@ -353,35 +352,39 @@ def _is_shape(value):
 
 
 def max_pool2d_backward_saved(gy, indices, x_shape, kernel_size, stride=None, padding=0,
-                              ceil_mode=False, data_format="NCHW", device=None):
+                              dilation=1, ceil_mode=False, data_format="NCHW", device=None):
     """:func:`max_pool2d_backward` through indices that :func:`max_pool2d` itself returned (the
     autograd's path): trusted, so their range is not checked again, which would cost a pass over
     them and, on a GPU, a host synchronisation per call."""
     device, gy, p = _pool_gradient("max_pool2d", device, gy, _shape4("x_shape", x_shape),
-                                   kernel_size, stride, padding, ceil_mode, True, data_format)
+                                   kernel_size, stride, padding, ceil_mode, True, data_format,
+                                   dilation)
     _expect("indices", indices, p.y_shape, "max_pool2d's output")
     return _run("max_pool2d_backward_indices", device, "auto", p, gy.dtype, gy, indices)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               data_format="NCHW", device=None):
+               divisor_override=None, data_format="NCHW", device=None):
     """2-D average pooling, PyTorch's semantics; "same"/"valid" padding divides by real cells.
 
-    With numeric padding, ``count_include_pad`` divides by the window clipped to the padded
-    input (True, PyTorch's default) or by the number of real cells (False). With "same" or
-    "valid" padding TensorFlow's rule applies: padded cells are never counted.
+    With numeric padding (as :func:`max_pool2d` takes it), ``count_include_pad`` divides by the
+    window clipped to the padded input (True, PyTorch's default) or by the number of real cells
+    (False). With "same" or "valid" padding TensorFlow's rule applies: padded cells are never
+    counted. A ``divisor_override`` (a non-zero int) is the divisor of every window instead.
     """
     device, (x,) = _arrays(device, x=x)
-    p = _pool(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format)
+    p = geometry.pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode,
+                               count_include_pad, data_format, 1, divisor_override)
     return _run("avg_pool2d", device, "auto", p, x.dtype, x)
 
 
 def avg_pool2d_backward(gy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
-                        count_include_pad=True, data_format="NCHW", device=None):
+                        count_include_pad=True, divisor_override=None, data_format="NCHW",
+                        device=None):
     """Gradient of :func:`avg_pool2d` with respect to its input of shape ``x_shape``."""
     device, gy, p = _pool_gradient("avg_pool2d", device, gy, _shape4("x_shape", x_shape),
                                    kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                   data_format)
+                                   data_format, 1, divisor_override)
     return _run("avg_pool2d_backward", device, "auto", p, gy.dtype, gy)
 
 

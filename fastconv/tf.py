@@ -24,9 +24,10 @@ The signatures and conventions are TensorFlow 2's ``tf.nn`` (``tensorflow/python
 Arrays go to :mod:`fastconv.ops` as they are (only NCHW convolution transposes a view of the
 filters to OIHW) and come back as ops returns them, with the input's dtype. Bad arguments raise
 ValueError or TypeError naming the argument and the values. Where fastconv is narrower than
-TensorFlow it says so: input is 4-D (tf.nn.conv2d also takes extra leading batch axes), and
-explicit max-pool padding is symmetric per axis and at most half the window (ops' pooling rule;
-TensorFlow allows any padding up to the window).
+TensorFlow it says so: input is 4-D (tf.nn.conv2d also takes extra leading batch axes).
+Explicit max-pool padding follows TensorFlow's rule (PoolParameters in
+tensorflow/core/kernels/pooling_ops_common.cc): each side, top, bottom, left and right, is
+smaller than the window along its axis.
 """
 
 from __future__ import annotations
@@ -95,16 +96,6 @@ def _padding(padding, data_format, explicit=True):
     if explicit:
         allowed += f" or 4 pairs {_EXPLICIT[data_format]}"
     raise ValueError(f"padding must be {allowed}, got {padding!r}")
-
-
-def _symmetric(pads):
-    """ops' pooling pads symmetrically: ((top, bottom), (left, right)) -> (top, left)."""
-    (top, bottom), (left, right) = pads
-    if top != bottom or left != right:
-        raise ValueError(f"fastconv's max_pool2d pads symmetrically: explicit padding needs "
-                         f"top == bottom and left == right, got [{top}, {bottom}] and "
-                         f"[{left}, {right}]")
-    return top, left
 
 
 def _windowed_size(size, k, stride, dilation, padding):
@@ -255,8 +246,8 @@ def max_pool2d(input, ksize, strides, padding, data_format="NHWC", name=None):
     Args:
         input: (N, H, W, C) for NHWC or (N, C, H, W) for NCHW; float32 or float64.
         ksize, strides: an int or 1, 2 or 4 ints (see the module docstring). No default.
-        padding: "SAME", "VALID", or 4 pairs in data_format order, symmetric per axis and at
-            most half the window (fastconv's limit; TensorFlow allows up to the window).
+        padding: "SAME", "VALID", or 4 pairs in data_format order, each side smaller than the
+            window along its axis (TensorFlow's rule).
         data_format: "NHWC" (default) or "NCHW".
         name: accepted for tf.nn's signature; unused.
 
@@ -277,8 +268,7 @@ def max_pool2d(input, ksize, strides, padding, data_format="NHWC", name=None):
     padding = _padding(padding, data_format)
     if _empty_cells(input, data_format):
         return _pooled_without_cells(input, data_format, window, padding)
-    return ops.max_pool2d(input, padding=padding if isinstance(padding, str)
-                          else _symmetric(padding), **window)
+    return ops.max_pool2d(input, padding=padding, **window)
 
 
 def avg_pool2d(input, ksize, strides, padding, data_format="NHWC", name=None):

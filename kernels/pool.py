@@ -15,39 +15,46 @@ _GENERAL, _UNCLIPPED_2X2 = 0, 1
 
 
 @njit(inline="always", cache=True)
-def _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl):
+def _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, dh, dw, pt, pl):
     """_UNCLIPPED_2X2 when every window is a whole 2x2, stride-2 block of real cells."""
-    square2 = kh == 2 and kw == 2 and sh == 2 and sw == 2
+    square2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and dh == 1 and dw == 1
     inside = pt == 0 and pl == 0 and 2 * oh_ <= h_ and 2 * ow_ <= w_
     return _UNCLIPPED_2X2 if square2 and inside else _GENERAL
 
 
 @njit(inline="always", cache=True)
-def span(o, stride, before, after, k, size, clip):
-    """Window ``o`` along one axis: its real cells ``[lo, hi)`` and its length in the padded input.
+def span(o, stride, before, after, k, dilation, size, clip):
+    """Window ``o`` along one axis: its real cells ``range(lo, hi, dilation)`` and its length
+    in the padded input.
 
-    The window starts at ``o * stride - before``. Its padded length stops at ``size + after``
-    (a ceil_mode window may overhang further; that part is never counted). Without ``clip`` the
-    caller guarantees the window lies inside the input, and the bounds keep a constant length.
+    The window starts at ``o * stride - before`` and takes every ``dilation``-th cell, ``k``
+    of them; ``lo`` is its first tap inside the input. Its padded length stops at
+    ``size + after`` (a ceil_mode window may overhang further; that part is never counted;
+    averages, the only users of the length, have no dilation). Without ``clip`` the caller
+    guarantees the window lies inside the input, and the bounds keep a constant length.
     """
     start = o * stride - before
+    end = start + (k - 1) * dilation + 1
     if not clip:
-        return start, start + k, k
-    end = min(start + k, size + after)
-    return max(start, 0), min(end, size), end - start
+        return start, end, k
+    lo = start if start >= 0 else start + (-start + dilation - 1) // dilation * dilation
+    return lo, min(end, size), min(end, size + after) - start
 
 
 @njit(inline="always", cache=True)
-def divisor(h0, h1, w0, w1, padded_h, padded_w, count_padding):
-    """Cells an average divides by: the window in the padded input, or its real cells."""
+def divisor(h0, h1, w0, w1, padded_h, padded_w, count_padding, override):
+    """What an average divides by: ``override`` where it is not 0 (PyTorch's divisor_override),
+    else the window's cells in the padded input, or its real cells."""
+    if override != 0:
+        return override
     if count_padding:
         return padded_h * padded_w
     return (h1 - h0) * (w1 - w0)
 
 
 @njit(inline="always", cache=True)
-def argmax(plane, h0, h1, w0, w1):
-    """PyTorch's max over ``plane[h0:h1, w0:w1]``: row-major scan, ``v > best or isnan(v)``.
+def argmax(plane, h0, h1, w0, w1, dh, dw):
+    """PyTorch's max over ``plane[h0:h1:dh, w0:w1:dw]``: row-major scan, ``v > best or isnan(v)``.
 
     So the first maximum wins a tie and a NaN wins over numbers (the last NaN, as in PyTorch).
     Returns the winner's row, column and value; where only the value is used (the forward),
@@ -55,8 +62,8 @@ def argmax(plane, h0, h1, w0, w1):
     """
     best = plane.dtype.type(-math.inf)
     bh, bw = h0, w0
-    for h in range(h0, h1):
-        for w in range(w0, w1):
+    for h in range(h0, h1, dh):
+        for w in range(w0, w1, dw):
             v = plane[h, w]
             take = (v > best) | (v != v)
             best = v if take else best
@@ -66,23 +73,23 @@ def argmax(plane, h0, h1, w0, w1):
 
 
 @njit(inline="always", cache=True)
-def _max_plane(xp, yp, ip, kh, kw, sh, sw, pt, pl, clip, keep):
+def _max_plane(xp, yp, ip, kh, kw, sh, sw, dh, dw, pt, pl, clip, keep):
     """Forward of one plane: yp[oh, ow] = the max of window (oh, ow) of xp and, if ``keep``,
     ip[oh, ow] = its flat index h * W + w in the plane (PyTorch's indices)."""
     h_, w_ = xp.shape
     oh_, ow_ = yp.shape
     for oh in range(oh_):
-        h0, h1, _ = span(oh, sh, pt, 0, kh, h_, clip)
+        h0, h1, _ = span(oh, sh, pt, 0, kh, dh, h_, clip)
         for ow in range(ow_):
-            w0, w1, _ = span(ow, sw, pl, 0, kw, w_, clip)
-            bh, bw, best = argmax(xp, h0, h1, w0, w1)
+            w0, w1, _ = span(ow, sw, pl, 0, kw, dw, w_, clip)
+            bh, bw, best = argmax(xp, h0, h1, w0, w1, dh, dw)
             yp[oh, ow] = best
             if keep:
                 ip[oh, ow] = bh * w_ + bw
 
 
 @njit(inline="always", cache=True)
-def _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, pt, pl, clip):
+def _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, dh, dw, pt, pl, clip):
     """Backward of one plane: zero gxp, then add each gyp[oh, ow] at its window's argmax.
 
     Per output row, the argmaxes are found first (into ``rows``/``cols``) and scattered after,
@@ -93,49 +100,53 @@ def _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, pt, pl, clip):
     rows, cols = np.empty(ow_, np.int64), np.empty(ow_, np.int64)
     gxp[:] = 0
     for oh in range(oh_):
-        h0, h1, _ = span(oh, sh, pt, 0, kh, h_, clip)
+        h0, h1, _ = span(oh, sh, pt, 0, kh, dh, h_, clip)
         for ow in range(ow_):
-            w0, w1, _ = span(ow, sw, pl, 0, kw, w_, clip)
-            rows[ow], cols[ow], _ = argmax(xp, h0, h1, w0, w1)
+            w0, w1, _ = span(ow, sw, pl, 0, kw, dw, w_, clip)
+            rows[ow], cols[ow], _ = argmax(xp, h0, h1, w0, w1, dh, dw)
         for ow in range(ow_):
             gxp[rows[ow], cols[ow]] += gyp[oh, ow]
 
 
 @njit(inline="always", cache=True)
-def _avg_plane(xp, yp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, clip):
+def _avg_plane(xp, yp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, override, clip):
     """Forward of one plane: yp[oh, ow] = the sum of window (oh, ow)'s real cells / divisor."""
     h_, w_ = xp.shape
     oh_, ow_ = yp.shape
     for oh in range(oh_):
-        h0, h1, ph = span(oh, sh, pt, pb, kh, h_, clip)
+        h0, h1, ph = span(oh, sh, pt, pb, kh, 1, h_, clip)
         for ow in range(ow_):
-            w0, w1, pw = span(ow, sw, pl, pr, kw, w_, clip)
+            w0, w1, pw = span(ow, sw, pl, pr, kw, 1, w_, clip)
             acc = xp.dtype.type(0)
             for h in range(h0, h1):
                 for w in range(w0, w1):
                     acc += xp[h, w]
-            yp[oh, ow] = acc / xp.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding))
+            yp[oh, ow] = acc / xp.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding,
+                                                     override))
 
 
 @njit(inline="always", cache=True)
-def _avg_plane_backward(gyp, gxp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, clip):
+def _avg_plane_backward(gyp, gxp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, override,
+                        clip):
     """Backward of one plane: zero gxp, then add gyp[oh, ow] / divisor to each real cell."""
     h_, w_ = gxp.shape
     oh_, ow_ = gyp.shape
     gxp[:] = 0
     for oh in range(oh_):
-        h0, h1, ph = span(oh, sh, pt, pb, kh, h_, clip)
+        h0, h1, ph = span(oh, sh, pt, pb, kh, 1, h_, clip)
         for ow in range(ow_):
-            w0, w1, pw = span(ow, sw, pl, pr, kw, w_, clip)
-            share = gyp[oh, ow] / gxp.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding))
+            w0, w1, pw = span(ow, sw, pl, pr, kw, 1, w_, clip)
+            share = gyp[oh, ow] / gxp.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding,
+                                                         override))
             for h in range(h0, h1):
                 for w in range(w0, w1):
                     gxp[h, w] += share
 
 
 @njit(**CPU_KERNEL)
-def max_pool2d_forward(x, y, indices, kh, kw, sh, sw, pt, pl, keep):
-    """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow), padded cells excluded, and with
+def max_pool2d_forward(x, y, indices, kh, kw, sh, sw, dh, dw, pt, pl, keep):
+    """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow) (kh x kw cells, every dh-th row and
+    dw-th column from (oh * sh - pt, ow * sw - pl)), padded cells excluded, and with
     ``keep`` indices[n, c, oh, ow] = where it is, h * W + w within the plane (int64).
 
     Layout: x (N, C, H, W), y and indices (N, C, OH, OW), NCHW-indexed (an NHWC array arrives
@@ -145,19 +156,19 @@ def max_pool2d_forward(x, y, indices, kh, kw, sh, sw, pt, pl, keep):
     """
     n_, c_, h_, w_ = x.shape
     oh_, ow_ = y.shape[2], y.shape[3]
-    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl)
+    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, dh, dw, pt, pl)
     for nc in prange(n_ * c_):
         n, c = nc // c_, nc % c_
         xp, yp = x[n, c], y[n, c]
         ip = indices[n, c] if keep else indices[0, 0]
         if mode == _UNCLIPPED_2X2:
-            _max_plane(xp, yp, ip, 2, 2, 2, 2, 0, 0, False, keep)
+            _max_plane(xp, yp, ip, 2, 2, 2, 2, 1, 1, 0, 0, False, keep)
         else:
-            _max_plane(xp, yp, ip, kh, kw, sh, sw, pt, pl, True, keep)
+            _max_plane(xp, yp, ip, kh, kw, sh, sw, dh, dw, pt, pl, True, keep)
 
 
 @njit(**CPU_KERNEL)
-def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
+def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, dh, dw, pt, pl):
     """gx[n, c] = sum over windows of gy[n, c, oh, ow] placed at the window's argmax in x.
 
     Layout: gy (N, C, OH, OW), x and gx (N, C, H, W), NCHW-indexed. Loop order: plane n*C + c
@@ -167,13 +178,13 @@ def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
     """
     n_, c_, h_, w_ = x.shape
     oh_, ow_ = gy.shape[2], gy.shape[3]
-    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl)
+    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, dh, dw, pt, pl)
     for nc in prange(n_ * c_):
         gyp, xp, gxp = gy[nc // c_, nc % c_], x[nc // c_, nc % c_], gx[nc // c_, nc % c_]
         if mode == _UNCLIPPED_2X2:
-            _max_plane_backward(gyp, xp, gxp, 2, 2, 2, 2, 0, 0, False)
+            _max_plane_backward(gyp, xp, gxp, 2, 2, 2, 2, 1, 1, 0, 0, False)
         else:
-            _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, pt, pl, True)
+            _max_plane_backward(gyp, xp, gxp, kh, kw, sh, sw, dh, dw, pt, pl, True)
 
 
 @njit(**CPU_KERNEL)
@@ -199,8 +210,9 @@ def max_pool2d_backward_indices(gy, indices, gx):
 
 
 @njit(**CPU_KERNEL)
-def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
-    """y[n, c, oh, ow] = sum of the real cells of window (oh, ow) / the window's divisor.
+def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, override):
+    """y[n, c, oh, ow] = sum of the real cells of window (oh, ow) / the window's divisor
+    (``override`` where it is not 0).
 
     Layout: x (N, C, H, W) and y (N, C, OH, OW), NCHW-indexed. Loop order: plane n*C + c
     (parallel), oh, ow, window rows, window columns. Each thread owns whole output planes
@@ -208,18 +220,19 @@ def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
     """
     n_, c_, h_, w_ = x.shape
     oh_, ow_ = y.shape[2], y.shape[3]
-    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl)
+    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, 1, 1, pt, pl)
     for nc in prange(n_ * c_):
         xp, yp = x[nc // c_, nc % c_], y[nc // c_, nc % c_]
         if mode == _UNCLIPPED_2X2:
-            _avg_plane(xp, yp, 2, 2, 2, 2, 0, 0, 0, 0, count_padding, False)
+            _avg_plane(xp, yp, 2, 2, 2, 2, 0, 0, 0, 0, count_padding, override, False)
         else:
-            _avg_plane(xp, yp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, True)
+            _avg_plane(xp, yp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, override, True)
 
 
 @njit(**CPU_KERNEL)
-def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
-    """gx[n, c] = sum over windows of gy[n, c, oh, ow] / divisor, added to each real cell.
+def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, override):
+    """gx[n, c] = sum over windows of gy[n, c, oh, ow] / divisor (``override`` where it is not
+    0), added to each real cell.
 
     Layout: gy (N, C, OH, OW) and gx (N, C, H, W), NCHW-indexed. Loop order: plane n*C + c
     (parallel); zero the plane; oh, ow, window rows, window columns. Each thread owns whole
@@ -227,13 +240,15 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
     """
     n_, c_, oh_, ow_ = gy.shape
     h_, w_ = gx.shape[2], gx.shape[3]
-    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, pt, pl)
+    mode = _mode(h_, w_, oh_, ow_, kh, kw, sh, sw, 1, 1, pt, pl)
     for nc in prange(n_ * c_):
         gyp, gxp = gy[nc // c_, nc % c_], gx[nc // c_, nc % c_]
         if mode == _UNCLIPPED_2X2:
-            _avg_plane_backward(gyp, gxp, 2, 2, 2, 2, 0, 0, 0, 0, count_padding, False)
+            _avg_plane_backward(gyp, gxp, 2, 2, 2, 2, 0, 0, 0, 0, count_padding, override,
+                                False)
         else:
-            _avg_plane_backward(gyp, gxp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, True)
+            _avg_plane_backward(gyp, gxp, kh, kw, sh, sw, pt, pb, pl, pr, count_padding,
+                                override, True)
 
 
 @njit(inline="always", cache=True)

@@ -3,8 +3,9 @@
 The CUDA twins of kernels/pool.py, with its signatures, its window functions (compiled from
 its code) and PyTorch's semantics: max ignores padded cells, the first maximum in row-major
 order wins a tie and a NaN wins over numbers; an average divides by the window clipped to the
-padded input (``count_padding``) or by its real cells. Window (oh, ow) starts at ``oh * sh - pt``,
-``ow * sw - pl``. The backward kernels gather: a thread owns one gx element and loops over
+padded input (``count_padding``) or by its real cells, or by ``override`` where it is not 0.
+Window (oh, ow) starts at ``oh * sh - pt``, ``ow * sw - pl`` and a max pooling's takes every
+dh-th row and dw-th column. The backward kernels gather: a thread owns one gx element and loops over
 the windows that contain it (no atomics).
 
 Launch: ``launch_*`` pick the grid from the shapes; ``block`` is (threads along the columns,
@@ -19,14 +20,15 @@ span, divisor, argmax, adaptive_span = (device_function(f) for f in (
 
 
 @cuda.jit(device=True, inline="always")
-def _windows(i, stride, before, k, out_size):
-    """The windows ``[lo, hi)`` along one axis that contain input cell ``i``."""
-    first = max(0, i + before - k + 1)
+def _windows(i, stride, before, extent, out_size):
+    """The windows ``[lo, hi)`` along one axis whose span of ``extent`` cells contains input
+    cell ``i`` (with a dilation, the cell may fall between a window's taps)."""
+    first = max(0, i + before - extent + 1)
     return (first + stride - 1) // stride, min(out_size, (i + before) // stride + 1)
 
 
-@kernel(4, 4, "index4", *["int"] * 6, "bool")
-def max_pool2d_forward(x, y, indices, kh, kw, sh, sw, pt, pl, keep):
+@kernel(4, 4, "index4", *["int"] * 8, "bool")
+def max_pool2d_forward(x, y, indices, kh, kw, sh, sw, dh, dw, pt, pl, keep):
     """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow), padded cells excluded, and with
     ``keep`` indices[n, c, oh, ow] = where it is, h * W + w within the plane.
 
@@ -39,18 +41,18 @@ def max_pool2d_forward(x, y, indices, kh, kw, sh, sw, pt, pl, keep):
     ow, oh = cuda.grid(2)
     if oh >= oh_ or ow >= ow_:
         return
-    h0, h1, _ = span(oh, sh, pt, 0, kh, h_, True)
-    w0, w1, _ = span(ow, sw, pl, 0, kw, w_, True)
+    h0, h1, _ = span(oh, sh, pt, 0, kh, dh, h_, True)
+    w0, w1, _ = span(ow, sw, pl, 0, kw, dw, w_, True)
     for nc in range(cuda.blockIdx.z, n_ * c_, cuda.gridDim.z):
         n, c = nc // c_, nc % c_
-        bh, bw, best = argmax(x[n, c], h0, h1, w0, w1)
+        bh, bw, best = argmax(x[n, c], h0, h1, w0, w1, dh, dw)
         y[n, c, oh, ow] = best
         if keep:
             indices[n, c, oh, ow] = bh * w_ + bw
 
 
-@kernel(4, 4, 4, *["int"] * 6)
-def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
+@kernel(4, 4, 4, *["int"] * 8)
+def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, dh, dw, pt, pl):
     """gx[n, c, ih, iw] = sum of gy[n, c, oh, ow] over the windows whose argmax is (ih, iw).
 
     Layout: gy (N, C, OH, OW), x and gx (N, C, H, W). Each thread owns gx[n, c, ih, iw]
@@ -62,23 +64,23 @@ def max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl):
     iw, ih = cuda.grid(2)
     if ih >= h_ or iw >= w_:
         return
-    oh_lo, oh_hi = _windows(ih, sh, pt, kh, oh_)
-    ow_lo, ow_hi = _windows(iw, sw, pl, kw, ow_)
+    oh_lo, oh_hi = _windows(ih, sh, pt, (kh - 1) * dh + 1, oh_)
+    ow_lo, ow_hi = _windows(iw, sw, pl, (kw - 1) * dw + 1, ow_)
     for nc in range(cuda.blockIdx.z, n_ * c_, cuda.gridDim.z):
         n, c = nc // c_, nc % c_
         acc = gx.dtype.type(0)
         for oh in range(oh_lo, oh_hi):
-            h0, h1, _ = span(oh, sh, pt, 0, kh, h_, True)
+            h0, h1, _ = span(oh, sh, pt, 0, kh, dh, h_, True)
             for ow in range(ow_lo, ow_hi):
-                w0, w1, _ = span(ow, sw, pl, 0, kw, w_, True)
-                bh, bw, _ = argmax(x[n, c], h0, h1, w0, w1)
+                w0, w1, _ = span(ow, sw, pl, 0, kw, dw, w_, True)
+                bh, bw, _ = argmax(x[n, c], h0, h1, w0, w1, dh, dw)
                 if bh == ih and bw == iw:
                     acc += gy[n, c, oh, ow]
         gx[n, c, ih, iw] = acc
 
 
-@kernel(4, "index4", 4, *["int"] * 6)
-def max_pool2d_backward_indices(gy, indices, gx, kh, kw, sh, sw, pt, pl):
+@kernel(4, "index4", 4, *["int"] * 8)
+def max_pool2d_backward_indices(gy, indices, gx, kh, kw, sh, sw, dh, dw, pt, pl):
     """gx[n, c, ih, iw] = the sum of gy[n, c, oh, ow] over the windows whose saved index is
     this cell (ih * W + iw): the CUDA twin of kernels/pool.py's scatter, as a gather.
 
@@ -91,8 +93,8 @@ def max_pool2d_backward_indices(gy, indices, gx, kh, kw, sh, sw, pt, pl):
     iw, ih = cuda.grid(2)
     if ih >= h_ or iw >= w_:
         return
-    oh_lo, oh_hi = _windows(ih, sh, pt, kh, oh_)
-    ow_lo, ow_hi = _windows(iw, sw, pl, kw, ow_)
+    oh_lo, oh_hi = _windows(ih, sh, pt, (kh - 1) * dh + 1, oh_)
+    ow_lo, ow_hi = _windows(iw, sw, pl, (kw - 1) * dw + 1, ow_)
     cell = ih * w_ + iw
     for nc in range(cuda.blockIdx.z, n_ * c_, cuda.gridDim.z):
         n, c = nc // c_, nc % c_
@@ -104,8 +106,8 @@ def max_pool2d_backward_indices(gy, indices, gx, kh, kw, sh, sw, pt, pl):
         gx[n, c, ih, iw] = acc
 
 
-@kernel(4, 4, *["int"] * 8, "bool")
-def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
+@kernel(4, 4, *["int"] * 8, "bool", "int")
+def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, override):
     """y[n, c, oh, ow] = sum of the real cells of window (oh, ow) / the window's divisor.
 
     Layout: x (N, C, H, W), y (N, C, OH, OW). Each thread owns y[n, c, oh, ow] (threads over
@@ -116,9 +118,9 @@ def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
     ow, oh = cuda.grid(2)
     if oh >= oh_ or ow >= ow_:
         return
-    h0, h1, ph = span(oh, sh, pt, pb, kh, h_, True)
-    w0, w1, pw = span(ow, sw, pl, pr, kw, w_, True)
-    cells = y.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding))
+    h0, h1, ph = span(oh, sh, pt, pb, kh, 1, h_, True)
+    w0, w1, pw = span(ow, sw, pl, pr, kw, 1, w_, True)
+    cells = y.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding, override))
     for nc in range(cuda.blockIdx.z, n_ * c_, cuda.gridDim.z):
         n, c = nc // c_, nc % c_
         acc = x.dtype.type(0)
@@ -128,8 +130,8 @@ def avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
         y[n, c, oh, ow] = acc / cells
 
 
-@kernel(4, 4, *["int"] * 8, "bool")
-def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
+@kernel(4, 4, *["int"] * 8, "bool", "int")
+def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, override):
     """gx[n, c, ih, iw] = sum of gy[n, c, oh, ow] / divisor over the windows containing it.
 
     Layout: gy (N, C, OH, OW), gx (N, C, H, W). Each thread owns gx[n, c, ih, iw] (threads
@@ -146,10 +148,10 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding):
         n, c = nc // c_, nc % c_
         acc = gx.dtype.type(0)
         for oh in range(oh_lo, oh_hi):
-            h0, h1, ph = span(oh, sh, pt, pb, kh, h_, True)
+            h0, h1, ph = span(oh, sh, pt, pb, kh, 1, h_, True)
             for ow in range(ow_lo, ow_hi):
-                w0, w1, pw = span(ow, sw, pl, pr, kw, w_, True)
-                cells = gx.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding))
+                w0, w1, pw = span(ow, sw, pl, pr, kw, 1, w_, True)
+                cells = gx.dtype.type(divisor(h0, h1, w0, w1, ph, pw, count_padding, override))
                 acc += gy[n, c, oh, ow] / cells
         gx[n, c, ih, iw] = acc
 
@@ -198,31 +200,32 @@ def adaptive_avg_pool2d_backward(gy, gx):
         gx[n, c, ih, iw] = acc
 
 
-def launch_max_pool2d_forward(x, y, indices, kh, kw, sh, sw, pt, pl, keep, block=(8, 8),
-                              stream=0):
+def launch_max_pool2d_forward(x, y, indices, kh, kw, sh, sw, dh, dw, pt, pl, keep,
+                              block=(8, 8), stream=0):
     n_, c_, oh_, ow_ = y.shape
     launch(max_pool2d_forward, plane_grid(oh_, ow_, n_ * c_, block), block, stream,
-           x, y, indices, kh, kw, sh, sw, pt, pl, keep)
+           x, y, indices, kh, kw, sh, sw, dh, dw, pt, pl, keep)
 
 
-def launch_max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, pt, pl, block=(8, 8), stream=0):
+def launch_max_pool2d_backward(gy, x, gx, kh, kw, sh, sw, dh, dw, pt, pl, block=(8, 8),
+                               stream=0):
     n_, c_, h_, w_ = gx.shape
     launch(max_pool2d_backward, plane_grid(h_, w_, n_ * c_, block), block, stream,
-           gy, x, gx, kh, kw, sh, sw, pt, pl)
+           gy, x, gx, kh, kw, sh, sw, dh, dw, pt, pl)
 
 
-def launch_max_pool2d_backward_indices(gy, indices, gx, kh, kw, sh, sw, pt, pl, block=(8, 8),
-                                       stream=0):
+def launch_max_pool2d_backward_indices(gy, indices, gx, kh, kw, sh, sw, dh, dw, pt, pl,
+                                       block=(8, 8), stream=0):
     n_, c_, h_, w_ = gx.shape
     launch(max_pool2d_backward_indices, plane_grid(h_, w_, n_ * c_, block), block, stream,
-           gy, indices, gx, kh, kw, sh, sw, pt, pl)
+           gy, indices, gx, kh, kw, sh, sw, dh, dw, pt, pl)
 
 
-def launch_avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding,
+def launch_avg_pool2d_forward(x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, override,
                               block=(8, 8), stream=0):
     n_, c_, oh_, ow_ = y.shape
     launch(avg_pool2d_forward, plane_grid(oh_, ow_, n_ * c_, block), block, stream,
-           x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding)
+           x, y, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, override)
 
 
 def launch_adaptive_avg_pool2d_forward(x, y, block=(8, 8), stream=0):
@@ -237,8 +240,8 @@ def launch_adaptive_avg_pool2d_backward(gy, gx, block=(8, 8), stream=0):
            gx)
 
 
-def launch_avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding,
+def launch_avg_pool2d_backward(gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, override,
                                block=(8, 8), stream=0):
     n_, c_, h_, w_ = gx.shape
     launch(avg_pool2d_backward, plane_grid(h_, w_, n_ * c_, block), block, stream,
-           gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding)
+           gy, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_padding, override)

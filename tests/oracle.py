@@ -129,10 +129,11 @@ def conv2d(x, w, b=None, gy=None, activation=None, stride=1, padding=0, dilation
 # --- pooling -------------------------------------------------------------------------------------
 
 def pool2d(kind, x, gy=None, kernel_size=None, stride=None, padding=0, ceil_mode=False,
-           count_include_pad=True, data_format="NCHW"):
+           count_include_pad=True, data_format="NCHW", dilation=1, divisor_override=None):
     """max (``kind`` "max") or average pooling: {"reference": {...}, "torch": {...}}, each
-    with y and, given ``gy``, gx. fastconv's "same"/"valid" padding (TensorFlow's: padded cells
-    never win a max nor count in an average) is given to PyTorch explicitly, with F.pad."""
+    with y and, given ``gy``, gx. What PyTorch's pooling has no argument for, fastconv's
+    "same"/"valid" padding (TensorFlow's: padded cells never win a max nor count in an average)
+    and explicit ``((top, bottom), (left, right))`` padding, is given to PyTorch with F.pad."""
     import torch
     import torch.nn.functional as F
 
@@ -140,7 +141,7 @@ def pool2d(kind, x, gy=None, kernel_size=None, stride=None, padding=0, ceil_mode
 
     count_pad = count_include_pad if kind == "avg" else True
     p = geometry.pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode, count_pad,
-                               data_format)
+                               data_format, dilation, divisor_override)
     x64, gy64 = _float64(x), _float64(gy)
     op = f"{kind}_pool2d"
     impls = {name: registry.implementations(name, "cpu")["reference"]
@@ -150,20 +151,22 @@ def pool2d(kind, x, gy=None, kernel_size=None, stride=None, padding=0, ceil_mode
         reference["gx"] = impls[f"{op}_backward"](p, gy64, *([x64] if kind == "max" else []))
 
     xt = _torch(x64, data_format).requires_grad_()
-    if isinstance(padding, str):
-        top, bottom, left, right = p.padding
-        pad = (left, right, top, bottom)
-        if kind == "max":
-            yt = F.max_pool2d(F.pad(xt, pad, value=-np.inf), p.kernel, p.stride)
-        else:
-            sums = F.avg_pool2d(F.pad(xt, pad), p.kernel, p.stride)
-            yt = sums / F.avg_pool2d(F.pad(torch.ones_like(xt), pad), p.kernel, p.stride)
-    elif kind == "max":
-        yt = F.max_pool2d(xt, p.kernel, p.stride, (p.padding[0], p.padding[2]),
-                          ceil_mode=ceil_mode)
+    top, bottom, left, right = p.padding
+    if top == bottom and left == right and not isinstance(padding, str):
+        pads, padded = (top, left), xt
     else:
-        yt = F.avg_pool2d(xt, p.kernel, p.stride, (p.padding[0], p.padding[2]),
-                          ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+        pads, padded = 0, F.pad(xt, (left, right, top, bottom),
+                                value=-np.inf if kind == "max" else 0.0)
+    if kind == "max":
+        yt = F.max_pool2d(padded, p.kernel, p.stride, pads, p.dilation, ceil_mode=ceil_mode)
+    elif pads == 0 and not (p.count_padding or p.divisor):  # divide by the real cells
+        ones = F.pad(torch.ones_like(xt), (left, right, top, bottom))
+        yt = (F.avg_pool2d(padded, p.kernel, p.stride, divisor_override=1)
+              / F.avg_pool2d(ones, p.kernel, p.stride, divisor_override=1))
+    else:
+        yt = F.avg_pool2d(padded, p.kernel, p.stride, pads, ceil_mode=ceil_mode,
+                          count_include_pad=count_include_pad,
+                          divisor_override=divisor_override)
     theirs = {"y": from_nchw(yt.detach().numpy(), data_format)}
     if gy is not None:
         yt.backward(_torch(gy64, data_format))

@@ -160,11 +160,11 @@ def test_torch_same_rule_agrees_at_stride_one():
 
 # --- pooling ----------------------------------------------------------------------------------
 
-def _torch_pool_shape(size, k, s, p, ceil_mode):
+def _torch_pool_shape(size, k, s, p, ceil_mode, dilation=1):
     """PyTorch's pooled (OH, OW), or None where PyTorch refuses the geometry."""
     try:
-        return tuple(F.max_pool2d(torch.zeros(1, 1, *size), k, s, p, ceil_mode=ceil_mode)
-                     .shape[2:])
+        return tuple(F.max_pool2d(torch.zeros(1, 1, *size), k, s, p, dilation,
+                                  ceil_mode=ceil_mode).shape[2:])
     except RuntimeError:
         return None
 
@@ -175,6 +175,7 @@ def poolings(draw):
     return dict(size=(draw(small), draw(small)), k=k,
                 s=(draw(st.integers(1, 4)), draw(st.integers(1, 4))),
                 p=tuple(draw(st.integers(0, kk // 2)) for kk in k),
+                d=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
                 ceil_mode=draw(st.booleans()))
 
 
@@ -183,9 +184,9 @@ def poolings(draw):
 def test_pool_shapes_match_torch(case, data_format):
     h, w = case["size"]
     x_shape = (2, 3, h, w) if data_format == "NCHW" else (2, h, w, 3)
-    args = (case["k"], case["s"], case["p"], case["ceil_mode"], True, data_format)
+    args = (case["k"], case["s"], case["p"], case["ceil_mode"], True, data_format, case["d"])
     expected = _torch_pool_shape(case["size"], case["k"], case["s"], case["p"],
-                                 case["ceil_mode"])
+                                 case["ceil_mode"], case["d"])
     if expected is None:
         with pytest.raises(ValueError, match="larger than"):
             pool_geometry(x_shape, *args)
@@ -249,6 +250,46 @@ def test_pool_same_and_valid_sizes(h, w, kh, kw, sh, sw, word, strided):
     else:
         assert (g.OH, g.OW) == ((h - kh) // sh + 1, (w - kw) // sw + 1)
         assert g.padding == (0, 0, 0, 0)
+
+
+@SWEEP
+@given(small, st.integers(1, 4), st.integers(1, 3), st.integers(0, 3), st.integers(0, 3))
+def test_pool_explicit_padding_per_side_is_tensorflows(size, k, s, before, after):
+    """((top, bottom), (left, right)): TensorFlow's output size, floor((in + before + after -
+    k) / s) + 1, each side smaller than the window (else a ValueError naming the padding)."""
+    pads = ((before, after), (0, 0))
+    if max(before, after) >= k:
+        with pytest.raises(ValueError, match=r"padding \(\(.*\)\) must be smaller than "
+                                             r"kernel_size"):
+            pool_geometry((1, 1, size, 4), (k, 1), s, pads, False, True, "NCHW")
+        return
+    out = (size + before + after - k) // s + 1
+    if out < 1:
+        with pytest.raises(ValueError, match="larger than"):
+            pool_geometry((1, 1, size, 4), (k, 1), s, pads, False, True, "NCHW")
+        return
+    g = pool_geometry((1, 1, size, 4), (k, 1), s, pads, False, True, "NCHW")
+    assert g.OH == out and g.padding == (before, after, 0, 0)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: pool_geometry((1, 1, 8, 8), 3, 1, ((0, 1), (1, 0)), True, True, "NCHW"),
+     ValueError, r"ceil_mode needs PyTorch's symmetric padding"),
+    (lambda: pool_geometry((1, 1, 8, 8), 3, 1, 2, False, True, "NCHW"),
+     ValueError, r"padding \(2, 2\) must be at most half of kernel_size \(3, 3\)"),
+    (lambda: pool_geometry((1, 1, 8, 8), 3, 1, 1, False, True, "NCHW", 0),
+     ValueError, r"dilation must be >= 1, got 0"),
+    (lambda: pool_geometry((1, 1, 8, 8), 3, 1, 1, False, True, "NCHW", 1, 0),
+     ValueError, r"divisor_override must not be zero"),
+    (lambda: pool_geometry((1, 1, 8, 8), 3, 1, 1, False, True, "NCHW", 1, 2.0),
+     TypeError, r"divisor_override must be an int, got 2.0"),
+    (lambda: pool_geometry((1, 1, 4, 4), 3, 1, 0, False, True, "NCHW", 2),
+     ValueError, r"kernel_size \(3, 3\) dilated by \(2, 2\) is larger than the padded"),
+], ids=["ceil_mode with per-side padding", "padding above half", "dilation 0",
+        "divisor_override 0", "divisor_override float", "dilated window too large"])
+def test_pool_geometry_refuses_naming_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
 
 
 def test_pool_stride_defaults_to_kernel_and_count_include_pad_is_kept():

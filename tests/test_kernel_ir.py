@@ -119,7 +119,7 @@ def test_the_check_sees_double_precision(dtype):
     x = random(np.random.default_rng(1), (1, 1, 4, 4), dtype)
     y = np.empty((1, 1, 2, 2), dtype)
     from fastconv.kernels import pool
-    assert DOUBLE.search(_llvm_ir(pool.avg_pool2d_forward, (x, y, 2, 2, 2, 2, 0, 0, 0, 0, True)))
+    assert DOUBLE.search(_llvm_ir(pool.avg_pool2d_forward, (x, y, 2, 2, 2, 2, 0, 0, 0, 0, True, 0)))
 
 
 def _packed_fmas(kernel, monkeypatch):

@@ -22,11 +22,16 @@ SETTINGS = settings(max_examples=40, deadline=None,
 def paddings():
     small = st.integers(0, 2)
     return st.one_of(small, st.tuples(small, small),
+                     st.tuples(st.tuples(small, small), st.tuples(small, small)),
                      st.sampled_from(["same", "valid", "SAME", "Valid", "sAmE", "VALID"]))
 
 
 @st.composite
-def pool_cases(draw):
+def pool_cases(draw, kinds=("max", "avg")):
+    """A max or average pooling: the op's keyword arguments (a max pooling's with a dilation,
+    an average's with count_include_pad and maybe a divisor_override), its geometry, dtype and
+    seed."""
+    kind = draw(st.sampled_from(kinds))
     kernel = draw(st.one_of(st.integers(1, 4), st.tuples(st.integers(1, 4), st.integers(1, 4))))
     stride = draw(st.one_of(st.none(), st.integers(1, 3),
                             st.tuples(st.integers(1, 3), st.integers(1, 3))))
@@ -37,65 +42,67 @@ def pool_cases(draw):
     kwargs = dict(kernel_size=kernel, stride=stride, padding=padding,
                   ceil_mode=not isinstance(padding, str) and draw(st.booleans()),
                   data_format=layout)
+    if kind == "max":
+        kwargs["dilation"] = draw(st.one_of(st.integers(1, 3),
+                                            st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    else:
+        kwargs["count_include_pad"] = draw(st.booleans())
+        kwargs["divisor_override"] = draw(st.one_of(st.none(), st.integers(1, 5)))
     x_shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
     try:
         g = geometry.pool_geometry(x_shape, kernel, stride, padding, kwargs["ceil_mode"], True,
-                                   layout)
+                                   layout, kwargs.get("dilation", 1))
     except ValueError:
-        assume(False)  # the window does not fit, or the padding exceeds half the window
-    return dict(kwargs=kwargs, geometry=g, x_shape=x_shape,
-                count_include_pad=draw(st.booleans()),
+        assume(False)  # the window does not fit, or the padding breaks the framework's rule
+    return dict(kind=kind, kwargs=kwargs, geometry=g, x_shape=x_shape,
                 dtype=draw(st.sampled_from([np.float32, np.float64])),
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
-def _run(kind, case, x, gy):
+def _run(kind, kwargs, x, gy):
     """Forward and backward through the public ops."""
-    kwargs = dict(case["kwargs"])
     if kind == "max":
         return ops.max_pool2d(x, **kwargs), ops.max_pool2d_backward(gy, x, **kwargs)
-    kwargs["count_include_pad"] = case["count_include_pad"]
     return ops.avg_pool2d(x, **kwargs), ops.avg_pool2d_backward(gy, x.shape, **kwargs)
 
 
-def _data(kind, case):
+def _data(case):
     rng = np.random.default_rng(case["seed"])
-    make = tie_free if kind == "max" else random
+    make = tie_free if case["kind"] == "max" else random
     return make(rng, case["x_shape"], case["dtype"]), random(rng, case["geometry"].y_shape,
                                                              case["dtype"])
 
 
 @SETTINGS
-@given(case=pool_cases(), kind=st.sampled_from(["max", "avg"]), parallel=st.booleans())
-def test_matches_reference_and_torch(case, kind, parallel, monkeypatch):
+@given(case=pool_cases(), parallel=st.booleans())
+def test_matches_reference_and_torch(case, parallel, monkeypatch):
     """Forward and backward values, shapes and dtypes, on the parallel kernels or their serial
     twins (the tiny shapes would otherwise always take the serial ones); the inputs are left
     unchanged."""
     monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
-    x, gy = _data(kind, case)
+    x, gy = _data(case)
     x_before, gy_before = x.copy(), gy.copy()
-    y, gx = _run(kind, case, x, gy)
+    y, gx = _run(case["kind"], case["kwargs"], x, gy)
     np.testing.assert_array_equal(x, x_before)
     np.testing.assert_array_equal(gy, gy_before)
     assert y.shape == case["geometry"].y_shape and gx.shape == x.shape
     assert y.dtype == gx.dtype == x.dtype
 
-    oracle.check({"y": y, "gx": gx},
-                 oracle.pool2d(kind, x, gy, count_include_pad=case["count_include_pad"],
-                               **case["kwargs"]))
+    oracle.check({"y": y, "gx": gx}, oracle.pool2d(case["kind"], x, gy, **case["kwargs"]))
 
 
 @settings(max_examples=15, deadline=None)
-@given(case=pool_cases(), kind=st.sampled_from(["max", "avg"]))
-def test_non_contiguous_inputs_give_the_same_results(case, kind):
+@given(case=pool_cases())
+def test_non_contiguous_inputs_give_the_same_results(case):
     """Every other row of a taller array, and a transposed copy, equal the contiguous input."""
-    x, gy = _data(kind, case)
-    y, gx = _run(kind, case, x, gy)
+    kind = case["kind"]
+    x, gy = _data(case)
+    y, gx = _run(kind, case["kwargs"], x, gy)
     taller_x = np.repeat(x, 2, axis=1)
     taller_gy = np.repeat(gy, 2, axis=1)
     for x_view, gy_view in [(taller_x[:, ::2], taller_gy[:, ::2]),
                             (np.asfortranarray(x), np.asfortranarray(gy))]:
-        y_view, gx_view = _run(kind, case, x_view, gy_view)
+        y_view, gx_view = _run(kind, case["kwargs"], x_view, gy_view)
         np.testing.assert_array_equal(y_view, y)
         np.testing.assert_array_equal(gx_view, gx)
 
@@ -179,7 +186,7 @@ def test_lenet_pools_match_torch(shape, dtype):
     x = tie_free(rng, shape, dtype)
     gy = random(rng, shape[:2] + (shape[2] // 2, shape[3] // 2), dtype)
     for kind in ("max", "avg"):
-        y, gx = _run(kind, dict(kwargs=dict(kernel_size=2), count_include_pad=True), x, gy)
+        y, gx = _run(kind, dict(kernel_size=2), x, gy)
         oracle.check({"y": y, "gx": gx}, oracle.pool2d(kind, x, gy, kernel_size=2))
 
 
@@ -193,32 +200,33 @@ def test_2x2_stride_2_on_odd_sizes(layout, ceil_mode):
     for kind in ("max", "avg"):
         kwargs = dict(kernel_size=2, ceil_mode=ceil_mode, data_format=layout)
         gy = random(rng, ops.max_pool2d(x, **kwargs).shape)
-        y, gx = _run(kind, dict(kwargs=kwargs, count_include_pad=True), x, gy)
+        y, gx = _run(kind, kwargs, x, gy)
         oracle.check({"y": y, "gx": gx}, oracle.pool2d(kind, x, gy, **kwargs))
 
 
 # --- max pooling's indices ---------------------------------------------------------------------
 
 @SETTINGS
-@given(case=pool_cases(), parallel=st.booleans(), ties=st.booleans())
+@given(case=pool_cases(kinds=("max",)), parallel=st.booleans(), ties=st.booleans())
 def test_max_pool_indices_are_pytorchs_and_the_backward_through_them_agrees(case, parallel,
                                                                               ties, monkeypatch):
     """return_indices gives PyTorch's indices (h * W + w in the plane, int64, in y's layout),
     ties and all; the backward through them equals the one that recomputes the windows, with x
     given as an array or as its shape."""
     monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
-    x, gy = _data("max", case)
+    x, gy = _data(case)
     if ties:
         x = np.round(x * 2) / 2  # few distinct values
     kwargs = case["kwargs"]
     y, indices = ops.max_pool2d(x, **kwargs, return_indices=True)
     assert indices.dtype == np.int64 and indices.shape == y.shape
     np.testing.assert_array_equal(y, ops.max_pool2d(x, **kwargs))
-    if not isinstance(kwargs["padding"], str):  # PyTorch's own padding: its indices to compare
-        g = case["geometry"]
-        layout = kwargs["data_format"]
+    g = case["geometry"]
+    top, bottom, left, right = g.padding
+    if not isinstance(kwargs["padding"], str) and (top, left) == (bottom, right):
+        layout = kwargs["data_format"]  # PyTorch's own padding: its indices to compare
         _, want = F.max_pool2d(torch.from_numpy(np.ascontiguousarray(to_nchw(x, layout))),
-                               g.kernel, g.stride, (g.padding[0], g.padding[2]),
+                               g.kernel, g.stride, (top, left), g.dilation,
                                ceil_mode=kwargs["ceil_mode"], return_indices=True)
         np.testing.assert_array_equal(to_nchw(indices, layout), want.numpy())
     recomputed = ops.max_pool2d_backward(gy, x, **kwargs)

@@ -130,9 +130,10 @@ def pool_cases(draw):
     op = draw(st.sampled_from(["max", "avg"]))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     padding = draw(st.sampled_from(["SAME", "VALID"] + ["explicit"] * (op == "max")))
-    if padding == "explicit":  # fastconv's limit: symmetric, at most half the window
-        ph, pw = draw(st.integers(0, case["R"] // 2)), draw(st.integers(0, case["S"] // 2))
-        padding = four([ph, ph], [pw, pw], data_format, neutral=[0, 0])
+    if padding == "explicit":  # TensorFlow's rule: each side smaller than the window
+        pad_h = [draw(st.integers(0, case["R"] - 1)) for _ in range(2)]
+        pad_w = [draw(st.integers(0, case["S"] - 1)) for _ in range(2)]
+        padding = four(pad_h, pad_w, data_format, neutral=[0, 0])
     pad_h, pad_w = _hw(padding, data_format)
     case.update(op=op, C=draw(st.integers(1, 3)), padding=padding,
                 ksize=draw(st.sampled_from(spellings(case["R"], case["S"], data_format))),
@@ -205,11 +206,22 @@ MAX_POOL_DOC = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]], np.float3
     ("VALID", [[6, 8]]),
     ("SAME", [[6, 8], [10, 12]]),
     ([[0, 0], [1, 1], [1, 1], [0, 0]], [[1, 3, 4], [9, 11, 12]]),
-], ids=["valid", "same", "explicit"])
+    ([[0, 0], [0, 1], [1, 0], [0, 0]], [[5, 7], [9, 11]]),
+], ids=["valid", "same", "explicit", "explicit-asymmetric"])
 def test_max_pool2d_docstring_examples(padding, want):
     x = MAX_POOL_DOC[None, :, :, None]
     y = tf.max_pool2d(x, ksize=(2, 2), strides=(2, 2), padding=padding)
     np.testing.assert_array_equal(y[0, :, :, 0], np.array(want, np.float32))
+
+
+def test_max_pool2d_takes_the_asymmetric_padding_tensorflow_takes():
+    """[[0, 0], [0, 2], [0, 1], [0, 0]] around 3x3 windows: the padded cells never win, so the
+    result is PyTorch's max over the input padded with -inf on those sides."""
+    x = random(np.random.default_rng(8), (2, 7, 6, 3))
+    y = tf.max_pool2d(x, 3, 2, [[0, 0], [0, 2], [0, 1], [0, 0]])
+    want = F.max_pool2d(F.pad(torch_nchw(x, "NHWC"), (0, 1, 0, 2), value=-math.inf), 3, 2)
+    assert y.shape == (2, 4, 3, 3)
+    np.testing.assert_array_equal(y, want.numpy().transpose(0, 2, 3, 1))
 
 
 def test_conv2d_docstring_example():
@@ -329,12 +341,10 @@ BAD = {
     "avg_pool2d explicit padding": (
         lambda: _pool(tf.avg_pool2d, padding=[[0, 0], [1, 1], [1, 1], [0, 0]]), ValueError,
         r"padding must be 'SAME' or 'VALID' \(uppercase, as in TensorFlow\), got"),
-    "asymmetric max-pool padding": (
-        lambda: _pool(tf.max_pool2d, padding=[[0, 0], [1, 0], [1, 1], [0, 0]]), ValueError,
-        r"max_pool2d pads symmetrically: .* got \[1, 0\] and \[1, 1\]"),
-    "max-pool padding above half the window": (
-        lambda: _pool(tf.max_pool2d, padding=[[0, 0], [2, 2], [0, 0], [0, 0]]), ValueError,
-        r"padding \(2, 0\) must be at most half of kernel_size"),
+    "max-pool padding as large as the window": (
+        lambda: _pool(tf.max_pool2d, padding=[[0, 0], [0, 3], [0, 0], [0, 0]]), ValueError,
+        r"padding \(\(0, 3\), \(0, 0\)\) must be smaller than kernel_size \(2, 2\) on every "
+        r"side"),
 }
 
 

@@ -164,7 +164,16 @@ def _pool_rows():
             r"padding \(2, 2\) must be at most half of kernel_size \(3, 3\)"
         yield op, dict(kernel_size=(2, 3), padding=(0, 2)), ValueError, \
             r"padding \(0, 2\) must be at most half of kernel_size \(2, 3\)"
-        yield op, dict(padding=((0, 0), (0, 0))), TypeError, r"padding must be an int or a pair"
+        yield op, dict(kernel_size=2, padding=((0, 2), (0, 0))), ValueError, \
+            r"padding \(\(0, 2\), \(0, 0\)\) must be smaller than kernel_size \(2, 2\)"
+        yield op, dict(padding=((0, 1), (0, 0)), ceil_mode=True), ValueError, \
+            r"ceil_mode needs PyTorch's symmetric padding"
+        yield op, dict(padding=((0, 1), (0, 0.5))), TypeError, r"padding must be an int or a pair"
+        if op.startswith("max"):
+            yield op, dict(dilation=0), ValueError, r"dilation must be >= 1, got 0"
+        else:
+            yield op, dict(divisor_override=0), ValueError, r"divisor_override must not be zero"
+            yield op, dict(divisor_override=1.5), TypeError, r"divisor_override must be an int"
         for word in ("same", "VALID"):
             yield op, dict(padding=word, ceil_mode=True), ValueError, rf"ceil_mode.*'{word}'"
     yield "max_pool2d_backward", dict(gy=np.zeros((1, 2, 3, 3))), ValueError, \

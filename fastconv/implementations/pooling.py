@@ -26,13 +26,13 @@ gpu = driver.gpu
 def _extent(p):
     """Padding (top, bottom, left, right) that fits every window, ceil_mode's last one too."""
     top, bottom, left, right = p.padding
-    bottom = max(bottom, (p.OH - 1) * p.stride[0] + p.kernel[0] - p.H - top)
-    right = max(right, (p.OW - 1) * p.stride[1] + p.kernel[1] - p.W - left)
+    bottom = max(bottom, (p.OH - 1) * p.stride[0] + p.extent[0] - p.H - top)
+    right = max(right, (p.OW - 1) * p.stride[1] + p.extent[1] - p.W - left)
     return top, bottom, left, right
 
 
 def _windows(x, p, value):
-    return driver.windows(driver.pad(x, _extent(p), value), p.kernel, p.stride, (1, 1),
+    return driver.windows(driver.pad(x, _extent(p), value), p.kernel, p.stride, p.dilation,
                           (p.OH, p.OW))
 
 
@@ -42,7 +42,10 @@ def _padded_zeros(p, dtype):
 
 
 def _divisors(p, dtype):
-    """Cells each window divides by: the window clipped to the padded input, or to the input."""
+    """What each window divides by: divisor_override, or its cells clipped to the padded input,
+    or to the input."""
+    if p.divisor:
+        return np.full((p.OH, p.OW), p.divisor, dtype)
     top, bottom, left, right = p.padding
     mask = driver.pad(np.zeros((1, 1, p.H, p.W), dtype), _extent(p))
     if p.count_padding:
@@ -57,7 +60,8 @@ def _first_maxima(p, x):
     win = _windows(x, p, -np.inf)
     first = win.reshape(win.shape[:4] + (-1,)).argmax(axis=-1)
     _, _, oh, ow = np.indices(first.shape, sparse=True)
-    return oh * p.stride[0] + first // p.kernel[1], ow * p.stride[1] + first % p.kernel[1]
+    return (oh * p.stride[0] + first // p.kernel[1] * p.dilation[0],
+            ow * p.stride[1] + first % p.kernel[1] * p.dilation[1])
 
 
 @register("max_pool2d", "cpu", "reference")
@@ -145,11 +149,11 @@ def adaptive_avg_pool2d_backward_reference(p, gy):
 
 def _max_window(p):
     top, _, left, _ = p.padding
-    return (*p.kernel, *p.stride, top, left)
+    return (*p.kernel, *p.stride, *p.dilation, top, left)
 
 
 def _avg_window(p):
-    return (*p.kernel, *p.stride, *p.padding, p.count_padding)
+    return (*p.kernel, *p.stride, *p.padding, p.count_padding, p.divisor)
 
 
 # Max pooling's forward also writes PyTorch's indices when asked (a second output), so it is

@@ -54,13 +54,13 @@ def _convolution(forward, gradients, name, input, weight, bias, activation, **ge
     return Tensor._result(y, parents, backward, name)
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, return_indices=False,
-               data_format="NCHW"):
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, data_format="NCHW"):
     """Max pooling (fastconv.ops.max_pool2d); with ``return_indices`` also PyTorch's indices
     (``h * W + w`` within each plane), an int64 Tensor outside the graph, which
     ``fastconv.ops.max_pool2d_backward(..., indices=)`` takes."""
-    window = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                  data_format=data_format, device=input.device)
+    window = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
+                  ceil_mode=ceil_mode, data_format=data_format, device=input.device)
     y, indices = ops.max_pool2d(input.data, **window, return_indices=True)
     shape = input.data.shape  # the backward scatters through the indices: x is not kept
     out = Tensor._result(y, (input,),
@@ -70,10 +70,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, retu
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, data_format="NCHW"):
+               count_include_pad=True, divisor_override=None, data_format="NCHW"):
     window = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                  count_include_pad=count_include_pad, data_format=data_format,
-                  device=input.device)
+                  count_include_pad=count_include_pad, divisor_override=divisor_override,
+                  data_format=data_format, device=input.device)
     y = ops.avg_pool2d(input.data, **window)
     return Tensor._result(y, (input,),
                           lambda g: (ops.avg_pool2d_backward(g, input.shape, **window),),

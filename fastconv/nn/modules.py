@@ -206,25 +206,26 @@ class Linear(Module):
 class MaxPool2d(Module):
     """PyTorch's MaxPool2d; with ``return_indices`` it returns (output, indices)."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 return_indices=False):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.ceil_mode, self.return_indices = ceil_mode, return_indices
+        self.dilation, self.return_indices, self.ceil_mode = dilation, return_indices, ceil_mode
 
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.return_indices)
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                            self.ceil_mode, self.return_indices)
 
 
 class AvgPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True):
+                 count_include_pad=True, divisor_override=None):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.divisor_override = divisor_override
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.count_include_pad)
+                            self.count_include_pad, self.divisor_override)
 
 
 class BatchNorm2d(Module):

@@ -41,11 +41,15 @@ CONV_CASES = [
 ]
 
 # (x shape, kernel, stride, padding, ceil_mode, count_include_pad, dtype)
+# (x shape, kernel, stride, padding, ceil_mode, count_include_pad, dilation (max),
+#  divisor_override (avg), dtype)
 POOL_CASES = [
-    ((1, 2, 7, 6), 3, 2, 1, True, True, np.float32),
-    ((2, 1, 5, 5), 2, 2, 0, False, True, np.float64),
-    ((1, 2, 6, 7), (2, 3), (1, 2), 1, False, False, np.float64),
+    ((1, 2, 7, 6), 3, 2, 1, True, True, 1, None, np.float32),
+    ((2, 1, 5, 5), 2, 2, 0, False, True, 1, None, np.float64),
+    ((1, 2, 6, 7), (2, 3), (1, 2), 1, False, False, 1, 3, np.float64),
+    ((1, 2, 9, 8), (2, 3), (2, 1), ((0, 1), (2, 1)), False, True, (2, 1), None, np.float32),
 ]
+MAX_CASES = [POOL_CASES[i] for i in (0, 1, 3)]
 
 
 def _ids(cases):
@@ -95,61 +99,65 @@ def test_conv2d_backward_bias(dtype):
     oracle.check({"gb": gb}, oracle.conv2d(x, w, gy=gy))
 
 
-def _pool_case(case, seed, ties=False):
-    """The geometry, x and gy of a case, and the oracle's expectations."""
-    x_shape, kernel, stride, padding, ceil_mode, count_pad, dtype = case
-    p = geometry.pool_geometry(x_shape, kernel, stride, padding, ceil_mode, count_pad, "NCHW")
+def _pool_case(kind, case, seed, ties=False):
+    """The geometry, x and gy of a case's ``kind`` pooling, the op's arguments and the oracle's
+    expectations."""
+    x_shape, kernel, stride, padding, ceil_mode, count_pad, dilation, divisor, dtype = case
+    window = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode)
+    window.update(dict(dilation=dilation) if kind == "max" else
+                  dict(count_include_pad=count_pad, divisor_override=divisor))
+    p = geometry.pool_geometry(x_shape, kernel, stride, padding, ceil_mode, count_pad, "NCHW",
+                               window.get("dilation", 1), window.get("divisor_override"))
     rng = np.random.default_rng(seed)
     if ties:  # few distinct values: the first maximum in row-major order must win
         x = rng.integers(0, 3, x_shape).astype(dtype)
     else:
         x = tie_free(rng, x_shape, dtype)
     gy = random(rng, p.y_shape, dtype)
-    window = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                  count_include_pad=count_pad)
-    return p, x, gy, {kind: oracle.pool2d(kind, x, gy, **window) for kind in ("max", "avg")}
+    return p, x, gy, window, oracle.pool2d(kind, x, gy, **window)
 
 
 @pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("case", POOL_CASES[:2], ids=_ids(POOL_CASES[:2]))
+@pytest.mark.parametrize("case", MAX_CASES, ids=_ids(MAX_CASES))
 def test_max_pool2d(case, ties):
-    p, x, gy, expected = _pool_case(case, seed=2, ties=ties)
+    p, x, gy, _, expected = _pool_case("max", case, seed=2, ties=ties)
     pt, _, pl, _ = p.padding
     y = _poisoned(p.y_shape, x.dtype)
-    pool_cuda.launch_max_pool2d_forward(x, y, _UNUSED, *p.kernel, *p.stride, pt, pl, False,
-                                        block=BLOCK)
+    pool_cuda.launch_max_pool2d_forward(x, y, _UNUSED, *p.kernel, *p.stride, *p.dilation, pt, pl,
+                                        False, block=BLOCK)
     gx = _poisoned(p.x_shape, x.dtype)
-    pool_cuda.launch_max_pool2d_backward(gy, x, gx, *p.kernel, *p.stride, pt, pl, block=BLOCK)
-    oracle.check({"y": y, "gx": gx}, expected["max"])
+    pool_cuda.launch_max_pool2d_backward(gy, x, gx, *p.kernel, *p.stride, *p.dilation, pt, pl,
+                                         block=BLOCK)
+    oracle.check({"y": y, "gx": gx}, expected)
 
 
 _UNUSED = np.zeros((1, 1, 1, 1), np.int64)  # the indices a forward without them is handed
 
 
 @pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("case", POOL_CASES[:2], ids=_ids(POOL_CASES[:2]))
+@pytest.mark.parametrize("case", MAX_CASES, ids=_ids(MAX_CASES))
 def test_max_pool2d_indices_and_the_backward_through_them(case, ties):
     """The forward's indices are the CPU's (PyTorch's, tested there), and the gather through
     them gives the gradient."""
-    p, x, gy, expected = _pool_case(case, seed=12, ties=ties)
+    p, x, gy, window, expected = _pool_case("max", case, seed=12, ties=ties)
     pt, _, pl, _ = p.padding
     y, indices = _poisoned(p.y_shape, x.dtype), np.full(p.y_shape, -1, np.int64)
-    pool_cuda.launch_max_pool2d_forward(x, y, indices, *p.kernel, *p.stride, pt, pl, True,
-                                        block=BLOCK)
+    pool_cuda.launch_max_pool2d_forward(x, y, indices, *p.kernel, *p.stride, *p.dilation, pt, pl,
+                                        True, block=BLOCK)
     gx = _poisoned(p.x_shape, x.dtype)
-    pool_cuda.launch_max_pool2d_backward_indices(gy, indices, gx, *p.kernel, *p.stride, pt, pl,
-                                                 block=BLOCK)
-    oracle.check({"y": y, "gx": gx}, expected["max"])
-    _, on_cpu = ops.max_pool2d(x, *case[1:5], return_indices=True)
+    pool_cuda.launch_max_pool2d_backward_indices(gy, indices, gx, *p.kernel, *p.stride,
+                                                 *p.dilation, pt, pl, block=BLOCK)
+    oracle.check({"y": y, "gx": gx}, expected)
+    _, on_cpu = ops.max_pool2d(x, **window, return_indices=True)
     np.testing.assert_array_equal(indices, on_cpu)
 
 
 def test_max_pool2d_nan_wins():
     """A NaN wins its window, as in PyTorch (and fastconv's reference)."""
-    p, x, _, _ = _pool_case(POOL_CASES[1], seed=3)
+    p, x, _, _, _ = _pool_case("max", POOL_CASES[1], seed=3)
     x[0, 0, 1, 1] = np.nan
     y = _poisoned(p.y_shape, x.dtype)
-    pool_cuda.launch_max_pool2d_forward(x, y, _UNUSED, *p.kernel, *p.stride, 0, 0, False,
+    pool_cuda.launch_max_pool2d_forward(x, y, _UNUSED, *p.kernel, *p.stride, 1, 1, 0, 0, False,
                                         block=BLOCK)
     for want in oracle.pool2d("max", x, kernel_size=2, stride=2).values():
         assert np.isnan(y[0, 0, 0, 0]) and np.isnan(want["y"][0, 0, 0, 0])
@@ -160,13 +168,13 @@ def test_max_pool2d_nan_wins():
 @pytest.mark.parametrize("case", [POOL_CASES[0], POOL_CASES[2]],
                          ids=_ids([POOL_CASES[0], POOL_CASES[2]]))
 def test_avg_pool2d(case):
-    p, x, gy, expected = _pool_case(case, seed=4)
-    args = (*p.kernel, *p.stride, *p.padding, p.count_padding)
+    p, x, gy, _, expected = _pool_case("avg", case, seed=4)
+    args = (*p.kernel, *p.stride, *p.padding, p.count_padding, p.divisor)
     y = _poisoned(p.y_shape, x.dtype)
     pool_cuda.launch_avg_pool2d_forward(x, y, *args, block=BLOCK)
     gx = _poisoned(p.x_shape, x.dtype)
     pool_cuda.launch_avg_pool2d_backward(gy, gx, *args, block=BLOCK)
-    oracle.check({"y": y, "gx": gx}, expected["avg"])
+    oracle.check({"y": y, "gx": gx}, expected)
 
 
 # (x shape, training, with weight and bias, with running buffers, activation, dtype)
