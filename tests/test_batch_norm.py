@@ -83,18 +83,24 @@ def test_matches_reference_and_torch(case, parallel, monkeypatch):
     assert y.shape == gx.shape == a["x"].shape and y.dtype == gx.dtype == a["x"].dtype
     assert mean.shape == invstd.shape == gweight.shape == gbias.shape == (case["channels"],)
     got = {"y": y, **{name: a[name] for name in BUFFERS if name in a}}
-    _check(got, expected)
+    # y = (x - mean) * invstd * weight + bias with the mean rounded to x's dtype: a cell is off
+    # by up to an ulp of the mean times invstd * weight, whatever the norm of y (PyTorch's
+    # float32 rounds its mean too), which the norm-relative bound misses when the data sit far
+    # from zero (offset 100) and a ReLU leaves few cells
+    rounded_mean = (np.finfo(y.dtype).eps * np.abs(np.float64(mean)) * np.float64(invstd)
+                    * np.abs(np.float64(a.get("weight", 1.0)))).max() * np.sqrt(y.size)
+    _check(got, expected, floors={"y": rounded_mean})
     _check({"gx": gx, "gbias": gbias}, expected_grads)
     for source, want in expected_grads.items():
         assert rel_error(gweight, want["gweight"]) <= _gweight_tolerance(case, a, want), source
 
 
-def _check(got, expected):
+def _check(got, expected, floors=None):
     """oracle.check's norm-relative rule, with a floor at the dtype's smallest normal number a
     cell: a saturated sigmoid's e^-100 is a float32 subnormal, which has no relative precision
-    (PyTorch's float32 rounds it the same)."""
+    (PyTorch's float32 rounds it the same); ``floors`` adds absolute floors by name."""
     for name, array in got.items():
-        floor = np.finfo(array.dtype).tiny * np.sqrt(array.size)
+        floor = np.finfo(array.dtype).tiny * np.sqrt(array.size) + (floors or {}).get(name, 0)
         for source, want in expected.items():
             diff = np.linalg.norm(np.float64(array) - want[name])
             bound = oracle.tolerance(array.dtype) * np.linalg.norm(want[name]) + floor
