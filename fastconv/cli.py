@@ -11,9 +11,9 @@ import numpy as np
 from . import __version__, bench, device, dispatch, machine, ops, registry, runtime, train
 
 BENCH_HELP = """\
-Time every op (conv2d, max_pool2d, avg_pool2d, forward and backward) with every
-implementation on every distinct layer of real networks, and print one table row per op,
-layer and implementation.
+Time every op (conv2d, conv_transpose2d, max_pool2d, avg_pool2d, batch_norm2d, forward and
+backward) with every implementation on every distinct layer of real networks, and print one
+table row per op, layer and implementation.
 
 Suites (NCHW, every distinct conv and pooling layer, 224 x 224 images, batch 8):
   lenet5        C1, C3, C5 and the max and avg pools (32 x 32 images, batch 256)
@@ -25,20 +25,24 @@ Suites (NCHW, every distinct conv and pooling layer, 224 x 224 images, batch 8):
   vgg16         the 3x3 layers of each stage and the first max pool
   resnet_cifar  the ResNet `fastconv train --model resnetN` trains (32 x 32, width 16, batch
                 64): its conv layers and batch normalisations
+  decoders      the transposed convolutions of the DCGAN generator (PyTorch's example: 4x4,
+                1 x 1 noise to 64 x 64 images) and of a U-Net's decoder (2x2, stride 2, on
+                256 x 256 images: 16 x 16 to 256 x 256), with the decoder's 3x3 convs
   all           every suite (default)
 
 Implementations: each conv algorithm of fastconv.algorithms(device) and "auto" (pooling and
 batch norm: "fastconv", the ops); "numpy", the NumPy reference (algo "reference"; --no-numpy
 skips it, the big layers take it seconds); "torch", PyTorch's torch.nn.functional on as many
-threads (on a GPU: cuDNN, FP32, TF32 off), when torch is installed. conv2d_backward is the
-input and the weight gradient together; torch's backward is torch.autograd.grad, timed without
-the forward.
+threads (on a GPU: cuDNN, FP32, TF32 off), when torch is installed. conv2d_backward (and
+conv_transpose2d_backward) is the input and the weight gradient together; torch's backward is
+torch.autograd.grad, timed without the forward.
 
 Timing: one untimed warm-up call (it compiles the JIT kernels), whose result is checked against
 PyTorch's ("err vs torch"), then --repeats rounds, each timing one call of every implementation
 in turn (a busy neighbour slows all alike); the median and the minimum. GFLOP/s counts 2 x
-multiply-adds for convolutions (twice the forward's for conv2d_backward); pooling reports GB/s
-read and written. "% SGEMM" is the row's GFLOP/s over the machine's float32 GEMM rate through
+multiply-adds for convolutions (twice the forward's for the backward; a transposed one counts
+those of the conv2d whose input gradient it is); pooling and batch norm report GB/s read and
+written. "% SGEMM" is the row's GFLOP/s over the machine's float32 GEMM rate through
 NumPy's BLAS on the same thread count (4096^3, best of 3, measured at the start of the run): how
 close the kernel comes to what this CPU can do. "vs numpy" and "vs torch" are that baseline's
 median time divided by the row's: above 1 means faster than the baseline.

@@ -1,6 +1,7 @@
 """The benchmark's cases and how each implementation runs one: the suites (every distinct conv
 and pooling layer of LeNet-5, ResNet-18, ResNet-50, MobileNetV2, VGG-16 and the CIFAR-style
-ResNet fastconv trains, and the ResNets' batch normalisations), the
+ResNet fastconv trains, and the ResNets' batch normalisations; the transposed convolutions of
+the DCGAN generator and of a U-Net's decoder, with the decoder's 3x3 convs), the
 implementations compared on a device (fastconv's algorithms and "auto", the NumPy reference,
 PyTorch), their inputs and a ready-to-time call of each."""
 
@@ -17,6 +18,7 @@ from .. import device, dispatch, geometry, ops, runtime
 from ..kernels import cuda_simulated
 
 BASELINES = ("numpy", "torch")
+_CONVS = ("conv2d", "conv_transpose2d")  # the ops with a weight and a choice of algorithm
 BATCH = 8  # images per layer, but LeNet-5's (256) and the trained ResNet's: --batch overrides
 TRAIN_BATCH = 64  # `fastconv train`'s batch, the CIFAR-style ResNet's in the suite
 QUICK_SIZE_DIVISOR = 4  # --quick: batch 1 (LeNet-5 8) and images a quarter the size
@@ -24,11 +26,12 @@ QUICK_SIZE_DIVISOR = 4  # --quick: batch 1 (LeNet-5 8) and images a quarter the 
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmarked layer: ``op`` ("conv2d", "max_pool2d", "avg_pool2d" or
-    "batch_norm2d", in training) on NCHW ``x``.
+    """One benchmarked layer: ``op`` ("conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d"
+    or "batch_norm2d", in training) on NCHW ``x``.
 
-    Convolutions take OIHW filters ``w`` (C/groups input channels each), poolings a square
-    ``kernel``; ``stride`` and ``padding`` are ints, as the ops take them.
+    Convolutions take OIHW filters ``w`` (C/groups input channels each; a transposed one
+    PyTorch's (C_in, C_out/groups, R, S)), poolings a square ``kernel``; ``stride`` and
+    ``padding`` are ints, as the ops take them.
     """
     name: str
     op: str
@@ -45,6 +48,8 @@ class Case:
         parts = ["x " + "x".join(map(str, self.x))]
         if self.w is not None:
             parts.append("w " + "x".join(map(str, self.w)))
+        if self.op == "conv_transpose2d":
+            parts.append("transposed")
         if self.kernel is not None:
             parts.append(f"{self.op.split('_')[0]} {self.kernel}x{self.kernel}")
         if self.stride != 1:
@@ -66,6 +71,9 @@ class Case:
         if self.op == "conv2d":
             return geometry.conv_geometry(self.x, self.w, self.stride, self.padding, 1,
                                           self.groups, "NCHW")
+        if self.op == "conv_transpose2d":
+            return geometry.conv_transpose_geometry(self.x, self.w, self.stride, self.padding, 0,
+                                                    1, self.groups, "NCHW")
         return geometry.pool_geometry(self.x, self.kernel, self.stride, self.padding, False, True,
                                       "NCHW")
 
@@ -75,6 +83,22 @@ def _conv(name, c, size, k, r, stride=1, groups=1, batch=BATCH):
     to keep the size at stride 1 (r // 2), at batch BATCH."""
     return Case(name, "conv2d", (batch, c, size, size), (k, c // groups, r, r), stride=stride,
                 padding=r // 2, groups=groups)
+
+
+def _transposed(name, c, size, k, r, stride, padding=0):
+    """A transposed convolution of ``c`` channels of ``size`` x ``size`` images to ``k`` with
+    r x r filters, unbiased, at batch BATCH."""
+    return Case(name, "conv_transpose2d", (BATCH, c, size, size), (c, k, r, r), stride=stride,
+                padding=padding)
+
+
+def _unet_up(name, c, size):
+    """A U-Net decoder stage (milesial's Pytorch-UNet, bilinear=False): ``c`` channels of
+    ``size`` x ``size`` upsampled 2x to c / 2, concatenated with the encoder's c / 2 and
+    convolved twice with 3x3 filters, padded (the common variant of Ronneberger et al.'s)."""
+    return (_transposed(f"{name}.up", c, size, c // 2, 2, 2),
+            _conv(f"{name}.conv.double_conv.0", c, 2 * size, c // 2, 3),
+            _conv(f"{name}.conv.double_conv.3", c // 2, 2 * size, c // 2, 3))
 
 
 def _batch_norms(layers, batch=BATCH):
@@ -96,6 +120,8 @@ def _inverted_residual(name, c, size, expanded, out, stride):
 
 # Every distinct conv and pooling layer of each network (224 x 224 inputs, LeNet-5's 32 x 32),
 # named as torchvision names the modules; a layer repeated in a network is listed once.
+# "decoders" holds generators' layers: the DCGAN generator of PyTorch's example (nz 100, ngf 64,
+# 64 x 64 images) and the decoder of a U-Net on 256 x 256 images.
 SUITES = {
     "lenet5": (
         Case("c1", "conv2d", (256, 1, 32, 32), (6, 1, 5, 5)),
@@ -190,6 +216,17 @@ SUITES = {
         _conv("features.19", 512, 28, 512, 3),
         _conv("features.24", 512, 14, 512, 3),
     ),
+    "decoders": (
+        _transposed("dcgan.main.0", 100, 1, 512, 4, 1),
+        _transposed("dcgan.main.3", 512, 4, 256, 4, 2, 1),
+        _transposed("dcgan.main.6", 256, 8, 128, 4, 2, 1),
+        _transposed("dcgan.main.9", 128, 16, 64, 4, 2, 1),
+        _transposed("dcgan.main.12", 64, 32, 3, 4, 2, 1),
+        *_unet_up("unet.up1", 1024, 16),
+        *_unet_up("unet.up2", 512, 32),
+        *_unet_up("unet.up3", 256, 64),
+        *_unet_up("unet.up4", 128, 128),
+    ),
 }
 SUITE_NAMES = (*SUITES, "all")
 
@@ -242,7 +279,7 @@ def baselines(on: str = "cpu", numpy: bool = True) -> tuple[str, ...]:
 
 def impls(op: str, on: str = "cpu", numpy: bool = True) -> tuple[str, ...]:
     """Implementations benchmarked for ``op`` on device ``on``: fastconv's, then the baselines."""
-    if op.startswith("conv2d"):
+    if op.removesuffix("_backward") in _CONVS:
         ours = (*(a for a in ops.algorithms(on) if a != dispatch.REFERENCE), "auto")
     else:
         ours = ("fastconv",)
@@ -270,7 +307,7 @@ def runner(case: Case, op: str, impl: str, arrays: dict, on: str = "cpu") -> Cal
     input and weight gradients), which the benchmark checks against PyTorch's."""
     if impl == "torch":
         return _torch_runner(case, op, arrays, on)
-    if case.op == "conv2d":
+    if case.op in _CONVS:
         return _conv_runner(case, op, dispatch.REFERENCE if impl == "numpy" else impl, arrays,
                             on)
     if case.op == "batch_norm2d":
@@ -279,14 +316,18 @@ def runner(case: Case, op: str, impl: str, arrays: dict, on: str = "cpu") -> Cal
 
 
 def _conv_runner(case, op, algo, a, on):
+    """The op of fastconv.ops named ``op``, or its input and weight gradients together."""
     args = {"stride": case.stride, "padding": case.padding, "groups": case.groups, "algo": algo,
             "device": on}
-    if op == "conv2d":
-        return lambda: ops.conv2d(a["x"], a["w"], **args)
+    if op == case.op:
+        forward = getattr(ops, op)
+        return lambda: forward(a["x"], a["w"], **args)
+    backward_input = getattr(ops, f"{case.op}_backward_input")
+    backward_weight = getattr(ops, f"{case.op}_backward_weight")
 
     def backward():
-        return (ops.conv2d_backward_input(a["gy"], a["w"], a["x"].shape, **args),
-                ops.conv2d_backward_weight(a["gy"], a["x"], a["w"].shape, **args))
+        return (backward_input(a["gy"], a["w"], a["x"].shape, **args),
+                backward_weight(a["gy"], a["x"], a["w"].shape, **args))
     return backward
 
 
@@ -341,9 +382,11 @@ def _torch_runner(case, op, a, on):
 
         def forward(x, weight, bias):
             return F.batch_norm(x, *buffers, weight, bias, training=True)
-    elif case.op == "conv2d":
+    elif case.op in _CONVS:
+        conv = getattr(F, case.op)
+
         def forward(x, w):
-            return F.conv2d(x, w, stride=case.stride, padding=case.padding, groups=case.groups)
+            return conv(x, w, stride=case.stride, padding=case.padding, groups=case.groups)
     else:
         pool = getattr(F, case.op)
 
@@ -361,10 +404,13 @@ def _torch_runner(case, op, a, on):
 
 def work(case: Case, op: str, arrays: dict) -> tuple[float | None, float | None]:
     """(flops, bytes) of one call of ``op``: flops for a convolution (its backward computes the
-    input and the weight gradient, each as costly as the forward), the bytes read and written
-    for a pooling or a batch normalisation (at least: x and y forward, gy, x and gx backward)."""
-    if case.op == "conv2d":
-        return case.geometry().flops * (1 if op == case.op else 2), None
+    input and the weight gradient, each as costly as the forward; a transposed one costs what
+    the conv2d whose input gradient it is costs), the bytes read and written for a pooling or a
+    batch normalisation (at least: x and y forward, gy, x and gx backward)."""
+    if case.op in _CONVS:
+        g = case.geometry()
+        flops = (g.conv if case.op == "conv_transpose2d" else g).flops
+        return flops * (1 if op == case.op else 2), None
     x, gy = arrays["x"], arrays["gy"]
     if case.op == "batch_norm2d":
         return None, x.nbytes * (2 if op == case.op else 3)
