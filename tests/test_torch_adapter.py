@@ -91,7 +91,7 @@ def test_convert_keeps_parameters_outputs_and_gradients():
 def test_convert_inplace_and_unsupported_layers_stay_with_a_warning():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"),
                                 torch.nn.Conv2d(2, 2, 3))
-    with pytest.warns(UserWarning, match=r"0 \(padding_mode='circular'\)"):
+    with pytest.warns(UserWarning, match=r"0 \(Conv2d: padding_mode='circular'\)"):
         same = ft.convert(model, inplace=True)
     assert same is model
     assert type(model[0]) is torch.nn.Conv2d and type(model[1]) is ft.Conv2d
