@@ -312,3 +312,12 @@ def test_pooling_layers_match_pytorch_with_indices_and_adaptive_windows():
         out.backward(gy), want.backward(torch.from_numpy(gy))
         assert rel_error(out.numpy(), want.detach().numpy()) < 1e-6
         assert rel_error(xf.grad.numpy(), xt.grad.numpy()) < 1e-6
+
+
+def test_mse_loss_refuses_a_target_of_another_shape():
+    """(N, 1) against (N,) would broadcast to N x N differences (PyTorch only warns)."""
+    prediction = fastconv.Tensor(np.ones((4, 1)), requires_grad=True)
+    with pytest.raises(ValueError, match=r"target \(4,\) must have input's shape \(4, 1\)"):
+        F.mse_loss(prediction, fastconv.Tensor(np.ones(4)))
+    loss = F.mse_loss(prediction, fastconv.Tensor(np.zeros((4, 1))))
+    assert loss.item() == 1.0

@@ -165,5 +165,11 @@ def cross_entropy(input, target):
 
 
 def mse_loss(input, target):
+    """Mean squared error of ``input`` against a ``target`` of the same shape. Where the shapes
+    differ PyTorch warns and broadcasts ((N, 1) against (N,) gives N x N differences), almost
+    always a bug: fastconv refuses."""
+    if tuple(input.shape) != tuple(getattr(target, "shape", ())):
+        raise ValueError(f"target {tuple(getattr(target, 'shape', ()))} must have input's shape "
+                         f"{tuple(input.shape)}")
     diff = input - target
     return (diff * diff).mean()
