@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_nonfinite import NONFINITE, _poison
 
+import oracle
 from fastconv import geometry, nn, ops, tensor
 from fastconv.implementations import driver
 from oracle import from_nchw, random, rel_error, to_nchw, tolerance
@@ -158,3 +160,38 @@ def test_tensorflow_conv2d_transpose_refuses_a_shape_that_does_not_fit():
     with pytest.raises(ValueError, match=r"output_shape \(1, 9, 9, 2\) does not fit input"):
         tf.conv2d_transpose(np.ones((1, 4, 4, 3)), np.ones((3, 3, 2, 3)), (1, 9, 9, 2), 1,
                             "SAME")
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=cases(), algo=st.sampled_from(["auto", "direct", "blocked", "im2col"]),
+       poisoned=st.sampled_from(["x", "w", "b", "gy"]), parallel=st.booleans(),
+       data=st.data())
+def test_nan_and_inf_propagate_as_in_pytorch(case, algo, poisoned, parallel, data,
+                                             monkeypatch):
+    """tests/test_nonfinite.py's rule: a NaN or an infinity in x, w, b or gy reaches every cell
+    of y, gx, gw and gb whose sum holds it, as in PyTorch. The direct kernels skip padded
+    cells, which PyTorch multiplies (its 0 * inf is NaN): there the weaker rule, non-finite
+    only where PyTorch is."""
+    monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
+    rng = np.random.default_rng(case["seed"])
+    dtype, layout = case["dtype"], case["layout"]
+    arrays = dict(x=random(rng, case["x_shape"], dtype), w=random(rng, case["w_shape"], dtype),
+                  b=random(rng, case["w_shape"][1] * case["kwargs"]["groups"], dtype))
+    y_shape = geometry.conv_transpose_geometry(case["x_shape"], case["w_shape"],
+                                               **case["kwargs"], data_format="NCHW").y_shape
+    arrays["gy"] = random(rng, y_shape, dtype)
+    if arrays[poisoned].size:
+        arrays[poisoned] = _poison(arrays[poisoned], data.draw, NONFINITE)
+    x, w, b, gy = arrays["x"], arrays["w"], arrays["b"], arrays["gy"]
+    args = dict(case["kwargs"], data_format=layout, algo=algo)
+    y = ops.conv_transpose2d(from_nchw(x, layout).copy(), _filters(w, layout), b, **args)
+    gx, gw, gb = ops.conv_transpose2d_backward(from_nchw(gy, layout).copy(),
+                                               from_nchw(x, layout).copy(),
+                                               _filters(w, layout), **args)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want_y, want_gx, want_gw, want_gb = _torch(dict(case, activation=None), x, w, b, gy)
+    got = {"y": to_nchw(y, layout), "gx": to_nchw(gx, layout),
+           "gw": gw if layout == "NCHW" else gw.transpose(3, 2, 0, 1), "gb": gb}
+    expected = {"torch": dict(y=want_y, gx=want_gx, gw=want_gw, gb=want_gb)}
+    oracle.check_nonfinite(got, expected, exact=algo not in ("direct", "auto"))
