@@ -13,6 +13,7 @@ rows to --csv (a machine's rows replace that machine's earlier ones). Fitting re
 
 import argparse
 import dataclasses
+import fnmatch
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,10 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="all", choices=bench.SUITE_NAMES,
                         help="the layers to measure (default: all)")
+    parser.add_argument("--layers", default="*", metavar="PATTERNS",
+                        help="comma-separated name patterns (fnmatch) of the suite's layers to "
+                             "measure, e.g. 'decoders/dcgan.*,decoders/unet.*.up' (default: "
+                             "all)")
     parser.add_argument("--threads", default="1,2",
                         help="comma-separated thread counts to measure on (default: 1,2)")
     parser.add_argument("--repeats", type=int, default=3,
@@ -70,7 +75,9 @@ def main(argv=None) -> int:
         sources = args.from_csv
     else:
         label = machine_label()
-        chosen = bench.cases(args.suite, quick=args.quick)
+        patterns = args.layers.split(",")
+        chosen = [c for c in bench.cases(args.suite, quick=args.quick)
+                  if any(fnmatch.fnmatch(c.name, p) for p in patterns)]
         # LeNet-5 also at the batch `fastconv train` runs it with (64): its layers are small
         # enough that the best algorithm changes with the batch
         chosen += [dataclasses.replace(c, name=c.name.replace("lenet5/", f"lenet5-b{TRAIN}/"),

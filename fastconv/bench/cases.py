@@ -18,7 +18,7 @@ from .. import device, dispatch, geometry, ops, runtime
 from ..kernels import cuda_simulated
 
 BASELINES = ("numpy", "torch")
-_CONVS = ("conv2d", "conv_transpose2d")  # the ops with a weight and a choice of algorithm
+CONVS = ("conv2d", "conv_transpose2d")  # the ops with a weight and a choice of algorithm
 BATCH = 8  # images per layer, but LeNet-5's (256) and the trained ResNet's: --batch overrides
 TRAIN_BATCH = 64  # `fastconv train`'s batch, the CIFAR-style ResNet's in the suite
 QUICK_SIZE_DIVISOR = 4  # --quick: batch 1 (LeNet-5 8) and images a quarter the size
@@ -76,6 +76,18 @@ class Case:
                                                     1, self.groups, "NCHW")
         return geometry.pool_geometry(self.x, self.kernel, self.stride, self.padding, False, True,
                                       "NCHW")
+
+    def as_conv2d(self) -> Case:
+        """The convolution whose algorithms compute this layer: itself, or for a transposed
+        one the conv2d it is the input gradient of (its forward is that conv2d's backward
+        input, its backward input that conv2d, its backward weight that conv2d's)."""
+        if self.op != "conv_transpose2d":
+            return self
+        conv = self.geometry().conv
+        top, bottom, left, right = conv.padding
+        assert top == bottom == left == right, "the suite's transposed layers pad evenly"
+        return Case(self.name, "conv2d", conv.x_shape, conv.w_shape, stride=conv.stride[0],
+                    padding=top, groups=conv.groups)
 
 
 def _conv(name, c, size, k, r, stride=1, groups=1, batch=BATCH):
@@ -279,7 +291,7 @@ def baselines(on: str = "cpu", numpy: bool = True) -> tuple[str, ...]:
 
 def impls(op: str, on: str = "cpu", numpy: bool = True) -> tuple[str, ...]:
     """Implementations benchmarked for ``op`` on device ``on``: fastconv's, then the baselines."""
-    if op.removesuffix("_backward") in _CONVS:
+    if op.removesuffix("_backward") in CONVS:
         ours = (*(a for a in ops.algorithms(on) if a != dispatch.REFERENCE), "auto")
     else:
         ours = ("fastconv",)
@@ -307,7 +319,7 @@ def runner(case: Case, op: str, impl: str, arrays: dict, on: str = "cpu") -> Cal
     input and weight gradients), which the benchmark checks against PyTorch's."""
     if impl == "torch":
         return _torch_runner(case, op, arrays, on)
-    if case.op in _CONVS:
+    if case.op in CONVS:
         return _conv_runner(case, op, dispatch.REFERENCE if impl == "numpy" else impl, arrays,
                             on)
     if case.op == "batch_norm2d":
@@ -382,7 +394,7 @@ def _torch_runner(case, op, a, on):
 
         def forward(x, weight, bias):
             return F.batch_norm(x, *buffers, weight, bias, training=True)
-    elif case.op in _CONVS:
+    elif case.op in CONVS:
         conv = getattr(F, case.op)
 
         def forward(x, w):
@@ -407,7 +419,7 @@ def work(case: Case, op: str, arrays: dict) -> tuple[float | None, float | None]
     input and the weight gradient, each as costly as the forward; a transposed one costs what
     the conv2d whose input gradient it is costs), the bytes read and written for a pooling or a
     batch normalisation (at least: x and y forward, gy, x and gx backward)."""
-    if case.op in _CONVS:
+    if case.op in CONVS:
         g = case.geometry()
         flops = (g.conv if case.op == "conv_transpose2d" else g).flops
         return flops * (1 if op == case.op else 2), None

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .. import ops
 from ..implementations.conv2d import FEATURES, walk
 from ..registry import CONV_OPS, REFERENCE, implementations
-from .cases import inputs
+from .cases import CONVS, inputs
 from .timing import _host_seconds
 
 COLUMNS = tuple(dict.fromkeys(("machine", "threads", "layer", "op", "algo", "median_ms",
@@ -48,10 +48,11 @@ def _call(case, op, algo, a):
 
 
 def measure(cases, machine: str, repeats: int = 3, progress: bool = True) -> list[dict]:
-    """One row per conv case, op and CPU algorithm on the current thread count: the median of
-    ``repeats`` calls, the algorithms timed in turn after a warm-up call each."""
+    """One row per conv case (a transposed one as the conv2d it transposes), op and CPU
+    algorithm on the current thread count: the median of ``repeats`` calls, the algorithms
+    timed in turn after a warm-up call each."""
     algos = [a for a in implementations("conv2d", "cpu") if a != REFERENCE]
-    conv = [c for c in cases if c.op == "conv2d"]
+    conv = [c.as_conv2d() for c in cases if c.op in CONVS]
     rows = []
     for case in tqdm(conv, desc="fit: measuring", unit="layer", disable=not progress):
         arrays, g = inputs(case, np.float32), case.geometry()
