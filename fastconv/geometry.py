@@ -396,6 +396,20 @@ def _pool_size(size, extent, stride, before, after, ceil_mode):
     return out
 
 
+def _tapless_window(size, out, k, stride, dilation, before):
+    """The first window along an axis none of whose taps falls on the input, or None. Only a
+    dilation can skip a window over the input: PyTorch then returns -inf and an index outside
+    the plane, which its backward writes through."""
+    if dilation == 1:
+        return None
+    for o in range(out):
+        start = o * stride - before
+        first = start if start >= 0 else start + (-start + dilation - 1) // dilation * dilation
+        if first >= size or first > start + (k - 1) * dilation:
+            return o
+    return None
+
+
 def _pool_padding(padding, kernel, ceil_mode):
     """(top, bottom, left, right) of a pooling's numeric padding, checked by the rule of the
     framework whose form it has: an int or a pair is PyTorch's, at most half the window;
@@ -444,6 +458,14 @@ def pool_geometry(x_shape, kernel_size, stride, padding, ceil_mode, count_includ
     if min(oh, ow) < 1:
         raise _no_output(f"kernel_size {(kh, kw)} dilated by {(dh, dw)}", x_shape,
                          (h + pads[0] + pads[1], w + pads[2] + pads[3]))
+    for axis, size, out, k, st, d, before in (("height", h, oh, kh, sh, dh, pads[0]),
+                                              ("width", w, ow, kw, sw, dw, pads[2])):
+        empty = _tapless_window(size, out, k, st, d, before)
+        if empty is not None:
+            raise ValueError(f"window {empty} along the {axis} of x {tuple(x_shape)} (kernel_size "
+                             f"{(kh, kw)}, dilation {(dh, dw)}, padding {pads[0::2]}) has no "
+                             f"tap on the input: every one falls in the padding or between "
+                             f"cells")
     return PoolGeometry(n, c, h, w, (kh, kw), (sh, sw), (dh, dw), pads, oh, ow,
                         bool(count_include_pad), divisor, data_format)
 

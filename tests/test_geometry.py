@@ -285,8 +285,14 @@ def test_pool_explicit_padding_per_side_is_tensorflows(size, k, s, before, after
      TypeError, r"divisor_override must be an int, got 2.0"),
     (lambda: pool_geometry((1, 1, 4, 4), 3, 1, 0, False, True, "NCHW", 2),
      ValueError, r"kernel_size \(3, 3\) dilated by \(2, 2\) is larger than the padded"),
+    (lambda: pool_geometry((1, 1, 1, 1), 2, None, 1, False, True, "NCHW", 2),
+     ValueError, r"window 0 along the height of x \(1, 1, 1, 1\) .* has no tap on the input"),
+    (lambda: pool_geometry((1, 1, 9, 1), (1, 2), 1, "same", False, True, "NCHW", (1, 3)),
+     ValueError, r"window 0 along the width .* has no tap on the input"),
 ], ids=["ceil_mode with per-side padding", "padding above half", "dilation 0",
-        "divisor_override 0", "divisor_override float", "dilated window too large"])
+        "divisor_override 0", "divisor_override float", "dilated window too large",
+        "a window between the taps (PyTorch: -inf and an index outside the plane)",
+        "the same with 'same' padding"])
 def test_pool_geometry_refuses_naming_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call()
