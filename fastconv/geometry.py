@@ -30,6 +30,11 @@ LAYOUTS = ("NCHW", "NHWC")
 ACTIVATIONS = (None, "relu", "tanh", "sigmoid")
 
 
+def _is_int(value) -> bool:
+    """An integer, but not a bool (True is an int to Python, never a size here)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def pair(value, name: str, minimum: int) -> tuple[int, int]:
     """Expand an int or a pair of ints to ``(h, w)``, each at least ``minimum``."""
     if isinstance(value, (tuple, list)) and len(value) == 2:
@@ -37,7 +42,7 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
     else:
         h = w = value
     for v in (h, w):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        if not _is_int(v):
             raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
         if v < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
@@ -45,7 +50,7 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
 
 
 def _integer(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not _is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     return int(value)
 
@@ -80,7 +85,7 @@ def _padding_word(padding):
     return word
 
 
-def _nested(padding) -> bool:
+def per_side(padding) -> bool:
     """Whether ``padding`` has the per-side form ``((top, bottom), (left, right))``."""
     return (isinstance(padding, (tuple, list)) and len(padding) == 2
             and all(isinstance(p, (tuple, list)) for p in padding))
@@ -88,7 +93,7 @@ def _nested(padding) -> bool:
 
 def _explicit_padding(padding, allow_asymmetric: bool) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)`` from an int, a pair or ``((t, b), (l, r))``."""
-    if _nested(padding) and allow_asymmetric:
+    if per_side(padding) and allow_asymmetric:
         (top, bottom), (left, right) = (pair(p, "padding", 0) for p in padding)
         return top, bottom, left, right
     ph, pw = pair(padding, "padding", 0)
@@ -234,7 +239,7 @@ def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, data_form
         k, cg, r, s = w_shape
     else:
         r, s, cg, k = w_shape
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+    if not _is_int(groups) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     if c % groups or k % groups:
         raise ValueError(f"groups={groups} must divide the input channels {c} and the output "
@@ -299,7 +304,7 @@ def conv_transpose_geometry(x_shape, w_shape, stride, padding, output_padding, d
     if k != c:
         raise ValueError(f"w {tuple(w_shape)} is for {k} input channels but x {tuple(x_shape)} "
                          f"has {c}")
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+    if not _is_int(groups) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     if isinstance(padding, str):
         raise ValueError(f"padding must be numbers for a transposed convolution (PyTorch's), "
@@ -417,7 +422,7 @@ def _pool_padding(padding, kernel, ceil_mode):
     than the window, and without ceil_mode (which TensorFlow does not have)."""
     (kh, kw), pads = kernel, _explicit_padding(padding, allow_asymmetric=True)
     top, bottom, left, right = pads
-    if _nested(padding):
+    if per_side(padding):
         if max(top, bottom) >= kh or max(left, right) >= kw:
             raise ValueError(f"padding (({top}, {bottom}), ({left}, {right})) must be smaller "
                              f"than kernel_size {kernel} on every side")
@@ -492,8 +497,7 @@ def adaptive_pool_geometry(x_shape, output_size, data_format) -> AdaptivePoolGeo
     keeps that axis's input size, as PyTorch's."""
     data_format, (n, c, h, w) = _planes(x_shape, data_format)
     size = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * 2
-    if len(size) != 2 or not all(s is None or (isinstance(s, numbers.Integral)
-                                               and not isinstance(s, bool)) for s in size):
+    if len(size) != 2 or not all(s is None or _is_int(s) for s in size):
         raise TypeError(f"output_size must be an int or a pair of ints (or None), got "
                         f"{output_size!r}")
     oh, ow = (h if size[0] is None else int(size[0])), (w if size[1] is None else int(size[1]))

@@ -113,6 +113,12 @@ def _shape(t):
     return tuple(t.shape)
 
 
+def _sized(position):
+    """The fake of an op whose output is its first argument's kind of tensor with the size its
+    argument at ``position`` names (a gradient of an operand of that size)."""
+    return lambda first, *args: first.new_empty(args[position - 1])
+
+
 def _sides(padding):
     """ops' ((top, bottom), (left, right)) from the ops' flat [top, bottom, left, right]."""
     return (padding[0], padding[1]), (padding[2], padding[3])
@@ -148,14 +154,8 @@ def _(input, weight, bias, stride, padding, dilation, groups):
     return input.new_empty(g.y_shape)
 
 
-@_conv2d_backward_input.register_fake
-def _(grad, weight, input_size, *conv):
-    return grad.new_empty(input_size)
-
-
-@_conv2d_backward_weight.register_fake
-def _(grad, input, weight_size, *conv):
-    return grad.new_empty(weight_size)
+_conv2d_backward_input.register_fake(_sized(2))
+_conv2d_backward_weight.register_fake(_sized(2))
 
 
 def _save_operands(ctx, inputs, output):
@@ -211,10 +211,8 @@ def _(input, weight, bias, stride, padding, output_padding, groups, dilation):
     return input.new_empty(t.y_shape)
 
 
-_conv_transpose2d_backward_input.register_fake(
-    lambda grad, weight, input_size, *transpose: grad.new_empty(input_size))
-_conv_transpose2d_backward_weight.register_fake(
-    lambda grad, input, weight_size, *transpose: grad.new_empty(weight_size))
+_conv_transpose2d_backward_input.register_fake(_sized(2))
+_conv_transpose2d_backward_weight.register_fake(_sized(2))
 _conv_transpose2d.register_autograd(
     _operand_gradients(_conv_transpose2d_backward_input, _conv_transpose2d_backward_weight),
     setup_context=_save_operands)
@@ -256,14 +254,18 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode):
     return input.new_empty(p.y_shape), input.new_empty(p.y_shape, dtype=torch.int64)
 
 
-_max_pool2d_backward.register_fake(
-    lambda grad, indices, input_size, *window: grad.new_empty(input_size))
+_max_pool2d_backward.register_fake(_sized(2))
+
+
+def _save_window(ctx, inputs, output):
+    """setup_context of a pooling (input, *window): keep the input's shape and the window."""
+    input, *window = inputs
+    ctx.shape, ctx.window = _shape(input), window
 
 
 def _save_indices(ctx, inputs, output):
-    input, *window = inputs
+    _save_window(ctx, inputs, output)
     ctx.save_for_backward(output[1])
-    ctx.shape, ctx.window = _shape(input), window
 
 
 def _max_pool2d_gradient(ctx, grad, _):
@@ -291,12 +293,7 @@ def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor
     return input.new_empty(p.y_shape)
 
 
-_avg_pool2d_backward.register_fake(lambda grad, input_size, *window: grad.new_empty(input_size))
-
-
-def _save_window(ctx, inputs, output):
-    input, *window = inputs
-    ctx.shape, ctx.window = _shape(input), window
+_avg_pool2d_backward.register_fake(_sized(1))
 
 
 _avg_pool2d.register_autograd(
@@ -316,10 +313,10 @@ def _adaptive_avg_pool2d_backward(grad, input_size):
 
 _adaptive_avg_pool2d.register_fake(
     lambda input, output_size: input.new_empty((*input.shape[:2], *output_size)))
-_adaptive_avg_pool2d_backward.register_fake(lambda grad, input_size: grad.new_empty(input_size))
+_adaptive_avg_pool2d_backward.register_fake(_sized(1))
 _adaptive_avg_pool2d.register_autograd(
     lambda ctx, grad: (_adaptive_avg_pool2d_backward(grad, ctx.shape), None),
-    setup_context=lambda ctx, inputs, output: setattr(ctx, "shape", _shape(inputs[0])))
+    setup_context=_save_window)
 
 
 # --- batch normalisation -------------------------------------------------------------------------

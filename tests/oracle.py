@@ -152,9 +152,7 @@ def pool2d(kind, x, gy=None, kernel_size=None, stride=None, padding=0, ceil_mode
 
     xt = _torch(x64, data_format).requires_grad_()
     top, bottom, left, right = p.padding
-    per_side = isinstance(padding, (tuple, list)) and any(isinstance(q, (tuple, list))
-                                                          for q in padding)
-    if not (isinstance(padding, str) or per_side):  # PyTorch's own padding
+    if not (isinstance(padding, str) or geometry.per_side(padding)):  # PyTorch's own padding
         pads, padded = (top, left), xt
     else:
         pads, padded = 0, F.pad(xt, (left, right, top, bottom),

@@ -420,9 +420,7 @@ def work(case: Case, op: str, arrays: dict) -> tuple[float | None, float | None]
     the conv2d whose input gradient it is costs), the bytes read and written for a pooling or a
     batch normalisation (at least: x and y forward, gy, x and gx backward)."""
     if case.op in CONVS:
-        g = case.geometry()
-        flops = (g.conv if case.op == "conv_transpose2d" else g).flops
-        return flops * (1 if op == case.op else 2), None
+        return case.as_conv2d().geometry().flops * (1 if op == case.op else 2), None
     x, gy = arrays["x"], arrays["gy"]
     if case.op == "batch_norm2d":
         return None, x.nbytes * (2 if op == case.op else 3)
