@@ -1,5 +1,6 @@
 """The scripts in examples/ run: an epoch or two on a few hundred Fashion-MNIST images each."""
 
+import os
 import re
 import subprocess
 import sys
@@ -21,8 +22,10 @@ COMMANDS = {
 
 @pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
 def test_example_trains_an_epoch(command, data_root):
+    # faulthandler: a process that dies on a signal prints every thread's Python stack
     done = subprocess.run([sys.executable, *command, *QUICK, "--data", data_root],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"^epoch 1: [\d.]+ s, train loss [\d.]+.*test accuracy 0\.\d{4}$",
                      done.stdout, re.M), done.stdout
