@@ -6,7 +6,9 @@ at import, which needs a GPU. Under ``NUMBA_ENABLE_CUDASIM=1`` (set before numba
 the same kernels run in Numba's simulator on NumPy arrays.
 """
 
-from numba import cuda, types
+import importlib
+
+from numba import cuda, int32, types
 from numba.cuda.core import caching
 
 from . import activation, cuda_simulated, install_cache_locator
@@ -14,7 +16,8 @@ from . import activation, cuda_simulated, install_cache_locator
 install_cache_locator(caching)  # before the first @kernel: the GPU's compiled kernels too
 
 __all__ = ["cuda", "kernel", "signature", "device_function", "activate", "launch",
-           "output_reading", "plane_grid", "flat_grid", "MAX_GRID_Z"]
+           "output_reading", "plane_grid", "flat_grid", "span", "flat", "plane_groups",
+           "MAX_GRID_Z", "MAX_SPAN"]
 
 # The hardware limit on gridDim.z; kernels with more planes loop over them with stride gridDim.z.
 MAX_GRID_Z = 65535
@@ -23,7 +26,9 @@ MAX_GRID_Z = 65535
 def kernel(*params):
     """``@cuda.jit(cache=True)``, keeping the kernel's parameter kinds for the compile sweep:
     an int n is an n-D array of the kernel's dtype (any layout: NHWC arrives as transposed
-    views), "index4" a 4-D int64 array, "mask1" a 1-D boolean array, "int" an int64, "bool" a
+    views), "flat" a contiguous 1-D array of the kernel's dtype (an operand's memory, indexed
+    through strides passed beside it: see ``flat``), "index4" a 4-D int64 array, "mask1" a 1-D
+    boolean array, "int" an int64, "int32" an int32, "int32xN" a tuple of N int32s, "bool" a
     boolean, "scalar" a number of the kernel's dtype."""
     def declare(fn):
         compiled = cuda.jit(cache=True)(fn)
@@ -35,11 +40,17 @@ def kernel(*params):
 def signature(params, dtype):
     """The Numba signature of a kernel declared with ``params``, for arrays of ``dtype``."""
     number = types.float32 if dtype == "float32" else types.float64
-    kinds = {"int": types.int64, "bool": types.boolean, "scalar": number,
+    kinds = {"int": types.int64, "int32": types.int32, "bool": types.boolean, "scalar": number,
+             "flat": types.Array(number, 1, "C"),
              "index4": types.Array(types.int64, 4, "A"),
              "mask1": types.Array(types.boolean, 1, "A")}
-    return types.void(*(types.Array(number, p, "A") if isinstance(p, int) else kinds[p]
-                        for p in params))
+    def kind(p):
+        if isinstance(p, int):
+            return types.Array(number, p, "A")
+        if p.startswith("int32x"):
+            return types.UniTuple(types.int32, int(p[len("int32x"):]))
+        return kinds[p]
+    return types.void(*map(kind, params))
 
 
 def device_function(fn):
@@ -72,6 +83,44 @@ def flat_grid(total, block):
     """1-D grid and block (bx * by threads) covering ``total`` elements."""
     threads = block[0] * block[1]
     return -(-total // threads), threads
+
+
+# Elements an operand of one launch may span: kernels index through flat() with 32-bit offsets.
+MAX_SPAN = 2**31
+
+
+def plane_groups(arrays, planes):
+    """Slices of ``planes`` planes (the leading axis) in groups across which each of
+    ``arrays`` (those with more than one plane; one plane serves all) spans under MAX_SPAN
+    elements, for one launch each. A single plane that large is a ValueError."""
+    def widest(count):
+        return max(span(x[:count]) for x in arrays)
+    if widest(1) >= MAX_SPAN:
+        raise ValueError(f"operands of shapes {[x.shape for x in arrays]}: one plane spans "
+                         f"{MAX_SPAN} elements or more")
+    group = planes
+    while widest(group) >= MAX_SPAN:
+        group = -(-group // 2)
+    return [slice(z, min(z + group, planes)) for z in range(0, planes, group)]
+
+
+def span(x):
+    """Elements of memory an array of non-negative strides spans from its first element."""
+    if x.size == 0:
+        return 0
+    return 1 + sum((n - 1) * s for n, s in zip(x.shape, x.strides, strict=True)) // x.itemsize
+
+
+def flat(x):
+    """(x's memory as a contiguous 1-D array from its first element, x's strides in elements
+    as int32): a kernel indexes any view through it with 32-bit offsets, where Numba's strided
+    indexing costs 64-bit arithmetic on every access. x spans under 2**31 elements."""
+    if any(s < 0 for s in x.strides):
+        raise ValueError(f"flat: an array of strides {x.strides} (negative ones are not "
+                         "supported)")
+    xp = importlib.import_module(type(x).__module__.partition(".")[0])  # NumPy or CuPy
+    memory = xp.lib.stride_tricks.as_strided(x, (span(x),), (x.itemsize,))
+    return memory, tuple(int32(s // x.itemsize) for s in x.strides)
 
 
 if cuda_simulated():

@@ -4,7 +4,9 @@ the occupancy they allow, and the instruction mix of the kernel and of its main 
 Every kernel the registry lists is compiled to PTX by numba-cuda for a compute capability,
 assembled by ``ptxas -v`` (registers, spill bytes, shared memory) and disassembled by
 ``nvdisasm`` (the SASS: what the GPU runs). The main loop is the innermost loop (a backward
-branch with no other inside it) holding the most FFMA, else the most instructions. Occupancy is
+branch with no other inside it) nested deepest, then holding the most FFMA, then the most
+instructions: the loop over K or the window, not an epilogue's loop over outputs, whose
+activation functions also count FFMA. Occupancy is
 the theoretical one: resident warps over the SM's maximum, from the register file, shared
 memory and the warp and block limits of the architecture, at the block size the kernel's
 launcher uses. ptxas and nvdisasm come in the ``nvidia-cuda-nvcc`` and ``nvidia-cuda-nvdisasm``
@@ -143,10 +145,13 @@ def main_loop(sass: str) -> list[tuple[int, str]]:
     no loop."""
     ops = instructions(sass)
     spans = loops(sass)
+    def depth(span):
+        return sum(o[0] <= span[0] and span[1] <= o[1] for o in spans)
     innermost = [s for s in spans if not any(o != s and s[0] <= o[0] and o[1] <= s[1]
                                              for o in spans)]
-    bodies = [[(a, op) for a, op in ops if start <= a <= end] for start, end in innermost]
-    return max(bodies, key=lambda body: (_mix(body)["ffma"], len(body)), default=[])
+    bodies = [(depth(span), [(a, op) for a, op in ops if span[0] <= a <= span[1]])
+              for span in innermost]
+    return max(bodies, key=lambda b: (b[0], _mix(b[1])["ffma"], len(b[1])), default=(0, []))[1]
 
 
 def occupancy(registers: int, shared_bytes: int, threads: int, cc: tuple[int, int]) -> float:

@@ -55,6 +55,19 @@ def test_float32_kernels_do_not_spill(name):
     assert usage["spill_bytes"] == 0, (name, usage)
 
 
+def test_the_float32_gemm_meets_its_static_targets():
+    """The tiled GEMM for sm_90 (issue 17's targets, read without a GPU): at most 128
+    registers, so two blocks of 256 threads fit an SM (25% occupancy), and FFMA at least 60%
+    of its main loop's instructions."""
+    if kernels.tool("ptxas") is None or kernels.tool("nvdisasm") is None:
+        pytest.skip("ptxas or nvdisasm is missing: pip install nvidia-cuda-nvcc "
+                    "nvidia-cuda-nvdisasm (the dev extra has them; CI installs it)")
+    row = kernels.report("gemm_cuda.gemm", KERNELS["gemm_cuda.gemm"], "float32", CC)
+    assert row.registers <= 128 and row.spill_bytes == 0, row
+    assert row.occupancy >= 0.25, row
+    assert row.loop_ffma >= 0.6 * row.loop_instructions, row
+
+
 def test_the_registry_lists_every_cuda_kernel():
     """A kernel no registration names would escape this sweep and the launch counter."""
     declared = set()

@@ -464,19 +464,44 @@ def test_nonfinite_values_propagate_through_pooling_on_cuda():
         oracle.check_nonfinite({"y": y, "gx": gx}, oracle.pool2d(kind, x, gy, kernel_size=2))
 
 
-def test_gemm_over_several_tiles_with_shared_and_transposed_operands():
-    """The tiled GEMM on more than one tile in every direction, K not a multiple of its slice,
-    a left operand shared by every plane and a transposed right one (as the backward passes
-    them)."""
+@pytest.mark.parametrize("a_layout", ["rows", "transposed", "shared"])
+@pytest.mark.parametrize("b_layout", ["rows", "transposed"])
+def test_gemm_over_several_tiles_in_every_layout(a_layout, b_layout):
+    """The tiled GEMM on more than one tile in M and N, K not a multiple of its slice, each
+    operand with K or its other axis contiguous (the kernel stages the two differently) and a
+    left operand shared by every plane, as the three passes of a convolution call it."""
     rng = np.random.default_rng(7)
-    z, m, k, n = 2, 70, 20, 66
-    a = random(rng, (1, m, k), np.float32)
-    b = random(rng, (z, n, k), np.float32).transpose(0, 2, 1)
+    z, m, k, n = 2, gemm_cuda.TILE_M + 3, 20, gemm_cuda.TILE_N + 5
+    a = {"rows": lambda: random(rng, (z, m, k), np.float32),
+         "transposed": lambda: random(rng, (z, k, m), np.float32).transpose(0, 2, 1),
+         "shared": lambda: random(rng, (1, m, k), np.float32)}[a_layout]()
+    b = (random(rng, (z, k, n), np.float32) if b_layout == "rows"
+         else random(rng, (z, n, k), np.float32).transpose(0, 2, 1))
     bias = random(rng, m, np.float32)
     c = _poisoned((z, m, n), np.float32)
     gemm_cuda.launch_gemm(a, b, c, bias, CODES["relu"])
     want = np.maximum(np.matmul(a.astype(np.float64), b) + bias[:, None], 0)
     assert rel_error(c, want) < tolerance(np.float32)  # a poisoned cell left would be NaN
+
+
+def test_gemm_launches_planes_in_groups_whose_offsets_fit(monkeypatch):
+    """Operands spanning MAX_SPAN elements or more go in groups of planes (on a GPU: 2**31,
+    the kernels' offsets being 32-bit); one plane that large is refused."""
+    from fastconv.kernels import cuda_device
+
+    rng = np.random.default_rng(8)
+    a, b = random(rng, (1, 5, 4), np.float64), random(rng, (5, 4, 6), np.float64)
+    c = _poisoned((5, 5, 6), np.float64)
+    launches, launch = [], gemm_cuda.launch
+    monkeypatch.setattr(cuda_device, "MAX_SPAN", 2 * 30 + 1)  # two planes of c
+    monkeypatch.setattr(gemm_cuda, "launch", lambda *args: launches.append(args[-3][0])
+                        or launch(*args))
+    gemm_cuda.launch_gemm(a, b, c, np.zeros(5), CODES[None])
+    assert launches == [2, 2, 1]
+    assert rel_error(c, a @ b) < tolerance(np.float64)
+    monkeypatch.setattr(cuda_device, "MAX_SPAN", 29)
+    with pytest.raises(ValueError, match="one plane spans 29 elements or more"):
+        gemm_cuda.launch_gemm(a, b, c, np.zeros(5), CODES[None])
 
 
 # --- training on device="cuda" ------------------------------------------------------------------
