@@ -27,9 +27,9 @@ def kernel(*params):
     """``@cuda.jit(cache=True)``, keeping the kernel's parameter kinds for the compile sweep:
     an int n is an n-D array of the kernel's dtype (any layout: NHWC arrives as transposed
     views), "flat" a contiguous 1-D array of the kernel's dtype (an operand's memory, indexed
-    through strides passed beside it: see ``flat``), "index4" a 4-D int64 array, "mask1" a 1-D
-    boolean array, "int" an int64, "int32" an int32, "int32xN" a tuple of N int32s, "bool" a
-    boolean, "scalar" a number of the kernel's dtype."""
+    through strides passed beside it: see ``flat``), "index1" the same of an int64 array (an
+    index array's memory), "mask1" a 1-D boolean array, "int" an int64, "int32" an int32,
+    "int32xN" a tuple of N int32s, "bool" a boolean, "scalar" a number of the kernel's dtype."""
     def declare(fn):
         compiled = cuda.jit(cache=True)(fn)
         compiled.params = params
@@ -42,7 +42,7 @@ def signature(params, dtype):
     number = types.float32 if dtype == "float32" else types.float64
     kinds = {"int": types.int64, "int32": types.int32, "bool": types.boolean, "scalar": number,
              "flat": types.Array(number, 1, "C"),
-             "index4": types.Array(types.int64, 4, "A"),
+             "index1": types.Array(types.int64, 1, "C"),
              "mask1": types.Array(types.boolean, 1, "A")}
     def kind(p):
         if isinstance(p, int):
@@ -98,7 +98,7 @@ def plane_groups(arrays, planes):
     if widest(1) >= MAX_SPAN:
         raise ValueError(f"operands of shapes {[x.shape for x in arrays]}: one plane spans "
                          f"{MAX_SPAN} elements or more")
-    group = planes
+    group = max(planes, 1)
     while widest(group) >= MAX_SPAN:
         group = -(-group // 2)
     return [slice(z, min(z + group, planes)) for z in range(0, planes, group)]

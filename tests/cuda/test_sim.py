@@ -23,6 +23,7 @@ from fastconv.kernels import (  # noqa: E402
     bias_cuda,
     conv_direct_cuda,
     gemm_cuda,
+    im2col_cuda,
     pool_cuda,
 )
 from fastconv.kernels.activation import CODES  # noqa: E402
@@ -90,6 +91,52 @@ def test_conv2d(case, block):
     oracle.check({"gx": gx, "gw": gw}, expected)
 
 
+
+def test_direct_conv_on_channels_last_views_in_groups_of_images(monkeypatch):
+    """The direct kernels on NHWC memory seen through NCHW views (as the backward passes give
+    them) and on NHWC arrays, a tap's step past the stride (dilation 3, stride 2), in groups
+    of images whose operands each span under MAX_SPAN elements (on a GPU 2**31: the kernels'
+    offsets are 32-bit), the weight gradient summed across the groups; one image that large
+    is refused."""
+    from fastconv.kernels import cuda_device
+
+    rng = np.random.default_rng(9)
+    dtype, activation, padding = np.float64, "tanh", ((2, 1), (1, 2))
+    x_shape, w_shape = (3, 2, 7, 8), (4, 1, 2, 2)
+    g = geometry.conv_geometry(x_shape, w_shape, 2, padding, 3, 2, "NCHW")
+    x_nhwc = random(rng, (3, 7, 8, 2), dtype)
+    w_hwio = random(rng, (2, 2, 1, 4), dtype)
+    b = random(rng, 4, dtype)
+    gy_nhwc = random(rng, (3, g.OH, g.OW, 4), dtype)
+    expected = oracle.conv2d(x_nhwc, w_hwio, b, gy_nhwc, activation, stride=2, padding=padding,
+                             dilation=3, groups=2, data_format="NHWC")
+    x, w, gy = x_nhwc.transpose(0, 3, 1, 2), w_hwio.transpose(3, 2, 0, 1), gy_nhwc.transpose(
+        0, 3, 1, 2)
+    images, launch = [], conv_direct_cuda.launch
+    monkeypatch.setattr(conv_direct_cuda, "launch", lambda kernel, *args: images.append(
+        next(a[0] for a in args if isinstance(a, tuple) and len(a) == 11))
+        or launch(kernel, *args))
+    monkeypatch.setattr(cuda_device, "MAX_SPAN", 2 * 2 * 7 * 8 + 1)  # two images of x
+    for tiled in (True, False):
+        y = _poisoned((3, g.OH, g.OW, 4), dtype)
+        conv_direct_cuda.launch_conv2d_forward(x, w, b, y.transpose(0, 3, 1, 2), *_taps(g),
+                                               CODES[activation], block=BLOCK, tiled=tiled)
+        oracle.check({"y": y}, expected)
+    y = _poisoned((3, g.OH, g.OW, 4), dtype)
+    conv_direct_cuda.launch_conv2d_forward_nhwc(x_nhwc, w_hwio, b, y, *_taps(g),
+                                                CODES[activation], block=BLOCK)
+    gx, gw = _poisoned(x_nhwc.shape, dtype), _poisoned(w_hwio.shape, dtype)
+    conv_direct_cuda.launch_conv2d_backward_input(gy, w, gx.transpose(0, 3, 1, 2), *_taps(g),
+                                                  block=BLOCK)
+    conv_direct_cuda.launch_conv2d_backward_weight(gy, x, gw.transpose(3, 2, 0, 1), *_taps(g),
+                                                   block=BLOCK)
+    oracle.check({"y": y, "gx": gx, "gw": gw}, expected)
+    assert images == [2, 1] * 5
+    monkeypatch.setattr(cuda_device, "MAX_SPAN", 2 * 7 * 8)
+    with pytest.raises(ValueError, match="one plane spans 112 elements or more"):
+        conv_direct_cuda.launch_conv2d_backward_input(gy, w, gx.transpose(0, 3, 1, 2),
+                                                      *_taps(g))
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_conv2d_backward_bias(dtype):
     rng = np.random.default_rng(1)
@@ -97,6 +144,68 @@ def test_conv2d_backward_bias(dtype):
     gb = _poisoned(5, dtype)
     bias_cuda.launch_conv2d_backward_bias(gy, gb, block=(2, 2))
     oracle.check({"gb": gb}, oracle.conv2d(x, w, gy=gy))
+
+
+# (x NCHW shape, layout, (R, S, sh, sw, pt, pl, dh, dw), (OH, OW), dtype): each a dilation above
+# and below its stride, padding on one side and the other, NHWC as a transposed view.
+IM2COL_CASES = [
+    ((2, 3, 9, 6), "NCHW", (3, 3, 2, 1, 1, 2, 3, 2), (4, 4), np.float32),
+    ((1, 2, 5, 6), "NHWC", (3, 3, 1, 3, 2, 0, 2, 2), (5, 2), np.float64),
+]
+
+
+def _im2col_reference(x, gcols, window, out_size):
+    """im2col's columns of x and col2im's gradient of gcols, in float64, by the tap rule."""
+    r_, s_, sh, sw, pt, pl, dh, dw = window
+    n_, c_, h_, w_ = x.shape
+    cols, gx = np.zeros((n_, c_ * r_ * s_, *out_size)), np.zeros(x.shape)
+    for c, r, s, oh, ow in np.ndindex(c_, r_, s_, *out_size):
+        ih, iw, row = oh * sh - pt + r * dh, ow * sw - pl + s * dw, (c * r_ + r) * s_ + s
+        if 0 <= ih < h_ and 0 <= iw < w_:
+            cols[:, row, oh, ow] = x[:, c, ih, iw]
+            gx[:, c, ih, iw] += gcols[:, row, oh, ow]
+    return cols, gx
+
+
+@pytest.mark.parametrize("case", IM2COL_CASES, ids=[c[1] for c in IM2COL_CASES])
+def test_im2col_and_col2im(case):
+    x_shape, layout, window, out_size, dtype = case
+    rng = np.random.default_rng(20)
+    def nchw(a):  # an array in ``layout`` as the launchers take it: NHWC as a transposed view
+        return a if layout == "NCHW" else a.transpose(0, 3, 1, 2)
+    x = nchw(_layout(random(rng, x_shape, dtype), layout))
+    cols_shape = (x_shape[0], x_shape[1] * window[0] * window[1], *out_size)
+    gcols = random(rng, cols_shape, dtype)
+    want_cols, want_gx = _im2col_reference(x, gcols, window, out_size)
+    cols, gx = _poisoned(cols_shape, dtype), nchw(_layout(_poisoned(x_shape, dtype), layout))
+    im2col_cuda.launch_im2col(x, cols, *window, block=BLOCK)
+    im2col_cuda.launch_col2im(gcols, gx, *window, block=BLOCK)
+    np.testing.assert_array_equal(cols, want_cols.astype(dtype))
+    assert rel_error(gx, want_gx) < tolerance(dtype)  # a poisoned cell left would be NaN
+
+
+def test_im2col_and_col2im_launch_images_in_groups_whose_offsets_fit(monkeypatch):
+    """Operands spanning MAX_SPAN elements or more go in groups of images; one image that
+    large is refused."""
+    from fastconv.kernels import cuda_device
+
+    rng = np.random.default_rng(21)
+    window, out_size = (2, 2, 1, 1, 0, 0, 1, 1), (3, 3)
+    x, gcols = random(rng, (5, 2, 4, 4), np.float64), random(rng, (5, 8, 3, 3), np.float64)
+    want_cols, want_gx = _im2col_reference(x, gcols, window, out_size)
+    cols, gx = _poisoned(gcols.shape, np.float64), _poisoned(x.shape, np.float64)
+    images, launch = [], im2col_cuda.launch
+    monkeypatch.setattr(cuda_device, "MAX_SPAN", 2 * 72 + 1)  # two images of columns
+    monkeypatch.setattr(im2col_cuda, "launch", lambda *args: images.append(args[8][0])
+                        or launch(*args))
+    im2col_cuda.launch_im2col(x, cols, *window, block=BLOCK)
+    im2col_cuda.launch_col2im(gcols, gx, *window, block=BLOCK)
+    assert images == [2, 2, 1] * 2
+    np.testing.assert_array_equal(cols, want_cols)
+    assert rel_error(gx, want_gx) < tolerance(np.float64)
+    monkeypatch.setattr(cuda_device, "MAX_SPAN", 72)
+    with pytest.raises(ValueError, match="one plane spans 72 elements or more"):
+        im2col_cuda.launch_im2col(x, cols, *window, block=BLOCK)
 
 
 def _pool_case(kind, case, seed, ties=False):
@@ -150,6 +259,37 @@ def test_max_pool2d_indices_and_the_backward_through_them(case, ties):
     oracle.check({"y": y, "gx": gx}, expected)
     _, on_cpu = ops.max_pool2d(x, **window, return_indices=True)
     np.testing.assert_array_equal(indices, on_cpu)
+
+
+def test_pooling_launches_images_in_groups_whose_offsets_fit(monkeypatch):
+    """NHWC views (flat memory and strides) in groups of images whose offsets fit, the unused
+    indices stand-in serving every group; one image spanning MAX_SPAN elements is refused."""
+    from fastconv.kernels import cuda_device
+
+    rng = np.random.default_rng(22)
+    x = tie_free(rng, (3, 4, 4, 2), np.float32).transpose(0, 3, 1, 2)
+    gy = random(rng, (3, 2, 2, 2), np.float32)
+    expected = oracle.pool2d("max", x, gy, kernel_size=2)
+    images, launch = [], pool_cuda.launch
+    monkeypatch.setattr(cuda_device, "MAX_SPAN", 2 * 32 + 1)  # two images of x
+    monkeypatch.setattr(pool_cuda, "launch", lambda *args: images.append(
+        next(a[0] for a in args if isinstance(a, tuple) and len(a) == 6)) or launch(*args))
+    y, indices = _poisoned((3, 2, 2, 2), np.float32), np.full((3, 2, 2, 2), -1, np.int64)
+    pool_cuda.launch_max_pool2d_forward(x, y, indices, 2, 2, 2, 2, 1, 1, 0, 0, True,
+                                        block=BLOCK)
+    unused_y = _poisoned((3, 2, 2, 2), np.float32)
+    pool_cuda.launch_max_pool2d_forward(x, unused_y, _UNUSED, 2, 2, 2, 2, 1, 1, 0, 0, False,
+                                        block=BLOCK)
+    gx = _poisoned((3, 4, 4, 2), np.float32).transpose(0, 3, 1, 2)
+    pool_cuda.launch_max_pool2d_backward_indices(gy, indices, gx, 2, 2, 2, 2, 1, 1, 0, 0,
+                                                 block=(2, 2))
+    assert images == [2, 1, 2, 1, 2, 1]
+    oracle.check({"y": y, "gx": gx}, expected)
+    np.testing.assert_array_equal(unused_y, y)
+    np.testing.assert_array_equal(indices, ops.max_pool2d(x, 2, return_indices=True)[1])
+    monkeypatch.setattr(cuda_device, "MAX_SPAN", 32)
+    with pytest.raises(ValueError, match="one plane spans 32 elements or more"):
+        pool_cuda.launch_max_pool2d_forward(x, y, indices, 2, 2, 2, 2, 1, 1, 0, 0, True)
 
 
 def test_max_pool2d_nan_wins():
@@ -464,8 +604,8 @@ def test_nonfinite_values_propagate_through_pooling_on_cuda():
         oracle.check_nonfinite({"y": y, "gx": gx}, oracle.pool2d(kind, x, gy, kernel_size=2))
 
 
-@pytest.mark.parametrize("a_layout", ["rows", "transposed", "shared"])
-@pytest.mark.parametrize("b_layout", ["rows", "transposed"])
+@pytest.mark.parametrize("a_layout, b_layout", [("rows", "transposed"), ("transposed", "rows"),
+                                                 ("shared", "rows")])
 def test_gemm_over_several_tiles_in_every_layout(a_layout, b_layout):
     """The tiled GEMM on more than one tile in M and N, K not a multiple of its slice, each
     operand with K or its other axis contiguous (the kernel stages the two differently) and a
