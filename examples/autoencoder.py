@@ -15,10 +15,10 @@ mean training loss and the test loss, and at the end writes a PNG of 8 test imag
 and their reconstructions (bottom row).
 """
 
-import argparse
 import time
 
 from matplotlib.figure import Figure
+from training_options import training_options
 
 import fastconv
 from fastconv import data, nn, optim
@@ -26,24 +26,7 @@ from fastconv.nn import functional as F
 
 
 def arguments():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=2,
-                        help="passes over the training set (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64,
-                        help="images per optimiser step (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3,
-                        help="Adam's learning rate (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the initial weights and of the shuffles (default: "
-                             "%(default)s)")
-    parser.add_argument("--data", metavar="DIR",
-                        help="folder holding fashion-mnist/ (default: $FASTCONV_DATA, then "
-                             "~/.cache/fastconv/datasets, Debian's dataset-fashion-mnist, "
-                             "else a download)")
-    parser.add_argument("--limit", type=int, metavar="N",
-                        help="use only the first N training and N test images, for a quick run "
-                             "(default: all)")
+    parser = training_options(__doc__)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the net trains (default: %(default)s)")
     parser.add_argument("--out", default="autoencoder.png", metavar="PATH",

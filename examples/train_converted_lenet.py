@@ -14,7 +14,6 @@ fastconv is imported before torch (README, "fastconv under PyTorch", says why), 
 torch, the same training in a process that imports torch first.
 """
 
-import argparse
 import time
 
 # fastconv before torch: it sets OMP_WAIT_POLICY=PASSIVE before torch starts its OpenMP runtime,
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+from training_options import training_options
 
 import fastconv
 from fastconv import data
@@ -53,24 +53,7 @@ class LeNet5(nn.Module):
 
 def arguments(doc):
     """The options of this example, which examples/ddp_train.py extends."""
-    parser = argparse.ArgumentParser(description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=2,
-                        help="passes over the training set (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64,
-                        help="images per optimiser step, per process (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3,
-                        help="Adam's learning rate (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the initial weights and of the shuffles (default: "
-                             "%(default)s)")
-    parser.add_argument("--data", metavar="DIR",
-                        help="folder holding fashion-mnist/ (default: $FASTCONV_DATA, then "
-                             "~/.cache/fastconv/datasets, Debian's dataset-fashion-mnist, "
-                             "else a download)")
-    parser.add_argument("--limit", type=int, metavar="N",
-                        help="use only the first N training and N test images, for a quick run "
-                             "(default: all)")
+    parser = training_options(doc)
     parser.add_argument("--unconverted", action="store_true",
                         help="train the plain PyTorch model, PyTorch's own convolutions and "
                              "pooling, for comparison")

@@ -13,7 +13,7 @@ NCHW view) costs the same; offsets are uint32, hence no 64-bit products and no n
 test per access. Divisions are unsigned 32-bit and once per thread or plane: a thread first
 finds the range of its taps that fall inside the input (``_inside``), so its inner loops test
 no padding and only add strides to offsets. The launchers keep each operand under MAX_SPAN
-elements by launching groups of images (``plane_groups``). Innermost loops count down in a
+elements by launching groups of images (``flat_groups``). Innermost loops count down in a
 ``while``: a ``range`` loop clamps its count on every trip, and LLVM then unrolls it less.
 
 Launch: ``launch_*`` pick the grid from the shapes; ``block`` is (threads along the columns,
@@ -24,7 +24,7 @@ C/groups, K/groups, R, S, OH, OW) of its launch and ``window`` = (sh, sw, pt, pl
 
 from numba import int32, uint32
 
-from .cuda_device import activate, cuda, flat, flat_grid, kernel, launch, plane_grid, plane_groups
+from .cuda_device import activate, cuda, flat_grid, flat_groups, int32s, kernel, launch, plane_grid
 
 # The input tile the tiled forward stages in shared memory, in input cells (rows, columns). A
 # shared array's shape must be a compile-time constant; 40 x 40 holds the patch of a 16 x 16
@@ -340,18 +340,10 @@ def tile_fits(oh_, ow_, r_, s_, sh, sw, dh, dw, block):
     return ph <= TILE[0] and pw <= TILE[1] and r_ * s_ <= MAX_TAPS
 
 
-def _image_groups(batched, filters):
-    """Per launch, (images, then each ``batched`` array's memory and strides for them: see
-    ``flat``): the groups of images (axis 0) across which every operand, the ``filters``
-    whole, spans under MAX_SPAN elements."""
-    for images in plane_groups((*batched, filters[None]), batched[0].shape[0]):
-        yield images.stop - images.start, [v for a in batched for v in flat(a[images])]
-
-
 def _geometry(n, c, h, w, k, groups, r, s, oh, ow, sh, sw, pt, pl, dh, dw):
     """A launch's ``sizes`` and ``window`` (see the module docstring)."""
-    return (tuple(int32(v) for v in (n, c, h, w, k, c // groups, k // groups, r, s, oh, ow)),
-            tuple(int32(v) for v in (sh, sw, pt, pl, dh, dw)))
+    return (int32s(n, c, h, w, k, c // groups, k // groups, r, s, oh, ow),
+            int32s(sh, sw, pt, pl, dh, dw))
 
 
 def launch_conv2d_forward(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act, block=(8, 8),
@@ -364,10 +356,10 @@ def launch_conv2d_forward(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act, block
         kernel, planes = conv2d_forward_nchw_tiled, groups * -(-k_ // groups // K_TILE)
     else:
         kernel, planes = conv2d_forward_nchw, k_
-    w_flat, w_strides = flat(w)
-    for images, (x_flat, x_strides, y_flat, y_strides) in _image_groups((x, y), w):
+    for images, (x_flat, x_strides, y_flat, y_strides, w_flat, w_strides) in flat_groups(
+            (x, y, w[None]), x.shape[0]):
         launch(kernel, plane_grid(oh_, ow_, images * planes, block), block, stream,
-               x_flat, x_strides, w_flat, w_strides, b, y_flat, y_strides,
+               x_flat, x_strides, w_flat, w_strides[1:], b, y_flat, y_strides,
                *_geometry(images, c_, h_, w_, k_, groups, r_, s_, oh_, ow_,
                           sh, sw, pt, pl, dh, dw), act)
 
@@ -377,10 +369,10 @@ def launch_conv2d_forward_nhwc(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act, 
     _, h_, w_, c_ = x.shape
     r_, s_, _, k_ = w.shape
     oh_, ow_ = y.shape[1:3]
-    w_flat, w_strides = flat(w)
-    for images, (x_flat, x_strides, y_flat, y_strides) in _image_groups((x, y), w):
+    for images, (x_flat, x_strides, y_flat, y_strides, w_flat, w_strides) in flat_groups(
+            (x, y, w[None]), x.shape[0]):
         launch(conv2d_forward_nhwc, plane_grid(ow_, k_, images * oh_, block), block, stream,
-               x_flat, x_strides, w_flat, w_strides, b, y_flat, y_strides,
+               x_flat, x_strides, w_flat, w_strides[1:], b, y_flat, y_strides,
                *_geometry(images, c_, h_, w_, k_, groups, r_, s_, oh_, ow_,
                           sh, sw, pt, pl, dh, dw), act)
 
@@ -390,10 +382,10 @@ def launch_conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups, bloc
     _, c_, h_, w_ = gx.shape
     k_, _, r_, s_ = w.shape
     oh_, ow_ = gy.shape[2:]
-    w_flat, w_strides = flat(w)
-    for images, (gy_flat, gy_strides, gx_flat, gx_strides) in _image_groups((gy, gx), w):
+    for images, (gy_flat, gy_strides, gx_flat, gx_strides, w_flat, w_strides) in flat_groups(
+            (gy, gx, w[None]), gy.shape[0]):
         launch(conv2d_backward_input, plane_grid(h_, w_, images * c_, block), block, stream,
-               gy_flat, gy_strides, w_flat, w_strides, gx_flat, gx_strides,
+               gy_flat, gy_strides, w_flat, w_strides[1:], gx_flat, gx_strides,
                *_geometry(images, c_, h_, w_, k_, groups, r_, s_, oh_, ow_,
                           sh, sw, pt, pl, dh, dw))
 
@@ -405,10 +397,9 @@ def launch_conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups, blo
     k_, _, r_, s_ = gw.shape
     oh_, ow_ = gy.shape[2:]
     grid, threads = flat_grid(gw.size, block)
-    gw_flat, gw_strides = flat(gw)
-    for z, (images, (gy_flat, gy_strides, x_flat, x_strides)) in enumerate(
-            _image_groups((gy, x), gw)):
+    for z, (images, (gy_flat, gy_strides, x_flat, x_strides, gw_flat, gw_strides)) in enumerate(
+            flat_groups((gy, x, gw[None]), gy.shape[0])):
         launch(conv2d_backward_weight, grid, threads, stream, gy_flat, gy_strides, x_flat,
-               x_strides, gw_flat, gw_strides,
+               x_strides, gw_flat, gw_strides[1:],
                *_geometry(images, c_, h_, w_, k_, groups, r_, s_, oh_, ow_,
                           sh, sw, pt, pl, dh, dw), z > 0)

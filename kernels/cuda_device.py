@@ -16,8 +16,8 @@ from . import activation, cuda_simulated, install_cache_locator
 install_cache_locator(caching)  # before the first @kernel: the GPU's compiled kernels too
 
 __all__ = ["cuda", "kernel", "signature", "device_function", "activate", "launch",
-           "output_reading", "plane_grid", "flat_grid", "span", "flat", "plane_groups",
-           "MAX_GRID_Z", "MAX_SPAN"]
+           "plane_grid", "flat_grid", "span", "flat", "flat_groups",
+           "int32s", "MAX_GRID_Z", "MAX_SPAN"]
 
 # The hardware limit on gridDim.z; kernels with more planes loop over them with stride gridDim.z.
 MAX_GRID_Z = 65535
@@ -62,17 +62,6 @@ def device_function(fn):
 activate = device_function(activation.activate)
 
 
-@cuda.jit(device=True, inline="always")
-def output_reading(i, before, tap, stride, out_size):
-    """The output o whose window reads input cell ``i`` at offset ``tap`` (tap index times
-    dilation) along one axis, i.e. ``o * stride - before + tap == i`` with 0 <= o < out_size;
-    -1 when no output does. The gather of the backward kernels (no atomics) asks this."""
-    t = i + before - tap
-    if t < 0 or t % stride != 0 or t // stride >= out_size:
-        return -1
-    return t // stride
-
-
 def plane_grid(rows, cols, planes, block):
     """Grid for a block (bx, by) of threads over (column, row) tiles of ``planes`` planes."""
     bx, by = block
@@ -89,10 +78,12 @@ def flat_grid(total, block):
 MAX_SPAN = 2**31
 
 
-def plane_groups(arrays, planes):
-    """Slices of ``planes`` planes (the leading axis) in groups across which each of
-    ``arrays`` (those with more than one plane; one plane serves all) spans under MAX_SPAN
-    elements, for one launch each. A single plane that large is a ValueError."""
+def flat_groups(arrays, planes):
+    """Per launch, (the group's plane count, the memory and strides (``flat``) of each of
+    ``arrays`` for the group's planes), for groups of the ``planes`` planes (the leading
+    axis) across which every array spans under MAX_SPAN elements. An array of one plane
+    serves every plane: whole, with plane stride 0. A single plane that large is a
+    ValueError."""
     def widest(count):
         return max(span(x[:count]) for x in arrays)
     if widest(1) >= MAX_SPAN:
@@ -101,7 +92,21 @@ def plane_groups(arrays, planes):
     group = max(planes, 1)
     while widest(group) >= MAX_SPAN:
         group = -(-group // 2)
-    return [slice(z, min(z + group, planes)) for z in range(0, planes, group)]
+    for z in range(0, planes, group):
+        count, parts = min(group, planes - z), []
+        for x in arrays:
+            if x.shape[0] == 1:
+                memory, strides = flat(x)
+                strides = (int32(0), *strides[1:])
+            else:
+                memory, strides = flat(x[z:z + count])
+            parts += [memory, strides]
+        yield count, parts
+
+
+def int32s(*values):
+    """``values`` as a tuple of int32: a kernel's "int32xN" parameter."""
+    return tuple(int32(v) for v in values)
 
 
 def span(x):
@@ -120,7 +125,7 @@ def flat(x):
                          "supported)")
     xp = importlib.import_module(type(x).__module__.partition(".")[0])  # NumPy or CuPy
     memory = xp.lib.stride_tricks.as_strided(x, (span(x),), (x.itemsize,))
-    return memory, tuple(int32(s // x.itemsize) for s in x.strides)
+    return memory, int32s(*(s // x.itemsize for s in x.strides))
 
 
 if cuda_simulated():

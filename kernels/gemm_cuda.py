@@ -9,7 +9,7 @@ weight (dW = dY X^T, per plane, summed by the caller).
 
 from numba import int32, uint32
 
-from .cuda_device import MAX_GRID_Z, activate, cuda, flat, kernel, launch, plane_grid, plane_groups
+from .cuda_device import MAX_GRID_Z, activate, cuda, flat_groups, int32s, kernel, launch, plane_grid
 
 # A block of THREADS threads owns a TILE_M x TILE_N tile of one output plane and each thread an
 # 8 x 8 register tile of it, the cells (ty + 16 i, tx + 16 j): a warp's shared-memory reads
@@ -146,16 +146,10 @@ def launch_gemm(a, b, c, bias, act, stream=0):
     """c = act(bias + a @ b) for (Z or 1, M, K), (Z, K, N) and (Z, M, N) arrays of any
     non-negative strides, a launch for each group of planes that 32-bit offsets reach."""
     z_, m_, n_ = c.shape
-    for planes in plane_groups((a, b, c), z_):
-        (a_flat, a_strides), (b_flat, b_strides), (c_flat, c_strides) = (
-            flat(x) for x in (a if a.shape[0] == 1 else a[planes], b[planes], c[planes]))
-        if a.shape[0] == 1:
-            a_strides = (int32(0), *a_strides[1:])
-        count = planes.stop - planes.start
-        sizes = tuple(int32(s) for s in (count, m_, n_, a.shape[2]))
+    for count, operands in flat_groups((a, b, c), z_):
         grid = (-(-n_ // TILE_N), -(-m_ // TILE_M), min(count, MAX_GRID_Z))
-        launch(gemm, grid, THREADS, stream, a_flat, a_strides, b_flat, b_strides, c_flat,
-               c_strides, sizes, bias, act)
+        launch(gemm, grid, THREADS, stream, *operands, int32s(count, m_, n_, a.shape[2]), bias,
+               act)
 
 
 def launch_bias_activation(c, bias, act, block=(32, 8), stream=0):

@@ -14,7 +14,7 @@ split the batch into groups of images those offsets reach.
 
 from numba import int32, uint32
 
-from .cuda_device import cuda, flat, kernel, launch, plane_grid, plane_groups
+from .cuda_device import cuda, flat_groups, int32s, kernel, launch, plane_grid
 
 
 @kernel("flat", "int32x4", "flat", "int32x4", "int32x6", *["int32"] * 8)
@@ -117,24 +117,17 @@ def col2im(cols, cols_strides, x, x_strides, sizes, r_, s_, sh, sw, pt, pl, dh, 
         x[uint32(n * x_n + c * x_c + ih * x_h + iw * x_w)] = acc
 
 
-def _int32s(*values):
-    return tuple(int32(v) for v in values)
-
-
 def launch_im2col(x, cols, r_, s_, sh, sw, pt, pl, dh, dw, block=(32, 4), stream=0):
     n_, rows, oh_, ow_ = cols.shape
-    for images in plane_groups((x, cols), n_):
-        (x_flat, x_strides), (cols_flat, cols_strides) = flat(x[images]), flat(cols[images])
-        sizes = _int32s(images.stop - images.start, rows, *x.shape[2:], oh_, ow_)
-        launch(im2col, plane_grid(oh_, ow_, rows, block), block, stream, x_flat, x_strides,
-               cols_flat, cols_strides, sizes, *_int32s(r_, s_, sh, sw, pt, pl, dh, dw))
+    for images, operands in flat_groups((x, cols), n_):
+        sizes = int32s(images, rows, *x.shape[2:], oh_, ow_)
+        launch(im2col, plane_grid(oh_, ow_, rows, block), block, stream, *operands, sizes,
+               *int32s(r_, s_, sh, sw, pt, pl, dh, dw))
 
 
 def launch_col2im(cols, x, r_, s_, sh, sw, pt, pl, dh, dw, block=(32, 4), stream=0):
     n_, c_, h_, w_ = x.shape
-    for images in plane_groups((cols, x), n_):
-        (cols_flat, cols_strides), (x_flat, x_strides) = flat(cols[images]), flat(x[images])
-        count = images.stop - images.start
-        sizes = _int32s(count, c_, h_, w_, *cols.shape[2:])
-        launch(col2im, plane_grid(h_, w_, count * c_, block), block, stream, cols_flat,
-               cols_strides, x_flat, x_strides, sizes, *_int32s(r_, s_, sh, sw, pt, pl, dh, dw))
+    for images, operands in flat_groups((cols, x), n_):
+        sizes = int32s(images, c_, h_, w_, *cols.shape[2:])
+        launch(col2im, plane_grid(h_, w_, images * c_, block), block, stream, *operands, sizes,
+               *int32s(r_, s_, sh, sw, pt, pl, dh, dw))

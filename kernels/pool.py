@@ -1,5 +1,5 @@
 """Max and average pooling, forward and backward, with the window arithmetic written once: its
-functions here (span, divisor, argmax) are compiled for the GPU too, by kernels/pool_cuda.py."""
+functions here (span, divisor, wins) are compiled for the GPU too, by kernels/pool_cuda.py."""
 
 import math
 
@@ -53,10 +53,16 @@ def divisor(h0, h1, w0, w1, padded_h, padded_w, count_padding, override):
 
 
 @njit(inline="always", cache=True)
-def argmax(plane, h0, h1, w0, w1, dh, dw):
-    """PyTorch's max over ``plane[h0:h1:dh, w0:w1:dw]``: row-major scan, ``v > best or isnan(v)``.
+def wins(v, best):
+    """PyTorch's max rule, for a row-major scan: ``v > best or isnan(v)``. So the first maximum
+    wins a tie and a NaN wins over numbers (the last NaN, as in PyTorch)."""
+    return (v > best) | (v != v)
 
-    So the first maximum wins a tie and a NaN wins over numbers (the last NaN, as in PyTorch).
+
+@njit(inline="always", cache=True)
+def argmax(plane, h0, h1, w0, w1, dh, dw):
+    """PyTorch's max over ``plane[h0:h1:dh, w0:w1:dw]``, scanned row-major by ``wins``.
+
     Returns the winner's row, column and value; where only the value is used (the forward),
     LLVM drops the index updates.
     """
@@ -65,7 +71,7 @@ def argmax(plane, h0, h1, w0, w1, dh, dw):
     for h in range(h0, h1, dh):
         for w in range(w0, w1, dw):
             v = plane[h, w]
-            take = (v > best) | (v != v)
+            take = wins(v, best)
             best = v if take else best
             bh = h if take else bh
             bw = w if take else bw

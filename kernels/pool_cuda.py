@@ -23,10 +23,10 @@ import math
 from numba import int32, uint32
 
 from . import pool
-from .cuda_device import cuda, device_function, flat, kernel, launch, plane_grid, plane_groups
+from .cuda_device import cuda, device_function, flat_groups, int32s, kernel, launch, plane_grid
 
-span, divisor, adaptive_span = (device_function(f) for f in (
-    pool.span, pool.divisor, pool.adaptive_span))
+span, divisor, adaptive_span, wins = (device_function(f) for f in (
+    pool.span, pool.divisor, pool.adaptive_span, pool.wins))
 
 ARRAY = ("flat", "int32x4")  # an array's memory and its strides
 INDICES = ("index1", "int32x4")
@@ -63,8 +63,8 @@ def _image_channel(plane, c_):
 def _argmax(x, at, h_step, w_step, h0, h1, w0, w1, dh, dw):
     """pool.argmax over flat memory: the cells (h0 + i dh, w0 + j dw) before (h1, w1), the first
     at offset ``at``, the next row ``h_step`` on and the next column ``w_step``. The same
-    row-major scan and rule (``v > best or isnan(v)``); while loops, since a range of
-    run-time step divides for its trip count."""
+    row-major scan by pool.wins; while loops, since a range of run-time step divides for its
+    trip count."""
     best = x.dtype.type(-math.inf)
     bh, bw = h0, w0
     h = h0
@@ -72,7 +72,7 @@ def _argmax(x, at, h_step, w_step, h0, h1, w0, w1, dh, dw):
         cell, w = at, w0
         while w < w1:
             v = x[cell]
-            take = (v > best) | (v != v)
+            take = wins(v, best)
             best = v if take else best
             bh = h if take else bh
             bw = w if take else bw
@@ -305,12 +305,9 @@ def _launch(kernel, arrays, x, y, owned, window, block, stream):
     32-bit offsets reach; ``window`` follows the sizes, ints as int32."""
     n_, c_ = x.shape[:2]
     scalars = tuple(w if isinstance(w, bool) else int32(w) for w in window)
-    for images in plane_groups(arrays, n_):
-        count = images.stop - images.start
-        operands = [part for a in arrays for part in flat(a if a.shape[0] < n_ else a[images])]
-        sizes = tuple(int32(s) for s in (count, c_, *x.shape[2:], *y.shape[2:]))
-        launch(kernel, plane_grid(*owned, count * c_, block), block, stream, *operands, sizes,
-               *scalars)
+    for images, operands in flat_groups(arrays, n_):
+        launch(kernel, plane_grid(*owned, images * c_, block), block, stream, *operands,
+               int32s(images, c_, *x.shape[2:], *y.shape[2:]), *scalars)
 
 
 def launch_max_pool2d_forward(x, y, indices, kh, kw, sh, sw, dh, dw, pt, pl, keep,
