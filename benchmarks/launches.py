@@ -1,13 +1,18 @@
-"""Count the CUDA kernel launches of one LeNet-5 training step on device="cuda", without a GPU.
+"""Count the GPU launches of one LeNet-5 training step on device="cuda", without a GPU.
 
     python benchmarks/launches.py [--batch 64] [--activation relu] [--pool max]
 
-The step runs under Numba's CUDA simulator with every launch of a kernel the registry lists
-(fastconv.registry.cuda_kernels) counted and skipped (the counts do not depend on the values,
-and the simulator would take minutes to run them). Counted: the
-launches of fastconv's kernels (forward, backward, epilogues, the Adam update). Not counted:
-the element-wise work of the autograd layer and the loss, which on a GPU are CuPy launches of
-their own.
+The step runs under Numba's CUDA simulator. Two kinds of launch are counted, apart:
+
+- fastconv's kernels: every launch of a kernel the registry lists (fastconv.registry.
+  cuda_kernels) is counted and skipped (the counts do not depend on the values, and the
+  simulator would take minutes to run them);
+- array operations: the element-wise work, reductions, gathers, copies and fills that the
+  autograd layer, the loss and the ops' glue do on device arrays outside fastconv's kernels,
+  each a CuPy launch of its own on a GPU. Under the simulator the device arrays are NumPy
+  arrays; here they are a NumPy subclass that counts every ufunc call, reduction, NumPy
+  function and copying method applied to it (a view costs nothing and is not counted; a
+  NumPy function calling others inside counts once).
 """
 
 import os
@@ -15,12 +20,14 @@ import os
 os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before numba is first imported
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import sys  # noqa: E402
 from collections import Counter  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from fastconv import models, nn, optim, registry, tensor  # noqa: E402
+from fastconv import Tensor, models, nn, optim, registry, tensor  # noqa: E402
+from fastconv import cuda as backend  # noqa: E402
 from fastconv.nn import functional as F  # noqa: E402
 
 
@@ -36,20 +43,129 @@ class Counted:
         return launch
 
 
-def count_step(batch, activation, pool):
+class DeviceArray(np.ndarray):
+    """A NumPy array standing in for a CuPy array: each operation on it that would be a launch
+    on a GPU adds one to ``DeviceArray.counts`` under the operation's name."""
+
     counts = Counter()
+    _depth = 0  # > 0 inside a counted operation, whose inner operations are its own
+
+    @classmethod
+    @contextlib.contextmanager
+    def operation(cls, name, count=True):
+        if count and cls._depth == 0:
+            cls.counts[name] += 1
+        cls._depth += 1
+        try:
+            yield
+        finally:
+            cls._depth -= 1
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        name = ufunc.__name__ + ("" if method == "__call__" else f".{method}")
+        if "out" in kwargs:
+            kwargs["out"] = tuple(map(_host, kwargs["out"]))
+        with DeviceArray.operation(name):
+            return _device(getattr(ufunc, method)(*map(_host, inputs), **kwargs))
+
+    def __array_function__(self, func, types, args, kwargs):
+        with DeviceArray.operation(func.__name__, count=False):
+            result = func._implementation(*args, **kwargs)
+        if _new_memory(result, args) and DeviceArray._depth == 0:
+            DeviceArray.counts[func.__name__] += 1
+        return _device(result)
+
+
+def _host(a):
+    return a.view(np.ndarray) if isinstance(a, DeviceArray) else a
+
+
+def _device(a):
+    if isinstance(a, np.generic):  # CuPy reduces to 0-d arrays, not to scalars
+        a = np.asarray(a)
+    if isinstance(a, tuple):
+        return tuple(map(_device, a))
+    return a.view(DeviceArray) if type(a) is np.ndarray else a
+
+
+def _new_memory(result, sources):
+    """Whether ``result`` was written (a copy, a gather), not a view of one of ``sources``."""
+    if not isinstance(result, np.ndarray):
+        return False
+    arrays = [s for s in sources if isinstance(s, np.ndarray)]
+    return not any(np.may_share_memory(result, s) for s in arrays)
+
+
+def _copying(name):
+    """ndarray's method ``name``, counted when it writes new memory (a reshape that has to
+    copy, fancy indexing) or into the array (item assignment, fill)."""
+    method = getattr(np.ndarray, name)
+
+    def counted(self, *args, **kwargs):
+        with DeviceArray.operation(name, count=False):
+            result = method(self, *args, **kwargs)
+        if (name in ("__setitem__", "fill") or _new_memory(result, (self,))) and (
+                DeviceArray._depth == 0):
+            DeviceArray.counts[name] += 1
+        return _device(result)
+    return counted
+
+
+for _name in ("copy", "astype", "reshape", "__getitem__", "__setitem__", "fill", "mean"):
+    setattr(DeviceArray, _name, _copying(_name))
+# Code that picks NumPy or CuPy by an array's module (cuda_device.flat) must find NumPy.
+DeviceArray.__module__ = "numpy"
+
+
+def _filling(name):
+    """NumPy's ``name`` (zeros, ones, full) making a DeviceArray, counted."""
+    def fill(*args, **kwargs):
+        DeviceArray.counts[name] += 1
+        return _device(getattr(np, name)(*args, **kwargs))
+    return staticmethod(fill)
+
+
+class DeviceModule:
+    """The CUDA backend's array module (NumPy under the simulator) making DeviceArrays, a fill
+    counted (CuPy's zeros are a memset, its ones and full a launch)."""
+
+    zeros, ones, full = map(_filling, ("zeros", "ones", "full"))
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        return _device(np.empty(*args, **kwargs))
+
+
+def count_step(batch, activation, pool):
+    """(fastconv kernel launches, array operations) of one Adam step of LeNet-5 on ``batch``
+    images, each a Counter by name: the second step, as every step after the first (which
+    also creates the optimiser's state)."""
+    kernels = Counter()
     for name in registry.cuda_kernels():
         module, _, kernel = name.partition(".")
-        setattr(sys.modules[f"fastconv.kernels.{module}"], kernel, Counted(kernel, counts))
+        setattr(sys.modules[f"fastconv.kernels.{module}"], kernel, Counted(kernel, kernels))
+    # Every device array becomes a DeviceArray: the tensors' data and whatever the backend
+    # allocates (every kernel output among them).
+    Tensor.data = property(lambda self: self.__dict__["data"],
+                           lambda self, a: self.__dict__.__setitem__("data", _device(a)))
+    backend.xp = DeviceModule()
     nn.manual_seed(0)
     model = models.LeNet5(activation=activation, pool=pool).to("cuda")
     optimizer = optim.Adam(model.parameters())
     x = np.random.default_rng(0).standard_normal((batch, 1, 32, 32)).astype(np.float32)
-    loss = F.cross_entropy(model(tensor(x, device="cuda")), np.arange(batch) % 10)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return counts
+    x, labels = tensor(x, device="cuda"), np.arange(batch) % 10
+    for _ in range(2):
+        kernels.clear()
+        DeviceArray.counts.clear()
+        with np.errstate(all="ignore"):  # the skipped kernels leave their outputs unwritten
+            loss = F.cross_entropy(model(x), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return kernels, Counter(DeviceArray.counts)
 
 
 def main():
@@ -59,10 +175,12 @@ def main():
     parser.add_argument("--activation", default="relu", help="LeNet-5's (default: relu)")
     parser.add_argument("--pool", default="max", help="max or avg (default: max)")
     args = parser.parse_args()
-    counts = count_step(args.batch, args.activation, args.pool)
-    for name, n in counts.most_common():
-        print(f"{n:4d}  {name}")
-    print(f"{sum(counts.values()):4d}  fastconv kernel launches in one training step")
+    kernels, operations = count_step(args.batch, args.activation, args.pool)
+    for counts, what in ((kernels, "fastconv kernel launches"),
+                         (operations, "array operations (a CuPy launch each on a GPU)")):
+        for name, n in counts.most_common():
+            print(f"{n:4d}  {name}")
+        print(f"{sum(counts.values()):4d}  {what} in one training step")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "max_pool2d_backward_saved", "avg_pool2d",
     "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
     "batch_norm2d", "batch_norm2d_backward", "dropout",
-    "dropout_backward", "adam_step",
+    "dropout_backward", "adam_step", "softmax_cross_entropy",
     "algorithms",
 ]
 
@@ -167,20 +167,41 @@ def conv2d_backward_bias(gy, data_format="NCHW", device=None):
     data_format = geometry.layout(data_format)
     if gy.ndim != 4:
         raise ValueError(f"gy must be 4-D {data_format}, got shape {gy.shape}")
-    return _call("conv2d_backward_bias", device, gy, data_format)
+    return _call("conv2d_backward_bias", device, gy, gy, None, data_format)[1]
+
+
+def _output_gradient(gy, y, activation, need_b, data_format, device):
+    """(the gradient before a fused activation, the bias gradient or None) for the backward of
+    a convolution: gy itself without an activation; with one, gy times the activation's slope
+    at the forward's output y, in the kernel that sums the bias gradient."""
+    activation = geometry.activation(activation)
+    if activation is None:
+        return gy, (conv2d_backward_bias(gy, data_format, device) if need_b else None)
+    if y is None:
+        raise ValueError(f"activation={activation!r} needs y, the forward's output, whose "
+                         "slope its gradient is")
+    device, (gy, y) = _arrays(device, gy=gy, y=y)
+    _expect("y", y, gy.shape, f"gy {gy.shape}")
+    gz, gb = _call("conv2d_backward_bias", device, gy, y, activation,
+                   geometry.layout(data_format))
+    return gz, (gb if need_b else None)
 
 
 def conv2d_backward(gy, x, w, needs=(True, True, True), stride=1, padding=0, dilation=1,
-                    groups=1, data_format="NCHW", algo="auto", device=None):
+                    groups=1, data_format="NCHW", algo="auto", device=None, activation=None,
+                    y=None):
     """The gradients of :func:`conv2d` with respect to (x, w, b), computing only those that
-    ``needs`` (three booleans) asks for and putting None in place of the others."""
+    ``needs`` (three booleans) asks for and putting None in place of the others. With the
+    forward's fused ``activation``, gy is the gradient of its output ``y`` (which must be
+    given): the activation's gradient is taken in the same pass as the bias's."""
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                     data_format=data_format, device=device)
     need_x, need_w, need_b = needs
+    gy, gb = _output_gradient(gy, y, activation, need_b, data_format, device)
     return (
         conv2d_backward_input(gy, w, x.shape, algo=algo, **geometry) if need_x else None,
         conv2d_backward_weight(gy, x, w.shape, algo=algo, **geometry) if need_w else None,
-        conv2d_backward_bias(gy, data_format=data_format, device=device) if need_b else None,
+        gb,
     )
 
 
@@ -270,18 +291,19 @@ def conv_transpose2d_backward_weight(gy, x, w_shape, stride=1, padding=0, output
 
 def conv_transpose2d_backward(gy, x, w, needs=(True, True, True), stride=1, padding=0,
                               output_padding=0, groups=1, dilation=1, data_format="NCHW",
-                              algo="auto", device=None):
+                              algo="auto", device=None, activation=None, y=None):
     """The gradients of :func:`conv_transpose2d` with respect to (x, w, b), those ``needs``
-    asks for, None for the others."""
+    asks for, None for the others; ``activation`` and ``y`` as :func:`conv2d_backward`'s."""
     arguments = dict(stride=stride, padding=padding, output_padding=output_padding,
                      groups=groups, dilation=dilation, data_format=data_format, device=device)
     need_x, need_w, need_b = needs
+    gy, gb = _output_gradient(gy, y, activation, need_b, data_format, device)
     return (
         conv_transpose2d_backward_input(gy, w, x.shape, algo=algo, **arguments)
         if need_x else None,
         conv_transpose2d_backward_weight(gy, x, w.shape, algo=algo, **arguments)
         if need_w else None,
-        conv2d_backward_bias(gy, data_format=data_format, device=device) if need_b else None,
+        gb,
     )
 
 
@@ -555,6 +577,63 @@ def dropout_backward(gy, mask, p=0.5, device=None):
     return _call("dropout_backward", device, gy, mask, scale)
 
 
+def softmax_cross_entropy(logits, target, device=None):
+    """Softmax cross-entropy of class indices and its gradient, in one kernel: PyTorch's
+    ``cross_entropy(logits, target)`` (the mean over the batch) with ``d loss / d logits``
+    from the same pass, as TensorFlow's raw SparseSoftmaxCrossEntropyWithLogits returns
+    (loss, backprop), but with PyTorch's mean where TensorFlow keeps a loss per example.
+
+    Args:
+        logits: (N, C) unnormalised scores, float32 or float64.
+        target: (N,) class indices in [0, C), of any integer dtype (int64 is used as it is,
+            others are converted). On the logits' device, or on the host for logits on a GPU
+            (a data loader's labels): checked there, with no wait for the GPU, then copied. A
+            target on a GPU is checked on it, which waits for the work queued before.
+        device: None (follow the arrays), "cpu" or "cuda".
+
+    Returns:
+        (loss, grad): loss, a 0-d array of the logits' dtype, the mean over n of
+        ``logsumexp(logits[n]) - logits[n, target[n]]``; grad (N, C), its gradient
+        ``(softmax(logits) - onehot(target)) / N`` (times an upstream gradient, the chain
+        rule's). The log-sum-exp is shifted by each row's max, so large logits do not
+        overflow, and the sums (a row's exponentials, the batch's losses) are taken in
+        float64. Non-finite logits give PyTorch's results: a NaN or a +inf in a row, or a row
+        all -inf, makes that row's gradient and the loss NaN; a -inf elsewhere is a class of
+        probability 0 (gradient 0; at the target, -1/N and a loss of +inf). Where float32
+        row losses are finite but their sum is not (logits ~1e38 apart), PyTorch's mean is
+        +inf and this one finite. N = 0 gives a NaN loss (PyTorch's mean over nothing) and
+        an empty grad, and runs no kernel.
+
+    Example:
+        >>> import numpy as np, fastconv
+        >>> logits = np.zeros((2, 4), np.float32)
+        >>> loss, grad = fastconv.ops.softmax_cross_entropy(logits, np.array([0, 3]))
+        >>> round(float(loss), 4), loss.dtype  # log(4)
+        (1.3863, dtype('float32'))
+        >>> grad
+        array([[-0.375,  0.125,  0.125,  0.125],
+               [ 0.125,  0.125,  0.125, -0.375]], dtype=float32)
+    """
+    device, (logits,) = _arrays(device, logits=logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-D (N, C), got shape {logits.shape}")
+    n, c = logits.shape
+    if devices.where(target) != "cpu" or device == "cpu":  # else host labels for a GPU
+        devices.resolve(device, target=target)
+        target = devices.to_device(target, device)
+    if target.dtype.kind not in "iu" or target.shape != (n,):
+        raise ValueError(f"target must be (N,) integer class indices for logits {logits.shape}, "
+                         f"got {target.dtype} {target.shape}")
+    if n and not (0 <= int(target.min()) and int(target.max()) < c):
+        raise ValueError(f"target classes must lie in [0, {c}) for logits {logits.shape}, got "
+                         f"values in [{int(target.min())}, {int(target.max())}]")
+    xp = devices.array_module(device)
+    if n == 0:
+        return xp.full((), xp.nan, logits.dtype), xp.empty(logits.shape, logits.dtype)
+    target = devices.array_module(devices.where(target)).ascontiguousarray(target, np.int64)
+    return _call("softmax_cross_entropy", device, logits, devices.to_device(target, device))
+
+
 def _real(name, value, low, high):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
@@ -567,17 +646,51 @@ def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
               weight_decay=0.0, device=None):
     """Step ``step`` (1 for the first) of torch.optim.Adam on ``param``, in one kernel.
 
+    ``param``, ``grad``, ``m`` and ``v`` are arrays, or lists (or tuples) of as many arrays,
+    the i-th of each one tensor's, all at step ``step``, as torch.optim's functional
+    ``adam(params, grads, exp_avgs, exp_avg_sqs, ...)`` takes them: one kernel updates them
+    all (a GPU launch per 16 tensors; float32 and float64 tensors go in separate launches).
+
     Updates ``param`` and its moment estimates ``m`` and ``v`` in place, so those three must be
     C-contiguous NumPy or CuPy arrays (a copy would lose the update); ``grad`` is only read.
     The arithmetic is in the arrays' dtype, as PyTorch's, with its bias corrections.
     """
-    _in_place(param=param, m=m, v=v)
-    device, (param, grad, m, v) = _arrays(device, param=param, grad=grad, m=m, v=v)
-    for name, a in (("grad", grad), ("m", m), ("v", v)):
-        _expect(name, a, param.shape, "an update of param")
+    device, tensors = _adam_tensors(device, param, grad, m, v)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be an int >= 1, got {step!r}")
     b1, b2 = betas
     scalars = (b1, 1 - b1, b2, 1 - b2, eps, weight_decay, lr / (1 - b1 ** step),
                math.sqrt(1 - b2 ** step))
-    _call("adam_step", device, param, grad, m, v, tuple(param.dtype.type(s) for s in scalars))
+    for dtype, (params, grads, ms, vs) in tensors.items():
+        _call("adam_step", device, params, grads, ms, vs, tuple(dtype.type(s) for s in scalars))
+
+
+def _adam_tensors(device, param, grad, m, v):
+    """:func:`adam_step`'s device and, per dtype, the lists (params, grads, ms, vs) of its
+    tensors of that dtype: each tensor's arrays checked as a single array's are, named by
+    their index in a list ("m[2] has shape ...")."""
+    if not isinstance(param, (list, tuple)):
+        tensors = [dict(param=param, grad=grad, m=m, v=v)]
+    else:
+        for name, a in (("grad", grad), ("m", m), ("v", v)):
+            if not isinstance(a, (list, tuple)) or len(a) != len(param):
+                got = type(a).__name__ + (f" of {len(a)}" if isinstance(a, (list, tuple)) else "")
+                raise ValueError(f"{name} must be a list of {len(param)} arrays, as param is, "
+                                 f"got a {got}")
+        tensors = [{f"param[{i}]": p, f"grad[{i}]": g, f"m[{i}]": mi, f"v[{i}]": vi}
+                   for i, (p, g, mi, vi) in enumerate(zip(param, grad, m, v, strict=True))]
+    every = {name: a for arrays in tensors for name, a in arrays.items()}
+    missing = [name for name, a in every.items() if a is None]
+    if missing:
+        raise TypeError(f"{missing[0]} must be an array, got None")
+    device, groups = devices.resolve(device, **every), {}
+    for named in tensors:
+        param_name, grad_name, m_name, v_name = named
+        _in_place(**{name: named[name] for name in (param_name, m_name, v_name)})
+        _, arrays = _arrays(device, **named)
+        for name, a in zip((grad_name, m_name, v_name), arrays[1:], strict=True):
+            _expect(name, a, arrays[0].shape, f"an update of {param_name}")
+        for members, a in zip(groups.setdefault(arrays[0].dtype, ([], [], [], [])), arrays,
+                              strict=True):
+            members.append(a)
+    return device, groups

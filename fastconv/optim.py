@@ -2,9 +2,9 @@
 cosine learning-rate schedule.
 
 Optimizer keeps the parameter list, per-parameter state and the count of steps taken; SGD adds
-momentum (and Nesterov's look-ahead) to the plain gradient step in array arithmetic; Adam adds
-a second moment and bias correction to SGD's momentum, in one kernel per parameter
-(fastconv.ops.adam_step).
+momentum (and Nesterov's look-ahead) to the plain gradient step in array arithmetic, a parameter
+at a time; Adam adds a second moment and bias correction to SGD's momentum, for all parameters
+in one kernel (fastconv.ops.adam_step on lists of arrays).
 """
 
 import math
@@ -30,10 +30,15 @@ class Optimizer:
             p.grad = None
 
     def step(self):
-        for p, state in zip(self.params, self.state, strict=True):
-            if p.grad is not None:
-                self._update(p, state)
+        self._update_all([(p, state) for p, state in zip(self.params, self.state, strict=True)
+                          if p.grad is not None])
         self.steps += 1
+
+    def _update_all(self, updates):
+        """Update each Tensor ``p`` of the (p, state) pairs in place from ``p.grad``: by
+        :meth:`_update`, one at a time, unless the optimiser updates them together."""
+        for p, state in updates:
+            self._update(p, state)
 
     def _update(self, p, state):
         """Update the Tensor ``p`` in place from ``p.grad``; ``state`` is its own."""
@@ -74,12 +79,20 @@ class Adam(Optimizer):
         super().__init__(params, lr)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
-    def _update(self, p, state):
-        if not state:
-            state.update(step=0, m=np.zeros_like(p.data), v=np.zeros_like(p.data))
-        state["step"] += 1
-        ops.adam_step(p.data, p.grad.data, state["m"], state["v"], state["step"], self.lr,
-                      self.betas, self.eps, self.weight_decay, device=p.device)
+    def _update_all(self, updates):
+        """One ops.adam_step over the parameters at the same step on the same device: all of
+        them, unless a parameter went without a gradient for a while (its state then counts
+        fewer steps) or the model spans devices."""
+        groups = {}
+        for p, state in updates:
+            if not state:
+                state.update(step=0, m=np.zeros_like(p.data), v=np.zeros_like(p.data))
+            state["step"] += 1
+            groups.setdefault((state["step"], p.device), []).append((p, state))
+        for (step, device), group in groups.items():
+            ops.adam_step([p.data for p, _ in group], [p.grad.data for p, _ in group],
+                          [state["m"] for _, state in group], [state["v"] for _, state in group],
+                          step, self.lr, self.betas, self.eps, self.weight_decay, device=device)
 
 
 class CosineAnnealing:

@@ -4,9 +4,8 @@ its float64 statistics and its arithmetic.
 A block owns a channel (grid x = C): its threads stride over the channel's N*P cells (a
 row of P at a time, consecutive threads on consecutive cells, so reads coalesce in NCHW),
 each summing in float64, and reduce through shared memory; thread 0 writes the channel's
-statistics. ``threads`` (a power of two up to MAX_THREADS) is the block size; by default the
-smallest power of two (at least a warp) that covers a row of P cells, so a 7x7 plane does not
-leave 207 of 256 threads idle.
+statistics. ``threads`` (a power of two up to MAX_THREADS) is the block size; by default
+cuda_device.block_threads's.
 """
 
 import math
@@ -14,28 +13,11 @@ import math
 from numba import float64
 
 from . import activation, batch_norm
-from .cuda_device import activate, cuda, device_function, kernel, launch
+from .cuda_device import activate, block_sum, block_threads, cuda, device_function, kernel, launch
 
 MAX_THREADS = 256
 running_update, moments, slope = (device_function(f) for f in (
     batch_norm.running_update, batch_norm.moments, activation.slope))
-
-
-@cuda.jit(device=True, inline="always")
-def _block_sum(value, shared):
-    """The sum of ``value`` over the block's threads, returned to every thread."""
-    t = cuda.threadIdx.x
-    shared[t] = value
-    cuda.syncthreads()
-    step = cuda.blockDim.x // 2
-    while step > 0:
-        if t < step:
-            shared[t] += shared[t + step]
-        cuda.syncthreads()
-        step //= 2
-    total = shared[0]
-    cuda.syncthreads()  # every thread has read it before the next sum overwrites it
-    return total
 
 
 @cuda.jit(device=True, inline="always")
@@ -47,7 +29,7 @@ def _channel_sums(x, c, shift, shared):
             d = x[n, c, p] - shift
             total += d
             squares += d * d
-    return _block_sum(total, shared), _block_sum(squares, shared)
+    return block_sum(total, shared), block_sum(squares, shared)
 
 
 @kernel(3, 1, 1, 1, 1, "bool", "bool", "scalar", "scalar", "int", 3, 1, 1)
@@ -95,7 +77,7 @@ def batch_norm_backward(gy, x, y, weight, mean, invstd, training, act, gx, gweig
             g = gy[n, c, p] * slope(y[n, c, p], act, gy.dtype)
             sum_gy += g
             dot += g * (x[n, c, p] - m)
-    sum_gy, dot = _block_sum(sum_gy, shared), _block_sum(dot, shared)
+    sum_gy, dot = block_sum(sum_gy, shared), block_sum(dot, shared)
     if t == 0:
         gbias[c], gweight[c] = sum_gy, dot * invstd[c]
     scale = weight[c] * invstd[c]
@@ -112,14 +94,11 @@ def batch_norm_backward(gy, x, y, weight, mean, invstd, training, act, gx, gweig
                 gx[n, c, p] = gy[n, c, p] * slope(y[n, c, p], act, gy.dtype) * scale
 
 
-def _threads(cells):
-    return min(MAX_THREADS, max(32, 1 << (cells - 1).bit_length()))
-
-
 def launch_batch_norm_forward(x, *args, threads=None, stream=0):
-    launch(batch_norm_forward, x.shape[1], threads or _threads(x.shape[2]), stream, x, *args)
+    threads = threads or block_threads(x.shape[2], MAX_THREADS)
+    launch(batch_norm_forward, x.shape[1], threads, stream, x, *args)
 
 
 def launch_batch_norm_backward(gy, *args, threads=None, stream=0):
-    launch(batch_norm_backward, gy.shape[1], threads or _threads(gy.shape[2]), stream, gy,
-           *args)
+    threads = threads or block_threads(gy.shape[2], MAX_THREADS)
+    launch(batch_norm_backward, gy.shape[1], threads, stream, gy, *args)

@@ -15,7 +15,8 @@ from . import activation, cuda_simulated, install_cache_locator
 
 install_cache_locator(caching)  # before the first @kernel: the GPU's compiled kernels too
 
-__all__ = ["cuda", "kernel", "signature", "device_function", "activate", "launch",
+__all__ = ["cuda", "kernel", "signature", "device_function", "activate", "block_sum",
+           "block_threads", "launch",
            "plane_grid", "flat_grid", "span", "flat", "flat_groups",
            "int32s", "MAX_GRID_Z", "MAX_SPAN"]
 
@@ -28,8 +29,10 @@ def kernel(*params):
     an int n is an n-D array of the kernel's dtype (any layout: NHWC arrives as transposed
     views), "flat" a contiguous 1-D array of the kernel's dtype (an operand's memory, indexed
     through strides passed beside it: see ``flat``), "index1" the same of an int64 array (an
-    index array's memory), "mask1" a 1-D boolean array, "int" an int64, "int32" an int32,
-    "int32xN" a tuple of N int32s, "bool" a boolean, "scalar" a number of the kernel's dtype."""
+    index array's memory), "index2" a C-contiguous 2-D int64 array (a table), "flatxN" a
+    tuple of N "flat" arrays (a list of tensors; the sweep compiles it at N, the most a launch
+    passes), "mask1" a 1-D boolean array, "int" an int64, "int32" an int32, "int32xN" a tuple
+    of N int32s, "bool" a boolean, "scalar" a number of the kernel's dtype."""
     def declare(fn):
         compiled = cuda.jit(cache=True)(fn)
         compiled.params = params
@@ -43,12 +46,14 @@ def signature(params, dtype):
     kinds = {"int": types.int64, "int32": types.int32, "bool": types.boolean, "scalar": number,
              "flat": types.Array(number, 1, "C"),
              "index1": types.Array(types.int64, 1, "C"),
+             "index2": types.Array(types.int64, 2, "C"),
              "mask1": types.Array(types.boolean, 1, "A")}
     def kind(p):
         if isinstance(p, int):
             return types.Array(number, p, "A")
-        if p.startswith("int32x"):
-            return types.UniTuple(types.int32, int(p[len("int32x"):]))
+        for tuple_of in ("int32", "flat"):
+            if p.startswith(tuple_of + "x"):
+                return types.UniTuple(kind(tuple_of), int(p[len(tuple_of) + 1:]))
         return kinds[p]
     return types.void(*map(kind, params))
 
@@ -60,6 +65,31 @@ def device_function(fn):
 
 
 activate = device_function(activation.activate)
+
+
+@cuda.jit(device=True, inline="always")
+def block_sum(value, shared):
+    """The sum of ``value`` over the block's threads (a power of two of them, at most the
+    length of the ``shared`` array), returned to every thread."""
+    t = cuda.threadIdx.x
+    shared[t] = value
+    cuda.syncthreads()
+    step = cuda.blockDim.x // 2
+    while step > 0:
+        if t < step:
+            shared[t] += shared[t + step]
+        cuda.syncthreads()
+        step //= 2
+    total = shared[0]
+    cuda.syncthreads()  # every thread has read it before the next sum overwrites it
+    return total
+
+
+def block_threads(cells, most):
+    """Threads for a block striding over rows of ``cells`` cells and summing with block_sum:
+    the smallest power of two (at least a warp, at most ``most``) covering a row, so a 7x7
+    plane does not leave 207 of 256 threads idle."""
+    return min(most, max(32, 1 << (cells - 1).bit_length()))
 
 
 def plane_grid(rows, cols, planes, block):
@@ -134,7 +164,10 @@ if cuda_simulated():
     def _argument(a):
         # The simulator copies a NumPy argument to a fake device and back, which needs a
         # contiguous buffer; wrapped, the kernel reads and writes any view in place, as it
-        # does a CuPy view on a GPU.
+        # does a CuPy view on a GPU. A tuple's arrays (a "flatxN" list of tensors) the
+        # simulator would pass as they are: wrapped alike, for the same reading.
+        if isinstance(a, tuple):
+            return tuple(map(_argument, a))
         return FakeCUDAArray(a) if hasattr(a, "ndim") and a.ndim > 0 else a
 else:
     def _argument(a):

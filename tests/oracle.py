@@ -83,12 +83,18 @@ def _torch(a, layout="NCHW"):
 
 # --- conv2d --------------------------------------------------------------------------------------
 
+# d activation / d pre-activation z, from z (the kernels take it from the output instead)
+_DERIVATIVE = {"relu": lambda z: z > 0, "tanh": lambda z: 1 - np.tanh(z) ** 2,
+               "sigmoid": lambda z: np.exp(-np.logaddexp(0, -z) - np.logaddexp(0, z))}
+
+
 def conv2d(x, w, b=None, gy=None, activation=None, stride=1, padding=0, dilation=1, groups=1,
-           data_format="NCHW"):
+           data_format="NCHW", through_activation=False):
     """{"reference": {...}, "torch": {...}}, each with y = activation(conv(x, w) + b) and,
     given ``gy``, the gradients gx, gw and gb of the convolution itself (gy taken as the
-    gradient of its output before the activation, as ops.conv2d_backward_* take it), in the
-    caller's layout (NHWC with HWIO filters, as fastconv.ops)."""
+    gradient of its output before the activation, as ops.conv2d_backward_* take it, or with
+    ``through_activation`` as the gradient of y, as ops.conv2d_backward(activation=) takes
+    it), in the caller's layout (NHWC with HWIO filters, as fastconv.ops)."""
     import torch
     import torch.nn.functional as F
 
@@ -99,6 +105,9 @@ def conv2d(x, w, b=None, gy=None, activation=None, stride=1, padding=0, dilation
     x64, w64, b64, gy64 = map(_float64, (x, w, b, gy))
     reference = {"y": ops.conv2d(x64, w64, b64, activation=activation, algo="reference",
                                  **kwargs)}
+    if gy is not None and through_activation and activation is not None:
+        gy64 = gy64 * _DERIVATIVE[activation](ops.conv2d(x64, w64, b64, algo="reference",
+                                                         **kwargs))
     if gy is not None:
         reference["gx"] = ops.conv2d_backward_input(gy64, w64, x.shape, algo="reference",
                                                     **kwargs)
@@ -118,7 +127,7 @@ def conv2d(x, w, b=None, gy=None, activation=None, stride=1, padding=0, dilation
     yt = zt if activation is None else getattr(torch, activation)(zt)
     theirs = {"y": from_nchw(yt.detach().numpy(), data_format)}
     if gy is not None:
-        zt.backward(_torch(gy64, data_format))
+        (yt if through_activation else zt).backward(_torch(_float64(gy), data_format))
         theirs["gx"] = from_nchw(xt.grad.numpy(), data_format)
         gw = wt.grad.numpy()
         theirs["gw"] = gw if data_format == "NCHW" else gw.transpose(2, 3, 1, 0)

@@ -104,6 +104,34 @@ def test_backward_matches_reference_and_torch_autograd(case, algo, parallel, mon
     oracle.check({"gx": gx, "gw": gw, "gb": gb}, oracle.conv2d(x, w, gy=gy, **kwargs))
 
 
+@SETTINGS
+@given(case=conv_cases(), algo=st.sampled_from(ALGOS), parallel=st.booleans(),
+       activation=st.sampled_from(["relu", "tanh", "sigmoid"]))
+def test_backward_through_the_fused_activation_matches_torch(case, algo, parallel, activation,
+                                                              monkeypatch):
+    """ops.conv2d_backward(activation=, y=) takes gy as the gradient of the activation's output
+    and its slope from y, in the bias gradient's kernel."""
+    _threads(monkeypatch, parallel)
+    x, w, b, gy = _arrays(case)
+    kwargs = case["kwargs"]
+    y = ops.conv2d(x, w, b, activation=activation, algo=algo, **kwargs)
+    inputs = [a.copy() for a in (gy, x, w, y)]
+    gx, gw, gb = ops.conv2d_backward(gy, x, w, activation=activation, y=y, algo=algo, **kwargs)
+    for before, after in zip(inputs, (gy, x, w, y), strict=True):
+        np.testing.assert_array_equal(before, after)
+    oracle.check({"gx": gx, "gw": gw, "gb": gb},
+                 oracle.conv2d(x, w, b, gy=gy, activation=activation, through_activation=True,
+                               **kwargs))
+
+
+def test_backward_through_an_activation_needs_its_output():
+    x, w, gy = np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2))
+    with pytest.raises(ValueError, match="activation='relu' needs y, the forward's output"):
+        ops.conv2d_backward(gy, x, w, activation="relu")
+    with pytest.raises(ValueError, match=r"y has shape \(1, 1, 3, 3\) but gy \(1, 1, 2, 2\)"):
+        ops.conv2d_backward(gy, x, w, activation="relu", y=x)
+
+
 @settings(max_examples=15, deadline=None)
 @given(case=conv_cases(dtypes=(np.float64,)), algo=st.sampled_from(ALGOS))
 def test_backward_matches_finite_differences(case, algo):

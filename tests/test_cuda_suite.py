@@ -30,14 +30,29 @@ def test_launch_count_script_counts_a_training_step():
     run = subprocess.run([sys.executable, "benchmarks/launches.py", "--batch", "2"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    *rows, total = run.stdout.strip().splitlines()
-    assert total.endswith("fastconv kernel launches in one training step"), run.stdout
-    counts = {name: int(n) for n, name in (row.split() for row in rows)}
+    sections, rows = [], {}
+    for line in run.stdout.strip().splitlines():
+        n, name = line.split(maxsplit=1)
+        if name.endswith("in one training step"):
+            assert int(n) == sum(rows.values()), run.stdout
+            sections.append((name, rows))
+            rows = {}
+        else:
+            rows[name] = int(n)
+    (kernels_total, kernels), (operations_total, operations) = sections
+    assert kernels_total.startswith("fastconv kernel launches"), run.stdout
+    assert operations_total.startswith("array operations"), run.stdout
     # LeNet-5 with ReLU and max pooling: C1 direct (tiled forward, backward weight), C3 and C5
-    # im2col + GEMM (C5 without im2col/col2im: its window is the whole input), the max pools'
-    # backward through the forward's indices, Adam per parameter
-    assert counts == {"adam_step": 10, "gemm": 6, "conv2d_backward_bias": 3,
-                      "max_pool2d_forward": 2, "max_pool2d_backward_indices": 2, "im2col": 2,
-                      "col2im": 1, "conv2d_forward_nchw_tiled": 1,
-                      "conv2d_backward_weight": 1}, run.stdout
-    assert int(total.split()[0]) == sum(counts.values())
+    # im2col + GEMM (C5 without im2col/col2im: its window is the whole input), the activations'
+    # gradients in the bias gradients' kernels, the max pools' backward through the forward's
+    # indices, softmax + cross-entropy + its gradient in one kernel, Adam's ten parameters in
+    # one launch
+    assert kernels == {"adam_step": 1, "gemm": 6, "conv2d_backward_bias": 3,
+                       "max_pool2d_forward": 2, "max_pool2d_backward_indices": 2, "im2col": 2,
+                       "col2im": 1, "conv2d_forward_nchw_tiled": 1, "conv2d_backward_weight": 1,
+                       "softmax_cross_entropy": 1}, run.stdout
+    # the two linear layers (forward, both gradients, the bias's sum) and F6's ReLU, the sum of
+    # C3's per-image weight gradients, the loss's gradient scaled by the upstream one, the
+    # backward's seed
+    assert operations == {"matmul": 6, "add": 2, "add.reduce": 3, "maximum": 1, "greater": 1,
+                          "multiply": 2, "ones_like": 1}, run.stdout

@@ -8,6 +8,7 @@ import torch
 import fastconv
 from fastconv import models, nn, optim, tensor
 from fastconv.implementations import driver
+from fastconv.kernels import optim as kernel_optim
 from fastconv.nn import functional as F
 from oracle import rel_error
 from torch_lenet5 import TorchLeNet5
@@ -109,6 +110,83 @@ def test_adam_step_kernel_matches_float64_rule(dtype, serial_below, monkeypatch)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for got, expected in zip((ours, m, v), want, strict=True):
         assert got.dtype == dtype and rel_error(got, expected) < tol
+
+
+@pytest.mark.parametrize("serial_below", [0, 1 << 60], ids=["parallel", "serial"])
+def test_adam_step_on_lists_matches_float64_rule_in_one_kernel_a_dtype(serial_below,
+                                                                       monkeypatch):
+    """Tensors of several sizes, float32 and float64 mixed in one list, cut into chunks of at
+    most 16 elements (some tensors smaller than one, others ending in a partial one): each
+    follows the rule, in one kernel call for each dtype."""
+    monkeypatch.setattr(driver, "SERIAL_WORK", serial_below)
+    monkeypatch.setattr(kernel_optim, "CHUNK", 16)
+    calls, real = [], driver.cpu_call
+    monkeypatch.setattr(driver, "cpu_call", lambda kernel, work, *args: calls.append(
+        real(kernel, work, *args)))
+    rng = np.random.default_rng(12)
+    shapes = [(7, 5), (3,), (16,), (2, 3, 3), (1,), (40,)]
+    dtypes = [np.float32, np.float64, np.float32, np.float64, np.float32, np.float32]
+    params = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes, strict=True)]
+    grads = [[rng.standard_normal(p.shape).astype(p.dtype) for p in params] for _ in range(4)]
+    hyper = dict(lr=3e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.05)
+    ours = [p.copy() for p in params]
+    ms, vs = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
+    for t, gs in enumerate(grads, start=1):
+        before = [g.copy() for g in gs]
+        fastconv.ops.adam_step(ours, tuple(gs), ms, vs, t, **hyper)
+        for g, b in zip(gs, before, strict=True):
+            np.testing.assert_array_equal(g, b)  # the gradients are only read
+    assert len(calls) == 2 * len(grads)
+    for i, p in enumerate(params):
+        want = _adam_float64(p, [gs[i] for gs in grads], **hyper)
+        tol = 1e-5 if p.dtype == np.float32 else 1e-12
+        for got, expected in zip((ours[i], ms[i], vs[i]), want, strict=True):
+            assert got.dtype == p.dtype and rel_error(got, expected) < tol, i
+
+
+def test_adam_step_on_lists_names_what_it_refuses():
+    p = [np.ones((4, 4), np.float32), np.ones(3, np.float32), np.ones(2, np.float32)]
+    g, m, v = ([np.zeros_like(a) for a in p] for _ in range(3))
+    for bad, error, message in [
+            (dict(grad=g[:2]), ValueError,
+             "grad must be a list of 3 arrays, as param is, got a list of 2"),
+            (dict(m=m[0]), ValueError, "m must be a list of 3 arrays, as param is, got a ndarray"),
+            (dict(param=[p[0], p[1][::2], p[2]]), ValueError,
+             r"param\[1\] must be a writeable C-contiguous"),
+            (dict(m=[m[0], m[1], np.zeros(3, np.float32)]), ValueError,
+             r"m\[2\] has shape \(3,\) but an update of param\[2\] needs \(2,\)"),
+            (dict(grad=[g[0].astype(np.float64), g[1], g[2]]), TypeError,
+             r"one dtype, got param\[0\] float32, grad\[0\] float64"),
+            (dict(v=[v[0], None, v[2]]), TypeError, r"v\[1\] must be an array, got None")]:
+        with pytest.raises(error, match=message):
+            fastconv.ops.adam_step(**{**dict(param=p, grad=g, m=m, v=v), **bad}, step=1)
+    for a in p:
+        np.testing.assert_array_equal(a, 1)  # nothing ran
+    fastconv.ops.adam_step([], [], [], [], 1)  # no tensors: nothing to do
+
+
+def test_adam_steps_the_parameters_at_each_step_count_together_as_torch_counts_them(
+        monkeypatch):
+    """A parameter without a gradient for a step falls a step behind the others (as in
+    torch.optim.Adam, which counts steps per parameter): the optimiser then makes one
+    ops.adam_step call per step count."""
+    calls, real = [], fastconv.ops.adam_step
+    monkeypatch.setattr(fastconv.ops, "adam_step", lambda param, *args, **kwargs: calls.append(
+        (len(param), args[3])) or real(param, *args, **kwargs))
+    rng = np.random.default_rng(5)
+    start = [rng.standard_normal(s).astype(np.float32) for s in ((3, 4), (5,), (2, 2))]
+    ours = [nn.Parameter(a.copy()) for a in start]
+    theirs = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in start]
+    opt_ours, opt_theirs = optim.Adam(ours, lr=1e-2), torch.optim.Adam(theirs, lr=1e-2)
+    for with_grad in ((0, 1, 2), (0, 2), (0, 1, 2), (1,)):
+        for i, (p, q) in enumerate(zip(ours, theirs, strict=True)):
+            g = rng.standard_normal(p.shape).astype(np.float32) if i in with_grad else None
+            p.grad, q.grad = (None, None) if g is None else (tensor(g), torch.from_numpy(g))
+        opt_ours.step()
+        opt_theirs.step()
+    assert calls == [(3, 1), (2, 2), (2, 3), (1, 2), (1, 3)]
+    for p, q in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(p.numpy(), q.detach().numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_adam_step_refuses_what_it_cannot_update_in_place():

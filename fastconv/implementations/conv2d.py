@@ -81,8 +81,15 @@ def conv2d_backward_weight_reference(g, gy, x):
 
 
 @register("conv2d_backward_bias", "cpu", "reference")
-def conv2d_backward_bias_reference(gy, layout):
-    return gy.sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
+def conv2d_backward_bias_reference(gy, y, activation, layout):
+    if activation is not None:
+        gy = gy * _SLOPES[activation](y)
+    return gy, gy.sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
+
+
+# d activation / d pre-activation from the activation's output (kernels/activation.slope's)
+_SLOPES = {"relu": lambda y: y > 0, "tanh": lambda y: (1 - y) * (1 + y),
+           "sigmoid": lambda y: y * (1 - y)}
 
 
 # --- what the direct and blocked kernels share -----------------------------------------------
@@ -537,15 +544,21 @@ def _im2col_cuda(algo, matmul, gemm_kernels):
 
     @register("conv2d_backward_weight", "cuda", algo, launches)
     def conv2d_backward_weight_im2col_cuda(g, gy, x):
-        gw_mat = gpu.xp.zeros((g.K, (g.C // g.groups) * g.R * g.S), gy.dtype)
-        for batch in g.batch_chunks(gy.itemsize, GPU_WORKSPACE_BYTES):
+        gw_mat = driver.empty(gpu.xp, (g.K, (g.C // g.groups) * g.R * g.S), gy.dtype)
+        for chunk, batch in enumerate(g.batch_chunks(gy.itemsize, GPU_WORKSPACE_BYTES)):
             cols, grad = _batched(_columns_cuda(g, x[batch]), image_major(gy[batch], g.layout))
             for rows, ks in g.group_slices():
-                # one product per image (or one of all), summed: the GEMMs run in parallel
-                per_image = driver.empty(gpu.xp, (grad.shape[0],) + gw_mat[ks].shape, gy.dtype)
-                matmul(grad[:, ks], cols[:, rows].transpose(0, 2, 1), per_image, None,
+                # One product per image, summed (the GEMMs run in parallel), or one of all
+                # the chunk's images, which the first chunk writes straight into gw.
+                whole = chunk == 0 and grad.shape[0] == 1
+                products = (gw_mat[None, ks] if whole else
+                            driver.empty(gpu.xp, (grad.shape[0],) + gw_mat[ks].shape, gy.dtype))
+                matmul(grad[:, ks], cols[:, rows].transpose(0, 2, 1), products, None,
                        CODES[None])
-                gw_mat[ks] += per_image.sum(axis=0)
+                if chunk == 0 and not whole:
+                    products.sum(axis=0, out=gw_mat[ks])
+                elif chunk > 0:
+                    gw_mat[ks] += products.sum(axis=0)
         return _filters(gpu.xp, gw_mat, g)
 
 
@@ -556,18 +569,32 @@ if not cuda_simulated():  # cuBLAS needs a real GPU
 
 # --- the bias gradient --------------------------------------------------------------------------
 
+# (gz, gb): the gradient before the fused activation (gy itself without one) and its channel
+# sums, in one pass over gy.
+
 @register("conv2d_backward_bias", "cpu", "numba")
-def conv2d_backward_bias_cpu(gy, layout):
-    gb = driver.empty(np, gy.shape[1] if layout == "NCHW" else gy.shape[3], gy.dtype)
-    driver.cpu_call(bias_kernels.conv2d_backward_bias, gy.size, nchw_view(gy, layout), gb)
-    return gb
+def conv2d_backward_bias_cpu(gy, y, activation, layout):
+    gz, gb = _bias_gradients(np, gy, activation, layout)
+    gy3, y3, gz3 = (image_major(a, layout) for a in (gy, y, gz))
+    driver.cpu_call(bias_kernels.conv2d_backward_bias, gy.size, gy3, y3, CODES[activation],
+                    gz3, gb)
+    return gz, gb
 
 
 @register("conv2d_backward_bias", "cuda", "numba", launches=("bias_cuda.conv2d_backward_bias",))
-def conv2d_backward_bias_cuda(gy, layout):
-    gb = driver.empty(gpu.xp, gy.shape[1] if layout == "NCHW" else gy.shape[3], gy.dtype)
-    bias_cuda.launch_conv2d_backward_bias(nchw_view(gy, layout), gb, stream=gpu.stream())
-    return gb
+def conv2d_backward_bias_cuda(gy, y, activation, layout):
+    gz, gb = _bias_gradients(gpu.xp, gy, activation, layout)
+    gy3, y3, gz3 = (image_major(a, layout) for a in (gy, y, gz))
+    bias_cuda.launch_conv2d_backward_bias(gy3, y3, CODES[activation], gz3, gb,
+                                          stream=gpu.stream())
+    return gz, gb
+
+
+def _bias_gradients(xp, gy, activation, layout):
+    """The arrays the bias gradient kernels write: gz (gy itself, unwritten, without an
+    activation) and gb."""
+    gz = gy if activation is None else driver.empty(xp, gy.shape, gy.dtype)
+    return gz, driver.empty(xp, gy.shape[1] if layout == "NCHW" else gy.shape[3], gy.dtype)
 
 
 # --- a bias and an activation on a computed output (the transposed convolution's epilogue) ------

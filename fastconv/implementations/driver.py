@@ -67,9 +67,10 @@ def _constant(xp, k, dtype, value, device_id):
 def image_major(a, layout):
     """(n, channels, P) view of a 4-D array in ``layout``, P = H*W: each image's channels as
     flat planes (NCHW's by reshaping, NHWC's as a transposed view)."""
+    n, rows, columns, last = a.shape  # sizes, not -1: a batch may be empty
     if layout == "NCHW":
-        return a.reshape(a.shape[0], a.shape[1], -1)
-    return a.reshape(a.shape[0], -1, a.shape[3]).transpose(0, 2, 1)
+        return a.reshape(n, rows, columns * last)
+    return a.reshape(n, rows * columns, last).transpose(0, 2, 1)
 
 
 # --- the CPU: serial twins and scratch ----------------------------------------------------------

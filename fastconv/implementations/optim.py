@@ -1,23 +1,54 @@
-"""The optimiser steps: one kernel per parameter on either device, in place on arrays the ops
-layer has checked (C-contiguous, writeable, one dtype, the scalars in it)."""
+"""The optimiser steps: one kernel for a list of parameters on either device (on the GPU one
+launch per optim_cuda.MAX_TENSORS of them), in place on arrays the ops layer has checked
+(C-contiguous, writeable, one dtype, the scalars in it)."""
+
+import functools
+
+import numpy as np
 
 from ..kernels import optim
 from ..registry import register
 from . import driver
-from .driver import lazy
+from .driver import gpu, lazy
 
 optim_cuda = lazy("fastconv.kernels.optim_cuda")
 
 
-def _flat(*arrays):
-    return [a.reshape(-1) for a in arrays]  # views: the arrays are contiguous
+def _flat(arrays):
+    return tuple(a.reshape(-1) for a in arrays)  # views: the arrays are contiguous
+
+
+def chunks(xp, sizes):
+    """The chunk table of tensors of ``sizes`` elements: int64 rows (tensor, start, stop)
+    cutting each into pieces of at most kernels/optim.CHUNK elements, in order. It depends on
+    the sizes alone, so it is kept per sizes and device (as driver.constant keeps its arrays)
+    rather than built and copied to the GPU on every step."""
+    return _chunks(xp, tuple(sizes), optim.CHUNK, None if xp is np else gpu.device_id())
+
+
+@functools.lru_cache(maxsize=64)
+def _chunks(xp, sizes, chunk, device_id):
+    rows = [(j, start, min(start + chunk, size))
+            for j, size in enumerate(sizes) for start in range(0, size, chunk)]
+    return xp.asarray(np.array(rows, np.int64).reshape(-1, 3))
 
 
 @register("adam_step", "cpu", "numba")
-def adam_step_cpu(param, grad, m, v, scalars):
-    driver.cpu_call(optim.adam_step, param.size, *_flat(param, grad, m, v), *scalars)
+def adam_step_cpu(params, grads, ms, vs, scalars):
+    # Numba types a tuple of arrays as one UniTuple (which the kernel indexes at run time)
+    # only if every array is of one type: a read-only gradient is copied.
+    grads = [g if g.flags.writeable else g.copy() for g in grads]
+    sizes = [p.size for p in params]
+    driver.cpu_call(optim.adam_step, sum(sizes), *map(_flat, (params, grads, ms, vs)),
+                    chunks(np, sizes), *scalars)
 
 
 @register("adam_step", "cuda", "numba", launches=("optim_cuda.adam_step",))
-def adam_step_cuda(param, grad, m, v, scalars):
-    optim_cuda.launch_adam_step(*_flat(param, grad, m, v), *scalars, stream=driver.gpu.stream())
+def adam_step_cuda(params, grads, ms, vs, scalars):
+    group = optim_cuda.MAX_TENSORS  # a launch's parameters must fit in 4 KB
+    for first in range(0, len(params), group):
+        part = slice(first, first + group)
+        table = chunks(gpu.xp, [p.size for p in params[part]])
+        if table.shape[0]:  # a launch of no blocks is an error
+            optim_cuda.launch_adam_step(*(_flat(a[part]) for a in (params, grads, ms, vs)),
+                                        table, *scalars, stream=gpu.stream())

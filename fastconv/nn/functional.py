@@ -7,13 +7,6 @@ from .. import device as devices
 from .. import ops
 from ..tensor import Tensor
 
-# d activation / d pre-activation, from the activation's output y: the fused conv keeps only y.
-_ACTIVATION_SLOPE = {
-    "relu": lambda y: y > 0,
-    "tanh": lambda y: 1 - y * y,
-    "sigmoid": lambda y: y * (1 - y),
-}
-
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
            activation=None, data_format="NCHW"):
@@ -37,19 +30,18 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 def _convolution(forward, gradients, name, input, weight, bias, activation, **geometry):
     """The graph node of a convolution op ``forward`` with its fused activation, whose
-    backward takes the activation's slope from the output and asks ``gradients`` for those of
-    (input, weight, bias) that need one."""
+    backward asks ``gradients`` for those of (input, weight, bias) that need one, the
+    activation's slope taken from the output."""
     geometry["device"] = input.device
     y = forward(input.data, weight.data, None if bias is None else bias.data,
                 activation=activation, **geometry)
     parents = (input, weight) if bias is None else (input, weight, bias)
 
     def backward(g):
-        if activation is not None:
-            g = g * _ACTIVATION_SLOPE[activation.lower()](y)
         needs = (input.requires_grad, weight.requires_grad,
                  bias is not None and bias.requires_grad)
-        return gradients(g, input.data, weight.data, needs, **geometry)[:len(parents)]
+        return gradients(g, input.data, weight.data, needs, activation=activation, y=y,
+                         **geometry)[:len(parents)]
 
     return Tensor._result(y, parents, backward, name)
 
@@ -151,17 +143,18 @@ def log_softmax(input, dim=-1):
 
 
 def cross_entropy(input, target):
-    """Mean negative log-likelihood of integer class ``target`` (N,) under logits (N, classes),
-    through log_softmax, so large logits do not overflow."""
-    labels = target.numpy() if isinstance(target, Tensor) else np.asarray(target)
-    if labels.ndim != 1 or labels.shape[0] != input.shape[0] or labels.dtype.kind not in "iu":
-        raise ValueError(f"target must be (N,) integer class indices for input {input.shape}, "
-                         f"got {labels.dtype} {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= input.shape[1]):
-        raise ValueError(f"target classes must lie in [0, {input.shape[1]})")
-    rows, labels = (devices.to_device(a, input.device) for a in (np.arange(len(labels)), labels))
-    picked = log_softmax(input, dim=1)[rows, labels]
-    return -picked.mean()
+    """Mean negative log-likelihood of integer class ``target`` (N,) (a Tensor, an array or a
+    list) under logits ``input`` (N, classes): one graph node, whose forward computes the loss
+    and its gradient in one kernel (fastconv.ops.softmax_cross_entropy) and whose backward
+    scales that gradient."""
+    labels = target.data if isinstance(target, Tensor) else target
+    if devices.where(labels) is None:
+        labels = np.asarray(labels)
+    elif devices.where(labels) == "cuda":  # host labels are checked on the host, then copied
+        labels = devices.to_device(labels, input.device)
+    loss, grad = ops.softmax_cross_entropy(input.data, labels, device=input.device)
+    return Tensor._result(loss, (input,), lambda g: (grad * g.astype(grad.dtype, copy=False),),
+                          "cross_entropy")
 
 
 def mse_loss(input, target):

@@ -25,7 +25,7 @@ F64 = re.compile(r"\b[a-z][a-z0-9.]*\.f64\b")  # a double-precision instruction
 KERNELS = registry.cuda_kernels()
 # Sums kept in float64 on purpose, whatever the arrays' dtype (see their docstrings).
 FLOAT64_ON_PURPOSE = {"bias_cuda.conv2d_backward_bias", "batch_norm_cuda.batch_norm_forward",
-                      "batch_norm_cuda.batch_norm_backward"}
+                      "batch_norm_cuda.batch_norm_backward", "loss_cuda.softmax_cross_entropy"}
 
 
 @functools.cache
@@ -66,6 +66,23 @@ def test_the_float32_gemm_meets_its_static_targets():
     assert row.registers <= 128 and row.spill_bytes == 0, row
     assert row.occupancy >= 0.25, row
     assert row.loop_ffma >= 0.6 * row.loop_instructions, row
+
+
+# A declared kernel parameter: ".param .u64 name" (a scalar of that width) or
+# ".param .align A .b8 name[bytes]" (an aggregate)
+PARAM = re.compile(r"^\s*\.param\s+(?:\.align\s+\d+\s+)?\.[a-z]+(\d+)\s+\S+?(?:\[(\d+)\])?,?$",
+                   re.MULTILINE)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_parameters_fit_in_4_kb(name):
+    """A kernel's parameters must fit in 4 KB, the limit before CUDA 12.1 (and on PTX ISA
+    below 8.1): the Adam kernel's tuples of tensors (optim_cuda.MAX_TENSORS) are the ones
+    near it. Numba passes a 1-D array as seven 8-byte fields."""
+    for dtype in ("float32", "float64"):
+        sizes = [int(bits) // 8 * int(count or 1) for bits, count in PARAM.findall(
+            _ptx(name, dtype).split(".entry", 1)[1].split(")", 1)[0])]
+        assert sizes and sum(sizes) <= 4096, (name, dtype, sum(sizes))
 
 
 def test_the_registry_lists_every_cuda_kernel():

@@ -18,6 +18,7 @@ pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 import oracle  # noqa: E402
 from fastconv import geometry, ops  # noqa: E402
 from fastconv.dispatch import implementations  # noqa: E402
+from fastconv.implementations.driver import image_major  # noqa: E402
 from fastconv.kernels import (  # noqa: E402
     batch_norm_cuda,
     bias_cuda,
@@ -137,13 +138,27 @@ def test_direct_conv_on_channels_last_views_in_groups_of_images(monkeypatch):
         conv_direct_cuda.launch_conv2d_backward_input(gy, w, gx.transpose(0, 3, 1, 2),
                                                       *_taps(g))
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv2d_backward_bias(dtype):
+@pytest.mark.parametrize("dtype, activation, layout", [
+    (np.float32, None, "NCHW"), (np.float64, "tanh", "NHWC"), (np.float32, "relu", "NCHW"),
+    (np.float64, "sigmoid", "NCHW")])
+def test_conv2d_backward_bias(dtype, activation, layout):
+    """The bias gradient, and through a fused activation the gradient before it, with 4
+    threads striding over 12 cells of a plane (a NHWC operand as a transposed view)."""
     rng = np.random.default_rng(1)
-    x, w, gy = (random(rng, s, dtype) for s in ((2, 1, 3, 4), (5, 1, 1, 1), (2, 5, 3, 4)))
-    gb = _poisoned(5, dtype)
-    bias_cuda.launch_conv2d_backward_bias(gy, gb, block=(2, 2))
-    oracle.check({"gb": gb}, oracle.conv2d(x, w, gy=gy))
+    x, w, b, gy = (random(rng, s, dtype) for s in ((2, 1, 3, 4), (5, 1, 1, 1), (5,), (2, 5, 3, 4)))
+    x, gy = (oracle.from_nchw(a, layout) for a in (x, gy))
+    w = w if layout == "NCHW" else w.transpose(2, 3, 1, 0)
+    y = ops.conv2d(x, w, b, activation=activation, data_format=layout, device="cpu")
+    gz, gb = _poisoned(gy.shape, dtype), _poisoned(5, dtype)
+    gy3, y3, gz3 = (image_major(a, layout) for a in (gy, y, gz))
+    bias_cuda.launch_conv2d_backward_bias(gy3, y3, CODES[activation], gz3, gb, threads=4)
+    want = oracle.conv2d(x, w, b, gy=gy, activation=activation, through_activation=True,
+                         data_format=layout)
+    oracle.check({"gb": gb}, want)
+    if activation is not None:
+        # gx of a 1x1 convolution with one input channel is gz weighted by w
+        gx = (gz * (w.reshape(1, 5, 1, 1) if layout == "NCHW" else w.reshape(1, 1, 1, 5)))
+        oracle.check({"gx": gx.sum(axis=1 if layout == "NCHW" else 3, keepdims=True)}, want)
 
 
 # (x NCHW shape, layout, (R, S, sh, sw, pt, pl, dh, dw), (OH, OW), dtype): each a dilation above
@@ -646,19 +661,44 @@ def test_gemm_launches_planes_in_groups_whose_offsets_fit(monkeypatch):
 
 # --- training on device="cuda" ------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_step_on_cuda_matches_the_cpu_kernel(dtype):
-    rng = np.random.default_rng(2)
-    param = random(rng, (3, 100), dtype)  # 300 elements: a full and a partial block of 256
-    state = {d: [param.copy(), np.zeros_like(param), np.zeros_like(param)]
-             for d in ("cpu", "cuda")}
+def _adam_steps_agree(rng, shapes, dtype, listed=True):
+    """Two steps of ops.adam_step on tensors of ``shapes`` (given as lists, or the one tensor
+    as arrays) on the CUDA kernel and on the CPU's: every param, m and v agrees, and every
+    param moved."""
+    params = [random(rng, shape, dtype) for shape in shapes]
+    runs = {d: [[p.copy() for p in params], [np.zeros_like(p) for p in params],
+                [np.zeros_like(p) for p in params]] for d in ("cpu", "cuda")}
+
+    def given(arrays):
+        return arrays if listed else arrays[0]
     for step in (1, 2):
-        grad = random(rng, param.shape, dtype)
-        for d, (p, m, v) in state.items():
-            ops.adam_step(p, grad, m, v, step, lr=1e-2, weight_decay=0.1, device=d)
-    for got, want in zip(state["cuda"], state["cpu"], strict=True):
-        assert rel_error(got, want) < tolerance(dtype)
-    assert not np.array_equal(state["cuda"][0], param)
+        grads = [random(rng, p.shape, dtype) for p in params]
+        for d, (ps, ms, vs) in runs.items():
+            ops.adam_step(given(ps), given(grads), given(ms), given(vs), step, lr=1e-2,
+                          weight_decay=0.1, device=d)
+    for got, want in zip(runs["cuda"], runs["cpu"], strict=True):  # params, ms, vs
+        for g, w in zip(got, want, strict=True):
+            assert rel_error(g, w) < tolerance(dtype)
+    assert not any(np.array_equal(p, q) for p, q in zip(runs["cuda"][0], params, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_step_on_cuda_matches_the_cpu_kernel(dtype, monkeypatch):
+    """One array of 300 elements (one chunk, over which the threads' strides end partway);
+    then a list of five tensors in chunks of at most 64 elements, some partial, three tensors
+    a launch: two launches a step."""
+    from fastconv.kernels import optim, optim_cuda
+
+    rng = np.random.default_rng(2)
+    launches, real = [], optim_cuda.launch
+    monkeypatch.setattr(optim_cuda, "launch", lambda *args: launches.append(real(*args)))
+    _adam_steps_agree(rng, [(3, 100)], dtype, listed=False)
+    assert len(launches) == 2
+    monkeypatch.setattr(optim, "CHUNK", 64)
+    monkeypatch.setattr(optim_cuda, "THREADS", 16)  # a full chunk: 4 elements a thread
+    monkeypatch.setattr(optim_cuda, "MAX_TENSORS", 3)
+    _adam_steps_agree(rng, [(3, 50), (7,), (2, 2, 40), (1,), (65,)], dtype)
+    assert len(launches) == 2 + 2 * 2
 
 
 def test_lenet5_training_step_on_cuda_matches_the_cpu():
@@ -718,6 +758,29 @@ def test_resnet_training_steps_on_cuda_match_pytorch():
     state = theirs.state_dict()
     for name, value in ours.state_dict().items():
         assert rel_error(value, state[name].numpy()) < 1e-4, name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5, 7), (300, 3)], ids=["one-row-a-thread", "rows-loop"])
+def test_softmax_cross_entropy_on_cuda_matches_the_cpu_kernel(shape, dtype, monkeypatch):
+    """One launch of one block: its threads' rows (300 > 256: some loop), their gradients
+    and the block's float64 sum of the losses agree with the CPU kernel's; a -inf logit off
+    the label is a class of probability 0 on both."""
+    from fastconv.kernels import loss_cuda
+
+    rng = np.random.default_rng(5)
+    logits = random(rng, shape, dtype) * 4
+    target = rng.integers(0, shape[1], shape[0])
+    logits[1, (target[1] + 1) % shape[1]] = -np.inf
+    launches, real = [], loss_cuda.launch
+    monkeypatch.setattr(loss_cuda, "launch", lambda *a: launches.append(a[1:3]) or real(*a))
+    loss, grad = ops.softmax_cross_entropy(logits, target, device="cuda")
+    want_loss, want_grad = ops.softmax_cross_entropy(logits, target, device="cpu")
+    assert launches == [(1, loss_cuda.THREADS)]
+    assert loss.shape == () and loss.dtype == dtype and grad.dtype == dtype
+    assert rel_error(loss, want_loss) < tolerance(dtype)
+    assert rel_error(grad, want_grad) < tolerance(dtype)
+    assert grad[1, (target[1] + 1) % shape[1]] == 0
 
 
 # --- the GPU benchmark's code paths (the simulator's times mean nothing) ----------------------
