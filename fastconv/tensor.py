@@ -43,6 +43,14 @@ def _freed(_):
                        "freed by the first backward; pass retain_graph=True to keep them")
 
 
+def _rules(parents, *rules):
+    """A node's backward from one rule per parent (the output's gradient -> that parent's),
+    each run only for a parent that needs a gradient: a constant operand (``x / 2``, a mean's
+    count) costs no work."""
+    return lambda g: tuple(rule(g) if p.requires_grad else None
+                           for p, rule in zip(parents, rules, strict=True))
+
+
 def _unbroadcast(grad, shape):
     """Sum a broadcast gradient back down to ``shape``."""
     while grad.ndim > len(shape):
@@ -145,22 +153,21 @@ class Tensor:
 
     def __add__(self, other):
         other = self._lift(other)
-        return Tensor._result(self.data + other.data, (self, other),
-                              lambda g: (_unbroadcast(g, self.shape),
-                                         _unbroadcast(g, other.shape)), "add")
+        return Tensor._result(self.data + other.data, (self, other), _rules(
+            (self, other), lambda g: _unbroadcast(g, self.shape),
+            lambda g: _unbroadcast(g, other.shape)), "add")
 
     def __mul__(self, other):
         other = self._lift(other)
-        return Tensor._result(self.data * other.data, (self, other),
-                              lambda g: (_unbroadcast(g * other.data, self.shape),
-                                         _unbroadcast(g * self.data, other.shape)), "mul")
+        return Tensor._result(self.data * other.data, (self, other), _rules(
+            (self, other), lambda g: _unbroadcast(g * other.data, self.shape),
+            lambda g: _unbroadcast(g * self.data, other.shape)), "mul")
 
     def __truediv__(self, other):
         other = self._lift(other)
-        return Tensor._result(
-            self.data / other.data, (self, other),
-            lambda g: (_unbroadcast(g / other.data, self.shape),
-                       _unbroadcast(-g * self.data / other.data ** 2, other.shape)), "div")
+        return Tensor._result(self.data / other.data, (self, other), _rules(
+            (self, other), lambda g: _unbroadcast(g / other.data, self.shape),
+            lambda g: _unbroadcast(-g * self.data / other.data ** 2, other.shape)), "div")
 
     def __neg__(self):
         return Tensor._result(-self.data, (self,), lambda g: (-g,), "neg")
@@ -190,8 +197,8 @@ class Tensor:
     def __matmul__(self, other):
         if self.ndim != 2 or other.ndim != 2:
             raise ValueError(f"@ takes 2-D tensors, got shapes {self.shape} and {other.shape}")
-        return Tensor._result(self.data @ other.data, (self, other),
-                              lambda g: (g @ other.data.T, self.data.T @ g), "matmul")
+        return Tensor._result(self.data @ other.data, (self, other), _rules(
+            (self, other), lambda g: g @ other.data.T, lambda g: self.data.T @ g), "matmul")
 
     # --- reductions and shapes -------------------------------------------------------------
     def sum(self, axis=None, keepdims=False):

@@ -88,6 +88,20 @@ def test_log_is_differentiable_on_positive_inputs():
     gradcheck(lambda a: a.log(), (3, 4), positive=True)
 
 
+def test_a_constant_operand_gets_no_gradient_work():
+    """The rule for an operand that needs no gradient is not run: a tiny constant divisor's
+    rule squares it (-g x / d^2), which underflows and, here, raises."""
+    x = tensor([1.0, 2.0], requires_grad=True)
+    tiny = tensor([1e-30, 1e-30])
+    with np.errstate(all="raise"):
+        (x / tiny * tensor([1e-30, 1e-30])).sum().backward()
+        (x.reshape(1, 2) @ tensor([[1.0], [1.0]])).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 2.0], rtol=1e-6)
+    assert tiny.grad is None
+    with pytest.raises(FloatingPointError), np.errstate(all="raise"):
+        (x / tensor([1e-30, 1e-30], requires_grad=True)).sum().backward()
+
+
 def test_gradients_accumulate_across_backward_calls():
     x = tensor([1.0, 2.0], requires_grad=True)
     (x * x).sum().backward()
