@@ -6,9 +6,11 @@
 # Each step runs under its own timeout and writes its results into OUT_DIR as soon as it ends,
 # so a run cut short still returns what it did (six files at most: summary.md, steps.log,
 # tests.log, bench-cuda.md, gemm.md, cpu-threads.md). In order: the versions and the GPU; the
-# project installed from this tree without the network; the GPU tests (pytest -m gpu); every
-# conv algorithm against cuDNN on ResNet-18's layers (FP32, TF32 off, CUDA events); the GEMM
-# kernel against cuBLAS at 4096^3; a LeNet-5 epoch of fastconv and of PyTorch on the GPU
+# project installed from this tree without the network; the GPU tests (pytest -m gpu: every op
+# on CuPy arrays against the float64 reference, the table of refusals on CuPy arrays, PyTorch's
+# OpInfo samples on CUDA tensors against PyTorch's CUDA ops); every conv algorithm against
+# cuDNN on ResNet-18's layers (FP32, TF32 off, CUDA events); the GEMM kernel against cuBLAS at
+# 4096^3; the host time of small calls (benchmarks/host_overhead.py); a LeNet-5 epoch of fastconv and of PyTorch on the GPU
 # (benchmarks/compare_training.py, data from FASTCONV_DATA), then ResNet-20 on 12,800 images
 # (its recipe, 200 steps each: the speed and that it trains; its 10-epoch accuracy needs more
 # than this budget); last and optional, the CPU layer suite at 1/2/4/8/16 threads. The steps stop starting once BUDGET seconds (default 300) would
@@ -77,8 +79,9 @@ export PY
 step "versions and devices" 60 steps.log bash -c "$(declare -f versions); versions"
 step "install from the tree, no network" 90 steps.log \
     "$PY" -m pip install -q --no-deps --no-build-isolation -e .
-step "GPU tests (pytest -m gpu)" 120 tests.log \
-    "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_docs.py
+step "GPU tests (pytest -m gpu)" 150 tests.log \
+    "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_docs.py \
+    tests/test_torch_ops.py
 
 if ((SMOKE)); then
     step "conv algorithms against cuDNN" 120 steps.log "$PY" -m fastconv bench \
@@ -91,6 +94,13 @@ else
         --device cuda --suite resnet18 --no-numpy --repeats 20 --markdown "$OUT/bench-cuda.md"
     step "GEMM against cuBLAS" 30 steps.log "$PY" -m fastconv bench --device cuda \
         --suite lenet5 --impls auto --no-numpy --repeats 3 --gemm 4096 --markdown "$OUT/gemm.md"
+fi
+
+if ((SMOKE)); then  # the simulator's kernels are slow Python: two calls of each
+    step "host time of small calls" 60 steps.log "$PY" benchmarks/host_overhead.py \
+        --device cuda --calls 2 --repeats 1
+else
+    step "host time of small calls" 30 steps.log "$PY" benchmarks/host_overhead.py --device cuda
 fi
 
 if ((SMOKE)); then  # an epoch takes the simulator hours: one training step, its launches counted

@@ -1,6 +1,6 @@
 """The benchmark scripts run: benchmarks/compare_training.py as a smoke run on a few hundred
 images, each framework in its own process (as the script is meant to be used), from the same
-weights and batches; benchmarks/profile_step.py on a few steps."""
+weights and batches; benchmarks/profile_step.py on a few steps; benchmarks/host_overhead.py."""
 
 import re
 import subprocess
@@ -46,3 +46,12 @@ def test_profile_step_accounts_for_a_training_step():
     labels = [line.split("|")[1].strip() for line in lines[3:]]
     assert labels[:2] == ["conv2d #1", "max_pool2d #1"] and "adam_step" in labels
     assert labels[-1].startswith("the rest")
+
+
+def test_host_overhead_times_each_small_call():
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "host_overhead.py"), "--calls",
+                           "20", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = re.findall(r"^\| (.+?) \| ([\d.]+) \| ([\d.]+) \|$", done.stdout, re.M)
+    assert [name for name, *_ in rows][0].startswith("conv2d") and len(rows) == 5, done.stdout
+    assert all(0 < float(host) and 0 < float(total) for _, total, host in rows), done.stdout

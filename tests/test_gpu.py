@@ -1,5 +1,7 @@
 """The CUDA backend on a real GPU: every op and algorithm (cuBLAS included) on CuPy arrays
-against the float64 NumPy reference, over hypothesis-drawn cases; arrays following their device;
+against the float64 NumPy reference, over hypothesis-drawn cases; the table of refusals on CuPy
+arrays (PyTorch's OpInfo samples on CUDA tensors are tests/test_torch_ops.py's, marked gpu too);
+arrays following their device;
 CUDA torch tensors zero-copy; kernels ordered on the caller's stream; a LeNet-5 step on the GPU
 against the CPU. Skipped, with the reason printed, where there is no GPU."""
 
@@ -8,8 +10,10 @@ import importlib.util
 
 import numpy as np
 import pytest
+import test_validation as validation
 from hypothesis import given, settings
 from test_conv import _arrays, conv_cases
+from test_validation import no_kernel_runs  # noqa: F401  (a fixture)
 
 from fastconv import ops
 from fastconv.kernels import cuda_simulated
@@ -79,6 +83,18 @@ def test_pooling_on_cupy():
         want = getattr(ops, op)(x.astype(np.float64), **window)
         got = getattr(ops, op)(cp.asarray(x), **window)
         assert rel_error(_host(got), want) < 1e-6
+
+
+def test_bad_input_is_refused_on_cupy(no_kernel_runs):  # noqa: F811  (the fixture)
+    """tests/test_validation.py's table of refusals, every array of each call on the GPU."""
+    cp = _cupy()
+    for row in validation._cases():
+        op, bad, exc, pattern = row.values
+        args = {**validation.VALID[op], **bad}
+        with pytest.raises(exc, match=pattern):
+            getattr(ops, op)(**{k: cp.asarray(v) if isinstance(v, np.ndarray) else v
+                                for k, v in args.items()})
+    assert no_kernel_runs == []
 
 
 def test_host_and_device_arrays_do_not_mix():

@@ -28,6 +28,7 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
     assert statuses["GPU tests (pytest -m gpu)"] == "ok"
     assert statuses["conv algorithms against cuDNN"] == "ok"
     assert statuses["GEMM against cuBLAS"].startswith("SKIPPED: cuBLAS needs a real GPU")
+    assert statuses["host time of small calls"] == "ok"
     assert statuses["LeNet-5 training step on the GPU"] == "ok"
     assert statuses["CPU layer suite by threads"] == "ok"
     assert "the CUDA simulator is on" in (tmp_path / "tests.log").read_text()

@@ -4,6 +4,7 @@ gradcheck, torch.compile with no graph break and torch.export of converted netwo
 
 import copy
 import functools
+import importlib.util
 import shutil
 import warnings
 
@@ -58,20 +59,38 @@ def _run(function, sample, leaves):
     """The output (the first of a tuple) and the gradients of sum(output * cotangent)."""
     out = function(sample.input, *sample.args, **sample.kwargs)
     y = out[0] if isinstance(out, tuple) else out
-    cotangent = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+    cotangent = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)
     grads = torch.autograd.grad((y * cotangent).sum(), leaves, allow_unused=True) if (
         leaves and y.requires_grad) else ()
     return out, grads
 
 
+def _gpu_missing():
+    """Why the sweep cannot run on a GPU here, or None."""
+    if not torch.cuda.is_available():
+        return "this PyTorch build or machine has no CUDA GPU"
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed (the cuda12/cuda13 extra)"
+    return None
+
+
+ON_GPU = pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(_gpu_missing() is not None,
+                                        reason=f"needs a CUDA GPU: {_gpu_missing()}")])
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_GPU])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", FUNCTIONS)
-def test_pytorchs_opinfo_samples_match(name, dtype):
+def test_pytorchs_opinfo_samples_match(name, dtype, device):
     """Every sample PyTorch's OpInfo database draws for the function (its argument forms:
     unbatched input, dilation, ceil_mode, return_indices, divisor_override, one-element
-    sizes...) gives PyTorch's output and gradients."""
+    sizes...) gives PyTorch's output and gradients: on the CPU, and on a GPU fastconv's CUDA
+    kernels (on the CUDA tensors, zero-copy) against PyTorch's CUDA ops (cuDNN without TF32),
+    the GPU check script's conformance sweep."""
     info, matched = opinfos()[name], 0
-    samples = list(info.sample_inputs("cpu", dtype, requires_grad=True))
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    samples = list(info.sample_inputs(device, dtype, requires_grad=True))
     for sample in samples:
         refused = _refused_by_design(name, sample)
         if refused:
