@@ -64,8 +64,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         out = self.bn1(self.conv1(x), activation="relu")  # one kernel for both
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.bn2(self.conv2(out), activation="relu", residual=shortcut)  # one kernel
 
 
 class ResNet(nn.Module):

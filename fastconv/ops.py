@@ -118,7 +118,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=N
         groups: splits C and K into that many groups; groups == C is depthwise.
         activation: None, "relu", "tanh" or "sigmoid", applied in the kernel's epilogue.
         data_format: "NCHW" or "NHWC".
-        algo: "auto" or one of :func:`algorithms` ("direct", "im2col", "reference").
+        algo: "auto" or one of :func:`algorithms` ("direct", "im2col", "reference"), or on a
+            depthwise layer (groups == C) "depthwise" (CPU).
         device: None (follow the input) or "cpu".
 
     Returns:
@@ -450,10 +451,13 @@ def _in_place(**arrays):
 
 
 def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None, training=False,
-                 momentum=0.1, eps=1e-5, activation=None, data_format="NCHW", device=None):
+                 momentum=0.1, eps=1e-5, activation=None, data_format="NCHW", device=None,
+                 residual=None):
     """Batch normalisation of each channel, PyTorch's ``torch.nn.functional.batch_norm``:
     ``(x - mean) / sqrt(var + eps) * weight + bias``, then ``activation`` (None, "relu",
-    "tanh" or "sigmoid") in the same pass, as conv2d fuses it.
+    "tanh" or "sigmoid") in the same pass, as conv2d fuses it; ``residual`` (x's shape), when
+    given, is added before the activation: a residual block's ``relu(bn(conv(x)) + shortcut)``
+    in one pass.
 
     In training, mean and var are the batch's, over N, H and W (the variance biased), and the
     running buffers, when given, move ``momentum`` of the way to them (the variance unbiased),
@@ -475,10 +479,12 @@ def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
                          "running_mean and running_var: both are needed")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var go together: pass both or neither")
-    device, (x, weight, bias, running_mean, running_var) = _arrays(
+    device, (x, weight, bias, running_mean, running_var, residual) = _arrays(
         device, x=x, weight=weight, bias=bias, running_mean=running_mean,
-        running_var=running_var)
+        running_var=running_var, residual=residual)
     layout, c = _channels(x, data_format)
+    if residual is not None:
+        _expect("residual", residual, x.shape, f"batch_norm2d of x {x.shape}")
     for name, a in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
         if a is not None:
@@ -494,16 +500,19 @@ def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
         nothing = xp.full(c, xp.nan, x.dtype)
         return xp.empty(x.shape, x.dtype), nothing, nothing.copy()
     return _call("batch_norm2d", device, layout, x, weight, bias, running_mean, running_var,
-                 bool(training), training and running_mean is not None, momentum, eps, act)
+                 bool(training), training and running_mean is not None, momentum, eps, act,
+                 residual)
 
 
 def batch_norm2d_backward(gy, x, weight, save_mean, save_invstd, training=True, y=None,
-                          activation=None, data_format="NCHW", device=None):
+                          activation=None, data_format="NCHW", device=None, residual=False):
     """The gradients (gx, gweight, gbias) of :func:`batch_norm2d` given ``gy = dL/dy``, from
     the ``mean`` and ``invstd`` it returned. ``training`` must be the forward's: in training
     the statistics depend on x, and gx carries their terms. With the forward's ``activation``
     its output ``y`` is needed too (the activation's slope is read from it). ``weight`` None is
-    affine=False (gweight and gbias are still returned). An empty x gives an empty gx and
+    affine=False (gweight and gbias are still returned). With ``residual=True`` (the forward
+    added one) the residual's gradient comes fourth, from the same pass: gy times the
+    activation's slope (gy itself without an activation). An empty x gives an empty gx and
     zeros."""
     act = geometry.activation(activation)
     if act is not None and y is None:
@@ -524,9 +533,10 @@ def batch_norm2d_backward(gy, x, weight, save_mean, save_invstd, training=True, 
             _expect(name, a, (c,), f"x {x.shape} ({layout}) with {c} channels")
     if x.size == 0:
         xp = devices.array_module(device)
-        return xp.empty(x.shape, x.dtype), xp.zeros(c, x.dtype), xp.zeros(c, x.dtype)
+        gradients = xp.empty(x.shape, x.dtype), xp.zeros(c, x.dtype), xp.zeros(c, x.dtype)
+        return (*gradients, xp.empty(x.shape, x.dtype)) if residual else gradients
     return _call("batch_norm2d_backward", device, layout, gy, x, weight, save_mean,
-                 save_invstd, bool(training), y, act)
+                 save_invstd, bool(training), y, act, bool(residual))
 
 
 def _dropout_scale(p, dtype):

@@ -47,14 +47,16 @@ def running_update(running, c, momentum, value):
 
 @njit(**CPU_KERNEL)
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, track, momentum,
-                       eps, act, y, mean, invstd):
-    """y[n, c, p] = a((x[n, c, p] - mean[c]) * invstd[c] * weight[c] + bias[c]), ``a`` the
-    activation of code ``act`` (kernels/activation.py; 0: none).
+                       eps, act, residual, add, y, mean, invstd):
+    """y[n, c, p] = a((x[n, c, p] - mean[c]) * invstd[c] * weight[c] + bias[c] [+ residual[n,
+    c, p]]), ``a`` the activation of code ``act`` (kernels/activation.py; 0: none), the
+    residual added where ``add`` (a residual block's shortcut, summed before its ReLU).
 
-    Layout: x and y (N, C, P) views, P = H*W (NCHW's reshaped, NHWC's transposed); the rest
-    (C,). ``training``: mean and invstd = 1/sqrt(var + eps) are the batch's (the biased
-    variance), written to ``mean``/``invstd``, and with ``track`` the running buffers move
-    ``momentum`` of the way to them (the variance unbiased); else they are the running ones.
+    Layout: x, residual and y (N, C, P) views, P = H*W (NCHW's reshaped, NHWC's transposed;
+    residual any such array where not ``add``); the rest (C,). ``training``: mean and invstd
+    = 1/sqrt(var + eps) are the batch's (the biased variance), written to ``mean``/``invstd``,
+    and with ``track`` the running buffers move ``momentum`` of the way to them (the variance
+    unbiased); else they are the running ones.
     Loop order: c (parallel), then n, p: in training a pass summing the statistics, then one
     writing y. Each thread owns whole channels: mean[c], invstd[c], the running buffers' [c]
     and y[:, c].
@@ -73,22 +75,31 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, tra
         else:
             mean[c], invstd[c] = running_mean[c], 1 / math.sqrt(running_var[c] + eps)
         m, scale, b = mean[c], invstd[c] * weight[c], bias[c]
-        for n in range(n_):
-            for p in range(p_):
-                y[n, c, p] = activate((x[n, c, p] - m) * scale + b, act, y.dtype)
+        if add:
+            for n in range(n_):
+                for p in range(p_):
+                    y[n, c, p] = activate((x[n, c, p] - m) * scale + b + residual[n, c, p], act,
+                                          y.dtype)
+        else:
+            for n in range(n_):
+                for p in range(p_):
+                    y[n, c, p] = activate((x[n, c, p] - m) * scale + b, act, y.dtype)
 
 
 @njit(**CPU_KERNEL)
-def batch_norm_backward(gy, x, y, weight, mean, invstd, training, act, gx, gweight, gbias):
+def batch_norm_backward(gy, x, y, weight, mean, invstd, training, act, gx, gweight, gbias,
+                        gresidual, keep):
     """The gradients of :func:`batch_norm_forward` for the ``mean``/``invstd`` it used, with
     g = gy * a'(y) the gradient before its activation (``y`` its output; any array of the
     shape for act 0): gbias[c] = sum g[:, c], gweight[c] = sum g * xhat with xhat =
     (x - mean) * invstd, and gx = weight * invstd * (g - [gbias/M + xhat * gweight/M]), the
-    bracket in training only (the statistics depend on x there), M = N*P.
+    bracket in training only (the statistics depend on x there), M = N*P. With ``keep``, g
+    itself, the gradient of a residual added before the activation, goes to gresidual.
 
-    Layout: gy, x, y, gx (N, C, P) views; the rest (C,). Loop order: c (parallel), then n, p:
-    a pass for both sums (float64), one writing gx. Each thread owns gweight[c], gbias[c] and
-    gx[:, c].
+    Layout: gy, x, y, gx, gresidual (N, C, P) views (gresidual any such array where not
+    ``keep``); the rest (C,). Loop order: c (parallel), then n, p: a pass for both sums
+    (float64, writing gresidual), one writing gx. Each thread owns gweight[c], gbias[c],
+    gx[:, c] and gresidual[:, c].
     """
     n_, c_, p_ = x.shape
     count = n_ * p_
@@ -98,6 +109,8 @@ def batch_norm_backward(gy, x, y, weight, mean, invstd, training, act, gx, gweig
         for n in range(n_):
             for p in range(p_):
                 g = gy[n, c, p] * slope(y[n, c, p], act, gy.dtype)
+                if keep:
+                    gresidual[n, c, p] = g
                 sum_gy += g
                 dot += g * (x[n, c, p] - m)
         gbias[c], gweight[c] = sum_gy, dot * invstd[c]

@@ -32,9 +32,9 @@ def _channel_sums(x, c, shift, shared):
     return block_sum(total, shared), block_sum(squares, shared)
 
 
-@kernel(3, 1, 1, 1, 1, "bool", "bool", "scalar", "scalar", "int", 3, 1, 1)
+@kernel(3, 1, 1, 1, 1, "bool", "bool", "scalar", "scalar", "int", 3, "bool", 3, 1, 1)
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, track, momentum,
-                       eps, act, y, mean, invstd):
+                       eps, act, residual, add, y, mean, invstd):
     """kernels/batch_norm.batch_norm_forward, same layout and arguments. Block c owns channel
     c: thread 0 writes mean[c], invstd[c] and the running buffers' [c], every thread a stride of
     y[:, c] once they are written."""
@@ -58,13 +58,18 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, tra
     m, scale, b = mean[c], invstd[c] * weight[c], bias[c]
     for n in range(n_):
         for p in range(t, p_, cuda.blockDim.x):
-            y[n, c, p] = activate((x[n, c, p] - m) * scale + b, act, y.dtype)
+            v = (x[n, c, p] - m) * scale + b
+            if add:
+                v += residual[n, c, p]
+            y[n, c, p] = activate(v, act, y.dtype)
 
 
-@kernel(3, 3, 3, 1, 1, 1, "bool", "int", 3, 1, 1)
-def batch_norm_backward(gy, x, y, weight, mean, invstd, training, act, gx, gweight, gbias):
+@kernel(3, 3, 3, 1, 1, 1, "bool", "int", 3, 1, 1, 3, "bool")
+def batch_norm_backward(gy, x, y, weight, mean, invstd, training, act, gx, gweight, gbias,
+                        gresidual, keep):
     """kernels/batch_norm.batch_norm_backward, same layout and arguments. Block c owns channel
-    c: thread 0 writes gweight[c] and gbias[c], every thread a stride of gx[:, c]."""
+    c: thread 0 writes gweight[c] and gbias[c], every thread a stride of gx[:, c] and of
+    gresidual[:, c]."""
     shared = cuda.shared.array(MAX_THREADS, float64)
     n_, _, p_ = x.shape
     count = n_ * p_
@@ -75,6 +80,8 @@ def batch_norm_backward(gy, x, y, weight, mean, invstd, training, act, gx, gweig
     for n in range(n_):
         for p in range(t, p_, cuda.blockDim.x):
             g = gy[n, c, p] * slope(y[n, c, p], act, gy.dtype)
+            if keep:
+                gresidual[n, c, p] = g
             sum_gy += g
             dot += g * (x[n, c, p] - m)
     sum_gy, dot = block_sum(sum_gy, shared), block_sum(dot, shared)

@@ -139,6 +139,48 @@ def _gweight_tolerance(case, a, want):
     return tolerance + 2 * np.linalg.norm(drift) / scale
 
 
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=st.sampled_from(["NCHW", "NHWC"]), training=st.booleans(),
+       activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]),
+       dtype=st.sampled_from([np.float32, np.float64]), parallel=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_a_residual_joins_before_the_activation(layout, training, activation, dtype, parallel,
+                                                seed, monkeypatch):
+    """a(bn(x) + residual) and its four gradients (x, weight, bias, residual) in the same
+    kernels, against PyTorch's autograd in float64 and the float64 reference."""
+    monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
+    rng = np.random.default_rng(seed)
+    shape = (3, 4, 5, 2) if layout == "NCHW" else (3, 5, 2, 4)
+    x, residual, gy = (random(rng, shape, dtype) for _ in range(3))
+    weight, bias = random(rng, 4, dtype), random(rng, 4, dtype)
+    running = [random(rng, 4, dtype), (rng.random(4) + 0.5).astype(dtype)]
+    inputs = [a.copy() for a in (x, residual, gy, weight, bias)]
+    their_running = [torch.tensor(np.float64(a)) for a in running]
+    mode = dict(training=training, momentum=0.1, eps=1e-5, activation=activation,
+                data_format=layout)
+    y, mean, invstd = ops.batch_norm2d(x, weight, bias, *running, residual=residual, **mode)
+    grads = ops.batch_norm2d_backward(gy, x, weight, mean, invstd, training, y, activation,
+                                      data_format=layout, residual=True)
+    for before, after in zip(inputs, (x, residual, gy, weight, bias), strict=True):
+        np.testing.assert_array_equal(before, after)
+
+    leaves = [torch.tensor(to_nchw(np.float64(a), layout), requires_grad=True)
+              for a in (x, residual)]
+    leaves += [torch.tensor(np.float64(a), requires_grad=True) for a in (weight, bias)]
+    xt, rt, wt, bt = leaves
+    zt = torch.nn.functional.batch_norm(xt, *their_running, wt, bt, training, 0.1, 1e-5) + rt
+    yt = zt if activation is None else getattr(torch, activation)(zt)
+    yt.backward(torch.tensor(to_nchw(np.float64(gy), layout)))
+    want = {"y": from_nchw(yt.detach().numpy(), layout),
+            "running_mean": their_running[0].numpy(), "running_var": their_running[1].numpy(),
+            "gx": from_nchw(xt.grad.numpy(), layout), "gweight": wt.grad.numpy(),
+            "gbias": bt.grad.numpy(), "gresidual": from_nchw(rt.grad.numpy(), layout)}
+    got = dict(zip(("gx", "gweight", "gbias", "gresidual"), grads, strict=True), y=y,
+               running_mean=running[0], running_var=running[1])
+    oracle.check(got, {"torch": want})
+
+
 def test_float32_statistics_keep_their_digits():
     """A channel of a million values around 1000 with spread 0.01: float32 sums of x and x^2
     lose the variance altogether; float64 statistics keep it (PyTorch's CPU kernels do too)."""

@@ -47,7 +47,7 @@ _SLOPES = {None: lambda y: 1, "relu": lambda y: y > 0, "tanh": lambda y: (1 - y)
 
 @register("batch_norm2d", "cpu", "reference")
 def batch_norm2d_reference(layout, x, weight, bias, running_mean, running_var, training, track,
-                           momentum, eps, activation=None):
+                           momentum, eps, activation=None, residual=None):
     cells = _channels_last(x, layout)
     if training:
         mean, var = cells.mean(axis=0), cells.var(axis=0)
@@ -58,28 +58,32 @@ def batch_norm2d_reference(layout, x, weight, bias, running_mean, running_var, t
     else:
         mean, var = np.float64(running_mean), np.float64(running_var)
     invstd = 1 / np.sqrt(var + eps)
-    y = _ACTIVATIONS[activation]((cells - mean) * invstd * _or(weight, 1) + _or(bias, 0))
-    return _from_channels_last(y, x.shape, layout), mean, invstd
+    z = (cells - mean) * invstd * _or(weight, 1) + _or(bias, 0)
+    if residual is not None:
+        z = z + _channels_last(residual, layout)
+    return _from_channels_last(_ACTIVATIONS[activation](z), x.shape, layout), mean, invstd
 
 
 @register("batch_norm2d_backward", "cpu", "reference")
 def batch_norm2d_backward_reference(layout, gy, x, weight, mean, invstd, training, y=None,
-                                    activation=None):
+                                    activation=None, residual=False):
     g, cells = _channels_last(gy, layout), _channels_last(x, layout)
     if activation is not None:
         g = g * _SLOPES[activation](_channels_last(y, layout))
+    gresidual = _from_channels_last(g, x.shape, layout)
     xhat = (cells - np.float64(mean)) * np.float64(invstd)
     gbias, gweight = g.sum(axis=0), (g * xhat).sum(axis=0)
     if training:
         g = g - g.mean(axis=0) - xhat * (g * xhat).mean(axis=0)
     gx = g * np.float64(invstd) * _or(weight, 1)
-    return _from_channels_last(gx, x.shape, layout), gweight, gbias
+    gradients = _from_channels_last(gx, x.shape, layout), gweight, gbias
+    return (*gradients, gresidual) if residual else gradients
 
 
 # --- the kernels: kernels/batch_norm.py and its CUDA twin ---------------------------------------
 
 def _forward(xp, call, layout, x, weight, bias, running_mean, running_var, training, track,
-             momentum, eps, activation=None):
+             momentum, eps, activation=None, residual=None):
     y = driver.empty(xp, x.shape, x.dtype)
     c = x.shape[1 if layout == "NCHW" else 3]
     weight, bias = _affine(xp, weight, c, x.dtype, 1.0), _affine(xp, bias, c, x.dtype, 0.0)
@@ -89,7 +93,8 @@ def _forward(xp, call, layout, x, weight, bias, running_mean, running_var, train
     call(driver.image_major(x, layout), weight, bias,
          stand_in if running_mean is None else running_mean,
          stand_in if running_var is None else running_var, training, track, *scalars,
-         CODES[activation], driver.image_major(y, layout), mean, invstd)
+         CODES[activation], driver.image_major(x if residual is None else residual, layout),
+         residual is not None, driver.image_major(y, layout), mean, invstd)
     return y, mean, invstd
 
 
@@ -98,16 +103,20 @@ def _affine(xp, a, c, dtype, value):
 
 
 def _backward(xp, call, layout, gy, x, weight, mean, invstd, training, y=None,
-              activation=None):
+              activation=None, residual=False):
+    """(gx, gweight, gbias), and with ``residual`` the residual's gradient: gy itself without
+    an activation, else the kernel's g."""
     weight = _affine(xp, weight, mean.shape[0], x.dtype, 1.0)
     gx = driver.empty(xp, x.shape, x.dtype)
     gweight, gbias = driver.empty(xp, mean.shape, x.dtype), driver.empty(xp, mean.shape, x.dtype)
+    keep = residual and activation is not None
+    gresidual = driver.empty(xp, x.shape, x.dtype) if keep else gy
     planes = driver.image_major(gy, layout)
     call(planes, driver.image_major(x, layout),
          planes if activation is None else driver.image_major(y, layout),  # a stand-in y
          weight, mean, invstd, training, CODES[activation], driver.image_major(gx, layout),
-         gweight, gbias)
-    return gx, gweight, gbias
+         gweight, gbias, driver.image_major(gresidual, layout), keep)
+    return (gx, gweight, gbias, gresidual) if residual else (gx, gweight, gbias)
 
 
 @register("batch_norm2d", "cpu", "numba")

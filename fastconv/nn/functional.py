@@ -82,25 +82,29 @@ def adaptive_avg_pool2d(input, output_size, data_format="NCHW"):
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, activation=None, data_format="NCHW"):
+               momentum=0.1, eps=1e-5, activation=None, data_format="NCHW", residual=None):
     """PyTorch's F.batch_norm on a 4-D input (fastconv.ops.batch_norm2d): the running buffers
     (Tensors, or None) are updated in place in training, weight and bias are optional;
-    ``activation`` (as conv2d's) runs in the same kernel, and its slope in the backward's."""
+    ``activation`` (as conv2d's) runs in the same kernel, and its slope in the backward's;
+    ``residual`` (a Tensor of input's shape) is added before the activation, in the same
+    kernels: a residual block's ``relu(bn(x) + shortcut)``."""
     def data(t):
         return None if t is None else t.data
     x = input.data
     y, mean, invstd = ops.batch_norm2d(x, data(weight), data(bias), data(running_mean),
                                        data(running_var), training, momentum, eps, activation,
-                                       data_format=data_format, device=input.device)
-    affine = [t for t in (weight, bias) if t is not None]
+                                       data_format=data_format, device=input.device,
+                                       residual=data(residual))
+    others = [t for t in (weight, bias, residual) if t is not None]
 
     def backward(g):
-        gx, gweight, gbias = ops.batch_norm2d_backward(
+        gx, gweight, gbias, *gresidual = ops.batch_norm2d_backward(
             g, x, data(weight), mean, invstd, training, y if activation else None, activation,
-            data_format=data_format, device=input.device)
-        return (gx, *(grad for t, grad in ((weight, gweight), (bias, gbias)) if t is not None))
+            data_format=data_format, device=input.device, residual=residual is not None)
+        return (gx, *(grad for t, grad in ((weight, gweight), (bias, gbias)) if t is not None),
+                *gresidual)
 
-    return Tensor._result(y, (input, *affine), backward, "batch_norm")
+    return Tensor._result(y, (input, *others), backward, "batch_norm")
 
 
 def dropout(input, p=0.5, training=True):

@@ -250,8 +250,9 @@ class BatchNorm2d(Module):
                               ("num_batches_tracked", np.array(0, np.int64))):
             self.register_buffer(name, initial if track_running_stats else None)
 
-    def forward(self, x, activation=None):
-        """The normalisation, then ``activation`` in the same kernel (as Conv2d's)."""
+    def forward(self, x, activation=None, residual=None):
+        """The normalisation, then ``activation`` in the same kernel (as Conv2d's), with
+        ``residual`` added before it (a residual block's shortcut)."""
         if x.ndim != 4:
             raise ValueError(f"BatchNorm2d expects a 4-D input (N, C, H, W), got shape {x.shape}")
         if x.shape[1] != self.num_features:
@@ -266,7 +267,7 @@ class BatchNorm2d(Module):
         keep = not self.training or self.track_running_stats
         return F.batch_norm(x, self.running_mean if keep else None,
                             self.running_var if keep else None, self.weight, self.bias,
-                            use_batch, momentum, self.eps, activation)
+                            use_batch, momentum, self.eps, activation, residual=residual)
 
 
 class Dropout(Module):

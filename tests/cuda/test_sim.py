@@ -361,16 +361,35 @@ def test_batch_norm(case, threads):
     batch_norm_cuda.launch_batch_norm_forward(
         planes[0], ones if weight is None else weight, zeros if bias is None else bias,
         *stand_in, training, training and buffers, dtype(0.3), dtype(1e-5), CODES[activation],
-        y.reshape(planes[0].shape), mean, invstd, threads=threads)
+        planes[0], False, y.reshape(planes[0].shape), mean, invstd, threads=threads)
     gx, gw, gb = _poisoned(shape, dtype), _poisoned(c, dtype), _poisoned(c, dtype)
     batch_norm_cuda.launch_batch_norm_backward(
         planes[1], planes[0], y.reshape(planes[0].shape), ones if weight is None else weight,
         mean, invstd, training, CODES[activation], gx.reshape(planes[0].shape), gw, gb,
-        threads=threads)
+        planes[0], False, threads=threads)
     got = {"y": y, "gx": gx, "gweight": gw, "gbias": gb}
     if buffers:
         got.update(running_mean=running[0], running_var=running[1])
     oracle.check(got, expected)
+
+
+@pytest.mark.parametrize("layout, activation, dtype", [("NCHW", "relu", np.float32),
+                                                       ("NHWC", None, np.float64)])
+def test_batch_norm_with_a_residual_on_cuda_matches_the_cpu(layout, activation, dtype):
+    """a(bn(x) + residual) and its gradients, the residual's among them, on both devices."""
+    rng = np.random.default_rng(14)
+    shape = (2, 3, 3, 5) if layout == "NCHW" else (2, 3, 5, 3)
+    x, residual, gy = (random(rng, shape, dtype) for _ in range(3))
+    weight, bias = random(rng, 3, dtype), random(rng, 3, dtype)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        y, mean, invstd = ops.batch_norm2d(x, weight, bias, training=True, activation=activation,
+                                           data_format=layout, device=device, residual=residual)
+        runs[device] = (y, *ops.batch_norm2d_backward(
+            gy, x, weight, mean, invstd, True, y, activation, data_format=layout,
+            device=device, residual=True))
+    for got, want in zip(runs["cuda"], runs["cpu"], strict=True):
+        assert rel_error(got, want) < tolerance(dtype)
 
 
 @pytest.mark.parametrize("shape, output_size, dtype", [
