@@ -1,6 +1,9 @@
-"""Count the GPU launches of one LeNet-5 training step on device="cuda", without a GPU.
+"""Count the GPU launches of one training step on device="cuda", without a GPU.
 
-    python benchmarks/launches.py [--batch 64] [--activation relu] [--pool max]
+    python benchmarks/launches.py [--model lenet5] [--batch 64] [--activation relu] [--pool max]
+
+The model trains with its recipe (fastconv.train.recipe: LeNet-5 Adam, a ResNet SGD with
+momentum and weight decay) on 32x32 single-channel images.
 
 The step runs under Numba's CUDA simulator. Two kinds of launch are counted, apart:
 
@@ -26,7 +29,7 @@ from collections import Counter  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from fastconv import Tensor, models, nn, optim, registry, tensor  # noqa: E402
+from fastconv import Tensor, registry, tensor, train  # noqa: E402
 from fastconv import cuda as backend  # noqa: E402
 from fastconv.nn import functional as F  # noqa: E402
 
@@ -139,10 +142,10 @@ class DeviceModule:
         return _device(np.empty(*args, **kwargs))
 
 
-def count_step(batch, activation, pool):
-    """(fastconv kernel launches, array operations) of one Adam step of LeNet-5 on ``batch``
-    images, each a Counter by name: the second step, as every step after the first (which
-    also creates the optimiser's state)."""
+def count_step(batch, activation="relu", pool="max", model="lenet5"):
+    """(fastconv kernel launches, array operations) of one training step of ``model`` with its
+    recipe on ``batch`` images, each a Counter by name: the second step, as every step after
+    the first (which also creates the optimiser's state)."""
     kernels = Counter()
     for name in registry.cuda_kernels():
         module, _, kernel = name.partition(".")
@@ -152,16 +155,16 @@ def count_step(batch, activation, pool):
     Tensor.data = property(lambda self: self.__dict__["data"],
                            lambda self, a: self.__dict__.__setitem__("data", _device(a)))
     backend.xp = DeviceModule()
-    nn.manual_seed(0)
-    model = models.LeNet5(activation=activation, pool=pool).to("cuda")
-    optimizer = optim.Adam(model.parameters())
+    settings = {**train.recipe(model), "augment": False}
+    network, optimizer = train.build(train.RunConfig(model=model, device="cuda", **settings,
+                                                     activation=activation, pool=pool))
     x = np.random.default_rng(0).standard_normal((batch, 1, 32, 32)).astype(np.float32)
     x, labels = tensor(x, device="cuda"), np.arange(batch) % 10
     for _ in range(2):
         kernels.clear()
         DeviceArray.counts.clear()
         with np.errstate(all="ignore"):  # the skipped kernels leave their outputs unwritten
-            loss = F.cross_entropy(model(x), labels)
+            loss = F.cross_entropy(network(x), labels)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -171,11 +174,13 @@ def count_step(batch, activation, pool):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="lenet5", choices=train.MODELS,
+                        help="the network, with its recipe's optimiser (default: lenet5)")
     parser.add_argument("--batch", type=int, default=64, help="images per step (default: 64)")
     parser.add_argument("--activation", default="relu", help="LeNet-5's (default: relu)")
-    parser.add_argument("--pool", default="max", help="max or avg (default: max)")
+    parser.add_argument("--pool", default="max", help="LeNet-5's, max or avg (default: max)")
     args = parser.parse_args()
-    kernels, operations = count_step(args.batch, args.activation, args.pool)
+    kernels, operations = count_step(args.batch, args.activation, args.pool, args.model)
     for counts, what in ((kernels, "fastconv kernel launches"),
                          (operations, "array operations (a CuPy launch each on a GPU)")):
         for name, n in counts.most_common():
