@@ -2,9 +2,10 @@
 
 Every argument is checked here, before any kernel runs; bad input raises ValueError or TypeError
 naming the argument and the shapes. Inputs are never modified: non-contiguous arrays are copied
-to contiguous ones and kernels only write the arrays they allocate; the one exception is
-:func:`adam_step`, an in-place update by definition. ``device=None`` runs where
-the arrays are (see :mod:`fastconv.device`); a CUDA torch tensor is taken zero-copy.
+to contiguous ones and kernels only write the arrays they allocate; the exceptions are
+:func:`adam_step` and :func:`sgd_step`, in-place updates by definition (and batch norm's running
+buffers). ``device=None`` runs where the arrays are (see :mod:`fastconv.device`); a CUDA
+torch tensor is taken zero-copy.
 
 Layouts: ``data_format="NCHW"`` takes x as (N, C, H, W) and weights as OIHW (K, C/groups, R, S);
 ``"NHWC"`` takes x as (N, H, W, C) and weights as HWIO (R, S, C/groups, K), TensorFlow's filter
@@ -27,7 +28,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "max_pool2d_backward_saved", "avg_pool2d",
     "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
     "batch_norm2d", "batch_norm2d_backward", "dropout",
-    "dropout_backward", "adam_step", "softmax_cross_entropy",
+    "dropout_backward", "adam_step", "sgd_step", "softmax_cross_entropy",
     "algorithms",
 ]
 
@@ -119,7 +120,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=N
         activation: None, "relu", "tanh" or "sigmoid", applied in the kernel's epilogue.
         data_format: "NCHW" or "NHWC".
         algo: "auto" or one of :func:`algorithms` ("direct", "im2col", "reference"), or on a
-            depthwise layer (groups == C) "depthwise" (CPU).
+            depthwise layer (groups == C) "depthwise" (CPU), or on a 3x3, stride-1,
+            dilation-1 layer "winograd" (CPU; this op and conv2d_backward_input only).
         device: None (follow the input) or "cpu".
 
     Returns:
@@ -665,7 +667,7 @@ def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
     C-contiguous NumPy or CuPy arrays (a copy would lose the update); ``grad`` is only read.
     The arithmetic is in the arrays' dtype, as PyTorch's, with its bias corrections.
     """
-    device, tensors = _adam_tensors(device, param, grad, m, v)
+    device, tensors = _step_tensors(device, param, grad, m=m, v=v)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be an int >= 1, got {step!r}")
     b1, b2 = betas
@@ -675,32 +677,103 @@ def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
         _call("adam_step", device, params, grads, ms, vs, tuple(dtype.type(s) for s in scalars))
 
 
-def _adam_tensors(device, param, grad, m, v):
-    """:func:`adam_step`'s device and, per dtype, the lists (params, grads, ms, vs) of its
-    tensors of that dtype: each tensor's arrays checked as a single array's are, named by
-    their index in a list ("m[2] has shape ...")."""
+def sgd_step(param, grad, momentum_buffer=None, lr=1e-3, momentum=0.0, dampening=0.0,
+             weight_decay=0.0, nesterov=False, first_step=False, device=None):
+    """One step of torch.optim.SGD on ``param``, in one kernel:
+
+    ``d = grad + weight_decay * param``; with momentum, the buffer
+    ``b = momentum * b + (1 - dampening) * d``, or ``b = d`` on its first step
+    (``first_step=True``: the buffer holds nothing yet and is only written), then
+    ``d = d + momentum * b`` (``nesterov``) or ``d = b``; and ``param -= lr * d``.
+
+    ``param``, ``grad`` and ``momentum_buffer`` are arrays, or lists (or tuples) of as many
+    arrays, the i-th of each one tensor's, as torch.optim's functional
+    ``sgd(params, d_p_list, momentum_buffer_list, ...)`` takes them (all of them at their first
+    step, or none): one kernel updates them all (a GPU launch per 16 tensors; float32 and
+    float64 tensors go in separate launches). ``momentum_buffer`` is needed with momentum and
+    refused without; Nesterov needs a momentum and zero dampening, as torch.optim.SGD does;
+    lr, momentum and weight_decay are >= 0, dampening in [0, 1].
+
+    Updates ``param`` and ``momentum_buffer`` in place, so they must be C-contiguous NumPy or
+    CuPy arrays (a copy would lose the update); ``grad`` is only read. The arithmetic is in the
+    arrays' dtype, as PyTorch's.
+    """
+    # lr may be 0, as torch.optim allows it: where a cosine schedule ends
+    lr, momentum, weight_decay = (_real(name, value, 0, math.inf) for name, value in (
+        ("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)))
+    dampening = _real("dampening", dampening, 0, 1)
+    for name, flag in (("nesterov", nesterov), ("first_step", first_step)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if nesterov and (momentum == 0 or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    if momentum and momentum_buffer is None:
+        raise ValueError(f"momentum={momentum} needs a momentum_buffer")
+    if not momentum and momentum_buffer is not None:
+        raise ValueError("momentum_buffer is for momentum, which is 0")
+    buffers = {} if momentum_buffer is None else dict(momentum_buffer=momentum_buffer)
+    device, tensors = _step_tensors(device, param, grad, **buffers)
+    for dtype, (params, grads, *state) in tensors.items():
+        scalars = tuple(dtype.type(s) for s in (lr, momentum, 1 - dampening, weight_decay))
+        _call("sgd_step", device, params, grads, state[0] if state else None,
+              (*scalars, bool(nesterov), bool(first_step)))
+
+
+def _step_tensors(device, param, grad, **state):
+    """An optimiser step's device and, per dtype, the lists (params, grads, *state) of its
+    tensors of that dtype: ``param`` and the ``state`` arrays (:func:`adam_step`'s m and v)
+    updated in place, ``grad`` only read; each tensor's arrays checked as a single array's
+    are, named by their index in a list ("m[2] has shape ...")."""
+    names, given = ("param", "grad", *state), (param, grad, *state.values())
     if not isinstance(param, (list, tuple)):
-        tensors = [dict(param=param, grad=grad, m=m, v=v)]
+        tensors = [dict(zip(names, given, strict=True))]
     else:
-        for name, a in (("grad", grad), ("m", m), ("v", v)):
+        for name, a in zip(names[1:], given[1:], strict=True):
             if not isinstance(a, (list, tuple)) or len(a) != len(param):
                 got = type(a).__name__ + (f" of {len(a)}" if isinstance(a, (list, tuple)) else "")
                 raise ValueError(f"{name} must be a list of {len(param)} arrays, as param is, "
                                  f"got a {got}")
-        tensors = [{f"param[{i}]": p, f"grad[{i}]": g, f"m[{i}]": mi, f"v[{i}]": vi}
-                   for i, (p, g, mi, vi) in enumerate(zip(param, grad, m, v, strict=True))]
+        plain = _plain_step_tensors(device, list(zip(*given, strict=True)))
+        if plain is not None:
+            return plain
+        tensors = [{f"{name}[{i}]": a for name, a in zip(names, arrays, strict=True)}
+                   for i, arrays in enumerate(zip(*given, strict=True))]
     every = {name: a for arrays in tensors for name, a in arrays.items()}
     missing = [name for name, a in every.items() if a is None]
     if missing:
         raise TypeError(f"{missing[0]} must be an array, got None")
     device, groups = devices.resolve(device, **every), {}
     for named in tensors:
-        param_name, grad_name, m_name, v_name = named
-        _in_place(**{name: named[name] for name in (param_name, m_name, v_name)})
+        param_name, grad_name, *state_names = named
+        _in_place(**{name: named[name] for name in (param_name, *state_names)})
         _, arrays = _arrays(device, **named)
-        for name, a in zip((grad_name, m_name, v_name), arrays[1:], strict=True):
+        for name, a in zip((grad_name, *state_names), arrays[1:], strict=True):
             _expect(name, a, arrays[0].shape, f"an update of {param_name}")
-        for members, a in zip(groups.setdefault(arrays[0].dtype, ([], [], [], [])), arrays,
+        for members, a in zip(groups.setdefault(arrays[0].dtype, tuple([] for _ in names)),
+                              arrays, strict=True):
+            members.append(a)
+    return device, groups
+
+
+def _plain_step_tensors(device, tensors):
+    """:func:`_step_tensors`'s answer for the lists of a model's step, without its checks
+    array by array, when they would pass every array as it is (a third of their time): each
+    tensor's arrays (param, grad, *state) of the kind ``device`` takes (the first param's
+    place for None), of one float dtype and shape, C-contiguous, writeable but for the grad.
+    None otherwise: the checks then name what is wrong."""
+    if not tensors:
+        return None
+    device = devices.parse(device if device is not None else devices.where(tensors[0][0]))
+    kind, groups = devices.array_module(device).ndarray, {}
+    for arrays in tensors:
+        p, _, *state = arrays
+        dtype, shape = getattr(p, "dtype", None), getattr(p, "shape", None)
+        if dtype not in FLOATS or not all(
+                isinstance(a, kind) and a.dtype == dtype and a.shape == shape
+                and a.flags.c_contiguous for a in arrays) or not all(
+                a.flags.writeable for a in (p, *state)):
+            return None
+        for members, a in zip(groups.setdefault(dtype, tuple([] for _ in arrays)), arrays,
                               strict=True):
             members.append(a)
     return device, groups

@@ -2,9 +2,9 @@
 cosine learning-rate schedule.
 
 Optimizer keeps the parameter list, per-parameter state and the count of steps taken; SGD adds
-momentum (and Nesterov's look-ahead) to the plain gradient step in array arithmetic, a parameter
-at a time; Adam adds a second moment and bias correction to SGD's momentum, for all parameters
-in one kernel (fastconv.ops.adam_step on lists of arrays).
+momentum (and Nesterov's look-ahead) to the plain gradient step; Adam adds a second moment and
+bias correction to SGD's momentum. Each updates all parameters in one kernel
+(fastconv.ops.sgd_step and ops.adam_step on lists of arrays).
 """
 
 import math
@@ -35,13 +35,8 @@ class Optimizer:
         self.steps += 1
 
     def _update_all(self, updates):
-        """Update each Tensor ``p`` of the (p, state) pairs in place from ``p.grad``: by
-        :meth:`_update`, one at a time, unless the optimiser updates them together."""
-        for p, state in updates:
-            self._update(p, state)
-
-    def _update(self, p, state):
-        """Update the Tensor ``p`` in place from ``p.grad``; ``state`` is its own."""
+        """Update each Tensor ``p`` of the (p, state) pairs in place from ``p.grad``; ``state``
+        is its own."""
         raise NotImplementedError
 
 
@@ -58,17 +53,22 @@ class SGD(Optimizer):
         self.momentum, self.dampening = momentum, dampening
         self.weight_decay, self.nesterov = weight_decay, nesterov
 
-    def _update(self, p, state):
-        param, grad = p.data, p.grad.data
-        d = grad + self.weight_decay * param if self.weight_decay else grad
-        if self.momentum:
-            if "buffer" not in state:
-                state["buffer"] = d.copy()
-            else:
-                state["buffer"] *= self.momentum
-                state["buffer"] += (1 - self.dampening) * d
-            d = d + self.momentum * state["buffer"] if self.nesterov else state["buffer"]
-        param -= self.lr * d
+    def _update_all(self, updates):
+        """One ops.sgd_step over the parameters on the same device whose momentum buffers are
+        all new (state["buffer"], allocated here, which the kernel sets to d) or all kept: all
+        of them after the first step, unless a parameter went without a gradient until now or
+        the model spans devices."""
+        groups = {}
+        for p, state in updates:
+            first = bool(self.momentum) and "buffer" not in state
+            if first:
+                state["buffer"] = np.zeros_like(p.data)
+            groups.setdefault((first, p.device), []).append((p, state))
+        for (first, device), group in groups.items():
+            ops.sgd_step([p.data for p, _ in group], [p.grad.data for p, _ in group],
+                         [state["buffer"] for _, state in group] if self.momentum else None,
+                         self.lr, self.momentum, self.dampening, self.weight_decay,
+                         self.nesterov, first, device=device)
 
 
 class Adam(Optimizer):

@@ -1,6 +1,6 @@
 """Optimiser updates as one pass over all of a model's parameters, where NumPy takes ten passes
-a parameter (and a GPU ten launches). The update itself is scalar code compiled for both
-targets (kernels/optim_cuda.py).
+a parameter for Adam, nine for SGD with momentum and weight decay (and a GPU as many launches).
+Each update rule is scalar code compiled for both targets (kernels/optim_cuda.py).
 
 The parameters arrive as tuples of flat arrays (the autograd hands each gradient over as its
 own array), with a table of chunks cutting every tensor into pieces of at most CHUNK elements:
@@ -56,3 +56,40 @@ def adam_step(params, grads, ms, vs, chunks, b1, c1, b2, c2, eps, weight_decay, 
         for i in range(param.size):
             param[i], m[i], v[i] = adam_update(param[i], grad[i], m[i], v[i], b1, c1, b2, c2,
                                                eps, weight_decay, step_size, bc2_sqrt)
+
+
+@njit(inline="always", cache=True)
+def sgd_update(p, g, b, lr, momentum, undamped, weight_decay, nesterov, first):
+    """One torch.optim.SGD update of one element: the new (p, b), b its momentum buffer, with
+    undamped = 1 - dampening; ``first`` (the buffer's first step) takes b = d. Without momentum
+    b comes back as it came and the caller does not store it. Arithmetic in the arguments'
+    dtype, PyTorch's operations in its order (the weight decay only when it is not 0, as
+    PyTorch's, so that an infinite p stays so)."""
+    d = g + weight_decay * p if weight_decay != 0 else g
+    if momentum != 0:
+        b = d if first else momentum * b + undamped * d
+        d = d + momentum * b if nesterov else b
+    return p - lr * d, b
+
+
+@njit(**CPU_KERNEL)
+def sgd_step(params, grads, buffers, chunks, lr, momentum, undamped, weight_decay, nesterov,
+             first):
+    """:func:`sgd_update` in place on every element of every tensor of a list, their buffers
+    all at their first step (``first``) or all past it.
+
+    Layout as :func:`adam_step`'s, buffers the momentum buffers (without momentum they are
+    neither read for anything nor written: the caller passes params in their place); the four
+    scalars in the arrays' dtype, nesterov and first booleans. Loop order: chunks in parallel;
+    each iteration owns its chunk's elements of param and buffer.
+    """
+    for c in prange(chunks.shape[0]):
+        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        # views from 0, as adam_step's
+        param, grad, buf = params[j][start:stop], grads[j][start:stop], buffers[j][start:stop]
+        for i in range(param.size):
+            p, b = sgd_update(param[i], grad[i], buf[i], lr, momentum, undamped, weight_decay,
+                              nesterov, first)
+            param[i] = p
+            if momentum != 0:
+                buf[i] = b

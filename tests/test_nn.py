@@ -207,6 +207,136 @@ def test_adam_step_refuses_what_it_cannot_update_in_place():
     np.testing.assert_array_equal(p, 1)  # nothing ran
 
 
+def _sgd_float64(param, grads, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False):
+    """torch.optim.SGD's rule written out in float64: the reference for ops.sgd_step. Returns
+    (p, b), b None without momentum."""
+    p, b = param.astype(np.float64), None
+    for grad in grads:
+        d = grad + weight_decay * p
+        if momentum:
+            b = d if b is None else momentum * b + (1 - dampening) * d
+            d = d + momentum * b if nesterov else b
+        p = p - lr * d
+    return p, b
+
+
+SGD_SETTINGS = [dict(lr=0.1), dict(lr=0.1, momentum=0.9, weight_decay=0.05),
+                dict(lr=0.1, momentum=0.8, dampening=0.3),
+                dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)]
+
+
+@pytest.mark.parametrize("hyper", SGD_SETTINGS,
+                         ids=lambda k: ",".join(f"{a}={v}" for a, v in k.items()))
+@pytest.mark.parametrize("serial_below", [0, 1 << 60], ids=["parallel", "serial"])
+def test_sgd_step_on_lists_matches_float64_rule_in_one_kernel_a_dtype(hyper, serial_below,
+                                                                      monkeypatch):
+    """As Adam's: tensors of several sizes, float32 and float64 in one list, in chunks of at
+    most 16 elements; the first step (buffers new: b = d) and three after it, in one kernel
+    call a dtype each; the gradients only read. A single array of each dtype alike."""
+    monkeypatch.setattr(driver, "SERIAL_WORK", serial_below)
+    monkeypatch.setattr(kernel_optim, "CHUNK", 16)
+    calls, real = [], driver.cpu_call
+    monkeypatch.setattr(driver, "cpu_call", lambda kernel, work, *args: calls.append(
+        real(kernel, work, *args)))
+    rng = np.random.default_rng(13)
+    shapes = [(7, 5), (3,), (16,), (2, 3, 3), (1,), (40,)]
+    dtypes = [np.float32, np.float64, np.float32, np.float64, np.float32, np.float32]
+    params = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes, strict=True)]
+    grads = [[rng.standard_normal(p.shape).astype(p.dtype) for p in params] for _ in range(4)]
+    ours = [p.copy() for p in params]
+    buffers = [np.full_like(p, np.nan) for p in params] if hyper.get("momentum") else None
+    singles = [(p.copy(), None if buffers is None else np.zeros_like(p))
+               for p in (params[0], params[1])]  # a float32 array and a float64 one
+    for t, gs in enumerate(grads):
+        before = [g.copy() for g in gs]
+        fastconv.ops.sgd_step(ours, tuple(gs), buffers, **hyper, first_step=t == 0)
+        for g, b in zip(gs, before, strict=True):
+            np.testing.assert_array_equal(g, b)  # the gradients are only read
+        for (p, b), g in zip(singles, gs[:2], strict=True):
+            fastconv.ops.sgd_step(p, g, b, **hyper, first_step=t == 0)
+    assert len(calls) == (2 + 2) * len(grads)
+    for i, (p, got) in enumerate(zip(params, ours, strict=True)):
+        want, want_buffer = _sgd_float64(p, [gs[i] for gs in grads], **hyper)
+        tol = 1e-5 if p.dtype == np.float32 else 1e-12
+        assert got.dtype == p.dtype and rel_error(got, want) < tol, i
+        if buffers is not None:  # the NaNs it started with never read
+            assert buffers[i].dtype == p.dtype and rel_error(buffers[i], want_buffer) < tol, i
+        if i < len(singles):
+            np.testing.assert_array_equal(singles[i][0], got)
+            if buffers is not None:
+                np.testing.assert_array_equal(singles[i][1], buffers[i])
+
+
+def test_sgd_step_names_what_it_refuses():
+    p = [np.ones((4, 4), np.float32), np.ones(3, np.float32), np.ones(2, np.float32)]
+    g, b = ([np.zeros_like(a) for a in p] for _ in range(2))
+    frozen = np.zeros(3, np.float32)
+    frozen.flags.writeable = False
+    for bad, error, message in [
+            (dict(grad=g[:2]), ValueError,
+             "grad must be a list of 3 arrays, as param is, got a list of 2"),
+            (dict(momentum_buffer=b[0]), ValueError,
+             "momentum_buffer must be a list of 3 arrays, as param is, got a ndarray"),
+            (dict(param=[p[0], p[1][::2], p[2]]), ValueError,
+             r"param\[1\] must be a writeable C-contiguous"),
+            (dict(momentum_buffer=[b[0], frozen, b[2]]), ValueError,
+             r"momentum_buffer\[1\] must be a writeable C-contiguous"),
+            (dict(momentum_buffer=[b[0], b[1], np.zeros(3, np.float32)]), ValueError,
+             r"momentum_buffer\[2\] has shape \(3,\) but an update of param\[2\] needs"),
+            (dict(grad=[g[0], g[1].astype(np.float64), g[2]]), TypeError,
+             r"one dtype, got param\[1\] float32, grad\[1\] float64"),
+            (dict(grad=[g[0], g[1], None]), TypeError, r"grad\[2\] must be an array, got None"),
+            (dict(momentum_buffer=None), ValueError, "momentum=0.9 needs a momentum_buffer"),
+            (dict(momentum=0.0), ValueError, "momentum_buffer is for momentum, which is 0"),
+            (dict(nesterov=True, dampening=0.1), ValueError, "Nesterov momentum requires"),
+            (dict(nesterov=True, momentum=0.0, momentum_buffer=None), ValueError,
+             "Nesterov momentum requires"),
+            (dict(lr=-0.1), ValueError, r"lr must lie in \[0, inf\]"),
+            (dict(dampening=1.5), ValueError, r"dampening must lie in \[0, 1\]"),
+            (dict(weight_decay="0"), TypeError, "weight_decay must be a real number"),
+            (dict(first_step=1), TypeError, "first_step must be a bool")]:
+        with pytest.raises(error, match=message):
+            fastconv.ops.sgd_step(**{**dict(param=p, grad=g, momentum_buffer=b, lr=0.1,
+                                            momentum=0.9), **bad})
+    for a in p:
+        np.testing.assert_array_equal(a, 1)  # nothing ran
+    fastconv.ops.sgd_step([], [], [], momentum=0.9)  # no tensors: nothing to do
+    fastconv.ops.sgd_step([], [])
+    read_only = np.ones(3, np.float32)
+    read_only.flags.writeable = False
+    fastconv.ops.sgd_step(p, [np.ones((4, 8), np.float32)[:, ::2], read_only,
+                              np.ones(2, np.float32)], lr=0.5)
+    for a in p:  # a strided gradient and a read-only one are only read
+        np.testing.assert_array_equal(a, 0.5)
+
+
+def test_sgd_steps_new_and_kept_buffers_apart_as_torch_starts_them(monkeypatch):
+    """A parameter's buffer starts at its first gradient (as in torch.optim.SGD): a step where
+    some have buffers and others start theirs makes one ops.sgd_step call for each kind; a
+    model all past its first step, one call."""
+    calls, real = [], fastconv.ops.sgd_step
+    monkeypatch.setattr(fastconv.ops, "sgd_step", lambda param, *args, **kwargs: calls.append(
+        (len(param), args[-1])) or real(param, *args, **kwargs))
+    rng = np.random.default_rng(6)
+    start = [rng.standard_normal(s).astype(np.float32) for s in ((3, 4), (5,), (2, 2))]
+    ours = [nn.Parameter(a.copy()) for a in start]
+    theirs = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in start]
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-2)
+    opt_ours, opt_theirs = optim.SGD(ours, **hyper), torch.optim.SGD(theirs, **hyper)
+    for with_grad in ((0, 2), (0, 1, 2), (1,), (0, 1, 2)):
+        for i, (p, q) in enumerate(zip(ours, theirs, strict=True)):
+            g = rng.standard_normal(p.shape).astype(np.float32) if i in with_grad else None
+            p.grad, q.grad = (None, None) if g is None else (tensor(g), torch.from_numpy(g))
+        opt_ours.step()
+        opt_theirs.step()
+    assert calls == [(2, True), (2, False), (1, True), (1, False), (3, False)]
+    for p, q, state in zip(ours, theirs, opt_ours.state, strict=True):
+        np.testing.assert_allclose(p.numpy(), q.detach().numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(state["buffer"], opt_theirs.state[q]["momentum_buffer"],
+                                   rtol=1e-6, atol=1e-7)
+
+
 def test_optimizer_skips_parameters_without_gradients_and_zero_grad_clears():
     p, q = nn.Parameter(np.ones(2, np.float32)), nn.Parameter(np.ones(2, np.float32))
     opt = optim.SGD([p, q], lr=1.0)

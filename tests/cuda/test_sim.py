@@ -720,6 +720,36 @@ def test_adam_step_on_cuda_matches_the_cpu_kernel(dtype, monkeypatch):
     assert len(launches) == 2 + 2 * 2
 
 
+@pytest.mark.parametrize("hyper", [dict(momentum=0.9, nesterov=True, weight_decay=0.1),
+                                   dict(momentum=0.0, weight_decay=0.1)],
+                         ids=["nesterov", "no-momentum"])
+def test_sgd_step_on_cuda_matches_the_cpu_kernel(hyper, monkeypatch):
+    """Two steps of ops.sgd_step (the buffers' first, then one after it) on five tensors in
+    chunks of at most 32 elements, some partial, three tensors a launch: two launches a step;
+    every param and buffer agrees with the CPU kernel's."""
+    from fastconv.kernels import optim, optim_cuda
+
+    launches, real = [], optim_cuda.launch
+    monkeypatch.setattr(optim_cuda, "launch", lambda *args: launches.append(real(*args)))
+    monkeypatch.setattr(optim, "CHUNK", 32)
+    monkeypatch.setattr(optim_cuda, "THREADS", 8)  # a full chunk: 4 elements a thread
+    monkeypatch.setattr(optim_cuda, "MAX_TENSORS", 3)
+    rng = np.random.default_rng(3)
+    params = [random(rng, shape, np.float32) for shape in [(2, 20), (7,), (33,), (1,), (9,)]]
+    momentum = hyper["momentum"] != 0
+    runs = {d: ([p.copy() for p in params], [np.zeros_like(p) for p in params] if momentum
+                else None) for d in ("cpu", "cuda")}
+    for first in (True, False):
+        grads = [random(rng, p.shape, np.float32) for p in params]
+        for d, (ps, bs) in runs.items():
+            ops.sgd_step(ps, grads, bs, lr=0.1, **hyper, first_step=first, device=d)
+    assert len(launches) == 2 * 2
+    for got, want in zip(runs["cuda"], runs["cpu"], strict=True):  # params, buffers
+        for g, w in zip(got or [], want or [], strict=True):
+            assert rel_error(g, w) < tolerance(np.float32)
+    assert not any(np.array_equal(p, q) for p, q in zip(runs["cuda"][0], params, strict=True))
+
+
 def test_lenet5_training_step_on_cuda_matches_the_cpu():
     """One Adam step of LeNet-5 on a tiny batch, on the CUDA kernels and on the CPU's, from the
     same weights: the loss, every gradient and every updated parameter agree."""
