@@ -24,7 +24,7 @@ except ImportError:  # Windows: no flock
 from . import device as devices
 from . import implementations as _registering  # noqa: F401  (importing registers them all)
 from . import runtime
-from .registry import REFERENCE, choose, implementations
+from .registry import REFERENCE, choose, implementations, refusal
 
 CACHE_FORMAT = "fastconv-autotune/1"
 
@@ -153,8 +153,12 @@ def select(op: str, device: str, algo: str, geometry, signature, run):
     """
     impls = implementations(op, device)
     if algo != "auto":
+        why = refusal(op, device, algo, geometry)  # an algo for some layers only, elsewhere
+        if why is not None:
+            raise ValueError(why)
         return impls[algo]
-    candidates = {a: fn for a, fn in impls.items() if a != REFERENCE}
+    candidates = {a: fn for a, fn in impls.items()
+                  if a != REFERENCE and refusal(op, device, a, geometry) is None}
     if len(candidates) == 1:
         return next(iter(candidates.values()))
     if autotuning():

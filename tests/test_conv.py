@@ -7,13 +7,14 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import fastconv
 import oracle
-from fastconv import geometry, ops
+from fastconv import geometry, ops, registry
 from fastconv.implementations import driver
 from oracle import random, rel_error
 
-ALGOS = fastconv.algorithms("cpu")
+# The algorithms that serve every layer: the ones for some layers only (winograd, depthwise)
+# have tests of their own, over the layers they serve.
+ALGOS = registry.general("cpu")
 FAST = [a for a in ALGOS if a != "reference"]
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -25,8 +25,11 @@ from fastconv.implementations import conv2d, driver
 CONV_OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
 SINGLE_OPS = ("conv2d_backward_bias", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
               "avg_pool2d_backward")
-CPU_ALGOS = {"reference", "direct", "im2col", "blocked"}
-CANDIDATES = sorted(CPU_ALGOS - {"reference"})  # what autotuning times
+CPU_ALGOS = {"reference", "direct", "im2col", "blocked", "depthwise", "winograd"}
+CANDIDATES = sorted(CPU_ALGOS - {"reference"})  # what autotuning times (on THIN, all apply)
+GENERAL = sorted(registry.general("cpu"))  # the algos that serve every layer and op
+# Ops an algo has no implementation of (registry.refusal names them).
+MISSING = {"conv2d_backward_weight": {"winograd"}}
 
 # (x_shape, w_shape, groups) in NCHW/OIHW
 WIDE = ((1, 8, 6, 6), (16, 8, 3, 3), 1)        # 72 taps, 16 filters: a GEMM worth BLAS
@@ -171,7 +174,7 @@ def test_cpu_algorithms():
 @pytest.mark.parametrize("op", CONV_OPS)
 def test_conv_ops_have_every_algorithm(op):
     impls = dispatch.implementations(op, "cpu")
-    assert set(impls) == set(fastconv.algorithms("cpu"))
+    assert set(impls) == set(fastconv.algorithms("cpu")) - MISSING.get(op, set())
     assert all(callable(fn) for fn in impls.values())
     assert registry._heuristics[(op, "cpu")] is conv2d.choose_cpu
 
@@ -185,14 +188,14 @@ def test_single_ops_have_numba_and_reference(op):
 # --- which implementation runs ----------------------------------------------------------------
 
 @pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("algo", sorted(CPU_ALGOS))
+@pytest.mark.parametrize("algo", GENERAL)
 @pytest.mark.parametrize("op", CONV_OPS)
 def test_explicit_algo_runs_exactly_that_implementation(op, algo, data_format, ran):
     call(op, WIDE, algo=algo, data_format=data_format)  # WIDE: the heuristic would say im2col
     assert ran == [(op, algo)]
 
 
-@pytest.mark.parametrize("algo", sorted(CPU_ALGOS))
+@pytest.mark.parametrize("algo", GENERAL)
 def test_explicit_algo_is_not_autotuned(algo, tuning, ran, monkeypatch):
     no_timing(monkeypatch)
     call("conv2d", algo=algo)
@@ -203,6 +206,8 @@ def test_explicit_algo_is_not_autotuned(algo, tuning, ran, monkeypatch):
 @pytest.mark.parametrize("case, expected", PICKS, ids=[f"{c[1]}g{c[2]}" for c, _ in PICKS])
 @pytest.mark.parametrize("op", CONV_OPS)
 def test_auto_follows_the_cpu_rule(op, case, expected, ran, monkeypatch):
+    if case is DEPTHWISE and op in conv2d.DEPTHWISE_OPS:
+        expected = "depthwise"  # taken before the rule: a structural choice (conv2d.py)
     monkeypatch.setitem(conv2d.CPU_RULE, op, PLANTED)
     x_shape, w_shape, groups = case
     g = geometry.conv_geometry(x_shape, w_shape, 1, 1, 1, groups, "NCHW")
@@ -254,7 +259,8 @@ def test_first_call_times_candidates_and_writes_the_cache(tuning, timed, ran):
     assert signature() in key and "conv2d" in key and "float64" in key
     assert winner in CANDIDATES
     assert ran[-1] == ("conv2d", winner)  # the call's own result comes from the winner
-    assert os.listdir(tuning.parent) == ["autotune.json"]  # no temp file left behind
+    # no temp file left behind (numba/ holds the serial twins first compiled in this test)
+    assert [f for f in os.listdir(tuning.parent) if f != "numba"] == ["autotune.json"]
 
 
 @pytest.mark.parametrize("fastest", ["direct", "im2col"])
@@ -345,7 +351,7 @@ def test_a_bad_cache_file_is_ignored_with_a_warning_and_rewritten(content, tunin
     assert list(read_cache(tuning).values()) == ["im2col"]
 
 
-@pytest.mark.parametrize("stale", ["winograd", "reference", ""])
+@pytest.mark.parametrize("stale", ["fft", "reference", ""])
 def test_an_entry_naming_an_unknown_algo_is_ignored(stale, tuning, ran, monkeypatch):
     fake_times(monkeypatch, {"direct": 1.0, "im2col": 2.0})
     call("conv2d")
@@ -441,12 +447,14 @@ def test_serial_and_parallel_kernels_agree(data_format, monkeypatch):
     conv = dict(stride=(2, 1), padding=1, groups=2, data_format=data_format)
     pool = dict(kernel_size=3, stride=2, padding=1, data_format=data_format)
 
+    algos = [a for a in GENERAL if a != "reference"]  # strided: the general ones serve it
+
     def every_kernel():
         y = {f"conv2d {algo}": ops.conv2d(x, w, rng.standard_normal(6), activation="tanh",
                                          algo=algo, **conv)
-             for algo in CANDIDATES}
+             for algo in algos}
         gy = np.ones_like(y["conv2d direct"])
-        for algo in CANDIDATES:
+        for algo in algos:
             grads = ops.conv2d_backward(gy, x, w, algo=algo, **conv)
             y.update({f"grad {i} {algo}": g for i, g in enumerate(grads)})
         for op in ("max_pool2d", "avg_pool2d"):

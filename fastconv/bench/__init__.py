@@ -27,6 +27,7 @@ from .cases import (
     impls,
     inputs,
     runner,
+    serves,
     work,
 )
 from .report import PLOT_HINT, check_plotting, header, markdown, plot, table
@@ -35,4 +36,5 @@ from .timing import COLUMNS, Timing, gemm, measure, run, sgemm_gflops
 __all__ = ["BASELINES", "BATCH", "TRAIN_BATCH", "COLUMNS", "PLOT_HINT", "QUICK_SIZE_DIVISOR",
            "SUITES", "SUITE_NAMES", "Case", "Timing", "baselines", "cases", "check_plotting",
            "directions", "gemm", "has_torch", "has_torch_cuda", "header", "impls", "inputs",
-           "markdown", "measure", "plot", "run", "runner", "sgemm_gflops", "table", "work"]
+           "markdown", "measure", "plot", "run", "runner", "serves", "sgemm_gflops", "table",
+           "work"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import device, dispatch, geometry, ops, runtime
+from .. import device, dispatch, geometry, ops, registry, runtime
 from ..kernels import cuda_simulated
 
 BASELINES = ("numpy", "torch")
@@ -296,6 +296,18 @@ def impls(op: str, on: str = "cpu", numpy: bool = True) -> tuple[str, ...]:
     else:
         ours = ("fastconv",)
     return ours + baselines(on, numpy)
+
+
+def serves(case: Case, op: str, impl: str, on: str = "cpu") -> bool:
+    """Whether ``impl`` computes ``op`` (one of :func:`directions`) of ``case``: a conv
+    algorithm for some layers only (winograd, depthwise: registry.refusal) runs on those
+    alone, and a backward only where it has every conv op; anything else always."""
+    if case.op not in CONVS or impl in (*BASELINES, "auto"):
+        return True
+    conv_ops = (("conv2d",) if op == "conv2d" else ("conv2d_backward_input",)
+                if op == "conv_transpose2d" else registry.CONV_OPS)
+    g = case.as_conv2d().geometry()
+    return all(registry.refusal(o, device.parse(on), impl, g) is None for o in conv_ops)
 
 
 def inputs(case: Case, dtype, on: str = "cpu") -> dict:

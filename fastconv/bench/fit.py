@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .. import ops
 from ..implementations.conv2d import FEATURES, walk
-from ..registry import CONV_OPS, REFERENCE, implementations
+from ..registry import CONV_OPS, REFERENCE, implementations, refusal
 from .cases import CONVS, inputs
 from .timing import _host_seconds
 
@@ -57,12 +57,14 @@ def measure(cases, machine: str, repeats: int = 3, progress: bool = True) -> lis
     for case in tqdm(conv, desc="fit: measuring", unit="layer", disable=not progress):
         arrays, g = inputs(case, np.float32), case.geometry()
         for op in CONV_OPS:
-            calls = {algo: _call(case, op, algo, arrays) for algo in algos}
+            # an algorithm for some layers only (registry.refusal) is measured on those alone
+            served = [a for a in algos if refusal(op, "cpu", a, g) is None]
+            calls = {algo: _call(case, op, algo, arrays) for algo in served}
             for fn in calls.values():
                 fn()  # compiles, outside the timing
             times = {algo: [_host_seconds(fn)] for algo, fn in calls.items()}
             fastest = min(t[0] for t in times.values())
-            timed = [a for a in algos if times[a][0] < CUT * fastest]
+            timed = [a for a in served if times[a][0] < CUT * fastest]
             for _ in range(repeats - 1):
                 for algo in timed:
                     times[algo].append(_host_seconds(calls[algo]))
@@ -161,8 +163,10 @@ def fit(rows: list[dict], depth: int = 3, min_gain: float = math.log(1.05)) -> d
         losses = np.minimum(logs - logs.min(axis=1, keepdims=True), 1e6)
         total, rule[op] = _tree(features, losses, algos, depth, min_gain)
         count = len(features)
+        # an algorithm for some layers only, alone: infinitely slow on the others
         loss[op] = {"rule": math.exp(total / count),
-                    **{a: math.exp(losses[:, i].sum() / count) for i, a in enumerate(algos)}}
+                    **{a: math.exp(losses[:, i].sum() / count) if np.isfinite(logs[:, i]).all()
+                       else math.inf for i, a in enumerate(algos)}}
     return {"rule": rule, "loss": loss}
 
 

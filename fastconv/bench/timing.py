@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .. import device, runtime
 from ..implementations import conv2d
 from ..kernels import cuda_simulated
-from .cases import BASELINES, Case, directions, impls, inputs, runner, work
+from .cases import BASELINES, Case, directions, impls, inputs, runner, serves, work
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ def run(chosen: list[Case], dtype=np.float32, repeats: int = 10, numpy_repeats: 
             arrays = inputs(case, dtype, on)
             for op in directions(case):
                 bar.set_postfix_str(f"{op} {case.name}")
-                calls = {impl: runner(case, op, impl, arrays, on) for impl in timed(op)}
+                calls = {impl: runner(case, op, impl, arrays, on) for impl in timed(op)
+                         if serves(case, op, impl, on)}
                 if not calls:  # --impls left none of this op's implementations
                     continue
                 results = {impl: fn() for impl, fn in calls.items()}  # compiles, outside timing

@@ -2,4 +2,4 @@
 optim, loss), each registering its NumPy reference, CPU and CUDA implementations side by side
 with :mod:`fastconv.registry`; driver.py holds what they share."""
 
-from . import batch_norm, conv2d, dropout, loss, optim, pooling  # noqa: F401  (they register)
+from . import batch_norm, conv2d, dropout, loss, optim, pooling, winograd  # noqa: F401  (they register)

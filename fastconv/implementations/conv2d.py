@@ -16,7 +16,7 @@ from ..kernels import bias as bias_kernels
 from ..kernels import conv_blocked, conv_direct, cuda_simulated, im2col
 from ..kernels.activation import CODES
 from ..registry import heuristic, register
-from . import driver
+from . import depthwise, driver
 from .cpu_rule import RULE as CPU_RULE
 from .driver import image_major, lazy
 
@@ -303,6 +303,29 @@ def conv2d_backward_weight_blocked_cpu(g, gy, x):
     kg = g.K // g.groups
     gw_mat = np.moveaxis(blocks, -1, 2).reshape(g.groups, -1, taps.shape[1])[:, :kg]
     return _filters(np, gw_mat.reshape(g.K, -1), g)
+
+
+# --- depthwise (CPU): lanes over channels, for layers with one input channel a group ------------
+#
+# implementations/depthwise.py packs the operands and runs kernels/conv_depthwise.py. It serves
+# depthwise layers only (depthwise.applies): algo="auto" weighs it only there, and an explicit
+# algo="depthwise" elsewhere is a ValueError naming the layer (fastconv.dispatch.select).
+
+@register("conv2d", "cpu", "depthwise", applies=depthwise.applies)
+def conv2d_depthwise_cpu(g, x, w, b, activation):
+    return depthwise.forward(g, x, w, b, activation)
+
+
+@register("conv2d_backward_input", "cpu", "depthwise", applies=depthwise.applies)
+def conv2d_backward_input_depthwise_cpu(g, gy, w):
+    if not np.isfinite(w).all():  # the padded gradient's zeros would meet it: see _transposed
+        return _backward_input_planes(g, gy, w)
+    return depthwise.backward_input(g, gy, w)
+
+
+@register("conv2d_backward_weight", "cpu", "depthwise", applies=depthwise.applies)
+def conv2d_backward_weight_depthwise_cpu(g, gy, x):
+    return depthwise.backward_weight(g, gy, x)
 
 
 # --- im2col + GEMM ------------------------------------------------------------------------------
@@ -642,11 +665,22 @@ def walk(tree, feature):
     return tree
 
 
+# The ops for which a depthwise layer (groups == C == K: MobileNet's) takes algo "depthwise"
+# whatever the fitted tree says: those where it beat the tree's choice on the MobileNetV2
+# depthwise layers of the suite on 1 and 2 threads (benchmarks/results/cpu-depthwise.md: the
+# weight gradient 1.72x / 1.96x geomean, every layer but one contested one-thread cell; the
+# forward and the input gradient lose on the 56x56 and 112x112 planes on one thread).
+DEPTHWISE_OPS = frozenset({"conv2d_backward_weight"})
+
+
 @heuristic("cpu")
 def choose_cpu(op, g):
     """The rule fitted to the layer suite's measurements: a small decision tree per op over
     :data:`FEATURES` (cpu_rule.py says where it came from and what it costs against the
-    fastest algorithm of each measured layer)."""
+    fastest algorithm of each measured layer); before it, the structural choice of
+    :data:`DEPTHWISE_OPS` for depthwise layers."""
+    if op in DEPTHWISE_OPS and g.groups == g.C == g.K:
+        return "depthwise"
     return walk(CPU_RULE[op], lambda name: FEATURES[name](g))
 
 

@@ -1,0 +1,155 @@
+"""Winograd convolution on the CPU: algo="winograd" for 3x3, stride-1, dilation-1 layers, the
+forward (bias and activation in the output transform) and the input gradient (the same
+algorithm on gy with the filters turned 180 degrees and their channel axes swapped).
+
+F(TILE x TILE, 3 x 3) (Lavin and Gray, CVPR 2016) in four steps, for a chunk of tile rows at a
+time so the workspace stays bounded:
+
+1. the filter transform U = G g G^T of every filter, in float64 and rounded once to the
+   call's dtype, in parallel over blocks of filters (kernels/winograd.py, as the next two);
+2. the input transform V = B^T d B of every ALPHA x ALPHA input tile, in parallel over tile
+   rows and channels (kernels/winograd.py);
+3. for each of the ALPHA^2 positions, M = U V summed over a group's input channels: NumPy's
+   matmul on the stacked positions, which calls BLAS's GEMM once a position;
+4. the output transform A^T M A, plus the bias, through the activation, written into the
+   output in the caller's layout, partial edge tiles cropped.
+
+Variants: F(2x2, 3x3) (4x4 tiles, 2.25x fewer multiplies than the direct method) and F(4x4,
+3x3) (6x6 tiles, 4x fewer); TILE picks the one algo="winograd" runs (its docstring says why).
+Groups run as one GEMM per group and position.
+
+Non-finite values: the transforms add and subtract the values of a tile, so an infinity in
+the input (or in gy) reaches, as +-inf or as NaN (inf - inf), every output of each tile whose
+input tile holds it, where PyTorch has a number or an infinity. What holds (tests/
+test_nonfinite.py checks it): before the activation every output is PyTorch's value or NaN;
+non-finite where PyTorch's is finite only in such a tile (in the value's group), or in the
+output channel of a non-finite filter value (which makes the whole channel NaN or infinite,
+as PyTorch's, where the padding's zeros meet it; an activation may then turn PyTorch's -inf
+into 0 where winograd has NaN). The input gradient takes the direct kernels for non-finite
+filters, as the blocked algorithm does: PyTorch's stays finite where such a value meets only
+the padding there.
+"""
+
+import numpy as np
+
+from ..kernels import winograd as kernels
+from ..kernels.activation import CODES
+from ..registry import register
+from . import driver
+from .conv2d import _backward_input_planes
+
+# The variant algo="winograd" runs: 4, F(4x4, 3x3). Measured on the suite's 3x3 stride-1
+# layers at batch 8 (benchmarks/results/cpu-winograd.md): F(4x4) was faster than F(2x2) on the
+# 28 x 28 and larger images (to 1.6x: fewer multiplies, and its transforms move less data per
+# output), F(2x2) by 5-10% on 14 x 14 and 7 x 7 ones (whose 6x6 tiles waste more at the
+# edges); its float32 error, ~3e-6 against float64 (F(2x2) ~5e-7), is within the 1e-4 bound.
+# 2 selects F(2x2, 3x3) (the tests run both).
+TILE = 4
+# Bytes of transformed input tiles per chunk (V; M of the outputs is as large for K = C): a
+# chunk's operands stay in L2/L3 between the transforms and the GEMMs.
+WORKSPACE_BYTES = 4 << 20
+
+# The transforms' matrices (Lavin and Gray), float64: G (ALPHA x 3) for the filters; B^T and
+# A^T, written out in kernels/winograd.py, are here for the tests' own transforms.
+G = {
+    2: np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]]),
+    4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                 [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+}
+
+
+def applies(g):
+    """None for a 3x3, stride-1, dilation-1 layer; else why algo="winograd" cannot serve it."""
+    if (g.R, g.S) == (3, 3) and g.stride == (1, 1) and g.dilation == (1, 1):
+        return None
+    return (f"algo='winograd' computes 3x3 convolutions of stride 1 and dilation 1, not a "
+            f"{g.R}x{g.S} window with stride {g.stride} and dilation {g.dilation}")
+
+
+def filter_transform(w, layout, flip, tile):
+    """U = G g G^T of every filter, (ALPHA^2, K, C/groups) of OIHW filters (NCHW) or
+    (ALPHA^2, C/groups, K) of HWIO ones (NHWC), position (a, b) at a * ALPHA + b; ``flip``
+    turns each filter 180 degrees first (the input gradient's)."""
+    taps = w.reshape(-1, 9) if layout == "NCHW" else w.reshape(9, -1).T
+    if flip:
+        taps = taps[:, ::-1]  # (r, s) -> (2 - r, 2 - s)
+    u = driver.empty(np, ((tile + 2) ** 2, taps.shape[0]), w.dtype)
+    driver.cpu_call(kernels.FILTER_TRANSFORM[tile], u.size * 3, taps, G[tile], u)
+    return u.reshape((-1,) + ((w.shape[0], w.shape[1]) if layout == "NCHW" else w.shape[2:]))
+
+
+def _convolve(g, src, u, in_channels, out_channels, out_hw, pt, pl, transposed, b, activation,
+              dst, tile):
+    """dst = activation(b + the 3x3 stride-1 convolution of src) by Winograd's F(tile x tile).
+
+    src (N, in_channels, H, W) and dst (N, out_channels, OH, OW) in g.layout; u from
+    :func:`filter_transform` of the layer's filters (K, C/groups); ``transposed``: the
+    filters map K to C (the input gradient), so each position's matrix is used transposed.
+    Input tile row th starts at input row th * tile - pt, column tw * tile - pl."""
+    alpha2 = (tile + 2) ** 2
+    (oh, ow), n = out_hw, src.shape[0]
+    th_, tw_ = -(-oh // tile), -(-ow // tile)
+    nchw = g.layout == "NCHW"
+    src4 = src if nchw else src.transpose(0, 3, 1, 2)
+    dst4 = dst if nchw else dst.transpose(0, 3, 1, 2)
+    per_row = alpha2 * max(in_channels, out_channels) * tw_ * src.itemsize
+    step = max(1, WORKSPACE_BYTES // per_row)
+    ig, og = in_channels // g.groups, out_channels // g.groups
+    # each group's (position, out, in) matrices as views of u
+    mats = []
+    for i in range(g.groups):
+        if nchw:  # u (P, K, Cg)
+            m = u[:, i * og:(i + 1) * og] if not transposed else (
+                u[:, i * ig:(i + 1) * ig].transpose(0, 2, 1))
+        else:  # u (P, Cg, K)
+            m = u[:, :, i * og:(i + 1) * og].transpose(0, 2, 1) if not transposed else (
+                u[:, :, i * ig:(i + 1) * ig])
+        mats.append(m)
+    bias = driver.bias(np, b, out_channels, dst.dtype)
+    act = CODES[activation]
+    total = n * th_
+    forward_in, forward_out = kernels.INPUT_TRANSFORM[tile], kernels.OUTPUT_TRANSFORM[tile]
+    for row0 in range(0, total, step):
+        rows = min(step, total - row0)
+        tiles = rows * tw_
+        if nchw:
+            v = driver.workspace((alpha2, in_channels, tiles), src.dtype)
+            m = driver.workspace((alpha2, out_channels, tiles), src.dtype, slot=1)
+            v_view, m_view = v, m
+        else:
+            v = driver.workspace((alpha2, tiles, in_channels), src.dtype)
+            m = driver.workspace((alpha2, tiles, out_channels), src.dtype, slot=1)
+            v_view, m_view = v.transpose(0, 2, 1), m.transpose(0, 2, 1)
+        driver.cpu_call(forward_in, alpha2 * in_channels * tiles * 4, src4, v_view, row0, th_,
+                        tw_, pt, pl, not nchw)
+        for i, mat in enumerate(mats):
+            ins, outs = slice(i * ig, (i + 1) * ig), slice(i * og, (i + 1) * og)
+            if nchw:
+                np.matmul(mat, v[:, ins], out=m[:, outs])
+            else:
+                np.matmul(v[:, :, ins], mat.transpose(0, 2, 1), out=m[:, :, outs])
+        driver.cpu_call(forward_out, alpha2 * out_channels * tiles * 2, m_view, dst4, bias,
+                        act, row0, th_, tw_, not nchw)
+    return dst
+
+
+@register("conv2d", "cpu", "winograd", applies=applies)
+def conv2d_winograd_cpu(g, x, w, b, activation):
+    y = driver.empty(np, g.y_shape, x.dtype)
+    u = filter_transform(w, g.layout, False, TILE)
+    return _convolve(g, x, u, g.C, g.K, (g.OH, g.OW), g.padding[0], g.padding[2], False, b,
+                     activation, y, TILE)
+
+
+@register("conv2d_backward_input", "cpu", "winograd", applies=applies)
+def conv2d_backward_input_winograd_cpu(g, gy, w):
+    """gx: gy convolved with the turned, transposed filters, padded by 2 - pad on each side
+    (2 - top rows above, and so on; a padding above 2 crops), which makes it x's size."""
+    if not np.isfinite(w).all():
+        return _backward_input_planes(g, gy, w)
+    gx = driver.empty(np, g.x_shape, gy.dtype)
+    u = filter_transform(w, g.layout, True, TILE)
+    return _convolve(g, gy, u, g.K, g.C, (g.H, g.W), 2 - g.padding[0], 2 - g.padding[2], True,
+                     None, None, gx, TILE)
+
+

@@ -1,0 +1,152 @@
+"""algo="depthwise" (the CPU's channel-vectorised depthwise convolution, kernels/conv_depthwise.py)
+against the float64 NumPy reference and PyTorch, over hypothesis-drawn depthwise layers: channel
+counts on both sides of the vector width, any window, stride, dilation and padding, both
+layouts and dtypes, serial and parallel; and where it may not run."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from test_conv import _threads
+
+import fastconv
+import oracle
+from fastconv import geometry, ops, registry
+from fastconv.implementations import conv2d
+from oracle import random
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def paddings():
+    small = st.integers(0, 2)
+    return st.one_of(small, st.tuples(small, small),
+                     st.tuples(st.tuples(small, small), st.tuples(small, small)),
+                     st.sampled_from(["same", "valid"]))
+
+
+@st.composite
+def depthwise_cases(draw, dtypes=(np.float32, np.float64)):
+    """A depthwise layer (groups == C) with its arrays' shapes, in NCHW or NHWC: C on both
+    sides of the vector width (8 or 16 float32 lanes) and of two, mostly one output channel a
+    group (MobileNet's), sometimes a multiplier of 2 or 3."""
+    c = draw(st.integers(1, 40))
+    m = draw(st.sampled_from([1, 1, 1, 2, 3]))
+    layout = draw(st.sampled_from(["NCHW", "NHWC"]))
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    r, s = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    pair = st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    kwargs = dict(stride=draw(pair), padding=draw(paddings()),
+                  dilation=draw(st.one_of(st.integers(1, 2),
+                                          st.tuples(st.integers(1, 2), st.integers(1, 2)))),
+                  groups=c, data_format=layout)
+    x_shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+    w_shape = (c * m, 1, r, s) if layout == "NCHW" else (r, s, 1, c * m)
+    try:
+        g = geometry.conv_geometry(x_shape, w_shape, **kwargs)
+    except ValueError:
+        assume(False)  # the window does not fit this input
+    return dict(x_shape=x_shape, w_shape=w_shape, kwargs=kwargs, geometry=g,
+                dtype=draw(st.sampled_from(dtypes)), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def arrays(case):
+    """x, w, b and gy of a case, fresh standard-normal data."""
+    rng = np.random.default_rng(case["seed"])
+    g, dtype = case["geometry"], case["dtype"]
+    return (random(rng, case["x_shape"], dtype), random(rng, case["w_shape"], dtype),
+            random(rng, (g.K,), dtype), random(rng, g.y_shape, dtype))
+
+
+@SETTINGS
+@given(case=depthwise_cases(), activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]),
+       with_bias=st.booleans(), parallel=st.booleans())
+def test_forward_matches_reference_and_torch(case, activation, with_bias, parallel,
+                                             monkeypatch):
+    _threads(monkeypatch, parallel)
+    x, w, b, _ = arrays(case)
+    b = b if with_bias else None
+    before = [a.copy() for a in (x, w) + ((b,) if with_bias else ())]
+    y = ops.conv2d(x, w, b, activation=activation, algo="depthwise", **case["kwargs"])
+    assert y.dtype == x.dtype and y.shape == case["geometry"].y_shape
+    oracle.check({"y": y}, oracle.conv2d(x, w, b, activation=activation, **case["kwargs"]))
+    for old, new in zip(before, (x, w) + ((b,) if with_bias else ()), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+@SETTINGS
+@given(case=depthwise_cases(), parallel=st.booleans())
+def test_backward_matches_reference_and_torch_autograd(case, parallel, monkeypatch):
+    _threads(monkeypatch, parallel)
+    x, w, _, gy = arrays(case)
+    kwargs = case["kwargs"]
+    before = [a.copy() for a in (x, w, gy)]
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="depthwise", **kwargs)
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="depthwise", **kwargs)
+    assert gx.dtype == gw.dtype == x.dtype
+    assert gx.shape == x.shape and gw.shape == w.shape
+    oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    for old, new in zip(before, (x, w, gy), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_float32_mobilenet_like_layer_within_1e5_of_float64(layout, stride):
+    """A MobileNetV2-shaped layer (3x3, pad 1, more channels than two vectors, a plane wider
+    than the register tile): float32 sums over many pixels in the weight gradient."""
+    rng = np.random.default_rng(0)
+    x, w = random(rng, (4, 48, 30, 30), np.float32), random(rng, (48, 1, 3, 3), np.float32)
+    if layout == "NHWC":
+        x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
+    kwargs = dict(stride=stride, padding=1, groups=48, data_format=layout)
+    y = ops.conv2d(x, w, activation="relu", algo="depthwise", **kwargs)
+    gy = random(rng, y.shape, np.float32)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="depthwise", **kwargs)
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="depthwise", **kwargs)
+    oracle.check({"y": y}, oracle.conv2d(x, w, activation="relu", **kwargs))
+    oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
+
+
+@pytest.mark.parametrize("op", registry.CONV_OPS)
+def test_explicit_depthwise_on_another_layer_names_it(op):
+    x, w = np.ones((1, 4, 5, 5)), np.ones((4, 2, 3, 3))  # two input channels a group
+    gy = ops.conv2d(x, w, groups=2)
+    call = {"conv2d": lambda: ops.conv2d(x, w, groups=2, algo="depthwise"),
+            "conv2d_backward_input": lambda: ops.conv2d_backward_input(
+                gy, w, x.shape, groups=2, algo="depthwise"),
+            "conv2d_backward_weight": lambda: ops.conv2d_backward_weight(
+                gy, x, w.shape, groups=2, algo="depthwise")}[op]
+    with pytest.raises(ValueError, match=r"depthwise.*groups=2 over C=4.*\(1, 4, 5, 5\)"):
+        call()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 8), st.integers(1, 8), st.integers(1, 5))
+def test_auto_never_weighs_depthwise_on_another_layer(groups, cg, kg, r):
+    """Neither the rule nor autotuning's candidates: only where it applies."""
+    g = geometry.conv_geometry((1, cg * groups, 6, 6), (kg * groups, cg, r, r), 1, "same", 1,
+                               groups, "NCHW")
+    for op in registry.CONV_OPS:
+        applies = registry.refusal(op, "cpu", "depthwise", g) is None
+        assert applies == (cg == 1)
+        if not applies:
+            assert registry.choose(op, "cpu", g) != "depthwise"
+
+
+def test_depthwise_is_not_a_general_algorithm():
+    """Tests and benchmarks that run every algorithm on any layer leave it out."""
+    assert "depthwise" in fastconv.algorithms("cpu")
+    assert "depthwise" not in registry.general("cpu")
+
+
+@pytest.mark.parametrize("op", registry.CONV_OPS)
+@pytest.mark.parametrize("channels, size, stride", [(144, 56, 1), (576, 14, 2), (960, 7, 1)])
+def test_auto_picks_depthwise_for_mobilenet_layers(op, channels, size, stride):
+    """The rule's structural choice (conv2d.choose_cpu, measured in
+    benchmarks/results/cpu-depthwise.md) for the ops it covers."""
+    g = geometry.conv_geometry((8, channels, size, size), (channels, 1, 3, 3), stride, 1, 1,
+                               channels, "NCHW")
+    want = "depthwise" if op in conv2d.DEPTHWISE_OPS else registry.choose(op, "cpu", g)
+    assert registry.choose(op, "cpu", g) == want

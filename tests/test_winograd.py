@@ -1,0 +1,199 @@
+"""algo="winograd": the forward (bias and activation fused) and the input gradient of 3x3,
+stride-1, dilation-1 convolutions against the float64 reference and PyTorch, over
+hypothesis-drawn sizes (smaller than a tile, odd), paddings (asymmetric ones too), groups,
+layouts, dtypes and the two CPU paths; its float32 error on the suite's layers; and where it
+applies: refused elsewhere with the layer named, never picked by the fitted rule, timed by
+autotuning only where it applies."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from test_conv import _threads
+
+import fastconv
+import oracle
+from fastconv import bench, dispatch, geometry, ops, registry
+from fastconv.implementations import conv2d, winograd
+from oracle import random, rel_error
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The documented float32 bound (norm-relative against float64) on the suite's 3x3 layers.
+FLOAT32_BOUND = 1e-4
+
+
+@st.composite
+def winograd_cases(draw):
+    """A 3x3 stride-1 layer: N 1-3, C and K 1-20 (groups 1-2 dividing both), H and W 1-13,
+    padding 0-2 as an int, a pair or per side."""
+    groups = draw(st.integers(1, 2))
+    small = st.integers(0, 2)
+    padding = draw(st.one_of(small, st.tuples(small, small),
+                             st.tuples(st.tuples(small, small), st.tuples(small, small))))
+    layout = draw(st.sampled_from(["NCHW", "NHWC"]))
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 13)), draw(st.integers(1, 13))
+    c, k = groups * draw(st.integers(1, 20 // groups)), groups * draw(st.integers(1, 20 // groups))
+    x_shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+    w_shape = (k, c // groups, 3, 3) if layout == "NCHW" else (3, 3, c // groups, k)
+    kwargs = dict(padding=padding, groups=groups, data_format=layout)
+    try:
+        g = geometry.conv_geometry(x_shape, w_shape, 1, padding, 1, groups, layout)
+    except ValueError:
+        assume(False)  # the window does not fit this input
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    arrays = dict(x=random(rng, x_shape, dtype), w=random(rng, w_shape, dtype),
+                  b=random(rng, (k,), dtype), gy=random(rng, g.y_shape, dtype))
+    return g, kwargs, arrays
+
+
+# Both variants, F(2x2, 3x3) and F(4x4, 3x3), whichever algo="winograd" runs.
+TILES = st.sampled_from(sorted(winograd.G))
+
+
+@SETTINGS
+@given(case=winograd_cases(), activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]),
+       with_bias=st.booleans(), parallel=st.booleans(), tile=TILES)
+def test_forward_matches_reference_and_torch(case, activation, with_bias, parallel, tile,
+                                             monkeypatch):
+    _threads(monkeypatch, parallel)
+    monkeypatch.setattr(winograd, "TILE", tile)
+    g, kwargs, a = case
+    b = a["b"] if with_bias else None
+    before = {name: v.copy() for name, v in a.items()}
+    y = ops.conv2d(a["x"], a["w"], b, activation=activation, algo="winograd", **kwargs)
+    assert y.dtype == a["x"].dtype and y.shape == g.y_shape
+    oracle.check({"y": y}, oracle.conv2d(a["x"], a["w"], b, activation=activation, **kwargs))
+    for name, v in a.items():
+        np.testing.assert_array_equal(v, before[name], err_msg=f"{name} was changed")
+
+
+@SETTINGS
+@given(case=winograd_cases(), parallel=st.booleans(), tile=TILES)
+def test_backward_input_matches_reference_and_torch(case, parallel, tile, monkeypatch):
+    _threads(monkeypatch, parallel)
+    monkeypatch.setattr(winograd, "TILE", tile)
+    g, kwargs, a = case
+    before = {name: v.copy() for name, v in a.items()}
+    gx = ops.conv2d_backward_input(a["gy"], a["w"], a["x"].shape, algo="winograd", **kwargs)
+    assert gx.dtype == a["x"].dtype and gx.shape == g.x_shape
+    oracle.check({"gx": gx}, oracle.conv2d(a["x"], a["w"], gy=a["gy"], **kwargs))
+    for name, v in a.items():
+        np.testing.assert_array_equal(v, before[name], err_msg=f"{name} was changed")
+
+
+@pytest.mark.parametrize("tile", sorted(winograd.G))
+@pytest.mark.parametrize("padding", [3, ((4, 0), (0, 3))], ids=["pad3", "pad4_0_0_3"])
+def test_padding_beyond_the_window(padding, tile, monkeypatch):
+    """Padding above 2: outputs that see only padding (bias alone), and an input gradient
+    whose transposed convolution crops (its padding 2 - pad is negative)."""
+    monkeypatch.setattr(winograd, "TILE", tile)
+    rng = np.random.default_rng(7)
+    x, w, b = random(rng, (2, 3, 5, 4)), random(rng, (4, 3, 3, 3)), random(rng, (4,))
+    y = ops.conv2d(x, w, b, padding=padding, algo="winograd")
+    gy = random(rng, y.shape)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, padding=padding, algo="winograd")
+    oracle.check({"y": y}, oracle.conv2d(x, w, b, padding=padding))
+    oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, padding=padding))
+
+
+@pytest.mark.parametrize("tile", sorted(winograd.G))
+@pytest.mark.parametrize("layer", ["resnet18/layer3.conv", "resnet50/layer4.conv2",
+                                   "vgg16/features.24"])
+def test_float32_error_on_suite_layers_within_the_bound(layer, tile, monkeypatch):
+    """The suite's 3x3 stride-1 layers at batch 1 (VGG's at 14 x 14): float32 winograd
+    within FLOAT32_BOUND of float64, forward and input gradient (measured ~3e-7 for
+    F(2x2, 3x3), ~3e-6 for F(4x4, 3x3): benchmarks/results/cpu-winograd.md)."""
+    monkeypatch.setattr(winograd, "TILE", tile)
+    case = next(c for c in bench.cases("all", batch=1) if c.name == layer)
+    rng = np.random.default_rng(0)
+    x, w = random(rng, case.x, np.float32), random(rng, case.w, np.float32)
+    y = ops.conv2d(x, w, padding=case.padding, algo="winograd")
+    gy = random(rng, y.shape, np.float32)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, padding=case.padding, algo="winograd")
+    x64, w64, gy64 = (a.astype(np.float64) for a in (x, w, gy))
+    assert rel_error(y, ops.conv2d(x64, w64, padding=case.padding)) < FLOAT32_BOUND
+    assert rel_error(gx, ops.conv2d_backward_input(gy64, w64, x.shape, padding=case.padding)) \
+        < FLOAT32_BOUND
+
+
+# --- where it applies ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_backward_input"])
+@pytest.mark.parametrize("w_shape, kwargs, named", [
+    ((2, 3, 5, 5), {}, r"5x5 window with stride \(1, 1\) and dilation \(1, 1\)"),
+    ((2, 3, 3, 3), dict(stride=2), r"3x3 window with stride \(2, 2\) and dilation \(1, 1\)"),
+    ((2, 3, 3, 3), dict(dilation=(1, 2)), r"3x3 window with stride \(1, 1\) and dilation "
+                                          r"\(1, 2\)"),
+    ((2, 3, 3, 1), {}, r"3x1 window with stride \(1, 1\)"),
+])
+def test_refused_elsewhere_naming_the_layer(op, w_shape, kwargs, named):
+    x, w = np.ones((1, 3, 9, 9)), np.ones(w_shape)
+    gy = np.ones(geometry.conv_geometry(x.shape, w.shape, kwargs.get("stride", 1), 0,
+                                        kwargs.get("dilation", 1), 1, "NCHW").y_shape)
+    call = (lambda: ops.conv2d(x, w, algo="winograd", **kwargs)) if op == "conv2d" else (
+        lambda: ops.conv2d_backward_input(gy, w, x.shape, algo="winograd", **kwargs))
+    with pytest.raises(ValueError, match="algo='winograd' computes 3x3 convolutions of stride "
+                                         "1 and dilation 1, not a " + named):
+        call()
+
+
+def test_no_weight_gradient():
+    x, w = np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3))
+    with pytest.raises(ValueError, match="algo='winograd' has no conv2d_backward_weight on cpu "
+                                         r"\(it computes conv2d, conv2d_backward_input\)"):
+        ops.conv2d_backward_weight(np.ones((1, 3, 3, 3)), x, w.shape, algo="winograd")
+
+
+def test_registered_for_some_layers_only():
+    assert "winograd" in fastconv.algorithms("cpu")
+    assert "winograd" not in registry.general("cpu")
+    g3 = geometry.conv_geometry((1, 4, 8, 8), (4, 4, 3, 3), 1, 1, 1, 1, "NCHW")
+    g5 = geometry.conv_geometry((1, 4, 8, 8), (4, 4, 5, 5), 1, 1, 1, 1, "NCHW")
+    assert registry.refusal("conv2d", "cpu", "winograd", g3) is None
+    assert registry.refusal("conv2d", "cpu", "winograd", g5) is not None
+
+
+def test_the_fitted_rule_never_picks_it():
+    """algo="auto" without autotuning follows cpu_rule.py, fitted without winograd: a refit
+    measuring it would be a change of its own (benchmarks/results/cpu-winograd.md)."""
+    def leaves(node):
+        return {node} if isinstance(node, str) else leaves(node["below"]) | leaves(
+            node["at_least"])
+    for op, tree in conv2d.CPU_RULE.items():
+        assert "winograd" not in leaves(tree), op
+
+
+@pytest.mark.parametrize("stride, timed_winograd", [(1, True), (2, False)])
+def test_autotuning_times_it_only_where_it_applies(stride, timed_winograd, tmp_path,
+                                                   monkeypatch):
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(dispatch, "_autotune", True)
+    timed = []
+
+    def fake(fn, run, *args, **kwargs):
+        timed.append(next(a for algos in registry._implementations.values()
+                          for a, f in algos.items() if f is fn))
+        return 1.0
+    monkeypatch.setattr(dispatch, "_time", fake)
+    x, w = np.ones((1, 4, 8, 8)), np.ones((4, 4, 3, 3))
+    ops.conv2d(x, w, stride=stride, padding=1)
+    assert ("winograd" in timed) == timed_winograd
+    assert "reference" not in timed
+
+
+def test_explicit_algo_runs_winograd(monkeypatch):
+    ran = []
+    for op in ("conv2d", "conv2d_backward_input"):
+        fn = registry._implementations[(op, "cpu")]["winograd"]
+        monkeypatch.setitem(registry._implementations[(op, "cpu")], "winograd",
+                            lambda *a, _op=op, _fn=fn: ran.append(_op) or _fn(*a))
+    x, w = np.ones((1, 4, 8, 8)), np.ones((4, 4, 3, 3))
+    y = ops.conv2d(x, w, padding=1, algo="winograd")
+    ops.conv2d_backward_input(y, w, x.shape, padding=1, algo="winograd")
+    assert ran == ["conv2d", "conv2d_backward_input"]
+
+
+def test_tile_is_a_variant():
+    assert winograd.TILE in winograd.G and winograd.TILE in (2, 4)
