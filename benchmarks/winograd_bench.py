@@ -71,11 +71,16 @@ def best(fns, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--errors", action="store_true", help="the float32 error table only")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", default="1,2",
+                        help="comma-separated thread counts, each a table (default: 1,2)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed rounds; a row keeps each implementation's fastest "
+                             "(default: 5)")
+    parser.add_argument("--batch", type=int, default=8, help="images a layer (default: 8)")
+    parser.add_argument("--errors", action="store_true",
+                        help="the float32 error table against float64 only, no timing")
     args = parser.parse_args()
     import torch
     if args.errors:
