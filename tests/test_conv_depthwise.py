@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_conv import _threads
+from test_conv import _threads, paddings
 
 import fastconv
 import oracle
@@ -17,13 +17,6 @@ from oracle import random
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def paddings():
-    small = st.integers(0, 2)
-    return st.one_of(small, st.tuples(small, small),
-                     st.tuples(st.tuples(small, small), st.tuples(small, small)),
-                     st.sampled_from(["same", "valid"]))
 
 
 @st.composite

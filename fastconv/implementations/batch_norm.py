@@ -41,8 +41,6 @@ def _or(a, value):
 
 _ACTIVATIONS = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0), "tanh": np.tanh,
                 "sigmoid": lambda v: 1 / (1 + np.exp(-v))}
-_SLOPES = {None: lambda y: 1, "relu": lambda y: y > 0, "tanh": lambda y: (1 - y) * (1 + y),
-           "sigmoid": lambda y: y * (1 - y)}
 
 
 @register("batch_norm2d", "cpu", "reference")
@@ -69,7 +67,7 @@ def batch_norm2d_backward_reference(layout, gy, x, weight, mean, invstd, trainin
                                     activation=None, residual=False):
     g, cells = _channels_last(gy, layout), _channels_last(x, layout)
     if activation is not None:
-        g = g * _SLOPES[activation](_channels_last(y, layout))
+        g = g * driver.SLOPES[activation](_channels_last(y, layout))
     gresidual = _from_channels_last(g, x.shape, layout)
     xhat = (cells - np.float64(mean)) * np.float64(invstd)
     gbias, gweight = g.sum(axis=0), (g * xhat).sum(axis=0)

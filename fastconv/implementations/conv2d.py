@@ -83,13 +83,8 @@ def conv2d_backward_weight_reference(g, gy, x):
 @register("conv2d_backward_bias", "cpu", "reference")
 def conv2d_backward_bias_reference(gy, y, activation, layout):
     if activation is not None:
-        gy = gy * _SLOPES[activation](y)
+        gy = gy * driver.SLOPES[activation](y)
     return gy, gy.sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
-
-
-# d activation / d pre-activation from the activation's output (kernels/activation.slope's)
-_SLOPES = {"relu": lambda y: y > 0, "tanh": lambda y: (1 - y) * (1 + y),
-           "sigmoid": lambda y: y * (1 - y)}
 
 
 # --- what the direct and blocked kernels share -----------------------------------------------

@@ -109,7 +109,13 @@ def workspace(shape, dtype, slot=0):
     return buffers[slot][:nbytes].view(dtype).reshape(shape)
 
 
-# --- the NumPy references: padded window views ---------------------------------------------------
+# --- the NumPy references: padded window views, activation slopes ------------------------------
+
+# d activation / d pre-activation from the activation's output, as kernels/activation.slope
+# takes it (a fused kernel keeps only the output): the references' twin of that
+SLOPES = {None: lambda y: 1, "relu": lambda y: y > 0, "tanh": lambda y: (1 - y) * (1 + y),
+          "sigmoid": lambda y: y * (1 - y)}
+
 
 def from_nchw(a, layout):
     """An NCHW result in ``layout``, contiguous."""
