@@ -28,16 +28,16 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "max_pool2d_backward_saved", "avg_pool2d",
     "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
     "batch_norm2d", "batch_norm2d_backward", "dropout",
-    "dropout_backward", "adam_step", "sgd_step", "softmax_cross_entropy",
+    "dropout_backward", "adam_step", "sgd_step", "softmax_cross_entropy", "matmul",
     "algorithms",
 ]
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _arrays(device, **named):
+def _arrays(device, contiguous=True, **named):
     """The call's device, and each named array checked to be float32/float64, all of one dtype,
-    on that device and contiguous."""
+    on that device and (where ``contiguous``) C-contiguous."""
     device = devices.resolve(device, **named)
     xp = devices.array_module(device)
     arrays = {name: None if a is None else devices.to_device(a, device)
@@ -49,8 +49,8 @@ def _arrays(device, **named):
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{n} {d}" for n, d in dtypes.items())
         raise TypeError(f"arguments must share one dtype, got {listed}")
-    return device, [a if a is None or a.flags.c_contiguous else xp.ascontiguousarray(a)
-                    for a in arrays.values()]
+    return device, [a if a is None or a.flags.c_contiguous or not contiguous
+                    else xp.ascontiguousarray(a) for a in arrays.values()]
 
 
 def _shape4(name, shape):
@@ -777,3 +777,23 @@ def _plain_step_tensors(device, tensors):
                               strict=True):
             members.append(a)
     return device, groups
+
+
+def matmul(a, b, device=None):
+    """The matrix product ``a @ b`` of 2-D arrays, the autograd's linear layers' product.
+
+    On the CPU it runs on fastconv's threads, each block of the output one single-threaded BLAS
+    call (kernels/gemm.py): the BLAS keeps no threads of its own to wake and spin beside
+    fastconv's. On a GPU it is cuBLAS's (CuPy's matmul). Operands are read with their strides
+    (a transposed view is not copied); a new C-contiguous array of their dtype is returned.
+
+    Args:
+        a: (M, K), float32 or float64.
+        b: (K, N), of a's dtype.
+        device: None (follow the arrays), "cpu" or "cuda".
+    """
+    device, (a, b) = _arrays(device, contiguous=False, a=a, b=b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul takes a (M, K) and b (K, N), got shapes a {a.shape} and "
+                         f"b {b.shape}")
+    return _call("matmul", device, a, b)

@@ -9,12 +9,18 @@ import warnings
 from functools import cache
 from pathlib import Path
 
-# Numba's OpenMP workers spin for a while after each parallel loop, and on a 2-core machine
-# they take the cores from the BLAS threads of the GEMM that follows (an im2col convolution
-# ran ten times slower: benchmarks/results/cpu.md). Passive waiting (unless the user chose
-# otherwise) must be set before the OpenMP runtime starts, at the first parallel call.
-_USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Numba's OpenMP workers wait for the next parallel kernel by spinning for about a millisecond
+# (GNU OpenMP's GOMP_SPINCOUNT, in spins), then sleep. Waking a sleeping worker costs 50-100 us
+# on a virtual machine, more than half of a small kernel: with workers that slept at once
+# (OMP_WAIT_POLICY=PASSIVE) a LeNet-5 training step ran no faster on two threads than on one,
+# a ResNet-8 step slower. Spinning is safe because fastconv's products run their BLAS on these
+# same threads (kernels/gemm.py): no second pool of workers spins beside them. It must be set
+# before the OpenMP runtime starts, at the first parallel call; a user's own OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT is left as it is. Measured: benchmarks/results/train.md, "One pool of threads".
+SPIN_COUNT = 100_000
+_USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")
+if _USER_WAIT_POLICY is None:
+    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
 
 import numba  # noqa: E402
 import threadpoolctl  # noqa: E402
@@ -137,16 +143,46 @@ def blas() -> list[dict]:
             for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
 
 
+@cache
+def _blas_libraries() -> tuple[list, list]:
+    """threadpoolctl's controllers of (the BLAS behind scipy.linalg.cython_blas, which fastconv's
+    products call, kernels/gemm.py; every other BLAS). SciPy's wheels bring their own library
+    under scipy.libs; where no BLAS lies in SciPy's folders (one library shared, as conda's), it
+    is all of them."""
+    import numpy  # noqa: F401  (loads the libraries, so threadpoolctl finds them)
+    import scipy
+    import scipy.linalg.cython_blas  # noqa: F401
+    libraries = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+    site = Path(scipy.__file__).resolve().parent.parent
+    ours = [lib for lib in libraries
+            if Path(lib.filepath).resolve().is_relative_to(site / "scipy")
+            or Path(lib.filepath).resolve().is_relative_to(site / "scipy.libs")]
+    ours = ours or libraries
+    return ours, [lib for lib in libraries if lib not in ours]
+
+
+def pin_blas() -> None:
+    """Keep the BLAS fastconv's products call on one thread: they run on fastconv's own
+    threads, each block one BLAS call (kernels/gemm.py); a BLAS threading inside them would
+    put two pools of spinning workers on the same cores."""
+    for lib in _blas_libraries()[0]:
+        if lib.num_threads != 1:
+            lib.set_num_threads(1)
+
+
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in fastconv's parallel kernels and in the BLAS they call, whichever
-    thread calls them."""
+    """Use ``n`` threads in fastconv's kernels and products, whichever thread calls them, and
+    in the other BLAS libraries loaded (NumPy's, for the caller's own products); the BLAS under
+    fastconv's products stays on one thread inside each of them (:func:`pin_blas`)."""
     limit = numba.config.NUMBA_NUM_THREADS
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(f"n must be an int in 1..{limit} (NUMBA_NUM_THREADS), got {n!r}")
     global _threads
     _threads = n
     numba.set_num_threads(n)
-    threadpoolctl.threadpool_limits(n, user_api="blas")
+    for lib in _blas_libraries()[1]:
+        lib.set_num_threads(n)
+    pin_blas()
 
 
 def get_num_threads() -> int:

@@ -19,6 +19,7 @@ import threading
 import numpy as np
 
 from . import device as devices
+from . import ops
 
 _state = threading.local()
 
@@ -197,8 +198,9 @@ class Tensor:
     def __matmul__(self, other):
         if self.ndim != 2 or other.ndim != 2:
             raise ValueError(f"@ takes 2-D tensors, got shapes {self.shape} and {other.shape}")
-        return Tensor._result(self.data @ other.data, (self, other), _rules(
-            (self, other), lambda g: g @ other.data.T, lambda g: self.data.T @ g), "matmul")
+        return Tensor._result(ops.matmul(self.data, other.data), (self, other), _rules(
+            (self, other), lambda g: ops.matmul(g, other.data.T),
+            lambda g: ops.matmul(self.data.T, g)), "matmul")
 
     # --- reductions and shapes -------------------------------------------------------------
     def sum(self, axis=None, keepdims=False):

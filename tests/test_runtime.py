@@ -10,17 +10,19 @@ import fastconv
 
 
 def _policy_after_import(env):
-    code = "import os, fastconv; print(os.environ['OMP_WAIT_POLICY'])"
+    code = ("import os, fastconv; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     return run.stdout.strip()
 
 
 @pytest.mark.slow
-def test_openmp_waits_passively_unless_the_user_chose():
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert _policy_after_import(env) == "PASSIVE"
-    assert _policy_after_import({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+def test_openmp_workers_spin_briefly_unless_the_user_chose():
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    assert _policy_after_import(env) == "None 100000"
+    assert _policy_after_import({**env, "OMP_WAIT_POLICY": "PASSIVE"}) == "PASSIVE None"
+    assert _policy_after_import({**env, "GOMP_SPINCOUNT": "7"}) == "None 7"
 
 
 def test_set_num_threads_sets_numba_and_blas():
@@ -82,7 +84,7 @@ print(numba.threading_layer(), len(errors), max(errors) < 1e-12)
 @pytest.mark.slow
 def test_importing_fastconv_after_torch_warns_unless_the_wait_policy_was_chosen():
     code = "import torch, fastconv"
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                                              "NUMBA_THREADING_LAYER")}
     warned = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, check=True).stderr

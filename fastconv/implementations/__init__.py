@@ -1,5 +1,5 @@
 """Every op's implementations, one module per op family (conv2d, pooling, batch_norm, dropout,
-optim, loss), each registering its NumPy reference, CPU and CUDA implementations side by side
-with :mod:`fastconv.registry`; driver.py holds what they share."""
+optim, loss, matmul), each registering its NumPy reference, CPU and CUDA implementations side
+by side with :mod:`fastconv.registry`; driver.py holds what they share."""
 
-from . import batch_norm, conv2d, dropout, loss, optim, pooling, winograd  # noqa: F401  (they register)
+from . import batch_norm, conv2d, dropout, loss, matmul, optim, pooling, winograd  # noqa: F401  (they register)

@@ -358,7 +358,7 @@ def _weight_matrix(xp, w, g):
     return xp.ascontiguousarray(oihw_view(w, g.layout)).reshape(g.K, -1)
 
 
-# The CPU: channel-major operands, NumPy's BLAS.
+# The CPU: channel-major operands, products on fastconv's threads (driver.matmul).
 
 # Bytes of im2col columns per batch chunk: a chunk's columns stay in a core's L2 between im2col,
 # the GEMM and the epilogue.
@@ -383,35 +383,25 @@ def _flat_or_copy(a):
 
 def _matmul(a, b, out):
     """out = a @ b for (rows, n, P) views b and out: one GEMM if both flatten, else one per
-    image. BLAS writes only row-major outputs, so a column-major one is computed transposed."""
+    image."""
     flat_b, flat_out = _flat(b), _flat(out)
     if flat_b is None or flat_out is None:
-        np.matmul(a, b.transpose(1, 0, 2), out=out.transpose(1, 0, 2))
-    elif flat_out.strides[1] == flat_out.itemsize:
-        np.matmul(a, flat_b, out=flat_out)
+        driver.matmul(a, b.transpose(1, 0, 2), out.transpose(1, 0, 2))
     else:
-        np.matmul(flat_b.T, a.T, out=flat_out.T)
+        driver.matmul(a, flat_b, flat_out)
 
 
 def _matmul_over_pixels(a, b, out, add):
     """out = (with ``add``: out +=) the sum over images of a[:, n] @ b[:, n].T for (rows, n, P)
-    views a (gradient) and b (columns). OpenBLAS splits a GEMM's threads over its output, never
-    over the long reduction: with few column rows (LeNet's C1: 6 x 25 outputs, n*P = 50k long)
-    one GEMM per image and their sum runs several times faster than one flat GEMM. Otherwise
-    one GEMM over the flattened (n, P) axis, written in out's own orientation (computing its
-    transpose and adding that back ran 1.2-3.7x slower on DCGAN's and U-Net's decoder layers,
-    2026-11-30). An operand that does not flatten (an NCHW gradient) is copied once."""
+    views a (gradient) and b (columns). With few column rows (LeNet's C1: 6 x 25 outputs, n*P
+    = 50k long) the output is too small to share between threads, so the reduction is split
+    instead: one GEMM per image, the images shared out (driver.matmul_sum). Otherwise one GEMM
+    over the flattened (n, P) axis; an operand that does not flatten (an NCHW gradient) is
+    copied once."""
     if b.shape[0] < THIN_GEMM_ROWS:
-        product = np.matmul(a.transpose(1, 0, 2), b.transpose(1, 2, 0)).sum(0)
-    elif add:
-        product = _flat_or_copy(a) @ _flat_or_copy(b).T
+        driver.matmul_sum(a.transpose(1, 0, 2), b.transpose(1, 2, 0), out, add)
     else:
-        np.matmul(_flat_or_copy(a), _flat_or_copy(b).T, out=out)
-        return
-    if add:
-        out += product
-    else:
-        out[...] = product
+        driver.matmul(_flat_or_copy(a), _flat_or_copy(b).T, out, add)
 
 
 def _columns_cpu(g, x):

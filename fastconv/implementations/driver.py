@@ -15,7 +15,9 @@ import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .. import runtime
 from ..geometry import nchw_view
+from ..kernels import gemm
 from ..kernels.variants import serial_twin
 
 
@@ -107,6 +109,62 @@ def workspace(shape, dtype, slot=0):
         if nbytes <= KEPT_WORKSPACE_BYTES:
             _scratch.buffers = buffers
     return buffers[slot][:nbytes].view(dtype).reshape(shape)
+
+
+def matmul(a, b, out, add=False):
+    """out = a @ b (with ``add``: out += a @ b) on the CPU, for 2-D arrays or (Z, ...) stacks of
+    planes (a 2-D ``a`` or ``b`` is shared by every plane; out is never broadcast), on fastconv's
+    threads with BLAS single-threaded inside them (kernels/gemm.py). Any strides: a plane
+    without a unit stride is copied once; an output plane without one is computed aside."""
+    runtime.pin_blas()
+    if out.ndim == 2:
+        a, b, out = a[None], b[None], out[None]
+    planes = out.shape[:1]
+    a = np.broadcast_to(a, planes + a.shape[-2:]) if a.ndim == 2 else a
+    b = np.broadcast_to(b, planes + b.shape[-2:]) if b.ndim == 2 else b
+    if _unit_stride(out, 1) and not _unit_stride(out, 2):  # column-major: its transpose is not
+        a, b, out = b.transpose(0, 2, 1), a.transpose(0, 2, 1), out.transpose(0, 2, 1)
+    target = out if _unit_stride(out, 2) else empty(np, out.shape, out.dtype)
+    if target is not out and add:
+        target[...] = out
+    z, m, n = out.shape
+    k = a.shape[2]
+    threads = numba.get_num_threads()
+    blocks = max(1, min(-(-threads // z), n // (4 * gemm.COLUMN_ALIGN)))
+    cpu_call(gemm.gemm, z * m * n * k, _blas_operand(a), _blas_operand(b), target, blocks,
+             1.0 if add else 0.0)
+    if target is not out:
+        out[...] = target
+
+
+def matmul_sum(a, b, out, add=False):
+    """out = the sum over z of a[z] @ b[z] (with ``add``: out += it) for (Z, M, K) and (Z, K, N)
+    stacks and a 2-D out: a product whose reduction is long and output small, split over the
+    planes across fastconv's threads (kernels/gemm.py's gemm_sum), each part summing its planes
+    into a partial product of its own."""
+    runtime.pin_blas()
+    work = a.size * out.shape[1]
+    parts = min(numba.get_num_threads(), a.shape[0]) if work >= SERIAL_WORK else 1
+    partial = empty(np, (max(parts, 1),) + out.shape, out.dtype)
+    cpu_call(gemm.gemm_sum, work, _blas_operand(a), _blas_operand(b), partial)
+    total = partial.sum(0) if parts > 1 else partial[0]
+    if add:
+        out += total
+    else:
+        out[...] = total
+
+
+def _unit_stride(a, axis):
+    return a.strides[axis] == a.itemsize or a.shape[axis] == 1
+
+
+def _blas_operand(a):
+    """A (Z, rows, columns) stack whose planes BLAS can read (one unit stride, the other at
+    least a row or column long): ``a``, or else a contiguous copy."""
+    _, rows, columns = a.shape
+    row_major = _unit_stride(a, 2) and (rows == 1 or a.strides[1] >= columns * a.itemsize)
+    column_major = _unit_stride(a, 1) and (columns == 1 or a.strides[2] >= rows * a.itemsize)
+    return a if row_major or column_major else np.ascontiguousarray(a)
 
 
 # --- the NumPy references: padded window views, activation slopes ------------------------------

@@ -9,8 +9,8 @@ time so the workspace stays bounded:
    call's dtype, in parallel over blocks of filters (kernels/winograd.py, as the next two);
 2. the input transform V = B^T d B of every ALPHA x ALPHA input tile, in parallel over tile
    rows and channels (kernels/winograd.py);
-3. for each of the ALPHA^2 positions, M = U V summed over a group's input channels: NumPy's
-   matmul on the stacked positions, which calls BLAS's GEMM once a position;
+3. for each of the ALPHA^2 positions, M = U V summed over a group's input channels: one GEMM
+   a position, the positions shared among fastconv's threads (driver.matmul);
 4. the output transform A^T M A, plus the bias, through the activation, written into the
    output in the caller's layout, partial edge tiles cropped.
 
@@ -125,9 +125,9 @@ def _convolve(g, src, u, in_channels, out_channels, out_hw, pt, pl, transposed, 
         for i, mat in enumerate(mats):
             ins, outs = slice(i * ig, (i + 1) * ig), slice(i * og, (i + 1) * og)
             if nchw:
-                np.matmul(mat, v[:, ins], out=m[:, outs])
+                driver.matmul(mat, v[:, ins], m[:, outs])
             else:
-                np.matmul(v[:, :, ins], mat.transpose(0, 2, 1), out=m[:, :, outs])
+                driver.matmul(v[:, :, ins], mat.transpose(0, 2, 1), m[:, :, outs])
         driver.cpu_call(forward_out, alpha2 * out_channels * tiles * 2, m_view, dst4, bias,
                         act, row0, th_, tw_, not nchw)
     return dst

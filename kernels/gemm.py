@@ -1,0 +1,116 @@
+"""Matrix products on fastconv's own threads: each thread's block is one single-threaded call of
+the BLAS SciPy ships (scipy.linalg.cython_blas, the GEMM Numba's np.dot calls).
+
+Why not let BLAS thread itself: fastconv's parallel kernels run on Numba's OpenMP workers, which
+spin briefly after each kernel so the next one starts at once (runtime.py), and a BLAS with
+threads of its own spins its workers for far longer after each product. Two pools spinning on
+the same cores take them from each other: on 2 cores a LeNet-5 training step ran 5x slower.
+One pool, with BLAS inside it, is what PyTorch does with oneDNN and MKL.
+
+Operands are (Z, M, K) @ (Z, K, N) -> (Z, M, N) stacks whose 2-D planes each have one unit
+stride (row- or column-major, any leading dimension); the output's planes are row-major. BLAS
+is column-major, so the row-major C = A B is computed as the column-major C^T = B^T A^T: a
+row-major plane is, read column-major, its own transpose.
+"""
+
+import numpy as np
+from llvmlite import binding
+from numba import njit, prange, types
+from numba.extending import get_cython_function_address
+
+from . import CPU_KERNEL
+
+# The BLAS routines under names the compiled kernels refer to, so that Numba's on-disk cache
+# (which cannot hold a raw address) resolves them anew in each process.
+binding.add_symbol("fastconv_sgemm", get_cython_function_address("scipy.linalg.cython_blas",
+                                                                 "sgemm"))
+binding.add_symbol("fastconv_dgemm", get_cython_function_address("scipy.linalg.cython_blas",
+                                                                 "dgemm"))
+# Fortran's ?gemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc): all by address
+_FORTRAN_GEMM = types.void(*[types.voidptr] * 13)
+_sgemm = types.ExternalFunction("fastconv_sgemm", _FORTRAN_GEMM)
+_dgemm = types.ExternalFunction("fastconv_dgemm", _FORTRAN_GEMM)
+
+# Column blocks start at multiples of this (a cache line of float32), so no two threads' blocks
+# of C share a line.
+COLUMN_ALIGN = 16
+_NOTRANS, _TRANS = ord("N"), ord("T")
+
+
+@njit(inline="always", cache=True)
+def _as_column_major(plane):
+    """(transpose flag, leading dimension) of a 2-D plane passed to BLAS as its transpose: a
+    row-major plane is that transpose as it is ("N"), a column-major one needs "T"."""
+    rows, columns = plane.shape
+    row_stride = plane.strides[0] // plane.itemsize
+    column_stride = plane.strides[1] // plane.itemsize
+    if column_stride == 1 or columns == 1:
+        return _NOTRANS, max(row_stride, columns, 1)
+    return _TRANS, max(column_stride, rows, 1)
+
+
+@njit(inline="always", cache=True)
+def _gemm_plane(a, b, c, beta):
+    """c = a @ b + beta * c for 2-D planes, c row-major: one single-threaded BLAS call."""
+    m, k = a.shape
+    n = c.shape[1]
+    if m == 0 or n == 0:
+        return
+    trans_b, ld_b = _as_column_major(b)
+    trans_a, ld_a = _as_column_major(a)
+    ints = np.empty(6, np.int32)  # Fortran INTEGERs, passed by address
+    ints[0], ints[1], ints[2], ints[3], ints[4] = n, m, k, ld_b, ld_a
+    ints[5] = max(c.strides[0] // c.itemsize, n, 1)
+    flags = np.empty(2, np.uint8)
+    flags[0], flags[1] = trans_b, trans_a
+    scalars = np.empty(2, c.dtype)
+    scalars[0], scalars[1] = 1, beta
+    if c.itemsize == 4:  # float32 (the ops pass float32 or float64 only)
+        _sgemm(flags[0:].ctypes, flags[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes,
+               ints[2:].ctypes, scalars[0:].ctypes, b.ctypes, ints[3:].ctypes, a.ctypes,
+               ints[4:].ctypes, scalars[1:].ctypes, c.ctypes, ints[5:].ctypes)
+    else:
+        _dgemm(flags[0:].ctypes, flags[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes,
+               ints[2:].ctypes, scalars[0:].ctypes, b.ctypes, ints[3:].ctypes, a.ctypes,
+               ints[4:].ctypes, scalars[1:].ctypes, c.ctypes, ints[5:].ctypes)
+
+
+@njit(inline="always", cache=True)
+def _block(j, blocks, n):
+    """Columns [lo, hi) of block j of ``blocks`` over n columns, starts aligned."""
+    lo = n * j // blocks // COLUMN_ALIGN * COLUMN_ALIGN
+    hi = n if j == blocks - 1 else n * (j + 1) // blocks // COLUMN_ALIGN * COLUMN_ALIGN
+    return lo, hi
+
+
+@njit(**CPU_KERNEL)
+def gemm(a, b, c, blocks, beta):
+    """c[z] = a[z] @ b[z] + beta * c[z] for every z, a (Z, M, K) (a single plane broadcast:
+    z-stride 0), b (Z, K, N), c (Z, M, N) with row-major planes.
+
+    Loop order: (plane z, column block j) pairs (parallel), each one BLAS call over c[z][:, lo:hi].
+    Each thread owns its blocks of c; blocks start at COLUMN_ALIGN-column boundaries.
+    """
+    n = c.shape[2]
+    for part in prange(c.shape[0] * blocks):
+        z, j = part // blocks, part % blocks
+        lo, hi = _block(j, blocks, n)
+        _gemm_plane(a[z], b[z][:, lo:hi], c[z][:, lo:hi], beta)
+
+
+@njit(**CPU_KERNEL)
+def gemm_sum(a, b, partial):
+    """partial[p] = sum over z in part p of a[z] @ b[z]: a product whose reduction (over planes z)
+    is long and whose output is small, split over the reduction. The caller sums the partials.
+
+    Layout as :func:`gemm`; partial is (parts, M, N), row-major planes. Loop order: parts p
+    (parallel), each its contiguous range of planes, one BLAS call a plane accumulating into
+    partial[p]. Each thread owns its partial[p].
+    """
+    parts, planes = partial.shape[0], a.shape[0]
+    for p in prange(parts):
+        z0, z1 = planes * p // parts, planes * (p + 1) // parts
+        if z0 == z1:
+            partial[p] = 0
+        for z in range(z0, z1):
+            _gemm_plane(a[z], b[z], partial[p], 0.0 if z == z0 else 1.0)

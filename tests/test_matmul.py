@@ -1,0 +1,139 @@
+"""Matrix products on fastconv's threads (kernels/gemm.py through driver.matmul and
+driver.matmul_sum) and ops.matmul, against float64 NumPy and PyTorch: hypothesis-drawn sizes
+(empty and single rows, columns and reductions among them), each operand row-major,
+column-major or with no unit stride, a shared (2-D) left or right operand, accumulation, both
+dtypes, the parallel kernels and their serial twins; the BLAS they call staying on one thread."""
+
+import numba
+import numpy as np
+import pytest
+import threadpoolctl
+import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import ops, runtime
+from fastconv.implementations import driver
+from oracle import random, tolerance
+
+FLOATS = [np.float32, np.float64]
+LAYOUTS = ["row", "column", "strided"]
+
+
+def _operand(rng, shape, layout, dtype):
+    """A random (Z, rows, columns) stack whose planes are stored ``layout``: row-major,
+    column-major (a transposed view), or every other column of a wider array (no unit
+    stride)."""
+    z, rows, columns = shape
+    if layout == "column":
+        return random(rng, (z, columns, rows), dtype).transpose(0, 2, 1)
+    if layout == "strided":
+        return random(rng, (z, rows, 2 * columns), dtype)[:, :, ::2]
+    return random(rng, shape, dtype)
+
+
+def _parallel(monkeypatch, parallel):
+    monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)
+
+
+def _error(got, want):
+    return np.abs(got - want).max(initial=0.0) / max(np.abs(want).max(initial=0.0), 1.0)
+
+
+def _poisoned(shape, layout, dtype):
+    out = np.full(shape if layout != "column" else shape[:1] + shape[:0:-1], np.nan, dtype)
+    return out.transpose(0, 2, 1) if layout == "column" else out
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(z=st.integers(1, 4), m=st.integers(1, 40), k=st.integers(0, 70), n=st.integers(1, 300),
+       layouts=st.tuples(*[st.sampled_from(LAYOUTS)] * 2 + [st.sampled_from(["row", "column"])]),
+       shared=st.sampled_from([None, "a", "b"]), add=st.booleans(),
+       dtype=st.sampled_from(FLOATS), parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@example(z=1, m=1, k=1, n=1, layouts=("row", "row", "row"), shared=None, add=False,
+         dtype=np.float32, parallel=True, seed=0)
+@example(z=2, m=33, k=0, n=17, layouts=("column", "strided", "column"), shared="a", add=False,
+         dtype=np.float64, parallel=True, seed=0)
+def test_matmul_matches_float64_numpy(z, m, k, n, layouts, shared, add, dtype, parallel, seed,
+                                      monkeypatch):
+    _parallel(monkeypatch, parallel)
+    rng = np.random.default_rng(seed)
+    a = _operand(rng, (z, m, k), layouts[0], dtype)
+    b = _operand(rng, (z, k, n), layouts[1], dtype)
+    a, b = (a[0] if shared == "a" else a), (b[0] if shared == "b" else b)
+    out = _poisoned((z, m, n), layouts[2], dtype)
+    if add:
+        out[...] = random(rng, out.shape, dtype)
+    before, start = (a.copy(), b.copy()), out.astype(np.float64)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64)) + (start if add else 0)
+    driver.matmul(a, b, out, add)
+    assert _error(out, want) < tolerance(dtype) * max(k, 1) ** 0.5
+    np.testing.assert_array_equal(a, before[0])
+    np.testing.assert_array_equal(b, before[1])
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(z=st.integers(1, 9), m=st.integers(1, 12), k=st.integers(1, 200), n=st.integers(1, 30),
+       layouts=st.tuples(*[st.sampled_from(LAYOUTS)] * 2), add=st.booleans(),
+       dtype=st.sampled_from(FLOATS), parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_matmul_sum_matches_float64_numpy(z, m, k, n, layouts, add, dtype, parallel, seed,
+                                          monkeypatch):
+    _parallel(monkeypatch, parallel)
+    rng = np.random.default_rng(seed)
+    a, b = _operand(rng, (z, m, k), layouts[0], dtype), _operand(rng, (z, k, n), layouts[1], dtype)
+    out = random(rng, (m, n), dtype) if add else np.full((m, n), np.nan, dtype)
+    want = np.einsum("zmk,zkn->mn", a.astype(np.float64), b.astype(np.float64))
+    want += out if add else 0
+    driver.matmul_sum(a, b, out, add)
+    assert _error(out, want) < tolerance(dtype) * (z * k) ** 0.5
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_ops_matmul_matches_torch(dtype, transposed):
+    rng = np.random.default_rng(7)
+    a = random(rng, (64, 400), dtype)
+    b = random(rng, (120, 400), dtype).T if transposed else random(rng, (400, 120), dtype)
+    got = ops.matmul(a, b)
+    assert got.dtype == dtype and got.shape == (64, 120) and got.flags.c_contiguous
+    want = torch.from_numpy(a.astype(np.float64)) @ torch.from_numpy(b.astype(np.float64))
+    assert _error(got, want.numpy()) < tolerance(dtype) * 20
+
+
+@pytest.mark.parametrize("a_shape, b_shape, match", [
+    ((3, 4), (5, 6), r"a \(M, K\) and b \(K, N\), got shapes a \(3, 4\) and b \(5, 6\)"),
+    ((3, 4, 1), (4, 2), r"got shapes a \(3, 4, 1\)"),
+    ((4,), (4, 2), r"got shapes a \(4,\)"),
+])
+def test_ops_matmul_refuses_mismatched_shapes(a_shape, b_shape, match):
+    with pytest.raises(ValueError, match=match):
+        ops.matmul(np.ones(a_shape, np.float32), np.ones(b_shape, np.float32))
+
+
+def test_ops_matmul_refuses_mixed_and_integer_dtypes():
+    with pytest.raises(TypeError, match="share one dtype"):
+        ops.matmul(np.ones((2, 3), np.float32), np.ones((3, 2), np.float64))
+    with pytest.raises(TypeError, match="a must be float32 or float64, got int64"):
+        ops.matmul(np.ones((2, 3), np.int64), np.ones((3, 2), np.int64))
+
+
+def test_the_blas_under_fastconv_products_stays_on_one_thread():
+    """set_num_threads gives NumPy's BLAS (the caller's products) n threads, but the one under
+    fastconv's products keeps one inside each of fastconv's threads, and a product re-pins it
+    where the caller changed it."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 threads: this machine gives Numba one")
+    ours, others = runtime._blas_libraries()
+    before = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(2)
+        assert all(lib.num_threads == 1 for lib in ours)
+        assert all(lib.num_threads == 2 for lib in others)
+        threadpoolctl.threadpool_limits(2, user_api="blas")
+        ops.matmul(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32))
+        assert all(lib.num_threads == 1 for lib in ours)
+    finally:
+        fastconv.set_num_threads(before)
