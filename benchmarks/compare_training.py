@@ -11,12 +11,12 @@ momentum 0.9 at 0.1, weight decay 5e-4, cosine annealing per step); --lr and --a
 override the recipe's.
 
 The fastconv numbers of a full run come from `fastconv train`; this script exists to put an
-epoch of each framework next to each other on the same machine, in the same minutes. The two
-share one OpenMP runtime in a process, and whichever is imported first sets its wait policy:
-torch's spinning workers, its best, slow fastconv's kernels (they push Numba onto its
-workqueue threads; benchmarks/results/train.md), and fastconv's passive ones would slow
-torch. `--framework` runs one of them
-alone, imported first, for each one's own best time: run the script once for each.
+epoch of each framework next to each other on the same machine, in the same minutes. Whichever
+of the two is imported first sets up OpenMP in a process: torch first keeps its own runtime
+(its best) and pushes fastconv's kernels onto Numba's workqueue threads; fastconv first starts
+the runtime both then share, with its own spin count (benchmarks/results/train.md).
+`--framework` runs one of them alone, imported first, for each one's own best time: run the
+script once for each.
 """
 
 import argparse
@@ -27,7 +27,7 @@ import warnings
 _only = argparse.ArgumentParser(add_help=False)
 _only.add_argument("--framework", default="both")
 if _only.parse_known_args(sys.argv[1:])[0].framework == "fastconv":
-    import fastconv  # noqa: F401  (first, for its passive OpenMP workers; see above)
+    import fastconv  # noqa: F401  (first, to set up OpenMP; see above)
 
 import torch  # noqa: E402
 

@@ -22,7 +22,7 @@ import os
 import socket
 import time
 
-# before torch, as in train_converted_lenet.py: fastconv makes torch's OpenMP wait passively
+# before torch, as in train_converted_lenet.py: torch then shares fastconv's OpenMP runtime
 from train_converted_lenet import accuracy, arguments, build, load, set_threads, train_epoch
 
 # isort: split

@@ -9,15 +9,16 @@ The images come from fastconv.data: normalised with the train set's mean and std
 from 28x28 to 32x32. Each epoch prints its time, the mean training loss and the test accuracy.
 
 fastconv is imported before torch (README, "fastconv under PyTorch", says why), so
---unconverted runs PyTorch with passive OpenMP waiting too, which slows its small ops (about
-2x on 2 cores). PyTorch's best time comes from benchmarks/compare_training.py --framework
-torch, the same training in a process that imports torch first.
+--unconverted runs PyTorch on fastconv's OpenMP runtime (workers spinning ~1 ms between ops;
+PyTorch's own default is ~3 ms). PyTorch's own best time comes from
+benchmarks/compare_training.py --framework torch, the same training in a process that imports
+torch first.
 """
 
 import time
 
-# fastconv before torch: it sets OMP_WAIT_POLICY=PASSIVE before torch starts its OpenMP runtime,
-# whose workers otherwise spin after each torch op on the cores fastconv's kernels need
+# fastconv before torch: it starts the OpenMP runtime torch then shares; torch first would load
+# its own, whose workers spin after each torch op on the cores fastconv's kernels need
 # (benchmarks/results/torch_adapter.md; README, "fastconv under PyTorch").
 import fastconv.torch as ft
 

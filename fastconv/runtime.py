@@ -49,6 +49,14 @@ if "NUMBA_THREADING_LAYER" not in os.environ and _openmp_already_loaded():
                       "several times over; import fastconv first "
                       "or set OMP_WAIT_POLICY=PASSIVE", RuntimeWarning, stacklevel=2)
 
+else:
+    # Start Numba's OpenMP runtime now, under the spin count above: a library imported later
+    # (PyTorch) then shares it rather than loading its own copy of libgomp at its first op,
+    # whose workers would spin on the same cores as these (a 1x1 convolution ran 10x slower,
+    # fastconv's and torch's alike, in a process that imported torch before fastconv's first
+    # parallel kernel).
+    numba.get_num_threads()
+
 # glibc's malloc serves an array over its mmap threshold (128 KiB at start, raised by each freed
 # mapping) with fresh pages and trims freed memory at the heap's top back to the OS, so a training
 # step's megabyte-sized activations and gradients page-fault anew on every step (a tenth of a
@@ -161,28 +169,34 @@ def _blas_libraries() -> tuple[list, list]:
     return ours, [lib for lib in libraries if lib not in ours]
 
 
-def pin_blas() -> None:
-    """Keep the BLAS fastconv's products call on one thread: they run on fastconv's own
-    threads, each block one BLAS call (kernels/gemm.py); a BLAS threading inside them would
-    put two pools of spinning workers on the same cores."""
-    for lib in _blas_libraries()[0]:
+def pin_blas(every: bool = False) -> None:
+    """Keep the BLAS fastconv's products call on one thread (each product re-checks it): they
+    run on fastconv's own threads, a block a call (kernels/gemm.py). With ``every``, the other
+    BLAS libraries too (NumPy's): see :func:`set_num_threads`."""
+    ours, others = _blas_libraries()
+    for lib in ours + others if every else ours:
         if lib.num_threads != 1:
             lib.set_num_threads(1)
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in fastconv's kernels and products, whichever thread calls them, and
-    in the other BLAS libraries loaded (NumPy's, for the caller's own products); the BLAS under
-    fastconv's products stays on one thread inside each of them (:func:`pin_blas`)."""
+    """Use ``n`` threads in fastconv's kernels and products, whichever thread calls them.
+
+    Every BLAS library loaded (SciPy's, under fastconv's products; NumPy's) is set to one
+    thread, as on import: fastconv's products split over its own threads already, and a BLAS
+    threading on its own keeps its workers spinning for ~0.1 s after each product, on the
+    cores where fastconv's spin between kernels; while both spin, each kernel waits out the
+    other's time slices (a LeNet-5 convolution went from 0.6 ms to 3-9 ms, PyTorch's alike,
+    for ~20 calls after NumPy's threaded norm). For large products of your own, raise NumPy's
+    around them: ``with threadpoolctl.threadpool_limits(n, user_api="blas"): ...``.
+    """
     limit = numba.config.NUMBA_NUM_THREADS
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(f"n must be an int in 1..{limit} (NUMBA_NUM_THREADS), got {n!r}")
     global _threads
     _threads = n
     numba.set_num_threads(n)
-    for lib in _blas_libraries()[1]:
-        lib.set_num_threads(n)
-    pin_blas()
+    pin_blas(every=True)
 
 
 def get_num_threads() -> int:
@@ -191,3 +205,6 @@ def get_num_threads() -> int:
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+pin_blas(every=True)  # one pool of threads from the start (see set_num_threads)

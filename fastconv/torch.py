@@ -16,11 +16,11 @@ tensor) and results come back through ``torch.from_numpy``; CUDA tensors cross a
 CuPy arrays through DLPack and come back the same way, the kernels queued on torch's current
 stream. float32 and float64.
 
-Import this module (or fastconv) before torch: fastconv sets ``OMP_WAIT_POLICY=PASSIVE``, which
-torch's OpenMP runtime reads only when torch is imported; otherwise its workers spin after each
-torch op on the cores the next kernel needs (several times slower: benchmarks/results/
-torch_adapter.md). Converted models train under DistributedDataParallel as they are
-(examples/ddp_train.py).
+Import this module (or fastconv) before torch: fastconv starts its OpenMP runtime on import and
+torch, imported after, shares it, so one pool of threads runs both. The other way round torch
+loads its own, whose workers spin after each torch op on the cores fastconv's next kernel needs
+(several times slower: benchmarks/results/torch_adapter.md). Converted models train under
+DistributedDataParallel as they are (examples/ddp_train.py).
 """
 
 import copy

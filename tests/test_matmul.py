@@ -2,7 +2,7 @@
 driver.matmul_sum) and ops.matmul, against float64 NumPy and PyTorch: hypothesis-drawn sizes
 (empty and single rows, columns and reductions among them), each operand row-major,
 column-major or with no unit stride, a shared (2-D) left or right operand, accumulation, both
-dtypes, the parallel kernels and their serial twins; the BLAS they call staying on one thread."""
+dtypes, the parallel kernels and their serial twins; every BLAS staying on one thread."""
 
 import numba
 import numpy as np
@@ -120,20 +120,20 @@ def test_ops_matmul_refuses_mixed_and_integer_dtypes():
         ops.matmul(np.ones((2, 3), np.int64), np.ones((3, 2), np.int64))
 
 
-def test_the_blas_under_fastconv_products_stays_on_one_thread():
-    """set_num_threads gives NumPy's BLAS (the caller's products) n threads, but the one under
-    fastconv's products keeps one inside each of fastconv's threads, and a product re-pins it
-    where the caller changed it."""
+def test_every_blas_runs_on_one_thread_beside_fastconvs():
+    """set_num_threads(n) leaves every BLAS library on one thread (fastconv's products split
+    over its own threads; a threading BLAS would spin a second pool beside them), and a product
+    re-pins the one under fastconv's products where the caller raised it."""
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 threads: this machine gives Numba one")
     ours, others = runtime._blas_libraries()
     before = fastconv.get_num_threads()
     try:
         fastconv.set_num_threads(2)
-        assert all(lib.num_threads == 1 for lib in ours)
-        assert all(lib.num_threads == 2 for lib in others)
-        threadpoolctl.threadpool_limits(2, user_api="blas")
-        ops.matmul(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32))
-        assert all(lib.num_threads == 1 for lib in ours)
+        assert fastconv.get_num_threads() == 2
+        assert all(lib.num_threads == 1 for lib in ours + others)
+        with threadpoolctl.threadpool_limits(2, user_api="blas"):
+            ops.matmul(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32))
+            assert all(lib.num_threads == 1 for lib in ours)
     finally:
         fastconv.set_num_threads(before)

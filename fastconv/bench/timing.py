@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import threadpoolctl
 from tqdm import tqdm
 
 from .. import device, runtime
@@ -56,15 +57,24 @@ def _gpu_seconds(fn) -> float:
     return cupy.cuda.get_elapsed_time(start, end) / 1e3
 
 
+# How long OpenBLAS's workers spin after a product before they sleep: 2^28 cycles by default
+# (OPENBLAS_THREAD_TIMEOUT), ~0.1 s at 2.5 GHz.
+BLAS_SPIN_SECONDS = 0.3
+
+
 def sgemm_gflops(size: int = 4096, repeats: int = 3) -> float:
-    """The machine's float32 GEMM rate through NumPy's BLAS on the current thread count: the
+    """The machine's float32 GEMM rate through NumPy's BLAS on fastconv's thread count: the
     best of ``repeats`` ``size``^3 products after a warm-up one. The roofline each conv row's
     "% SGEMM" is measured against."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((size, size), np.float32) for _ in range(2))
     out = np.empty_like(a)
-    np.matmul(a, b, out=out)
-    best = min(_host_seconds(lambda: np.matmul(a, b, out=out)) for _ in range(repeats))
+    with threadpoolctl.threadpool_limits(runtime.get_num_threads(), user_api="blas"):
+        np.matmul(a, b, out=out)
+        best = min(_host_seconds(lambda: np.matmul(a, b, out=out)) for _ in range(repeats))
+    # NumPy's BLAS runs on one thread beside fastconv's (runtime.set_num_threads): its workers
+    # spin on after the products above, on the cores the timings that follow need
+    time.sleep(BLAS_SPIN_SECONDS)
     return 2 * size ** 3 / best / 1e9
 
 
