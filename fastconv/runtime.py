@@ -9,15 +9,17 @@ import warnings
 from functools import cache
 from pathlib import Path
 
-# Numba's OpenMP workers wait for the next parallel kernel by spinning for about a millisecond
-# (GNU OpenMP's GOMP_SPINCOUNT, in spins), then sleep. Waking a sleeping worker costs 50-100 us
-# on a virtual machine, more than half of a small kernel: with workers that slept at once
-# (OMP_WAIT_POLICY=PASSIVE) a LeNet-5 training step ran no faster on two threads than on one,
-# a ResNet-8 step slower. Spinning is safe because fastconv's products run their BLAS on these
-# same threads (kernels/gemm.py): no second pool of workers spins beside them. It must be set
-# before the OpenMP runtime starts, at the first parallel call; a user's own OMP_WAIT_POLICY or
-# GOMP_SPINCOUNT is left as it is. Measured: benchmarks/results/train.md, "One pool of threads".
-SPIN_COUNT = 100_000
+# Numba's OpenMP workers wait for the next parallel kernel by spinning a little (GNU OpenMP's
+# GOMP_SPINCOUNT, in spins: 10,000 is ~0.1-0.3 ms here), then sleep. Waking a sleeping worker
+# costs 50-100 us on a virtual machine, more than half of a small kernel: with workers that
+# slept at once (OMP_WAIT_POLICY=PASSIVE) a LeNet-5 training step ran no faster on two threads
+# than on one. Spinning is safe because fastconv's products run their BLAS on these same
+# threads (kernels/gemm.py): no second pool of workers spins beside them. Longer spins gain a
+# few % more on fastconv's own steps but cost PyTorch's small ops run in the same process (its
+# Adam step: 0.9 ms at 10,000 spins, 5.4 ms at 100,000). It must be set before the OpenMP
+# runtime starts; a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is. Measured:
+# benchmarks/results/train.md, "One pool of threads".
+SPIN_COUNT = 10_000
 _USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")
 if _USER_WAIT_POLICY is None:
     os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
@@ -152,29 +154,18 @@ def blas() -> list[dict]:
 
 
 @cache
-def _blas_libraries() -> tuple[list, list]:
-    """threadpoolctl's controllers of (the BLAS behind scipy.linalg.cython_blas, which fastconv's
-    products call, kernels/gemm.py; every other BLAS). SciPy's wheels bring their own library
-    under scipy.libs; where no BLAS lies in SciPy's folders (one library shared, as conda's), it
-    is all of them."""
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of every BLAS library loaded (NumPy's, SciPy's)."""
     import numpy  # noqa: F401  (loads the libraries, so threadpoolctl finds them)
-    import scipy
     import scipy.linalg.cython_blas  # noqa: F401
-    libraries = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
-    site = Path(scipy.__file__).resolve().parent.parent
-    ours = [lib for lib in libraries
-            if Path(lib.filepath).resolve().is_relative_to(site / "scipy")
-            or Path(lib.filepath).resolve().is_relative_to(site / "scipy.libs")]
-    ours = ours or libraries
-    return ours, [lib for lib in libraries if lib not in ours]
+    return threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
 
 
-def pin_blas(every: bool = False) -> None:
-    """Keep the BLAS fastconv's products call on one thread (each product re-checks it): they
-    run on fastconv's own threads, a block a call (kernels/gemm.py). With ``every``, the other
-    BLAS libraries too (NumPy's): see :func:`set_num_threads`."""
-    ours, others = _blas_libraries()
-    for lib in ours + others if every else ours:
+def pin_blas() -> None:
+    """Keep every BLAS library on one thread: fastconv's products call BLAS inside its own
+    threads, a block a call (kernels/gemm.py), and a BLAS threading on its own would spin a
+    second pool of workers beside them (see :func:`set_num_threads`). Each product re-checks."""
+    for lib in _blas_libraries():
         if lib.num_threads != 1:
             lib.set_num_threads(1)
 
@@ -182,13 +173,14 @@ def pin_blas(every: bool = False) -> None:
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads in fastconv's kernels and products, whichever thread calls them.
 
-    Every BLAS library loaded (SciPy's, under fastconv's products; NumPy's) is set to one
-    thread, as on import: fastconv's products split over its own threads already, and a BLAS
-    threading on its own keeps its workers spinning for ~0.1 s after each product, on the
-    cores where fastconv's spin between kernels; while both spin, each kernel waits out the
-    other's time slices (a LeNet-5 convolution went from 0.6 ms to 3-9 ms, PyTorch's alike,
-    for ~20 calls after NumPy's threaded norm). For large products of your own, raise NumPy's
-    around them: ``with threadpoolctl.threadpool_limits(n, user_api="blas"): ...``.
+    Every BLAS library loaded (NumPy's, which fastconv's products call; SciPy's) is set to one
+    thread, as on import and by each product: fastconv's products split over its own threads
+    already, and a BLAS threading on its own keeps its workers spinning for ~0.1 s after each
+    product, on the cores where fastconv's spin between kernels; while both spin, each kernel
+    waits out the other's time slices (a LeNet-5 convolution went from 0.6 ms to 3-9 ms,
+    PyTorch's alike, for ~20 calls after NumPy's threaded norm). For large products of your
+    own, raise NumPy's around them: ``with threadpoolctl.threadpool_limits(n,
+    user_api="blas"): ...`` (a fastconv call inside such a block sets it back to one).
     """
     limit = numba.config.NUMBA_NUM_THREADS
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
@@ -196,7 +188,7 @@ def set_num_threads(n: int) -> None:
     global _threads
     _threads = n
     numba.set_num_threads(n)
-    pin_blas(every=True)
+    pin_blas()
 
 
 def get_num_threads() -> int:
@@ -207,4 +199,4 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-pin_blas(every=True)  # one pool of threads from the start (see set_num_threads)
+pin_blas()  # one pool of threads from the start (see set_num_threads)

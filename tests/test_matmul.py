@@ -4,6 +4,9 @@ driver.matmul_sum) and ops.matmul, against float64 NumPy and PyTorch: hypothesis
 column-major or with no unit stride, a shared (2-D) left or right operand, accumulation, both
 dtypes, the parallel kernels and their serial twins; every BLAS staying on one thread."""
 
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -123,17 +126,36 @@ def test_ops_matmul_refuses_mixed_and_integer_dtypes():
 def test_every_blas_runs_on_one_thread_beside_fastconvs():
     """set_num_threads(n) leaves every BLAS library on one thread (fastconv's products split
     over its own threads; a threading BLAS would spin a second pool beside them), and a product
-    re-pins the one under fastconv's products where the caller raised it."""
+    re-pins them where the caller raised them."""
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 threads: this machine gives Numba one")
-    ours, others = runtime._blas_libraries()
+    libraries = runtime._blas_libraries()
     before = fastconv.get_num_threads()
     try:
         fastconv.set_num_threads(2)
         assert fastconv.get_num_threads() == 2
-        assert all(lib.num_threads == 1 for lib in ours + others)
+        assert libraries and all(lib.num_threads == 1 for lib in libraries)
         with threadpoolctl.threadpool_limits(2, user_api="blas"):
             ops.matmul(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32))
-            assert all(lib.num_threads == 1 for lib in ours)
+            assert all(lib.num_threads == 1 for lib in libraries)
     finally:
         fastconv.set_num_threads(before)
+
+
+def test_products_fall_back_to_scipys_blas():
+    """Where NumPy's BLAS is not the ILP64 OpenBLAS of its wheels, the products call SciPy's
+    (32-bit INTEGERs, the same 64-bit words read by their low halves): the same results."""
+    code = """
+import threadpoolctl
+threadpoolctl.threadpool_info = lambda: []
+import numpy as np
+from fastconv import ops
+from fastconv.kernels import gemm
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((70, 300)), rng.standard_normal((300, 50))
+error = np.abs(ops.matmul(a, b) - a @ b).max() / np.abs(a @ b).max()
+print(gemm.BLAS.startswith("SciPy"), error < 1e-12)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.split() == ["True", "True"], run.stderr
