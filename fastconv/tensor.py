@@ -198,9 +198,10 @@ class Tensor:
     def __matmul__(self, other):
         if self.ndim != 2 or other.ndim != 2:
             raise ValueError(f"@ takes 2-D tensors, got shapes {self.shape} and {other.shape}")
-        return Tensor._result(ops.matmul(self.data, other.data), (self, other), _rules(
-            (self, other), lambda g: ops.matmul(g, other.data.T),
-            lambda g: ops.matmul(self.data.T, g)), "matmul")
+        on = self.device
+        return Tensor._result(ops.matmul(self.data, other.data, device=on), (self, other), _rules(
+            (self, other), lambda g: ops.matmul(g, other.data.T, device=on),
+            lambda g: ops.matmul(self.data.T, g, device=on)), "matmul")
 
     # --- reductions and shapes -------------------------------------------------------------
     def sum(self, axis=None, keepdims=False):
