@@ -36,6 +36,11 @@ LANES = VECTOR  # the kernels below; their "_wide" variants (at the end) take 2 
 # Tiles per parallel task: a task's output pixels (and the filter block it streams) stay in
 # L1/L2, and a small batch still splits into enough tasks for every thread.
 TASK_TILES = 8
+# The weight gradient's passes over the batch: the images of a pass (their input and output
+# gradient together) stay in L2 while every tile reads them; a run of images is summed in
+# float32 (at least one image, ~RUN_PIXELS products where images are small) before float64.
+PASS_BYTES = 512 << 10
+RUN_PIXELS = 512
 
 
 def lanes(channels: int) -> int:
@@ -46,8 +51,9 @@ def lanes(channels: int) -> int:
 
 @njit(inline="always", cache=True)
 def _accumulate(acc, a, bases, offsets, rows, width):
-    """acc[j, v] += sum over t of a[bases[j] + offsets[t]] * rows[t, v]: the microkernel. acc
-    (PIXELS, width) and bases (PIXELS,) are stack arrays; rows (T, width) streams from L1."""
+    """acc[j, v] += sum over t < len(offsets) of a[bases[j] + offsets[t]] * rows[t, v]: the
+    microkernel. acc (PIXELS, width) and bases (PIXELS,) are stack arrays; rows (>= T, width)
+    streams from L1."""
     for t in range(offsets.shape[0]):
         off = offsets[t]
         for v in range(width):
@@ -113,42 +119,52 @@ def conv2d_forward(x, w, taps, b, y, ow_, row_step, col_step, y_channel, y_pixel
 
 
 @njit(**CPU_KERNEL)
-def conv2d_backward_weight(x, gy, taps, pixels, gw):
-    """gw = dL/dw: gy correlated with x over batch and pixels, over register tiles of PIXELS
-    taps x LANES output channels (the forward's microkernel, taps and pixels trading places).
+def conv2d_backward_weight(x, gy, taps, pixels, images_per_pass, total):
+    """total = dL/dw in float64: gy correlated with x over batch and pixels, over register tiles
+    of PIXELS taps x LANES output channels (the forward's microkernel, taps and pixels trading
+    places).
 
-    Layout: x (N, X) each image flat and padded as for the forward; gy (G, B, N, P, LANES) the
-    output gradient's channels in the forward's blocks, pixel-major, zero past a group's last
-    channel; taps (G, T) uint64 as the forward's; pixels (P,) uint64 each output pixel's base;
-    gw (G, B, T, LANES) in the forward's filter blocks (lanes past a group's channels are
-    written too: the caller drops them).
-    Loop order: (group, channel block, tile of PIXELS taps) in parallel, then the images, then
-    the pixels, the channels and the PIXELS taps innermost (unrolled). Each task owns its tile
-    of gw; an image's sum is added into a float64 tile, so a long batch x pixel sum keeps the
-    precision of the bias gradient's.
+    Layout: x (N, X) each image flat and padded as for the forward, C-contiguous; gy
+    (G, B, N, P, LANES) the output gradient's channels in the forward's blocks, pixel-major,
+    zero past a group's last channel, C-contiguous; taps (G, T) uint64 as the forward's; pixels
+    (RUN * P,) uint64 the base of each output pixel of RUN consecutive images, from the first
+    one's start (image m's pixel p at m * X + base(p)); total (G, B, T, LANES) float64 in the
+    forward's filter blocks (lanes past a group's channels are written too: the caller drops
+    them).
+    Loop order: passes of images_per_pass images, each small enough to stay in L2 while every
+    tile reads it (when each task streamed the whole batch from L3, ResNet-8's 7x7 layers ran
+    at a quarter of the forward's rate); per pass, (group, channel block, tile of PIXELS taps)
+    in parallel, then runs of RUN images, their pixels, the channels and the PIXELS taps
+    innermost (unrolled). Each task owns its tile of total, zeroed in the first pass; a run's
+    float32 sum (at most max(P, ~RUN_PIXELS) products) is added into it, so a long batch x
+    pixel sum keeps the precision of the bias gradient's.
     """
-    n_, groups, blocks, t_ = x.shape[0], gw.shape[0], gw.shape[1], gw.shape[2]
+    n_, size = x.shape
+    groups, blocks, t_ = total.shape[0], total.shape[1], total.shape[2]
+    p_ = gy.shape[3]
+    run = pixels.shape[0] // p_
+    flat = x.reshape(n_ * size)
+    rows = gy.reshape((groups, blocks, n_ * p_, LANES))
     tiles = (t_ + PIXELS - 1) // PIXELS
-    for task in prange(groups * blocks * tiles):
-        g, blk, tile = task // (blocks * tiles), task // tiles % blocks, task % tiles
-        t0 = tile * PIXELS
-        acc = carray(stack_array(PIXELS, LANES, gw.dtype), (PIXELS, LANES))
-        total = carray(stack_array(PIXELS, LANES, np.float64), (PIXELS, LANES))
-        bases = carray(stack_array(PIXELS, 1, np.uint64), PIXELS)
-        for j in range(PIXELS):
-            bases[j] = taps[g, min(t0 + j, t_ - 1)]
-            for v in range(LANES):
-                total[j, v] = 0
-        for n in range(n_):
-            _zero(acc, LANES)
-            _accumulate(acc, x[n], bases, pixels, gy[g, blk, n], LANES)
-            for j in range(PIXELS):
-                for v in range(LANES):
-                    total[j, v] += acc[j, v]
-        for j in range(PIXELS):
-            if t0 + j < t_:
-                for v in range(LANES):
-                    gw[g, blk, t0 + j, v] = total[j, v]
+    for n0 in range(0, n_, images_per_pass):
+        n1 = min(n_, n0 + images_per_pass)
+        for task in prange(groups * blocks * tiles):
+            g, blk, tile = task // (blocks * tiles), task // tiles % blocks, task % tiles
+            t0 = tile * PIXELS
+            acc = carray(stack_array(PIXELS, LANES, gy.dtype), (PIXELS, LANES))
+            bases = carray(stack_array(PIXELS, 1, np.uint64), PIXELS)
+            if n0 == 0:
+                total[g, blk, t0:t0 + PIXELS] = 0
+            for m in range(n0, n1, run):
+                count = min(run, n1 - m) * p_
+                for j in range(PIXELS):
+                    bases[j] = taps[g, min(t0 + j, t_ - 1)] + np.uint64(m * size)
+                _zero(acc, LANES)
+                _accumulate(acc, flat, bases, pixels[:count], rows[g, blk, m * p_:], LANES)
+                for j in range(PIXELS):
+                    if t0 + j < t_:
+                        for v in range(LANES):
+                            total[g, blk, t0 + j, v] += acc[j, v]
 
 
 # The kernels by tile width (lanes(channels) says which a layer takes).

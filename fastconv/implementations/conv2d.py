@@ -14,6 +14,7 @@ import numpy as np
 from ..geometry import conv_geometry, nchw_view, oihw_view
 from ..kernels import bias as bias_kernels
 from ..kernels import conv_blocked, conv_direct, cuda_simulated, im2col
+from ..kernels import layout as layout_kernels
 from ..kernels.activation import CODES
 from ..registry import heuristic, register
 from . import depthwise, driver
@@ -89,6 +90,22 @@ def conv2d_backward_bias_reference(gy, y, activation, layout):
 
 # --- what the direct and blocked kernels share -----------------------------------------------
 
+def _steps(layout, channels, rows, columns):
+    """(channel, row, column) steps of an image of ``channels`` x ``rows`` x ``columns`` laid
+    out flat in ``layout``."""
+    return (rows * columns, columns, 1) if layout == "NCHW" else (1, columns * channels, channels)
+
+
+def _embedded(x, layout, images, rows, columns, top, left, stride=(1, 1)):
+    """``images`` (N, X) zeroed, each holding x's image (an NCHW-indexed view) flat in
+    ``layout`` as an image of ``rows`` x ``columns``, x's pixel (i, j) at (top + i * sh,
+    left + j * sw)."""
+    channel, row, column = _steps(layout, x.shape[1], rows, columns)
+    driver.cpu_call(layout_kernels.embed, images.size * driver.MOVED_CELL, x, images,
+                    top * row + left * column, channel, stride[0] * row, stride[1] * column)
+    return images
+
+
 def _padded(g, x, slack=0):
     """x, or a zero-padded copy of it, each image flat: (N, X) and the padded (rows, columns),
     sized so that every window lies inside; ``slack`` more elements after each image (then
@@ -100,11 +117,7 @@ def _padded(g, x, slack=0):
     if (hp, wp) == (g.H, g.W) and not slack:
         return x.reshape(g.N, -1), hp, wp
     images = driver.workspace((g.N, g.C * hp * wp + slack), x.dtype)
-    images.fill(0)
-    shape = (g.N, g.C, hp, wp) if g.layout == "NCHW" else (g.N, hp, wp, g.C)
-    padded = images[:, :g.C * hp * wp].reshape(shape)
-    nchw_view(padded, g.layout)[:, :, top:top + g.H, left:left + g.W] = nchw_view(x, g.layout)
-    return images, hp, wp
+    return _embedded(nchw_view(x, g.layout), g.layout, images, hp, wp, top, left), hp, wp
 
 
 def _transposed(g, gy, w, forward, exact):
@@ -121,15 +134,13 @@ def _transposed(g, gy, w, forward, exact):
     (sh, sw), (dh, dw) = g.stride, g.dilation
     reach_h, reach_w = (g.R - 1) * dh, (g.S - 1) * dw
     shape = (g.N, g.K, g.H + reach_h, g.W + reach_w)
-    spread = driver.workspace(shape if g.layout == "NCHW" else shape[:1] + shape[2:] + shape[1:2],
-                              gy.dtype, slot=1)
-    spread.fill(0)
     # gy's pixel (oh, ow) lands at (oh * sh + reach_h - top, ow * sw + reach_w - left)
-    rows = _spread(g.OH, sh, reach_h - g.padding[0], shape[2])
-    cols = _spread(g.OW, sw, reach_w - g.padding[2], shape[3])
-    if rows and cols:
-        nchw_view(spread, g.layout)[:, :, rows[1], cols[1]] = (
-            nchw_view(gy, g.layout)[:, :, rows[0], cols[0]])
+    rows, top = _spread(g.OH, sh, reach_h - g.padding[0], shape[2])
+    cols, left = _spread(g.OW, sw, reach_w - g.padding[2], shape[3])
+    images = driver.workspace((g.N, g.K * shape[2] * shape[3]), gy.dtype, slot=1)
+    _embedded(nchw_view(gy, g.layout)[:, :, rows, cols], g.layout, images, shape[2], shape[3],
+              top, left, g.stride)
+    spread = images.reshape(shape if g.layout == "NCHW" else shape[:1] + shape[2:] + shape[1:2])
     cg, kg = g.C // g.groups, g.K // g.groups
     flipped = oihw_view(w, g.layout).reshape(g.groups, kg, cg, g.R, g.S).swapaxes(1, 2)
     flipped = np.ascontiguousarray(flipped.reshape(g.C, kg, g.R, g.S)[:, :, ::-1, ::-1])
@@ -140,14 +151,13 @@ def _transposed(g, gy, w, forward, exact):
 
 
 def _spread(size, stride, shift, room):
-    """(source, destination) slices putting gy's indices i at i * stride + shift, those that
-    land in [0, room); None if none does."""
+    """(the slice of gy's indices i that land in [0, room) at i * stride + shift, where the
+    first of them lands); an empty slice if none does."""
     lo = max(0, -(shift // stride) if shift < 0 else 0)
     hi = min(size, (room - 1 - shift) // stride + 1)
     if hi <= lo:
-        return None
-    first = lo * stride + shift
-    return slice(lo, hi), slice(first, first + (hi - lo - 1) * stride + 1, stride)
+        return slice(0, 0), 0
+    return slice(lo, hi), lo * stride + shift
 
 
 
@@ -257,15 +267,14 @@ def _pixel_bases(g, row_step, col_step):
 
 
 def _lane_blocks(a, groups):
-    """(G, B, ..., lanes) of a (K, ...) array: each group's K/groups channels in blocks of the
+    """(G, B, N, P, lanes) of a (N, K, P) array: each group's K/groups channels in blocks of the
     register tile's width (conv_blocked.lanes), zero past the group's last, the channel
     innermost."""
-    kg, rest = a.shape[0] // groups, a.shape[1:]
-    lanes = conv_blocked.lanes(kg)
-    blocks = -(-kg // lanes)
-    packed = np.zeros((groups, blocks * lanes) + rest, a.dtype)
-    packed[:, :kg] = a.reshape((groups, kg) + rest)
-    return np.ascontiguousarray(np.moveaxis(packed.reshape((groups, blocks, lanes) + rest), 2, -1))
+    n, k, p = a.shape
+    lanes = conv_blocked.lanes(k // groups)
+    blocks = driver.empty(np, (groups, -(-k // groups // lanes), n, p, lanes), a.dtype)
+    driver.cpu_call(layout_kernels.channel_blocks, blocks.size * driver.MOVED_CELL, a, blocks)
+    return blocks
 
 
 @register("conv2d", "cpu", "blocked")
@@ -275,7 +284,7 @@ def conv2d_blocked_cpu(g, x, w, b, activation):
     taps, row_step, col_step = _tap_offsets(g, hp, wp)
     p = g.OH * g.OW
     y_channel, y_pixel = (p, 1) if g.layout == "NCHW" else (1, g.K)
-    filters = _lane_blocks(oihw_view(w, g.layout).reshape(g.K, -1), g.groups)
+    filters = _lane_blocks(oihw_view(w, g.layout).reshape(1, g.K, -1), g.groups)[:, :, 0]
     driver.cpu_call(conv_blocked.FORWARD[filters.shape[3]], g.flops // 2, images, filters, taps,
                     driver.bias(np, b, g.K, x.dtype), y.reshape(g.N, -1), g.OW, row_step,
                     col_step, y_channel, y_pixel, CODES[activation])
@@ -291,13 +300,19 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
 def conv2d_backward_weight_blocked_cpu(g, gy, x):
     images, hp, wp = _padded(g, x)
     taps, row_step, col_step = _tap_offsets(g, hp, wp)
-    grad = _lane_blocks(image_major(gy, g.layout).transpose(1, 0, 2), g.groups)
-    blocks = driver.empty(np, grad.shape[:2] + (taps.shape[1], grad.shape[4]), gy.dtype)
+    grad = _lane_blocks(image_major(gy, g.layout), g.groups)
+    p, image = g.OH * g.OW, images.shape[1]
+    run = max(1, conv_blocked.RUN_PIXELS // max(p, 1))
+    pixels = (np.arange(run, dtype=np.uint64)[:, None] * np.uint64(image)
+              + _pixel_bases(g, row_step, col_step)).reshape(-1)
+    image_bytes = (image + grad.shape[1] * p * grad.shape[4]) * gy.itemsize
+    per_pass = run * max(1, conv_blocked.PASS_BYTES // (run * image_bytes))
+    total = driver.empty(np, grad.shape[:2] + (taps.shape[1], grad.shape[4]), np.float64)
     driver.cpu_call(conv_blocked.BACKWARD_WEIGHT[grad.shape[4]], g.flops // 2, images, grad,
-                    taps, _pixel_bases(g, row_step, col_step), blocks)
+                    taps, pixels, per_pass, total)
     kg = g.K // g.groups
-    gw_mat = np.moveaxis(blocks, -1, 2).reshape(g.groups, -1, taps.shape[1])[:, :kg]
-    return _filters(np, gw_mat.reshape(g.K, -1), g)
+    gw_mat = np.moveaxis(total, -1, 2).reshape(g.groups, -1, taps.shape[1])[:, :kg]
+    return _filters(np, gw_mat.reshape(g.K, -1).astype(gy.dtype), g)
 
 
 # --- depthwise (CPU): lanes over channels, for layers with one input channel a group ------------

@@ -81,6 +81,11 @@ def image_major(a, layout):
 # (kernels/variants.py): waking the thread pool costs more than the work. The break-even measured
 # on a 2-vCPU guest lies between 2M and 16M (benchmarks/results/cpu.md, "single-thread path").
 SERIAL_WORK = 1 << 22
+# A kernel that only moves memory says so by counting each cell it writes as this many
+# multiply-adds: copying a cell costs ~0.34 ns in one thread here, a vectorised kernel's
+# multiply-add ~0.016 ns, so a 1M-cell copy (0.3 ms alone) already gains from a second thread
+# (kernels/layout.py's embed: 0.31 -> 0.16 ms on two).
+MOVED_CELL = 16
 # Largest workspace kept for reuse between calls; a bigger one is freed after its call.
 KEPT_WORKSPACE_BYTES = 256 << 20
 

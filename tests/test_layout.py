@@ -1,0 +1,75 @@
+"""The layout moves of kernels/layout.py, parallel and serial, against NumPy: embed (padding,
+and the transposed convolution's spread-out gradient, in both layouts) and channel_blocks
+(channels in blocks of a register tile's width, groups, zero lanes), on poisoned outputs and
+inputs of any strides, which they leave unchanged."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastconv.implementations import conv2d, driver
+from fastconv.kernels import layout
+from fastconv.kernels.variants import serial_twin
+from oracle import random
+
+FLOATS = [np.float32, np.float64]
+
+
+def _kernel(kernel, parallel):
+    return kernel if parallel else serial_twin(kernel)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 5), h=st.integers(1, 7), w=st.integers(1, 7),
+       top=st.integers(0, 3), left=st.integers(0, 3), stride=st.tuples(st.integers(1, 3),
+                                                                       st.integers(1, 3)),
+       extra=st.tuples(st.integers(0, 3), st.integers(0, 3)), layout_=st.sampled_from(
+           ["NCHW", "NHWC"]), strided=st.booleans(), dtype=st.sampled_from(FLOATS),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_embed_places_each_image_in_zeros(n, c, h, w, top, left, stride, extra, layout_, strided,
+                                          dtype, parallel, seed):
+    rng = np.random.default_rng(seed)
+    x = random(rng, (n, c, h, 2 * w), dtype)[..., ::2] if strided else random(rng, (n, c, h, w),
+                                                                             dtype)
+    before = x.copy()
+    rows = top + (h - 1) * stride[0] + 1 + extra[0]
+    columns = left + (w - 1) * stride[1] + 1 + extra[1]
+    slack = int(rng.integers(0, 4))
+    images = np.full((n, c * rows * columns + slack), np.nan, dtype)
+    channel, row, column = conv2d._steps(layout_, c, rows, columns)
+    _kernel(layout.embed, parallel)(x, images, top * row + left * column, channel,
+                                    stride[0] * row, stride[1] * column)
+    want = np.zeros((n, c, rows, columns), dtype)
+    want[:, :, top:top + (h - 1) * stride[0] + 1:stride[0],
+         left:left + (w - 1) * stride[1] + 1:stride[1]] = x
+    flat = want if layout_ == "NCHW" else want.transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(images[:, :c * rows * columns], flat.reshape(n, -1))
+    np.testing.assert_array_equal(images[:, c * rows * columns:], 0)
+    np.testing.assert_array_equal(x, before)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), groups=st.integers(1, 3), kg=st.integers(1, 40), p=st.integers(1, 30),
+       lanes=st.sampled_from([8, 16, 32]), strided=st.booleans(), dtype=st.sampled_from(FLOATS),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_channel_blocks_against_numpy(n, groups, kg, p, lanes, strided, dtype, parallel, seed):
+    rng = np.random.default_rng(seed)
+    k = groups * kg
+    a = random(rng, (n, p, k), dtype).transpose(0, 2, 1) if strided else random(rng, (n, k, p),
+                                                                               dtype)
+    before = a.copy()
+    count = -(-kg // lanes)
+    blocks = np.full((groups, count, n, p, lanes), np.nan, dtype)
+    _kernel(layout.channel_blocks, parallel)(a, blocks)
+    padded = np.zeros((n, groups, count * lanes, p), dtype)
+    padded[:, :, :kg] = a.reshape(n, groups, kg, p)
+    want = padded.reshape(n, groups, count, lanes, p).transpose(1, 2, 0, 4, 3)
+    np.testing.assert_array_equal(blocks, want)
+    np.testing.assert_array_equal(a, before)
+
+
+def test_moves_run_on_every_thread_from_a_fraction_of_serial_work():
+    """A copy counts its cells as MOVED_CELL multiply-adds each: the 1M-cell padding of a
+    64x16x28x28 batch goes to the thread pool, which a cell count alone would not send."""
+    cells = 64 * 16 * 30 * 30
+    assert cells < driver.SERIAL_WORK <= cells * driver.MOVED_CELL
