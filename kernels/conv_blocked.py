@@ -8,7 +8,9 @@ registers; per tap, a row of filter values (streamed from L1) meets PIXELS input
 broadcast from memory into a fused multiply-add per vector. On this project's AVX-512 machine
 the tap loop of a one-vector tile compiles to one ``vmovups`` of a zmm register and eight
 ``vfmadd231ps (mem){1to16}, zmm, zmm``, nothing else but the loop's own counter
-(tests/test_kernel_ir.py asserts the packed FMAs on the machine it runs on).
+(tests/test_kernel_ir.py asserts the packed FMAs on the machine it runs on). A stride-1
+NCHW layer takes tiles along one output row instead (conv2d_forward_rows): side by side, its
+pixels' input values need one address register between them, so the tile can be longer.
 
 Index arithmetic is affine, so one kernel serves every layout: an image is a flat vector, an
 output pixel p = (oh, ow) reads from ``base(p) = oh * row_step + ow * col_step`` and a tap
@@ -17,6 +19,8 @@ output pixel p = (oh, ow) reads from ``base(p) = oh * row_step + ow * col_step``
 (k, p) sits at ``k * y_channel + p * y_pixel`` (NCHW or NHWC). Offsets are unsigned, so Numba's
 negative-index wraparound (a shift, a mask and an add per load) folds away.
 """
+
+import functools
 
 import numpy as np
 from numba import carray, njit, prange
@@ -41,6 +45,15 @@ TASK_TILES = 8
 # float32 (at least one image, ~RUN_PIXELS products where images are small) before float64.
 PASS_BYTES = 512 << 10
 RUN_PIXELS = 512
+# conv2d_forward_rows' tile lengths, by vector registers a pixel takes (its lanes x bytes / a
+# vector's): the fastest of 4-16 on ResNet's 3x3 layers, LeNet's C3 and 16- to 128-channel
+# layers 7-56 columns wide, on this project's Zen 5 (AVX-512), and compiled for Haswell there
+# (NUMBA_CPU_NAME=haswell, AVX2's 16 registers). Longer tiles spill. On AVX2 a tile of one
+# vector (8 channels) and 8 pixels or fewer ran at ~20 GFLOP/s, as conv2d_forward's does on
+# such layers, and 10-14 pixels at 140-180: so no shorter one is listed there.
+ROW_TILES = ({1: (16, 14, 10, 8, 7), 2: (10, 8, 7)} if VECTOR == 16 else
+             {1: (14, 12, 10), 2: (5, 4)})
+ROW_PIXELS = ROW_TILES[1][0]  # conv2d_forward_rows' own; forward_rows compiles the others
 
 
 def lanes(channels: int) -> int:
@@ -50,7 +63,7 @@ def lanes(channels: int) -> int:
 
 
 @njit(inline="always", cache=True)
-def _accumulate(acc, a, bases, offsets, rows, width):
+def _accumulate(acc, a, bases, offsets, rows, pixels, width):
     """acc[j, v] += sum over t < len(offsets) of a[bases[j] + offsets[t]] * rows[t, v]: the
     microkernel. acc (PIXELS, width) and bases (PIXELS,) are stack arrays; rows (>= T, width)
     streams from L1."""
@@ -58,13 +71,13 @@ def _accumulate(acc, a, bases, offsets, rows, width):
         off = offsets[t]
         for v in range(width):
             rv = rows[t, v]
-            for j in range(PIXELS):
+            for j in range(pixels):
                 acc[j, v] += a[bases[j] + off] * rv
 
 
 @njit(inline="always", cache=True)
-def _zero(acc, width):
-    for j in range(PIXELS):
+def _zero(acc, pixels, width):
+    for j in range(pixels):
         for v in range(width):
             acc[j, v] = 0
 
@@ -99,8 +112,8 @@ def conv2d_forward(x, w, taps, b, y, ow_, row_step, col_step, y_channel, y_pixel
             for j in range(PIXELS):
                 p = min(p0 + j, p_ - 1)
                 bases[j] = np.uint64(p // ow_ * row_step + p % ow_ * col_step)
-            _zero(acc, LANES)
-            _accumulate(acc, x[n], bases, taps[g], w[g, blk], LANES)
+            _zero(acc, PIXELS, LANES)
+            _accumulate(acc, x[n], bases, taps[g], w[g, blk], PIXELS, LANES)
             for v in range(LANES):
                 if v < used:
                     k = k0 + v
@@ -115,6 +128,52 @@ def conv2d_forward(x, w, taps, b, y, ow_, row_step, col_step, y_channel, y_pixel
                 for p in range(chunk * TASK_TILES * PIXELS,
                                min(p_, (chunk + 1) * TASK_TILES * PIXELS)):
                     i = k * y_channel + p * y_pixel
+                    yn[i] = activate(yn[i], act, y.dtype)
+
+
+@njit(**CPU_KERNEL)
+def conv2d_forward_rows(x, w, taps, b, y, ow_, row_step, act):
+    """conv2d_forward for a stride-1 NCHW layer, over register tiles of ROW_PIXELS consecutive
+    pixels of one output row x LANES channels: the tile's input values lie side by side, so
+    every broadcast of a tap is addressed from one pointer and a constant, where
+    conv2d_forward's PIXELS pixels (which may wrap to the next row) take a register each.
+    That leaves the registers for a longer tile: ResNet-8's 16-channel 3x3 layer 180-250 ->
+    310-340 GFLOP/s on this project's Zen 5, two threads (see ROW_TILES).
+
+    Layout: as conv2d_forward's, with the image's column step 1 and y NCHW (y_channel P,
+    y_pixel 1); needs OW >= ROW_PIXELS. Loop order: (n, group, channel block, output row) in
+    parallel; per row, tiles of ROW_PIXELS pixels (the last one moved back to end at the
+    row's end, recomputing a few pixels of the previous), then as conv2d_forward. Each task
+    owns y[n] at its channels x its row.
+    """
+    n_, groups, blocks = x.shape[0], w.shape[0], w.shape[1]
+    k_ = b.shape[0]
+    p_, kg = y.shape[1] // k_, k_ // groups
+    oh_ = p_ // ow_
+    tiles = (ow_ + ROW_PIXELS - 1) // ROW_PIXELS
+    for task in prange(n_ * groups * blocks * oh_):
+        n, rest = task // (groups * blocks * oh_), task % (groups * blocks * oh_)
+        g, blk, oh = rest // (blocks * oh_), rest // oh_ % blocks, rest % oh_
+        k0 = g * kg + blk * LANES
+        used = min(LANES, kg - blk * LANES)
+        yn = y[n]
+        acc = carray(stack_array(ROW_PIXELS, LANES, y.dtype), (ROW_PIXELS, LANES))
+        bases = carray(stack_array(ROW_PIXELS, 1, np.uint64), ROW_PIXELS)
+        for tile in range(tiles):
+            ow0 = min(tile * ROW_PIXELS, ow_ - ROW_PIXELS)
+            for j in range(ROW_PIXELS):
+                bases[j] = np.uint64(oh * row_step + ow0 + j)
+            _zero(acc, ROW_PIXELS, LANES)
+            _accumulate(acc, x[n], bases, taps[g], w[g, blk], ROW_PIXELS, LANES)
+            p0 = oh * ow_ + ow0
+            for v in range(LANES):
+                if v < used:
+                    k = k0 + v
+                    for j in range(ROW_PIXELS):
+                        yn[k * p_ + p0 + j] = acc[j, v] + b[k]
+        if act != 0:  # in a pass of its own, as in conv2d_forward
+            for k in range(k0, k0 + used):
+                for i in range(k * p_ + oh * ow_, k * p_ + (oh + 1) * ow_):
                     yn[i] = activate(yn[i], act, y.dtype)
 
 
@@ -159,8 +218,9 @@ def conv2d_backward_weight(x, gy, taps, pixels, images_per_pass, total):
                 count = min(run, n1 - m) * p_
                 for j in range(PIXELS):
                     bases[j] = taps[g, min(t0 + j, t_ - 1)] + np.uint64(m * size)
-                _zero(acc, LANES)
-                _accumulate(acc, flat, bases, pixels[:count], rows[g, blk, m * p_:], LANES)
+                _zero(acc, PIXELS, LANES)
+                _accumulate(acc, flat, bases, pixels[:count], rows[g, blk, m * p_:], PIXELS,
+                            LANES)
                 for j in range(PIXELS):
                     if t0 + j < t_:
                         for v in range(LANES):
@@ -172,3 +232,19 @@ FORWARD = {VECTOR: conv2d_forward,
            2 * VECTOR: variant(conv2d_forward, "wide", LANES=2 * VECTOR)}
 BACKWARD_WEIGHT = {VECTOR: conv2d_backward_weight,
                    2 * VECTOR: variant(conv2d_backward_weight, "wide", LANES=2 * VECTOR)}
+
+
+@functools.cache
+def forward_rows(lanes_: int, pixels: int):
+    """conv2d_forward_rows compiled for tiles of ``pixels`` x ``lanes_`` (row_pixels says which
+    a layer takes)."""
+    return variant(conv2d_forward_rows, f"{pixels}x{lanes_}", ROW_PIXELS=pixels, LANES=lanes_)
+
+
+def row_pixels(width: int, lanes_: int, itemsize: int):
+    """The row tile (one of ROW_TILES' lengths) for an output row of ``width`` pixels and a
+    tile ``lanes_`` wide of ``itemsize``-byte numbers: the one that recomputes the fewest
+    pixels at the row's end (the longest among equals); None where none fits the row, or the
+    tile would take more registers than ROW_TILES has lists for."""
+    fitting = [p for p in ROW_TILES.get(lanes_ * itemsize // (4 * VECTOR), ()) if p <= width]
+    return min(fitting, key=lambda p: (-(-width // p) * p - width, -p), default=None)

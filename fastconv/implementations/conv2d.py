@@ -285,9 +285,16 @@ def conv2d_blocked_cpu(g, x, w, b, activation):
     p = g.OH * g.OW
     y_channel, y_pixel = (p, 1) if g.layout == "NCHW" else (1, g.K)
     filters = _lane_blocks(oihw_view(w, g.layout).reshape(1, g.K, -1), g.groups)[:, :, 0]
-    driver.cpu_call(conv_blocked.FORWARD[filters.shape[3]], g.flops // 2, images, filters, taps,
-                    driver.bias(np, b, g.K, x.dtype), y.reshape(g.N, -1), g.OW, row_step,
-                    col_step, y_channel, y_pixel, CODES[activation])
+    lanes, bias = filters.shape[3], driver.bias(np, b, g.K, x.dtype)
+    rows = g.layout == "NCHW" and g.stride[1] == 1
+    pixels = conv_blocked.row_pixels(g.OW, lanes, x.itemsize) if rows else None
+    if pixels is not None:  # tiles along a row of side-by-side pixels
+        driver.cpu_call(conv_blocked.forward_rows(lanes, pixels), g.flops // 2, images, filters,
+                        taps, bias, y.reshape(g.N, -1), g.OW, row_step, CODES[activation])
+    else:
+        driver.cpu_call(conv_blocked.FORWARD[lanes], g.flops // 2, images, filters, taps, bias,
+                        y.reshape(g.N, -1), g.OW, row_step, col_step, y_channel, y_pixel,
+                        CODES[activation])
     return y
 
 
