@@ -156,7 +156,7 @@ def test_blocked_row_tiles_are_packed_fmas_on_this_machine(monkeypatch):
     """conv2d_forward_rows, on the 7-pixel row of the ops' stride-1 NCHW calls: a packed FMA per
     pixel of its tile, its broadcasts addressed from one pointer. Seen on the AVX-512 Zen 5
     this was written on: 7 ``vfmadd231ps (mem){1to16}, zmm, zmm`` a tap, reading
-    ``(%reg)``, ``4(%reg)``, ... ``24(%reg)``."""
+    ``(%rbx,%rcx,4)``, ``4(%rbx,%rcx,4)``, ... ``24(%rbx,%rcx,4)``."""
     from fastconv.kernels import conv_blocked
     pixels = conv_blocked.row_pixels(7, conv_blocked.VECTOR, 4)
     kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, pixels)
