@@ -16,8 +16,10 @@ Index arithmetic is affine, so one kernel serves every layout: an image is a fla
 output pixel p = (oh, ow) reads from ``base(p) = oh * row_step + ow * col_step`` and a tap
 (c, r, s) of a group at ``base(p) + taps[g, t]``, t = (c * R + r) * S + s; the caller builds
 ``taps`` from its layout's strides, and pads the input so every tap lands inside it. Output
-(k, p) sits at ``k * y_channel + p * y_pixel`` (NCHW or NHWC). Offsets are unsigned, so Numba's
-negative-index wraparound (a shift, a mask and an add per load) folds away.
+(k, oh, ow) sits at ``y_origin + k * y_channel + oh * y_row + ow * y_col`` (NCHW or NHWC, or
+one phase of a strided layer's input gradient: implementations/conv2d.py). Offsets are
+unsigned, so Numba's negative-index wraparound (a shift, a mask and an add per load) folds
+away.
 """
 
 import functools
@@ -83,20 +85,21 @@ def _zero(acc, pixels, width):
 
 
 @njit(**CPU_KERNEL)
-def conv2d_forward(x, w, taps, b, y, ow_, row_step, col_step, y_channel, y_pixel, act):
+def conv2d_forward(x, w, taps, b, y, oh_, ow_, row_step, col_step, y_origin, y_channel, y_row,
+                   y_col, act):
     """y = act(b + conv(x, w)) over register tiles of PIXELS output pixels x LANES channels.
 
     Layout: x (N, X) each image flat and padded; w (G, B, T, LANES) group g's output channels
     in blocks of LANES, tap-major, zero past the group's last channel; taps (G, T) uint64;
-    b (K,); y (N, Y) each image flat (k, p) at k * y_channel + p * y_pixel, P = Y / K pixels.
+    b (K,); y (N, Y) each image flat, (k, oh, ow) as the module says, OH x OW pixels.
     Loop order: (n, group, channel block, TASK_TILES tiles of PIXELS consecutive output
-    pixels) in parallel; per tile, taps t, then the channels, then the PIXELS pixels
-    innermost (unrolled: the register tile). A tile past the last pixel repeats it and stores
-    nothing there. Each task owns y[n] at its channels x its pixels.
+    pixels, row-major) in parallel; per tile, taps t, then the channels, then the PIXELS
+    pixels innermost (unrolled: the register tile). A tile past the last pixel repeats it and
+    stores nothing there. Each task owns y[n] at its channels x its pixels.
     """
     n_, groups, blocks = x.shape[0], w.shape[0], w.shape[1]
     k_ = b.shape[0]
-    p_, kg = y.shape[1] // k_, k_ // groups
+    p_, kg = oh_ * ow_, k_ // groups
     tiles = (p_ + PIXELS - 1) // PIXELS
     chunks = (tiles + TASK_TILES - 1) // TASK_TILES
     for task in prange(n_ * groups * blocks * chunks):
@@ -107,11 +110,13 @@ def conv2d_forward(x, w, taps, b, y, ow_, row_step, col_step, y_channel, y_pixel
         yn = y[n]
         acc = carray(stack_array(PIXELS, LANES, y.dtype), (PIXELS, LANES))
         bases = carray(stack_array(PIXELS, 1, np.uint64), PIXELS)
+        outs = carray(stack_array(PIXELS, 1, np.uint64), PIXELS)
         for tile in range(chunk * TASK_TILES, min(tiles, (chunk + 1) * TASK_TILES)):
             p0 = tile * PIXELS
             for j in range(PIXELS):
-                p = min(p0 + j, p_ - 1)
-                bases[j] = np.uint64(p // ow_ * row_step + p % ow_ * col_step)
+                oh, ow = divmod(min(p0 + j, p_ - 1), ow_)
+                bases[j] = np.uint64(oh * row_step + ow * col_step)
+                outs[j] = np.uint64(y_origin + oh * y_row + ow * y_col)
             _zero(acc, PIXELS, LANES)
             _accumulate(acc, x[n], bases, taps[g], w[g, blk], PIXELS, LANES)
             for v in range(LANES):
@@ -119,7 +124,7 @@ def conv2d_forward(x, w, taps, b, y, ow_, row_step, col_step, y_channel, y_pixel
                     k = k0 + v
                     for j in range(PIXELS):
                         if p0 + j < p_:
-                            yn[k * y_channel + (p0 + j) * y_pixel] = acc[j, v] + b[k]
+                            yn[outs[j] + np.uint64(k * y_channel)] = acc[j, v] + b[k]
         # the activation in a pass of its own over the task's outputs, still in cache: inside
         # the tile's epilogue its branches and calls push the tile out of the registers (a
         # ReLU there made the kernel 2.6x slower on LeNet's C3)
@@ -127,29 +132,29 @@ def conv2d_forward(x, w, taps, b, y, ow_, row_step, col_step, y_channel, y_pixel
             for k in range(k0, k0 + used):
                 for p in range(chunk * TASK_TILES * PIXELS,
                                min(p_, (chunk + 1) * TASK_TILES * PIXELS)):
-                    i = k * y_channel + p * y_pixel
+                    i = y_origin + k * y_channel + p // ow_ * y_row + p % ow_ * y_col
                     yn[i] = activate(yn[i], act, y.dtype)
 
 
 @njit(**CPU_KERNEL)
-def conv2d_forward_rows(x, w, taps, b, y, ow_, row_step, act):
-    """conv2d_forward for a stride-1 NCHW layer, over register tiles of ROW_PIXELS consecutive
-    pixels of one output row x LANES channels: the tile's input values lie side by side, so
-    every broadcast of a tap is addressed from one pointer and a constant, where
-    conv2d_forward's PIXELS pixels (which may wrap to the next row) take a register each.
-    That leaves the registers for a longer tile: ResNet-8's 16-channel 3x3 layer 180-250 ->
-    310-340 GFLOP/s on this project's Zen 5, two threads (see ROW_TILES).
+def conv2d_forward_rows(x, w, taps, b, y, oh_, ow_, row_step, y_origin, y_channel, y_row,
+                        y_col, act):
+    """conv2d_forward for an image of column step 1 (a stride-1 NCHW layer, or a phase of a
+    strided one's input gradient), over register tiles of ROW_PIXELS consecutive pixels of one
+    output row x LANES channels: the tile's input values lie side by side, so every broadcast
+    of a tap is addressed from one pointer and a constant, where conv2d_forward's PIXELS
+    pixels (which may wrap to the next row) take a register each. That leaves the registers
+    for a longer tile: ResNet-8's 16-channel 3x3 layer 180-250 -> 310-340 GFLOP/s on this
+    project's Zen 5, two threads (see ROW_TILES).
 
-    Layout: as conv2d_forward's, with the image's column step 1 and y NCHW (y_channel P,
-    y_pixel 1); needs OW >= ROW_PIXELS. Loop order: (n, group, channel block, output row) in
-    parallel; per row, tiles of ROW_PIXELS pixels (the last one moved back to end at the
-    row's end, recomputing a few pixels of the previous), then as conv2d_forward. Each task
-    owns y[n] at its channels x its row.
+    Layout: as conv2d_forward's, with col_step 1; needs OW >= ROW_PIXELS. Loop order: (n,
+    group, channel block, output row) in parallel; per row, tiles of ROW_PIXELS pixels (the
+    last one moved back to end at the row's end, recomputing a few pixels of the previous),
+    then as conv2d_forward. Each task owns y[n] at its channels x its row.
     """
     n_, groups, blocks = x.shape[0], w.shape[0], w.shape[1]
     k_ = b.shape[0]
-    p_, kg = y.shape[1] // k_, k_ // groups
-    oh_ = p_ // ow_
+    kg = k_ // groups
     tiles = (ow_ + ROW_PIXELS - 1) // ROW_PIXELS
     for task in prange(n_ * groups * blocks * oh_):
         n, rest = task // (groups * blocks * oh_), task % (groups * blocks * oh_)
@@ -165,15 +170,16 @@ def conv2d_forward_rows(x, w, taps, b, y, ow_, row_step, act):
                 bases[j] = np.uint64(oh * row_step + ow0 + j)
             _zero(acc, ROW_PIXELS, LANES)
             _accumulate(acc, x[n], bases, taps[g], w[g, blk], ROW_PIXELS, LANES)
-            p0 = oh * ow_ + ow0
+            first = y_origin + oh * y_row + ow0 * y_col
             for v in range(LANES):
                 if v < used:
                     k = k0 + v
                     for j in range(ROW_PIXELS):
-                        yn[k * p_ + p0 + j] = acc[j, v] + b[k]
+                        yn[first + k * y_channel + j * y_col] = acc[j, v] + b[k]
         if act != 0:  # in a pass of its own, as in conv2d_forward
             for k in range(k0, k0 + used):
-                for i in range(k * p_ + oh * ow_, k * p_ + (oh + 1) * ow_):
+                for ow in range(ow_):
+                    i = y_origin + k * y_channel + oh * y_row + ow * y_col
                     yn[i] = activate(yn[i], act, y.dtype)
 
 

@@ -1,4 +1,5 @@
-"""Layout moves around the CPU's convolution kernels: padded images, and channels in blocks.
+"""Layout moves around the CPU's convolution kernels: padded images, channels in blocks, and
+filters in blocks.
 
 Both are memory-bound copies of a whole batch, written once per call; done by NumPy in the
 calling thread they had come to cost as much as the multiply-adds of the kernels they feed
@@ -54,3 +55,28 @@ def channel_blocks(a, blocks):
         for p in range(p_):
             for v in range(lanes):
                 out[p, v] = a[n, k0 + v, p] if v < used else 0
+
+
+@njit(**CPU_KERNEL)
+def filter_blocks(w, blocks):
+    """blocks[g, b, (i, r, s), v] = w[g, i, b * L + v, r, s] for b * L + v < O, else 0: each
+    group's filters with their O output channels (w's axis 2) in blocks of L, the channel
+    innermost, and the taps (input channel i, r, s) tap-major: kernels/conv_blocked.py's
+    filter operand.
+
+    Layout: w (G, I, O, R, S) any strides: a layer's OIHW filters seen with the two channel
+    axes swapped, or a phase's taps of them as they are (the input gradient's filters, whose
+    output channels are the layer's inputs); blocks (G, B, I * R * S, L). Loop order: (g, b)
+    in parallel, then i, r, s, the channels v innermost. Each task owns blocks[g, b].
+    """
+    groups, count, _, lanes = blocks.shape
+    _, i_, o_, r_, s_ = w.shape
+    for task in prange(groups * count):
+        g, b = task // count, task % count
+        for i in range(i_):
+            for r in range(r_):
+                for s in range(s_):
+                    t = (i * r_ + r) * s_ + s
+                    for v in range(lanes):
+                        o = b * lanes + v
+                        blocks[g, b, t, v] = w[g, i, o, r, s] if o < o_ else 0

@@ -277,30 +277,104 @@ def _lane_blocks(a, groups):
     return blocks
 
 
+def _filter_blocks(w):
+    """(G, B, I * R * S, lanes) of (G, I, O, R, S) filters (kernels/layout.py's filter_blocks):
+    the O output channels in blocks of the register tile's width."""
+    groups, i, o, r, s = w.shape
+    lanes = conv_blocked.lanes(o)
+    blocks = driver.empty(np, (groups, -(-o // lanes), i * r * s, lanes), w.dtype)
+    driver.cpu_call(layout_kernels.filter_blocks, blocks.size * driver.MOVED_CELL, w, blocks)
+    return blocks
+
+
+def _grouped(g, w):
+    """The filters as (G, K/G, C/G, R, S), a view where it can be."""
+    return oihw_view(w, g.layout).reshape(g.groups, g.K // g.groups, -1, g.R, g.S)
+
+
 @register("conv2d", "cpu", "blocked")
 def conv2d_blocked_cpu(g, x, w, b, activation):
     y = driver.empty(np, g.y_shape, x.dtype)
     images, hp, wp = _padded(g, x)
     taps, row_step, col_step = _tap_offsets(g, hp, wp)
-    p = g.OH * g.OW
-    y_channel, y_pixel = (p, 1) if g.layout == "NCHW" else (1, g.K)
-    filters = _lane_blocks(oihw_view(w, g.layout).reshape(1, g.K, -1), g.groups)[:, :, 0]
-    lanes, bias = filters.shape[3], driver.bias(np, b, g.K, x.dtype)
-    rows = g.layout == "NCHW" and g.stride[1] == 1
-    pixels = conv_blocked.row_pixels(g.OW, lanes, x.itemsize) if rows else None
-    if pixels is not None:  # tiles along a row of side-by-side pixels
-        driver.cpu_call(conv_blocked.forward_rows(lanes, pixels), g.flops // 2, images, filters,
-                        taps, bias, y.reshape(g.N, -1), g.OW, row_step, CODES[activation])
-    else:
-        driver.cpu_call(conv_blocked.FORWARD[lanes], g.flops // 2, images, filters, taps, bias,
-                        y.reshape(g.N, -1), g.OW, row_step, col_step, y_channel, y_pixel,
-                        CODES[activation])
+    filters = _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
+    channel, row, column = _steps(g.layout, g.K, g.OH, g.OW)
+    _blocked(g.N, images, filters, taps, driver.bias(np, b, g.K, x.dtype), y.reshape(g.N, -1),
+             (g.OH, g.OW), (row_step, col_step), (0, channel, row, column), CODES[activation])
     return y
+
+
+def _blocked(n, images, filters, taps, bias, y, size, steps, out, act):
+    """The blocked forward kernel for its operands: row tiles where the image's column step is
+    1 and a tile fits the row, the generic tiles elsewhere. ``size`` the output's (rows,
+    columns), ``steps`` the input's (row, column) steps per output pixel, ``out`` its
+    (origin, channel, row, column) in y."""
+    lanes, (oh, ow) = filters.shape[3], size
+    work = n * oh * ow * bias.shape[0] * taps.shape[1]
+    pixels = conv_blocked.row_pixels(ow, lanes, images.itemsize) if steps[1] == 1 else None
+    if pixels is not None:
+        driver.cpu_call(conv_blocked.forward_rows(lanes, pixels), work, images, filters, taps,
+                        bias, y, oh, ow, steps[0], *out, act)
+    else:
+        driver.cpu_call(conv_blocked.FORWARD[lanes], work, images, filters, taps, bias, y, oh,
+                        ow, *steps, *out, act)
 
 
 @register("conv2d_backward_input", "cpu", "blocked")
 def conv2d_backward_input_blocked_cpu(g, gy, w):
-    return _transposed(g, gy, w, conv2d_blocked_cpu, _backward_input_planes)
+    """The input gradient phase by phase: gx's pixels (ih, iw) of one (ih mod sh, iw mod sw)
+    receive gy through the taps (r, s) with (ih + top - r * dh) and (iw + left - s * dw)
+    divisible by the strides, each phase a stride-1 convolution of gy (padded once for all)
+    written into its strided sub-grid of gx by the forward's kernels, channels trading places.
+    A stride-s layer costs its own multiply-adds (gy spread out by the stride, as _transposed
+    lays it, costs s^2 times them). Non-finite filters go to the exact kernel, as there."""
+    if not np.isfinite(w).all():
+        return _backward_input_planes(g, gy, w)
+    rows = _phases(g.H, g.stride[0], g.dilation[0], g.padding[0], g.R)
+    cols = _phases(g.W, g.stride[1], g.dilation[1], g.padding[2], g.S)
+    (top, hp), (left, wp) = _phase_padding(rows, g.OH), _phase_padding(cols, g.OW)
+    images = driver.workspace((g.N, g.K * hp * wp), gy.dtype)
+    _embedded(nchw_view(gy, g.layout), g.layout, images, hp, wp, top, left)
+    gx = driver.empty(np, g.x_shape, gy.dtype)
+    kg = g.K // g.groups
+    channel, row, column = _steps(g.layout, g.K, hp, wp)
+    x_channel, x_row, x_column = _steps(g.layout, g.C, g.H, g.W)
+    k = np.arange(g.groups * kg).reshape(g.groups, kg, 1, 1) * channel
+    bias = driver.bias(np, None, g.C, gy.dtype)
+    for rho, (rs, qr, oh) in enumerate(rows):
+        for sigma, (ss, qs, ow) in enumerate(cols):
+            if oh == 0 or ow == 0:
+                continue
+            taps = (k + (np.array(qr).reshape(1, 1, -1, 1) + top) * row
+                    + (np.array(qs).reshape(1, 1, 1, -1) + left) * column)
+            filters = _filter_blocks(_grouped(g, w)[:, :, :, rs, ss])
+            _blocked(g.N, images, filters, taps.reshape(g.groups, -1).astype(np.uint64), bias,
+                     gx.reshape(g.N, -1), (oh, ow), (row, column),
+                     (rho * x_row + sigma * x_column, x_channel, g.stride[0] * x_row,
+                      g.stride[1] * x_column), 0)
+    return gx
+
+
+def _phases(size, stride, dilation, pad, taps):
+    """Per phase rho < stride of an input axis of ``size`` (its indices i * stride + rho):
+    (the slice of taps r landing on it, each one's shift q: the phase's pixel i takes gy's
+    pixel i + q, the phase's pixel count). The taps landing on a phase step evenly."""
+    phases = []
+    for rho in range(stride):
+        landing = [r for r in range(taps) if (rho + pad - r * dilation) % stride == 0]
+        step = landing[1] - landing[0] if len(landing) > 1 else 1
+        phases.append((slice(landing[0], landing[-1] + 1, step) if landing else slice(0, 0),
+                       [(rho + pad - r * dilation) // stride for r in landing],
+                       max(0, -(-(size - rho) // stride))))
+    return phases
+
+
+def _phase_padding(phases, out_size):
+    """(zeros before gy's first pixel, the padded length) so that every phase's every tap
+    lands inside the padded axis."""
+    shifts = [(q, count) for _, qs, count in phases for q in qs if count]
+    before = max([0] + [-q for q, _ in shifts])
+    return before, max([before + out_size] + [before + q + count for q, count in shifts])
 
 
 @register("conv2d_backward_weight", "cpu", "blocked")
