@@ -78,6 +78,15 @@ def _accumulate(acc, a, bases, offsets, rows, pixels, width):
 
 
 @njit(inline="always", cache=True)
+def _forward_task(task, groups, blocks, parts, kg, lanes):
+    """A forward task's (image n, group g, channel block, part of the image's pixels, first
+    output channel, channels used of the block's lanes), tasks ordered (n, g, block, part)."""
+    n, rest = task // (groups * blocks * parts), task % (groups * blocks * parts)
+    g, blk, part = rest // (blocks * parts), rest // parts % blocks, rest % parts
+    return n, g, blk, part, g * kg + blk * lanes, min(lanes, kg - blk * lanes)
+
+
+@njit(inline="always", cache=True)
 def _zero(acc, pixels, width):
     for j in range(pixels):
         for v in range(width):
@@ -103,10 +112,7 @@ def conv2d_forward(x, w, taps, b, y, oh_, ow_, row_step, col_step, y_origin, y_c
     tiles = (p_ + PIXELS - 1) // PIXELS
     chunks = (tiles + TASK_TILES - 1) // TASK_TILES
     for task in prange(n_ * groups * blocks * chunks):
-        n, rest = task // (groups * blocks * chunks), task % (groups * blocks * chunks)
-        g, blk, chunk = rest // (blocks * chunks), rest // chunks % blocks, rest % chunks
-        k0 = g * kg + blk * LANES
-        used = min(LANES, kg - blk * LANES)
+        n, g, blk, chunk, k0, used = _forward_task(task, groups, blocks, chunks, kg, LANES)
         yn = y[n]
         acc = carray(stack_array(PIXELS, LANES, y.dtype), (PIXELS, LANES))
         bases = carray(stack_array(PIXELS, 1, np.uint64), PIXELS)
@@ -157,10 +163,7 @@ def conv2d_forward_rows(x, w, taps, b, y, oh_, ow_, row_step, y_origin, y_channe
     kg = k_ // groups
     tiles = (ow_ + ROW_PIXELS - 1) // ROW_PIXELS
     for task in prange(n_ * groups * blocks * oh_):
-        n, rest = task // (groups * blocks * oh_), task % (groups * blocks * oh_)
-        g, blk, oh = rest // (blocks * oh_), rest // oh_ % blocks, rest % oh_
-        k0 = g * kg + blk * LANES
-        used = min(LANES, kg - blk * LANES)
+        n, g, blk, oh, k0, used = _forward_task(task, groups, blocks, oh_, kg, LANES)
         yn = y[n]
         acc = carray(stack_array(ROW_PIXELS, LANES, y.dtype), (ROW_PIXELS, LANES))
         bases = carray(stack_array(ROW_PIXELS, 1, np.uint64), ROW_PIXELS)
