@@ -1,7 +1,7 @@
 """The layout moves of kernels/layout.py, parallel and serial, against NumPy: embed (padding,
-and the transposed convolution's spread-out gradient, in both layouts) and channel_blocks
-(channels in blocks of a register tile's width, groups, zero lanes), on poisoned outputs and
-inputs of any strides, which they leave unchanged."""
+and the transposed convolution's spread-out gradient, in both layouts), channel_blocks and
+filter_blocks (channels in blocks of a register tile's width, groups, zero lanes), on poisoned
+outputs and inputs of any strides, which they leave unchanged."""
 
 import numpy as np
 from hypothesis import given, settings
@@ -66,6 +66,27 @@ def test_channel_blocks_against_numpy(n, groups, kg, p, lanes, strided, dtype, p
     want = padded.reshape(n, groups, count, lanes, p).transpose(1, 2, 0, 4, 3)
     np.testing.assert_array_equal(blocks, want)
     np.testing.assert_array_equal(a, before)
+
+
+@settings(max_examples=60, deadline=None)
+@given(groups=st.integers(1, 3), i=st.integers(1, 5), o=st.integers(1, 40), r=st.integers(0, 3),
+       s=st.integers(1, 3), lanes=st.sampled_from([8, 16, 32]), swapped=st.booleans(),
+       dtype=st.sampled_from(FLOATS), parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_filter_blocks_against_numpy(groups, i, o, r, s, lanes, swapped, dtype, parallel, seed):
+    """A phase may have no taps on an axis (r == 0); the filters come as a view with the
+    channel axes swapped (the forward's) or as they are (a phase's)."""
+    rng = np.random.default_rng(seed)
+    w = (random(rng, (groups, o, i, r, s), dtype).transpose(0, 2, 1, 3, 4) if swapped
+         else random(rng, (groups, i, o, r, s), dtype))
+    before = w.copy()
+    count = -(-o // lanes)
+    blocks = np.full((groups, count, i * r * s, lanes), np.nan, dtype)
+    _kernel(layout.filter_blocks, parallel)(w, blocks)
+    padded = np.zeros((groups, i, count * lanes, r, s), dtype)
+    padded[:, :, :o] = w
+    want = padded.reshape(groups, i, count, lanes, r, s).transpose(0, 2, 1, 4, 5, 3)
+    np.testing.assert_array_equal(blocks, want.reshape(groups, count, i * r * s, lanes))
+    np.testing.assert_array_equal(w, before)
 
 
 def test_moves_run_on_every_thread_from_a_fraction_of_serial_work():

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .. import ops
 from ..implementations.conv2d import FEATURES, walk
-from ..registry import CONV_OPS, REFERENCE, implementations, refusal
+from ..registry import CONV_OPS, REFERENCE, general, implementations, refusal
 from .cases import CONVS, inputs
 from .timing import _host_seconds
 
@@ -99,8 +99,12 @@ def _calls(rows) -> dict:
 
 def _samples(rows, op):
     """(features (S, F), log times (S, A), algos) of ``op``: a sample per machine, thread count
-    and layer; an algorithm not measured on a sample counts as infinitely slow there."""
-    algos = sorted({r["algo"] for r in rows if r["op"] == op})
+    and layer; an algorithm not measured on a sample counts as infinitely slow there. Only the
+    algorithms that serve every layer (registry.general) are a rule's leaves: one for some
+    layers only could be picked for an unseen layer it refuses (the depthwise layers have
+    their own route, before the rule: conv2d.choose_cpu)."""
+    served = general("cpu")
+    algos = sorted({r["algo"] for r in rows if r["op"] == op and r["algo"] in served})
     samples = [by_algo for key, by_algo in _calls(rows).items() if key[3] == op]
     features = np.array([[next(iter(s.values()))[f] for f in FEATURES] for s in samples], float)
     logs = np.array([[math.log(s[a]["median_ms"]) if a in s else math.inf for a in algos]
@@ -163,10 +167,8 @@ def fit(rows: list[dict], depth: int = 3, min_gain: float = math.log(1.05)) -> d
         losses = np.minimum(logs - logs.min(axis=1, keepdims=True), 1e6)
         total, rule[op] = _tree(features, losses, algos, depth, min_gain)
         count = len(features)
-        # an algorithm for some layers only, alone: infinitely slow on the others
         loss[op] = {"rule": math.exp(total / count),
-                    **{a: math.exp(losses[:, i].sum() / count) if np.isfinite(logs[:, i]).all()
-                       else math.inf for i, a in enumerate(algos)}}
+                    **{a: math.exp(losses[:, i].sum() / count) for i, a in enumerate(algos)}}
     return {"rule": rule, "loss": loss}
 
 
