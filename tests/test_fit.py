@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fastconv import geometry, ops, registry
 from fastconv.bench import fit
 from fastconv.implementations import conv2d, cpu_rule
 from fastconv.registry import CONV_OPS
@@ -81,3 +83,31 @@ def test_the_script_measures_fits_and_writes(tmp_path):
     exec(files["rule.py"].read_text(), scope)
     assert set(scope["RULE"]) == set(CONV_OPS)
     assert "| lenet5/c3 | conv2d |" in files["table.md"].read_text()
+
+
+def test_a_leaf_for_some_layers_only_falls_back_where_its_algorithm_refuses():
+    """The committed rule picks depthwise at leaves its measured depthwise layers reached; a
+    grouped layer that is not depthwise (96 groups of 2 channels) reaches the same leaves, and
+    gets the leaf's algorithm for every layer, which computes it (not a KeyError)."""
+    from fastconv.implementations.cpu_rule import RULE
+    grouped = geometry.conv_geometry((2, 192, 7, 7), (192, 2, 3, 3), 1, 1, 1, 96, "NCHW")
+    depthwise = geometry.conv_geometry((2, 960, 7, 7), (960, 1, 3, 3), 1, 1, 1, 960, "NCHW")
+    for op in CONV_OPS:
+        leaf = conv2d.walk(RULE[op], lambda name: conv2d.FEATURES[name](grouped))
+        assert leaf == "depthwise", (op, "the committed rule no longer shows the case")
+        picked = registry.choose(op, "cpu", grouped)
+        assert picked in registry.general("cpu")
+        assert registry.choose(op, "cpu", depthwise) == "depthwise"
+    x = np.random.default_rng(0).standard_normal((2, 192, 7, 7)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((192, 2, 3, 3)).astype(np.float32)
+    np.testing.assert_allclose(ops.conv2d(x, w, padding=1, groups=96),
+                               ops.conv2d(x, w, padding=1, groups=96, algo="reference"),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_list_leaf_resolves_to_its_first_serving_algorithm():
+    tree = {"feature": "taps", "threshold": 10, "below": ["depthwise", "direct"],
+            "at_least": "im2col"}
+    assert conv2d.walk(tree, {"taps": 3}.get) == "depthwise"
+    assert conv2d.walk(tree, {"taps": 3}.get, lambda algo: algo != "depthwise") == "direct"
+    assert conv2d.walk(tree, {"taps": 30}.get, lambda algo: False) == "im2col"

@@ -21,6 +21,7 @@ import csv
 import math
 import pprint
 import statistics
+import textwrap
 
 import numpy as np
 from tqdm import tqdm
@@ -99,12 +100,8 @@ def _calls(rows) -> dict:
 
 def _samples(rows, op):
     """(features (S, F), log times (S, A), algos) of ``op``: a sample per machine, thread count
-    and layer; an algorithm not measured on a sample counts as infinitely slow there. Only the
-    algorithms that serve every layer (registry.general) are a rule's leaves: one for some
-    layers only could be picked for an unseen layer it refuses (the depthwise layers have
-    their own route, before the rule: conv2d.choose_cpu)."""
-    served = general("cpu")
-    algos = sorted({r["algo"] for r in rows if r["op"] == op and r["algo"] in served})
+    and layer; an algorithm not measured on a sample counts as infinitely slow there."""
+    algos = sorted({r["algo"] for r in rows if r["op"] == op})
     samples = [by_algo for key, by_algo in _calls(rows).items() if key[3] == op]
     features = np.array([[next(iter(s.values()))[f] for f in FEATURES] for s in samples], float)
     logs = np.array([[math.log(s[a]["median_ms"]) if a in s else math.inf for a in algos]
@@ -117,8 +114,7 @@ def _tree(features, losses, algos, depth, min_gain):
     {"feature", "threshold", "below", "at_least"}. ``losses`` (S, A): log slowdown against
     the sample's fastest algorithm. A split must beat the best found so far by ``min_gain``."""
     totals = losses.sum(axis=0)
-    leaf = int(np.argmin(totals))
-    best = (float(totals[leaf]), algos[leaf])
+    best = (float(totals.min()), _leaf(totals, algos))
     if depth == 0 or best[0] == 0:
         return best
     if depth == 1:
@@ -133,6 +129,17 @@ def _tree(features, losses, algos, depth, min_gain):
                 best = (loss, {"feature": name, "threshold": int(threshold),
                                "below": below[1], "at_least": above[1]})
     return best
+
+
+def _leaf(totals, algos):
+    """A leaf of the tree: the algorithm of least total loss; where that one serves some
+    layers only (registry.refusal), [it, the general algorithm of least loss], for the layers
+    it refuses (a layer the fit never saw may reach the leaf)."""
+    best = algos[int(np.argmin(totals))]
+    served = general("cpu")
+    if best in served:
+        return best
+    return [best, min((t, a) for t, a in zip(totals, algos, strict=True) if a in served)[1]]
 
 
 def _stump(features, losses, algos, min_gain, best):
@@ -151,8 +158,8 @@ def _stump(features, losses, algos, min_gain, best):
         i = int(np.argmin(split))
         if split[i] < best[0] - min_gain:
             best = (float(split[i]), {"feature": name, "threshold": int(values[cuts[i] + 1]),
-                                      "below": algos[int(np.argmin(below[i]))],
-                                      "at_least": algos[int(np.argmin(above[i]))]})
+                                      "below": _leaf(below[i], algos),
+                                      "at_least": _leaf(above[i], algos)})
     return best
 
 
@@ -167,17 +174,21 @@ def fit(rows: list[dict], depth: int = 3, min_gain: float = math.log(1.05)) -> d
         losses = np.minimum(logs - logs.min(axis=1, keepdims=True), 1e6)
         total, rule[op] = _tree(features, losses, algos, depth, min_gain)
         count = len(features)
+        # an algorithm for some layers only, alone: infinitely slow on the others
         loss[op] = {"rule": math.exp(total / count),
-                    **{a: math.exp(losses[:, i].sum() / count) for i, a in enumerate(algos)}}
+                    **{a: math.exp(losses[:, i].sum() / count) if np.isfinite(logs[:, i]).all()
+                       else math.inf for i, a in enumerate(algos)}}
     return {"rule": rule, "loss": loss}
 
 
 def render(fitted: dict, source: str) -> str:
     """fastconv/implementations/cpu_rule.py for a :func:`fit` result, ``source`` saying what
     it was fitted on."""
-    lines = [f"{op}: the rule {loss['rule']:.3f}x, "
-             + ", ".join(f"{a} {v:.3f}x" for a, v in loss.items() if a != "rule")
-             for op, loss in fitted["loss"].items()]
+    lines = [line for op, loss in fitted["loss"].items() for line in textwrap.wrap(
+        f"{op}: the rule {loss['rule']:.3f}x, " + ", ".join(
+            f"{a} {v:.3f}x" if math.isfinite(v) else f"{a} (some layers only)"
+            for a, v in loss.items() if a != "rule"),
+        width=92, subsequent_indent="    ")]
     return (f'''"""The CPU's algo="auto" rule: a decision tree per conv op over the layer's
 geometry (fastconv.implementations.conv2d.FEATURES), fitted by benchmarks/fit_dispatch.py; do not
 edit it by hand, rerun that.
@@ -201,7 +212,7 @@ def table(rows: list[dict], rule: dict) -> str:
     for (machine, threads, layer, op), by_algo in _calls(rows).items():
         times = {a: by_algo[a]["median_ms"] for a in algos if a in by_algo}
         fastest = min(times, key=times.get)
-        pick = walk(rule[op], next(iter(by_algo.values())).__getitem__)
+        pick = walk(rule[op], next(iter(by_algo.values())).__getitem__, times.__contains__)
         loss = times[pick] / times[fastest] if pick in times else math.inf
         out.append(f"| {machine} | {threads} | {layer} | {op} | "
                    + " | ".join(f"{times[a]:.3g}" if a in times else "-" for a in algos)
@@ -214,7 +225,7 @@ def _walk_loss(rows, rule) -> dict:
     losses = {}
     for (*_, op), by_algo in _calls(rows).items():
         features = next(iter(by_algo.values()))
-        pick = walk(rule[op], features.__getitem__)
+        pick = walk(rule[op], features.__getitem__, by_algo.__contains__)
         fastest = min(r["median_ms"] for r in by_algo.values())
         losses.setdefault(op, []).append(math.log(by_algo[pick]["median_ms"] / fastest))
     return losses

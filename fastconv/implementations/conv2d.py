@@ -16,7 +16,7 @@ from ..kernels import bias as bias_kernels
 from ..kernels import conv_blocked, conv_direct, cuda_simulated, im2col
 from ..kernels import layout as layout_kernels
 from ..kernels.activation import CODES
-from ..registry import heuristic, register
+from ..registry import heuristic, refusal, register
 from . import depthwise, driver
 from .cpu_rule import RULE as CPU_RULE
 from .driver import image_major, lazy
@@ -737,13 +737,15 @@ FEATURES = {
 }
 
 
-def walk(tree, feature):
-    """The algo a fitted tree picks: a node is an algo's name or {"feature", "threshold",
-    "below", "at_least"}; ``feature(name)`` gives the layer's value of a feature."""
+def walk(tree, feature, serves=lambda algo: True):
+    """The algo a fitted tree picks: a node is an algo's name, a list of them (the first that
+    ``serves`` the layer: an algo for some layers only, then one for all) or {"feature",
+    "threshold", "below", "at_least"}; ``feature(name)`` gives the layer's value of a
+    feature."""
     while isinstance(tree, dict):
         tree = tree["at_least"] if feature(tree["feature"]) >= tree["threshold"] else (
             tree["below"])
-    return tree
+    return tree if isinstance(tree, str) else next(a for a in tree if serves(a))
 
 
 # The ops for which a depthwise layer (groups == C == K: MobileNet's) takes algo "depthwise"
@@ -762,7 +764,8 @@ def choose_cpu(op, g):
     :data:`DEPTHWISE_OPS` for depthwise layers."""
     if op in DEPTHWISE_OPS and g.groups == g.C == g.K:
         return "depthwise"
-    return walk(CPU_RULE[op], lambda name: FEATURES[name](g))
+    return walk(CPU_RULE[op], lambda name: FEATURES[name](g),
+                lambda algo: refusal(op, "cpu", algo, g) is None)
 
 
 # The GPU's rule is still set by hand (no GPU measurements yet): a GEMM pays for im2col's copies
