@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, bench, device, dispatch, machine, ops, registry, runtime, train
+from .kernels import gemm
 
 BENCH_HELP = """\
 Time every op (conv2d, conv_transpose2d, max_pool2d, avg_pool2d, batch_norm2d, forward and
@@ -60,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser(
         "info", help="versions, devices, threads, BLAS, algorithms and autotuning",
         description="Print the versions, the devices found (CPU model and SIMD), the threads, "
-        "the BLAS in use, the algorithms per device, the autotune cache path and whether "
-        "autotuning is on.")
+        "the BLAS libraries loaded and the one fastconv's products call, the algorithms per "
+        "device, the autotune cache path and whether autotuning is on.")
     info.set_defaults(command=_info)
     info.add_argument("--kernels", action="store_true",
                       help="also the static report of every CUDA kernel for sm_90 (registers, "
@@ -201,6 +202,7 @@ def _info(args) -> int:
     print(f"devices:\n  cpu: {about['cpu']}\n  cuda: {_cuda_about()}")
     print(f"threads: {about['threads']}")
     print(f"BLAS: {about['BLAS']}")
+    print(f"products: {gemm.BLAS}, one thread inside each of fastconv's (kernels/gemm.py)")
     print(f"malloc: {about['malloc']}")
     print(f"algorithms:\n  cpu: {', '.join(ops.algorithms('cpu'))}")
     try:

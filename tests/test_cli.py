@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fastconv import bench, cli, dispatch, machine, runtime
+from fastconv.kernels import gemm
 
 
 def _main(*argv):
@@ -30,6 +31,7 @@ def test_info_prints_algorithms_and_blas(capsys):
     assert f"cpu: {', '.join(dispatch.algorithms('cpu'))}" in out
     blas = next(line for line in out.splitlines() if line.startswith("BLAS: "))
     assert all(lib["internal_api"] in blas for lib in runtime.blas())
+    assert f"products: {gemm.BLAS}" in out
     assert "cuda: " in out
 
 

@@ -150,7 +150,7 @@ def matmul_sum(a, b, out, add=False):
     runtime.pin_blas()
     work = a.size * out.shape[1]
     parts = min(numba.get_num_threads(), a.shape[0]) if work >= SERIAL_WORK else 1
-    partial = empty(np, (max(parts, 1),) + out.shape, out.dtype)
+    partial = empty(np, (parts,) + out.shape, out.dtype)
     cpu_call(gemm.gemm_sum, work, _blas_operand(a), _blas_operand(b), partial)
     total = partial.sum(0) if parts > 1 else partial[0]
     if add:
