@@ -17,11 +17,11 @@ import ctypes
 import sys
 
 import numpy as np
-import threadpoolctl
 from llvmlite import binding
 from numba import njit, prange, types
 from numba.extending import get_cython_function_address
 
+from .. import runtime
 from . import CPU_KERNEL
 
 
@@ -30,13 +30,13 @@ def _fortran_gemms():
     routines under scipy-openblas64's names (NumPy's wheels), else SciPy's
     (scipy.linalg.cython_blas, 32-bit INTEGERs). NumPy's wheels carry the newer OpenBLAS: SciPy's
     0.3.30 ran some single-threaded products 10-37% slower than NumPy's 0.3.31."""
-    for lib in threadpoolctl.threadpool_info():
-        if lib.get("internal_api") == "openblas" and "numpy" in lib.get("filepath", ""):
-            blas = ctypes.CDLL(lib["filepath"])
-            if hasattr(blas, "scipy_sgemm_64_") and hasattr(blas, "scipy_dgemm_64_"):
-                return (ctypes.cast(blas.scipy_sgemm_64_, ctypes.c_void_p).value,
-                        ctypes.cast(blas.scipy_dgemm_64_, ctypes.c_void_p).value,
-                        f"NumPy's OpenBLAS {lib.get('version')} (ILP64)")
+    for lib in runtime.blas():
+        if lib["internal_api"] == "openblas" and "numpy" in (lib["filepath"] or ""):
+            library = ctypes.CDLL(lib["filepath"])
+            if hasattr(library, "scipy_sgemm_64_") and hasattr(library, "scipy_dgemm_64_"):
+                return (ctypes.cast(library.scipy_sgemm_64_, ctypes.c_void_p).value,
+                        ctypes.cast(library.scipy_dgemm_64_, ctypes.c_void_p).value,
+                        f"NumPy's OpenBLAS {lib['version']} (ILP64)")
     if sys.byteorder != "little":  # the INTEGERs below are 64-bit: their first half is not theirs
         raise ImportError("fastconv's CPU products need NumPy's ILP64 OpenBLAS on a big-endian CPU")
     return (get_cython_function_address("scipy.linalg.cython_blas", "sgemm"),
