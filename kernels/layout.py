@@ -15,9 +15,8 @@ from . import CPU_KERNEL
 @njit(**CPU_KERNEL)
 def embed(x, images, origin, channel_step, row_step, col_step):
     """images[n] = 0, then images[n, origin + c * channel_step + i * row_step + j * col_step]
-    = x[n, c, i, j]: each image copied into a larger zeroed one, spread out by the steps.
-    Padding takes the padded image's own steps; the transposed convolution's input gradient
-    takes them times the stride (zeros between gy's pixels).
+    = x[n, c, i, j]: each image copied into a larger zeroed one (padding: the steps are the
+    larger image's own; steps times a stride would spread x out, zeros between its pixels).
 
     Layout: x (N, C, H, W) NCHW-indexed, any strides (NHWC as a view); images (N, X), each
     image flat, in whichever layout the steps describe; the steps never map two cells of x to

@@ -96,13 +96,12 @@ def _steps(layout, channels, rows, columns):
     return (rows * columns, columns, 1) if layout == "NCHW" else (1, columns * channels, channels)
 
 
-def _embedded(x, layout, images, rows, columns, top, left, stride=(1, 1)):
+def _embedded(x, layout, images, rows, columns, top, left):
     """``images`` (N, X) zeroed, each holding x's image (an NCHW-indexed view) flat in
-    ``layout`` as an image of ``rows`` x ``columns``, x's pixel (i, j) at (top + i * sh,
-    left + j * sw)."""
+    ``layout`` as an image of ``rows`` x ``columns``, x's pixel (i, j) at (top + i, left + j)."""
     channel, row, column = _steps(layout, x.shape[1], rows, columns)
     driver.cpu_call(layout_kernels.embed, images.size * driver.MOVED_CELL, x, images,
-                    top * row + left * column, channel, stride[0] * row, stride[1] * column)
+                    top * row + left * column, channel, row, column)
     return images
 
 
@@ -121,44 +120,42 @@ def _padded(g, x, slack=0):
 
 
 def _transposed(g, gy, w, forward, exact):
-    """The input gradient as ``forward`` (a conv2d implementation) computes it: a convolution
-    of gy spread out by the stride (zeros between its pixels) and padded to the whole window,
-    with the filters flipped and their two channel axes swapped. Every stride runs as stride
-    1: a stride-s convolution costs s^2 times its multiply-adds here.
+    """The input gradient of a stride-1 layer as ``forward`` (a conv2d implementation) computes
+    it: a convolution of gy padded to the whole window (cropped where the layer's padding
+    passes the window's reach), with the filters flipped and their two channel axes swapped.
+    (Strided layers go phase by phase: conv2d_backward_input_blocked_cpu.)
 
-    The spread's zeros meet every filter value; 0 x a non-finite value is NaN where PyTorch,
+    The padding's zeros meet every filter value; 0 x a non-finite value is NaN where PyTorch,
     which never multiplies them, has a number or an infinity. So filters holding one go to
     ``exact`` (a backward-input implementation) instead: the check reads only the filters."""
     if not np.isfinite(w).all():
         return exact(g, gy, w)
-    (sh, sw), (dh, dw) = g.stride, g.dilation
+    dh, dw = g.dilation
     reach_h, reach_w = (g.R - 1) * dh, (g.S - 1) * dw
     shape = (g.N, g.K, g.H + reach_h, g.W + reach_w)
-    # gy's pixel (oh, ow) lands at (oh * sh + reach_h - top, ow * sw + reach_w - left)
-    rows, top = _spread(g.OH, sh, reach_h - g.padding[0], shape[2])
-    cols, left = _spread(g.OW, sw, reach_w - g.padding[2], shape[3])
+    # gy's pixel (oh, ow) lands at (oh + reach_h - top, ow + reach_w - left)
+    rows, top = _landing(g.OH, reach_h - g.padding[0], shape[2])
+    cols, left = _landing(g.OW, reach_w - g.padding[2], shape[3])
     images = driver.workspace((g.N, g.K * shape[2] * shape[3]), gy.dtype, slot=1)
     _embedded(nchw_view(gy, g.layout)[:, :, rows, cols], g.layout, images, shape[2], shape[3],
-              top, left, g.stride)
-    spread = images.reshape(shape if g.layout == "NCHW" else shape[:1] + shape[2:] + shape[1:2])
+              top, left)
+    padded = images.reshape(shape if g.layout == "NCHW" else shape[:1] + shape[2:] + shape[1:2])
     cg, kg = g.C // g.groups, g.K // g.groups
     flipped = oihw_view(w, g.layout).reshape(g.groups, kg, cg, g.R, g.S).swapaxes(1, 2)
     flipped = np.ascontiguousarray(flipped.reshape(g.C, kg, g.R, g.S)[:, :, ::-1, ::-1])
     if g.layout == "NHWC":
         flipped = flipped.transpose(2, 3, 1, 0)
-    gt = conv_geometry(spread.shape, flipped.shape, 1, 0, g.dilation, g.groups, g.layout)
-    return forward(gt, spread, flipped, None, None)
+    gt = conv_geometry(padded.shape, flipped.shape, 1, 0, g.dilation, g.groups, g.layout)
+    return forward(gt, padded, flipped, None, None)
 
 
-def _spread(size, stride, shift, room):
-    """(the slice of gy's indices i that land in [0, room) at i * stride + shift, where the
-    first of them lands); an empty slice if none does."""
-    lo = max(0, -(shift // stride) if shift < 0 else 0)
-    hi = min(size, (room - 1 - shift) // stride + 1)
+def _landing(size, shift, room):
+    """(the slice of gy's indices i that land in [0, room) at i + shift, where the first of
+    them lands); an empty slice if none does."""
+    lo, hi = max(0, -shift), min(size, room - shift)
     if hi <= lo:
         return slice(0, 0), 0
-    return slice(lo, hi), lo * stride + shift
-
+    return slice(lo, hi), lo + shift
 
 
 def _tiled(g, channels):
@@ -326,8 +323,9 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     receive gy through the taps (r, s) with (ih + top - r * dh) and (iw + left - s * dw)
     divisible by the strides, each phase a stride-1 convolution of gy (padded once for all)
     written into its strided sub-grid of gx by the forward's kernels, channels trading places.
-    A stride-s layer costs its own multiply-adds (gy spread out by the stride, as _transposed
-    lays it, costs s^2 times them). Non-finite filters go to the exact kernel, as there."""
+    A stride-s layer costs its own multiply-adds (gy spread out by the stride, zeros between its
+    pixels, would cost s^2 times them). Non-finite filters go to the exact kernel, as in
+    _transposed."""
     if not np.isfinite(w).all():
         return _backward_input_planes(g, gy, w)
     rows = _phases(g.H, g.stride[0], g.dilation[0], g.padding[0], g.R)
