@@ -5,8 +5,9 @@
 #
 # Each step runs under its own timeout and writes its results into OUT_DIR as soon as it ends,
 # so a run cut short still returns what it did (six files at most: summary.md, steps.log,
-# tests.log, bench-cuda.md, gemm.md, cpu-threads.md). In order: the versions and the GPU; the
-# project installed from this tree without the network; the GPU tests (pytest -m gpu: every op
+# tests.log, bench-cuda.md, gemm.md, cpu-threads.md). In order: the project installed from this
+# tree without the network (fastconv.kernels exists only once installed); the versions and the
+# GPU; the GPU tests (pytest -m gpu: every op
 # on CuPy arrays against the float64 reference, the table of refusals on CuPy arrays, PyTorch's
 # OpInfo samples on CUDA tensors against PyTorch's CUDA ops); every conv algorithm against
 # cuDNN on ResNet-18's layers (FP32, TF32 off, CUDA events); the GEMM kernel against cuBLAS at
@@ -14,7 +15,7 @@
 # (benchmarks/compare_training.py, data from FASTCONV_DATA), then ResNet-20 on 12,800 images
 # (its recipe, 200 steps each: the speed and that it trains; its 10-epoch accuracy needs more
 # than this budget); last and optional, the CPU layer suite at 1/2/4/8/16 threads. The steps stop starting once BUDGET seconds (default 300) would
-# be passed. summary.md has a row per step: its exit status, seconds, and file.
+# be passed; CPU_SUITE=0 leaves the CPU suite out. summary.md has a row per step: its exit status, seconds, and file.
 #
 # --smoke runs the same steps end to end in Numba's CUDA simulator on tiny sizes (CI runs it):
 # what needs a real GPU (cuDNN, cuBLAS, CUDA events, the GPU tests) reports SKIPPED with why,
@@ -76,9 +77,9 @@ versions() {
 }
 
 export PY
-step "versions and devices" 60 steps.log bash -c "$(declare -f versions); versions"
 step "install from the tree, no network" 90 steps.log \
     "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+step "versions and devices" 60 steps.log bash -c "$(declare -f versions); versions"
 step "GPU tests (pytest -m gpu)" 150 tests.log \
     "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_docs.py \
     tests/test_torch_ops.py
@@ -119,7 +120,9 @@ else
     done
 fi
 
-if ((SMOKE)); then
+if [[ "${CPU_SUITE:-1}" == 0 ]]; then
+    skip "CPU layer suite by threads" "CPU_SUITE=0 (its table came back from an earlier run)"
+elif ((SMOKE)); then
     step "CPU layer suite by threads" 60 steps.log env -u NUMBA_ENABLE_CUDASIM "$PY" -m \
         fastconv bench --suite lenet5 --quick --threads 1,2 --no-numpy --impls auto,torch \
         --markdown "$OUT/cpu-threads.md"

@@ -102,4 +102,15 @@ def use_stream(pointer):
     if SIMULATED:
         return contextlib.nullcontext()
     external = getattr(xp.cuda.Stream, "from_external", None)  # CuPy 14; ExternalStream before
-    return external(pointer) if external else xp.cuda.ExternalStream(pointer)
+    return external(_StreamPointer(pointer)) if external else xp.cuda.ExternalStream(pointer)
+
+
+class _StreamPointer:
+    """A raw ``cudaStream_t`` in the CUDA stream protocol, which CuPy 14's
+    ``Stream.from_external`` takes in place of the bare integer."""
+
+    def __init__(self, pointer):
+        self.pointer = pointer
+
+    def __cuda_stream__(self):
+        return 0, self.pointer  # (the protocol's version, the handle)

@@ -8,7 +8,15 @@ the same kernels run in Numba's simulator on NumPy arrays.
 
 import importlib
 
-from numba import cuda, int32, types
+import numpy as np
+
+if not hasattr(np, "row_stack"):
+    # numba-cuda 0.30 registers an overload of np.row_stack when the CUDA target first loads
+    # its registries (the first compile); NumPy 2.5 removed that alias of np.vstack, and the
+    # failed lookup then breaks every compile. Restoring the alias is all it needs.
+    np.row_stack = np.vstack
+
+from numba import cuda, int32, types  # noqa: E402  (after the alias it needs)
 from numba.cuda.core import caching
 
 from . import activation, cuda_simulated, install_cache_locator

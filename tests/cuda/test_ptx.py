@@ -8,6 +8,8 @@ import importlib
 import os
 import pkgutil
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -94,3 +96,17 @@ def test_the_registry_lists_every_cuda_kernel():
             declared |= {f"{module.name}.{name}" for name, value in vars(found).items()
                          if hasattr(value, "params") and hasattr(value, "py_func")}
     assert declared == set(KERNELS)
+
+
+def test_kernels_compile_under_a_numpy_without_row_stack():
+    """NumPy 2.5 removed np.row_stack, which numba-cuda 0.30 looks up when its CUDA target
+    first loads (seen on the GPU machine: every compile failed); kernels/cuda_device restores
+    the alias. A fresh process, since the target loads once."""
+    script = ("import numpy as np, scipy.linalg  # SciPy for NumPy 2.4 still lists it\n"
+              "del np.row_stack\n"
+              "from fastconv import registry, dispatch\n"
+              "from fastconv.bench import kernels\n"
+              "ptx = kernels.ptx(registry.cuda_kernels()['gemm_cuda.gemm'], 'float32', (9, 0))\n"
+              "assert '.target sm_90' in ptx\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
