@@ -15,7 +15,8 @@
 # (benchmarks/compare_training.py, data from FASTCONV_DATA), then ResNet-20 on 12,800 images
 # (its recipe, 200 steps each: the speed and that it trains; its 10-epoch accuracy needs more
 # than this budget); last and optional, the CPU layer suite at 1/2/4/8/16 threads. The steps stop starting once BUDGET seconds (default 300) would
-# be passed; CPU_SUITE=0 leaves the CPU suite out. summary.md has a row per step: its exit status, seconds, and file.
+# be passed; steps whose names match the regex SKIP_STEPS are left out (a rerun leaving out
+# what came back already). summary.md has a row per step: its exit status, seconds, and file.
 #
 # --smoke runs the same steps end to end in Numba's CUDA simulator on tiny sizes (CI runs it):
 # what needs a real GPU (cuDNN, cuBLAS, CUDA events, the GPU tests) reports SKIPPED with why,
@@ -48,6 +49,10 @@ LOG="$OUT/steps.log"
 step() {
     local name=$1 limit=$2 file=$3
     shift 3
+    if [[ -n "${SKIP_STEPS:-}" && $name =~ $SKIP_STEPS ]]; then
+        skip "$name" "SKIP_STEPS='$SKIP_STEPS'"
+        return
+    fi
     if ((SECONDS + limit > BUDGET)); then
         skip "$name" "out of the ${BUDGET} s budget (${SECONDS} s spent)"
         return
@@ -120,9 +125,7 @@ else
     done
 fi
 
-if [[ "${CPU_SUITE:-1}" == 0 ]]; then
-    skip "CPU layer suite by threads" "CPU_SUITE=0 (its table came back from an earlier run)"
-elif ((SMOKE)); then
+if ((SMOKE)); then
     step "CPU layer suite by threads" 60 steps.log env -u NUMBA_ENABLE_CUDASIM "$PY" -m \
         fastconv bench --suite lenet5 --quick --threads 1,2 --no-numpy --impls auto,torch \
         --markdown "$OUT/cpu-threads.md"

@@ -444,10 +444,15 @@ def _channels(x, data_format):
     return data_format, x.shape[1 if data_format == "NCHW" else 3]
 
 
+def _writeable(a):
+    # CuPy's flags have no writeable field: a CuPy array is always writeable
+    return getattr(a.flags, "writeable", True)
+
+
 def _in_place(**arrays):
     for name, a in arrays.items():
         flags = getattr(a, "flags", None)
-        if a is not None and (flags is None or not flags.c_contiguous or not flags.writeable):
+        if a is not None and (flags is None or not flags.c_contiguous or not _writeable(a)):
             raise ValueError(f"{name} must be a writeable C-contiguous array: it is updated "
                              "in place")
 
@@ -771,7 +776,7 @@ def _plain_step_tensors(device, tensors):
         if dtype not in FLOATS or not all(
                 isinstance(a, kind) and a.dtype == dtype and a.shape == shape
                 and a.flags.c_contiguous for a in arrays) or not all(
-                a.flags.writeable for a in (p, *state)):
+                _writeable(a) for a in (p, *state)):
             return None
         for members, a in zip(groups.setdefault(dtype, tuple([] for _ in arrays)), arrays,
                               strict=True):
