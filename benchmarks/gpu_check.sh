@@ -7,16 +7,19 @@
 # so a run cut short still returns what it did (six files at most: summary.md, steps.log,
 # tests.log, bench-cuda.md, gemm.md, cpu-threads.md). In order: the project installed from this
 # tree without the network (fastconv.kernels exists only once installed); the versions and the
-# GPU; the GPU tests (pytest -m gpu: every op
-# on CuPy arrays against the float64 reference, the table of refusals on CuPy arrays, PyTorch's
-# OpInfo samples on CUDA tensors against PyTorch's CUDA ops); every conv algorithm against
-# cuDNN on ResNet-18's layers (FP32, TF32 off, CUDA events); the GEMM kernel against cuBLAS at
-# 4096^3; the host time of small calls (benchmarks/host_overhead.py); a LeNet-5 epoch of fastconv and of PyTorch on the GPU
-# (benchmarks/compare_training.py, data from FASTCONV_DATA), then ResNet-20 on 12,800 images
-# (its recipe, 200 steps each: the speed and that it trains; its 10-epoch accuracy needs more
-# than this budget); last and optional, the CPU layer suite at 1/2/4/8/16 threads. The steps stop starting once BUDGET seconds (default 300) would
-# be passed; steps whose names match the regex SKIP_STEPS are left out (a rerun leaving out
-# what came back already). summary.md has a row per step: its exit status, seconds, and file.
+# GPU; the GPU tests (pytest -m gpu: every op on CuPy arrays against the float64 reference, the
+# table of refusals on CuPy arrays, PyTorch's OpInfo samples on CUDA tensors against PyTorch's
+# CUDA ops) through the direct launch (FASTCONV_CUDA_LAUNCH=direct, kernels/cuda_device.py),
+# which the later steps keep only if they pass; every conv algorithm against cuDNN on
+# ResNet-18's layers (FP32, TF32 off, CUDA events); the GEMM kernel against cuBLAS at 4096^3;
+# the host time of small calls through either launch (benchmarks/host_overhead.py); a LeNet-5
+# epoch of fastconv and of PyTorch on the GPU (benchmarks/compare_training.py, data from
+# FASTCONV_DATA), then ResNet-20 on 12,800 images (its recipe, 200 steps each: the speed and
+# that it trains; its 10-epoch accuracy needs more than this budget); last and optional, the
+# CPU layer suite at 1/2/4/8/16 threads. The steps stop starting once BUDGET seconds (default
+# 300) would be passed; steps whose names match the regex SKIP_STEPS are left out (a rerun
+# leaving out what came back already). summary.md has a row per step: its exit status,
+# seconds, and file.
 #
 # --smoke runs the same steps end to end in Numba's CUDA simulator on tiny sizes (CI runs it):
 # what needs a real GPU (cuDNN, cuBLAS, CUDA events, the GPU tests) reports SKIPPED with why,
@@ -61,6 +64,7 @@ step() {
     echo "=== $name: $*" >> "$OUT/$file"
     timeout "$limit" "$@" >> "$OUT/$file" 2>&1
     local rc=$? status
+    LAST_RC=$rc
     case $rc in
         0) status=ok ;;
         124) status="TIMED OUT after ${limit} s" ;;
@@ -85,9 +89,17 @@ export PY
 step "install from the tree, no network" 90 steps.log \
     "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 step "versions and devices" 60 steps.log bash -c "$(declare -f versions); versions"
-step "GPU tests (pytest -m gpu)" 150 tests.log \
+# The direct launch (kernels/cuda_device.py) goes first: the steps after the tests keep it only
+# if every GPU test passes through it, and fall back to Numba's dispatcher otherwise.
+export FASTCONV_CUDA_LAUNCH=${FASTCONV_CUDA_LAUNCH:-direct}
+LAST_RC=0
+step "GPU tests (pytest -m gpu), FASTCONV_CUDA_LAUNCH=$FASTCONV_CUDA_LAUNCH" 150 tests.log \
     "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_docs.py \
     tests/test_torch_ops.py
+if ((LAST_RC)) && [[ $FASTCONV_CUDA_LAUNCH == direct ]]; then
+    export FASTCONV_CUDA_LAUNCH=numba
+    skip "the direct launch" "its GPU tests failed: the steps below launch through Numba"
+fi
 
 if ((SMOKE)); then
     step "conv algorithms against cuDNN" 120 steps.log "$PY" -m fastconv bench \
@@ -106,7 +118,10 @@ if ((SMOKE)); then  # the simulator's kernels are slow Python: two calls of each
     step "host time of small calls" 60 steps.log "$PY" benchmarks/host_overhead.py \
         --device cuda --calls 2 --repeats 1
 else
-    step "host time of small calls" 30 steps.log "$PY" benchmarks/host_overhead.py --device cuda
+    for launch in numba direct; do
+        step "host time of small calls, FASTCONV_CUDA_LAUNCH=$launch" 30 steps.log \
+            env FASTCONV_CUDA_LAUNCH=$launch "$PY" benchmarks/host_overhead.py --device cuda
+    done
 fi
 
 if ((SMOKE)); then  # an epoch takes the simulator hours: one training step, its launches counted

@@ -277,11 +277,12 @@ def _bench(args) -> int:
             runtime.set_num_threads(threads)
         except ValueError as err:
             error(f"--threads: {err}")
-        sgemm[threads] = bench.sgemm_gflops(sgemm_size)
+        sgemm[threads] = bench.sgemm_gflops(sgemm_size, on=args.device)
         rows += bench.run(chosen, np.dtype(args.dtype), repeats, numpy_repeats, on=args.device,
                           sgemm=sgemm[threads], numpy=not args.no_numpy, only=args.impls)
 
-    measured_on = {**machine.machine(args.device), "sgemm": sgemm, "sgemm_size": sgemm_size}
+    measured_on = {**machine.machine(args.device), "sgemm_size": sgemm_size,
+                   "sgemm": {t: rate for t, rate in sgemm.items() if rate is not None}}
     print(bench.table(rows, measured_on), end="")
     if args.gemm:
         for row in bench.gemm(args.gemm, np.dtype(args.dtype), repeats):

@@ -44,13 +44,20 @@ def describe(info: dict) -> list[tuple[str, str]]:
         ("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items())),
         *((("gpu", ", ".join(f"{k} {v}" for k, v in info["gpu"].items())),)
           if "gpu" in info else ()),
-        *((("SGEMM", "; ".join(f"{rate:.0f} GFLOP/s on {threads} thread(s)"
-                               for threads, rate in info["sgemm"].items())
-            + f" (float32 {info.get('sgemm_size', 4096)}^3 through NumPy's BLAS, best of 3, "
-            "measured in this run)"),)
-          if info.get("sgemm") else ()),
-        *((("WARNING", warning),) if (warning := _shared_cpus(info.get("sgemm") or {})) else ()),
+        *((("SGEMM", _sgemm(info)),) if info.get("sgemm") else ()),
+        *((("WARNING", warning),) if "gpu" not in info
+          and (warning := _shared_cpus(info.get("sgemm") or {})) else ()),
     ]
+
+
+def _sgemm(info: dict) -> str:
+    size = f"float32 {info.get('sgemm_size', 4096)}^3"
+    if "gpu" in info:  # the GPU's rate, whatever the threads
+        return (f"{next(iter(info['sgemm'].values())):.0f} GFLOP/s on the GPU ({size} through "
+                "cuBLAS, CuPy's matmul, best of 3, measured in this run)")
+    return ("; ".join(f"{rate:.0f} GFLOP/s on {threads} thread(s)"
+                      for threads, rate in info["sgemm"].items())
+            + f" ({size} through NumPy's BLAS, best of 3, measured in this run)")
 
 
 def _shared_cpus(sgemm: dict) -> str | None:

@@ -6,7 +6,10 @@ at import, which needs a GPU. Under ``NUMBA_ENABLE_CUDASIM=1`` (set before numba
 the same kernels run in Numba's simulator on NumPy arrays.
 """
 
+import ctypes
+import functools
 import importlib
+import os
 
 import numpy as np
 
@@ -16,8 +19,11 @@ if not hasattr(np, "row_stack"):
     # failed lookup then breaks every compile. Restoring the alias is all it needs.
     np.row_stack = np.vstack
 
+from cuda.core import LaunchConfig  # noqa: E402  (numba-cuda's own launch, below)
+from cuda.core import launch as core_launch  # noqa: E402
 from numba import cuda, int32, types  # noqa: E402  (after the alias it needs)
 from numba.cuda.core import caching
+from numba.cuda.cudadrv import driver  # noqa: E402
 
 from . import activation, cuda_simulated, install_cache_locator
 
@@ -182,6 +188,114 @@ else:
         return a
 
 
+# How launch() reaches the GPU: "numba", the dispatcher's own call, or "direct" (_DirectLaunch).
+# Direct stays opt-in (FASTCONV_CUDA_LAUNCH=direct) until a GPU has run the suite through it.
+LAUNCH = os.environ.get("FASTCONV_CUDA_LAUNCH", "numba")
+if LAUNCH not in ("numba", "direct"):
+    raise ValueError(f"FASTCONV_CUDA_LAUNCH must be 'numba' or 'direct', got {LAUNCH!r}")
+
+
 def launch(kernel, grid, block, stream, *args):
     """kernel[grid, block, stream](*args): every launch of fastconv goes through here."""
+    if LAUNCH == "direct" and not cuda_simulated():
+        direct = _direct_launch(kernel, stream, args)
+        if direct is not None:
+            return direct(grid, block, stream, args)
     kernel[grid, block, stream](*(_argument(a) for a in args))
+
+
+# numba-cuda 0.30's dispatcher spends 250-300 us of host time on a launch of fastconv's kernels
+# (measured on an H200, benchmarks/results/gpu.md): it types every argument anew (a CuPy array
+# through a DLPack capsule), wraps each array in a StridedMemoryView and converts each of the
+# 40-80 kernel parameters in Python. _DirectLaunch does that work once per kernel and argument
+# types: it compiles through the dispatcher, keeps the CUDA function, and on each launch only
+# lays the arguments out as Numba's kernel ABI wants them (_parameters) and hands them to
+# cuda.core's launch, the call the dispatcher itself ends in.
+_DIRECT = {}
+
+
+def _direct_launch(kernel, stream, args):
+    """The _DirectLaunch for ``kernel`` on these arguments' types and ``stream``'s device, or
+    None where an argument is neither a CuPy array, a number nor a tuple of them."""
+    key = (kernel, stream, *map(_type_key, args))
+    try:
+        return _DIRECT[key]
+    except KeyError:
+        found = _DIRECT[key] = _DirectLaunch.build(kernel, args)
+        return found
+
+
+def _type_key(a):
+    """What Numba's type of ``a`` depends on, read cheaply: its class, and for an array its
+    dtype, dimensions and contiguity (Numba's layout)."""
+    if type(a) is tuple:
+        return tuple(map(_type_key, a))
+    if hasattr(a, "__cuda_array_interface__"):
+        flags = a.flags
+        return type(a), a.dtype.char, a.ndim, flags.c_contiguous, flags.f_contiguous
+    return type(a)
+
+
+class _DirectLaunch:
+    """One kernel compiled for one tuple of argument types, launched without the dispatcher."""
+
+    def __init__(self, function, parameters):
+        self.function, self.parameters = function, parameters
+
+    @classmethod
+    def build(cls, kernel, args):
+        if not all(map(_plain, args)):
+            return None
+        argtypes = tuple(kernel.typeof_pyval(a) for a in args)
+        parameters = [_parameters(t) for t in argtypes]
+        if None in parameters:
+            return None
+        compiled = kernel.compile(argtypes)
+        return cls(compiled._codelibrary.get_cufunc().kernel, parameters)
+
+    def __call__(self, grid, block, stream, args):
+        values = [v for lay_out, a in zip(self.parameters, args, strict=True)
+                  for v in lay_out(a)]
+        core_launch(_core_stream(stream), _launch_config(grid, block), self.function, *values)
+
+
+def _plain(a):
+    if type(a) is tuple:
+        return all(map(_plain, a))
+    return (type(a).__module__.startswith("cupy") and hasattr(a, "__cuda_array_interface__")
+            or isinstance(a, (int, float, np.generic)))
+
+
+def _parameters(ty):
+    """A function laying a value of Numba type ``ty`` out as the kernel parameters Numba
+    compiles it to, as numba-cuda's _Kernel._prepare_args does (None for a type fastconv
+    never passes): an array as (meminfo, parent, size, itemsize, data, *shape, *strides in
+    bytes), the first two unused on a GPU; a tuple as its items'; an integer or float as the
+    ctypes value of its width; a boolean as it is."""
+    if isinstance(ty, types.Array):
+        return lambda a: (0, 0, a.size, a.itemsize, a.data.ptr, *a.shape, *a.strides)
+    if isinstance(ty, types.BaseTuple):
+        items = [_parameters(t) for t in ty]
+        if None in items:
+            return None
+        return lambda v: [x for lay_out, item in zip(items, v, strict=True)
+                          for x in lay_out(item)]
+    if isinstance(ty, types.Integer):
+        width = getattr(ctypes, f"c_{ty}")
+        return lambda v: (width(v),)
+    width = {types.float32: ctypes.c_float, types.float64: ctypes.c_double}.get(ty)
+    if width is not None:
+        return lambda v: (width(v),)
+    if ty == types.boolean:
+        return lambda v: (v,)
+    return None
+
+
+@functools.cache
+def _core_stream(stream):
+    return driver._to_core_stream(stream)
+
+
+@functools.lru_cache(maxsize=4096)
+def _launch_config(grid, block):
+    return LaunchConfig(grid=grid, block=block)

@@ -172,3 +172,12 @@ def test_bench_header_warns_when_more_threads_add_no_sgemm(rates, warned):
     assert ("WARNING" in lines) == warned
     if warned:
         assert "1.06x its one-thread rate" in lines["WARNING"]
+
+
+def test_bench_header_on_a_gpu_gives_cublas_rate():
+    """On a GPU the roofline is the GPU's SGEMM (cuBLAS), measured once whatever the threads:
+    its rate neither reads as a CPU's nor trips the shared-CPU warning."""
+    info = {**machine.machine(), "gpu": {"gpu": "NVIDIA H200"}, "sgemm": {1: 5e4, 2: 5e4}}
+    lines = dict(machine.describe(info))
+    assert lines["SGEMM"].startswith("50000 GFLOP/s on the GPU") and "cuBLAS" in lines["SGEMM"]
+    assert "WARNING" not in lines

@@ -17,7 +17,7 @@ def header(info: dict, rows: list[dict]) -> list[tuple[str, str]]:
     settings = (f"{rows[0]['dtype'] if rows else '-'}; median and min of {ours} calls ({numpy} "
                 "for numpy) after a warm-up call, the implementations of an op timed in turn; "
                 "vs numpy / vs torch: that median / this median (> 1: faster); % SGEMM: the "
-                "row's GFLOP/s over the machine's SGEMM rate on as many threads; err vs torch: "
+                "row's GFLOP/s over the SGEMM rate below (the GPU's on a GPU); err vs torch: "
                 "norm-relative error of the warm-up call's result against PyTorch's")
     return [*describe(info), ("timing", settings),
             *((name, dims) for name, dims in shown)]

@@ -62,12 +62,15 @@ def _gpu_seconds(fn) -> float:
 BLAS_SPIN_SECONDS = 0.3
 
 
-def sgemm_gflops(size: int = 4096, repeats: int = 3) -> float:
-    """The machine's float32 GEMM rate through NumPy's BLAS on fastconv's thread count: the
-    best of ``repeats`` ``size``^3 products after a warm-up one. The roofline each conv row's
-    "% SGEMM" is measured against."""
+def sgemm_gflops(size: int = 4096, repeats: int = 3, on: str = "cpu") -> float | None:
+    """The machine's float32 GEMM rate through NumPy's BLAS on fastconv's thread count, or on
+    the GPU through cuBLAS (CuPy's matmul; None in the simulator, which has none): the best of
+    ``repeats`` ``size``^3 products after a warm-up one. The roofline each conv row's "% SGEMM"
+    is measured against."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((size, size), np.float32) for _ in range(2))
+    if on == "cuda":
+        return None if cuda_simulated() else _cublas_gflops(a, b, repeats)
     out = np.empty_like(a)
     with threadpoolctl.threadpool_limits(runtime.get_num_threads(), user_api="blas"):
         np.matmul(a, b, out=out)
@@ -76,6 +79,15 @@ def sgemm_gflops(size: int = 4096, repeats: int = 3) -> float:
     # spin on after the products above, on the cores the timings that follow need
     time.sleep(BLAS_SPIN_SECONDS)
     return 2 * size ** 3 / best / 1e9
+
+
+def _cublas_gflops(a, b, repeats):
+    cupy = device.cuda_backend().xp
+    a, b = cupy.asarray(a), cupy.asarray(b)
+    out = cupy.empty_like(a)
+    cupy.matmul(a, b, out=out)
+    best = min(_gpu_seconds(lambda: cupy.matmul(a, b, out=out)) for _ in range(repeats))
+    return 2 * a.shape[0] ** 3 / best / 1e9
 
 
 def _host_arrays(result):

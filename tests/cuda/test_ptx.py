@@ -3,6 +3,7 @@ float64, the float32 kernels do no double-precision arithmetic, and ptxas assemb
 no register spills. Needs no GPU: the simulator runs the kernels but checks no types, so this
 sweep is the compile check."""
 
+import ctypes
 import functools
 import importlib
 import os
@@ -10,6 +11,7 @@ import pkgutil
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -76,15 +78,57 @@ PARAM = re.compile(r"^\s*\.param\s+(?:\.align\s+\d+\s+)?\.[a-z]+(\d+)\s+\S+?(?:\
                    re.MULTILINE)
 
 
+def _parameter_sizes(name, dtype):
+    """The bytes of each parameter the kernel's PTX declares, in order."""
+    return [int(bits) // 8 * int(count or 1) for bits, count in PARAM.findall(
+        _ptx(name, dtype).split(".entry", 1)[1].split(")", 1)[0])]
+
+
 @pytest.mark.parametrize("name", KERNELS)
 def test_parameters_fit_in_4_kb(name):
     """A kernel's parameters must fit in 4 KB, the limit before CUDA 12.1 (and on PTX ISA
     below 8.1): the Adam kernel's tuples of tensors (optim_cuda.MAX_TENSORS) are the ones
     near it. Numba passes a 1-D array as seven 8-byte fields."""
     for dtype in ("float32", "float64"):
-        sizes = [int(bits) // 8 * int(count or 1) for bits, count in PARAM.findall(
-            _ptx(name, dtype).split(".entry", 1)[1].split(")", 1)[0])]
+        sizes = _parameter_sizes(name, dtype)
         assert sizes and sum(sizes) <= 4096, (name, dtype, sum(sizes))
+
+
+class _DeviceArray:
+    """What the direct launch reads of a CuPy array."""
+
+    def __init__(self, ndim, itemsize):
+        self.shape, self.strides = (3,) * ndim, tuple(itemsize * 3 ** k for k in range(ndim))
+        self.size, self.itemsize, self.data = 3 ** ndim, itemsize, types.SimpleNamespace(ptr=64)
+
+
+def _value(ty):
+    from numba import types as nb
+    from numba.np.numpy_support import as_dtype
+    if isinstance(ty, nb.Array):
+        return _DeviceArray(ty.ndim, as_dtype(ty.dtype).itemsize)
+    if isinstance(ty, nb.BaseTuple):
+        return tuple(map(_value, ty))
+    return True if ty == nb.boolean else 1
+
+
+def _size(value):
+    """The bytes cuda.core's launch passes for a value: a Python int as an intptr_t."""
+    if isinstance(value, bool):
+        return 1
+    return 8 if isinstance(value, int) else ctypes.sizeof(value)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_the_direct_launch_lays_out_every_parameter(name):
+    """cuda_device's direct launch lays each argument out as the compiled kernel's
+    parameters by hand (what numba-cuda's dispatcher does per launch): for every kernel and
+    dtype, as many values as the PTX declares parameters, each of its width."""
+    from fastconv.kernels.cuda_device import _parameters, signature
+    for dtype in ("float32", "float64"):
+        argtypes = signature(KERNELS[name].params, dtype).args
+        values = [v for ty in argtypes for v in _parameters(ty)(_value(ty))]
+        assert list(map(_size, values)) == _parameter_sizes(name, dtype), (name, dtype)
 
 
 def test_the_registry_lists_every_cuda_kernel():

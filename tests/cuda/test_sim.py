@@ -846,6 +846,7 @@ def test_bench_runs_every_cuda_implementation():
         ("max_pool2d", "fastconv"), ("max_pool2d_backward", "fastconv")}
     assert all(r["median_ms"] > 0 for r in rows)
     assert dict(machine.describe(machine.machine("cuda")))["gpu"].startswith("gpu Numba's CUDA")
+    assert bench.sgemm_gflops(64, repeats=1, on="cuda") is None  # the simulator has no cuBLAS
 
 
 def test_gemm_benchmark_checks_its_product():
