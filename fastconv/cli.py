@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser(
         "info", help="versions, devices, threads, BLAS, algorithms and autotuning",
-        description="Print the versions, the devices found (CPU model and SIMD), the threads, "
+        description="Print the versions, the devices found (CPU model and SIMD), the vector width "
+        "the CPU kernels compile to, the threads, "
         "the BLAS libraries loaded and the one fastconv's products call, the algorithms per "
         "device, the autotune cache path and whether autotuning is on.")
     info.set_defaults(command=_info)
@@ -200,6 +201,7 @@ def _info(args) -> int:
     print(f"fastconv {__version__}")
     print(f"versions: {about['versions']}")
     print(f"devices:\n  cpu: {about['cpu']}\n  cuda: {_cuda_about()}")
+    print(f"vectors: {about['vectors']}")
     print(f"threads: {about['threads']}")
     print(f"BLAS: {about['BLAS']}")
     print(f"products: {gemm.BLAS}, one thread inside each of fastconv's (kernels/gemm.py)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 
-from . import __version__, device, runtime
+from . import __version__, device, kernels, runtime
 
 
 def versions() -> dict:
@@ -25,7 +25,7 @@ def machine(on: str = "cpu") -> dict:
     and its versions when ``on`` is "cuda"."""
     blas = [f"{lib['internal_api']} {lib['version']} ({lib['architecture']}, "
             f"{lib['num_threads']} threads)" for lib in runtime.blas()]
-    info = {"cpu": runtime.cpu_name(), "simd": runtime.simd_flags(),
+    info = {"cpu": runtime.cpu_name(), "simd": runtime.simd_flags(), "vectors": kernels.vectors(),
             "threads": runtime.get_num_threads(), "cpus": runtime.cpu_count(),
             "blas": list(dict.fromkeys(blas)), "malloc": runtime.malloc(),
             "versions": versions()}
@@ -38,6 +38,7 @@ def describe(info: dict) -> list[tuple[str, str]]:
     """``(label, text)`` lines describing a :func:`machine`, for headers and ``fastconv info``."""
     return [
         ("cpu", f"{info['cpu']} (SIMD: {' '.join(info['simd']) or 'none found'})"),
+        *((("vectors", info["vectors"]),) if "vectors" in info else ()),
         ("threads", f"{info['threads']} (of {info['cpus']} CPUs)"),
         ("BLAS", "; ".join(info["blas"]) or "none found"),
         ("malloc", info["malloc"]),

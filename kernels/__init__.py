@@ -23,6 +23,32 @@ KERNELS_DIR = str(Path(__file__).resolve().parent)
 # float32 lanes of the widest vector registers this CPU has: the register tiles' width.
 VECTOR_LANES = 16 if binding.get_host_cpu_features().get("avx512f", False) else 8
 
+# LLVM tunes Intel's AVX-512 server cores (Skylake-SP to Sapphire and Emerald Rapids) to prefer
+# 256-bit vectors, against the clock drop of 512-bit code, and Numba compiles for the host's
+# tuning: there the register tiles sized for 16 lanes compile to 256-bit FMAs (under
+# NUMBA_CPU_NAME=sapphirerapids the row tile's 21 zmm FMAs become 14 ymm ones) and the blocked
+# kernels ran at 29-42% of SGEMM on an Emerald Rapids Xeon, where they reach 68-86% on Zen 5
+# (benchmarks/results/gpu.md). On every AVX-512 CPU Numba therefore compiles with the host's
+# features and that preference off; a user's NUMBA_CPU_NAME or NUMBA_CPU_FEATURES is left as
+# it is. Set in the environment, as Numba's compiler reloads its config from there; code Numba
+# compiles after fastconv's import, the user's own too, gets full-width vectors.
+FULL_WIDTH_VECTORS = (VECTOR_LANES == 16 and "NUMBA_CPU_NAME" not in os.environ
+                      and "NUMBA_CPU_FEATURES" not in os.environ)
+if FULL_WIDTH_VECTORS:
+    os.environ["NUMBA_CPU_FEATURES"] = (binding.get_host_cpu_features().flatten()
+                                        + ",-prefer-256-bit")
+    config.reload_config()
+
+
+def vectors() -> str:
+    """The register tiles' vector width and how Numba was told to compile them, for
+    ``fastconv info`` and the bench headers."""
+    if VECTOR_LANES == 8:
+        return "256-bit (8 float32 lanes: AVX2)"
+    how = ("LLVM's prefer-256-bit tuning turned off by fastconv" if FULL_WIDTH_VECTORS else
+           "NUMBA_CPU_NAME / NUMBA_CPU_FEATURES as set, which may prefer 256-bit")
+    return f"512-bit (16 float32 lanes: AVX-512; {how})"
+
 # How every parallel CPU kernel is compiled (kernels/variants.py keeps these options for its
 # single-threaded twins). fastmath's reassociation lets LLVM vectorise sums, contraction fuse
 # multiply-adds, "arcp" divide by reciprocals; "nnan" and "ninf" stay off, so NaN and Inf

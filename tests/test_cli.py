@@ -33,6 +33,8 @@ def test_info_prints_algorithms_and_blas(capsys):
     assert all(lib["internal_api"] in blas for lib in runtime.blas())
     assert f"products: {gemm.BLAS}" in out
     assert "cuda: " in out
+    from fastconv.kernels import VECTOR_LANES
+    assert f"vectors: {VECTOR_LANES * 32}-bit ({VECTOR_LANES} float32 lanes" in out
 
 
 @pytest.mark.slow

@@ -4,8 +4,12 @@ is really called with, does no double-precision arithmetic in its LLVM IR. That 
 scalar code written once for both targets (the activation epilogue, the pooling window, the
 Adam update) and the kernels around it."""
 
+import os
 import re
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -179,3 +183,49 @@ def test_depthwise_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
     assert _packed_fmas(conv_depthwise.depthwise_tiles, monkeypatch) >= conv_depthwise.PIXELS
     assert _packed_fmas(conv_depthwise.depthwise_backward_weight,
                         monkeypatch) >= conv_depthwise.TAPS
+
+
+ROW_TILE_WIDTHS = """
+import re, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_kernel_ir import _compiled
+from fastconv import ops
+from fastconv.implementations import driver
+from fastconv.kernels import conv_blocked
+kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, conv_blocked.row_pixels(7, 16, 4))
+calls, real = [], driver.cpu_call
+driver.cpu_call = lambda k, work, *args: calls.append((k, args)) or real(k, work, *args)
+x = np.random.default_rng(0).standard_normal((2, 3, 7, 7), np.float32)
+ops.conv2d(x, x[:1, :, :3, :3].repeat(4, 0), padding=1, algo="blocked")
+[args] = {{id(k): a for k, a in calls if k is kernel}}.values()
+compiled, signature = _compiled(kernel, args)
+asm = compiled.inspect_asm(signature)
+print(*(len(re.findall(r"vfmadd\\d+ps\\s[^\\n]*%" + r, asm)) for r in ("zmm", "ymm")))
+"""
+
+
+def test_intel_tuning_compiles_the_row_tile_full_width(tmp_path):
+    """LLVM's tuning for Intel's AVX-512 server cores prefers 256-bit vectors, which halved the
+    blocked kernels' rate on an Emerald Rapids Xeon; fastconv turns that preference off
+    (kernels/__init__.py). Emulated here by compiling for Sapphire Rapids with this CPU's
+    features: the row tile is 512-bit FMAs with fastconv's features, 256-bit without."""
+    from llvmlite import binding
+
+    from fastconv.kernels import FULL_WIDTH_VECTORS, VECTOR_LANES
+    if VECTOR_LANES != 16:
+        pytest.skip("needs an AVX-512 CPU, to run code compiled for one")
+    assert FULL_WIDTH_VECTORS  # this process: no NUMBA_CPU_NAME or _FEATURES of its own
+    assert numba.config.CPU_FEATURES.endswith(",-prefer-256-bit")
+    script = ROW_TILE_WIDTHS.format(tests=str(Path(__file__).parent))
+    widths = {}
+    for features in (numba.config.CPU_FEATURES, binding.get_host_cpu_features().flatten()):
+        env = {**os.environ, "NUMBA_CPU_NAME": "sapphirerapids", "NUMBA_CPU_FEATURES": features,
+               "NUMBA_CACHE_DIR": str(tmp_path), "FASTCONV_CACHE_DIR": str(tmp_path)}
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        widths[features] = tuple(map(int, run.stdout.split()[-2:]))
+    ours, llvms = widths.values()
+    assert ours[0] >= 7 and ours[1] == 0, ours  # a zmm FMA per pixel of the 7-pixel tile
+    assert llvms[0] == 0 and llvms[1] > 0, llvms
