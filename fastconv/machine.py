@@ -38,7 +38,7 @@ def describe(info: dict) -> list[tuple[str, str]]:
     """``(label, text)`` lines describing a :func:`machine`, for headers and ``fastconv info``."""
     return [
         ("cpu", f"{info['cpu']} (SIMD: {' '.join(info['simd']) or 'none found'})"),
-        *((("vectors", info["vectors"]),) if "vectors" in info else ()),
+        ("vectors", info["vectors"]),
         ("threads", f"{info['threads']} (of {info['cpus']} CPUs)"),
         ("BLAS", "; ".join(info["blas"]) or "none found"),
         ("malloc", info["malloc"]),

@@ -21,7 +21,8 @@ from ..runtime import cache_dir
 
 KERNELS_DIR = str(Path(__file__).resolve().parent)
 # float32 lanes of the widest vector registers this CPU has: the register tiles' width.
-VECTOR_LANES = 16 if binding.get_host_cpu_features().get("avx512f", False) else 8
+_HOST_FEATURES = binding.get_host_cpu_features()
+VECTOR_LANES = 16 if _HOST_FEATURES.get("avx512f", False) else 8
 
 # LLVM tunes Intel's AVX-512 server cores (Skylake-SP to Sapphire and Emerald Rapids) to prefer
 # 256-bit vectors, against the clock drop of 512-bit code, and Numba compiles for the host's
@@ -35,8 +36,7 @@ VECTOR_LANES = 16 if binding.get_host_cpu_features().get("avx512f", False) else 
 FULL_WIDTH_VECTORS = (VECTOR_LANES == 16 and "NUMBA_CPU_NAME" not in os.environ
                       and "NUMBA_CPU_FEATURES" not in os.environ)
 if FULL_WIDTH_VECTORS:
-    os.environ["NUMBA_CPU_FEATURES"] = (binding.get_host_cpu_features().flatten()
-                                        + ",-prefer-256-bit")
+    os.environ["NUMBA_CPU_FEATURES"] = _HOST_FEATURES.flatten() + ",-prefer-256-bit"
     config.reload_config()
 
 
