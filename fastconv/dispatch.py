@@ -157,10 +157,29 @@ def select(op: str, device: str, algo: str, geometry, signature, run):
         if why is not None:
             raise ValueError(why)
         return impls[algo]
+    tuning = autotuning()
+    key = (op, device, geometry, runtime.get_num_threads())
+    picked = None if tuning else _picked.get(key)
+    if picked is not None:
+        return impls[picked]
     candidates = {a: fn for a, fn in impls.items()
                   if a != REFERENCE and refusal(op, device, a, geometry) is None}
     if len(candidates) == 1:
-        return next(iter(candidates.values()))
-    if autotuning():
+        picked = next(iter(candidates))
+    elif tuning:
         return candidates[_autotuned(op, device, candidates, signature, run)]
-    return candidates[choose(op, device, geometry)]
+    else:
+        picked = choose(op, device, geometry)
+    if len(_picked) >= PICKED_KEPT:
+        _picked.clear()
+    _picked[key] = picked
+    return candidates[picked]
+
+
+# The heuristic's picks in this process, {(op, device, geometry, threads): algo}: asking every
+# algorithm whether it serves the layer and walking the rule cost ~4 us a call, a quarter of a
+# small conv's host time; a training step asks the same few layers again and again. The names
+# are kept, not the functions, so the registry's current entries always run; a test that
+# plants a rule swaps in an empty dict (monkeypatch) for the test's length.
+_picked: dict[tuple, str] = {}
+PICKED_KEPT = 4096  # forgotten all at once past this many layers (a sweep over shapes)

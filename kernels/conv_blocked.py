@@ -56,6 +56,11 @@ RUN_PIXELS = 512
 ROW_TILES = ({1: (16, 14, 10, 8, 7), 2: (10, 8, 7)} if VECTOR == 16 else
              {1: (14, 12, 10), 2: (5, 4)})
 ROW_PIXELS = ROW_TILES[1][0]  # conv2d_forward_rows' own; forward_rows compiles the others
+# The column steps conv2d_forward_rows is compiled for: a stride-1 layer's and a stride-2 one's
+# in NCHW. A compile-time step keeps a tile's broadcasts on one pointer (a runtime one would
+# take a register per pixel, as conv2d_forward does).
+ROW_STEPS = (1, 2)
+COL_STEP = 1  # conv2d_forward_rows' own; forward_rows compiles the other
 
 
 def lanes(channels: int) -> int:
@@ -145,15 +150,15 @@ def conv2d_forward(x, w, taps, b, y, oh_, ow_, row_step, col_step, y_origin, y_c
 @njit(**CPU_KERNEL)
 def conv2d_forward_rows(x, w, taps, b, y, oh_, ow_, row_step, y_origin, y_channel, y_row,
                         y_col, act):
-    """conv2d_forward for an image of column step 1 (a stride-1 NCHW layer, or a phase of a
-    strided one's input gradient), over register tiles of ROW_PIXELS consecutive pixels of one
-    output row x LANES channels: the tile's input values lie side by side, so every broadcast
-    of a tap is addressed from one pointer and a constant, where conv2d_forward's PIXELS
-    pixels (which may wrap to the next row) take a register each. That leaves the registers
-    for a longer tile: ResNet-8's 16-channel 3x3 layer 180-250 -> 310-340 GFLOP/s on this
-    project's Zen 5, two threads (see ROW_TILES).
+    """conv2d_forward for an image of column step COL_STEP (a stride-1 or stride-2 NCHW
+    layer, or a phase of a strided one's input gradient), over register tiles of ROW_PIXELS
+    consecutive pixels of one output row x LANES channels: the tile's input values lie
+    COL_STEP apart, so every broadcast of a tap is addressed from one pointer and a constant,
+    where conv2d_forward's PIXELS pixels (which may wrap to the next row) take a register
+    each. That leaves the registers for a longer tile: ResNet-8's 16-channel 3x3 layer
+    180-250 -> 310-340 GFLOP/s on this project's Zen 5, two threads (see ROW_TILES).
 
-    Layout: as conv2d_forward's, with col_step 1; needs OW >= ROW_PIXELS. Loop order: (n,
+    Layout: as conv2d_forward's, with col_step COL_STEP; needs OW >= ROW_PIXELS. Loop order: (n,
     group, channel block, output row) in parallel; per row, tiles of ROW_PIXELS pixels (the
     last one moved back to end at the row's end, recomputing a few pixels of the previous),
     then as conv2d_forward. Each task owns y[n] at its channels x its row.
@@ -170,7 +175,7 @@ def conv2d_forward_rows(x, w, taps, b, y, oh_, ow_, row_step, y_origin, y_channe
         for tile in range(tiles):
             ow0 = min(tile * ROW_PIXELS, ow_ - ROW_PIXELS)
             for j in range(ROW_PIXELS):
-                bases[j] = np.uint64(oh * row_step + ow0 + j)
+                bases[j] = np.uint64(oh * row_step + (ow0 + j) * COL_STEP)
             _zero(acc, ROW_PIXELS, LANES)
             _accumulate(acc, x[n], bases, taps[g], w[g, blk], ROW_PIXELS, LANES)
             first = y_origin + oh * y_row + ow0 * y_col
@@ -244,10 +249,11 @@ BACKWARD_WEIGHT = {VECTOR: conv2d_backward_weight,
 
 
 @functools.cache
-def forward_rows(lanes_: int, pixels: int):
+def forward_rows(lanes_: int, pixels: int, col_step: int):
     """conv2d_forward_rows compiled for tiles of ``pixels`` x ``lanes_`` (row_pixels says which
-    a layer takes)."""
-    return variant(conv2d_forward_rows, f"{pixels}x{lanes_}", ROW_PIXELS=pixels, LANES=lanes_)
+    a layer takes) over input columns ``col_step`` apart (one of ROW_STEPS)."""
+    return variant(conv2d_forward_rows, f"{pixels}x{lanes_}" + f"s{col_step}" * (col_step > 1),
+                   ROW_PIXELS=pixels, LANES=lanes_, COL_STEP=col_step)
 
 
 def row_pixels(width: int, lanes_: int, itemsize: int):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import oracle
 from fastconv import geometry, ops, registry
 from fastconv.implementations import driver
+from fastconv.kernels import conv_blocked
 from oracle import random, rel_error
 
 # The algorithms that serve every layer: the ones for some layers only (winograd, depthwise)
@@ -215,6 +216,31 @@ def test_taps_entirely_in_the_padding(algo, padding, window):
                      ("conv2d_backward_weight", (gy, x, w.shape))):
         want = getattr(ops, op)(*args, algo="reference", **kwargs)
         assert rel_error(getattr(ops, op)(*args, algo=algo, **kwargs), want) < 1e-12, op
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [5, 20, 40])  # a vector of channels or less, two, more than two
+@pytest.mark.parametrize("stride", [2, (1, 2)])
+def test_blocked_row_tiles_over_every_second_column(stride, k, dtype, parallel, monkeypatch):
+    """A layer of column stride 2 (NCHW) takes conv2d_forward_rows' tiles, their input values
+    two columns apart: rows of 7, 10, 13 and 16 outputs (every tile length, and a last tile
+    moved back over the previous), against the float64 reference and PyTorch."""
+    _threads(monkeypatch, parallel)
+    ran, real = [], driver.cpu_call
+    monkeypatch.setattr(driver, "cpu_call",
+                        lambda kernel, *a: ran.append(kernel.py_func.__name__) or real(kernel, *a))
+    rng = np.random.default_rng(k)
+    for width in (13, 19, 25, 31):
+        x, w, b = (random(rng, s, dtype) for s in ((2, 3, 5, width), (k, 3, 3, 3), (k,)))
+        kwargs = dict(stride=stride, padding=1)
+        y = ops.conv2d(x, w, b, activation="relu", algo="blocked", **kwargs)
+        oracle.check({"y": y}, oracle.conv2d(x, w, b, activation="relu", **kwargs))
+    tiled = [conv_blocked.row_pixels(ow, conv_blocked.lanes(k), np.dtype(dtype).itemsize)
+             for ow in (7, 10, 13, 16)]  # None where a tile would not fit the registers
+    assert dtype == np.float64 or any(p is not None for p in tiled)
+    assert len([name for name in ran if name.startswith("conv2d_forward_rows")
+                and name.endswith("s2")]) == len(tiled) - tiled.count(None), ran
 
 
 @pytest.mark.parametrize("serial_below", [2**62, 0], ids=["one thread", "thread pool"])

@@ -209,11 +209,37 @@ def test_auto_follows_the_cpu_rule(op, case, expected, ran, monkeypatch):
     if case is DEPTHWISE and op in conv2d.DEPTHWISE_OPS:
         expected = "depthwise"  # taken before the rule: a structural choice (conv2d.py)
     monkeypatch.setitem(conv2d.CPU_RULE, op, PLANTED)
+    monkeypatch.setattr(dispatch, "_picked", {})  # the fitted rule's picks, kept per layer
     x_shape, w_shape, groups = case
     g = geometry.conv_geometry(x_shape, w_shape, 1, 1, 1, groups, "NCHW")
     assert registry.choose(op, "cpu", g) == expected
     call(op, case)
     assert ran == [(op, expected)]
+
+
+def test_auto_asks_the_heuristic_once_per_layer_and_thread_count(ran, monkeypatch):
+    """The heuristic's pick is kept per (op, device, geometry, threads): asked again only for a
+    new layer or thread count, and what runs is the registry's current entry of that name."""
+    monkeypatch.setattr(dispatch, "_picked", {})
+    asked = []
+    monkeypatch.setattr(dispatch, "choose",
+                        lambda op, device, g: asked.append(g) or registry.choose(op, device, g))
+    monkeypatch.setattr(fastconv.runtime, "get_num_threads", lambda: 1)
+    for case in (WIDE, WIDE, THIN, WIDE):
+        call("conv2d", case)
+    assert [(g.C, g.K) for g in asked] == [(8, 16), (1, 2)]
+    assert len(ran) == 4 and ran[0] == ran[1] == ran[3]
+    monkeypatch.setattr(fastconv.runtime, "get_num_threads", lambda: 2)
+    call("conv2d", WIDE)
+    assert len(asked) == 3
+
+
+def test_auto_forgets_its_picks_past_the_limit(monkeypatch):
+    monkeypatch.setattr(dispatch, "_picked", {})
+    monkeypatch.setattr(dispatch, "PICKED_KEPT", 2)
+    for case in (WIDE, THIN, DEPTHWISE):
+        call("conv2d", case)
+    assert len(dispatch._picked) == 1  # the third layer's, after the first two were dropped
 
 
 @pytest.mark.parametrize("op", CONV_OPS)

@@ -50,6 +50,8 @@ def _calls_with_float32(monkeypatch):
     ops.conv2d(x, wide, random(rng, (40,), np.float32), algo="blocked")
     ops.conv2d_backward_weight(random(rng, (2, 40, 5, 5), np.float32), x, wide.shape,
                                algo="blocked")
+    # the row tiles over every second column (7 outputs a row)
+    ops.conv2d(random(rng, (2, 3, 5, 13), np.float32), w, b, stride=2, padding=1, algo="blocked")
     for layout, xs, ws in (("NCHW", x, depthwise), ("NHWC", x.transpose(0, 2, 3, 1).copy(),
                                                   depthwise.transpose(2, 3, 1, 0).copy())):
         kw = dict(stride=2, padding=1, groups=3, data_format=layout, algo="depthwise")
@@ -163,7 +165,18 @@ def test_blocked_row_tiles_are_packed_fmas_on_this_machine(monkeypatch):
     ``(%rbx,%rcx,4)``, ``4(%rbx,%rcx,4)``, ... ``24(%rbx,%rcx,4)``."""
     from fastconv.kernels import conv_blocked
     pixels = conv_blocked.row_pixels(7, conv_blocked.VECTOR, 4)
-    kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, pixels)
+    kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, pixels, 1)
+    assert _packed_fmas(kernel, monkeypatch) >= pixels
+
+
+def test_blocked_row_tiles_over_every_second_column_are_packed_fmas(monkeypatch):
+    """conv2d_forward_rows compiled for a column step of 2 (stride-2 NCHW layers), on a 7-pixel
+    row: as many packed FMAs as with step 1, its broadcasts 8 bytes apart from one pointer."""
+    from fastconv.kernels import conv_blocked
+    pixels = conv_blocked.row_pixels(7, conv_blocked.VECTOR, 4)
+    if pixels is None:
+        pytest.skip(f"no row tile of {conv_blocked.VECTOR} lanes fits 7 columns (ROW_TILES)")
+    kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, pixels, 2)
     assert _packed_fmas(kernel, monkeypatch) >= pixels
 
 
@@ -193,7 +206,7 @@ from test_kernel_ir import _compiled
 from fastconv import ops
 from fastconv.implementations import driver
 from fastconv.kernels import conv_blocked
-kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, conv_blocked.row_pixels(7, 16, 4))
+kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, conv_blocked.row_pixels(7, 16, 4), 1)
 calls, real = [], driver.cpu_call
 driver.cpu_call = lambda k, work, *args: calls.append((k, args)) or real(k, work, *args)
 x = np.random.default_rng(0).standard_normal((2, 3, 7, 7), np.float32)

@@ -303,15 +303,16 @@ def conv2d_blocked_cpu(g, x, w, b, activation):
 
 def _blocked(n, images, filters, taps, bias, y, size, steps, out, act):
     """The blocked forward kernel for its operands: row tiles where the image's column step is
-    1 and a tile fits the row, the generic tiles elsewhere. ``size`` the output's (rows,
-    columns), ``steps`` the input's (row, column) steps per output pixel, ``out`` its
-    (origin, channel, row, column) in y."""
+    one of conv_blocked.ROW_STEPS and a tile fits the row, the generic tiles elsewhere.
+    ``size`` the output's (rows, columns), ``steps`` the input's (row, column) steps per output
+    pixel, ``out`` its (origin, channel, row, column) in y."""
     lanes, (oh, ow) = filters.shape[3], size
     work = n * oh * ow * bias.shape[0] * taps.shape[1]
-    pixels = conv_blocked.row_pixels(ow, lanes, images.itemsize) if steps[1] == 1 else None
+    pixels = (conv_blocked.row_pixels(ow, lanes, images.itemsize)
+              if steps[1] in conv_blocked.ROW_STEPS else None)
     if pixels is not None:
-        driver.cpu_call(conv_blocked.forward_rows(lanes, pixels), work, images, filters, taps,
-                        bias, y, oh, ow, steps[0], *out, act)
+        driver.cpu_call(conv_blocked.forward_rows(lanes, pixels, steps[1]), work, images,
+                        filters, taps, bias, y, oh, ow, steps[0], *out, act)
     else:
         driver.cpu_call(conv_blocked.FORWARD[lanes], work, images, filters, taps, bias, y, oh,
                         ow, *steps, *out, act)
