@@ -102,6 +102,28 @@ def test_float32_mobilenet_like_layer_within_1e5_of_float64(layout, stride):
     oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
 
 
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_backward_input", "conv2d_backward_weight"])
+def test_small_plane_layers_run_on_the_thread_pool(op, monkeypatch):
+    """MobileNetV2's last depthwise layer (8x960x7x7) does few multiply-adds a cell but moves
+    1.5 MB through each of its kernels (pack, tiles, unpack): counted in multiply-adds alone it
+    ran on one thread at half the speed of two. Every kernel of each op now counts as work
+    for the pool."""
+    from fastconv.implementations import driver
+    calls, real = [], driver.cpu_call
+    monkeypatch.setattr(driver, "cpu_call",
+                        lambda kernel, work, *args: calls.append((kernel, work))
+                        or real(kernel, work, *args))
+    rng = np.random.default_rng(0)
+    x, w, gy = (random(rng, s, np.float32) for s in ((8, 960, 7, 7), (960, 1, 3, 3),
+                                                     (8, 960, 7, 7)))
+    kw = dict(padding=1, groups=960, algo="depthwise")
+    {"conv2d": lambda: ops.conv2d(x, w, **kw),
+     "conv2d_backward_input": lambda: ops.conv2d_backward_input(gy, w, x.shape, **kw),
+     "conv2d_backward_weight": lambda: ops.conv2d_backward_weight(gy, x, w.shape, **kw)}[op]()
+    assert calls and all(work >= driver.SERIAL_WORK for _, work in calls), [
+        (k.py_func.__name__, work) for k, work in calls]
+
+
 @pytest.mark.parametrize("op", registry.CONV_OPS)
 def test_explicit_depthwise_on_another_layer_names_it(op):
     x, w = np.ones((1, 4, 5, 5)), np.ones((4, 2, 3, 3))  # two input channels a group

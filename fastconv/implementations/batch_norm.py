@@ -119,7 +119,7 @@ def _backward(xp, call, layout, gy, x, weight, mean, invstd, training, y=None,
 
 @register("batch_norm2d", "cpu", "numba")
 def batch_norm2d_cpu(layout, x, *args):
-    return _forward(np, lambda *a: driver.cpu_call(batch_norm.batch_norm_forward, x.size, *a),
+    return _forward(np, lambda *a: driver.cpu_move(batch_norm.batch_norm_forward, x.size, *a),
                     layout, x, *args)
 
 
@@ -131,7 +131,7 @@ def batch_norm2d_cuda(layout, x, *args):
 
 @register("batch_norm2d_backward", "cpu", "numba")
 def batch_norm2d_backward_cpu(layout, gy, *args):
-    return _backward(np, lambda *a: driver.cpu_call(batch_norm.batch_norm_backward, gy.size,
+    return _backward(np, lambda *a: driver.cpu_move(batch_norm.batch_norm_backward, gy.size,
                                                     *a), layout, gy, *args)
 
 

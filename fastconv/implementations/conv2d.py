@@ -100,7 +100,7 @@ def _embedded(x, layout, images, rows, columns, top, left):
     """``images`` (N, X) zeroed, each holding x's image (an NCHW-indexed view) flat in
     ``layout`` as an image of ``rows`` x ``columns``, x's pixel (i, j) at (top + i, left + j)."""
     channel, row, column = _steps(layout, x.shape[1], rows, columns)
-    driver.cpu_call(layout_kernels.embed, images.size * driver.MOVED_CELL, x, images,
+    driver.cpu_move(layout_kernels.embed, images.size, x, images,
                     top * row + left * column, channel, row, column)
     return images
 
@@ -270,7 +270,7 @@ def _lane_blocks(a, groups):
     n, k, p = a.shape
     lanes = conv_blocked.lanes(k // groups)
     blocks = driver.empty(np, (groups, -(-k // groups // lanes), n, p, lanes), a.dtype)
-    driver.cpu_call(layout_kernels.channel_blocks, blocks.size * driver.MOVED_CELL, a, blocks)
+    driver.cpu_move(layout_kernels.channel_blocks, blocks.size, a, blocks)
     return blocks
 
 
@@ -280,7 +280,7 @@ def _filter_blocks(w):
     groups, i, o, r, s = w.shape
     lanes = conv_blocked.lanes(o)
     blocks = driver.empty(np, (groups, -(-o // lanes), i * r * s, lanes), w.dtype)
-    driver.cpu_call(layout_kernels.filter_blocks, blocks.size * driver.MOVED_CELL, w, blocks)
+    driver.cpu_move(layout_kernels.filter_blocks, blocks.size, w, blocks)
     return blocks
 
 
@@ -505,7 +505,7 @@ def _columns_cpu(g, x):
     if view is not None:
         return view
     cols = driver.workspace((g.C * g.R * g.S, x.shape[0], g.OH, g.OW), x.dtype)
-    driver.cpu_call(im2col.im2col, cols.size, nchw_view(x, g.layout), cols, g.R, g.S, *g.taps)
+    driver.cpu_move(im2col.im2col, cols.size, nchw_view(x, g.layout), cols, g.R, g.S, *g.taps)
     return cols.reshape(cols.shape[0], x.shape[0], -1)
 
 
@@ -520,7 +520,7 @@ def conv2d_im2col_cpu(g, x, w, b, activation):
         for rows, ks in g.group_slices():
             _matmul(wmat[ks], cols[rows], gemm_out[ks])
         if gemm_out is not out or b is not None or activation is not None:
-            driver.cpu_call(im2col.bias_activation, out.size, gemm_out, out,
+            driver.cpu_move(im2col.bias_activation, out.size, gemm_out, out,
                             driver.bias(np, b, g.K, x.dtype), CODES[activation])
     return y
 
@@ -538,7 +538,7 @@ def conv2d_backward_input_im2col_cpu(g, gy, w):
         for rows, ks in g.group_slices():
             _matmul(wmat[ks].T, grad[ks], gcols[rows])
         if scattered:
-            driver.cpu_call(im2col.col2im, gcols.size,
+            driver.cpu_move(im2col.col2im, gcols.size,
                             gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),
                             nchw_view(gx[batch], g.layout), g.R, g.S, *g.taps)
     return gx
@@ -679,7 +679,7 @@ if not cuda_simulated():  # cuBLAS needs a real GPU
 def conv2d_backward_bias_cpu(gy, y, activation, layout):
     gz, gb = _bias_gradients(np, gy, activation, layout)
     gy3, y3, gz3 = (image_major(a, layout) for a in (gy, y, gz))
-    driver.cpu_call(bias_kernels.conv2d_backward_bias, gy.size, gy3, y3, CODES[activation],
+    driver.cpu_move(bias_kernels.conv2d_backward_bias, gy.size, gy3, y3, CODES[activation],
                     gz3, gb)
     return gz, gb
 
@@ -706,7 +706,7 @@ def _bias_gradients(xp, gy, activation, layout):
 def bias_activation_cpu(y, b, activation, layout):
     """y = activation(y + b), in place on the caller's own array."""
     planes = _channel_major(y, layout)
-    driver.cpu_call(im2col.bias_activation, y.size, planes, planes,
+    driver.cpu_move(im2col.bias_activation, y.size, planes, planes,
                     driver.bias(np, b, planes.shape[0], y.dtype), CODES[activation])
     return y
 

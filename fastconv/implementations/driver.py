@@ -104,6 +104,14 @@ def cpu_call(kernel, work, *args):
     return twin(*args)
 
 
+def cpu_move(kernel, cells, *args):
+    """:func:`cpu_call` for a kernel that streams memory (a layout move, a normalisation, a
+    pooling): its work is the ``cells`` it moves, each counted as MOVED_CELL multiply-adds.
+    Counted as one each, a batch norm or a max pool of ResNet-8's 0.2-0.8 M cells ran on one
+    thread at 0.55-0.65x the speed of two."""
+    return cpu_call(kernel, cells * MOVED_CELL, *args)
+
+
 def workspace(shape, dtype, slot=0):
     """CPU scratch (slot 0: im2col's columns, slot 1: a GEMM output), kept per thread and
     reused across calls: a fresh multi-megabyte array pays its page faults on every call."""

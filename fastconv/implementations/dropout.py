@@ -38,7 +38,7 @@ def _backward(xp, call, gy, mask, scale):
 
 @register("dropout", "cpu", "numba")
 def dropout_cpu(x, *args):
-    return _forward(np, lambda *a: driver.cpu_call(dropout.dropout_forward, x.size, *a), x,
+    return _forward(np, lambda *a: driver.cpu_move(dropout.dropout_forward, x.size, *a), x,
                     *args)
 
 
@@ -50,7 +50,7 @@ def dropout_gpu(x, *args):
 
 @register("dropout_backward", "cpu", "numba")
 def dropout_backward_cpu(gy, *args):
-    return _backward(np, lambda *a: driver.cpu_call(dropout.dropout_backward, gy.size, *a), gy,
+    return _backward(np, lambda *a: driver.cpu_move(dropout.dropout_backward, gy.size, *a), gy,
                      *args)
 
 

@@ -169,7 +169,7 @@ def _max_pool2d(xp, call, p, x, with_indices):
 
 @register("max_pool2d", "cpu", "numba")
 def max_pool2d_cpu(p, x, with_indices=False):
-    return _max_pool2d(np, lambda *args: driver.cpu_call(pool.max_pool2d_forward, x.size, *args),
+    return _max_pool2d(np, lambda *args: driver.cpu_move(pool.max_pool2d_forward, x.size, *args),
                        p, x, with_indices)
 
 
@@ -185,7 +185,7 @@ def max_pool2d_cuda(p, x, with_indices=False):
 @register("max_pool2d_backward_indices", "cpu", "numba")
 def max_pool2d_backward_indices_cpu(p, gy, indices):
     gx = driver.empty(np, p.x_shape, gy.dtype)
-    driver.cpu_call(pool.max_pool2d_backward_indices, gx.size, nchw_view(gy, p.layout),
+    driver.cpu_move(pool.max_pool2d_backward_indices, gx.size, nchw_view(gy, p.layout),
                     nchw_view(indices, p.layout), driver.image_major(gx, p.layout))
     return gx
 
@@ -210,8 +210,8 @@ def _register(op, name, window, output_shape):
 
     @register(op, "cpu", "numba")
     def on_cpu(p, *inputs):
-        kernel, work = getattr(pool, name), math.prod(p.x_shape)
-        return run(np, lambda *args: driver.cpu_call(kernel, work, *args), p, *inputs)
+        kernel, cells = getattr(pool, name), math.prod(p.x_shape)
+        return run(np, lambda *args: driver.cpu_move(kernel, cells, *args), p, *inputs)
 
     @register(op, "cuda", "numba", launches=(f"pool_cuda.{name}",))
     def on_cuda(p, *inputs):
