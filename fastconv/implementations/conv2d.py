@@ -100,8 +100,8 @@ def _embedded(x, layout, images, rows, columns, top, left):
     """``images`` (N, X) zeroed, each holding x's image (an NCHW-indexed view) flat in
     ``layout`` as an image of ``rows`` x ``columns``, x's pixel (i, j) at (top + i, left + j)."""
     channel, row, column = _steps(layout, x.shape[1], rows, columns)
-    driver.cpu_move(layout_kernels.embed, images.size, x, images,
-                    top * row + left * column, channel, row, column)
+    driver.cpu_move(layout_kernels.embed, images.size, x, images, top * row + left * column,
+                    channel, row, column)
     return images
 
 

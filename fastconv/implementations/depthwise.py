@@ -61,8 +61,8 @@ def _pack(a, layout, channels, shape, top, left, slot):
     steps = (h * w, w, 1) if layout == "NCHW" else (1, w * c, c)
     blocks = channels.shape[0]
     packed = driver.workspace((n, blocks) + tuple(shape) + (VECTOR,), a.dtype, slot=slot)
-    driver.cpu_move(kernels.pack, packed.size, a.reshape(n, -1), h, w, *steps,
-                    channels, packed, top, left)
+    driver.cpu_move(kernels.pack, packed.size, a.reshape(n, -1), h, w, *steps, channels, packed,
+                    top, left)
     return packed.reshape(n, blocks, -1)
 
 
@@ -119,8 +119,7 @@ def _finish(g, result, channels, rows, cols):
     if g.layout == "NHWC":
         return result
     out = driver.empty(np, (g.N, channels, rows, cols), result.dtype)
-    driver.cpu_move(kernels.unpack, out.size, result, out.reshape(g.N, -1),
-                    channels)
+    driver.cpu_move(kernels.unpack, out.size, result, out.reshape(g.N, -1), channels)
     return out
 
 

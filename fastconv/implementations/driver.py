@@ -107,7 +107,7 @@ def cpu_call(kernel, work, *args):
 def cpu_move(kernel, cells, *args):
     """:func:`cpu_call` for a kernel that streams memory (a layout move, a normalisation, a
     pooling): its work is the ``cells`` it moves, each counted as MOVED_CELL multiply-adds.
-    Counted as one each, a batch norm or a max pool of ResNet-8's 0.2-0.8 M cells ran on one
+    Counted as one each, a batch norm or a max pool of ResNet-8's 0.4-0.8 M cells ran on one
     thread at 0.55-0.65x the speed of two."""
     return cpu_call(kernel, cells * MOVED_CELL, *args)
 
