@@ -241,11 +241,18 @@ def conv2d_backward_weight(x, gy, taps, pixels, images_per_pass, total):
                             total[g, blk, t0 + j, v] += acc[j, v]
 
 
+# The two-vector weight gradient's taps a tile: 10 x 2 zmm accumulators on AVX-512 ran 1.25x
+# faster than 8 (geomean of ResNet-8's and ResNet-18's 32- to 512-channel layers, two threads,
+# this project's Zen 5: benchmarks/results/cpu-weight-tiles.md), 12 spill; AVX2's 16 ymm hold
+# no more than PIXELS.
+WIDE_WEIGHT_TAPS = 10 if VECTOR == 16 else PIXELS
+
 # The kernels by tile width (lanes(channels) says which a layer takes).
 FORWARD = {VECTOR: conv2d_forward,
            2 * VECTOR: variant(conv2d_forward, "wide", LANES=2 * VECTOR)}
 BACKWARD_WEIGHT = {VECTOR: conv2d_backward_weight,
-                   2 * VECTOR: variant(conv2d_backward_weight, "wide", LANES=2 * VECTOR)}
+                   2 * VECTOR: variant(conv2d_backward_weight, "wide", LANES=2 * VECTOR,
+                                       PIXELS=WIDE_WEIGHT_TAPS)}
 
 
 @functools.cache
