@@ -191,6 +191,31 @@ def conv2d_forward_rows(x, w, taps, b, y, oh_, ow_, row_step, y_origin, y_channe
                     yn[i] = activate(yn[i], act, y.dtype)
 
 
+@njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
+def _weight_tile(flat, rows, taps, pixels, total, t0, n0, n1, run, size, pixels_, lanes_):
+    """conv2d_backward_weight's task: its tile of total (taps t0 to t0 + pixels_ of one channel
+    block, zeroed in the first pass) += the products of images n0 to n1, a run of ``run`` images
+    at a time; pixels_ and lanes_ are compile-time constants (the tile's shape). A function of
+    its own, not inlined: inlined into the serial twin's loop nest, the two-vector tile ran
+    2.8-3.3x slower than in the parallel kernel's outlined loop body
+    (benchmarks/results/cpu-weight-tiles.md)."""
+    t_, p_ = taps.shape[0], pixels.shape[0] // run
+    acc = carray(stack_array(pixels_, lanes_, rows.dtype), (pixels_, lanes_))
+    bases = carray(stack_array(pixels_, 1, np.uint64), pixels_)
+    if n0 == 0:
+        total[t0:t0 + pixels_] = 0
+    for m in range(n0, n1, run):
+        count = min(run, n1 - m) * p_
+        for j in range(pixels_):
+            bases[j] = taps[min(t0 + j, t_ - 1)] + np.uint64(m * size)
+        _zero(acc, pixels_, lanes_)
+        _accumulate(acc, flat, bases, pixels[:count], rows[m * p_:], pixels_, lanes_)
+        for j in range(pixels_):
+            if t0 + j < t_:
+                for v in range(lanes_):
+                    total[t0 + j, v] += acc[j, v]
+
+
 @njit(**CPU_KERNEL)
 def conv2d_backward_weight(x, gy, taps, pixels, images_per_pass, total):
     """total = dL/dw in float64: gy correlated with x over batch and pixels, over register tiles
@@ -207,10 +232,10 @@ def conv2d_backward_weight(x, gy, taps, pixels, images_per_pass, total):
     Loop order: passes of images_per_pass images, each small enough to stay in L2 while every
     tile reads it (when each task streamed the whole batch from L3, ResNet-8's 7x7 layers ran
     at a quarter of the forward's rate); per pass, (group, channel block, tile of PIXELS taps)
-    in parallel, then runs of RUN images, their pixels, the channels and the PIXELS taps
-    innermost (unrolled). Each task owns its tile of total, zeroed in the first pass; a run's
-    float32 sum (at most max(P, ~RUN_PIXELS) products) is added into it, so a long batch x
-    pixel sum keeps the precision of the bias gradient's.
+    in parallel (:func:`_weight_tile`), then runs of RUN images, their pixels, the channels
+    and the PIXELS taps innermost (unrolled). Each task owns its tile of total, zeroed in the
+    first pass; a run's float32 sum (at most max(P, ~RUN_PIXELS) products) is added into it,
+    so a long batch x pixel sum keeps the precision of the bias gradient's.
     """
     n_, size = x.shape
     groups, blocks, t_ = total.shape[0], total.shape[1], total.shape[2]
@@ -223,22 +248,8 @@ def conv2d_backward_weight(x, gy, taps, pixels, images_per_pass, total):
         n1 = min(n_, n0 + images_per_pass)
         for task in prange(groups * blocks * tiles):
             g, blk, tile = task // (blocks * tiles), task // tiles % blocks, task % tiles
-            t0 = tile * PIXELS
-            acc = carray(stack_array(PIXELS, LANES, gy.dtype), (PIXELS, LANES))
-            bases = carray(stack_array(PIXELS, 1, np.uint64), PIXELS)
-            if n0 == 0:
-                total[g, blk, t0:t0 + PIXELS] = 0
-            for m in range(n0, n1, run):
-                count = min(run, n1 - m) * p_
-                for j in range(PIXELS):
-                    bases[j] = taps[g, min(t0 + j, t_ - 1)] + np.uint64(m * size)
-                _zero(acc, PIXELS, LANES)
-                _accumulate(acc, flat, bases, pixels[:count], rows[g, blk, m * p_:], PIXELS,
-                            LANES)
-                for j in range(PIXELS):
-                    if t0 + j < t_:
-                        for v in range(LANES):
-                            total[g, blk, t0 + j, v] += acc[j, v]
+            _weight_tile(flat, rows[g, blk], taps[g], pixels, total[g, blk], tile * PIXELS, n0,
+                         n1, run, size, PIXELS, LANES)
 
 
 # The two-vector weight gradient's taps a tile: 10 x 2 zmm accumulators on AVX-512 ran 1.25x
