@@ -1,5 +1,5 @@
-"""Fixtures for every test: outputs poisoned before kernels write them, and the real data's
-folder."""
+"""Fixtures for every test: outputs poisoned before kernels write them, the CPU kernel calls a
+test makes, and the real data's folder."""
 
 import os
 from pathlib import Path
@@ -22,6 +22,19 @@ def poisoned_outputs(monkeypatch):
         return np.full(shape, np.nan, dtype)
     monkeypatch.setattr(driver, "empty", poisoned)
     monkeypatch.setattr(driver, "workspace", poisoned_workspace)
+
+
+@pytest.fixture
+def cpu_calls(monkeypatch):
+    """(kernel, work) of every CPU kernel call the test makes, in order: driver.cpu_call spied
+    on, still running each kernel."""
+    calls, real = [], driver.cpu_call
+
+    def spy(kernel, work, *args):
+        calls.append((kernel, work))
+        return real(kernel, work, *args)
+    monkeypatch.setattr(driver, "cpu_call", spy)
+    return calls
 
 
 @pytest.fixture(scope="module")

@@ -103,16 +103,12 @@ def test_float32_mobilenet_like_layer_within_1e5_of_float64(layout, stride):
 
 
 @pytest.mark.parametrize("op", ["conv2d", "conv2d_backward_input", "conv2d_backward_weight"])
-def test_small_plane_layers_run_on_the_thread_pool(op, monkeypatch):
+def test_small_plane_layers_run_on_the_thread_pool(op, cpu_calls):
     """MobileNetV2's last depthwise layer (8x960x7x7) does few multiply-adds a cell but moves
     1.5 MB through each of its kernels (pack, tiles, unpack): counted in multiply-adds alone it
     ran on one thread at half the speed of two. Every kernel of each op now counts as work
     for the pool."""
     from fastconv.implementations import driver
-    calls, real = [], driver.cpu_call
-    monkeypatch.setattr(driver, "cpu_call",
-                        lambda kernel, work, *args: calls.append((kernel, work))
-                        or real(kernel, work, *args))
     rng = np.random.default_rng(0)
     x, w, gy = (random(rng, s, np.float32) for s in ((8, 960, 7, 7), (960, 1, 3, 3),
                                                      (8, 960, 7, 7)))
@@ -120,8 +116,8 @@ def test_small_plane_layers_run_on_the_thread_pool(op, monkeypatch):
     {"conv2d": lambda: ops.conv2d(x, w, **kw),
      "conv2d_backward_input": lambda: ops.conv2d_backward_input(gy, w, x.shape, **kw),
      "conv2d_backward_weight": lambda: ops.conv2d_backward_weight(gy, x, w.shape, **kw)}[op]()
-    assert calls and all(work >= driver.SERIAL_WORK for _, work in calls), [
-        (k.py_func.__name__, work) for k, work in calls]
+    assert cpu_calls and all(work >= driver.SERIAL_WORK for _, work in cpu_calls), [
+        (k.py_func.__name__, work) for k, work in cpu_calls]
 
 
 @pytest.mark.parametrize("op", registry.CONV_OPS)

@@ -114,15 +114,12 @@ def test_adam_step_kernel_matches_float64_rule(dtype, serial_below, monkeypatch)
 
 @pytest.mark.parametrize("serial_below", [0, 1 << 60], ids=["parallel", "serial"])
 def test_adam_step_on_lists_matches_float64_rule_in_one_kernel_a_dtype(serial_below,
-                                                                       monkeypatch):
+                                                                       monkeypatch, cpu_calls):
     """Tensors of several sizes, float32 and float64 mixed in one list, cut into chunks of at
     most 16 elements (some tensors smaller than one, others ending in a partial one): each
     follows the rule, in one kernel call for each dtype."""
     monkeypatch.setattr(driver, "SERIAL_WORK", serial_below)
     monkeypatch.setattr(kernel_optim, "CHUNK", 16)
-    calls, real = [], driver.cpu_call
-    monkeypatch.setattr(driver, "cpu_call", lambda kernel, work, *args: calls.append(
-        real(kernel, work, *args)))
     rng = np.random.default_rng(12)
     shapes = [(7, 5), (3,), (16,), (2, 3, 3), (1,), (40,)]
     dtypes = [np.float32, np.float64, np.float32, np.float64, np.float32, np.float32]
@@ -136,7 +133,7 @@ def test_adam_step_on_lists_matches_float64_rule_in_one_kernel_a_dtype(serial_be
         fastconv.ops.adam_step(ours, tuple(gs), ms, vs, t, **hyper)
         for g, b in zip(gs, before, strict=True):
             np.testing.assert_array_equal(g, b)  # the gradients are only read
-    assert len(calls) == 2 * len(grads)
+    assert len(cpu_calls) == 2 * len(grads)
     for i, p in enumerate(params):
         want = _adam_float64(p, [gs[i] for gs in grads], **hyper)
         tol = 1e-5 if p.dtype == np.float32 else 1e-12
@@ -230,15 +227,12 @@ SGD_SETTINGS = [dict(lr=0.1), dict(lr=0.1, momentum=0.9, weight_decay=0.05),
                          ids=lambda k: ",".join(f"{a}={v}" for a, v in k.items()))
 @pytest.mark.parametrize("serial_below", [0, 1 << 60], ids=["parallel", "serial"])
 def test_sgd_step_on_lists_matches_float64_rule_in_one_kernel_a_dtype(hyper, serial_below,
-                                                                      monkeypatch):
+                                                                      monkeypatch, cpu_calls):
     """As Adam's: tensors of several sizes, float32 and float64 in one list, in chunks of at
     most 16 elements; the first step (buffers new: b = d) and three after it, in one kernel
     call a dtype each; the gradients only read. A single array of each dtype alike."""
     monkeypatch.setattr(driver, "SERIAL_WORK", serial_below)
     monkeypatch.setattr(kernel_optim, "CHUNK", 16)
-    calls, real = [], driver.cpu_call
-    monkeypatch.setattr(driver, "cpu_call", lambda kernel, work, *args: calls.append(
-        real(kernel, work, *args)))
     rng = np.random.default_rng(13)
     shapes = [(7, 5), (3,), (16,), (2, 3, 3), (1,), (40,)]
     dtypes = [np.float32, np.float64, np.float32, np.float64, np.float32, np.float32]
@@ -255,7 +249,7 @@ def test_sgd_step_on_lists_matches_float64_rule_in_one_kernel_a_dtype(hyper, ser
             np.testing.assert_array_equal(g, b)  # the gradients are only read
         for (p, b), g in zip(singles, gs[:2], strict=True):
             fastconv.ops.sgd_step(p, g, b, **hyper, first_step=t == 0)
-    assert len(calls) == (2 + 2) * len(grads)
+    assert len(cpu_calls) == (2 + 2) * len(grads)
     for i, (p, got) in enumerate(zip(params, ours, strict=True)):
         want, want_buffer = _sgd_float64(p, [gs[i] for gs in grads], **hyper)
         tol = 1e-5 if p.dtype == np.float32 else 1e-12
