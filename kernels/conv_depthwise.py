@@ -3,26 +3,22 @@
 grouped kernels vectorise over a group's output channels (one here) or along a plane's row
 (short, and strided at stride 2), neither of which fits such a layer.
 
-The layout: each image's channels in blocks of VECTOR lanes, each block a padded plane of
-pixels, a pixel one vector of VECTOR channels (NCHW16c on AVX-512, NCHW8c on AVX2): (N, B, L),
-L = planes x HP x WP x VECTOR, flat. :func:`pack` builds it from the caller's array (NCHW or
-NHWC), zero-padded so that every tap of every window lies inside; :func:`unpack` writes a
-blocked result back into an NCHW array (an NHWC one the kernels write directly).
+The forward and the input gradient are one kernel, :func:`depthwise_planes`: each task moves
+its share of the caller's array (NCHW or NHWC) into a local buffer in the blocked layout (a
+pixel one vector of VECTOR channels: NCHW16c on AVX-512, NCHW8c on AVX2), zero-padded, runs
+register tiles over it and moves the result out into the caller's layout while both are in
+L1/L2: the data crosses memory once each way. (Three passes, a pack into a blocked copy, the
+tiles, an unpack, each through memory, ran MobileNetV2's small-plane layers at ~0.5x PyTorch's
+speed: benchmarks/results/cpu-depthwise-planes.md.) The weight gradient packs its input once
+(:func:`pack`) and reduces over it (:func:`depthwise_backward_weight`).
 
-Every depthwise product here is one register tile: PIXELS output pixels along a row x one vector
-of channels, accumulated over the window's taps, each tap a vector of filter values (for the
-channel block) meeting PIXELS input vectors in packed FMAs. On this project's AVX-512 machine
-the tap loop of :func:`depthwise_tiles` compiles to one filter load and PIXELS ``vfmadd231ps
-(mem), zmm, zmm`` (tests/test_kernel_ir.py asserts the packed FMAs on the machine it runs on).
-
-Addressing is affine, so one kernel serves the forward and the input gradient: an output
-(i, j) of a class reads the source at ``i * src_row + j * src_col + taps[t]`` and is stored
-at ``base + i * out_row + j * out_col + block * out_block`` (lanes contiguous: a blocked or an
-NHWC output). The forward is one class; the input gradient at stride s is s_h x s_w classes,
-the input pixels of one phase (ih % s_h, iw % s_w), each a stride-1 correlation of the padded
-output gradient with the taps that reach that phase: a gather, no zeros spread between the
-gradient's pixels, no scatter. Offsets are unsigned, so Numba's negative-index wraparound
-folds away.
+Every depthwise product is one register tile: PIXELS output pixels x one vector of channels,
+accumulated over the window's taps, each tap a vector of filter values meeting PIXELS input
+vectors in packed FMAs; on this project's AVX-512 machine the tap loop compiles to one filter
+load and PIXELS ``vfmadd231ps (mem), zmm, zmm`` (tests/test_kernel_ir.py asserts the packed
+FMAs on the machine it runs on). Channels move between layouts by VECTOR x VECTOR transposes
+in registers (:func:`transpose_block`). Offsets are unsigned, so Numba's negative-index
+wraparound folds away.
 """
 
 import numpy as np
@@ -46,9 +42,11 @@ TAPS = 9
 def transpose_block(typingctx, src, src_start, src_step, dst, dst_start, dst_step):
     """dst[dst_start + j * dst_step + i] = src[src_start + i * src_step + j] for i, j below
     VECTOR: a VECTOR x VECTOR block transposed in registers (VECTOR loads, VECTOR log2(VECTOR)
-    two-source shuffles, VECTOR stores), for 1-D arrays of one dtype and unsigned offsets. LLVM
-    does not find this itself: written as loops, a transposition compiles to a scalar load and
-    store per element (or gathers), 4-8x slower here."""
+    two-source shuffles, VECTOR stores), for 1-D arrays of one dtype and unsigned offsets. A
+    step may instead be a 1-D uint64 array of VECTOR offsets, row i (or j) then at start +
+    step[i]: rows that are not evenly spaced (a padded plane's pixels) move without a copy
+    through a staging block. LLVM does not find this itself: written as loops, a transposition
+    compiles to a scalar load and store per element (or gathers), 4-8x slower here."""
     n = VECTOR
 
     def codegen(context, builder, signature, args):
@@ -58,10 +56,18 @@ def transpose_block(typingctx, src, src_start, src_step, dst, dst_start, dst_ste
         vector, width = ir.VectorType(element, n), context.get_abi_sizeof(element)
         index = ir.IntType(64)
 
-        def address(data, start, step, i):
-            at = builder.add(start, builder.mul(step, ir.Constant(index, i)))
+        def offsets(position):
+            """Row i's offset from the start: step * i, or step[i] of an array of them."""
+            step = args[position]
+            if not isinstance(signature.args[position], types.Array):
+                return lambda i: builder.mul(step, ir.Constant(index, i))
+            data = context.make_array(signature.args[position])(context, builder, step).data
+            return lambda i: builder.load(builder.gep(data, [ir.Constant(index, i)]))
+
+        def address(data, start, offset, i):
+            at = builder.add(start, offset(i))
             return builder.bitcast(builder.gep(data, [at]), vector.as_pointer())
-        rows = [builder.load(address(source, args[1], args[2], i), align=width)
+        rows = [builder.load(address(source, args[1], offsets(2), i), align=width)
                 for i in range(n)]
         # the step of distance d swaps the off-diagonal d x d blocks of every 2d x 2d block
         d = n // 2
@@ -77,9 +83,162 @@ def transpose_block(typingctx, src, src_start, src_step, dst, dst_start, dst_ste
                     rows[i + d] = builder.shuffle_vector(a, b, high)
             d //= 2
         for j in range(n):
-            builder.store(rows[j], address(target, args[4], args[5], j), align=width)
+            builder.store(rows[j], address(target, args[4], offsets(5), j), align=width)
         return context.get_dummy_value()
     return types.void(src, src_start, src_step, dst, dst_start, dst_step), codegen
+
+
+@njit(inline="always", cache=True)
+def _whole_block(sources, blk, plane):
+    """Whether lanes 0..VECTOR-1 of ``blk``'s sub-plane ``plane`` take VECTOR consecutive
+    source channels (then they move by whole vectors); that first channel, else -1."""
+    c0 = sources[blk, plane, 0]
+    if c0 >= 0 and sources[blk, plane, VECTOR - 1] == c0 + VECTOR - 1:
+        return c0
+    return -1
+
+
+@njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
+def _tiles(buf, out, ws, taps, bias, k0, used, count):
+    """out[q, v] = bias[k0 + v] + sum over t of buf[q * VECTOR + taps[t] + v] * ws[t, v] for q
+    below ``count`` rounded up to whole tiles (depthwise_planes' register tiles). A function of
+    its own: inlined into the task's loop nest, LLVM kept the tile in memory."""
+    acc = carray(stack_array(PIXELS, VECTOR, out.dtype), (PIXELS, VECTOR))
+    shift = carray(stack_array(1, VECTOR, out.dtype), VECTOR)
+    for v in range(VECTOR):
+        shift[v] = bias[k0 + v] if v < used else 0
+    for q0 in range(0, count, PIXELS):
+        for j in range(PIXELS):
+            for v in range(VECTOR):
+                acc[j, v] = shift[v]
+        at = np.uint64(q0 * VECTOR)
+        for t in range(taps.shape[0]):
+            off = at + taps[t]
+            for v in range(UVECTOR):  # the lanes outermost: LLVM vectorises them
+                wv = ws[t, v]
+                for j in range(PIXELS):
+                    acc[j, v] += buf[off + np.uint64(j * VECTOR) + v] * wv
+        for j in range(PIXELS):
+            for v in range(UVECTOR):
+                out[at + np.uint64(j * VECTOR) + v] = acc[j, v]
+
+
+@njit(**CPU_KERNEL)
+def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, band, taps,
+                     filters, bias, y, oh_, ow_, y_channel, y_pixel, act):
+    """y = act(bias + sum over taps of the source planes x filters), a band of output rows of
+    one vector of channels per task: its source rows moved into a zeroed local buffer (the
+    block's planes, lanes over channels), register tiles over it, the band moved out.
+
+    Layout: x (N, X) each image flat, source pixel p = h * w_ + w of channel c at
+    ``c * x_channel + p * x_pixel`` (NCHW or NHWC); sources (B, J, VECTOR) the source channel
+    of each lane of each of a block's J sub-planes (-1: zeros); rows (h_, 2) a source row's
+    phase offset in pixels and its row in its phase plane (-1: outside), cols (w_,) a source
+    column's phase offset plus its column (-1: outside); plane (pixels of a phase plane
+    holding a band, its width, phase planes a sub-plane); taps (T,) uint64 a tap's offset in
+    the buffer from the output's own position, in elements; filters (B, T, VECTOR); bias (K,);
+    y (N, Y) each image flat, output (i, j) of channel k at ``k * y_channel + (i * ow_ + j) *
+    y_pixel``, K = y's channels.
+    The buffer: J sub-planes of phase planes of ``band`` + halo rows of ``plane[1]`` pixels,
+    each pixel VECTOR lanes. Output (i, j) of a band starting at i0 is local q = (i - i0) *
+    width + j, and reads q + taps[t]: a strided layer's phases (source rows and columns by
+    their index modulo the stride, as the caller's ``rows`` and ``cols`` place them) make
+    every layer's taps affine in q, so a tile is PIXELS consecutive q, and the columns past
+    ow_ in each row are computed and never stored.
+    Loop order: (n, block, band) in parallel; per task the move in (VECTOR x VECTOR
+    transposes from NCHW, a vector a pixel from NHWC), the tiles (taps t, lanes, the PIXELS
+    pixels innermost: one filter vector meets PIXELS buffer vectors in packed FMAs), the
+    activation, the move out. Each task owns y[n] at its block's channels x its band's rows.
+    """
+    n_, b_, j_ = x.shape[0], sources.shape[0], sources.shape[1]
+    k_ = y.shape[1] // (oh_ * ow_)
+    pixels, width, phases = plane[0], plane[1], plane[2]
+    bands = (oh_ + band - 1) // band
+    reach = pixels // width  # buffer rows a phase plane holds: the band's and the halo's
+    span = -(-band * width // PIXELS) * PIXELS  # a band's local outputs, whole tiles
+    held = max(j_ * phases * pixels, span + int(taps.max()) // VECTOR + PIXELS) * VECTOR
+    trash = np.uint64(held)  # where a source pixel outside the buffer goes
+    for task in prange(n_ * b_ * bands):
+        n, blk, chunk = task // (b_ * bands), task // bands % b_, task % bands
+        i0 = chunk * band
+        i1 = min(oh_, i0 + band)
+        k0 = blk * VECTOR
+        used = min(VECTOR, k_ - k0)
+        xn, yn = x[n], y[n]
+        buf = np.zeros(held + VECTOR, y.dtype)  # and a vector where outside pixels go
+        out = np.empty(span * VECTOR, y.dtype)
+        spots = carray(stack_array(VECTOR, 1, np.uint64), VECTOR)
+        # the move in: the source rows whose phase rows fall in [i0, i0 + reach)
+        for sub in range(j_):
+            base = sub * phases * pixels
+            c0 = _whole_block(sources, blk, sub)
+            h0, h1 = h_, 0
+            for h in range(h_):
+                if rows[h, 1] >= i0 and rows[h, 1] < i0 + reach:
+                    h0, h1 = min(h0, h), h + 1
+            p, p1 = h0 * w_, h1 * w_
+            runs = c0 >= 0 and x_pixel == 1 and p1 - p >= VECTOR  # NCHW: transposes
+            while p < p1:
+                count = VECTOR if runs else 1
+                if runs:
+                    p = min(p, p1 - VECTOR)  # the last run overlaps the one before it
+                h, w = p // w_, p % w_
+                for j in range(count):
+                    at = trash
+                    if rows[h, 0] >= 0 and cols[w] >= 0:
+                        at = np.uint64((base + rows[h, 0] + (rows[h, 1] - i0) * width + cols[w])
+                                       * VECTOR)
+                    if runs:
+                        spots[j] = at
+                    elif at != trash:
+                        if c0 >= 0 and x_channel == 1:  # NHWC: a vector a pixel
+                            first = np.uint64(c0 + (p + j) * x_pixel)
+                            for v in range(UVECTOR):
+                                buf[at + v] = xn[first + v]
+                        else:
+                            for v in range(VECTOR):
+                                c = sources[blk, sub, v]
+                                if c >= 0:
+                                    buf[at + v] = xn[c * x_channel + (p + j) * x_pixel]
+                    w += 1
+                    if w == w_:
+                        h, w = h + 1, 0
+                if runs:
+                    transpose_block(xn, np.uint64(c0 * x_channel + p), np.uint64(x_channel),
+                                    buf, np.uint64(0), spots)
+                p += count
+        _tiles(buf, out, filters[blk], taps, bias, k0, used, (i1 - i0) * width)
+        # the activation in a pass of its own, in cache (in the tiles it pushes the tile out of
+        # the registers: conv_blocked.py)
+        if act != 0:
+            for q in range((i1 - i0) * width * VECTOR):
+                out[q] = activate(out[q], act, y.dtype)
+        # the move out: output pixels i0 * ow_ to i1 * ow_, in runs of VECTOR to NCHW
+        p, p1 = i0 * ow_, i1 * ow_
+        runs = used == VECTOR and y_pixel == 1 and p1 - p >= VECTOR
+        while p < p1:
+            count = VECTOR if runs else 1
+            if runs:
+                p = min(p, p1 - VECTOR)
+            i, jj = p // ow_ - i0, p % ow_
+            for j in range(count):
+                q = np.uint64((i * width + jj) * VECTOR)
+                if runs:
+                    spots[j] = q
+                elif used == VECTOR and y_channel == 1:  # NHWC: a vector a pixel
+                    first = np.uint64(k0 + (p + j) * y_pixel)
+                    for v in range(UVECTOR):
+                        yn[first + v] = out[q + v]
+                else:
+                    for v in range(used):
+                        yn[(k0 + v) * y_channel + (p + j) * y_pixel] = out[q + v]
+                jj += 1
+                if jj == ow_:
+                    i, jj = i + 1, 0
+            if runs:
+                transpose_block(out, np.uint64(0), spots, yn, np.uint64(k0 * y_channel + p),
+                                np.uint64(y_channel))
+            p += count
 
 
 @njit(**CPU_KERNEL)
@@ -134,98 +293,6 @@ def pack(x, h_, w_, x_channel, x_row, x_col, channels, out, top, left):
 
 
 @njit(**CPU_KERNEL)
-def unpack(src, out, k_):
-    """out[n, k * P + p] = src[n, k // VECTOR, p * VECTOR + k % VECTOR] for k < k_: a blocked
-    result into an NCHW array. Layout: src (N, B, P * VECTOR); out (N, K * P) each image flat.
-    Whole blocks move by VECTOR x VECTOR transposes (:func:`transpose_block`). Each task,
-    (n, b) in parallel, owns out[n] at channels b * VECTOR to (b + 1) * VECTOR."""
-    n_, b_ = src.shape[0], src.shape[1]
-    p_ = src.shape[2] // VECTOR
-    for task in prange(n_ * b_):
-        n, b = task // b_, task % b_
-        sb, yn = src[n, b], out[n]
-        k0 = b * VECTOR
-        p0 = 0
-        if k0 + VECTOR <= k_:
-            while p0 + VECTOR <= p_:
-                transpose_block(sb, np.uint64(p0 * VECTOR), UVECTOR, yn,
-                                np.uint64(k0 * p_ + p0), np.uint64(p_))
-                p0 += VECTOR
-        for v in range(min(VECTOR, k_ - k0)):
-            for p in range(p0, p_):
-                yn[(k0 + v) * p_ + p] = sb[p * VECTOR + v]
-
-
-@njit(**CPU_KERNEL)
-def depthwise_tiles(src, filters, taps, counts, grids, bias, out, band, src_row, src_col,
-                    out_row, out_col, out_block, k_, act):
-    """out = act(bias + sum over taps of src x filters), per class of outputs, over register
-    tiles of PIXELS output pixels x VECTOR channels.
-
-    Layout: src (N, B, L) blocked (module docstring); filters (Q, B, T, VECTOR) each class's
-    taps' filter vectors per block; taps (Q, T) uint64 each tap's offset in a block; counts
-    (Q,) the taps of each class; grids (Q, 3) each class's output rows, columns and base
-    offset; bias (K,); out (N, Y) each image flat, output (i, j) of class q, block b, lane v at
-    ``grids[q, 2] + i * out_row + j * out_col + b * out_block + v``; lanes past channel k_
-    are not stored.
-    Loop order: (n, block, class, band of ``band`` output rows) in parallel; per row, tiles of
-    PIXELS consecutive outputs (the last repeats the row's last pixel and stores nothing
-    there); per tile, taps t, the PIXELS pixels and the VECTOR lanes innermost (one vector).
-    Each task owns its class's outputs in its rows, block and image.
-    """
-    n_, b_ = src.shape[0], src.shape[1]
-    q_ = counts.shape[0]
-    bands = (max(grids[:, 0].max(), 1) + band - 1) // band
-    for task in prange(n_ * b_ * q_ * bands):
-        n, rest = task // (b_ * q_ * bands), task % (b_ * q_ * bands)
-        blk, q, chunk = rest // (q_ * bands), rest // bands % q_, rest % bands
-        rows, cols, base = grids[q, 0], grids[q, 1], grids[q, 2]
-        i0, i1 = chunk * band, min(rows, (chunk + 1) * band)
-        if i0 >= i1 or cols == 0:
-            continue
-        xs, ws, ts, yn = src[n, blk], filters[q, blk], taps[q], out[n]
-        k0, count = blk * VECTOR, counts[q]
-        used = min(VECTOR, k_ - k0)
-        acc = carray(stack_array(PIXELS, VECTOR, out.dtype), (PIXELS, VECTOR))
-        bases = carray(stack_array(PIXELS, 1, np.uint64), PIXELS)
-        shift = carray(stack_array(1, VECTOR, out.dtype), VECTOR)
-        for v in range(VECTOR):
-            shift[v] = bias[min(k0 + v, bias.shape[0] - 1)] if k0 + v < bias.shape[0] else 0
-        start = base + blk * out_block
-        for i in range(i0, i1):
-            for j0 in range(0, cols, PIXELS):
-                for j in range(PIXELS):
-                    bases[j] = np.uint64(i * src_row + min(j0 + j, cols - 1) * src_col)
-                    for v in range(VECTOR):
-                        acc[j, v] = 0
-                # the lanes outermost: LLVM then vectorises them and unrolls the pixels inside
-                # (innermost, they are unrolled, and the taps' loop vectorised with gathers)
-                for t in range(count):
-                    off = ts[t]
-                    for v in range(UVECTOR):
-                        wv = ws[t, v]
-                        for j in range(PIXELS):
-                            acc[j, v] += xs[bases[j] + off + v] * wv
-                for j in range(PIXELS):
-                    if j0 + j < cols:
-                        o = np.uint64(start + i * out_row + (j0 + j) * out_col)
-                        if used == VECTOR:
-                            for v in range(UVECTOR):
-                                yn[o + v] = acc[j, v] + shift[v]
-                        else:
-                            for v in range(used):
-                                yn[o + v] = acc[j, v] + shift[v]
-        # the activation in a pass of its own over the task's outputs, still in cache (inside
-        # the tile's epilogue it pushes the tile out of the registers: conv_blocked.py)
-        if act != 0:
-            for i in range(i0, i1):
-                for j in range(cols):
-                    o = start + i * out_row + j * out_col
-                    for v in range(used):
-                        yn[o + v] = activate(yn[o + v], act, out.dtype)
-
-
-@njit(**CPU_KERNEL)
 def depthwise_backward_weight(src, grad, taps, partial, rows, cols, src_row, src_col, g_pixel,
                               g_block):
     """partial[b, n, t, v] = the sum over output pixels (i, j) of image n of
@@ -262,7 +329,7 @@ def depthwise_backward_weight(src, grad, taps, partial, rows, cols, src_row, src
             for j in range(cols):
                 at_g = np.uint64(g0 + (i * cols + j) * g_pixel)
                 at_x = np.uint64(i * src_row + j * src_col)
-                for v in range(UVECTOR):  # the lanes outermost, as in depthwise_tiles
+                for v in range(UVECTOR):  # the lanes outermost, as in _tiles
                     gv = gs[at_g + v]
                     for t in range(TAPS):
                         acc[t, v] += gv * xs[at_x + offsets[t] + v]

@@ -12,7 +12,6 @@ from test_conv import _threads, paddings
 import fastconv
 import oracle
 from fastconv import geometry, ops, registry
-from fastconv.implementations import conv2d
 from oracle import random
 
 SETTINGS = settings(max_examples=40, deadline=None,
@@ -105,9 +104,8 @@ def test_float32_mobilenet_like_layer_within_1e5_of_float64(layout, stride):
 @pytest.mark.parametrize("op", ["conv2d", "conv2d_backward_input", "conv2d_backward_weight"])
 def test_small_plane_layers_run_on_the_thread_pool(op, cpu_calls):
     """MobileNetV2's last depthwise layer (8x960x7x7) does few multiply-adds a cell but moves
-    1.5 MB through each of its kernels (pack, tiles, unpack): counted in multiply-adds alone it
-    ran on one thread at half the speed of two. Every kernel of each op now counts as work
-    for the pool."""
+    1.5 MB in and out of each of its kernels: counted in multiply-adds alone it ran on one
+    thread at half the speed of two. Every kernel of each op counts as work for the pool."""
     from fastconv.implementations import driver
     rng = np.random.default_rng(0)
     x, w, gy = (random(rng, s, np.float32) for s in ((8, 960, 7, 7), (960, 1, 3, 3),
@@ -156,8 +154,7 @@ def test_depthwise_is_not_a_general_algorithm():
 @pytest.mark.parametrize("channels, size, stride", [(144, 56, 1), (576, 14, 2), (960, 7, 1)])
 def test_auto_picks_depthwise_for_mobilenet_layers(op, channels, size, stride):
     """The rule's structural choice (conv2d.choose_cpu, measured in
-    benchmarks/results/cpu-depthwise.md) for the ops it covers."""
+    benchmarks/results/cpu-depthwise-planes.md), for all three ops."""
     g = geometry.conv_geometry((8, channels, size, size), (channels, 1, 3, 3), stride, 1, 1,
                                channels, "NCHW")
-    want = "depthwise" if op in conv2d.DEPTHWISE_OPS else registry.choose(op, "cpu", g)
-    assert registry.choose(op, "cpu", g) == want
+    assert registry.choose(op, "cpu", g) == "depthwise"

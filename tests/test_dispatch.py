@@ -206,7 +206,7 @@ def test_explicit_algo_is_not_autotuned(algo, tuning, ran, monkeypatch):
 @pytest.mark.parametrize("case, expected", PICKS, ids=[f"{c[1]}g{c[2]}" for c, _ in PICKS])
 @pytest.mark.parametrize("op", CONV_OPS)
 def test_auto_follows_the_cpu_rule(op, case, expected, ran, monkeypatch):
-    if case is DEPTHWISE and op in conv2d.DEPTHWISE_OPS:
+    if case is DEPTHWISE:
         expected = "depthwise"  # taken before the rule: a structural choice (conv2d.py)
     monkeypatch.setitem(conv2d.CPU_RULE, op, PLANTED)
     monkeypatch.setattr(dispatch, "_picked", {})  # the fitted rule's picks, kept per layer

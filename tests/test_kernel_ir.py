@@ -190,10 +190,10 @@ def test_direct_tiled_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
 def test_depthwise_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
     """The depthwise register tile (kernels/conv_depthwise.py): a packed FMA per pixel of the
     tile, on one vector of channels. Seen on the AVX-512 Zen 5 this was written on: 24
-    ``vfmadd231ps (mem), zmm, zmm`` in depthwise_tiles (the tap loop unrolled twice, and the
-    odd tap), 27 in depthwise_backward_weight (its 9 taps x 3 unrolled pixels)."""
+    ``vfmadd231ps (mem), zmm, zmm`` in depthwise_planes (its tiles, kernels/conv_depthwise.py's
+    _tiles), 27 in depthwise_backward_weight (its 9 taps x 3 unrolled pixels)."""
     from fastconv.kernels import conv_depthwise
-    assert _packed_fmas(conv_depthwise.depthwise_tiles, monkeypatch) >= conv_depthwise.PIXELS
+    assert _packed_fmas(conv_depthwise.depthwise_planes, monkeypatch) >= conv_depthwise.PIXELS
     assert _packed_fmas(conv_depthwise.depthwise_backward_weight,
                         monkeypatch) >= conv_depthwise.TAPS
 

@@ -747,21 +747,15 @@ def walk(tree, feature, serves=lambda algo: True):
     return tree if isinstance(tree, str) else next(a for a in tree if serves(a))
 
 
-# The ops for which a depthwise layer (groups == C == K: MobileNet's) takes algo "depthwise"
-# whatever the fitted tree says: those where it beat the tree's choice on the MobileNetV2
-# depthwise layers of the suite on 1 and 2 threads (benchmarks/results/cpu-depthwise.md: the
-# weight gradient 1.72x / 1.96x geomean, every layer but one contested one-thread cell; the
-# forward and the input gradient lose on the 56x56 and 112x112 planes on one thread).
-DEPTHWISE_OPS = frozenset({"conv2d_backward_weight"})
-
-
 @heuristic("cpu")
 def choose_cpu(op, g):
     """The rule fitted to the layer suite's measurements: a small decision tree per op over
     :data:`FEATURES` (cpu_rule.py says where it came from and what it costs against the
-    fastest algorithm of each measured layer); before it, the structural choice of
-    :data:`DEPTHWISE_OPS` for depthwise layers."""
-    if op in DEPTHWISE_OPS and g.groups == g.C == g.K:
+    fastest algorithm of each measured layer); before it, a structural choice: a depthwise
+    layer with one output channel a group (groups == C == K: MobileNet's) takes "depthwise"
+    for all three ops, which beat the tree's choice on every MobileNetV2 depthwise layer on one
+    and two threads (1.09-5.6x; benchmarks/results/cpu-depthwise-planes.md)."""
+    if g.groups == g.C == g.K:
         return "depthwise"
     return walk(CPU_RULE[op], lambda name: FEATURES[name](g),
                 lambda algo: refusal(op, "cpu", algo, g) is None)

@@ -3,12 +3,12 @@ three conv ops of a layer with one input channel a group (groups == C, K = m * C
 channels, m the channel multiplier), on kernels/conv_depthwise.py's register tiles with the
 vector lanes over channels.
 
-Each op packs its operands once into the kernels' blocked layout (channels in blocks of VECTOR
-lanes, each block a zero-padded plane of channel vectors), runs one kernel, and writes the
-result back in the caller's layout: an NHWC result straight from the kernel, an NCHW one
-through :func:`~fastconv.kernels.conv_depthwise.unpack`. A multiplier m > 1 costs nothing in
-the kernels: the forward and the weight gradient pack input channel k // m into lane k, the
-input gradient packs the m output channels of input channel c as m planes of its block.
+The forward and the input gradient are one correlation (:func:`_correlate`, one kernel call
+that moves its operand in and its result out per task): the forward's lane k reads input
+channel k // m; the input gradient places the output gradient ``stride`` apart and correlates
+it at stride 1 with the flipped filters, summing an input channel's m output channels as m
+sub-planes. The weight gradient packs the input once into the blocked layout and reduces each
+tap's products over the output pixels.
 """
 
 import numpy as np
@@ -19,9 +19,12 @@ from ..kernels.activation import CODES
 from . import driver
 
 VECTOR = kernels.VECTOR
-# Output pixels a parallel task computes at least (rows of them): enough tiles that a task's
-# start-up (its filters, bias and offsets) is paid once per several hundred FMAs.
-TASK_PIXELS = 64
+# Output pixels (a band of rows) a task of kernels.depthwise_planes computes at least: its two
+# buffers (~0.5 MB for a 112-wide plane) stay in L2, and the halo rows it moves twice are few.
+# Of 256 to 65536, 4096 ran within 6% of each MobileNetV2 layer's best on one and two threads
+# here (1024: up to 1.5x slower on the 56x56 and 112x112 planes; benchmarks/results/
+# cpu-depthwise-planes.md).
+BAND_PIXELS = 4096
 
 
 def applies(g):
@@ -86,104 +89,76 @@ def _packed_input(g, x):
     return images, taps, g.stride[0] * wp * VECTOR, g.stride[1] * VECTOR
 
 
-def _filter_blocks(columns, blocks):
-    """(B, T, VECTOR) of (channels, T) filter columns: each block's taps, a vector a tap, zero
-    past the last channel."""
-    padded = np.zeros((blocks * VECTOR, columns.shape[1]), columns.dtype)
-    padded[:columns.shape[0]] = columns
-    return np.ascontiguousarray(padded.reshape(blocks, VECTOR, -1).transpose(0, 2, 1))
+def _axis(size, before, up, out_size, k, stride, dilation):
+    """One axis of kernels.depthwise_planes' buffer, whose outputs read the source placed from
+    ``before`` with its pixels ``up`` apart, at ``stride`` and ``dilation``: (phase plane
+    width, each source index's phase or -1 where it lies outside, its index in its phase
+    plane, each tap's (phase, shift), the halo a band reads past its own rows)."""
+    extent = max(before + (size - 1) * up + 1, (out_size - 1) * stride + (k - 1) * dilation + 1)
+    at = before + np.arange(size) * up
+    inside = at >= 0
+    taps = [(r * dilation % stride, r * dilation // stride) for r in range(k)]
+    return (-(-extent // stride), np.where(inside, at % stride, -1),
+            np.where(inside, at // stride, -1), taps, (k - 1) * dilation // stride)
 
 
-def _band(cols):
-    """Output rows a parallel task computes."""
-    return max(1, TASK_PIXELS // max(cols, 1))
-
-
-def _output(g, shape_nchw, channels, dtype, slot):
-    """Where the tiles kernel writes a result of ``channels`` channels and (rows, cols)
-    ``shape_nchw``: (the result, the kernel's flat target, pixel step, block step, lanes
-    stored); an NHWC result is the target itself, an NCHW one is blocked scratch that
-    :func:`_finish` unpacks."""
-    n, (rows, cols) = g.N, shape_nchw
-    if g.layout == "NHWC":
-        result = driver.empty(np, (n, rows, cols, channels), dtype)
-        return result, result.reshape(n, -1), channels, VECTOR, channels
-    blocks = _blocks(channels)
-    scratch = driver.workspace((n, blocks, rows * cols * VECTOR), dtype, slot=slot)
-    return scratch, scratch.reshape(n, -1), VECTOR, rows * cols * VECTOR, blocks * VECTOR
-
-
-def _finish(g, result, channels, rows, cols):
-    """The result in the caller's layout: an NHWC one as it is, a blocked one unpacked into a
-    new NCHW array."""
-    if g.layout == "NHWC":
-        return result
-    out = driver.empty(np, (g.N, channels, rows, cols), result.dtype)
-    driver.cpu_move(kernels.unpack, out.size, result, out.reshape(g.N, -1), channels)
+def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activation):
+    """activation(b + the correlation of ``a``'s channels with ``weights``), in the caller's
+    layout: lane k of block k // VECTOR sums over its sub-planes j the source channel
+    ``sources[block, j, lane]`` placed from ``before`` (rows, columns) with its pixels ``up``
+    apart, correlated with ``weights[k, j]`` (R x S) at ``stride`` and the layer's dilation;
+    ``out_shape`` the result's (channels, rows, columns)."""
+    n, _, h, w = nchw_view(a, g.layout).shape
+    blocks, subs = sources.shape[0], sources.shape[1]
+    (k, oh, ow), (r_, s_), (dh, dw) = out_shape, weights.shape[2:], g.dilation
+    width, col_phase, col_index, col_taps, _ = _axis(w, before[1], up[1], ow, s_, stride[1], dw)
+    _, row_phase, row_index, row_taps, halo = _axis(h, before[0], up[0], oh, r_, stride[0], dh)
+    band = min(oh, max(1, -(-BAND_PIXELS // width)))
+    pixels, phases = (band + halo) * width, stride[0] * stride[1]
+    rows = np.stack([np.where(row_phase >= 0, row_phase * stride[1] * pixels, -1), row_index],
+                    axis=1).astype(np.int64)
+    cols = np.where(col_phase >= 0, col_phase * pixels + col_index, -1).astype(np.int64)
+    taps = np.array([((j * phases + pr * stride[1] + pc) * pixels + sr * width + sc) * VECTOR
+                     for j in range(subs) for pr, sr in row_taps for pc, sc in col_taps],
+                    np.uint64)
+    filters = np.ascontiguousarray(
+        weights.reshape(blocks, VECTOR, -1).transpose(0, 2, 1)).astype(a.dtype)
+    out, steps = ((driver.empty(np, (n, k, oh, ow), a.dtype), (oh * ow, 1)) if g.layout == "NCHW"
+                  else (driver.empty(np, (n, oh, ow, k), a.dtype), (1, k)))
+    driver.cpu_call(kernels.depthwise_planes, _work(g, out.size), a.reshape(n, -1), h, w,
+                    *((h * w, 1) if g.layout == "NCHW" else (1, a.shape[-1])), sources, rows,
+                    cols, np.array([pixels, width, phases], np.int64), band, taps, filters,
+                    driver.bias(np, b, k, a.dtype), out.reshape(n, -1), oh, ow, *steps,
+                    CODES[activation])
     return out
 
 
+def _lane_weights(filters, blocks):
+    """(blocks * VECTOR, J, R, S) of (channels, J, R, S): zero past the last channel."""
+    padded = np.zeros((blocks * VECTOR,) + filters.shape[1:], filters.dtype)
+    padded[:filters.shape[0]] = filters
+    return padded
+
+
 def forward(g, x, w, b, activation):
-    """y = activation(b + conv(x, w)): one class of outputs, the whole output plane."""
-    images, taps, src_row, src_col = _packed_input(g, x)
-    blocks = images.shape[1]
-    filters = _filter_blocks(oihw_view(w, g.layout).reshape(g.K, -1), blocks)[None]
-    result, target, pixel, block, stored = _output(g, (g.OH, g.OW), g.K, x.dtype, slot=1)
-    driver.cpu_call(kernels.depthwise_tiles, _work(g, target.size), images, filters, taps[None],
-                    np.array([taps.size]), np.array([[g.OH, g.OW, 0]]),
-                    driver.bias(np, b, g.K, x.dtype), target, _band(g.OW), src_row, src_col,
-                    g.OW * pixel, pixel, block, stored, CODES[activation])
-    return _finish(g, result, g.K, g.OH, g.OW)
-
-
-def _phases(size, out_size, k, stride, dilation, pad):
-    """The input gradient's classes along one axis: per phase p (input indices p, p + stride,
-    ...), (how many, [(tap, shift)]) where tap r reaches input p + i * stride from output
-    i + shift; and (margin, extent): the output gradient's rows read, from -margin, extent of
-    them."""
-    phases, lo, hi = [], 0, out_size
-    for p in range(stride):
-        count = len(range(p, size, stride))
-        reach = [(r, (p + pad - r * dilation) // stride) for r in range(k)
-                 if (p + pad - r * dilation) % stride == 0]
-        for _, shift in reach if count else ():
-            lo, hi = min(lo, shift), max(hi, shift + count)
-        phases.append((count, reach if count else []))  # a phase of no pixels reads nothing
-    return phases, -lo, hi - lo
+    """y = activation(b + conv(x, w)): output channel k reads input channel k // m."""
+    m, blocks = g.K // g.C, _blocks(g.K)
+    sources = _lanes(blocks, lambda k: k // m, g.K)[:, None]
+    weights = _lane_weights(oihw_view(w, g.layout).reshape(g.K, 1, g.R, g.S), blocks)
+    return _correlate(g, x, sources, weights, b, (g.padding[0], g.padding[2]), (1, 1), g.stride,
+                      (g.K, g.OH, g.OW), activation)
 
 
 def backward_input(g, gy, w):
-    """gx = dL/dx: per phase class (ih % sh, iw % sw) of input pixels, a stride-1 correlation of
-    the zero-padded gy with the taps reaching that phase (a gather)."""
+    """gx = dL/dx: the output gradient placed ``stride`` apart and correlated at stride 1 with
+    the flipped filters, input channel c summing its m output channels c * m + j."""
     m, blocks = g.K // g.C, _blocks(g.C)
-    (sh, sw), (dh, dw) = g.stride, g.dilation
-    rows, top, hpg = _phases(g.H, g.OH, g.R, sh, dh, g.padding[0])
-    cols, left, wpg = _phases(g.W, g.OW, g.S, sw, dw, g.padding[2])
-    # block b * m + j: lane v holds output channel c * m + j of input channel c = b * VECTOR + v
-    b, j, v = np.meshgrid(np.arange(blocks), np.arange(m), np.arange(VECTOR), indexing="ij")
-    c = b * VECTOR + v
-    lanes = np.where(c < g.C, c * m + j, -1).reshape(blocks * m, VECTOR).astype(np.int64)
-    grads = _pack(gy, g.layout, lanes, (hpg, wpg), top, left, slot=0).reshape(g.N, blocks, -1)
-    wc = oihw_view(w, g.layout).reshape(g.C, m, g.R, g.S)
-    classes = [(ph, pw, [(j, r, dr, s, ds) for j in range(m) for r, dr in rtaps
-                         for s, ds in ctaps], (nr, nc))
-               for ph, (nr, rtaps) in enumerate(rows) for pw, (nc, ctaps) in enumerate(cols)]
-    most = max(1, max(len(c[2]) for c in classes))
-    filters = np.zeros((len(classes), blocks, most, VECTOR), gy.dtype)
-    taps = np.zeros((len(classes), most), np.uint64)
-    counts = np.zeros(len(classes), np.int64)
-    grids = np.zeros((len(classes), 3), np.int64)
-    result, target, pixel, block, stored = _output(g, (g.H, g.W), g.C, gy.dtype, slot=1)
-    for q, (ph, pw, reach, (nr, nc)) in enumerate(classes):
-        counts[q] = len(reach)
-        grids[q] = nr, nc, (ph * g.W + pw) * pixel
-        for t, (j, r, dr, s, ds) in enumerate(reach):
-            taps[q, t] = ((j * hpg + top + dr) * wpg + left + ds) * VECTOR
-            filters[q, :, t] = _filter_blocks(wc[:, j, r, s][:, None], blocks)[:, 0]
-    driver.cpu_call(kernels.depthwise_tiles, _work(g, target.size), grads, filters, taps, counts,
-                    grids, driver.bias(np, None, 1, gy.dtype), target, _band(-(-g.W // sw)),
-                    wpg * VECTOR, VECTOR, sh * g.W * pixel, sw * pixel, block, stored, 0)
-    return _finish(g, result, g.C, g.H, g.W)
+    (dh, dw) = g.dilation
+    sources = np.stack([_lanes(blocks, lambda c, j=j: c * m + j, g.C) for j in range(m)], 1)
+    flipped = oihw_view(w, g.layout).reshape(g.C, m, g.R, g.S)[:, :, ::-1, ::-1]
+    return _correlate(g, gy, sources, _lane_weights(flipped, blocks), None,
+                      ((g.R - 1) * dh - g.padding[0], (g.S - 1) * dw - g.padding[2]), g.stride,
+                      (1, 1), (g.C, g.H, g.W), None)
 
 
 def backward_weight(g, gy, x):
