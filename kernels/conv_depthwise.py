@@ -9,8 +9,9 @@ pixel one vector of VECTOR channels: NCHW16c on AVX-512, NCHW8c on AVX2), zero-p
 register tiles over it and moves the result out into the caller's layout while both are in
 L1/L2: the data crosses memory once each way. (Three passes, a pack into a blocked copy, the
 tiles, an unpack, each through memory, ran MobileNetV2's small-plane layers at ~0.5x PyTorch's
-speed: benchmarks/results/cpu-depthwise-planes.md.) The weight gradient packs its input once
-(:func:`pack`) and reduces over it (:func:`depthwise_backward_weight`).
+speed: benchmarks/results/cpu-depthwise-planes.md.) The weight gradient,
+:func:`depthwise_planes_weight`, moves the input and the output gradient in the same way and
+reduces each tap's products over the task's outputs.
 
 Every depthwise product is one register tile: PIXELS output pixels x one vector of channels,
 accumulated over the window's taps, each tap a vector of filter values meeting PIXELS input
@@ -91,11 +92,11 @@ def transpose_block(typingctx, src, src_start, src_step, dst, dst_start, dst_ste
 
 
 @njit(inline="always", cache=True)
-def _whole_block(sources, blk, plane):
-    """Whether lanes 0..VECTOR-1 of ``blk``'s sub-plane ``plane`` take VECTOR consecutive
-    source channels (then they move by whole vectors); that first channel, else -1."""
-    c0 = sources[blk, plane, 0]
-    if c0 >= 0 and sources[blk, plane, VECTOR - 1] == c0 + VECTOR - 1:
+def _whole_block(lanes):
+    """The first of VECTOR consecutive source channels that ``lanes`` (VECTOR,) take (then they
+    move by whole vectors), else -1."""
+    c0 = lanes[0]
+    if c0 >= 0 and lanes[VECTOR - 1] == c0 + VECTOR - 1:
         return c0
     return -1
 
@@ -107,6 +108,57 @@ def _buffer_row(rows, h, h_, base, i0, width):
     if h >= h_ or rows[h, 0] < 0:
         return -1
     return base + rows[h, 0] + (rows[h, 1] - i0) * width
+
+
+@njit(inline="always", cache=True)
+def _move_in(buf, base, xn, h_, w_, x_channel, x_pixel, lanes, rows, cols, i0, reach, width,
+             spots):
+    """buf[(base + place) * VECTOR + v] = xn[lanes[v] * x_channel + p * x_pixel] for each source
+    pixel p = h * w_ + w whose buffer row ``rows[h, 1] - i0`` lies in [0, reach): its place is
+    ``rows[h, 0] + (rows[h, 1] - i0) * width + cols[w]``; a pixel whose row or column is -1 goes
+    to the buffer's last vector, lanes of channel -1 stay as they are (zero).
+
+    From NCHW whole blocks move as VECTOR x VECTOR transposes of VECTOR consecutive flat pixels
+    (rows of a plane narrower than a vector included), each pixel's vector stored at its place
+    (``spots``, a stack array of VECTOR offsets); from NHWC a vector a pixel."""
+    trash = np.uint64(buf.shape[0] - VECTOR)
+    c0 = _whole_block(lanes)
+    h0, h1 = h_, 0
+    for h in range(h_):
+        if rows[h, 1] >= i0 and rows[h, 1] < i0 + reach:
+            h0, h1 = min(h0, h), h + 1
+    p, p1 = h0 * w_, h1 * w_
+    runs = c0 >= 0 and x_pixel == 1 and p1 - p >= VECTOR  # NCHW: transposes
+    while p < p1:
+        count = VECTOR if runs else 1
+        if runs:
+            p = min(p, p1 - VECTOR)  # the last run overlaps the one before it
+        h, w = p // w_, p % w_
+        row = _buffer_row(rows, h, h_, base, i0, width)
+        for j in range(count):
+            at = trash
+            if row >= 0 and cols[w] >= 0:
+                at = np.uint64((row + cols[w]) * VECTOR)
+            if runs:
+                spots[j] = at
+            elif at != trash:
+                if c0 >= 0 and x_channel == 1:  # NHWC: a vector a pixel
+                    first = np.uint64(c0 + (p + j) * x_pixel)
+                    for v in range(UVECTOR):
+                        buf[at + v] = xn[first + v]
+                else:
+                    for v in range(VECTOR):
+                        c = lanes[v]
+                        if c >= 0:
+                            buf[at + v] = xn[c * x_channel + (p + j) * x_pixel]
+            w += 1
+            if w == w_:
+                h, w = h + 1, 0
+                row = _buffer_row(rows, h, h_, base, i0, width)
+        if runs:
+            transpose_block(xn, np.uint64(c0 * x_channel + p), np.uint64(x_channel), buf,
+                            np.uint64(0), spots)
+        p += count
 
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
@@ -170,7 +222,6 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
     reach = pixels // width  # buffer rows a phase plane holds: the band's and the halo's
     span = -(-band * width // PIXELS) * PIXELS  # a band's local outputs, whole tiles
     held = max(j_ * phases * pixels, span + int(taps.max()) // VECTOR + PIXELS) * VECTOR
-    trash = np.uint64(held)  # where a source pixel outside the buffer goes
     for task in prange(n_ * b_ * bands):
         n, blk, chunk = task // (b_ * bands), task // bands % b_, task % bands
         i0 = chunk * band
@@ -181,46 +232,9 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
         buf = np.zeros(held + VECTOR, y.dtype)  # and a vector where outside pixels go
         out = np.empty(span * VECTOR, y.dtype)
         spots = carray(stack_array(VECTOR, 1, np.uint64), VECTOR)
-        # the move in: the source rows whose phase rows fall in [i0, i0 + reach)
         for sub in range(j_):
-            base = sub * phases * pixels
-            c0 = _whole_block(sources, blk, sub)
-            h0, h1 = h_, 0
-            for h in range(h_):
-                if rows[h, 1] >= i0 and rows[h, 1] < i0 + reach:
-                    h0, h1 = min(h0, h), h + 1
-            p, p1 = h0 * w_, h1 * w_
-            runs = c0 >= 0 and x_pixel == 1 and p1 - p >= VECTOR  # NCHW: transposes
-            while p < p1:
-                count = VECTOR if runs else 1
-                if runs:
-                    p = min(p, p1 - VECTOR)  # the last run overlaps the one before it
-                h, w = p // w_, p % w_
-                row = _buffer_row(rows, h, h_, base, i0, width)
-                for j in range(count):
-                    at = trash
-                    if row >= 0 and cols[w] >= 0:
-                        at = np.uint64((row + cols[w]) * VECTOR)
-                    if runs:
-                        spots[j] = at
-                    elif at != trash:
-                        if c0 >= 0 and x_channel == 1:  # NHWC: a vector a pixel
-                            first = np.uint64(c0 + (p + j) * x_pixel)
-                            for v in range(UVECTOR):
-                                buf[at + v] = xn[first + v]
-                        else:
-                            for v in range(VECTOR):
-                                c = sources[blk, sub, v]
-                                if c >= 0:
-                                    buf[at + v] = xn[c * x_channel + (p + j) * x_pixel]
-                    w += 1
-                    if w == w_:
-                        h, w = h + 1, 0
-                        row = _buffer_row(rows, h, h_, base, i0, width)
-                if runs:
-                    transpose_block(xn, np.uint64(c0 * x_channel + p), np.uint64(x_channel),
-                                    buf, np.uint64(0), spots)
-                p += count
+            _move_in(buf, sub * phases * pixels, xn, h_, w_, x_channel, x_pixel,
+                     sources[blk, sub], rows, cols, i0, reach, width, spots)
         if t_ == WINDOW_TAPS:
             _tiles(buf, out, filters[blk], taps, bias, k0, used, (i1 - i0) * width, WINDOW_TAPS)
         else:
@@ -258,102 +272,69 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
             p += count
 
 
-@njit(**CPU_KERNEL)
-def pack(x, h_, w_, x_channel, x_row, x_col, channels, out, top, left):
-    """out[n, b, top + h, left + w, v] = x[n, channels[b, v] * x_channel + h * x_row + w *
-    x_col] for h < h_, w < w_; zero where ``channels[b, v]`` is -1 and in the margins.
-
-    Layout: x (N, X) each image flat, its channel, row and column steps given (NCHW or NHWC);
-    channels (B, VECTOR) int64, the source channel of each lane of each block; out
-    (N, B, HP, WP, VECTOR). A block of VECTOR consecutive channels moves by whole vectors:
-    from NHWC a copy a pixel, from NCHW VECTOR x VECTOR transposes (:func:`transpose_block`)
-    along each row. Each task, (n, b) in parallel, owns out[n, b].
-    """
-    n_, b_, hp, wp = out.shape[0], out.shape[1], out.shape[2], out.shape[3]
-    for task in prange(n_ * b_):
-        n, b = task // b_, task % b_
-        xn, plane = x[n], out[n, b].reshape(hp * wp * VECTOR)
-        for i in range(hp):
-            inside = top <= i < top + h_
-            for j in range(wp):
-                if not (inside and left <= j < left + w_):
-                    at = np.uint64((i * wp + j) * VECTOR)
-                    for v in range(UVECTOR):
-                        plane[at + v] = 0
-        c0 = channels[b, 0]
-        whole = c0 >= 0 and channels[b, VECTOR - 1] == c0 + VECTOR - 1
-        for h in range(h_):
-            row = np.uint64(((top + h) * wp + left) * VECTOR)
-            if whole and x_col == 1:  # NCHW
-                w0 = 0
-                while w0 + VECTOR <= w_:
-                    transpose_block(xn, np.uint64(c0 * x_channel + h * x_row + w0),
-                                    np.uint64(x_channel), plane, row + np.uint64(w0 * VECTOR),
-                                    UVECTOR)
-                    w0 += VECTOR
-                for w in range(w0, w_):
-                    at = row + np.uint64(w * VECTOR)
-                    for v in range(VECTOR):
-                        plane[at + v] = xn[(c0 + v) * x_channel + h * x_row + w]
-            elif whole and x_channel == 1:  # NHWC
-                for w in range(w_):
-                    at, first = row + np.uint64(w * VECTOR), np.uint64(c0 + h * x_row + w * x_col)
-                    for v in range(UVECTOR):
-                        plane[at + v] = xn[first + v]
-            else:
-                for w in range(w_):
-                    at = row + np.uint64(w * VECTOR)
-                    for v in range(VECTOR):
-                        c = channels[b, v]
-                        plane[at + v] = xn[max(c, 0) * x_channel + h * x_row + w * x_col] if (
-                            c >= 0) else 0
-
-
-@njit(**CPU_KERNEL)
-def depthwise_backward_weight(src, grad, taps, partial, rows, cols, src_row, src_col, g_pixel,
-                              g_block):
-    """partial[b, n, t, v] = the sum over output pixels (i, j) of image n of
-    grad[n, b * g_block + (i * cols + j) * g_pixel + v] * src[n, b, i * src_row + j * src_col
-    + taps[t] + v]: the weight gradient of block b, per image (the caller sums the images).
-
-    Layout: src (N, B, L) the padded input, blocked as for the forward; grad (N, G) each
-    image's output gradient flat (blocked, or NHWC with whole blocks); taps (T,) uint64 the
-    forward's; partial (B, N, T, VECTOR) float64.
-    Loop order: (block, image, TAPS taps) in parallel, then rows, pixels, the TAPS taps and the
-    lanes innermost (the register tile: one gradient vector meets TAPS input vectors). Each
-    task owns partial[b, n] at its taps, so the sum needs no atomics and is the same on any
-    number of threads. A row's sum is kept in the arrays' dtype, the rows' in float64.
-    """
-    n_, b_ = src.shape[0], src.shape[1]
+@njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
+def _weight_sums(buf, grad, taps, total, rows, cols, width):
+    """total[t, v] += the sum over a band's local outputs q = r * width + j (r < ``rows``,
+    j < ``cols``) of grad[q * VECTOR + v] * buf[q * VECTOR + taps[t] + v]: float32 within a
+    row, float64 across rows. The columns past ``cols`` are left out, not multiplied by a zero
+    gradient: a NaN or Inf they read would spread to every tap (PyTorch's does not). The
+    register tile: TAPS taps x one vector, one gradient vector meeting TAPS buffer vectors per
+    output (the lanes outermost, as in _tiles); windows of more taps take several passes."""
     t_ = taps.shape[0]
-    chunks = (t_ + TAPS - 1) // TAPS
-    for task in prange(b_ * n_ * chunks):
-        blk, n, chunk = task // (n_ * chunks), task // chunks % n_, task % chunks
-        t0 = chunk * TAPS
-        acc = carray(stack_array(TAPS, VECTOR, grad.dtype), (TAPS, VECTOR))
-        total = carray(stack_array(TAPS, VECTOR, np.float64), (TAPS, VECTOR))
-        offsets = carray(stack_array(TAPS, 1, np.uint64), TAPS)
+    acc = carray(stack_array(TAPS, VECTOR, grad.dtype), (TAPS, VECTOR))
+    offsets = carray(stack_array(TAPS, 1, np.uint64), TAPS)
+    for t0 in range(0, t_, TAPS):
         for t in range(TAPS):
             offsets[t] = taps[min(t0 + t, t_ - 1)]
-            for v in range(VECTOR):
-                total[t, v] = 0
-        xs, gs = src[n, blk], grad[n]
-        g0 = blk * g_block
-        for i in range(rows):
+        for r in range(rows):
             for t in range(TAPS):
                 for v in range(VECTOR):
                     acc[t, v] = 0
-            for j in range(cols):
-                at_g = np.uint64(g0 + (i * cols + j) * g_pixel)
-                at_x = np.uint64(i * src_row + j * src_col)
-                for v in range(UVECTOR):  # the lanes outermost, as in _tiles
-                    gv = gs[at_g + v]
+            for q in range(r * width, r * width + cols):
+                at = np.uint64(q * VECTOR)
+                for v in range(UVECTOR):
+                    gv = grad[at + v]
                     for t in range(TAPS):
-                        acc[t, v] += gv * xs[at_x + offsets[t] + v]
-            for t in range(TAPS):
+                        acc[t, v] += gv * buf[at + offsets[t] + v]
+            for t in range(min(TAPS, t_ - t0)):
                 for v in range(VECTOR):
-                    total[t, v] += acc[t, v]
-        for t in range(TAPS):
-            if t0 + t < t_:
-                for v in range(VECTOR):
-                    partial[blk, n, t0 + t, v] = total[t, v]
+                    total[t0 + t, v] += acc[t, v]
+
+
+@njit(**CPU_KERNEL)
+def depthwise_planes_weight(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, band,
+                            taps, gy, oh_, ow_, y_channel, y_pixel, lanes, out_rows, out_cols,
+                            partial):
+    """The weight gradient of depthwise_planes' forward: partial[n * bands + chunk, b, t, v] =
+    the sum over the outputs (i, j) of band ``chunk`` of image n of gy[k, i, j] x the source
+    that tap t of output (i, j) reads, k = b * VECTOR + v (the caller sums the bands).
+
+    Layout: x, h_ ... taps as depthwise_planes' (one sub-plane); gy (N, Y) each image flat,
+    (k, i, j) at ``k * y_channel + (i * ow_ + j) * y_pixel``; lanes (B, VECTOR) the output
+    channel of each lane (-1: none); out_rows (oh_, 2) = (0, i) and out_cols (ow_,) = j place
+    the gradient at the buffer's local outputs q = (i - i0) * width + j;
+    partial (N x bands, B, T, VECTOR) float64.
+    Loop order: (block, n, band) in parallel; per task the source's and the gradient's rows
+    moved into two zeroed buffers (as the forward moves its source), then :func:`_weight_sums`.
+    Each task owns its partial[n * bands + chunk, b], so the sum needs no atomics and is the
+    same on any number of threads.
+    """
+    n_, b_ = x.shape[0], sources.shape[0]
+    pixels, width, phases = plane[0], plane[1], plane[2]
+    bands = (oh_ + band - 1) // band
+    reach = pixels // width
+    held = max(phases * pixels, band * width + int(taps.max()) // VECTOR) * VECTOR
+    for task in prange(b_ * n_ * bands):
+        blk, n, chunk = task // (n_ * bands), task // bands % n_, task % bands
+        i0 = chunk * band
+        i1 = min(oh_, i0 + band)
+        buf = np.zeros(held + VECTOR, gy.dtype)
+        grad = np.zeros((band * width + 1) * VECTOR, gy.dtype)  # its lanes past K stay zero
+        spots = carray(stack_array(VECTOR, 1, np.uint64), VECTOR)
+        _move_in(buf, 0, x[n], h_, w_, x_channel, x_pixel, sources[blk, 0], rows, cols, i0,
+                 reach, width, spots)
+        _move_in(grad, 0, gy[n], oh_, ow_, y_channel, y_pixel, lanes[blk], out_rows, out_cols,
+                 i0, band, width, spots)
+        total = partial[n * bands + chunk, blk]
+        total[:] = 0
+        _weight_sums(buf, grad, taps, total, i1 - i0, ow_, width)

@@ -21,7 +21,7 @@ from oracle import random
 
 # Sums kept in float64 on purpose, whatever the arrays' dtype (see their docstrings).
 FLOAT64_ON_PURPOSE = {"conv2d_backward_bias", "conv2d_backward_weight",
-                      "conv2d_backward_weight_wide", "depthwise_backward_weight",
+                      "conv2d_backward_weight_wide", "depthwise_planes_weight",
                       "softmax_cross_entropy"}
 # Arithmetic in double precision, a float widened to double, or a double-precision math call.
 # Not flagged: integers converted to double for Numba's own shape checks, and the unboxing of
@@ -189,12 +189,13 @@ def test_direct_tiled_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
 
 def test_depthwise_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
     """The depthwise register tile (kernels/conv_depthwise.py): a packed FMA per pixel of the
-    tile, on one vector of channels. Seen on the AVX-512 Zen 5 this was written on: 24
-    ``vfmadd231ps (mem), zmm, zmm`` in depthwise_planes (its tiles, kernels/conv_depthwise.py's
-    _tiles), 27 in depthwise_backward_weight (its 9 taps x 3 unrolled pixels)."""
+    tile, on one vector of channels. Seen on the AVX-512 Zen 5 this was written on: 96 packed
+    zmm FMAs in depthwise_planes (its _tiles twice: a 3x3 window's 9 taps x 8 pixels unrolled,
+    and 24 in the loop over any other window's taps), 27 in depthwise_planes_weight (its 9 taps
+    x 3 unrolled outputs)."""
     from fastconv.kernels import conv_depthwise
     assert _packed_fmas(conv_depthwise.depthwise_planes, monkeypatch) >= conv_depthwise.PIXELS
-    assert _packed_fmas(conv_depthwise.depthwise_backward_weight,
+    assert _packed_fmas(conv_depthwise.depthwise_planes_weight,
                         monkeypatch) >= conv_depthwise.TAPS
 
 

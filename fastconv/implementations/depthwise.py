@@ -11,6 +11,8 @@ sub-planes. The weight gradient packs the input once into the blocked layout and
 tap's products over the output pixels.
 """
 
+import functools
+
 import numpy as np
 
 from ..geometry import nchw_view, oihw_view
@@ -49,44 +51,16 @@ def _blocks(channels):
     return -(-channels // VECTOR)
 
 
-def _lanes(blocks, source, count):
-    """(blocks, VECTOR) int64: lane k (of all blocks' lanes in a row) takes channel
-    ``source(k)`` for k < ``count``, nothing (-1: a zero) past it."""
-    lane = np.arange(blocks * VECTOR)
-    return np.where(lane < count, source(lane), -1).reshape(blocks, VECTOR).astype(np.int64)
-
-
-def _pack(a, layout, channels, shape, top, left, slot):
-    """``a`` (an input-shaped array in ``layout``) in the kernels' blocked layout: (N, B, L),
-    lane v of block b channel ``channels[b, v]``, each plane ``shape`` (HP, WP) with ``a``'s
-    pixels from (top, left)."""
-    n, c, h, w = nchw_view(a, layout).shape
-    steps = (h * w, w, 1) if layout == "NCHW" else (1, w * c, c)
-    blocks = channels.shape[0]
-    packed = driver.workspace((n, blocks) + tuple(shape) + (VECTOR,), a.dtype, slot=slot)
-    driver.cpu_move(kernels.pack, packed.size, a.reshape(n, -1), h, w, *steps, channels, packed,
-                    top, left)
-    return packed.reshape(n, blocks, -1)
-
-
-def _input_plane(g):
-    """(HP, WP): the padded input plane every window of the forward lies inside."""
-    (sh, sw), (dh, dw) = g.stride, g.dilation
-    top, _, left, _ = g.padding
-    return (max(top + g.H, (g.OH - 1) * sh + (g.R - 1) * dh + 1),
-            max(left + g.W, (g.OW - 1) * sw + (g.S - 1) * dw + 1))
-
-
-def _packed_input(g, x):
-    """x blocked over the output channels (lane k holds input channel k // m), padded."""
-    m, blocks = g.K // g.C, _blocks(g.K)
-    hp, wp = _input_plane(g)
-    images = _pack(x, g.layout, _lanes(blocks, lambda k: k // m, g.K), (hp, wp), g.padding[0],
-                   g.padding[2], slot=0)
-    (dh, dw) = g.dilation
-    r, s = np.arange(g.R)[:, None], np.arange(g.S)[None, :]
-    taps = ((r * dh * wp + s * dw) * VECTOR).reshape(-1).astype(np.uint64)
-    return images, taps, g.stride[0] * wp * VECTOR, g.stride[1] * VECTOR
+@functools.lru_cache(maxsize=256)
+def _lanes(count, m=1, sub=None):
+    """(blocks, J, VECTOR) int64, the blocks over ``count`` lanes: lane k of sub-plane j takes
+    channel k // m (``sub`` None: one sub-plane), or k * m + ``sub`` for each sub-plane
+    j < ``sub`` (an input channel's m output channels); nothing (-1: a zero) past ``count``.
+    Kept per layer: the kernels only read it."""
+    lane = np.arange(_blocks(count) * VECTOR)
+    sources = [lane // m] if sub is None else [lane * m + j for j in range(sub)]
+    return np.stack([np.where(lane < count, c, -1).reshape(-1, VECTOR) for c in sources],
+                    axis=1).astype(np.int64)
 
 
 def _axis(size, before, up, out_size, k, stride, dilation):
@@ -102,15 +76,20 @@ def _axis(size, before, up, out_size, k, stride, dilation):
             np.where(inside, at // stride, -1), taps, (k - 1) * dilation // stride)
 
 
-def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activation):
-    """activation(b + the correlation of ``a``'s channels with ``weights``), in the caller's
-    layout: lane k of block k // VECTOR sums over its sub-planes j the source channel
-    ``sources[block, j, lane]`` placed from ``before`` (rows, columns) with its pixels ``up``
-    apart, correlated with ``weights[k, j]`` (R x S) at ``stride`` and the layer's dilation;
-    ``out_shape`` the result's (channels, rows, columns)."""
-    n, _, h, w = nchw_view(a, g.layout).shape
-    blocks, subs = sources.shape[0], sources.shape[1]
-    (k, oh, ow), (r_, s_), (dh, dw) = out_shape, weights.shape[2:], g.dilation
+def _steps(a, layout):
+    """(channel step, pixel step) of each image of a 4-D array in ``layout``, flat."""
+    _, c, h, w = nchw_view(a, layout).shape
+    return (h * w, 1) if layout == "NCHW" else (1, c)
+
+
+@functools.lru_cache(maxsize=256)
+def _buffer(hw, before, up, stride, dilation, out_hw, window, subs):
+    """Where kernels.depthwise_planes puts a source of ``hw`` pixels placed from ``before``
+    (rows, columns) with its pixels ``up`` apart, read at ``stride`` and ``dilation`` by a
+    ``window`` (R, S) over ``subs`` sub-planes into ``out_hw`` outputs: (band, rows, cols,
+    plane, taps), the kernel's arguments of those names. Kept per layer (~20 us of NumPy a
+    call): the kernels only read them."""
+    (h, w), (oh, ow), (r_, s_), (dh, dw) = hw, out_hw, window, dilation
     width, col_phase, col_index, col_taps, _ = _axis(w, before[1], up[1], ow, s_, stride[1], dw)
     _, row_phase, row_index, row_taps, halo = _axis(h, before[0], up[0], oh, r_, stride[0], dh)
     band = min(oh, max(1, -(-BAND_PIXELS // width)))
@@ -121,15 +100,27 @@ def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activat
     taps = np.array([((j * phases + pr * stride[1] + pc) * pixels + sr * width + sc) * VECTOR
                      for j in range(subs) for pr, sr in row_taps for pc, sc in col_taps],
                     np.uint64)
+    return band, rows, cols, np.array([pixels, width, phases], np.int64), taps
+
+
+def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activation):
+    """activation(b + the correlation of ``a``'s channels with ``weights``), in the caller's
+    layout: lane k of block k // VECTOR sums over its sub-planes j the source channel
+    ``sources[block, j, lane]`` placed from ``before`` (rows, columns) with its pixels ``up``
+    apart, correlated with ``weights[k, j]`` (R x S) at ``stride`` and the layer's dilation;
+    ``out_shape`` the result's (channels, rows, columns)."""
+    n, _, h, w = nchw_view(a, g.layout).shape
+    blocks, subs = sources.shape[0], sources.shape[1]
+    k, oh, ow = out_shape
+    band, rows, cols, plane, taps = _buffer((h, w), before, up, tuple(stride), g.dilation,
+                                            (oh, ow), weights.shape[2:], subs)
     filters = np.ascontiguousarray(
         weights.reshape(blocks, VECTOR, -1).transpose(0, 2, 1)).astype(a.dtype)
-    out, steps = ((driver.empty(np, (n, k, oh, ow), a.dtype), (oh * ow, 1)) if g.layout == "NCHW"
-                  else (driver.empty(np, (n, oh, ow, k), a.dtype), (1, k)))
+    out = driver.empty(np, (n, k, oh, ow) if g.layout == "NCHW" else (n, oh, ow, k), a.dtype)
     driver.cpu_call(kernels.depthwise_planes, _work(g, out.size), a.reshape(n, -1), h, w,
-                    *((h * w, 1) if g.layout == "NCHW" else (1, a.shape[-1])), sources, rows,
-                    cols, np.array([pixels, width, phases], np.int64), band, taps, filters,
-                    driver.bias(np, b, k, a.dtype), out.reshape(n, -1), oh, ow, *steps,
-                    CODES[activation])
+                    *_steps(a, g.layout), sources, rows, cols, plane, band, taps, filters,
+                    driver.bias(np, b, k, a.dtype), out.reshape(n, -1), oh, ow,
+                    *_steps(out, g.layout), CODES[activation])
     return out
 
 
@@ -143,7 +134,7 @@ def _lane_weights(filters, blocks):
 def forward(g, x, w, b, activation):
     """y = activation(b + conv(x, w)): output channel k reads input channel k // m."""
     m, blocks = g.K // g.C, _blocks(g.K)
-    sources = _lanes(blocks, lambda k: k // m, g.K)[:, None]
+    sources = _lanes(g.K, m)
     weights = _lane_weights(oihw_view(w, g.layout).reshape(g.K, 1, g.R, g.S), blocks)
     return _correlate(g, x, sources, weights, b, (g.padding[0], g.padding[2]), (1, 1), g.stride,
                       (g.K, g.OH, g.OW), activation)
@@ -154,7 +145,7 @@ def backward_input(g, gy, w):
     the flipped filters, input channel c summing its m output channels c * m + j."""
     m, blocks = g.K // g.C, _blocks(g.C)
     (dh, dw) = g.dilation
-    sources = np.stack([_lanes(blocks, lambda c, j=j: c * m + j, g.C) for j in range(m)], 1)
+    sources = _lanes(g.C, m, sub=m)
     flipped = oihw_view(w, g.layout).reshape(g.C, m, g.R, g.S)[:, :, ::-1, ::-1]
     return _correlate(g, gy, sources, _lane_weights(flipped, blocks), None,
                       ((g.R - 1) * dh - g.padding[0], (g.S - 1) * dw - g.padding[2]), g.stride,
@@ -162,20 +153,19 @@ def backward_input(g, gy, w):
 
 
 def backward_weight(g, gy, x):
-    """gw = dL/dw: per channel block and image, each tap's products summed over the output
-    pixels (float64 across rows), then the images summed in a fixed order."""
-    images, taps, src_row, src_col = _packed_input(g, x)
-    blocks = images.shape[1]
-    if g.layout == "NHWC" and g.K % VECTOR == 0:  # whole blocks: gy as it is
-        grad, pixel, block = gy.reshape(g.N, -1), g.K, VECTOR
-    else:
-        grad = _pack(gy, g.layout, _lanes(blocks, lambda k: k, g.K), (g.OH, g.OW), 0, 0,
-                     slot=1).reshape(g.N, -1)
-        pixel, block = VECTOR, g.OH * g.OW * VECTOR
-    partial = driver.empty(np, (blocks, g.N, taps.size, VECTOR), np.float64)
-    driver.cpu_call(kernels.depthwise_backward_weight, _work(g, grad.size), images, grad, taps,
-                    partial, g.OH, g.OW, src_row, src_col, pixel, block)
-    sums = partial.sum(axis=1).transpose(0, 2, 1).reshape(blocks * VECTOR, -1)[:g.K]
+    """gw = dL/dw: per channel block, image and band, each tap's products summed over the
+    band's output pixels (float64 across rows), then the bands summed in a fixed order."""
+    m, blocks = g.K // g.C, _blocks(g.K)
+    band, rows, cols, plane, taps = _buffer((g.H, g.W), (g.padding[0], g.padding[2]), (1, 1),
+                                            g.stride, g.dilation, (g.OH, g.OW), (g.R, g.S), 1)
+    bands = -(-g.OH // band)
+    out_rows = np.stack([np.zeros(g.OH, np.int64), np.arange(g.OH)], axis=1)
+    partial = driver.empty(np, (g.N * bands, blocks, taps.size, VECTOR), np.float64)
+    driver.cpu_call(kernels.depthwise_planes_weight, _work(g, x.size + gy.size),
+                    x.reshape(g.N, -1), g.H, g.W, *_steps(x, g.layout), _lanes(g.K, m), rows, cols,
+                    plane, band, taps, gy.reshape(g.N, -1), g.OH, g.OW, *_steps(gy, g.layout),
+                    _lanes(g.K)[:, 0], out_rows, np.arange(g.OW), partial)
+    sums = partial.sum(axis=0).transpose(0, 2, 1).reshape(blocks * VECTOR, -1)[:g.K]
     gw = driver.empty(np, g.w_shape, gy.dtype)
     oihw_view(gw, g.layout)[...] = sums.reshape(g.K, 1, g.R, g.S)
     return gw
