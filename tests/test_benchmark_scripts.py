@@ -1,6 +1,7 @@
 """The benchmark scripts run: benchmarks/compare_training.py as a smoke run on a few hundred
 images, each framework in its own process (as the script is meant to be used), from the same
-weights and batches; benchmarks/profile_step.py on a few steps; benchmarks/host_overhead.py."""
+weights and batches; benchmarks/profile_step.py on a few steps; benchmarks/host_overhead.py;
+benchmarks/other_layers.py, whose every layer's results must match PyTorch's."""
 
 import re
 import subprocess
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from other_layers import LAYERS
 
 pytestmark = pytest.mark.slow  # trains in subprocesses
 
@@ -55,3 +57,12 @@ def test_host_overhead_times_each_small_call():
     rows = re.findall(r"^\| (.+?) \| ([\d.]+) \| ([\d.]+) \|$", done.stdout, re.M)
     assert [name for name, *_ in rows][0].startswith("conv2d") and len(rows) == 5, done.stdout
     assert all(0 < float(host) and 0 < float(total) for _, total, host in rows), done.stdout
+
+
+def test_other_layers_match_torch_on_every_layer():
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "other_layers.py"), "--threads",
+                           "1", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = re.findall(r"^\| .+ \| ([\d.]+e[-+]\d+) \|$", done.stdout, re.M)
+    assert len(errors) == len(LAYERS), done.stdout
+    assert all(float(e) < 1e-4 for e in errors), done.stdout

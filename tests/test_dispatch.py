@@ -403,7 +403,9 @@ def test_writes_leave_no_temp_files(tuning, monkeypatch):
     fake_times(monkeypatch, {"direct": 1.0, "im2col": 2.0})
     for case in (THIN, WIDE, DEPTHWISE):
         call("conv2d", case)
-        assert os.listdir(tuning.parent) == ["autotune.json"]
+        # a kernel first compiled in this process caches itself in the same folder ("numba",
+        # kernels/__init__.py's locator): the autotuner's writes are the rest
+        assert sorted(set(os.listdir(tuning.parent)) - {"numba"}) == ["autotune.json"]
     assert len(read_cache(tuning)) == 3
 
 

@@ -730,6 +730,7 @@ FEATURES = {
     "in_channels": lambda g: g.C // g.groups,
     "window": lambda g: g.R * g.S,
     "pixels": lambda g: g.OH * g.OW,
+    "outputs": lambda g: g.N * g.OH * g.OW,  # the batch's output pixels: a weight gradient's sum
     "stride": lambda g: g.stride[0] * g.stride[1],
     "groups": lambda g: g.groups,
     "threads": lambda g: numba.get_num_threads(),

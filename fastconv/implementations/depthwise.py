@@ -7,8 +7,8 @@ The forward and the input gradient are one correlation (:func:`_correlate`, one 
 that moves its operand in and its result out per task): the forward's lane k reads input
 channel k // m; the input gradient places the output gradient ``stride`` apart and correlates
 it at stride 1 with the flipped filters, summing an input channel's m output channels as m
-sub-planes. The weight gradient packs the input once into the blocked layout and reduces each
-tap's products over the output pixels.
+sub-planes. The weight gradient moves the input and the output gradient into the same buffers
+and reduces each tap's products over the output pixels.
 """
 
 import functools
@@ -53,10 +53,10 @@ def _blocks(channels):
 
 @functools.lru_cache(maxsize=256)
 def _lanes(count, m=1, sub=None):
-    """(blocks, J, VECTOR) int64, the blocks over ``count`` lanes: lane k of sub-plane j takes
-    channel k // m (``sub`` None: one sub-plane), or k * m + ``sub`` for each sub-plane
-    j < ``sub`` (an input channel's m output channels); nothing (-1: a zero) past ``count``.
-    Kept per layer: the kernels only read it."""
+    """(blocks, J, VECTOR) int64, the blocks over ``count`` lanes: lane k of its one sub-plane
+    takes channel k // m (``sub`` None), or lane k of sub-plane j < ``sub`` channel k * m + j
+    (an input channel's m output channels); nothing (-1: a zero) past ``count``. Kept per
+    layer: the kernels only read it."""
     lane = np.arange(_blocks(count) * VECTOR)
     sources = [lane // m] if sub is None else [lane * m + j for j in range(sub)]
     return np.stack([np.where(lane < count, c, -1).reshape(-1, VECTOR) for c in sources],

@@ -1,0 +1,145 @@
+"""algo="auto" against PyTorch on layers the suite does not name: asymmetric windows, dilation,
+batch 1, NHWC, grouped (ResNeXt) and odd sizes, forward and backward (input and weight
+gradients together, as the suite's backward rows), on each thread count.
+
+    python benchmarks/other_layers.py --threads 1,2 --repeats 9 > table.md
+
+Each figure is the median of ``--repeats`` calls after a warm-up call, fastconv and PyTorch
+called in turn each round (a busy neighbour slows them alike); "vs torch" is PyTorch's median
+over fastconv's (above 1: faster). An NHWC layer runs PyTorch on channels-last tensors, and
+fastconv on NHWC arrays with HWIO filters. Every result is checked against PyTorch's first.
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import fastconv  # before torch: its OpenMP threads would spin between fastconv's kernels
+from fastconv import ops
+from fastconv.machine import describe, machine
+
+# (name, x NCHW, w OIHW, keyword arguments as fastconv.ops.conv2d takes them)
+LAYERS = (
+    ("inception_v3 Mixed_6b 1x7", (8, 128, 17, 17), (128, 128, 1, 7), dict(padding=(0, 3))),
+    ("inception_v3 Mixed_6b 7x1", (8, 128, 17, 17), (192, 128, 7, 1), dict(padding=(3, 0))),
+    ("dilated 3x3, dilation 2 (DeepLab's ResNet layer4)", (8, 256, 28, 28), (256, 256, 3, 3),
+     dict(padding=2, dilation=2)),
+    ("ASPP 3x3, dilation 6", (4, 512, 33, 33), (256, 512, 3, 3), dict(padding=6, dilation=6)),
+    ("resnet18 layer1.conv, batch 1", (1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1)),
+    ("resnet18 layer3.conv, batch 1", (1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1)),
+    ("resnet18 layer2.conv, NHWC", (8, 128, 28, 28), (128, 128, 3, 3),
+     dict(padding=1, data_format="NHWC")),
+    ("resnet18 layer2.0.conv1 (stride 2), NHWC", (8, 64, 56, 56), (128, 64, 3, 3),
+     dict(stride=2, padding=1, data_format="NHWC")),
+    ("resnext50 layer1 3x3, 32 groups", (8, 128, 56, 56), (128, 4, 3, 3),
+     dict(padding=1, groups=32)),
+    ("odd: 5 -> 7 channels, 13x13, 3x3", (8, 5, 13, 13), (7, 5, 3, 3), dict(padding=1)),
+    ("odd: 35 -> 35 channels, 27x27, 3x3", (8, 35, 27, 27), (35, 35, 3, 3), dict(padding=1)),
+    ("odd: 17 -> 23, 31x29, 5x3, stride 2", (3, 17, 31, 29), (23, 17, 5, 3),
+     dict(stride=2, padding=(2, 1))),
+)
+
+
+def _pairs(value):
+    return value if isinstance(value, tuple) else (value, value)
+
+
+def calls(x, w, gy, kwargs):
+    """{"fastconv": (forward, backward), "torch": (forward, backward)} on these arrays (NCHW
+    and OIHW; laid out as the layer says for each framework)."""
+    import torch
+    nhwc = kwargs.get("data_format") == "NHWC"
+    stride, padding = _pairs(kwargs.get("stride", 1)), _pairs(kwargs.get("padding", 0))
+    dilation, groups = _pairs(kwargs.get("dilation", 1)), kwargs.get("groups", 1)
+    fx, fw, fgy = ((x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy(),
+                    gy.transpose(0, 2, 3, 1).copy()) if nhwc else (x, w, gy))
+    memory = torch.channels_last if nhwc else torch.contiguous_format
+    tx, tw, tgy = (torch.from_numpy(a).contiguous(memory_format=memory) for a in (x, w, gy))
+
+    def fastconv_backward():
+        return (ops.conv2d_backward_input(fgy, fw, fx.shape, **kwargs),
+                ops.conv2d_backward_weight(fgy, fx, fw.shape, **kwargs))
+
+    def torch_backward():
+        return torch.ops.aten.convolution_backward(tgy, tx, tw, None, stride, padding, dilation,
+                                                   False, [0, 0], groups, [True, True, False])[:2]
+    return {"fastconv": (lambda: ops.conv2d(fx, fw, **kwargs), fastconv_backward),
+            "torch": (lambda: torch.nn.functional.conv2d(tx, tw, None, stride, padding,
+                                                         dilation, groups), torch_backward)}, nhwc
+
+
+def _nchw(a, nhwc, filters=False):
+    a = np.asarray(a)
+    if not nhwc:
+        return a
+    return a.transpose(3, 2, 0, 1) if filters else a.transpose(0, 3, 1, 2)
+
+
+def check(pairs, nhwc):
+    """The largest norm-relative difference between fastconv's and PyTorch's results."""
+    y, (gx, gw) = pairs["fastconv"][0](), pairs["fastconv"][1]()
+    ty, (tgx, tgw) = pairs["torch"][0](), pairs["torch"][1]()
+    worst = 0.0
+    for mine, theirs, filters in ((y, ty, False), (gx, tgx, False), (gw, tgw, True)):
+        mine, theirs = _nchw(mine, nhwc, filters), theirs.numpy()
+        worst = max(worst, float(np.linalg.norm(mine - theirs) / np.linalg.norm(theirs)))
+    return worst
+
+
+def medians(fns, repeats):
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", default="1,2",
+                        help="comma-separated thread counts, each a table (default: 1,2)")
+    parser.add_argument("--repeats", type=int, default=9,
+                        help="timed rounds; each figure is their median (default: 9)")
+    args = parser.parse_args()
+    import torch
+    for label, text in describe(machine()):
+        print(f"- {label}: {text}")
+    for threads in map(int, args.threads.split(",")):
+        fastconv.set_num_threads(threads)
+        torch.set_num_threads(threads)
+        print(f"\n### {threads} thread(s)\n")
+        print("| layer | x (NCHW) | w (OIHW) | forward ms: fastconv / torch | vs torch "
+              "| backward ms: fastconv / torch | vs torch | error vs torch |")
+        print("|---|---|---|--:|--:|--:|--:|--:|")
+        ratios = []
+        for name, x_shape, w_shape, kwargs in LAYERS:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal(x_shape, np.float32)
+            w = rng.standard_normal(w_shape, np.float32)
+            y = ops.conv2d(x, w, **{k: v for k, v in kwargs.items() if k != "data_format"})
+            gy = rng.standard_normal(y.shape, np.float32)
+            pairs, nhwc = calls(x, w, gy, kwargs)
+            error = check(pairs, nhwc)
+            cells = []
+            for i in range(2):
+                t = medians({k: fns[i] for k, fns in pairs.items()}, args.repeats)
+                ratios.append((i, t["torch"] / t["fastconv"]))
+                cells += [f"{t['fastconv'] * 1e3:.3f} / {t['torch'] * 1e3:.3f}",
+                          f"{t['torch'] / t['fastconv']:.2f}x"]
+            print(f"| {name} | {'x'.join(map(str, x_shape))} | {'x'.join(map(str, w_shape))} | "
+                  + " | ".join(cells) + f" | {error:.1e} |", flush=True)
+        for i, op in enumerate(("forward", "backward")):
+            values = [r for j, r in ratios if j == i]
+            print(f"\n{op}: geomean {np.exp(np.mean(np.log(values))):.2f}x, lowest "
+                  f"{min(values):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
