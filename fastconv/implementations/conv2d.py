@@ -105,18 +105,20 @@ def _embedded(x, layout, images, rows, columns, top, left):
     return images
 
 
-def _padded(g, x, slack=0):
-    """x, or a zero-padded copy of it, each image flat: (N, X) and the padded (rows, columns),
-    sized so that every window lies inside; ``slack`` more elements after each image (then
-    always a copy) for a kernel whose vector loads may reach past its last row."""
+def _padded(g, x, slack=0, layout=None):
+    """x, or a zero-padded copy of it, each image flat in ``layout`` (default x's own): (N, X)
+    and the padded (rows, columns), sized so that every window lies inside; ``slack`` more
+    elements after each image (then always a copy) for a kernel whose vector loads may reach
+    past its last row."""
     top, _, left, _ = g.padding
     (sh, sw), (dh, dw) = g.stride, g.dilation
     hp = max(top + g.H, (g.OH - 1) * sh + (g.R - 1) * dh + 1)
     wp = max(left + g.W, (g.OW - 1) * sw + (g.S - 1) * dw + 1)
-    if (hp, wp) == (g.H, g.W) and not slack:
+    layout = layout or g.layout
+    if (hp, wp) == (g.H, g.W) and not slack and layout == g.layout:
         return x.reshape(g.N, -1), hp, wp
     images = driver.workspace((g.N, g.C * hp * wp + slack), x.dtype)
-    return _embedded(nchw_view(x, g.layout), g.layout, images, hp, wp, top, left), hp, wp
+    return _embedded(nchw_view(x, g.layout), layout, images, hp, wp, top, left), hp, wp
 
 
 def _transposed(g, gy, w, forward, exact):
@@ -245,11 +247,11 @@ def conv2d_backward_weight_direct_cuda(g, gy, x):
 # every tap from an output pixel's base, for the input's layout, and pads the input so that no
 # tap leaves it (the padding is then real zeros, and the kernel's inner loop has no branch).
 
-def _tap_offsets(g, hp, wp):
+def _tap_offsets(g, hp, wp, layout=None):
     """(G, T) uint64: tap (c, r, s) of group g from a pixel's base, and the base's row and
-    column steps, in a padded image of ``g.layout``."""
+    column steps, in a padded image of ``layout`` (default the layer's)."""
     cg = g.C // g.groups
-    channel, row, col = (hp * wp, wp, 1) if g.layout == "NCHW" else (1, wp * g.C, g.C)
+    channel, row, col = _steps(layout or g.layout, g.C, hp, wp)
     c = np.arange(g.groups * cg).reshape(g.groups, cg, 1, 1)
     r = np.arange(g.R).reshape(1, 1, -1, 1) * g.dilation[0]
     s = np.arange(g.S).reshape(1, 1, 1, -1) * g.dilation[1]
@@ -291,9 +293,11 @@ def _grouped(g, w):
 
 @register("conv2d", "cpu", "blocked")
 def conv2d_blocked_cpu(g, x, w, b, activation):
+    """An NHWC x is padded into NCHW images, so that the row tiles (a column step of 1 or 2)
+    serve it too; y is written in the caller's layout."""
     y = driver.empty(np, g.y_shape, x.dtype)
-    images, hp, wp = _padded(g, x)
-    taps, row_step, col_step = _tap_offsets(g, hp, wp)
+    images, hp, wp = _padded(g, x, layout="NCHW")
+    taps, row_step, col_step = _tap_offsets(g, hp, wp, layout="NCHW")
     filters = _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
     channel, row, column = _steps(g.layout, g.K, g.OH, g.OW)
     _blocked(g.N, images, filters, taps, driver.bias(np, b, g.K, x.dtype), y.reshape(g.N, -1),
@@ -333,10 +337,10 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     cols = _phases(g.W, g.stride[1], g.dilation[1], g.padding[2], g.S)
     (top, hp), (left, wp) = _phase_padding(rows, g.OH), _phase_padding(cols, g.OW)
     images = driver.workspace((g.N, g.K * hp * wp), gy.dtype)
-    _embedded(nchw_view(gy, g.layout), g.layout, images, hp, wp, top, left)
+    _embedded(nchw_view(gy, g.layout), "NCHW", images, hp, wp, top, left)  # as the forward's x
     gx = driver.empty(np, g.x_shape, gy.dtype)
     kg = g.K // g.groups
-    channel, row, column = _steps(g.layout, g.K, hp, wp)
+    channel, row, column = _steps("NCHW", g.K, hp, wp)
     x_channel, x_row, x_column = _steps(g.layout, g.C, g.H, g.W)
     k = np.arange(g.groups * kg).reshape(g.groups, kg, 1, 1) * channel
     bias = driver.bias(np, None, g.C, gy.dtype)
@@ -378,8 +382,8 @@ def _phase_padding(phases, out_size):
 
 @register("conv2d_backward_weight", "cpu", "blocked")
 def conv2d_backward_weight_blocked_cpu(g, gy, x):
-    images, hp, wp = _padded(g, x)
-    taps, row_step, col_step = _tap_offsets(g, hp, wp)
+    images, hp, wp = _padded(g, x, layout="NCHW")  # as the forward's
+    taps, row_step, col_step = _tap_offsets(g, hp, wp, layout="NCHW")
     grad = _lane_blocks(image_major(gy, g.layout), g.groups)
     p, image = g.OH * g.OW, images.shape[1]
     run = max(1, conv_blocked.RUN_PIXELS // max(p, 1))
