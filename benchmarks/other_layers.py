@@ -1,5 +1,5 @@
 """algo="auto" against PyTorch on layers the suite does not name: asymmetric windows, dilation,
-batch 1, NHWC, grouped (ResNeXt) and odd sizes, forward and backward (input and weight
+batch 1, NHWC, grouped (RegNet) and odd sizes, forward and backward (input and weight
 gradients together, as the suite's backward rows), on each thread count.
 
     python benchmarks/other_layers.py --threads 1,2 --repeats 9 > table.md
@@ -22,8 +22,8 @@ from fastconv.machine import describe, machine
 
 # (name, x NCHW, w OIHW, keyword arguments as fastconv.ops.conv2d takes them)
 LAYERS = (
-    ("inception_v3 Mixed_6b 1x7", (8, 128, 17, 17), (128, 128, 1, 7), dict(padding=(0, 3))),
-    ("inception_v3 Mixed_6b 7x1", (8, 128, 17, 17), (192, 128, 7, 1), dict(padding=(3, 0))),
+    ("ENet 5x1 (asymmetric)", (8, 64, 64, 64), (64, 64, 5, 1), dict(padding=(2, 0))),
+    ("ENet 1x5 (asymmetric)", (8, 64, 64, 64), (64, 64, 1, 5), dict(padding=(0, 2))),
     ("dilated 3x3, dilation 2 (DeepLab's ResNet layer4)", (8, 256, 28, 28), (256, 256, 3, 3),
      dict(padding=2, dilation=2)),
     ("ASPP 3x3, dilation 6", (4, 512, 33, 33), (256, 512, 3, 3), dict(padding=6, dilation=6)),
@@ -33,8 +33,8 @@ LAYERS = (
      dict(padding=1, data_format="NHWC")),
     ("resnet18 layer2.0.conv1 (stride 2), NHWC", (8, 64, 56, 56), (128, 64, 3, 3),
      dict(stride=2, padding=1, data_format="NHWC")),
-    ("resnext50 layer1 3x3, 32 groups", (8, 128, 56, 56), (128, 4, 3, 3),
-     dict(padding=1, groups=32)),
+    ("RegNetX 3x3, 8 groups of 16", (8, 128, 28, 28), (128, 16, 3, 3),
+     dict(padding=1, groups=8)),
     ("odd: 5 -> 7 channels, 13x13, 3x3", (8, 5, 13, 13), (7, 5, 3, 3), dict(padding=1)),
     ("odd: 35 -> 35 channels, 27x27, 3x3", (8, 35, 27, 27), (35, 35, 3, 3), dict(padding=1)),
     ("odd: 17 -> 23, 31x29, 5x3, stride 2", (3, 17, 31, 29), (23, 17, 5, 3),

@@ -126,6 +126,23 @@ def test_backward_through_the_fused_activation_matches_torch(case, algo, paralle
                                **kwargs))
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_results_are_contiguous_in_the_callers_layout(algo, layout):
+    """y, gx and gw come C-contiguous in the caller's layout from every algorithm (the blocked
+    weight gradient's came as a channel-innermost view, which PyTorch's registered shapes do
+    not allow: tests/test_torch_ops.py's opcheck)."""
+    rng = np.random.default_rng(0)
+    x, w = random(rng, (2, 4, 9, 10), np.float32), random(rng, (6, 4, 3, 3), np.float32)
+    if layout == "NHWC":
+        x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
+    kw = dict(stride=2, padding=1, data_format=layout, algo=algo)
+    y = ops.conv2d(x, w, **kw)
+    gx = ops.conv2d_backward_input(y, w, x.shape, **kw)
+    gw = ops.conv2d_backward_weight(y, x, w.shape, **kw)
+    assert all(a.flags["C_CONTIGUOUS"] for a in (y, gx, gw)), [a.strides for a in (y, gx, gw)]
+
+
 def test_backward_through_an_activation_needs_its_output():
     x, w, gy = np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2))
     with pytest.raises(ValueError, match="activation='relu' needs y, the forward's output"):

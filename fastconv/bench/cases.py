@@ -30,8 +30,8 @@ class Case:
     or "batch_norm2d", in training) on NCHW ``x``.
 
     Convolutions take OIHW filters ``w`` (C/groups input channels each; a transposed one
-    PyTorch's (C_in, C_out/groups, R, S)), poolings a square ``kernel``; ``stride`` and
-    ``padding`` are ints, as the ops take them.
+    PyTorch's (C_in, C_out/groups, R, S)), poolings a square ``kernel``; ``stride`` is an int,
+    ``padding`` an int or a (rows, columns) pair, as the ops take them.
     """
     name: str
     op: str
@@ -39,7 +39,7 @@ class Case:
     w: tuple[int, int, int, int] | None = None
     kernel: int | None = None
     stride: int = 1
-    padding: int = 0
+    padding: int | tuple[int, int] = 0
     groups: int = 1
 
     @property
@@ -95,6 +95,12 @@ def _conv(name, c, size, k, r, stride=1, groups=1, batch=BATCH):
     to keep the size at stride 1 (r // 2), at batch BATCH."""
     return Case(name, "conv2d", (batch, c, size, size), (k, c // groups, r, r), stride=stride,
                 padding=r // 2, groups=groups)
+
+
+def _window(name, c, size, k, r, s):
+    """A layer of ``k`` r x s filters (an asymmetric window) on ``c`` channels of ``size`` x
+    ``size`` images, padded to keep the size, at batch BATCH."""
+    return Case(name, "conv2d", (BATCH, c, size, size), (k, c, r, s), padding=(r // 2, s // 2))
 
 
 def _transposed(name, c, size, k, r, stride, padding=0):
@@ -228,6 +234,24 @@ SUITES = {
         _conv("features.19", 512, 28, 512, 3),
         _conv("features.24", 512, 14, 512, 3),
     ),
+    # torchvision's Inception v3 at 299 x 299: its factorised 7x7 and 3x3 windows (Mixed_6b/6c on
+    # 17 x 17, Mixed_7b on 8 x 8)
+    "inception_v3": (
+        _window("Mixed_6b.branch7x7_2", 128, 17, 128, 1, 7),
+        _window("Mixed_6b.branch7x7_3", 128, 17, 192, 7, 1),
+        _window("Mixed_6c.branch7x7_2", 160, 17, 160, 1, 7),
+        _window("Mixed_6c.branch7x7_3", 160, 17, 192, 7, 1),
+        _window("Mixed_7b.branch3x3_2a", 384, 8, 384, 1, 3),
+        _window("Mixed_7b.branch3x3_2b", 384, 8, 384, 3, 1),
+    ),
+    # torchvision's ResNeXt-50 32x4d: the grouped 3x3 of each stage (32 groups)
+    "resnext50": (
+        _conv("layer1.conv2", 128, 56, 128, 3, groups=32),
+        _conv("layer2.0.conv2", 256, 56, 256, 3, 2, groups=32),
+        _conv("layer2.conv2", 256, 28, 256, 3, groups=32),
+        _conv("layer3.conv2", 512, 14, 512, 3, groups=32),
+        _conv("layer4.conv2", 1024, 7, 1024, 3, groups=32),
+    ),
     "decoders": (
         _transposed("dcgan.main.0", 100, 1, 512, 4, 1),
         _transposed("dcgan.main.3", 512, 4, 256, 4, 2, 1),
@@ -248,7 +272,7 @@ def _shrunk(case: Case, batch: int | None) -> Case:
     but no smaller than the window."""
     n, c, h, w = case.x
     # a batch norm's "window" is 2x2: more than one value per channel, which training needs
-    window = case.w[2] if case.w is not None else case.kernel or 2
+    window = max(case.w[2:]) if case.w is not None else case.kernel or 2
     size = min(h, max(h // QUICK_SIZE_DIVISOR, window))
     return dataclasses.replace(case, x=(batch or (8 if n == 256 else 1), c, size, size))
 

@@ -559,9 +559,11 @@ def conv2d_backward_weight_im2col_cpu(g, gy, x):
 
 
 def _filters(xp, gw_mat, g):
-    """The (K, C/groups * R * S) weight gradient as filters in the caller's layout."""
+    """The (K, C/groups * R * S) weight gradient as contiguous filters in the caller's layout
+    (the blocked kernels' comes channel-innermost: a strided view would reach PyTorch, whose
+    registered shapes promise contiguous strides, and NumPy users as a surprise)."""
     gw = gw_mat.reshape(g.K, -1, g.R, g.S)
-    return gw if g.layout == "NCHW" else xp.ascontiguousarray(gw.transpose(2, 3, 1, 0))
+    return xp.ascontiguousarray(gw if g.layout == "NCHW" else gw.transpose(2, 3, 1, 0))
 
 
 # The GPU: image-major operands; fastconv's tiled GEMM ("im2col") or cuBLAS ("cublas").

@@ -2,28 +2,31 @@
 geometry (fastconv.implementations.conv2d.FEATURES), fitted by benchmarks/fit_dispatch.py; do not
 edit it by hand, rerun that.
 
-Fitted on dispatch-cpu.csv: 2072 timings of AMD EPYC (family 26 model 2) (avx512).
+Fitted on dispatch-cpu.csv: 2286 timings of AMD EPYC (family 26 model 2) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
-    conv2d: the rule 1.034x, blocked 1.366x, depthwise (some layers only), direct 4.374x, im2col
-        1.741x, winograd (some layers only)
-    conv2d_backward_input: the rule 1.019x, blocked 1.676x, depthwise (some layers only), direct
-        4.682x, im2col 1.559x, winograd (some layers only)
-    conv2d_backward_weight: the rule 1.010x, blocked 1.397x, depthwise (some layers only),
-        direct 21.035x, im2col 1.528x
+    conv2d: the rule 1.031x, blocked 1.332x, depthwise (some layers only), direct 4.027x, im2col
+        1.760x, winograd (some layers only)
+    conv2d_backward_input: the rule 1.020x, blocked 1.600x, depthwise (some layers only), direct
+        4.312x, im2col 1.583x, winograd (some layers only)
+    conv2d_backward_weight: the rule 1.014x, blocked 1.362x, depthwise (some layers only),
+        direct 20.747x, im2col 1.538x
 """
 
 RULE = {'conv2d': {'feature': 'window',
-            'threshold': 9,
+            'threshold': 7,
             'below': {'feature': 'stride',
                       'threshold': 4,
-                      'below': 'im2col',
+                      'below': {'feature': 'window',
+                                'threshold': 3,
+                                'below': 'im2col',
+                                'at_least': 'blocked'},
                       'at_least': {'feature': 'threads',
                                    'threshold': 2,
                                    'below': 'im2col',
                                    'at_least': 'blocked'}},
             'at_least': {'feature': 'channels',
-                         'threshold': 16,
+                         'threshold': 8,
                          'below': {'feature': 'taps',
                                    'threshold': 25,
                                    'below': ['depthwise', 'direct'],
@@ -33,46 +36,46 @@ RULE = {'conv2d': {'feature': 'window',
                                       'below': 'im2col',
                                       'at_least': 'blocked'}}},
  'conv2d_backward_input': {'feature': 'in_channels',
-                           'threshold': 16,
+                           'threshold': 8,
                            'below': {'feature': 'taps',
                                      'threshold': 25,
                                      'below': {'feature': 'channels',
                                                'threshold': 16,
                                                'below': ['depthwise', 'direct'],
                                                'at_least': 'im2col'},
-                                     'at_least': {'feature': 'taps',
-                                                  'threshold': 150,
+                                     'at_least': {'feature': 'in_channels',
+                                                  'threshold': 4,
                                                   'below': 'im2col',
                                                   'at_least': 'direct'}},
                            'at_least': {'feature': 'window',
-                                        'threshold': 9,
-                                        'below': {'feature': 'in_channels',
-                                                  'threshold': 2048,
+                                        'threshold': 7,
+                                        'below': {'feature': 'taps',
+                                                  'threshold': 1152,
                                                   'below': 'im2col',
                                                   'at_least': 'blocked'},
                                         'at_least': {'feature': 'pixels',
                                                      'threshold': 16,
                                                      'below': 'im2col',
                                                      'at_least': 'blocked'}}},
- 'conv2d_backward_weight': {'feature': 'channels',
-                            'threshold': 144,
+ 'conv2d_backward_weight': {'feature': 'taps',
+                            'threshold': 72,
                             'below': {'feature': 'taps',
-                                      'threshold': 27,
+                                      'threshold': 24,
                                       'below': {'feature': 'channels',
-                                                'threshold': 6,
+                                                'threshold': 16,
                                                 'below': ['depthwise', 'direct'],
                                                 'at_least': 'im2col'},
-                                      'at_least': {'feature': 'pixels',
-                                                   'threshold': 64,
+                                      'at_least': {'feature': 'stride',
+                                                   'threshold': 4,
                                                    'below': 'im2col',
                                                    'at_least': 'blocked'}},
-                            'at_least': {'feature': 'pixels',
-                                         'threshold': 784,
-                                         'below': {'feature': 'channels',
-                                                   'threshold': 320,
-                                                   'below': 'blocked',
-                                                   'at_least': 'im2col'},
-                                         'at_least': {'feature': 'window',
-                                                      'threshold': 4,
+                            'at_least': {'feature': 'channels',
+                                         'threshold': 320,
+                                         'below': {'feature': 'pixels',
+                                                   'threshold': 49,
+                                                   'below': 'im2col',
+                                                   'at_least': 'blocked'},
+                                         'at_least': {'feature': 'pixels',
+                                                      'threshold': 1024,
                                                       'below': 'im2col',
                                                       'at_least': 'blocked'}}}}

@@ -189,8 +189,8 @@ SLOPES = {None: lambda y: 1, "relu": lambda y: y > 0, "tanh": lambda y: (1 - y) 
 
 
 def from_nchw(a, layout):
-    """An NCHW result in ``layout``, contiguous."""
-    return a if layout == "NCHW" else np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+    """An NCHW result in ``layout``, contiguous (a cropped view of a padded one is copied)."""
+    return np.ascontiguousarray(a if layout == "NCHW" else a.transpose(0, 2, 3, 1))
 
 
 def pad(x, padding, value=0.0):
