@@ -90,16 +90,10 @@ def conv2d_backward_bias_reference(gy, y, activation, layout):
 
 # --- what the direct and blocked kernels share -----------------------------------------------
 
-def _steps(layout, channels, rows, columns):
-    """(channel, row, column) steps of an image of ``channels`` x ``rows`` x ``columns`` laid
-    out flat in ``layout``."""
-    return (rows * columns, columns, 1) if layout == "NCHW" else (1, columns * channels, channels)
-
-
 def _embedded(x, layout, images, rows, columns, top, left):
     """``images`` (N, X) zeroed, each holding x's image (an NCHW-indexed view) flat in
     ``layout`` as an image of ``rows`` x ``columns``, x's pixel (i, j) at (top + i, left + j)."""
-    channel, row, column = _steps(layout, x.shape[1], rows, columns)
+    channel, row, column = driver.steps(layout, x.shape[1], rows, columns)
     driver.cpu_move(layout_kernels.embed, images.size, x, images, top * row + left * column,
                     channel, row, column)
     return images
@@ -251,7 +245,7 @@ def _tap_offsets(g, hp, wp, layout=None):
     """(G, T) uint64: tap (c, r, s) of group g from a pixel's base, and the base's row and
     column steps, in a padded image of ``layout`` (default the layer's)."""
     cg = g.C // g.groups
-    channel, row, col = _steps(layout or g.layout, g.C, hp, wp)
+    channel, row, col = driver.steps(layout or g.layout, g.C, hp, wp)
     c = np.arange(g.groups * cg).reshape(g.groups, cg, 1, 1)
     r = np.arange(g.R).reshape(1, 1, -1, 1) * g.dilation[0]
     s = np.arange(g.S).reshape(1, 1, 1, -1) * g.dilation[1]
@@ -299,7 +293,7 @@ def conv2d_blocked_cpu(g, x, w, b, activation):
     images, hp, wp = _padded(g, x, layout="NCHW")
     taps, row_step, col_step = _tap_offsets(g, hp, wp, layout="NCHW")
     filters = _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
-    channel, row, column = _steps(g.layout, g.K, g.OH, g.OW)
+    channel, row, column = driver.steps(g.layout, g.K, g.OH, g.OW)
     _blocked(g.N, images, filters, taps, driver.bias(np, b, g.K, x.dtype), y.reshape(g.N, -1),
              (g.OH, g.OW), (row_step, col_step), (0, channel, row, column), CODES[activation])
     return y
@@ -340,8 +334,8 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     _embedded(nchw_view(gy, g.layout), "NCHW", images, hp, wp, top, left)  # as the forward's x
     gx = driver.empty(np, g.x_shape, gy.dtype)
     kg = g.K // g.groups
-    channel, row, column = _steps("NCHW", g.K, hp, wp)
-    x_channel, x_row, x_column = _steps(g.layout, g.C, g.H, g.W)
+    channel, row, column = driver.steps("NCHW", g.K, hp, wp)
+    x_channel, x_row, x_column = driver.steps(g.layout, g.C, g.H, g.W)
     k = np.arange(g.groups * kg).reshape(g.groups, kg, 1, 1) * channel
     bias = driver.bias(np, None, g.C, gy.dtype)
     for rho, (rs, qr, oh) in enumerate(rows):

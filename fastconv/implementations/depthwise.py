@@ -78,8 +78,8 @@ def _axis(size, before, up, out_size, k, stride, dilation):
 
 def _steps(a, layout):
     """(channel step, pixel step) of each image of a 4-D array in ``layout``, flat."""
-    _, c, h, w = nchw_view(a, layout).shape
-    return (h * w, 1) if layout == "NCHW" else (1, c)
+    channel, _, column = driver.steps(layout, *nchw_view(a, layout).shape[1:])
+    return channel, column
 
 
 @functools.lru_cache(maxsize=256)
@@ -101,6 +101,13 @@ def _buffer(hw, before, up, stride, dilation, out_hw, window, subs):
                      for j in range(subs) for pr, sr in row_taps for pc, sc in col_taps],
                     np.uint64)
     return band, rows, cols, np.array([pixels, width, phases], np.int64), taps
+
+
+@functools.lru_cache(maxsize=256)
+def _output_places(oh, ow):
+    """kernels.depthwise_planes_weight's (out_rows, out_cols): output (i, j) at the buffer's
+    local output (i - i0) * width + j, no phases. Kept per layer: the kernel only reads them."""
+    return np.stack([np.zeros(oh, np.int64), np.arange(oh)], axis=1), np.arange(ow)
 
 
 def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activation):
@@ -159,12 +166,11 @@ def backward_weight(g, gy, x):
     band, rows, cols, plane, taps = _buffer((g.H, g.W), (g.padding[0], g.padding[2]), (1, 1),
                                             g.stride, g.dilation, (g.OH, g.OW), (g.R, g.S), 1)
     bands = -(-g.OH // band)
-    out_rows = np.stack([np.zeros(g.OH, np.int64), np.arange(g.OH)], axis=1)
     partial = driver.empty(np, (g.N * bands, blocks, taps.size, VECTOR), np.float64)
     driver.cpu_call(kernels.depthwise_planes_weight, _work(g, x.size + gy.size),
                     x.reshape(g.N, -1), g.H, g.W, *_steps(x, g.layout), _lanes(g.K, m), rows, cols,
                     plane, band, taps, gy.reshape(g.N, -1), g.OH, g.OW, *_steps(gy, g.layout),
-                    _lanes(g.K)[:, 0], out_rows, np.arange(g.OW), partial)
+                    _lanes(g.K)[:, 0], *_output_places(g.OH, g.OW), partial)
     sums = partial.sum(axis=0).transpose(0, 2, 1).reshape(blocks * VECTOR, -1)[:g.K]
     gw = driver.empty(np, g.w_shape, gy.dtype)
     oihw_view(gw, g.layout)[...] = sums.reshape(g.K, 1, g.R, g.S)

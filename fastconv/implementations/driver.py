@@ -188,6 +188,12 @@ SLOPES = {None: lambda y: 1, "relu": lambda y: y > 0, "tanh": lambda y: (1 - y) 
           "sigmoid": lambda y: y * (1 - y)}
 
 
+def steps(layout, channels, rows, columns):
+    """(channel, row, column) steps of an image of ``channels`` x ``rows`` x ``columns`` laid
+    out flat in ``layout``."""
+    return (rows * columns, columns, 1) if layout == "NCHW" else (1, columns * channels, channels)
+
+
 def from_nchw(a, layout):
     """An NCHW result in ``layout``, contiguous (a cropped view of a padded one is copied)."""
     return np.ascontiguousarray(a if layout == "NCHW" else a.transpose(0, 2, 3, 1))
