@@ -18,17 +18,16 @@ accumulated over the window's taps, each tap a vector of filter values meeting P
 vectors in packed FMAs; on this project's AVX-512 machine the tap loop compiles to one filter
 load and PIXELS ``vfmadd231ps (mem), zmm, zmm`` (tests/test_kernel_ir.py asserts the packed
 FMAs on the machine it runs on). Channels move between layouts by VECTOR x VECTOR transposes
-in registers (:func:`transpose_block`). Offsets are unsigned, so Numba's negative-index
+in registers (kernels/vector_moves.py). Offsets are unsigned, so Numba's negative-index
 wraparound folds away.
 """
 
 import numpy as np
-from llvmlite import ir
-from numba import carray, njit, prange, types
-from numba.extending import intrinsic
+from numba import carray, njit, prange
 
 from . import CPU_KERNEL, VECTOR_LANES, stack_array
 from .activation import activate
+from .vector_moves import transpose_block
 
 # The register tile: PIXELS output pixels along a row x one vector of VECTOR channels (16
 # float32 lanes on AVX-512, 8 on AVX2); float64 takes two registers a vector.
@@ -39,56 +38,6 @@ PIXELS = 8
 TAPS = 9
 # The window whose tap count the forward's tiles are compiled for (a 3x3 one, MobileNet's).
 WINDOW_TAPS = 9
-
-
-@intrinsic
-def transpose_block(typingctx, src, src_start, src_step, dst, dst_start, dst_step):
-    """dst[dst_start + j * dst_step + i] = src[src_start + i * src_step + j] for i, j below
-    VECTOR: a VECTOR x VECTOR block transposed in registers (VECTOR loads, VECTOR log2(VECTOR)
-    two-source shuffles, VECTOR stores), for 1-D arrays of one dtype and unsigned offsets. A
-    step may instead be a 1-D uint64 array of VECTOR offsets, row i (or j) then at start +
-    step[i]: rows that are not evenly spaced (a padded plane's pixels) move without a copy
-    through a staging block. LLVM does not find this itself: written as loops, a transposition
-    compiles to a scalar load and store per element (or gathers), 4-8x slower here."""
-    n = VECTOR
-
-    def codegen(context, builder, signature, args):
-        source = context.make_array(signature.args[0])(context, builder, args[0]).data
-        target = context.make_array(signature.args[3])(context, builder, args[3]).data
-        element = context.get_value_type(signature.args[0].dtype)
-        vector, width = ir.VectorType(element, n), context.get_abi_sizeof(element)
-        index = ir.IntType(64)
-
-        def offsets(position):
-            """Row i's offset from the start: step * i, or step[i] of an array of them."""
-            step = args[position]
-            if not isinstance(signature.args[position], types.Array):
-                return lambda i: builder.mul(step, ir.Constant(index, i))
-            data = context.make_array(signature.args[position])(context, builder, step).data
-            return lambda i: builder.load(builder.gep(data, [ir.Constant(index, i)]))
-
-        def address(data, start, offset, i):
-            at = builder.add(start, offset(i))
-            return builder.bitcast(builder.gep(data, [at]), vector.as_pointer())
-        rows = [builder.load(address(source, args[1], offsets(2), i), align=width)
-                for i in range(n)]
-        # the step of distance d swaps the off-diagonal d x d blocks of every 2d x 2d block
-        d = n // 2
-        while d:
-            low = ir.Constant(ir.VectorType(ir.IntType(32), n),
-                              [j + n - d if j & d else j for j in range(n)])
-            high = ir.Constant(ir.VectorType(ir.IntType(32), n),
-                               [j + n if j & d else j + d for j in range(n)])
-            for i in range(n):
-                if not i & d:
-                    a, b = rows[i], rows[i + d]
-                    rows[i] = builder.shuffle_vector(a, b, low)
-                    rows[i + d] = builder.shuffle_vector(a, b, high)
-            d //= 2
-        for j in range(n):
-            builder.store(rows[j], address(target, args[4], offsets(5), j), align=width)
-        return context.get_dummy_value()
-    return types.void(src, src_start, src_step, dst, dst_start, dst_step), codegen
 
 
 @njit(inline="always", cache=True)
@@ -157,7 +106,7 @@ def _move_in(buf, base, xn, h_, w_, x_channel, x_pixel, lanes, rows, cols, i0, r
                 row = _buffer_row(rows, h, h_, base, i0, width)
         if runs:
             transpose_block(xn, np.uint64(c0 * x_channel + p), np.uint64(x_channel), buf,
-                            np.uint64(0), spots)
+                            np.uint64(0), spots, VECTOR)
         p += count
 
 
@@ -268,7 +217,7 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
                     i, jj = i + 1, 0
             if runs:
                 transpose_block(out, np.uint64(0), spots, yn, np.uint64(k0 * y_channel + p),
-                                np.uint64(y_channel))
+                                np.uint64(y_channel), VECTOR)
             p += count
 
 

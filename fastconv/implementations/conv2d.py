@@ -304,16 +304,20 @@ def _blocked(n, images, filters, taps, bias, y, size, steps, out, act):
     one of conv_blocked.ROW_STEPS and a tile fits the row, the generic tiles elsewhere.
     ``size`` the output's (rows, columns), ``steps`` the input's (row, column) steps per output
     pixel, ``out`` its (origin, channel, row, column) in y."""
-    lanes, (oh, ow) = filters.shape[3], size
+    (groups, blocks, _, lanes), (oh, ow) = filters.shape, size
     work = n * oh * ow * bias.shape[0] * taps.shape[1]
+    kg = bias.shape[0] // groups
+    biases = np.zeros((groups, blocks * lanes), bias.dtype)
+    biases[:, :kg] = bias.reshape(groups, kg)
+    biases = biases.reshape(groups, blocks, lanes)
     pixels = (conv_blocked.row_pixels(ow, lanes, images.itemsize)
               if steps[1] in conv_blocked.ROW_STEPS else None)
     if pixels is not None:
         driver.cpu_call(conv_blocked.forward_rows(lanes, pixels, steps[1]), work, images,
-                        filters, taps, bias, y, oh, ow, steps[0], *out, act)
+                        filters, taps, biases, kg, y, oh, ow, steps[0], *out, act)
     else:
-        driver.cpu_call(conv_blocked.FORWARD[lanes], work, images, filters, taps, bias, y, oh,
-                        ow, *steps, *out, act)
+        driver.cpu_call(conv_blocked.FORWARD[lanes], work, images, filters, taps, biases, kg,
+                        y, oh, ow, *steps, *out, act)
 
 
 @register("conv2d_backward_input", "cpu", "blocked")

@@ -1,0 +1,101 @@
+"""Moves by whole vectors that LLVM does not find in the loops that say them: blocks transposed
+in registers (how channel-major tiles, a vector of channels a pixel, and pixel-major planes,
+NCHW's rows, trade places), and rows of a register tile moved whole.
+
+Written as loops, a transposition compiles to a scalar load and store per element (or gathers),
+4-8x slower here: the register tiles' epilogue of kernels/conv_blocked.py, so written, took 2-3x
+the instructions of a stem's whole tap loop. A tile whose rows LLVM unrolls before it
+vectorises (16 pixels of 16 channels) it filled from a row by scatters, one per channel.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import errors
+from numba.extending import intrinsic
+
+from . import VECTOR_LANES
+
+VECTOR = VECTOR_LANES
+
+
+@intrinsic
+def transpose_block(typingctx, src, src_start, src_step, dst, dst_start, dst_step, rows):
+    """dst[dst_start + j * dst_step + i] = src[src_start + i * src_step + j] for i < ``rows``
+    (a compile-time constant, at most VECTOR) and j < VECTOR: ``rows`` vectors of VECTOR loaded,
+    VECTOR log2(VECTOR) two-source shuffles, VECTOR stores of ``rows`` elements, for 1-D arrays
+    of one dtype and unsigned offsets. A step may instead be a 1-D uint64 array of offsets, row
+    i (or j) then at start + step[i]: rows that are not evenly spaced (a padded plane's pixels)
+    move without a copy through a staging block."""
+    if not isinstance(rows, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(rows)
+    n, count = VECTOR, rows.literal_value
+    if not 0 < count <= n:
+        raise errors.TypingError(f"transpose_block moves 1 to {n} rows, not {count}")
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0]).data
+        target = context.make_array(signature.args[3])(context, builder, args[3]).data
+        element = context.get_value_type(signature.args[0].dtype)
+        vector, width = ir.VectorType(element, n), context.get_abi_sizeof(element)
+        index = ir.IntType(64)
+
+        def offsets(position):
+            """Row i's offset from the start: step * i, or step[i] of an array of them."""
+            step = args[position]
+            if not isinstance(signature.args[position], types.Array):
+                return lambda i: builder.mul(step, ir.Constant(index, i))
+            data = context.make_array(signature.args[position])(context, builder, step).data
+            return lambda i: builder.load(builder.gep(data, [ir.Constant(index, i)]))
+
+        def address(data, start, offset, i, kind):
+            at = builder.add(start, offset(i))
+            return builder.bitcast(builder.gep(data, [at]), kind.as_pointer())
+        # rows past ``count`` are never stored: what they hold does not matter
+        rows = [builder.load(address(source, args[1], offsets(2), i, vector), align=width)
+                if i < count else ir.Constant(vector, ir.Undefined) for i in range(n)]
+        # the step of distance d swaps the off-diagonal d x d blocks of every 2d x 2d block
+        d = n // 2
+        while d:
+            low = ir.Constant(ir.VectorType(ir.IntType(32), n),
+                              [j + n - d if j & d else j for j in range(n)])
+            high = ir.Constant(ir.VectorType(ir.IntType(32), n),
+                               [j + n if j & d else j + d for j in range(n)])
+            for i in range(n):
+                if not i & d:
+                    a, b = rows[i], rows[i + d]
+                    rows[i] = builder.shuffle_vector(a, b, low)
+                    rows[i + d] = builder.shuffle_vector(a, b, high)
+            d //= 2
+        part = ir.VectorType(element, count)
+        first = ir.Constant(ir.VectorType(ir.IntType(32), count), list(range(count)))
+        for j in range(n):
+            out = rows[j] if count == n else builder.shuffle_vector(
+                rows[j], ir.Constant(vector, ir.Undefined), first)
+            builder.store(out, address(target, args[4], offsets(5), j, part), align=width)
+        return context.get_dummy_value()
+    return types.void(src, src_start, src_step, dst, dst_start, dst_step, rows), codegen
+
+
+@intrinsic
+def move_rows(typingctx, src, src_start, src_step, dst, dst_start, dst_step, rows, width):
+    """dst[dst_start + i * dst_step + v] = src[src_start + i * src_step + v] for i < ``rows``
+    and v < ``width`` (compile-time constants): ``rows`` vector loads and stores, for 1-D arrays
+    of one dtype and unsigned offsets. A source step of 0 repeats one row (a tile's bias)."""
+    if not (isinstance(rows, types.IntegerLiteral) and isinstance(width, types.IntegerLiteral)):
+        raise errors.RequireLiteralValue((rows, width))
+    count, n = rows.literal_value, width.literal_value
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0]).data
+        target = context.make_array(signature.args[3])(context, builder, args[3]).data
+        element = context.get_value_type(signature.args[0].dtype)
+        vector, size = ir.VectorType(element, n), context.get_abi_sizeof(element)
+
+        def address(data, start, step, i):
+            at = builder.add(start, builder.mul(step, ir.Constant(ir.IntType(64), i)))
+            return builder.bitcast(builder.gep(data, [at]), vector.as_pointer())
+        for i in range(count):
+            row = builder.load(address(source, args[1], args[2], i), align=size)
+            builder.store(row, address(target, args[4], args[5], i), align=size)
+        return context.get_dummy_value()
+    return types.void(src, src_start, src_step, dst, dst_start, dst_step, rows, width), codegen
