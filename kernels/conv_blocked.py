@@ -63,6 +63,10 @@ ROW_PIXELS = ROW_TILES[1][0]  # conv2d_forward_rows' own; forward_rows compiles 
 ROW_STEPS = (1, 2)
 COL_STEP = 1  # conv2d_forward_rows' own; forward_rows compiles the other
 ZERO = np.uint64(0)
+# conv2d_forward_rows' output pixels a task (a band of whole rows, at least one). A task a row
+# ran ResNeXt's grouped 14x14 layer and LeNet's C3 (10x10) 1.05-1.2x slower on one thread; 64
+# to 256 pixels were alike on the 7x7 to 28x28 layers tried, two threads.
+BAND_PIXELS = 256
 
 
 def lanes(channels: int) -> int:
@@ -154,18 +158,20 @@ def conv2d_forward(x, w, taps, b, kg, y, oh_, ow_, row_step, col_step, y_origin,
 @njit(inline="always", cache=True)
 def _store_row_tile(acc, flat, yn, first, k0, used, y_channel, y_col, pixels, lanes_):
     """yn[first + k * y_channel + j * y_col] = acc[j, k - k0] for the tile's ``used`` channels
-    from k0: by whole vectors where the tile's pixels (y_col 1: NCHW) or its channels
-    (y_channel 1: NHWC) lie side by side in yn, the tile then transposed in registers for
-    NCHW; element by element elsewhere (a partial channel block, a strided layer's
-    input-gradient phase). ``flat`` is acc's memory as one vector."""
-    if used == lanes_ and (y_col == 1 or y_channel == 1):
-        if y_col == 1:
-            for v0 in range(0, lanes_, VECTOR):
+    from k0: by whole vectors where the tile's pixels lie side by side in yn (y_col 1: NCHW),
+    the tile transposed in registers, or its channels do (y_channel 1: NHWC) and it has all
+    of them; element by element elsewhere (a strided layer's input-gradient phase). ``flat``
+    is acc's memory as one vector."""
+    if y_col == 1:
+        for v0 in range(0, lanes_, VECTOR):
+            if v0 < used:
                 transpose_block(flat, np.uint64(v0), np.uint64(lanes_), yn,
-                                first + np.uint64(k0 + v0) * y_channel, y_channel, pixels)
-        else:
-            move_rows(flat, ZERO, np.uint64(lanes_), yn, first + np.uint64(k0), y_col, pixels,
-                      lanes_)
+                                first + np.uint64(k0 + v0) * y_channel, y_channel, pixels,
+                                used - v0)
+        return
+    if used == lanes_ and y_channel == 1:
+        move_rows(flat, ZERO, np.uint64(lanes_), yn, first + np.uint64(k0), y_col, pixels,
+                  lanes_)
         return
     for v in range(lanes_):
         if v < used:
@@ -186,36 +192,42 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, y_origin, y_ch
     180-250 -> 310-340 GFLOP/s on this project's Zen 5, two threads (see ROW_TILES).
 
     Layout: as conv2d_forward's, with col_step COL_STEP; needs OW >= ROW_PIXELS. Loop order: (n,
-    group, channel block, output row) in parallel; per row, tiles of ROW_PIXELS pixels (the
-    last one moved back to end at the row's end, recomputing a few pixels of the previous),
+    group, channel block, band of output rows of about BAND_PIXELS pixels) in parallel; per
+    row, tiles of ROW_PIXELS pixels (the last one moved back to end at the row's end,
+    recomputing a few pixels of the previous),
     then as conv2d_forward. A tile starts from its channels' bias and leaves by whole vectors
     (:func:`_store_row_tile`): stored an element at a time, it took 2-3x the instructions of a
     stem's tap loop (MobileNetV2's 3-channel stem at 0.55x PyTorch's speed, 1.1-1.4x so).
-    Each task owns y[n] at its channels x its row.
+    Each task owns y[n] at its channels x its band.
     """
     n_, groups, blocks = x.shape[0], w.shape[0], w.shape[1]
     tiles = (ow_ + ROW_PIXELS - 1) // ROW_PIXELS
-    for task in prange(n_ * groups * blocks * oh_):
-        n, g, blk, oh, k0, used = _forward_task(task, groups, blocks, oh_, kg, LANES)
-        yn = y[n]
+    rows = max(1, min(oh_, BAND_PIXELS // ow_))
+    bands = (oh_ + rows - 1) // rows
+    for task in prange(n_ * groups * blocks * bands):
+        n, g, blk, band, k0, used = _forward_task(task, groups, blocks, bands, kg, LANES)
+        xn, yn, filters, offsets, bias = x[n], y[n], w[g, blk], taps[g], b[g, blk]
         tile_ = stack_array(ROW_PIXELS, LANES, y.dtype)
         acc, flat = carray(tile_, (ROW_PIXELS, LANES)), carray(tile_, ROW_PIXELS * LANES)
         bases = carray(stack_array(ROW_PIXELS, 1, np.uint64), ROW_PIXELS)
-        for tile in range(tiles):
-            ow0 = min(tile * ROW_PIXELS, ow_ - ROW_PIXELS)
-            for j in range(ROW_PIXELS):
-                bases[j] = np.uint64(oh * row_step + (ow0 + j) * COL_STEP)
-            # the tile starts from the bias
-            move_rows(b[g, blk], ZERO, ZERO, flat, ZERO, np.uint64(LANES), ROW_PIXELS, LANES)
-            _accumulate(acc, x[n], bases, taps[g], w[g, blk], ROW_PIXELS, LANES)
-            _store_row_tile(acc, flat, yn, np.uint64(y_origin + oh * y_row + ow0 * y_col),
-                            k0, used, np.uint64(y_channel), np.uint64(y_col), ROW_PIXELS,
-                            LANES)
+        oh0, oh1 = band * rows, min(oh_, (band + 1) * rows)
+        for oh in range(oh0, oh1):
+            for tile in range(tiles):
+                ow0 = min(tile * ROW_PIXELS, ow_ - ROW_PIXELS)
+                for j in range(ROW_PIXELS):
+                    bases[j] = np.uint64(oh * row_step + (ow0 + j) * COL_STEP)
+                # the tile starts from the bias
+                move_rows(bias, ZERO, ZERO, flat, ZERO, np.uint64(LANES), ROW_PIXELS, LANES)
+                _accumulate(acc, xn, bases, offsets, filters, ROW_PIXELS, LANES)
+                _store_row_tile(acc, flat, yn, np.uint64(y_origin + oh * y_row + ow0 * y_col),
+                                k0, used, np.uint64(y_channel), np.uint64(y_col), ROW_PIXELS,
+                                LANES)
         if act != 0:  # in a pass of its own, as in conv2d_forward
             for k in range(k0, k0 + used):
-                for ow in range(ow_):
-                    i = y_origin + k * y_channel + oh * y_row + ow * y_col
-                    yn[i] = activate(yn[i], act, y.dtype)
+                for oh in range(oh0, oh1):
+                    for ow in range(ow_):
+                        i = y_origin + k * y_channel + oh * y_row + ow * y_col
+                        yn[i] = activate(yn[i], act, y.dtype)
 
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])

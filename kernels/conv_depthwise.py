@@ -106,7 +106,7 @@ def _move_in(buf, base, xn, h_, w_, x_channel, x_pixel, lanes, rows, cols, i0, r
                 row = _buffer_row(rows, h, h_, base, i0, width)
         if runs:
             transpose_block(xn, np.uint64(c0 * x_channel + p), np.uint64(x_channel), buf,
-                            np.uint64(0), spots, VECTOR)
+                            np.uint64(0), spots, VECTOR, VECTOR)
         p += count
 
 
@@ -217,7 +217,7 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
                     i, jj = i + 1, 0
             if runs:
                 transpose_block(out, np.uint64(0), spots, yn, np.uint64(k0 * y_channel + p),
-                                np.uint64(y_channel), VECTOR)
+                                np.uint64(y_channel), VECTOR, VECTOR)
             p += count
 
 

@@ -10,7 +10,7 @@ vectorises (16 pixels of 16 channels) it filled from a row by scatters, one per 
 
 from llvmlite import ir
 from numba import types
-from numba.core import errors
+from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
 from . import VECTOR_LANES
@@ -19,13 +19,15 @@ VECTOR = VECTOR_LANES
 
 
 @intrinsic
-def transpose_block(typingctx, src, src_start, src_step, dst, dst_start, dst_step, rows):
+def transpose_block(typingctx, src, src_start, src_step, dst, dst_start, dst_step, rows,
+                    stored):
     """dst[dst_start + j * dst_step + i] = src[src_start + i * src_step + j] for i < ``rows``
-    (a compile-time constant, at most VECTOR) and j < VECTOR: ``rows`` vectors of VECTOR loaded,
-    VECTOR log2(VECTOR) two-source shuffles, VECTOR stores of ``rows`` elements, for 1-D arrays
-    of one dtype and unsigned offsets. A step may instead be a 1-D uint64 array of offsets, row
-    i (or j) then at start + step[i]: rows that are not evenly spaced (a padded plane's pixels)
-    move without a copy through a staging block."""
+    (a compile-time constant, at most VECTOR) and j < ``stored`` (at most VECTOR, at run
+    time: a partial block of channels): ``rows`` vectors of VECTOR loaded, VECTOR log2(VECTOR)
+    two-source shuffles, ``stored`` stores of ``rows`` elements, for 1-D arrays of one dtype
+    and unsigned offsets. A step may instead be a 1-D uint64 array of offsets, row i (or j)
+    then at start + step[i]: rows that are not evenly spaced (a padded plane's pixels) move
+    without a copy through a staging block."""
     if not isinstance(rows, types.IntegerLiteral):
         raise errors.RequireLiteralValue(rows)
     n, count = VECTOR, rows.literal_value
@@ -68,12 +70,16 @@ def transpose_block(typingctx, src, src_start, src_step, dst, dst_start, dst_ste
             d //= 2
         part = ir.VectorType(element, count)
         first = ir.Constant(ir.VectorType(ir.IntType(32), count), list(range(count)))
+        limit = context.cast(builder, args[7], signature.args[7], types.int64)
         for j in range(n):
             out = rows[j] if count == n else builder.shuffle_vector(
                 rows[j], ir.Constant(vector, ir.Undefined), first)
-            builder.store(out, address(target, args[4], offsets(5), j, part), align=width)
+            with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(index, j),
+                                                                limit)):
+                builder.store(out, address(target, args[4], offsets(5), j, part), align=width)
         return context.get_dummy_value()
-    return types.void(src, src_start, src_step, dst, dst_start, dst_step, rows), codegen
+    return (types.void(src, src_start, src_step, dst, dst_start, dst_step, rows, stored),
+            codegen)
 
 
 @intrinsic

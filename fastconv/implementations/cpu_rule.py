@@ -5,26 +5,26 @@ edit it by hand, rerun that.
 Fitted on dispatch-cpu.csv: 2286 timings of AMD EPYC (family 26 model 2) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
-    conv2d: the rule 1.031x, blocked 1.332x, depthwise (some layers only), direct 4.027x, im2col
-        1.760x, winograd (some layers only)
-    conv2d_backward_input: the rule 1.020x, blocked 1.600x, depthwise (some layers only), direct
-        4.312x, im2col 1.583x, winograd (some layers only)
-    conv2d_backward_weight: the rule 1.014x, blocked 1.362x, depthwise (some layers only),
-        direct 20.747x, im2col 1.538x
+    conv2d: the rule 1.028x, blocked 1.300x, depthwise (some layers only), direct 4.158x, im2col
+        1.779x, winograd (some layers only)
+    conv2d_backward_input: the rule 1.019x, blocked 1.554x, depthwise (some layers only), direct
+        4.224x, im2col 1.524x, winograd (some layers only)
+    conv2d_backward_weight: the rule 1.010x, blocked 1.376x, depthwise (some layers only),
+        direct 20.356x, im2col 1.509x
 """
 
 RULE = {'conv2d': {'feature': 'window',
-            'threshold': 7,
-            'below': {'feature': 'stride',
-                      'threshold': 4,
-                      'below': {'feature': 'window',
-                                'threshold': 3,
+            'threshold': 3,
+            'below': {'feature': 'taps',
+                      'threshold': 144,
+                      'below': {'feature': 'stride',
+                                'threshold': 4,
                                 'below': 'im2col',
                                 'at_least': 'blocked'},
-                      'at_least': {'feature': 'threads',
-                                   'threshold': 2,
-                                   'below': 'im2col',
-                                   'at_least': 'blocked'}},
+                      'at_least': {'feature': 'channels',
+                                   'threshold': 96,
+                                   'below': 'blocked',
+                                   'at_least': 'im2col'}},
             'at_least': {'feature': 'channels',
                          'threshold': 8,
                          'below': {'feature': 'taps',
@@ -57,22 +57,22 @@ RULE = {'conv2d': {'feature': 'window',
                                                      'threshold': 16,
                                                      'below': 'im2col',
                                                      'at_least': 'blocked'}}},
- 'conv2d_backward_weight': {'feature': 'taps',
-                            'threshold': 72,
+ 'conv2d_backward_weight': {'feature': 'channels',
+                            'threshold': 100,
                             'below': {'feature': 'taps',
-                                      'threshold': 24,
+                                      'threshold': 25,
                                       'below': {'feature': 'channels',
                                                 'threshold': 16,
                                                 'below': ['depthwise', 'direct'],
                                                 'at_least': 'im2col'},
-                                      'at_least': {'feature': 'stride',
-                                                   'threshold': 4,
+                                      'at_least': {'feature': 'channels',
+                                                   'threshold': 8,
                                                    'below': 'im2col',
                                                    'at_least': 'blocked'}},
-                            'at_least': {'feature': 'channels',
-                                         'threshold': 320,
-                                         'below': {'feature': 'pixels',
-                                                   'threshold': 49,
+                            'at_least': {'feature': 'in_channels',
+                                         'threshold': 256,
+                                         'below': {'feature': 'taps',
+                                                   'threshold': 512,
                                                    'below': 'im2col',
                                                    'at_least': 'blocked'},
                                          'at_least': {'feature': 'pixels',
