@@ -138,8 +138,8 @@ def _tiles(buf, out, ws, taps, bias, k0, used, count, taps_):
 
 
 @njit(**CPU_KERNEL)
-def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, band, taps,
-                     filters, bias, y, oh_, ow_, y_channel, y_pixel, act):
+def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, band, images,
+                     taps, filters, bias, y, oh_, ow_, y_channel, y_pixel, act):
     """y = act(bias + sum over taps of the source planes x filters), a band of output rows of
     one vector of channels per task: its source rows moved into a zeroed local buffer (the
     block's planes, lanes over channels), register tiles over it, the band moved out.
@@ -159,66 +159,72 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
     their index modulo the stride, as the caller's ``rows`` and ``cols`` place them) make
     every layer's taps affine in q, so a tile is PIXELS consecutive q, and the columns past
     ow_ in each row are computed and never stored.
-    Loop order: (n, block, band) in parallel; per task the move in (VECTOR x VECTOR
-    transposes from NCHW, a vector a pixel from NHWC), the tiles (taps t, lanes, the PIXELS
-    pixels innermost: one filter vector meets PIXELS buffer vectors in packed FMAs), the
-    activation, the move out. Each task owns y[n] at its block's channels x its band's rows.
+    Loop order: (run of ``images`` images, block, band) in parallel; per task and image the
+    move in (VECTOR x VECTOR transposes from NCHW, a vector a pixel from NHWC), the tiles (taps
+    t, lanes, the PIXELS pixels innermost: one filter vector meets PIXELS buffer vectors in
+    packed FMAs), the activation, the move out. Each task owns y[n] of its images at its
+    block's channels x its band's rows. Its buffers are allocated and zeroed once: every image
+    writes the same cells of them. (A task an image spent a third of a 7x7 layer's time in
+    malloc, memset and reference counts: benchmarks/results/cpu-suite-row-epilogue.md.)
     """
     n_, b_, j_ = x.shape[0], sources.shape[0], sources.shape[1]
     k_, t_ = y.shape[1] // (oh_ * ow_), taps.shape[0]
     pixels, width, phases = plane[0], plane[1], plane[2]
     bands = (oh_ + band - 1) // band
+    batches = (n_ + images - 1) // images
     reach = pixels // width  # buffer rows a phase plane holds: the band's and the halo's
     span = -(-band * width // PIXELS) * PIXELS  # a band's local outputs, whole tiles
     held = max(j_ * phases * pixels, span + int(taps.max()) // VECTOR + PIXELS) * VECTOR
-    for task in prange(n_ * b_ * bands):
-        n, blk, chunk = task // (b_ * bands), task // bands % b_, task % bands
+    for task in prange(batches * b_ * bands):
+        batch, blk, chunk = task // (b_ * bands), task // bands % b_, task % bands
         i0 = chunk * band
         i1 = min(oh_, i0 + band)
         k0 = blk * VECTOR
         used = min(VECTOR, k_ - k0)
-        xn, yn = x[n], y[n]
         buf = np.zeros(held + VECTOR, y.dtype)  # and a vector where outside pixels go
         out = np.empty(span * VECTOR, y.dtype)
         spots = carray(stack_array(VECTOR, 1, np.uint64), VECTOR)
-        for sub in range(j_):
-            _move_in(buf, sub * phases * pixels, xn, h_, w_, x_channel, x_pixel,
-                     sources[blk, sub], rows, cols, i0, reach, width, spots)
-        if t_ == WINDOW_TAPS:
-            _tiles(buf, out, filters[blk], taps, bias, k0, used, (i1 - i0) * width, WINDOW_TAPS)
-        else:
-            _tiles(buf, out, filters[blk], taps, bias, k0, used, (i1 - i0) * width, 0)
-        # the activation in a pass of its own, in cache (in the tiles it pushes the tile out of
-        # the registers: conv_blocked.py)
-        if act != 0:
-            for q in range((i1 - i0) * width * VECTOR):
-                out[q] = activate(out[q], act, y.dtype)
-        # the move out: output pixels i0 * ow_ to i1 * ow_, in runs of VECTOR to NCHW
-        p, p1 = i0 * ow_, i1 * ow_
-        runs = used == VECTOR and y_pixel == 1 and p1 - p >= VECTOR
-        while p < p1:
-            count = VECTOR if runs else 1
-            if runs:
-                p = min(p, p1 - VECTOR)
-            i, jj = p // ow_ - i0, p % ow_
-            for j in range(count):
-                q = np.uint64((i * width + jj) * VECTOR)
+        ws, lanes = filters[blk], sources[blk]
+        for n in range(batch * images, min(n_, (batch + 1) * images)):
+            xn, yn = x[n], y[n]
+            for sub in range(j_):
+                _move_in(buf, sub * phases * pixels, xn, h_, w_, x_channel, x_pixel, lanes[sub],
+                         rows, cols, i0, reach, width, spots)
+            if t_ == WINDOW_TAPS:
+                _tiles(buf, out, ws, taps, bias, k0, used, (i1 - i0) * width, WINDOW_TAPS)
+            else:
+                _tiles(buf, out, ws, taps, bias, k0, used, (i1 - i0) * width, 0)
+            # the activation in a pass of its own, in cache (in the tiles it pushes the tile
+            # out of the registers: conv_blocked.py)
+            if act != 0:
+                for q in range((i1 - i0) * width * VECTOR):
+                    out[q] = activate(out[q], act, y.dtype)
+            # the move out: output pixels i0 * ow_ to i1 * ow_, in runs of VECTOR to NCHW
+            p, p1 = i0 * ow_, i1 * ow_
+            runs = used == VECTOR and y_pixel == 1 and p1 - p >= VECTOR
+            while p < p1:
+                count = VECTOR if runs else 1
                 if runs:
-                    spots[j] = q
-                elif used == VECTOR and y_channel == 1:  # NHWC: a vector a pixel
-                    first = np.uint64(k0 + (p + j) * y_pixel)
-                    for v in range(UVECTOR):
-                        yn[first + v] = out[q + v]
-                else:
-                    for v in range(used):
-                        yn[(k0 + v) * y_channel + (p + j) * y_pixel] = out[q + v]
-                jj += 1
-                if jj == ow_:
-                    i, jj = i + 1, 0
-            if runs:
-                transpose_block(out, np.uint64(0), spots, yn, np.uint64(k0 * y_channel + p),
-                                np.uint64(y_channel), VECTOR, VECTOR)
-            p += count
+                    p = min(p, p1 - VECTOR)
+                i, jj = p // ow_ - i0, p % ow_
+                for j in range(count):
+                    q = np.uint64((i * width + jj) * VECTOR)
+                    if runs:
+                        spots[j] = q
+                    elif used == VECTOR and y_channel == 1:  # NHWC: a vector a pixel
+                        first = np.uint64(k0 + (p + j) * y_pixel)
+                        for v in range(UVECTOR):
+                            yn[first + v] = out[q + v]
+                    else:
+                        for v in range(used):
+                            yn[(k0 + v) * y_channel + (p + j) * y_pixel] = out[q + v]
+                    jj += 1
+                    if jj == ow_:
+                        i, jj = i + 1, 0
+                if runs:
+                    transpose_block(out, np.uint64(0), spots, yn, np.uint64(k0 * y_channel + p),
+                                    np.uint64(y_channel), VECTOR, VECTOR)
+                p += count
 
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
@@ -252,38 +258,43 @@ def _weight_sums(buf, grad, taps, total, rows, cols, width):
 
 @njit(**CPU_KERNEL)
 def depthwise_planes_weight(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, band,
-                            taps, gy, oh_, ow_, y_channel, y_pixel, lanes, out_rows, out_cols,
-                            partial):
-    """The weight gradient of depthwise_planes' forward: partial[n * bands + chunk, b, t, v] =
-    the sum over the outputs (i, j) of band ``chunk`` of image n of gy[k, i, j] x the source
-    that tap t of output (i, j) reads, k = b * VECTOR + v (the caller sums the bands).
+                            images, taps, gy, oh_, ow_, y_channel, y_pixel, lanes, out_rows,
+                            out_cols, partial):
+    """The weight gradient of depthwise_planes' forward: partial[batch * bands + chunk, b, t,
+    v] = the sum over the images n of ``batch`` (``images`` of them) and the outputs (i, j) of
+    band ``chunk`` of gy[k, i, j] x the source that tap t of output (i, j) of image n reads,
+    k = b * VECTOR + v (the caller sums the bands and batches).
 
     Layout: x, h_ ... taps as depthwise_planes' (one sub-plane); gy (N, Y) each image flat,
     (k, i, j) at ``k * y_channel + (i * ow_ + j) * y_pixel``; lanes (B, VECTOR) the output
     channel of each lane (-1: none); out_rows (oh_, 2) = (0, i) and out_cols (ow_,) = j place
     the gradient at the buffer's local outputs q = (i - i0) * width + j;
-    partial (N x bands, B, T, VECTOR) float64.
-    Loop order: (block, n, band) in parallel; per task the source's and the gradient's rows
-    moved into two zeroed buffers (as the forward moves its source), then :func:`_weight_sums`.
-    Each task owns its partial[n * bands + chunk, b], so the sum needs no atomics and is the
-    same on any number of threads.
+    partial (ceil(N / images) x bands, B, T, VECTOR) float64.
+    Loop order: (block, run of ``images`` images, band) in parallel; per task and image the
+    source's and the gradient's rows moved into two buffers zeroed once (every image writes
+    the same cells; as the forward moves its source), then :func:`_weight_sums`. Each task
+    owns its partial[batch * bands + chunk, b], so the sum needs no atomics and is the same
+    on any number of threads.
     """
     n_, b_ = x.shape[0], sources.shape[0]
     pixels, width, phases = plane[0], plane[1], plane[2]
     bands = (oh_ + band - 1) // band
+    batches = (n_ + images - 1) // images
     reach = pixels // width
     held = max(phases * pixels, band * width + int(taps.max()) // VECTOR) * VECTOR
-    for task in prange(b_ * n_ * bands):
-        blk, n, chunk = task // (n_ * bands), task // bands % n_, task % bands
+    for task in prange(b_ * batches * bands):
+        blk, batch, chunk = task // (batches * bands), task // bands % batches, task % bands
         i0 = chunk * band
         i1 = min(oh_, i0 + band)
         buf = np.zeros(held + VECTOR, gy.dtype)
         grad = np.zeros((band * width + 1) * VECTOR, gy.dtype)  # its lanes past K stay zero
         spots = carray(stack_array(VECTOR, 1, np.uint64), VECTOR)
-        _move_in(buf, 0, x[n], h_, w_, x_channel, x_pixel, sources[blk, 0], rows, cols, i0,
-                 reach, width, spots)
-        _move_in(grad, 0, gy[n], oh_, ow_, y_channel, y_pixel, lanes[blk], out_rows, out_cols,
-                 i0, band, width, spots)
-        total = partial[n * bands + chunk, blk]
+        total = partial[batch * bands + chunk, blk]
         total[:] = 0
-        _weight_sums(buf, grad, taps, total, i1 - i0, ow_, width)
+        source, lane = sources[blk, 0], lanes[blk]
+        for n in range(batch * images, min(n_, (batch + 1) * images)):
+            _move_in(buf, 0, x[n], h_, w_, x_channel, x_pixel, source, rows, cols, i0, reach,
+                     width, spots)
+            _move_in(grad, 0, gy[n], oh_, ow_, y_channel, y_pixel, lane, out_rows, out_cols,
+                     i0, band, width, spots)
+            _weight_sums(buf, grad, taps, total, i1 - i0, ow_, width)

@@ -51,12 +51,22 @@ def arrays(case):
             random(rng, (g.K,), dtype), random(rng, g.y_shape, dtype))
 
 
+def _images_a_task(monkeypatch, several):
+    """Whether a kernel task takes several images: at the suite's sizes only layers of many
+    channel blocks do (a 7x7 plane's of 960 channels: depthwise._images); here, with no
+    minimum count of tasks, every task takes the whole batch of these small planes."""
+    from fastconv.implementations import depthwise
+    if several:
+        monkeypatch.setattr(depthwise, "MIN_TASKS", 1)
+
+
 @SETTINGS
 @given(case=depthwise_cases(), activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]),
-       with_bias=st.booleans(), parallel=st.booleans())
-def test_forward_matches_reference_and_torch(case, activation, with_bias, parallel,
+       with_bias=st.booleans(), parallel=st.booleans(), several=st.booleans())
+def test_forward_matches_reference_and_torch(case, activation, with_bias, parallel, several,
                                              monkeypatch):
     _threads(monkeypatch, parallel)
+    _images_a_task(monkeypatch, several)
     x, w, b, _ = arrays(case)
     b = b if with_bias else None
     before = [a.copy() for a in (x, w) + ((b,) if with_bias else ())]
@@ -68,9 +78,10 @@ def test_forward_matches_reference_and_torch(case, activation, with_bias, parall
 
 
 @SETTINGS
-@given(case=depthwise_cases(), parallel=st.booleans())
-def test_backward_matches_reference_and_torch_autograd(case, parallel, monkeypatch):
+@given(case=depthwise_cases(), parallel=st.booleans(), several=st.booleans())
+def test_backward_matches_reference_and_torch_autograd(case, parallel, several, monkeypatch):
     _threads(monkeypatch, parallel)
+    _images_a_task(monkeypatch, several)
     x, w, _, gy = arrays(case)
     kwargs = case["kwargs"]
     before = [a.copy() for a in (x, w, gy)]

@@ -27,6 +27,9 @@ VECTOR = kernels.VECTOR
 # here (1024: up to 1.5x slower on the 56x56 and 112x112 planes; benchmarks/results/
 # cpu-depthwise-planes.md).
 BAND_PIXELS = 4096
+# Tasks a call keeps at least where a task takes several images (_images): 16 a thread here,
+# two on the GPU machine's 16 cores.
+MIN_TASKS = 32
 
 
 def applies(g):
@@ -74,6 +77,16 @@ def _axis(size, before, up, out_size, k, stride, dilation):
     taps = [(r * dilation % stride, r * dilation // stride) for r in range(k)]
     return (-(-extent // stride), np.where(inside, at % stride, -1),
             np.where(inside, at // stride, -1), taps, (k - 1) * dilation // stride)
+
+
+def _images(n, tasks, pixels):
+    """Images a task of a depthwise kernel takes (its band has ``pixels`` outputs, an image
+    ``tasks`` tasks: blocks x bands): enough for BAND_PIXELS outputs (a 7x7 plane's task an
+    image spent a third of its time allocating and zeroing its buffers), while a call keeps
+    MIN_TASKS tasks. Not by the thread count: the weight gradient's sums, grouped by task, are
+    then the same on any number of threads."""
+    runs = max(-(-n // max(1, BAND_PIXELS // pixels)), min(n, -(-MIN_TASKS // tasks)))
+    return -(-n // runs)
 
 
 def _steps(a, layout):
@@ -125,7 +138,8 @@ def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activat
         weights.reshape(blocks, VECTOR, -1).transpose(0, 2, 1)).astype(a.dtype)
     out = driver.empty(np, (n, k, oh, ow) if g.layout == "NCHW" else (n, oh, ow, k), a.dtype)
     driver.cpu_call(kernels.depthwise_planes, _work(g, out.size), a.reshape(n, -1), h, w,
-                    *_steps(a, g.layout), sources, rows, cols, plane, band, taps, filters,
+                    *_steps(a, g.layout), sources, rows, cols, plane, band,
+                    _images(n, blocks * -(-oh // band), band * ow), taps, filters,
                     driver.bias(np, b, k, a.dtype), out.reshape(n, -1), oh, ow,
                     *_steps(out, g.layout), CODES[activation])
     return out
@@ -166,10 +180,12 @@ def backward_weight(g, gy, x):
     band, rows, cols, plane, taps = _buffer((g.H, g.W), (g.padding[0], g.padding[2]), (1, 1),
                                             g.stride, g.dilation, (g.OH, g.OW), (g.R, g.S), 1)
     bands = -(-g.OH // band)
-    partial = driver.empty(np, (g.N * bands, blocks, taps.size, VECTOR), np.float64)
+    images = _images(g.N, blocks * bands, band * g.OW)
+    partial = driver.empty(np, (-(-g.N // images) * bands, blocks, taps.size, VECTOR), np.float64)
     driver.cpu_call(kernels.depthwise_planes_weight, _work(g, x.size + gy.size),
                     x.reshape(g.N, -1), g.H, g.W, *_steps(x, g.layout), _lanes(g.K, m), rows, cols,
-                    plane, band, taps, gy.reshape(g.N, -1), g.OH, g.OW, *_steps(gy, g.layout),
+                    plane, band, images, taps, gy.reshape(g.N, -1), g.OH, g.OW,
+                    *_steps(gy, g.layout),
                     _lanes(g.K)[:, 0], *_output_places(g.OH, g.OW), partial)
     sums = partial.sum(axis=0).transpose(0, 2, 1).reshape(blocks * VECTOR, -1)[:g.K]
     gw = driver.empty(np, g.w_shape, gy.dtype)
