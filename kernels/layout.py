@@ -7,9 +7,13 @@ calling thread they had come to cost as much as the multiply-adds of the kernels
 0.5-1.4 ms, against a 0.7-1 ms kernel on two threads). Here every image is a parallel task.
 """
 
+import numpy as np
 from numba import njit, prange
 
-from . import CPU_KERNEL
+from . import CPU_KERNEL, VECTOR_LANES
+from .vector_moves import transpose_block
+
+VECTOR = VECTOR_LANES
 
 
 @njit(**CPU_KERNEL)
@@ -68,6 +72,39 @@ def channel_blocks(a, blocks):
                     out[p, v] = a[n, k0 + v, p]
             else:
                 out[:, v] = 0
+
+
+@njit(**CPU_KERNEL)
+def dense_filter_blocks(w, blocks):
+    """filter_blocks for filters whose output channels' taps lie side by side: blocks[g, b, t,
+    v] = w[g * O + b * L + v, t] for b * L + v < O, else 0.
+
+    Layout: w (G * O, T) C-contiguous (a layer's OIHW filters, T = I * R * S); blocks (G, B,
+    T, L) as filter_blocks'. Loop order: (g, b) in parallel; per task, VECTOR x VECTOR blocks
+    of (channels, taps) transposed in registers (filter_blocks' element-by-element walk
+    reads w a channel apart per element: 0.55 ms of ResNet-18's 4.5 ms 512-channel forward on
+    two threads), the taps past the last whole VECTOR and a block's channels past O element
+    by element. Each task owns blocks[g, b].
+    """
+    groups, count, t_, lanes = blocks.shape
+    o_ = w.shape[0] // groups
+    source, target = w.reshape(w.size), blocks.reshape(blocks.size)
+    whole = t_ // VECTOR * VECTOR
+    for task in prange(groups * count):
+        g, b = task // count, task % count
+        base = task * t_ * lanes
+        for v0 in range(0, lanes, VECTOR):
+            o0 = b * lanes + v0
+            full = o0 + VECTOR <= o_
+            if full:
+                for t0 in range(0, whole, VECTOR):
+                    transpose_block(source, np.uint64((g * o_ + o0) * t_ + t0), np.uint64(t_),
+                                    target, np.uint64(base + t0 * lanes + v0),
+                                    np.uint64(lanes), VECTOR, VECTOR)
+            for t in range(whole if full else 0, t_):
+                for v in range(v0, v0 + VECTOR):
+                    o = b * lanes + v
+                    target[base + t * lanes + v] = source[(g * o_ + o) * t_ + t] if o < o_ else 0
 
 
 @njit(**CPU_KERNEL)

@@ -89,6 +89,28 @@ def test_filter_blocks_against_numpy(groups, i, o, r, s, lanes, swapped, dtype, 
     np.testing.assert_array_equal(w, before)
 
 
+@settings(max_examples=60, deadline=None)
+@given(groups=st.integers(1, 3), i=st.integers(1, 9), o=st.integers(1, 40), r=st.integers(1, 3),
+       s=st.integers(1, 3), dtype=st.sampled_from(FLOATS), parallel=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_dense_filter_blocks_match_filter_blocks(groups, i, o, r, s, dtype, parallel, seed):
+    """The transposing path (contiguous OIHW filters) writes what filter_blocks writes from
+    the same filters seen with the channel axes swapped: whole VECTOR x VECTOR blocks, tap
+    tails and partial channel blocks (o up to 40 over blocks of the tile's width), every lane
+    of a block past the group's channels zero."""
+    from fastconv.kernels import conv_blocked
+    rng = np.random.default_rng(seed)
+    w = random(rng, (groups * o, i, r, s), dtype)
+    before = w.copy()
+    lanes = conv_blocked.lanes(o)
+    shape = (groups, -(-o // lanes), i * r * s, lanes)
+    dense, blocks = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
+    _kernel(layout.dense_filter_blocks, parallel)(w.reshape(groups * o, -1), dense)
+    layout.filter_blocks(w.reshape(groups, o, i, r, s).transpose(0, 2, 1, 3, 4), blocks)
+    np.testing.assert_array_equal(dense, blocks)
+    np.testing.assert_array_equal(w, before)
+
+
 def test_moves_run_on_every_thread_from_a_fraction_of_serial_work():
     """A copy counts its cells as MOVED_CELL multiply-adds each: the 1M-cell padding of a
     64x16x28x28 batch goes to the thread pool, which a cell count alone would not send."""

@@ -280,6 +280,21 @@ def _filter_blocks(w):
     return blocks
 
 
+def _forward_filters(g, w):
+    """The forward's filter blocks: by VECTOR x VECTOR transposes where the layer's OIHW
+    filters are contiguous (a channel's taps side by side), else by _filter_blocks."""
+    oihw = oihw_view(w, g.layout)
+    if not oihw.flags.c_contiguous:
+        return _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
+    kg = g.K // g.groups
+    lanes = conv_blocked.lanes(kg)
+    blocks = driver.empty(np, (g.groups, -(-kg // lanes), g.C // g.groups * g.R * g.S, lanes),
+                          w.dtype)
+    driver.cpu_move(layout_kernels.dense_filter_blocks, blocks.size, oihw.reshape(g.K, -1),
+                    blocks)
+    return blocks
+
+
 def _grouped(g, w):
     """The filters as (G, K/G, C/G, R, S), a view where it can be."""
     return oihw_view(w, g.layout).reshape(g.groups, g.K // g.groups, -1, g.R, g.S)
@@ -292,7 +307,7 @@ def conv2d_blocked_cpu(g, x, w, b, activation):
     y = driver.empty(np, g.y_shape, x.dtype)
     images, hp, wp = _padded(g, x, layout="NCHW")
     taps, row_step, col_step = _tap_offsets(g, hp, wp, layout="NCHW")
-    filters = _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
+    filters = _forward_filters(g, w)
     channel, row, column = driver.steps(g.layout, g.K, g.OH, g.OW)
     _blocked(g.N, images, filters, taps, driver.bias(np, b, g.K, x.dtype), y.reshape(g.N, -1),
              (g.OH, g.OW), (row_step, col_step), (0, channel, row, column), CODES[activation])
