@@ -156,9 +156,9 @@ def test_registered_for_some_layers_only():
 
 
 def test_the_fitted_rule_never_picks_it():
-    """algo="auto" without autotuning follows cpu_rule.py, whose fit measured winograd on the
-    layers it serves and picked it at no leaf (benchmarks/results/dispatch-cpu.md): where it
-    would, this test says so (benchmarks/results/cpu-winograd.md has its figures)."""
+    """algo="auto" without autotuning follows cpu_rule.py, whose fit measures winograd on the
+    layers it serves but never makes it a leaf (fastconv.bench.fit.NOT_AUTOMATIC: its NaN
+    for an Inf input is not PyTorch's result, and its one-thread edge was a two-thread loss)."""
     def leaves(node):
         if isinstance(node, (str, list)):
             return {node} if isinstance(node, str) else set(node)

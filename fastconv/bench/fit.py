@@ -37,6 +37,11 @@ COLUMNS = tuple(dict.fromkeys(("machine", "threads", "layer", "op", "algo", "med
 # An algorithm whose first timed call takes this many times the fastest one's is not timed
 # again (the direct kernels take seconds on VGG's layers): its one call stands as its time.
 CUT = 8.0
+# Algorithms measured (their columns in the table) but never a leaf of the rule: algo="auto"
+# keeps PyTorch's results for non-finite inputs, and Winograd's transforms spread an Inf over
+# its tile as NaN (benchmarks/results/cpu-winograd.md); its edge over blocked on one thread
+# (1.2-1.9x on VGG's and the U-Net's widest layers) was a loss of up to 2.1x on two.
+NOT_AUTOMATIC = frozenset({"winograd"})
 
 
 def _call(case, op, algo, a):
@@ -101,7 +106,7 @@ def _calls(rows) -> dict:
 def _samples(rows, op):
     """(features (S, F), log times (S, A), algos) of ``op``: a sample per machine, thread count
     and layer; an algorithm not measured on a sample counts as infinitely slow there."""
-    algos = sorted({r["algo"] for r in rows if r["op"] == op})
+    algos = sorted({r["algo"] for r in rows if r["op"] == op} - NOT_AUTOMATIC)
     samples = [by_algo for key, by_algo in _calls(rows).items() if key[3] == op]
     features = np.array([[next(iter(s.values()))[f] for f in FEATURES] for s in samples], float)
     logs = np.array([[math.log(s[a]["median_ms"]) if a in s else math.inf for a in algos]

@@ -5,34 +5,34 @@ edit it by hand, rerun that.
 Fitted on dispatch-cpu.csv: 2286 timings of AMD EPYC (family 26 model 2) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
-    conv2d: the rule 1.028x, blocked 1.300x, depthwise (some layers only), direct 4.158x, im2col
-        1.779x, winograd (some layers only)
-    conv2d_backward_input: the rule 1.019x, blocked 1.554x, depthwise (some layers only), direct
-        4.224x, im2col 1.524x, winograd (some layers only)
-    conv2d_backward_weight: the rule 1.010x, blocked 1.376x, depthwise (some layers only),
-        direct 20.356x, im2col 1.509x
+    conv2d: the rule 1.013x, blocked 1.180x, depthwise (some layers only), direct 4.362x, im2col
+        1.869x
+    conv2d_backward_input: the rule 1.008x, blocked 1.445x, depthwise (some layers only), direct
+        4.284x, im2col 1.551x
+    conv2d_backward_weight: the rule 1.012x, blocked 1.380x, depthwise (some layers only),
+        direct 20.969x, im2col 1.515x
 """
 
 RULE = {'conv2d': {'feature': 'window',
-            'threshold': 3,
-            'below': {'feature': 'taps',
-                      'threshold': 144,
-                      'below': {'feature': 'stride',
-                                'threshold': 4,
+            'threshold': 7,
+            'below': {'feature': 'stride',
+                      'threshold': 4,
+                      'below': {'feature': 'taps',
+                                'threshold': 128,
                                 'below': 'im2col',
                                 'at_least': 'blocked'},
-                      'at_least': {'feature': 'channels',
-                                   'threshold': 96,
+                      'at_least': {'feature': 'taps',
+                                   'threshold': 1024,
                                    'below': 'blocked',
                                    'at_least': 'im2col'}},
             'at_least': {'feature': 'channels',
-                         'threshold': 8,
+                         'threshold': 6,
                          'below': {'feature': 'taps',
-                                   'threshold': 25,
+                                   'threshold': 36,
                                    'below': ['depthwise', 'direct'],
                                    'at_least': 'direct'},
                          'at_least': {'feature': 'pixels',
-                                      'threshold': 49,
+                                      'threshold': 16,
                                       'below': 'im2col',
                                       'at_least': 'blocked'}}},
  'conv2d_backward_input': {'feature': 'in_channels',
