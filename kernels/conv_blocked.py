@@ -194,11 +194,10 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, y_origin, y_ch
     Layout: as conv2d_forward's, with col_step COL_STEP; needs OW >= ROW_PIXELS. Loop order: (n,
     group, channel block, band of output rows of about BAND_PIXELS pixels) in parallel; per
     row, tiles of ROW_PIXELS pixels (the last one moved back to end at the row's end,
-    recomputing a few pixels of the previous),
-    then as conv2d_forward. A tile starts from its channels' bias and leaves by whole vectors
-    (:func:`_store_row_tile`): stored an element at a time, it took 2-3x the instructions of a
-    stem's tap loop (MobileNetV2's 3-channel stem at 0.55x PyTorch's speed, 1.1-1.4x so).
-    Each task owns y[n] at its channels x its band.
+    recomputing a few pixels of the previous), then as conv2d_forward. A tile starts from its
+    channels' bias and leaves by whole vectors (:func:`_store_row_tile`): stored an element at
+    a time, it took 2-3x the instructions of a stem's tap loop (MobileNetV2's 3-channel stem at
+    0.55x PyTorch's speed, 1.1-1.4x so). Each task owns y[n] at its channels x its band.
     """
     n_, groups, blocks = x.shape[0], w.shape[0], w.shape[1]
     tiles = (ow_ + ROW_PIXELS - 1) // ROW_PIXELS

@@ -271,27 +271,19 @@ def _lane_blocks(a, groups):
 
 
 def _filter_blocks(w):
-    """(G, B, I * R * S, lanes) of (G, I, O, R, S) filters (kernels/layout.py's filter_blocks):
-    the O output channels in blocks of the register tile's width."""
+    """(G, B, I * R * S, lanes) of (G, I, O, R, S) filters: the O output channels in blocks of
+    the register tile's width. By VECTOR x VECTOR transposes where each output channel's taps
+    lie side by side (a layer's contiguous OIHW filters, as the forward sees them:
+    kernels/layout.py's dense_filter_blocks), else element by element (filter_blocks)."""
     groups, i, o, r, s = w.shape
     lanes = conv_blocked.lanes(o)
     blocks = driver.empty(np, (groups, -(-o // lanes), i * r * s, lanes), w.dtype)
-    driver.cpu_move(layout_kernels.filter_blocks, blocks.size, w, blocks)
-    return blocks
-
-
-def _forward_filters(g, w):
-    """The forward's filter blocks: by VECTOR x VECTOR transposes where the layer's OIHW
-    filters are contiguous (a channel's taps side by side), else by _filter_blocks."""
-    oihw = oihw_view(w, g.layout)
-    if not oihw.flags.c_contiguous:
-        return _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
-    kg = g.K // g.groups
-    lanes = conv_blocked.lanes(kg)
-    blocks = driver.empty(np, (g.groups, -(-kg // lanes), g.C // g.groups * g.R * g.S, lanes),
-                          w.dtype)
-    driver.cpu_move(layout_kernels.dense_filter_blocks, blocks.size, oihw.reshape(g.K, -1),
-                    blocks)
+    dense = w.transpose(0, 2, 1, 3, 4)
+    if dense.flags.c_contiguous:
+        driver.cpu_move(layout_kernels.dense_filter_blocks, blocks.size,
+                        dense.reshape(groups * o, -1), blocks)
+    else:
+        driver.cpu_move(layout_kernels.filter_blocks, blocks.size, w, blocks)
     return blocks
 
 
@@ -307,7 +299,7 @@ def conv2d_blocked_cpu(g, x, w, b, activation):
     y = driver.empty(np, g.y_shape, x.dtype)
     images, hp, wp = _padded(g, x, layout="NCHW")
     taps, row_step, col_step = _tap_offsets(g, hp, wp, layout="NCHW")
-    filters = _forward_filters(g, w)
+    filters = _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
     channel, row, column = driver.steps(g.layout, g.K, g.OH, g.OW)
     _blocked(g.N, images, filters, taps, driver.bias(np, b, g.K, x.dtype), y.reshape(g.N, -1),
              (g.OH, g.OW), (row_step, col_step), (0, channel, row, column), CODES[activation])
