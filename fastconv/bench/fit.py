@@ -208,15 +208,16 @@ RULE = {pprint.pformat(fitted["rule"], width=96, sort_dicts=False)}
 
 
 def table(rows: list[dict], rule: dict) -> str:
-    """Markdown: per machine, thread count, layer and op, each algorithm's time, the fastest and
-    the rule's pick (and what the pick loses where it is not the fastest)."""
+    """Markdown: per machine, thread count, layer and op, each algorithm's time (NOT_AUTOMATIC's
+    too), the fastest the rule may pick and the rule's pick (and what the pick loses where it
+    is not that one)."""
     algos = sorted({r["algo"] for r in rows})
     out = ["| machine | threads | layer | op | " + " | ".join(f"{a} ms" for a in algos)
            + " | fastest | rule picks | loss |",
            "|---|--:|---|---|" + "--:|" * len(algos) + "---|---|--:|"]
     for (machine, threads, layer, op), by_algo in _calls(rows).items():
         times = {a: by_algo[a]["median_ms"] for a in algos if a in by_algo}
-        fastest = min(times, key=times.get)
+        fastest = _fastest(times)
         pick = walk(rule[op], next(iter(by_algo.values())).__getitem__, times.__contains__)
         loss = times[pick] / times[fastest] if pick in times else math.inf
         out.append(f"| {machine} | {threads} | {layer} | {op} | "
@@ -225,14 +226,19 @@ def table(rows: list[dict], rule: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _fastest(times: dict) -> str:
+    """The fastest of {algo: ms} the rule may pick (NOT_AUTOMATIC's left out, as in the fit)."""
+    return min((a for a in times if a not in NOT_AUTOMATIC), key=times.get)
+
+
 def _walk_loss(rows, rule) -> dict:
     """{op: [log(t_picked / t_fastest) per sample]} of ``rule`` on ``rows``."""
     losses = {}
     for (*_, op), by_algo in _calls(rows).items():
         features = next(iter(by_algo.values()))
         pick = walk(rule[op], features.__getitem__, by_algo.__contains__)
-        fastest = min(r["median_ms"] for r in by_algo.values())
-        losses.setdefault(op, []).append(math.log(by_algo[pick]["median_ms"] / fastest))
+        times = {a: r["median_ms"] for a, r in by_algo.items()}
+        losses.setdefault(op, []).append(math.log(times[pick] / times[_fastest(times)]))
     return losses
 
 
