@@ -74,6 +74,18 @@ def channel_blocks(a, blocks):
                 out[:, v] = 0
 
 
+@njit(inline="always", cache=True)
+def _spread(a, start, stop):
+    """The sum of a[i] - a[i] over [start, stop): 0 where every value is finite, NaN where one
+    is not (inf - inf, NaN - NaN). Read just after a task wrote them, the values are in cache:
+    the check costs a fraction of np.isfinite(w).all() (0.16 ms on ResNet-18's 512-channel
+    filters, two threads, 4% of the layer)."""
+    spread = a.dtype.type(0)
+    for i in range(np.uint64(start), np.uint64(stop)):  # unsigned: no wraparound, no gathers
+        spread += a[i] - a[i]
+    return spread
+
+
 @njit(**CPU_KERNEL)
 def dense_filter_blocks(w, blocks):
     """filter_blocks for filters whose output channels' taps lie side by side: blocks[g, b, t,
@@ -84,15 +96,19 @@ def dense_filter_blocks(w, blocks):
     of (channels, taps) transposed in registers (filter_blocks' element-by-element walk
     reads w a channel apart per element: 0.55 ms of ResNet-18's 4.5 ms 512-channel forward on
     two threads), the taps past the last whole VECTOR and a block's channels past O element
-    by element. Each task owns blocks[g, b].
+    by element. Each task owns blocks[g, b]. Returns whether every filter value is finite
+    (the sum of each task's :func:`_spread` is 0).
     """
     groups, count, t_, lanes = blocks.shape
     o_ = w.shape[0] // groups
     source, target = w.reshape(w.size), blocks.reshape(blocks.size)
     whole = t_ // VECTOR * VECTOR
+    spread = w.dtype.type(0)
     for task in prange(groups * count):
         g, b = task // count, task % count
         base = task * t_ * lanes
+        rows = (g * o_ + b * lanes) * t_  # the block's filters, before the transposes read them
+        spread += _spread(source, rows, rows + min(lanes, o_ - b * lanes) * t_)
         for v0 in range(0, lanes, VECTOR):
             o0 = b * lanes + v0
             full = o0 + VECTOR <= o_
@@ -105,6 +121,7 @@ def dense_filter_blocks(w, blocks):
                 for v in range(v0, v0 + VECTOR):
                     o = b * lanes + v
                     target[base + t * lanes + v] = source[(g * o_ + o) * t_ + t] if o < o_ else 0
+    return spread == 0
 
 
 @njit(**CPU_KERNEL)
@@ -117,10 +134,13 @@ def filter_blocks(w, blocks):
     Layout: w (G, I, O, R, S) any strides: a layer's OIHW filters seen with the two channel
     axes swapped, or a phase's taps of them as they are (the input gradient's filters, whose
     output channels are the layer's inputs); blocks (G, B, I * R * S, L). Loop order: (g, b)
-    in parallel, then i, r, s, the channels v innermost. Each task owns blocks[g, b].
+    in parallel, then i, r, s, the channels v innermost. Each task owns blocks[g, b]. Returns
+    what dense_filter_blocks returns.
     """
-    groups, count, _, lanes = blocks.shape
+    groups, count, t_, lanes = blocks.shape
     _, i_, o_, r_, s_ = w.shape
+    target = blocks.reshape(blocks.size)
+    spread = w.dtype.type(0)
     for task in prange(groups * count):
         g, b = task // count, task % count
         for i in range(i_):
@@ -130,3 +150,5 @@ def filter_blocks(w, blocks):
                     for v in range(lanes):
                         o = b * lanes + v
                         blocks[g, b, t, v] = w[g, i, o, r, s] if o < o_ else 0
+        spread += _spread(target, task * t_ * lanes, (task + 1) * t_ * lanes)
+    return spread == 0

@@ -259,6 +259,45 @@ def test_blocked_row_tiles_over_every_second_column(stride, k, dtype, parallel, 
                 and name.endswith("s2")]) == len(tiled) - tiled.count(None), ran
 
 
+@SETTINGS
+@given(dilation=st.integers(1, 6), beyond=st.integers(-2, 3), stride=st.sampled_from([1, 2]),
+       height=st.integers(1, 9), width=st.integers(13, 24), k=st.sampled_from([5, 20, 40]),
+       dtype=st.sampled_from([np.float32, np.float64]), parallel=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_blocked_row_tiles_skip_the_window_rows_in_the_padding(
+        dilation, beyond, stride, height, width, k, dtype, parallel, seed, monkeypatch):
+    """The row tiles leave out a window row that reads only padding (conv2d_forward_rows'
+    ``live``): dilated 3x3 windows with paddings short of their reach, at it and past it (whole
+    output rows in the padding: the bias alone), as the forward and as the input gradient's
+    phases, against the float64 reference and PyTorch. A non-finite filter value turns the
+    skipping off, so that the padding's zeros make NaN with it as PyTorch's do."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(seed)
+    padding = max(1, 2 * dilation + beyond)
+    x, w, b = (random(rng, s, dtype) for s in ((2, 3, height, width), (k, 3, 3, 3), (k,)))
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
+    lives, real = [], driver.cpu_call
+
+    def spy(kernel, work, *args):
+        if kernel.py_func.__name__.startswith("conv2d_forward_rows"):
+            lives.append((args[9], args[10]))  # channel_taps, live
+        return real(kernel, work, *args)
+    monkeypatch.setattr(driver, "cpu_call", spy)
+    y = ops.conv2d(x, w, b, activation="tanh", algo="blocked", **kwargs)
+    # float64 tiles of two vectors have no row tile (ROW_TILES): the generic tiles skip nothing
+    assert lives or dtype == np.float64
+    for period, live in lives:
+        assert period == 9 and (live[0] != [0, period]).any()  # the top window row is padding
+    gy = random(rng, y.shape, dtype)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="blocked", **kwargs)
+    oracle.check({"y": y, "gx": gx}, oracle.conv2d(x, w, b, gy=gy, activation="tanh", **kwargs))
+    w[rng.integers(k), 1, 0, 0] = np.inf
+    lives.clear()
+    y = ops.conv2d(x, w, b, algo="blocked", **kwargs)
+    oracle.check_nonfinite({"y": y}, oracle.conv2d(x, w, b, **kwargs))
+    assert all((live == [0, period]).all() for period, live in lives)
+
+
 @pytest.mark.parametrize("serial_below", [2**62, 0], ids=["one thread", "thread pool"])
 def test_float32_bias_gradient_is_the_rounded_exact_sum(serial_below, monkeypatch):
     """The bias gradient sums every pixel of the batch: accumulated in float32 it lost ~1e-6

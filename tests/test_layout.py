@@ -81,7 +81,7 @@ def test_filter_blocks_against_numpy(groups, i, o, r, s, lanes, swapped, dtype, 
     before = w.copy()
     count = -(-o // lanes)
     blocks = np.full((groups, count, i * r * s, lanes), np.nan, dtype)
-    _kernel(layout.filter_blocks, parallel)(w, blocks)
+    assert _kernel(layout.filter_blocks, parallel)(w, blocks)  # every value finite
     padded = np.zeros((groups, i, count * lanes, r, s), dtype)
     padded[:, :, :o] = w
     want = padded.reshape(groups, i, count, lanes, r, s).transpose(0, 2, 1, 4, 5, 3)
@@ -105,10 +105,33 @@ def test_dense_filter_blocks_match_filter_blocks(groups, i, o, r, s, dtype, para
     lanes = conv_blocked.lanes(o)
     shape = (groups, -(-o // lanes), i * r * s, lanes)
     dense, blocks = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
-    _kernel(layout.dense_filter_blocks, parallel)(w.reshape(groups * o, -1), dense)
+    assert _kernel(layout.dense_filter_blocks, parallel)(w.reshape(groups * o, -1), dense)
     layout.filter_blocks(w.reshape(groups, o, i, r, s).transpose(0, 2, 1, 3, 4), blocks)
     np.testing.assert_array_equal(dense, blocks)
     np.testing.assert_array_equal(w, before)
+
+
+@settings(max_examples=40, deadline=None)
+@given(groups=st.integers(1, 3), i=st.integers(1, 9), o=st.integers(1, 40), taps=st.integers(1, 9),
+       value=st.sampled_from([np.nan, np.inf, -np.inf]), dense=st.booleans(),
+       dtype=st.sampled_from(FLOATS), parallel=st.booleans(), data=st.data())
+def test_filter_blocks_report_a_non_finite_filter_value(groups, i, o, taps, value, dense, dtype,
+                                                        parallel, data):
+    """Both builders say so where one filter value (anywhere: any group, channel, tap) is NaN
+    or infinite (and, the tests above, not where none is): the forward's row tiles skip the
+    padding's window rows only where every one is finite (implementations/conv2d.py)."""
+    from fastconv.kernels import conv_blocked
+    w = random(np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))),
+               (groups * o, i * taps), dtype)
+    w.reshape(-1)[data.draw(st.integers(0, w.size - 1))] = value
+    lanes = conv_blocked.lanes(o)
+    blocks = np.full((groups, -(-o // lanes), i * taps, lanes), np.nan, dtype)
+    if dense:
+        finite = _kernel(layout.dense_filter_blocks, parallel)(w, blocks)
+    else:
+        swapped = w.reshape(groups, o, i, taps, 1).transpose(0, 2, 1, 3, 4)
+        finite = _kernel(layout.filter_blocks, parallel)(swapped, blocks)
+    assert finite is False
 
 
 def test_moves_run_on_every_thread_from_a_fraction_of_serial_work():

@@ -271,20 +271,21 @@ def _lane_blocks(a, groups):
 
 
 def _filter_blocks(w):
-    """(G, B, I * R * S, lanes) of (G, I, O, R, S) filters: the O output channels in blocks of
-    the register tile's width. By VECTOR x VECTOR transposes where each output channel's taps
-    lie side by side (a layer's contiguous OIHW filters, as the forward sees them:
-    kernels/layout.py's dense_filter_blocks), else element by element (filter_blocks)."""
+    """((G, B, I * R * S, lanes) of (G, I, O, R, S) filters: the O output channels in blocks of
+    the register tile's width; whether every filter value is finite). By VECTOR x VECTOR
+    transposes where each output channel's taps lie side by side (a layer's contiguous OIHW
+    filters, as the forward sees them: kernels/layout.py's dense_filter_blocks), else element
+    by element (filter_blocks)."""
     groups, i, o, r, s = w.shape
     lanes = conv_blocked.lanes(o)
     blocks = driver.empty(np, (groups, -(-o // lanes), i * r * s, lanes), w.dtype)
     dense = w.transpose(0, 2, 1, 3, 4)
     if dense.flags.c_contiguous:
-        driver.cpu_move(layout_kernels.dense_filter_blocks, blocks.size,
-                        dense.reshape(groups * o, -1), blocks)
+        finite = driver.cpu_move(layout_kernels.dense_filter_blocks, blocks.size,
+                                 dense.reshape(groups * o, -1), blocks)
     else:
-        driver.cpu_move(layout_kernels.filter_blocks, blocks.size, w, blocks)
-    return blocks
+        finite = driver.cpu_move(layout_kernels.filter_blocks, blocks.size, w, blocks)
+    return blocks, finite
 
 
 def _grouped(g, w):
@@ -299,18 +300,37 @@ def conv2d_blocked_cpu(g, x, w, b, activation):
     y = driver.empty(np, g.y_shape, x.dtype)
     images, hp, wp = _padded(g, x, layout="NCHW")
     taps, row_step, col_step = _tap_offsets(g, hp, wp, layout="NCHW")
-    filters = _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
+    filters, finite = _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
     channel, row, column = driver.steps(g.layout, g.K, g.OH, g.OW)
+    # skipping a padding row would leave finite what PyTorch's 0 x inf makes NaN
+    data = (g.padding[0], g.padding[0] + g.H) if finite else (0, hp)
+    live = _live_taps(g.OH, g.stride[0], np.arange(g.R) * g.dilation[0], data, g.S)
     _blocked(g.N, images, filters, taps, driver.bias(np, b, g.K, x.dtype), y.reshape(g.N, -1),
-             (g.OH, g.OW), (row_step, col_step), (0, channel, row, column), CODES[activation])
+             (g.OH, g.OW), (row_step, col_step), live, (0, channel, row, column),
+             CODES[activation])
     return y
 
 
-def _blocked(n, images, filters, taps, bias, y, size, steps, out, act):
+def _live_taps(rows, step, reach, data, columns):
+    """(a channel's taps, (rows, 2)), unsigned: per output row i, the [lo, hi) of a channel's taps
+    (window-row-major, ``columns`` a window row) that read data, not padding: window row r
+    reads the padded input's row i * step + reach[r] (reach monotonic, so those rows are
+    consecutive), its data rows [data[0], data[1]); [0, 0) where none does."""
+    if not len(reach) * columns:  # a phase no tap lands on
+        return np.uint64(0), np.zeros((rows, 2), np.uint64)
+    read = np.arange(rows)[:, None] * step + np.asarray(reach)[None, :]
+    inside = (read >= data[0]) & (read < data[1])
+    lo, hi = inside.argmax(1), inside.shape[1] - inside[:, ::-1].argmax(1)
+    live = np.where(inside.any(1)[:, None], np.stack((lo, hi), 1), 0)
+    return np.uint64(inside.shape[1] * columns), (live * columns).astype(np.uint64)
+
+
+def _blocked(n, images, filters, taps, bias, y, size, steps, live, out, act):
     """The blocked forward kernel for its operands: row tiles where the image's column step is
-    one of conv_blocked.ROW_STEPS and a tile fits the row, the generic tiles elsewhere.
-    ``size`` the output's (rows, columns), ``steps`` the input's (row, column) steps per output
-    pixel, ``out`` its (origin, channel, row, column) in y."""
+    one of conv_blocked.ROW_STEPS and a tile fits the row (skipping the taps that read padding
+    rows: ``live`` is _live_taps'), the generic tiles elsewhere. ``size`` the output's (rows,
+    columns), ``steps`` the input's (row, column) steps per output pixel, ``out`` its (origin,
+    channel, row, column) in y."""
     (groups, blocks, _, lanes), (oh, ow) = filters.shape, size
     work = n * oh * ow * bias.shape[0] * taps.shape[1]
     kg = bias.shape[0] // groups
@@ -321,7 +341,7 @@ def _blocked(n, images, filters, taps, bias, y, size, steps, out, act):
               if steps[1] in conv_blocked.ROW_STEPS else None)
     if pixels is not None:
         driver.cpu_call(conv_blocked.forward_rows(lanes, pixels, steps[1]), work, images,
-                        filters, taps, biases, kg, y, oh, ow, steps[0], *out, act)
+                        filters, taps, biases, kg, y, oh, ow, steps[0], *live, *out, act)
     else:
         driver.cpu_call(conv_blocked.FORWARD[lanes], work, images, filters, taps, biases, kg,
                         y, oh, ow, *steps, *out, act)
@@ -355,9 +375,10 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
                 continue
             taps = (k + (np.array(qr).reshape(1, 1, -1, 1) + top) * row
                     + (np.array(qs).reshape(1, 1, 1, -1) + left) * column)
-            filters = _filter_blocks(_grouped(g, w)[:, :, :, rs, ss])
+            filters, _ = _filter_blocks(_grouped(g, w)[:, :, :, rs, ss])  # finite: see above
+            live = _live_taps(oh, 1, np.array(qr) + top, (top, top + g.OH), len(qs))
             _blocked(g.N, images, filters, taps.reshape(g.groups, -1).astype(np.uint64), bias,
-                     gx.reshape(g.N, -1), (oh, ow), (row, column),
+                     gx.reshape(g.N, -1), (oh, ow), (row, column), live,
                      (rho * x_row + sigma * x_column, x_channel, g.stride[0] * x_row,
                       g.stride[1] * x_column), 0)
     return gx
