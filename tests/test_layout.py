@@ -53,6 +53,8 @@ def test_embed_places_each_image_in_zeros(n, c, h, w, top, left, stride, extra, 
        lanes=st.sampled_from([8, 16, 32]), strided=st.booleans(), dtype=st.sampled_from(FLOATS),
        parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_channel_blocks_against_numpy(n, groups, kg, p, lanes, strided, dtype, parallel, seed):
+    """C-contiguous planes go by dense_channel_blocks' transposes too (lanes a multiple of
+    the vector's, as conv_blocked.lanes gives): the same blocks."""
     rng = np.random.default_rng(seed)
     k = groups * kg
     a = random(rng, (n, p, k), dtype).transpose(0, 2, 1) if strided else random(rng, (n, k, p),
@@ -65,6 +67,10 @@ def test_channel_blocks_against_numpy(n, groups, kg, p, lanes, strided, dtype, p
     padded[:, :, :kg] = a.reshape(n, groups, kg, p)
     want = padded.reshape(n, groups, count, lanes, p).transpose(1, 2, 0, 4, 3)
     np.testing.assert_array_equal(blocks, want)
+    if not strided and lanes % layout.VECTOR == 0:
+        blocks[...] = np.nan
+        assert _kernel(layout.dense_channel_blocks, parallel)(a, blocks)  # all finite
+        np.testing.assert_array_equal(blocks, want)
     np.testing.assert_array_equal(a, before)
 
 
@@ -93,7 +99,7 @@ def test_filter_blocks_against_numpy(groups, i, o, r, s, lanes, swapped, dtype, 
 @given(groups=st.integers(1, 3), i=st.integers(1, 9), o=st.integers(1, 40), r=st.integers(1, 3),
        s=st.integers(1, 3), dtype=st.sampled_from(FLOATS), parallel=st.booleans(),
        seed=st.integers(0, 2**32 - 1))
-def test_dense_filter_blocks_match_filter_blocks(groups, i, o, r, s, dtype, parallel, seed):
+def test_dense_channel_blocks_match_filter_blocks(groups, i, o, r, s, dtype, parallel, seed):
     """The transposing path (contiguous OIHW filters) writes what filter_blocks writes from
     the same filters seen with the channel axes swapped: whole VECTOR x VECTOR blocks, tap
     tails and partial channel blocks (o up to 40 over blocks of the tile's width), every lane
@@ -105,7 +111,8 @@ def test_dense_filter_blocks_match_filter_blocks(groups, i, o, r, s, dtype, para
     lanes = conv_blocked.lanes(o)
     shape = (groups, -(-o // lanes), i * r * s, lanes)
     dense, blocks = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
-    assert _kernel(layout.dense_filter_blocks, parallel)(w.reshape(groups * o, -1), dense)
+    assert _kernel(layout.dense_channel_blocks, parallel)(w.reshape(1, groups * o, -1),
+                                                          dense[:, :, None])
     layout.filter_blocks(w.reshape(groups, o, i, r, s).transpose(0, 2, 1, 3, 4), blocks)
     np.testing.assert_array_equal(dense, blocks)
     np.testing.assert_array_equal(w, before)
@@ -127,7 +134,7 @@ def test_filter_blocks_report_a_non_finite_filter_value(groups, i, o, taps, valu
     lanes = conv_blocked.lanes(o)
     blocks = np.full((groups, -(-o // lanes), i * taps, lanes), np.nan, dtype)
     if dense:
-        finite = _kernel(layout.dense_filter_blocks, parallel)(w, blocks)
+        finite = _kernel(layout.dense_channel_blocks, parallel)(w[None], blocks[:, :, None])
     else:
         swapped = w.reshape(groups, o, i, taps, 1).transpose(0, 2, 1, 3, 4)
         finite = _kernel(layout.filter_blocks, parallel)(swapped, blocks)

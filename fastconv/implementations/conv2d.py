@@ -264,11 +264,14 @@ def _pixel_bases(g, row_step, col_step):
 def _lane_blocks(a, groups):
     """(G, B, N, P, lanes) of a (N, K, P) array: each group's K/groups channels in blocks of the
     register tile's width (conv_blocked.lanes), zero past the group's last, the channel
-    innermost."""
+    innermost. By VECTOR x VECTOR transposes where a's planes are C-contiguous (NCHW:
+    kernels/layout.py's dense_channel_blocks), else element by element (channel_blocks)."""
     n, k, p = a.shape
     lanes = conv_blocked.lanes(k // groups)
     blocks = driver.empty(np, (groups, -(-k // groups // lanes), n, p, lanes), a.dtype)
-    driver.cpu_move(layout_kernels.channel_blocks, blocks.size, a, blocks)
+    dense = a.flags.c_contiguous
+    driver.cpu_move(layout_kernels.dense_channel_blocks if dense else layout_kernels.channel_blocks,
+                    blocks.size, a, blocks)
     return blocks
 
 
@@ -276,15 +279,15 @@ def _filter_blocks(w):
     """((G, B, I * R * S, lanes) of (G, I, O, R, S) filters: the O output channels in blocks of
     the register tile's width; whether every filter value is finite). By VECTOR x VECTOR
     transposes where each output channel's taps lie side by side (a layer's contiguous OIHW
-    filters, as the forward sees them: kernels/layout.py's dense_filter_blocks), else element
-    by element (filter_blocks)."""
+    filters, as the forward sees them: dense_channel_blocks, the filters one image of O
+    channels), else element by element (filter_blocks)."""
     groups, i, o, r, s = w.shape
     lanes = conv_blocked.lanes(o)
     blocks = driver.empty(np, (groups, -(-o // lanes), i * r * s, lanes), w.dtype)
     dense = w.transpose(0, 2, 1, 3, 4)
     if dense.flags.c_contiguous:
-        finite = driver.cpu_move(layout_kernels.dense_filter_blocks, blocks.size,
-                                 dense.reshape(groups * o, -1), blocks)
+        finite = driver.cpu_move(layout_kernels.dense_channel_blocks, blocks.size,
+                                 dense.reshape(1, groups * o, -1), blocks[:, :, None])
     else:
         finite = driver.cpu_move(layout_kernels.filter_blocks, blocks.size, w, blocks)
     return blocks, finite
