@@ -71,7 +71,8 @@ BAND_PIXELS = 256
 
 def lanes(channels: int) -> int:
     """The tile's width in channels for a layer with ``channels`` output channels a group:
-    the width of the kernels :data:`FORWARD` and :data:`BACKWARD_WEIGHT` hold for it."""
+    the width of the kernels :data:`FORWARD` holds and :func:`backward_weight` compiles for
+    it."""
     return VECTOR if channels <= VECTOR else 2 * VECTOR
 
 
@@ -306,18 +307,36 @@ def conv2d_backward_weight(x, gy, taps, pixels, images_per_pass, total):
                          n1, run, size, PIXELS, LANES)
 
 
-# The two-vector weight gradient's taps a tile: 10 x 2 zmm accumulators on AVX-512 ran 1.25x
-# faster than 8 (geomean of ResNet-8's and ResNet-18's 32- to 512-channel layers, two threads,
-# this project's Zen 5: benchmarks/results/cpu-weight-tiles.md), 12 spill; AVX2's 16 ymm hold
-# no more than PIXELS.
-WIDE_WEIGHT_TAPS = 10 if VECTOR == 16 else PIXELS
+# The weight gradient's tiles: taps a tile, by vector registers a tap takes (its lanes x
+# bytes / a vector's), as ROW_TILES. One vector: 16 taps ran RegNetX's grouped layer and
+# LeNet's C3 (144 and 150 taps) 1.1x faster than 8, ResNeXt's 36 taps 1.03x slower (48 taps
+# computed, not 40): weight_taps weighs both. Two: 10 x 2 zmm accumulators ran 1.25x faster
+# than 8 (geomean of ResNet-8's and ResNet-18's 32- to 512-channel layers, two threads, this
+# project's Zen 5: benchmarks/results/cpu-weight-tiles.md), 12 spill. AVX2's 16 ymm hold no
+# more than PIXELS.
+WEIGHT_TILES = {1: (16, 8), 2: (10,)} if VECTOR == 16 else {}
+# A tile's loads a pixel besides its taps' broadcasts: the pixel's offset, the output
+# gradient's vector, a base spilled to the stack (seen in its machine code).
+TILE_LOADS = 3
 
-# The kernels by tile width (lanes(channels) says which a layer takes).
+# The forward kernels by tile width (lanes(channels) says which a layer takes).
 FORWARD = {VECTOR: conv2d_forward,
            2 * VECTOR: variant(conv2d_forward, "wide", LANES=2 * VECTOR)}
-BACKWARD_WEIGHT = {VECTOR: conv2d_backward_weight,
-                   2 * VECTOR: variant(conv2d_backward_weight, "wide", LANES=2 * VECTOR,
-                                       PIXELS=WIDE_WEIGHT_TAPS)}
+
+
+@functools.cache
+def backward_weight(lanes_: int, taps: int):
+    """conv2d_backward_weight compiled for tiles of ``taps`` x ``lanes_`` (weight_taps says
+    which a layer takes)."""
+    return variant(conv2d_backward_weight, f"{taps}x{lanes_}", PIXELS=taps, LANES=lanes_)
+
+
+def weight_taps(count: int, lanes_: int, itemsize: int) -> int:
+    """The weight gradient's tile (one of WEIGHT_TILES' lengths, else PIXELS) for ``count``
+    taps a group and a tile ``lanes_`` wide of ``itemsize``-byte numbers: the fewest loads over
+    the pixels, tiles x (taps + TILE_LOADS), the longest among equals."""
+    lengths = WEIGHT_TILES.get(lanes_ * itemsize // (4 * VECTOR), (PIXELS,))
+    return min(lengths, key=lambda p: (-(-count // p) * (p + TILE_LOADS), -p))
 
 
 @functools.cache

@@ -19,10 +19,10 @@ from fastconv import ops
 from fastconv.implementations import driver
 from oracle import random
 
-# Sums kept in float64 on purpose, whatever the arrays' dtype (see their docstrings).
-FLOAT64_ON_PURPOSE = {"conv2d_backward_bias", "conv2d_backward_weight",
-                      "conv2d_backward_weight_wide", "depthwise_planes_weight",
-                      "softmax_cross_entropy"}
+# Sums kept in float64 on purpose, whatever the arrays' dtype (see their docstrings); their
+# variants' names (kernels/variants.py) begin with theirs.
+FLOAT64_ON_PURPOSE = ("conv2d_backward_bias", "conv2d_backward_weight", "depthwise_planes_weight",
+                      "softmax_cross_entropy")
 # Arithmetic in double precision, a float widened to double, or a double-precision math call.
 # Not flagged: integers converted to double for Numba's own shape checks, and the unboxing of
 # Python floats (PyFloat_AsDouble, then fptrunc) into float32 scalar arguments.
@@ -115,7 +115,7 @@ def test_float32_cpu_kernels_do_no_double_precision_arithmetic(monkeypatch):
         ir = seen[key] = _llvm_ir(kernel, args)
         assert ir, name
         found = DOUBLE.findall(ir)
-        if name in FLOAT64_ON_PURPOSE:
+        if name.startswith(FLOAT64_ON_PURPOSE):
             assert found, f"{name} sums in float64 on purpose, and the check can see it"
         elif found:
             doubles[name] = sorted(set(found))[:5]
@@ -149,13 +149,41 @@ def _packed_fmas(kernel, monkeypatch):
 
 
 @pytest.mark.parametrize("vectors", [1, 2])
-@pytest.mark.parametrize("kernels", ["FORWARD", "BACKWARD_WEIGHT"])
-def test_blocked_microkernel_is_packed_fmas_on_this_machine(kernels, vectors, monkeypatch):
-    """The channel-blocked kernels' inner loop compiles to the register tile it was written
+def test_blocked_microkernel_is_packed_fmas_on_this_machine(vectors, monkeypatch):
+    """The channel-blocked forward's inner loop compiles to the register tile it was written
     for: at least PIXELS packed FMAs a vector of the tile's width."""
     from fastconv.kernels import conv_blocked
-    kernel = getattr(conv_blocked, kernels)[vectors * conv_blocked.VECTOR]
+    kernel = conv_blocked.FORWARD[vectors * conv_blocked.VECTOR]
     assert _packed_fmas(kernel, monkeypatch) >= vectors * conv_blocked.PIXELS
+
+
+def _weight_tiles():
+    from fastconv.kernels import conv_blocked
+    return [(vectors, taps) for vectors in (1, 2) for taps in
+            conv_blocked.WEIGHT_TILES.get(vectors, (conv_blocked.PIXELS,))]
+
+
+@pytest.mark.parametrize("vectors, taps", _weight_tiles())
+def test_every_weight_tile_is_packed_fmas_on_this_machine(vectors, taps, monkeypatch):
+    """Each weight-gradient tile WEIGHT_TILES lists, compiled for a float32 layer whose taps
+    weight_taps gives it (``taps`` of them a group, one tile), is at least a packed FMA a tap
+    and vector, none scalar."""
+    from fastconv.kernels import conv_blocked
+    lanes = vectors * conv_blocked.VECTOR
+    rng = np.random.default_rng(0)
+    x, w = random(rng, (2, taps, 5, 5), np.float32), random(rng, (lanes, taps, 1, 1), np.float32)
+    assert conv_blocked.weight_taps(taps, lanes, 4) == taps
+    kernel = conv_blocked.backward_weight(lanes, taps)
+    calls, real = [], driver.cpu_call
+    monkeypatch.setattr(driver, "cpu_call",
+                        lambda k, work, *args: calls.append((k, args)) or real(k, work, *args))
+    ops.conv2d_backward_weight(random(rng, (2, lanes, 5, 5), np.float32), x, w.shape,
+                               algo="blocked")
+    [args] = [a for k, a in calls if k is kernel]
+    compiled, signature = _compiled(kernel, args)
+    asm = compiled.inspect_asm(signature)
+    assert not re.search(r"vfmadd\d+s[sd]\s", asm), "a scalar FMA"
+    assert len(re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm)) >= taps * vectors
 
 
 def test_blocked_row_tiles_are_packed_fmas_on_this_machine(monkeypatch):

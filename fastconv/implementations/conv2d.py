@@ -426,8 +426,10 @@ def conv2d_backward_weight_blocked_cpu(g, gy, x):
     image_bytes = (image + grad.shape[1] * p * grad.shape[4]) * gy.itemsize
     per_pass = run * max(1, conv_blocked.PASS_BYTES // (run * image_bytes))
     total = driver.empty(np, grad.shape[:2] + (taps.shape[1], grad.shape[4]), np.float64)
-    driver.cpu_call(conv_blocked.BACKWARD_WEIGHT[grad.shape[4]], g.flops // 2, images, grad,
-                    taps, pixels, per_pass, total)
+    lanes = grad.shape[4]
+    kernel = conv_blocked.backward_weight(lanes, conv_blocked.weight_taps(taps.shape[1], lanes,
+                                                                          gy.itemsize))
+    driver.cpu_call(kernel, g.flops // 2, images, grad, taps, pixels, per_pass, total)
     kg = g.K // g.groups
     gw_mat = np.moveaxis(total, -1, 2).reshape(g.groups, -1, taps.shape[1])[:, :kg]
     return _filters(np, gw_mat.reshape(g.K, -1).astype(gy.dtype), g)
