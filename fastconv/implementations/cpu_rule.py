@@ -5,34 +5,34 @@ edit it by hand, rerun that.
 Fitted on dispatch-cpu.csv: 2286 timings of AMD EPYC (family 26 model 2) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
-    conv2d: the rule 1.013x, blocked 1.180x, depthwise (some layers only), direct 4.362x, im2col
-        1.869x
-    conv2d_backward_input: the rule 1.008x, blocked 1.445x, depthwise (some layers only), direct
-        4.284x, im2col 1.551x
-    conv2d_backward_weight: the rule 1.012x, blocked 1.380x, depthwise (some layers only),
-        direct 20.969x, im2col 1.515x
+    conv2d: the rule 1.013x, blocked 1.182x, depthwise (some layers only), direct 4.260x, im2col
+        1.764x
+    conv2d_backward_input: the rule 1.006x, blocked 1.458x, depthwise (some layers only), direct
+        4.267x, im2col 1.478x
+    conv2d_backward_weight: the rule 1.005x, blocked 1.321x, depthwise (some layers only),
+        direct 21.091x, im2col 1.536x
 """
 
-RULE = {'conv2d': {'feature': 'window',
-            'threshold': 7,
-            'below': {'feature': 'stride',
-                      'threshold': 4,
-                      'below': {'feature': 'taps',
-                                'threshold': 128,
-                                'below': 'im2col',
+RULE = {'conv2d': {'feature': 'taps',
+            'threshold': 128,
+            'below': {'feature': 'channels',
+                      'threshold': 24,
+                      'below': {'feature': 'channels',
+                                'threshold': 4,
+                                'below': ['depthwise', 'direct'],
                                 'at_least': 'blocked'},
-                      'at_least': {'feature': 'taps',
-                                   'threshold': 1024,
-                                   'below': 'blocked',
-                                   'at_least': 'im2col'}},
-            'at_least': {'feature': 'channels',
-                         'threshold': 6,
-                         'below': {'feature': 'taps',
-                                   'threshold': 36,
-                                   'below': ['depthwise', 'direct'],
-                                   'at_least': 'direct'},
-                         'at_least': {'feature': 'pixels',
-                                      'threshold': 16,
+                      'at_least': {'feature': 'stride',
+                                   'threshold': 4,
+                                   'below': 'im2col',
+                                   'at_least': 'blocked'}},
+            'at_least': {'feature': 'in_channels',
+                         'threshold': 1024,
+                         'below': {'feature': 'pixels',
+                                   'threshold': 16,
+                                   'below': 'im2col',
+                                   'at_least': 'blocked'},
+                         'at_least': {'feature': 'in_channels',
+                                      'threshold': 2048,
                                       'below': 'im2col',
                                       'at_least': 'blocked'}}},
  'conv2d_backward_input': {'feature': 'in_channels',
@@ -70,12 +70,12 @@ RULE = {'conv2d': {'feature': 'window',
                                                    'below': 'im2col',
                                                    'at_least': 'blocked'}},
                             'at_least': {'feature': 'in_channels',
-                                         'threshold': 256,
-                                         'below': {'feature': 'taps',
-                                                   'threshold': 512,
+                                         'threshold': 160,
+                                         'below': {'feature': 'in_channels',
+                                                   'threshold': 64,
                                                    'below': 'im2col',
                                                    'at_least': 'blocked'},
                                          'at_least': {'feature': 'pixels',
-                                                      'threshold': 1024,
+                                                      'threshold': 289,
                                                       'below': 'im2col',
                                                       'at_least': 'blocked'}}}}
