@@ -12,8 +12,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 from llvmlite import binding
-from numba import config, types
+from numba import config, njit, types
 from numba.core import caching, cgutils, errors
 from numba.extending import intrinsic
 
@@ -124,3 +125,17 @@ def stack_array(typingctx, rows, columns, dtype):
     def codegen(context, builder, signature, args):
         return cgutils.alloca_once(builder, context.get_value_type(element), size=count)
     return types.CPointer(element)(rows, columns, dtype), codegen
+
+
+# A cache line: vector loads that start at one's boundary read it once (one straddling two
+# reads both: the depthwise tile loop ran 1.6x slower from a 16-byte-aligned buffer here).
+LINE_BYTES = 64
+
+
+@njit(inline="always", cache=True)
+def aligned_zeros(size, dtype):
+    """A 1-D zeroed array of ``size`` elements starting on a cache line (np.zeros inside a
+    kernel aligns to 32 bytes: every other 64-byte vector straddles two lines)."""
+    raw = np.zeros(size + LINE_BYTES, dtype)
+    skip = (-raw.ctypes.data) % LINE_BYTES // raw.itemsize
+    return raw[skip:skip + size]

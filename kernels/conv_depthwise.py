@@ -25,7 +25,7 @@ wraparound folds away.
 import numpy as np
 from numba import carray, njit, prange
 
-from . import CPU_KERNEL, VECTOR_LANES, stack_array
+from . import CPU_KERNEL, VECTOR_LANES, aligned_zeros, stack_array
 from .activation import activate
 from .vector_moves import transpose_block
 
@@ -50,64 +50,96 @@ def _whole_block(lanes):
     return -1
 
 
-@njit(inline="always", cache=True)
-def _buffer_row(rows, h, h_, base, i0, width):
-    """Where source row h starts in depthwise_planes' buffer (in pixels, before its column's
-    offset), for a band from i0; -1 outside it."""
-    if h >= h_ or rows[h, 0] < 0:
-        return -1
-    return base + rows[h, 0] + (rows[h, 1] - i0) * width
+# A pixel with no place in a buffer (its row or column is -1, or its row lies outside the
+# band): moved to the buffer's last vector, the trash, where a whole block moves.
+OUTSIDE = np.uint64(2**64 - 1)
 
 
 @njit(inline="always", cache=True)
-def _move_in(buf, base, xn, h_, w_, x_channel, x_pixel, lanes, rows, cols, i0, reach, width,
-             spots):
-    """buf[(base + place) * VECTOR + v] = xn[lanes[v] * x_channel + p * x_pixel] for each source
-    pixel p = h * w_ + w whose buffer row ``rows[h, 1] - i0`` lies in [0, reach): its place is
-    ``rows[h, 0] + (rows[h, 1] - i0) * width + cols[w]``; a pixel whose row or column is -1 goes
-    to the buffer's last vector, lanes of channel -1 stay as they are (zero).
+def _places(rows, cols, h_, w_, i0, reach, width):
+    """(p0, places): where each pixel p = h * w_ + w of the source rows h whose buffer row
+    ``rows[h, 1] - i0`` lies in [0, reach) goes in a band's buffer from i0, ``places[p - p0]``
+    = (rows[h, 0] + (rows[h, 1] - i0) * width + cols[w]) * VECTOR, in elements from its
+    sub-plane's start, or OUTSIDE where its row or column is -1. Those rows are consecutive
+    (a source row's row in its phase plane grows with it), and a task computes their places
+    once for all its images: per pixel and image, as they were, they took more instructions
+    than the transposes that move the pixels."""
+    h0, h1 = h_, 0
+    for h in range(h_):
+        if rows[h, 1] >= i0 and rows[h, 1] < i0 + reach:
+            h0, h1 = min(h0, h), h + 1
+    h1 = max(h0, h1)
+    places = np.empty((h1 - h0) * w_, np.uint64)
+    for h in range(h0, h1):
+        inside = rows[h, 0] >= 0 and rows[h, 1] >= i0 and rows[h, 1] < i0 + reach
+        row = rows[h, 0] + (rows[h, 1] - i0) * width
+        for w in range(w_):
+            at = OUTSIDE
+            if inside and cols[w] >= 0:
+                at = np.uint64((row + cols[w]) * VECTOR)
+            places[(h - h0) * w_ + w] = at
+    return h0 * w_, places
+
+
+@njit(inline="always", cache=True)
+def _move_in(buf, base, xn, x_channel, x_pixel, lanes, p0, places, spots):
+    """buf[base + places[p - p0] + v] = xn[lanes[v] * x_channel + p * x_pixel] for the source
+    pixels p from p0 (:func:`_places`); a pixel placed OUTSIDE goes to the buffer's last
+    vector, lanes of channel -1 stay as they are (zero).
 
     From NCHW whole blocks move as VECTOR x VECTOR transposes of VECTOR consecutive flat pixels
     (rows of a plane narrower than a vector included), each pixel's vector stored at its place
     (``spots``, a stack array of VECTOR offsets); from NHWC a vector a pixel."""
     trash = np.uint64(buf.shape[0] - VECTOR)
-    c0 = _whole_block(lanes)
-    h0, h1 = h_, 0
-    for h in range(h_):
-        if rows[h, 1] >= i0 and rows[h, 1] < i0 + reach:
-            h0, h1 = min(h0, h), h + 1
-    p, p1 = h0 * w_, h1 * w_
-    runs = c0 >= 0 and x_pixel == 1 and p1 - p >= VECTOR  # NCHW: transposes
-    while p < p1:
-        count = VECTOR if runs else 1
-        if runs:
-            p = min(p, p1 - VECTOR)  # the last run overlaps the one before it
-        h, w = p // w_, p % w_
-        row = _buffer_row(rows, h, h_, base, i0, width)
-        for j in range(count):
-            at = trash
-            if row >= 0 and cols[w] >= 0:
-                at = np.uint64((row + cols[w]) * VECTOR)
-            if runs:
-                spots[j] = at
-            elif at != trash:
-                if c0 >= 0 and x_channel == 1:  # NHWC: a vector a pixel
-                    first = np.uint64(c0 + (p + j) * x_pixel)
-                    for v in range(UVECTOR):
-                        buf[at + v] = xn[first + v]
-                else:
-                    for v in range(VECTOR):
-                        c = lanes[v]
-                        if c >= 0:
-                            buf[at + v] = xn[c * x_channel + (p + j) * x_pixel]
-            w += 1
-            if w == w_:
-                h, w = h + 1, 0
-                row = _buffer_row(rows, h, h_, base, i0, width)
-        if runs:
-            transpose_block(xn, np.uint64(c0 * x_channel + p), np.uint64(x_channel), buf,
+    c0, count = _whole_block(lanes), places.shape[0]
+    if c0 >= 0 and x_pixel == 1 and count >= VECTOR:  # NCHW: transposes
+        for k0 in range(0, count, VECTOR):
+            k = min(k0, count - VECTOR)  # the last run overlaps the one before it
+            for j in range(VECTOR):
+                at = places[k + j]
+                spots[j] = trash if at == OUTSIDE else base + at
+            transpose_block(xn, np.uint64(c0 * x_channel + p0 + k), np.uint64(x_channel), buf,
                             np.uint64(0), spots, VECTOR, VECTOR)
-        p += count
+        return
+    for k in range(count):
+        if places[k] == OUTSIDE:
+            continue
+        at, p = base + places[k], p0 + k
+        if c0 >= 0 and x_channel == 1:  # NHWC: a vector a pixel
+            first = np.uint64(c0 + p * x_pixel)
+            for v in range(UVECTOR):
+                buf[at + v] = xn[first + v]
+        else:
+            for v in range(VECTOR):
+                c = lanes[v]
+                if c >= 0:
+                    buf[at + v] = xn[c * x_channel + p * x_pixel]
+
+
+@njit(inline="always", cache=True)
+def _move_out(out, yn, k0, used, y_channel, y_pixel, p0, places, spots):
+    """yn[(k0 + v) * y_channel + p * y_pixel] = out[places[p - p0] + v] for v < ``used`` and
+    the output pixels p from p0 (:func:`_places` of the output's rows and columns): to NCHW
+    by VECTOR x VECTOR transposes of VECTOR consecutive flat pixels, to NHWC a vector a
+    pixel."""
+    count = places.shape[0]
+    if used == VECTOR and y_pixel == 1 and count >= VECTOR:  # NCHW: transposes
+        for k1 in range(0, count, VECTOR):
+            k = min(k1, count - VECTOR)  # the last run overlaps the one before it
+            for j in range(VECTOR):
+                spots[j] = places[k + j]
+            transpose_block(out, np.uint64(0), spots, yn, np.uint64(k0 * y_channel + p0 + k),
+                            np.uint64(y_channel), VECTOR, VECTOR)
+        return
+    for k in range(count):
+        q, p = places[k], p0 + k
+        if used == VECTOR and y_channel == 1:  # NHWC: a vector a pixel
+            first = np.uint64(k0 + p * y_pixel)
+            for v in range(UVECTOR):
+                yn[first + v] = out[q + v]
+        else:
+            for v in range(used):
+                yn[(k0 + v) * y_channel + p * y_pixel] = out[q + v]
 
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
@@ -139,7 +171,8 @@ def _tiles(buf, out, ws, taps, bias, k0, used, count, taps_):
 
 @njit(**CPU_KERNEL)
 def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, band, images,
-                     taps, filters, bias, y, oh_, ow_, y_channel, y_pixel, act):
+                     taps, filters, bias, y, oh_, ow_, y_channel, y_pixel, out_rows, out_cols,
+                     act):
     """y = act(bias + sum over taps of the source planes x filters), a band of output rows of
     one vector of channels per task: its source rows moved into a zeroed local buffer (the
     block's planes, lanes over channels), register tiles over it, the band moved out.
@@ -152,18 +185,20 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
     holding a band, its width, phase planes a sub-plane); taps (T,) uint64 a tap's offset in
     the buffer from the output's own position, in elements; filters (B, T, VECTOR); bias (K,);
     y (N, Y) each image flat, output (i, j) of channel k at ``k * y_channel + (i * ow_ + j) *
-    y_pixel``, K = y's channels.
+    y_pixel``, K = y's channels; out_rows (oh_, 2) = (0, i) and out_cols (ow_,) = j place an
+    output at its local output q below.
     The buffer: J sub-planes of phase planes of ``band`` + halo rows of ``plane[1]`` pixels,
     each pixel VECTOR lanes. Output (i, j) of a band starting at i0 is local q = (i - i0) *
     width + j, and reads q + taps[t]: a strided layer's phases (source rows and columns by
     their index modulo the stride, as the caller's ``rows`` and ``cols`` place them) make
     every layer's taps affine in q, so a tile is PIXELS consecutive q, and the columns past
     ow_ in each row are computed and never stored.
-    Loop order: (run of ``images`` images, block, band) in parallel; per task and image the
-    move in (VECTOR x VECTOR transposes from NCHW, a vector a pixel from NHWC), the tiles (taps
-    t, lanes, the PIXELS pixels innermost: one filter vector meets PIXELS buffer vectors in
-    packed FMAs), the activation, the move out. Each task owns y[n] of its images at its
-    block's channels x its band's rows. Its buffers are allocated and zeroed once: every image
+    Loop order: (run of ``images`` images, block, band) in parallel; per task the places of
+    its band's source and output pixels (:func:`_places`), then per image the move in (VECTOR
+    x VECTOR transposes from NCHW, a vector a pixel from NHWC), the tiles (taps t, lanes, the
+    PIXELS pixels innermost: one filter vector meets PIXELS buffer vectors in packed FMAs), the
+    activation, the move out. Each task owns y[n] of its images at its block's channels x its
+    band's rows. Its buffers are allocated, cache-line aligned, and zeroed once: every image
     writes the same cells of them. (A task an image spent a third of a 7x7 layer's time in
     malloc, memset and reference counts: benchmarks/results/cpu-suite-row-epilogue.md.)
     """
@@ -181,15 +216,17 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
         i1 = min(oh_, i0 + band)
         k0 = blk * VECTOR
         used = min(VECTOR, k_ - k0)
-        buf = np.zeros(held + VECTOR, y.dtype)  # and a vector where outside pixels go
-        out = np.empty(span * VECTOR, y.dtype)
+        buf = aligned_zeros(held + VECTOR, y.dtype)  # and a vector where outside pixels go
+        out = aligned_zeros(span * VECTOR, y.dtype)
         spots = carray(stack_array(VECTOR, 1, np.uint64), VECTOR)
         ws, lanes = filters[blk], sources[blk]
+        p0, places = _places(rows, cols, h_, w_, i0, reach, width)
+        q0, out_places = _places(out_rows, out_cols, oh_, ow_, i0, band, width)
         for n in range(batch * images, min(n_, (batch + 1) * images)):
             xn, yn = x[n], y[n]
             for sub in range(j_):
-                _move_in(buf, sub * phases * pixels, xn, h_, w_, x_channel, x_pixel, lanes[sub],
-                         rows, cols, i0, reach, width, spots)
+                _move_in(buf, np.uint64(sub * phases * pixels * VECTOR), xn, x_channel, x_pixel,
+                         lanes[sub], p0, places, spots)
             if t_ == WINDOW_TAPS:
                 _tiles(buf, out, ws, taps, bias, k0, used, (i1 - i0) * width, WINDOW_TAPS)
             else:
@@ -199,32 +236,7 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
             if act != 0:
                 for q in range((i1 - i0) * width * VECTOR):
                     out[q] = activate(out[q], act, y.dtype)
-            # the move out: output pixels i0 * ow_ to i1 * ow_, in runs of VECTOR to NCHW
-            p, p1 = i0 * ow_, i1 * ow_
-            runs = used == VECTOR and y_pixel == 1 and p1 - p >= VECTOR
-            while p < p1:
-                count = VECTOR if runs else 1
-                if runs:
-                    p = min(p, p1 - VECTOR)
-                i, jj = p // ow_ - i0, p % ow_
-                for j in range(count):
-                    q = np.uint64((i * width + jj) * VECTOR)
-                    if runs:
-                        spots[j] = q
-                    elif used == VECTOR and y_channel == 1:  # NHWC: a vector a pixel
-                        first = np.uint64(k0 + (p + j) * y_pixel)
-                        for v in range(UVECTOR):
-                            yn[first + v] = out[q + v]
-                    else:
-                        for v in range(used):
-                            yn[(k0 + v) * y_channel + (p + j) * y_pixel] = out[q + v]
-                    jj += 1
-                    if jj == ow_:
-                        i, jj = i + 1, 0
-                if runs:
-                    transpose_block(out, np.uint64(0), spots, yn, np.uint64(k0 * y_channel + p),
-                                    np.uint64(y_channel), VECTOR, VECTOR)
-                p += count
+            _move_out(out, yn, k0, used, y_channel, y_pixel, q0, out_places, spots)
 
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
@@ -270,9 +282,10 @@ def depthwise_planes_weight(x, h_, w_, x_channel, x_pixel, sources, rows, cols, 
     channel of each lane (-1: none); out_rows (oh_, 2) = (0, i) and out_cols (ow_,) = j place
     the gradient at the buffer's local outputs q = (i - i0) * width + j;
     partial (ceil(N / images) x bands, B, T, VECTOR) float64.
-    Loop order: (block, run of ``images`` images, band) in parallel; per task and image the
-    source's and the gradient's rows moved into two buffers zeroed once (every image writes
-    the same cells; as the forward moves its source), then :func:`_weight_sums`. Each task
+    Loop order: (block, run of ``images`` images, band) in parallel; per task the places of
+    its band's source and gradient pixels, then per image the source's and the gradient's
+    rows moved into two buffers zeroed once (every image writes the same cells; as the
+    forward moves its source), then :func:`_weight_sums`. Each task
     owns its partial[batch * bands + chunk, b], so the sum needs no atomics and is the same
     on any number of threads.
     """
@@ -286,15 +299,15 @@ def depthwise_planes_weight(x, h_, w_, x_channel, x_pixel, sources, rows, cols, 
         blk, batch, chunk = task // (batches * bands), task // bands % batches, task % bands
         i0 = chunk * band
         i1 = min(oh_, i0 + band)
-        buf = np.zeros(held + VECTOR, gy.dtype)
-        grad = np.zeros((band * width + 1) * VECTOR, gy.dtype)  # its lanes past K stay zero
+        buf = aligned_zeros(held + VECTOR, gy.dtype)
+        grad = aligned_zeros((band * width + 1) * VECTOR, gy.dtype)  # its lanes past K stay zero
         spots = carray(stack_array(VECTOR, 1, np.uint64), VECTOR)
         total = partial[batch * bands + chunk, blk]
         total[:] = 0
         source, lane = sources[blk, 0], lanes[blk]
+        p0, places = _places(rows, cols, h_, w_, i0, reach, width)
+        q0, out_places = _places(out_rows, out_cols, oh_, ow_, i0, band, width)
         for n in range(batch * images, min(n_, (batch + 1) * images)):
-            _move_in(buf, 0, x[n], h_, w_, x_channel, x_pixel, source, rows, cols, i0, reach,
-                     width, spots)
-            _move_in(grad, 0, gy[n], oh_, ow_, y_channel, y_pixel, lane, out_rows, out_cols,
-                     i0, band, width, spots)
+            _move_in(buf, np.uint64(0), x[n], x_channel, x_pixel, source, p0, places, spots)
+            _move_in(grad, np.uint64(0), gy[n], y_channel, y_pixel, lane, q0, out_places, spots)
             _weight_sums(buf, grad, taps, total, i1 - i0, ow_, width)

@@ -3,17 +3,25 @@ against the float64 NumPy reference and PyTorch, over hypothesis-drawn depthwise
 counts on both sides of the vector width, any window, stride, dilation and padding, both
 layouts and dtypes, serial and parallel; and where it may not run."""
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from numba import njit
 from test_conv import _threads, paddings
 
 import fastconv
 import oracle
 from fastconv import geometry, ops, registry
+from fastconv.implementations.depthwise import BAND_PIXELS as WHOLE_PLANES
+from fastconv.implementations.depthwise import MIN_TASKS
+from fastconv.kernels import LINE_BYTES, aligned_zeros
 from oracle import random
 
+# a band of one row, of a few, and the library's (these planes whole)
+BAND_PIXELS = [1, 24, WHOLE_PLANES]
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -51,22 +59,29 @@ def arrays(case):
             random(rng, (g.K,), dtype), random(rng, g.y_shape, dtype))
 
 
-def _images_a_task(monkeypatch, several):
-    """Whether a kernel task takes several images: at the suite's sizes only layers of many
-    channel blocks do (a 7x7 plane's of 960 channels: depthwise._images); here, with no
-    minimum count of tasks, every task takes the whole batch of these small planes."""
+def _tasks(monkeypatch, several, band_pixels):
+    """How a kernel's tasks split the work: whether a task takes several images (at the
+    suite's sizes only layers of many channel blocks do, a 7x7 plane's of 960 channels:
+    depthwise._images; here, with no minimum count of tasks, every task takes the whole batch
+    of these small planes), and its band's output pixels (BAND_PIXELS, which at 4096 keeps
+    these planes whole: 1 makes a band of one row, whose window reads the rows of the next
+    bands). Set on every example: hypothesis runs them all in one test's monkeypatch."""
     from fastconv.implementations import depthwise
-    if several:
-        monkeypatch.setattr(depthwise, "MIN_TASKS", 1)
+    monkeypatch.setattr(depthwise, "MIN_TASKS", 1 if several else MIN_TASKS)
+    monkeypatch.setattr(depthwise, "BAND_PIXELS", band_pixels)
+    # the per-layer buffer geometry is cached by shape alone: a fresh cache per example
+    monkeypatch.setattr(depthwise, "_buffer",
+                        functools.lru_cache(maxsize=16)(depthwise._buffer.__wrapped__))
 
 
 @SETTINGS
 @given(case=depthwise_cases(), activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]),
-       with_bias=st.booleans(), parallel=st.booleans(), several=st.booleans())
+       with_bias=st.booleans(), parallel=st.booleans(), several=st.booleans(),
+       band_pixels=st.sampled_from(BAND_PIXELS))
 def test_forward_matches_reference_and_torch(case, activation, with_bias, parallel, several,
-                                             monkeypatch):
+                                             band_pixels, monkeypatch):
     _threads(monkeypatch, parallel)
-    _images_a_task(monkeypatch, several)
+    _tasks(monkeypatch, several, band_pixels)
     x, w, b, _ = arrays(case)
     b = b if with_bias else None
     before = [a.copy() for a in (x, w) + ((b,) if with_bias else ())]
@@ -78,10 +93,12 @@ def test_forward_matches_reference_and_torch(case, activation, with_bias, parall
 
 
 @SETTINGS
-@given(case=depthwise_cases(), parallel=st.booleans(), several=st.booleans())
-def test_backward_matches_reference_and_torch_autograd(case, parallel, several, monkeypatch):
+@given(case=depthwise_cases(), parallel=st.booleans(), several=st.booleans(),
+       band_pixels=st.sampled_from(BAND_PIXELS))
+def test_backward_matches_reference_and_torch_autograd(case, parallel, several, band_pixels,
+                                                       monkeypatch):
     _threads(monkeypatch, parallel)
-    _images_a_task(monkeypatch, several)
+    _tasks(monkeypatch, several, band_pixels)
     x, w, _, gy = arrays(case)
     kwargs = case["kwargs"]
     before = [a.copy() for a in (x, w, gy)]
@@ -169,3 +186,19 @@ def test_auto_picks_depthwise_for_mobilenet_layers(op, channels, size, stride):
     g = geometry.conv_geometry((8, channels, size, size), (channels, 1, 3, 3), stride, 1, 1,
                                channels, "NCHW")
     assert registry.choose(op, "cpu", g) == "depthwise"
+
+
+@njit(cache=False)
+def _aligned_addresses(size, dtype):
+    a, b = aligned_zeros(size, dtype), aligned_zeros(size + 1, dtype)
+    return a.ctypes.data, b.ctypes.data, a.size, b.size, a.sum() + b.sum()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 15, 16, 1000])
+def test_kernel_buffers_start_on_a_cache_line(dtype, size):
+    """The depthwise kernels' local buffers (kernels.aligned_zeros): a 64-byte vector at any
+    whole-vector offset reads one cache line (np.zeros in a kernel aligns to 32 bytes)."""
+    first, second, n, m, total = _aligned_addresses(size, dtype)
+    assert first % LINE_BYTES == 0 and second % LINE_BYTES == 0
+    assert (n, m, total) == (size, size + 1, 0)

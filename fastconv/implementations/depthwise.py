@@ -141,7 +141,7 @@ def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activat
                     *_steps(a, g.layout), sources, rows, cols, plane, band,
                     _images(n, blocks * -(-oh // band), band * ow), taps, filters,
                     driver.bias(np, b, k, a.dtype), out.reshape(n, -1), oh, ow,
-                    *_steps(out, g.layout), CODES[activation])
+                    *_steps(out, g.layout), *_output_places(oh, ow), CODES[activation])
     return out
 
 
