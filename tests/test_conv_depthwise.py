@@ -30,17 +30,23 @@ SETTINGS = settings(max_examples=40, deadline=None,
 def depthwise_cases(draw, dtypes=(np.float32, np.float64)):
     """A depthwise layer (groups == C) with its arrays' shapes, in NCHW or NHWC: C on both
     sides of the vector width (8 or 16 float32 lanes) and of two, mostly one output channel a
-    group (MobileNet's), sometimes a multiplier of 2 or 3."""
+    group (MobileNet's), sometimes a multiplier of 2 or 3; a third of them MobileNet's 3x3
+    window, the rest any window, stride and dilation."""
     c = draw(st.integers(1, 40))
     m = draw(st.sampled_from([1, 1, 1, 2, 3]))
     layout = draw(st.sampled_from(["NCHW", "NHWC"]))
     n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    r, s = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     pair = st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3)))
-    kwargs = dict(stride=draw(pair), padding=draw(paddings()),
-                  dilation=draw(st.one_of(st.integers(1, 2),
-                                          st.tuples(st.integers(1, 2), st.integers(1, 2)))),
-                  groups=c, data_format=layout)
+    if draw(st.integers(0, 2)) == 0:  # MobileNet's 3x3 window (stride 1: its row tiles)
+        r = s = 3
+        stride, dilation = draw(st.sampled_from([1, 1, 2])), 1
+    else:
+        r, s = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+        stride = draw(pair)
+        dilation = draw(st.one_of(st.integers(1, 2),
+                                  st.tuples(st.integers(1, 2), st.integers(1, 2))))
+    kwargs = dict(stride=stride, padding=draw(paddings()), dilation=dilation, groups=c,
+                  data_format=layout)
     x_shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
     w_shape = (c * m, 1, r, s) if layout == "NCHW" else (r, s, 1, c * m)
     try:
