@@ -39,6 +39,7 @@ ROW_SPAN = PIXELS + 2  # the buffer vectors a tile's three taps along a window r
 TAPS = 9
 # The window whose tap count the forward's tiles are compiled for (a 3x3 one, MobileNet's).
 WINDOW_TAPS = 9
+WINDOW_ROWS = 3
 
 
 @njit(inline="always", cache=True)
@@ -144,39 +145,17 @@ def _move_out(out, yn, k0, used, y_channel, y_pixel, p0, places, spots):
 
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
-def _tiles(buf, out, ws, taps, bias, k0, used, count, taps_):
+def _tiles(buf, out, ws, taps, bias, k0, used, count, taps_, rows_):
     """out[q, v] = bias[k0 + v] + sum over t of buf[q * VECTOR + taps[t] + v] * ws[t, v] for q
     below ``count`` rounded up to whole tiles (depthwise_planes' register tiles). ``taps_``, a
     compile-time constant, is the tap count when it is known (9: a 3x3 window, whose tap loop
-    then unrolls: MobileNetV2's layers 1.11-1.26x faster than with the loop), else 0. A function
-    of its own: inlined into the task's loop nest, LLVM kept the tile in memory."""
-    acc = carray(stack_array(PIXELS, VECTOR, out.dtype), (PIXELS, VECTOR))
-    shift = carray(stack_array(1, VECTOR, out.dtype), VECTOR)
-    for v in range(VECTOR):
-        shift[v] = bias[k0 + v] if v < used else 0
-    for q0 in range(0, count, PIXELS):
-        for j in range(PIXELS):
-            for v in range(VECTOR):
-                acc[j, v] = shift[v]
-        at = np.uint64(q0 * VECTOR)
-        for t in range(taps.shape[0] if taps_ == 0 else taps_):
-            off = at + taps[t]
-            for v in range(UVECTOR):  # the lanes outermost: LLVM vectorises them
-                wv = ws[t, v]
-                for j in range(PIXELS):
-                    acc[j, v] += buf[off + np.uint64(j * VECTOR) + v] * wv
-        for j in range(PIXELS):
-            for v in range(UVECTOR):
-                out[at + np.uint64(j * VECTOR) + v] = acc[j, v]
-
-
-@njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
-def _row_tiles(buf, out, ws, taps, bias, k0, used, count):
-    """:func:`_tiles` for a 3x3 window whose rows' three taps are consecutive vectors (a layer
-    at stride 1 and dilation 1, and its input gradient): each window row's ROW_SPAN buffer
-    vectors loaded once and met by the row's three filter vectors, 24 FMAs on 10 loads where
-    _tiles loads 24 (its loads, not its FMAs, bound it: MobileNetV2's 14x14 layer's tiles
-    ran at ~56 cycles for 72 FMAs)."""
+    then unrolls: MobileNetV2's layers 1.11-1.26x faster than with the loop), else 0; ``rows_``
+    is WINDOW_ROWS where each of a 3x3 window's rows has its three taps in consecutive vectors
+    (stride 1 and dilation 1, and their input gradient), else 0. Then each window row's
+    ROW_SPAN buffer vectors are loaded once and met by the row's three filter vectors, 24 FMAs
+    on 10 loads where the taps one by one load 24: the loads bound those (MobileNetV2's 14x14
+    layer's tiles ran at ~56 cycles for 72 FMAs), and the tiles ran 1.5x faster by rows. A
+    function of its own: inlined into the task's loop nest, LLVM kept the tile in memory."""
     acc = carray(stack_array(PIXELS, VECTOR, out.dtype), (PIXELS, VECTOR))
     row = carray(stack_array(ROW_SPAN, VECTOR, out.dtype), (ROW_SPAN, VECTOR))
     shift = carray(stack_array(1, VECTOR, out.dtype), VECTOR)
@@ -187,16 +166,24 @@ def _row_tiles(buf, out, ws, taps, bias, k0, used, count):
             for v in range(VECTOR):
                 acc[j, v] = shift[v]
         at = np.uint64(q0 * VECTOR)
-        for r in range(3):
-            off = at + taps[3 * r]
-            for v in range(UVECTOR):
-                for i in range(ROW_SPAN):
-                    row[i, v] = buf[off + np.uint64(i * VECTOR) + v]
-            for s in range(3):
+        if rows_ == WINDOW_ROWS:
+            for r in range(WINDOW_ROWS):
+                off = at + taps[3 * r]
                 for v in range(UVECTOR):
-                    wv = ws[3 * r + s, v]
+                    for i in range(ROW_SPAN):
+                        row[i, v] = buf[off + np.uint64(i * VECTOR) + v]
+                for s in range(3):
+                    for v in range(UVECTOR):
+                        wv = ws[3 * r + s, v]
+                        for j in range(PIXELS):
+                            acc[j, v] += row[j + s, v] * wv
+        else:
+            for t in range(taps.shape[0] if taps_ == 0 else taps_):
+                off = at + taps[t]
+                for v in range(UVECTOR):  # the lanes outermost: LLVM vectorises them
+                    wv = ws[t, v]
                     for j in range(PIXELS):
-                        acc[j, v] += row[j + s, v] * wv
+                        acc[j, v] += buf[off + np.uint64(j * VECTOR) + v] * wv
         for j in range(PIXELS):
             for v in range(UVECTOR):
                 out[at + np.uint64(j * VECTOR) + v] = acc[j, v]
@@ -243,7 +230,7 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
     reach = pixels // width  # buffer rows a phase plane holds: the band's and the halo's
     span = -(-band * width // PIXELS) * PIXELS  # a band's local outputs, whole tiles
     held = max(j_ * phases * pixels, span + int(taps.max()) // VECTOR + PIXELS) * VECTOR
-    along_rows = t_ == WINDOW_TAPS  # and its window's rows' taps consecutive: _row_tiles
+    along_rows = t_ == WINDOW_TAPS  # and each window row's taps in consecutive vectors
     for t in range(t_):
         along_rows = along_rows and taps[t] == taps[t - t % 3] + np.uint64(t % 3 * VECTOR)
     for task in prange(batches * b_ * bands):
@@ -264,11 +251,12 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
                 _move_in(buf, np.uint64(sub * phases * pixels * VECTOR), xn, x_channel, x_pixel,
                          lanes[sub], p0, places, spots)
             if along_rows:
-                _row_tiles(buf, out, ws, taps, bias, k0, used, (i1 - i0) * width)
+                _tiles(buf, out, ws, taps, bias, k0, used, (i1 - i0) * width, WINDOW_TAPS,
+                       WINDOW_ROWS)
             elif t_ == WINDOW_TAPS:
-                _tiles(buf, out, ws, taps, bias, k0, used, (i1 - i0) * width, WINDOW_TAPS)
+                _tiles(buf, out, ws, taps, bias, k0, used, (i1 - i0) * width, WINDOW_TAPS, 0)
             else:
-                _tiles(buf, out, ws, taps, bias, k0, used, (i1 - i0) * width, 0)
+                _tiles(buf, out, ws, taps, bias, k0, used, (i1 - i0) * width, 0, 0)
             # the activation in a pass of its own, in cache (in the tiles it pushes the tile
             # out of the registers: conv_blocked.py)
             if act != 0:
