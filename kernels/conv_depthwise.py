@@ -274,11 +274,18 @@ def _weight_sums(buf, grad, taps, total, rows, cols, width):
     register tile: TAPS taps x one vector, one gradient vector meeting TAPS buffer vectors per
     output (the lanes outermost, as in _tiles); windows of more taps take several passes."""
     t_ = taps.shape[0]
-    acc = carray(stack_array(TAPS, VECTOR, grad.dtype), (TAPS, VECTOR))
+    tile = stack_array(TAPS, VECTOR, grad.dtype)
+    acc, flat = carray(tile, (TAPS, VECTOR)), carray(tile, TAPS * VECTOR)
+    # the rows' sums, one flat loop over the tile: as a loop over the taps of one over the
+    # lanes, the lanes' loop unrolled and its conversions to float64 stayed scalar, a quarter
+    # of this function's time on MobileNetV2's 14x14 layer
+    wide = carray(stack_array(TAPS, VECTOR, np.float64), TAPS * VECTOR)
     offsets = carray(stack_array(TAPS, 1, np.uint64), TAPS)
     for t0 in range(0, t_, TAPS):
         for t in range(TAPS):
             offsets[t] = taps[min(t0 + t, t_ - 1)]
+        for k in range(TAPS * VECTOR):
+            wide[k] = 0
         for r in range(rows):
             for t in range(TAPS):
                 for v in range(VECTOR):
@@ -289,9 +296,11 @@ def _weight_sums(buf, grad, taps, total, rows, cols, width):
                     gv = grad[at + v]
                     for t in range(TAPS):
                         acc[t, v] += gv * buf[at + offsets[t] + v]
-            for t in range(min(TAPS, t_ - t0)):
-                for v in range(VECTOR):
-                    total[t0 + t, v] += acc[t, v]
+            for k in range(TAPS * VECTOR):
+                wide[k] += flat[k]
+        for t in range(min(TAPS, t_ - t0)):
+            for v in range(VECTOR):
+                total[t0 + t, v] += wide[t * VECTOR + v]
 
 
 @njit(**CPU_KERNEL)
