@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import CPU_KERNEL, VECTOR_LANES
-from .vector_moves import transpose_block
+from .vector_moves import move_run, transpose_block
 
 VECTOR = VECTOR_LANES
 
@@ -26,23 +26,27 @@ def embed(x, images, origin, channel_step, row_step, col_step):
     image flat, in whichever layout the steps describe; the steps never map two cells of x to
     one cell of images. Loop order: images n in parallel, then c, i, j (j innermost). Each task
     owns images[n]: it zeroes the whole row, then writes x's cells into it while it is in cache.
-    A row of x landing on consecutive cells (col_step 1: padding NCHW) is copied through a
-    contiguous view of its destination, which LLVM vectorises (2.6x faster than the strided
-    store for a 64x16x28x28 batch).
+    A row contiguous on both sides (col_step 1 from NCHW: padding an NCHW image) moves a vector
+    at a time, the last one under a mask (vector_moves.move_run): as a loop, a row shorter than
+    a vector (7 or 14 wide) stayed scalar, 0.235 ms of ResNeXt's 14x14 layer's 1.41 ms forward.
     """
     n_, c_, h_, w_ = x.shape
+    size = x.itemsize
+    runs = col_step == 1 and x.strides[3] == size
+    image_, channel_, row_ = x.strides[0] // size, x.strides[1] // size, x.strides[2] // size
     for n in prange(n_):
         image = images[n]
         image[:] = 0
         for c in range(c_):
             for i in range(h_):
                 row = origin + c * channel_step + i * row_step
-                source = x[n, c, i]
-                if col_step == 1:
-                    run = image[row:row + w_]
-                    for j in range(w_):
-                        run[j] = source[j]
+                if runs:
+                    first = n * image_ + c * channel_ + i * row_
+                    for j in range(0, w_, VECTOR):
+                        move_run(x, np.uint64(first + j), image, np.uint64(row + j),
+                                 min(VECTOR, w_ - j))
                 else:
+                    source = x[n, c, i]
                     for j in range(w_):
                         image[row + j * col_step] = source[j]
 

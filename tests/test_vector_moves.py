@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from numba import njit
 
 from fastconv.kernels import VECTOR_LANES
-from fastconv.kernels.vector_moves import move_rows, transpose_block
+from fastconv.kernels.vector_moves import move_rows, move_run, transpose_block
 
 V = VECTOR_LANES
 POISON = -7.5e30
@@ -91,3 +91,26 @@ def test_move_rows_copies_whole_rows(rows, wide, dtype, repeat, seed):
     expected = np.full_like(dst, POISON)
     expected[_cells(to, to_step, rows, width)] = src[_cells(start, step, rows, width)]
     np.testing.assert_array_equal(dst, expected)
+
+
+@njit(cache=False)
+def _run(src, start, dst, to, count):
+    move_run(src, start, dst, to, count)
+
+
+@settings(max_examples=40, deadline=None)
+@given(count=st.integers(0, V), dtype=st.sampled_from([np.float32, np.float64]),
+       start=st.integers(0, 2 * V), to=st.integers(0, 2 * V), seed=st.integers(0, 2**32 - 1))
+def test_move_run_copies_count_elements(count, dtype, start, to, seed):
+    """dst[to + v] == src[start + v] for v < count (0 to a whole vector); every other cell of
+    dst keeps its poison, src is unchanged. The source ends where the run does: the masked
+    lanes past it are never read (a read past an array's end would be one only a mask hides)."""
+    rng = np.random.default_rng(seed)
+    src = rng.standard_normal(start + count).astype(dtype)
+    dst = np.full(to + V + V, POISON, dtype)
+    before = src.copy()
+    _run(src, np.uint64(start), dst, np.uint64(to), count)
+    expected = np.full_like(dst, POISON)
+    expected[to:to + count] = src[start:start + count]
+    np.testing.assert_array_equal(dst, expected)
+    np.testing.assert_array_equal(src, before)
