@@ -255,8 +255,9 @@ def test_direct_tiled_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
 def test_depthwise_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
     """The depthwise register tile (kernels/conv_depthwise.py): a packed FMA per pixel of the
     tile, on one vector of channels. Seen on the AVX-512 Zen 5 this was written on: 168 packed
-    zmm FMAs in depthwise_planes (its _tiles twice: a 3x3 window's 9 taps x 8 pixels unrolled,
-    and 24 in the loop over any other window's taps; _row_tiles' 3 rows x 3 taps x 8 pixels),
+    zmm FMAs in depthwise_planes (its _tiles three times: a 3x3 window's 9 taps x 8 pixels
+    unrolled, 24 in the loop over any other window's taps, and 3 window rows x 3 taps x 8
+    pixels where each row's taps lie in consecutive vectors),
     27 in depthwise_planes_weight (its 9 taps x 3 unrolled outputs)."""
     from fastconv.kernels import conv_depthwise
     assert _packed_fmas(conv_depthwise.depthwise_planes, monkeypatch) >= conv_depthwise.PIXELS
