@@ -187,8 +187,8 @@ def _store_row_tile(acc, flat, yn, first, k0, used, y_channel, y_col, pixels, la
 
 
 @njit(**CPU_KERNEL)
-def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, live, y_origin,
-                        y_channel, y_row, y_col, act):
+def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, live, columns,
+                        column_tiles, y_origin, y_channel, y_row, y_col, act):
     """conv2d_forward for an image of column step COL_STEP (a stride-1 or stride-2 NCHW
     layer, or a phase of a strided one's input gradient), over register tiles of ROW_PIXELS
     consecutive pixels of one output row x LANES channels: the tile's input values lie
@@ -197,23 +197,26 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
     each. That leaves the registers for a longer tile: ResNet-8's 16-channel 3x3 layer
     180-250 -> 310-340 GFLOP/s on this project's Zen 5, two threads (see ROW_TILES).
 
-    A row skips the window rows that fall wholly into the padding: a group's taps are
-    ``channel_taps`` a channel, window-row-major, and live (OH, 2) says which of a channel's
-    taps [lo, hi) read data on each output row (ASPP's dilation-6 layer on 33x33 images spent
-    12% of its multiply-adds on padding rows, ResNet's 7x7 layers 10%); a row that reads no
-    padding runs all its taps in one loop, as before (a loop a channel over 9 taps ran
-    ResNet-18's 512-channel layer 5-9% slower).
+    A tile leaves out the taps that read only padding. A group's taps are ``channel_taps`` a
+    channel, window-row-major, ``columns`` a window row; live (OH, 2) says which of a
+    channel's taps [lo, hi) read data on each output row (ASPP's dilation-6 layer on 33x33
+    images spent 12% of its multiply-adds on padding rows, ResNet's 7x7 layers 10%), and
+    column_tiles (Q, 3) lists a row's tiles: (first output column, the window columns
+    [first, last) its pixels read data with). A row that reads no padding runs all its taps
+    in one loop (a loop a channel over 9 taps ran ResNet-18's 512-channel layer 5-9%
+    slower); an edge tile runs a loop per window row and channel over its live columns
+    (ASPP's layer: 13 window columns a row, not 15; its forward 26-29 -> 22-23 ms, two
+    threads, input gradient 24-26 -> 22 ms).
+    The caller orders the tiles so that the last to store a pixel ran all the taps it needs.
 
     Layout: as conv2d_forward's, with col_step COL_STEP; needs OW >= ROW_PIXELS. Loop order: (n,
     group, channel block, band of output rows of about BAND_PIXELS pixels) in parallel; per
-    row, tiles of ROW_PIXELS pixels (the last one moved back to end at the row's end,
-    recomputing a few pixels of the previous), then as conv2d_forward. A tile starts from its
+    row, column_tiles' tiles in their order, then as conv2d_forward. A tile starts from its
     channels' bias and leaves by whole vectors (:func:`_store_row_tile`): stored an element at
     a time, it took 2-3x the instructions of a stem's tap loop (MobileNetV2's 3-channel stem at
     0.55x PyTorch's speed, 1.1-1.4x so). Each task owns y[n] at its channels x its band.
     """
-    n_, groups, blocks = x.shape[0], w.shape[0], w.shape[1]
-    tiles = (ow_ + ROW_PIXELS - 1) // ROW_PIXELS
+    n_, groups, blocks, t_ = x.shape[0], w.shape[0], w.shape[1], np.uint64(taps.shape[1])
     rows = max(1, min(oh_, BAND_PIXELS // ow_))
     bands = (oh_ + rows - 1) // rows
     for task in prange(n_ * groups * blocks * bands):
@@ -224,17 +227,26 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
         bases = carray(stack_array(ROW_PIXELS, 1, np.uint64), ROW_PIXELS)
         oh0, oh1 = band * rows, min(oh_, (band + 1) * rows)
         for oh in range(oh0, oh1):
-            lo, hi, period = live[oh, 0], live[oh, 1], channel_taps
-            if hi - lo == period:  # a row that reads no padding: one run over all the taps
-                lo, hi, period = ZERO, np.uint64(offsets.shape[0]), np.uint64(offsets.shape[0])
-            for tile in range(tiles):
-                ow0 = min(tile * ROW_PIXELS, ow_ - ROW_PIXELS)
+            live_lo, live_hi = live[oh, 0], live[oh, 1]
+            for tile in range(column_tiles.shape[0]):
+                ow0, first, last = column_tiles[tile]
+                # taps t0 + [lo, hi) of each period, for t0 from each of the window rows
+                # [r0, r1) a step apart: the edge tile's window rows, or one run from 0
+                r0, r1, step, period, lo, hi = ZERO, np.uint64(1), np.uint64(1), t_, ZERO, t_
+                if last - first < columns:
+                    r0, r1, step, period, lo, hi = (live_lo, live_hi, columns, channel_taps,
+                                                    first, last)
+                elif live_hi - live_lo < channel_taps:
+                    period, lo, hi = channel_taps, live_lo, live_hi
                 for j in range(ROW_PIXELS):
-                    bases[j] = np.uint64(oh * row_step + (ow0 + j) * COL_STEP)
+                    bases[j] = np.uint64(oh * row_step + (np.int64(ow0) + j) * COL_STEP)
                 # the tile starts from the bias
                 move_rows(bias, ZERO, ZERO, flat, ZERO, np.uint64(LANES), ROW_PIXELS, LANES)
-                _accumulate(acc, xn, bases, offsets, filters, ROW_PIXELS, LANES, period, lo, hi)
-                _store_row_tile(acc, flat, yn, np.uint64(y_origin + oh * y_row + ow0 * y_col),
+                for r in range(r0, r1, step):
+                    _accumulate(acc, xn, bases, offsets[r:], filters[r:], ROW_PIXELS, LANES,
+                                period, lo, hi)
+                _store_row_tile(acc, flat, yn,
+                                np.uint64(y_origin + oh * y_row + np.int64(ow0) * y_col),
                                 k0, used, np.uint64(y_channel), np.uint64(y_col), ROW_PIXELS,
                                 LANES)
         if act != 0:  # in a pass of its own, as in conv2d_forward

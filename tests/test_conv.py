@@ -276,26 +276,112 @@ def test_blocked_row_tiles_skip_the_window_rows_in_the_padding(
     padding = max(1, 2 * dilation + beyond)
     x, w, b = (random(rng, s, dtype) for s in ((2, 3, height, width), (k, 3, 3, 3), (k,)))
     kwargs = dict(stride=stride, padding=padding, dilation=dilation)
-    lives, real = [], driver.cpu_call
-
-    def spy(kernel, work, *args):
-        if kernel.py_func.__name__.startswith("conv2d_forward_rows"):
-            lives.append((args[9], args[10]))  # channel_taps, live
-        return real(kernel, work, *args)
-    monkeypatch.setattr(driver, "cpu_call", spy)
+    calls = _forward_rows_calls(monkeypatch)
     y = ops.conv2d(x, w, b, activation="tanh", algo="blocked", **kwargs)
     # float64 tiles of two vectors have no row tile (ROW_TILES): the generic tiles skip nothing
-    assert lives or dtype == np.float64
-    for period, live in lives:
+    assert calls or dtype == np.float64
+    for period, live in _lives(calls):
         assert period == 9 and (live[0] != [0, period]).any()  # the top window row is padding
     gy = random(rng, y.shape, dtype)
     gx = ops.conv2d_backward_input(gy, w, x.shape, algo="blocked", **kwargs)
     oracle.check({"y": y, "gx": gx}, oracle.conv2d(x, w, b, gy=gy, activation="tanh", **kwargs))
     w[rng.integers(k), 1, 0, 0] = np.inf
-    lives.clear()
+    calls.clear()
     y = ops.conv2d(x, w, b, algo="blocked", **kwargs)
     oracle.check_nonfinite({"y": y}, oracle.conv2d(x, w, b, **kwargs))
-    assert all((live == [0, period]).all() for period, live in lives)
+    assert all((live == [0, period]).all() for period, live in _lives(calls))
+
+
+def _forward_rows_calls(monkeypatch):
+    """The arguments of each conv2d_forward_rows call from now on (a list that fills)."""
+    calls, real = [], driver.cpu_call
+
+    def spy(kernel, work, *args):
+        if kernel.py_func.__name__.startswith("conv2d_forward_rows"):
+            calls.append(args)
+        return real(kernel, work, *args)
+    monkeypatch.setattr(driver, "cpu_call", spy)
+    return calls
+
+
+def _lives(calls):
+    """Each call's (channel_taps, live)."""
+    return [args[9:11] for args in calls]
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [5, 20, 40])
+@pytest.mark.parametrize("dilation, width", [(6, 33), (12, 33), (10, 40)])
+def test_blocked_row_tiles_skip_the_window_columns_in_the_padding(dilation, width, k, dtype,
+                                                                  parallel, monkeypatch):
+    """ASPP's dilated 3x3 windows (padding = dilation) on rows where edge tiles pay: the tiles
+    of a row's first and last columns leave out the window columns in the padding and run
+    before the tiles that overwrite the pixels they overlapped (conv2d_forward_rows'
+    ``column_tiles``), as the forward and as the input gradient, against the float64 reference
+    and PyTorch; with a non-finite filter value every tile runs all its columns. Edge tiles
+    run where they cost fewer taps than plain ones: on AVX-512 in each case with a row tile,
+    on AVX2 (longer tiles of one vector, shorter of two) in some."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(dilation * width + k)
+    x, w, b = (random(rng, s, dtype) for s in ((2, 3, 9, width), (k, 3, 3, 3), (k,)))
+    kwargs = dict(padding=dilation, dilation=dilation)
+    calls = _forward_rows_calls(monkeypatch)
+    y = ops.conv2d(x, w, b, activation="relu", algo="blocked", **kwargs)
+    tiles = [args[12] for args in calls]  # column_tiles
+    pixels = conv_blocked.row_pixels(width, conv_blocked.lanes(k), np.dtype(dtype).itemsize)
+    assert len(tiles) == (pixels is not None)
+    if pixels is not None:
+        # the first and last `dilation` columns read padding with one window column each
+        middle, tiles_over = width - 2 * dilation, lambda n: -(-n // pixels)
+        edges = 2 * tiles_over(dilation) * 2 + tiles_over(middle) * 3
+        pays = middle >= pixels and edges < tiles_over(width) * 3
+        assert (tiles[0][:, 2] - tiles[0][:, 1] < 3).any() == pays, tiles[0]
+    gy = random(rng, y.shape, dtype)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="blocked", **kwargs)
+    oracle.check({"y": y, "gx": gx}, oracle.conv2d(x, w, b, gy=gy, activation="relu", **kwargs))
+    w[rng.integers(k), 1, 1, 0] = np.inf
+    calls.clear()
+    y = ops.conv2d(x, w, b, algo="blocked", **kwargs)
+    oracle.check_nonfinite({"y": y}, oracle.conv2d(x, w, b, **kwargs))
+    assert all((args[12][:, 1:] == [0, 3]).all() for args in calls)
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(1, 64), before=st.integers(0, 30), after=st.integers(0, 30),
+       step=st.integers(1, 2), columns=st.integers(1, 5), dilation=st.integers(1, 12),
+       pixels=st.sampled_from(sorted({p for ps in conv_blocked.ROW_TILES.values() for p in ps})))
+def test_column_tiles_leave_every_pixel_to_a_tile_that_ran_its_data(size, before, after, step,
+                                                                    columns, dilation, pixels):
+    """_column_tiles over random rows: every tile inside the row, every output column covered,
+    and the last tile to store a column ran every window column that reads data for it (it may
+    run more: padding reads zeros); never more taps than plain tiles side by side."""
+    from fastconv.implementations.conv2d import _column_tiles
+    reach = tuple(s * dilation for s in range(columns))
+    width = (before + size + after - reach[-1] - 1) // step + 1
+    assume(width >= pixels)
+    tiles = _column_tiles(width, pixels, step, reach, (before, before + size))
+    assert tiles.dtype == np.uint64 and ((tiles[:, 0] + pixels) <= width).all()
+    last = {}
+    for start, first, end in tiles.tolist():
+        last.update({ow: (first, end) for ow in range(start, start + pixels)})
+    assert sorted(last) == list(range(width))
+    for ow, (first, end) in last.items():
+        reads = [s for s, r in enumerate(reach) if before <= ow * step + r < before + size]
+        assert all(first <= s < end for s in reads), (ow, reads, tiles)
+    plain = -(-width // pixels) * columns
+    assert (tiles[:, 2] - tiles[:, 1]).sum() <= plain
+
+
+def test_column_tiles_of_aspp_run_13_window_columns_a_row_not_15():
+    """ASPP's 3x3 at dilation 6 on 33 columns, tiles of 7: the first tile (columns 0-6) without
+    window column 0 and the last (26-32) without column 2, then three tiles of all three over
+    columns 6-26, which rewrite columns 6 and 26."""
+    from fastconv.implementations.conv2d import _column_tiles
+    assert _column_tiles(33, 7, 1, (0, 6, 12), (6, 39)).tolist() == [
+        [0, 1, 3], [26, 0, 2], [6, 0, 3], [13, 0, 3], [20, 0, 3]]
+    assert _column_tiles(33, 7, 1, (0, 6, 12), (0, 45)).tolist() == [  # nothing to leave out
+        [0, 0, 3], [7, 0, 3], [14, 0, 3], [21, 0, 3], [26, 0, 3]]
 
 
 @pytest.mark.parametrize("serial_below", [2**62, 0], ids=["one thread", "thread pool"])

@@ -307,12 +307,13 @@ def conv2d_blocked_cpu(g, x, w, b, activation):
     taps, row_step, col_step = _tap_offsets(g, hp, wp, layout="NCHW")
     filters, finite = _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
     channel, row, column = driver.steps(g.layout, g.K, g.OH, g.OW)
-    # skipping a padding row would leave finite what PyTorch's 0 x inf makes NaN
-    data = (g.padding[0], g.padding[0] + g.H) if finite else (0, hp)
-    live = _live_taps(g.OH, g.stride[0], tuple(r * g.dilation[0] for r in range(g.R)), data,
-                      g.S)
+    # skipping the padding would leave finite what PyTorch's 0 x inf makes NaN
+    top, left = g.padding[0], g.padding[2]
+    rows, cols = ((top, top + g.H), (left, left + g.W)) if finite else ((0, hp), (0, wp))
+    reads = ((g.stride[0], tuple(r * g.dilation[0] for r in range(g.R)), rows),
+             (g.stride[1], tuple(s * g.dilation[1] for s in range(g.S)), cols))
     _blocked(g.N, images, filters, taps, driver.bias(np, b, g.K, x.dtype), y.reshape(g.N, -1),
-             (g.OH, g.OW), (row_step, col_step), live, (0, channel, row, column),
+             (g.OH, g.OW), (row_step, col_step), reads, (0, channel, row, column),
              CODES[activation])
     return y
 
@@ -326,19 +327,60 @@ def _live_taps(rows, step, reach, data, columns):
     layer: its dozen NumPy calls took 14 us, a quarter of a small layer's forward."""
     if not len(reach) * columns:  # a phase no tap lands on
         return np.uint64(0), np.zeros((rows, 2), np.uint64)
-    read = np.arange(rows)[:, None] * step + np.asarray(reach)[None, :]
-    inside = (read >= data[0]) & (read < data[1])
+    inside = _inside(rows, step, reach, data)
     lo, hi = inside.argmax(1), inside.shape[1] - inside[:, ::-1].argmax(1)
     live = np.where(inside.any(1)[:, None], np.stack((lo, hi), 1), 0)
     return np.uint64(inside.shape[1] * columns), (live * columns).astype(np.uint64)
 
 
-def _blocked(n, images, filters, taps, bias, y, size, steps, live, out, act):
+def _inside(count, step, reach, data):
+    """(count, len(reach)) bool: whether output pixel i's window position r, at
+    i * step + reach[r] along an axis, lies in its data [data[0], data[1])."""
+    read = np.arange(count)[:, None] * step + np.asarray(reach, np.int64)[None, :]
+    return (read >= data[0]) & (read < data[1])
+
+
+@functools.lru_cache(maxsize=256)
+def _column_tiles(width, pixels, step, reach, data):
+    """(Q, 3) uint64: conv2d_forward_rows' tiles of an output row of ``width`` columns, each
+    (its first column, the window columns [first, last) it runs), in the order they run;
+    ``step``, ``reach`` and ``data`` as _live_taps' for the columns. Tiles of ``pixels`` side by
+    side, the last moved back to end at the row's end; or, where that runs fewer taps, first
+    the tiles of the columns whose windows reach into the padding, each without the window
+    columns that read only padding for all of its own, then tiles over the columns whose
+    windows read none, which overwrite the pixels an edge tile overlapped (ASPP's dilation-6
+    layer: 13 window columns a row in 5 tiles, not 15)."""
+    columns = len(reach)
+    everything = [(s, 0, columns) for s in _starts(0, width, pixels)]
+    inside = _inside(width, step, reach, data)
+    full = np.flatnonzero(inside.all(1))
+    if not columns or not len(full) or full[-1] + 1 - full[0] < pixels:
+        return np.array(everything, np.uint64)
+    a, b = full[0], full[-1] + 1  # the columns whose windows read no padding
+    edges = [(s, range(s, min(s + pixels, a))) for s in range(0, a, pixels)]
+    edges += [(e - pixels, range(max(e - pixels, b), e)) for e in range(width, b, -pixels)]
+    tiles = []
+    for start, own in edges:
+        live = inside[own].any(0)
+        first, last = live.argmax(), columns - live[::-1].argmax()
+        tiles.append((start, first, last) if live.any() else (start, 0, 0))
+    tiles += [(s, 0, columns) for s in _starts(a, b, pixels)]
+    cost = sum(last - first for _, first, last in tiles)
+    return np.array(tiles if cost < len(everything) * columns else everything, np.uint64)
+
+
+def _starts(lo, hi, pixels):
+    """The first columns of tiles of ``pixels`` over [lo, hi), the last moved back to end at
+    hi."""
+    return [min(s, hi - pixels) for s in range(lo, hi, pixels)]
+
+
+def _blocked(n, images, filters, taps, bias, y, size, steps, reads, out, act):
     """The blocked forward kernel for its operands: row tiles where the image's column step is
-    one of conv_blocked.ROW_STEPS and a tile fits the row (skipping the taps that read padding
-    rows: ``live`` is _live_taps'), the generic tiles elsewhere. ``size`` the output's (rows,
-    columns), ``steps`` the input's (row, column) steps per output pixel, ``out`` its (origin,
-    channel, row, column) in y."""
+    one of conv_blocked.ROW_STEPS and a tile fits the row (leaving out the taps that read only
+    padding: ``reads`` is (rows, columns), each the (step, reach, data) of _live_taps), the
+    generic tiles elsewhere. ``size`` the output's (rows, columns), ``steps`` the input's
+    (row, column) steps per output pixel, ``out`` its (origin, channel, row, column) in y."""
     (groups, blocks, _, lanes), (oh, ow) = filters.shape, size
     work = n * oh * ow * bias.shape[0] * taps.shape[1]
     kg = bias.shape[0] // groups
@@ -348,8 +390,11 @@ def _blocked(n, images, filters, taps, bias, y, size, steps, live, out, act):
     pixels = (conv_blocked.row_pixels(ow, lanes, images.itemsize)
               if steps[1] in conv_blocked.ROW_STEPS else None)
     if pixels is not None:
+        columns = len(reads[1][1])
         driver.cpu_call(conv_blocked.forward_rows(lanes, pixels, steps[1]), work, images,
-                        filters, taps, biases, kg, y, oh, ow, steps[0], *live, *out, act)
+                        filters, taps, biases, kg, y, oh, ow, steps[0],
+                        *_live_taps(oh, *reads[0], columns), np.uint64(columns),
+                        _column_tiles(ow, pixels, *reads[1]), *out, act)
     else:
         driver.cpu_call(conv_blocked.FORWARD[lanes], work, images, filters, taps, biases, kg,
                         y, oh, ow, *steps, *out, act)
@@ -384,9 +429,10 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
             taps = (k + (np.array(qr).reshape(1, 1, -1, 1) + top) * row
                     + (np.array(qs).reshape(1, 1, 1, -1) + left) * column)
             filters, _ = _filter_blocks(_grouped(g, w)[:, :, :, rs, ss])  # finite: see above
-            live = _live_taps(oh, 1, tuple(q + top for q in qr), (top, top + g.OH), len(qs))
+            reads = ((1, tuple(q + top for q in qr), (top, top + g.OH)),
+                     (1, tuple(q + left for q in qs), (left, left + g.OW)))
             _blocked(g.N, images, filters, taps.reshape(g.groups, -1).astype(np.uint64), bias,
-                     gx.reshape(g.N, -1), (oh, ow), (row, column), live,
+                     gx.reshape(g.N, -1), (oh, ow), (row, column), reads,
                      (rho * x_row + sigma * x_column, x_channel, g.stride[0] * x_row,
                       g.stride[1] * x_column), 0)
     return gx
