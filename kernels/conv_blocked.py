@@ -63,6 +63,13 @@ ROW_PIXELS = ROW_TILES[1][0]  # conv2d_forward_rows' own; forward_rows compiles 
 ROW_STEPS = (1, 2)
 COL_STEP = 1  # conv2d_forward_rows' own; forward_rows compiles the other
 ZERO = np.uint64(0)
+# conv2d_forward_rows' spans of taps: a band's tiles run a span of whole channels, about
+# SPAN_BYTES of filters, before the next (their partial sums saved between spans), so that the
+# span stays in L2 (1 MiB on this project's Zen 5) beside the band's input rows while every
+# tile of the band streams it. ASPP's 512-channel 3x3 layer (4.6 MB of filters a 32-channel
+# block with its input rows) 23.5-26.9 -> 21.0-21.9 ms on two threads, 49 -> 44 ms on one;
+# spans of 128 channels ran alike, of 64 ResNet-18's 7x7 layer 1.3x slower.
+SPAN_BYTES = 288 << 10
 # conv2d_forward_rows' output pixels a task (a band of whole rows, at least one). A task a row
 # ran ResNeXt's grouped 14x14 layer and LeNet's C3 (10x10) 1.05-1.2x slower on one thread; 64
 # to 256 pixels were alike on the 7x7 to 28x28 layers tried, two threads.
@@ -188,7 +195,7 @@ def _store_row_tile(acc, flat, yn, first, k0, used, y_channel, y_col, pixels, la
 
 @njit(**CPU_KERNEL)
 def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, live, columns,
-                        column_tiles, y_origin, y_channel, y_row, y_col, act):
+                        column_tiles, span_taps, y_origin, y_channel, y_row, y_col, act):
     """conv2d_forward for an image of column step COL_STEP (a stride-1 or stride-2 NCHW
     layer, or a phase of a strided one's input gradient), over register tiles of ROW_PIXELS
     consecutive pixels of one output row x LANES channels: the tile's input values lie
@@ -211,44 +218,63 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
 
     Layout: as conv2d_forward's, with col_step COL_STEP; needs OW >= ROW_PIXELS. Loop order: (n,
     group, channel block, band of output rows of about BAND_PIXELS pixels) in parallel; per
-    row, column_tiles' tiles in their order, then as conv2d_forward. A tile starts from its
-    channels' bias and leaves by whole vectors (:func:`_store_row_tile`): stored an element at
-    a time, it took 2-3x the instructions of a stem's tap loop (MobileNetV2's 3-channel stem at
+    band, spans of ``span_taps`` taps (whole channels: see SPAN_BYTES), then rows, then
+    column_tiles' tiles in their order, then as conv2d_forward. A tile starts from its
+    channels' bias, or from its sums of the spans before, saved in the task's own buffer; it
+    leaves the last span by whole vectors (:func:`_store_row_tile`): stored an element at a
+    time, it took 2-3x the instructions of a stem's tap loop (MobileNetV2's 3-channel stem at
     0.55x PyTorch's speed, 1.1-1.4x so). Each task owns y[n] at its channels x its band.
     """
     n_, groups, blocks, t_ = x.shape[0], w.shape[0], w.shape[1], np.uint64(taps.shape[1])
     rows = max(1, min(oh_, BAND_PIXELS // ow_))
     bands = (oh_ + rows - 1) // rows
+    spans = max(np.uint64(1), (t_ + span_taps - np.uint64(1)) // span_taps)
+    tiles, tile_size = column_tiles.shape[0], ROW_PIXELS * LANES
     for task in prange(n_ * groups * blocks * bands):
         n, g, blk, band, k0, used = _forward_task(task, groups, blocks, bands, kg, LANES)
-        xn, yn, filters, offsets, bias = x[n], y[n], w[g, blk], taps[g], b[g, blk]
+        xn, yn, bias = x[n], y[n], b[g, blk]
         tile_ = stack_array(ROW_PIXELS, LANES, y.dtype)
-        acc, flat = carray(tile_, (ROW_PIXELS, LANES)), carray(tile_, ROW_PIXELS * LANES)
+        acc, flat = carray(tile_, (ROW_PIXELS, LANES)), carray(tile_, tile_size)
         bases = carray(stack_array(ROW_PIXELS, 1, np.uint64), ROW_PIXELS)
         oh0, oh1 = band * rows, min(oh_, (band + 1) * rows)
-        for oh in range(oh0, oh1):
-            live_lo, live_hi = live[oh, 0], live[oh, 1]
-            for tile in range(column_tiles.shape[0]):
-                ow0, first, last = column_tiles[tile]
-                # taps t0 + [lo, hi) of each period, for t0 from each of the window rows
-                # [r0, r1) a step apart: the edge tile's window rows, or one run from 0
-                r0, r1, step, period, lo, hi = ZERO, np.uint64(1), np.uint64(1), t_, ZERO, t_
-                if last - first < columns:
-                    r0, r1, step, period, lo, hi = (live_lo, live_hi, columns, channel_taps,
-                                                    first, last)
-                elif live_hi - live_lo < channel_taps:
-                    period, lo, hi = channel_taps, live_lo, live_hi
-                for j in range(ROW_PIXELS):
-                    bases[j] = np.uint64(oh * row_step + (np.int64(ow0) + j) * COL_STEP)
-                # the tile starts from the bias
-                move_rows(bias, ZERO, ZERO, flat, ZERO, np.uint64(LANES), ROW_PIXELS, LANES)
-                for r in range(r0, r1, step):
-                    _accumulate(acc, xn, bases, offsets[r:], filters[r:], ROW_PIXELS, LANES,
-                                period, lo, hi)
-                _store_row_tile(acc, flat, yn,
-                                np.uint64(y_origin + oh * y_row + np.int64(ow0) * y_col),
-                                k0, used, np.uint64(y_channel), np.uint64(y_col), ROW_PIXELS,
-                                LANES)
+        # the band's tiles between spans of taps, tile-major
+        saved = np.empty((oh1 - oh0) * tiles * tile_size if spans > 1 else 0, y.dtype)
+        for span in range(spans):
+            t0, t1 = span * span_taps, min(t_, (span + np.uint64(1)) * span_taps)
+            offsets, filters, count = taps[g, t0:t1], w[g, blk, t0:t1], t1 - t0
+            for oh in range(oh0, oh1):
+                live_lo, live_hi = live[oh, 0], live[oh, 1]
+                for tile in range(tiles):
+                    ow0, first, last = column_tiles[tile]
+                    # taps t0 + [lo, hi) of each period, for t0 from each of the window rows
+                    # [r0, r1) a step apart: the edge tile's window rows, or one run from 0
+                    r0, r1, step, period, lo, hi = (ZERO, np.uint64(1), np.uint64(1), count,
+                                                    ZERO, count)
+                    if last - first < columns:
+                        r0, r1, step, period, lo, hi = (live_lo, live_hi, columns, channel_taps,
+                                                        first, last)
+                    elif live_hi - live_lo < channel_taps:
+                        period, lo, hi = channel_taps, live_lo, live_hi
+                    for j in range(ROW_PIXELS):
+                        bases[j] = np.uint64(oh * row_step + (np.int64(ow0) + j) * COL_STEP)
+                    at = np.uint64(((oh - oh0) * tiles + tile) * tile_size)
+                    if span == 0:  # the tile starts from the bias
+                        move_rows(bias, ZERO, ZERO, flat, ZERO, np.uint64(LANES), ROW_PIXELS,
+                                  LANES)
+                    else:
+                        move_rows(saved, at, np.uint64(LANES), flat, ZERO, np.uint64(LANES),
+                                  ROW_PIXELS, LANES)
+                    for r in range(r0, r1, step):
+                        _accumulate(acc, xn, bases, offsets[r:], filters[r:], ROW_PIXELS, LANES,
+                                    period, lo, hi)
+                    if span == spans - 1:
+                        _store_row_tile(acc, flat, yn,
+                                        np.uint64(y_origin + oh * y_row + np.int64(ow0) * y_col),
+                                        k0, used, np.uint64(y_channel), np.uint64(y_col),
+                                        ROW_PIXELS, LANES)
+                    else:
+                        move_rows(flat, ZERO, np.uint64(LANES), saved, at, np.uint64(LANES),
+                                  ROW_PIXELS, LANES)
         if act != 0:  # in a pass of its own, as in conv2d_forward
             for k in range(k0, k0 + used):
                 for oh in range(oh0, oh1):
@@ -357,6 +383,13 @@ def forward_rows(lanes_: int, pixels: int, col_step: int):
     a layer takes) over input columns ``col_step`` apart (one of ROW_STEPS)."""
     return variant(conv2d_forward_rows, f"{pixels}x{lanes_}" + f"s{col_step}" * (col_step > 1),
                    ROW_PIXELS=pixels, LANES=lanes_, COL_STEP=col_step)
+
+
+def span_taps(channel_taps: int, lanes_: int, itemsize: int) -> int:
+    """conv2d_forward_rows' taps a span (whole channels of ``channel_taps``, at least one) for
+    a tile ``lanes_`` wide of ``itemsize``-byte numbers."""
+    channels = SPAN_BYTES // max(1, channel_taps * lanes_ * itemsize)
+    return max(1, channels) * channel_taps or 1
 
 
 def row_pixels(width: int, lanes_: int, itemsize: int):

@@ -263,15 +263,19 @@ def test_blocked_row_tiles_over_every_second_column(stride, k, dtype, parallel, 
 @given(dilation=st.integers(1, 6), beyond=st.integers(-2, 3), stride=st.sampled_from([1, 2]),
        height=st.integers(1, 9), width=st.integers(13, 24), k=st.sampled_from([5, 20, 40]),
        dtype=st.sampled_from([np.float32, np.float64]), parallel=st.booleans(),
+       span_bytes=st.sampled_from([1, 2000, conv_blocked.SPAN_BYTES]),
        seed=st.integers(0, 2**32 - 1))
 def test_blocked_row_tiles_skip_the_window_rows_in_the_padding(
-        dilation, beyond, stride, height, width, k, dtype, parallel, seed, monkeypatch):
+        dilation, beyond, stride, height, width, k, dtype, parallel, span_bytes, seed,
+        monkeypatch):
     """The row tiles leave out a window row that reads only padding (conv2d_forward_rows'
     ``live``): dilated 3x3 windows with paddings short of their reach, at it and past it (whole
     output rows in the padding: the bias alone), as the forward and as the input gradient's
-    phases, against the float64 reference and PyTorch. A non-finite filter value turns the
-    skipping off, so that the padding's zeros make NaN with it as PyTorch's do."""
+    phases, against the float64 reference and PyTorch; the band's tiles over all the taps at
+    once or a span of one or more channels at a time (SPAN_BYTES). A non-finite filter value
+    turns the skipping off, so that the padding's zeros make NaN with it as PyTorch's do."""
     _threads(monkeypatch, parallel)
+    monkeypatch.setattr(conv_blocked, "SPAN_BYTES", span_bytes)
     rng = np.random.default_rng(seed)
     padding = max(1, 2 * dilation + beyond)
     x, w, b = (random(rng, s, dtype) for s in ((2, 3, height, width), (k, 3, 3, 3), (k,)))
@@ -309,20 +313,25 @@ def _lives(calls):
     return [args[9:11] for args in calls]
 
 
+@pytest.mark.parametrize("span_bytes", [1, conv_blocked.SPAN_BYTES],
+                         ids=["spans of a channel", "one span"])
 @pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k", [5, 20, 40])
 @pytest.mark.parametrize("dilation, width", [(6, 33), (12, 33), (10, 40)])
 def test_blocked_row_tiles_skip_the_window_columns_in_the_padding(dilation, width, k, dtype,
-                                                                  parallel, monkeypatch):
+                                                                  parallel, span_bytes,
+                                                                  monkeypatch):
     """ASPP's dilated 3x3 windows (padding = dilation) on rows where edge tiles pay: the tiles
     of a row's first and last columns leave out the window columns in the padding and run
     before the tiles that overwrite the pixels they overlapped (conv2d_forward_rows'
     ``column_tiles``), as the forward and as the input gradient, against the float64 reference
     and PyTorch; with a non-finite filter value every tile runs all its columns. Edge tiles
     run where they cost fewer taps than plain ones: on AVX-512 in each case with a row tile,
-    on AVX2 (longer tiles of one vector, shorter of two) in some."""
+    on AVX2 (longer tiles of one vector, shorter of two) in some. Over the taps at once, or a
+    channel at a time (the tiles' sums saved between spans)."""
     _threads(monkeypatch, parallel)
+    monkeypatch.setattr(conv_blocked, "SPAN_BYTES", span_bytes)
     rng = np.random.default_rng(dilation * width + k)
     x, w, b = (random(rng, s, dtype) for s in ((2, 3, 9, width), (k, 3, 3, 3), (k,)))
     kwargs = dict(padding=dilation, dilation=dilation)

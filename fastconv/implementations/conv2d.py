@@ -391,10 +391,12 @@ def _blocked(n, images, filters, taps, bias, y, size, steps, reads, out, act):
               if steps[1] in conv_blocked.ROW_STEPS else None)
     if pixels is not None:
         columns = len(reads[1][1])
+        channel_taps, live = _live_taps(oh, *reads[0], columns)
+        span = conv_blocked.span_taps(int(channel_taps), lanes, images.itemsize)
         driver.cpu_call(conv_blocked.forward_rows(lanes, pixels, steps[1]), work, images,
-                        filters, taps, biases, kg, y, oh, ow, steps[0],
-                        *_live_taps(oh, *reads[0], columns), np.uint64(columns),
-                        _column_tiles(ow, pixels, *reads[1]), *out, act)
+                        filters, taps, biases, kg, y, oh, ow, steps[0], channel_taps, live,
+                        np.uint64(columns), _column_tiles(ow, pixels, *reads[1]),
+                        np.uint64(span), *out, act)
     else:
         driver.cpu_call(conv_blocked.FORWARD[lanes], work, images, filters, taps, biases, kg,
                         y, oh, ow, *steps, *out, act)
