@@ -246,14 +246,9 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
                 live_lo, live_hi = live[oh, 0], live[oh, 1]
                 for tile in range(tiles):
                     ow0, first, last = column_tiles[tile]
-                    # taps t0 + [lo, hi) of each period, for t0 from each of the window rows
-                    # [r0, r1) a step apart: the edge tile's window rows, or one run from 0
-                    r0, r1, step, period, lo, hi = (ZERO, np.uint64(1), np.uint64(1), count,
-                                                    ZERO, count)
-                    if last - first < columns:
-                        r0, r1, step, period, lo, hi = (live_lo, live_hi, columns, channel_taps,
-                                                        first, last)
-                    elif live_hi - live_lo < channel_taps:
+                    # a channel's taps [lo, hi) of every channel's period; all in one run
+                    period, lo, hi = count, ZERO, count
+                    if live_hi - live_lo < channel_taps:
                         period, lo, hi = channel_taps, live_lo, live_hi
                     for j in range(ROW_PIXELS):
                         bases[j] = np.uint64(oh * row_step + (np.int64(ow0) + j) * COL_STEP)
@@ -264,9 +259,13 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
                     else:
                         move_rows(saved, at, np.uint64(LANES), flat, ZERO, np.uint64(LANES),
                                   ROW_PIXELS, LANES)
-                    for r in range(r0, r1, step):
-                        _accumulate(acc, xn, bases, offsets[r:], filters[r:], ROW_PIXELS, LANES,
-                                    period, lo, hi)
+                    if last - first < columns:  # an edge tile: its live columns of each row
+                        for r in range(live_lo, live_hi, columns):
+                            _accumulate(acc, xn, bases, offsets[r:], filters[r:], ROW_PIXELS,
+                                        LANES, channel_taps, first, last)
+                    else:
+                        _accumulate(acc, xn, bases, offsets, filters, ROW_PIXELS, LANES, period,
+                                    lo, hi)
                     if span == spans - 1:
                         _store_row_tile(acc, flat, yn,
                                         np.uint64(y_origin + oh * y_row + np.int64(ow0) * y_col),
