@@ -238,7 +238,8 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
         bases = carray(stack_array(ROW_PIXELS, 1, np.uint64), ROW_PIXELS)
         oh0, oh1 = band * rows, min(oh_, (band + 1) * rows)
         # the band's tiles between spans of taps, tile-major
-        saved = np.empty((oh1 - oh0) * tiles * tile_size if spans > 1 else 0, y.dtype)
+        # (an empty view where one span runs: an allocation a task cost ResNeXt's grouped layers)
+        saved = np.empty((oh1 - oh0) * tiles * tile_size, y.dtype) if spans > 1 else yn[:0]
         for span in range(spans):
             t0, t1 = span * span_taps, min(t_, (span + np.uint64(1)) * span_taps)
             offsets, filters, count = taps[g, t0:t1], w[g, blk, t0:t1], t1 - t0
@@ -246,9 +247,14 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
                 live_lo, live_hi = live[oh, 0], live[oh, 1]
                 for tile in range(tiles):
                     ow0, first, last = column_tiles[tile]
-                    # a channel's taps [lo, hi) of every channel's period; all in one run
-                    period, lo, hi = count, ZERO, count
-                    if live_hi - live_lo < channel_taps:
+                    # taps t0 + [lo, hi) of each period, for t0 from each of the window rows
+                    # [r0, r1) a step apart: the edge tile's window rows, or one run from 0
+                    r0, r1, step, period, lo, hi = (ZERO, np.uint64(1), np.uint64(1), count,
+                                                    ZERO, count)
+                    if last - first < columns:
+                        r0, r1, step, period, lo, hi = (live_lo, live_hi, columns, channel_taps,
+                                                        first, last)
+                    elif live_hi - live_lo < channel_taps:
                         period, lo, hi = channel_taps, live_lo, live_hi
                     for j in range(ROW_PIXELS):
                         bases[j] = np.uint64(oh * row_step + (np.int64(ow0) + j) * COL_STEP)
@@ -259,13 +265,9 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
                     else:
                         move_rows(saved, at, np.uint64(LANES), flat, ZERO, np.uint64(LANES),
                                   ROW_PIXELS, LANES)
-                    if last - first < columns:  # an edge tile: its live columns of each row
-                        for r in range(live_lo, live_hi, columns):
-                            _accumulate(acc, xn, bases, offsets[r:], filters[r:], ROW_PIXELS,
-                                        LANES, channel_taps, first, last)
-                    else:
-                        _accumulate(acc, xn, bases, offsets, filters, ROW_PIXELS, LANES, period,
-                                    lo, hi)
+                    for r in range(r0, r1, step):
+                        _accumulate(acc, xn, bases, offsets[r:], filters[r:], ROW_PIXELS, LANES,
+                                    period, lo, hi)
                     if span == spans - 1:
                         _store_row_tile(acc, flat, yn,
                                         np.uint64(y_origin + oh * y_row + np.int64(ow0) * y_col),

@@ -219,30 +219,39 @@ def _row_tiles():
             for pixels in lengths]
 
 
+@pytest.mark.parametrize("col_step", [1, 2])
 @pytest.mark.parametrize("vectors, pixels", _row_tiles())
-def test_every_row_tile_stays_in_vector_registers(vectors, pixels, monkeypatch):
+def test_every_row_tile_stays_in_vector_registers(vectors, pixels, col_step, monkeypatch):
     """Each row tile ROW_TILES lists, compiled for the float32 NCHW layer that takes it (a row
-    of exactly its length), runs its taps as packed FMAs (none scalar) and moves the tile by
-    whole vectors: no gather or scatter anywhere. The 16-pixel tile of one vector once started
-    from its bias by 16 scatters a tile and ran LeNet-sized stems at 0.6x PyTorch's speed,
-    while the 7-pixel tile the test above checks was fine."""
+    of exactly its length, at column stride 1 and 2), runs its taps as packed FMAs (none
+    scalar), its broadcasts addressed from one pointer and a constant (each address register
+    pair serves a whole tile's pixels), and moves the tile by whole vectors: no gather or
+    scatter anywhere. The 16-pixel tile of one vector once started from its bias by 16
+    scatters a tile and ran LeNet-sized stems at 0.6x PyTorch's speed, while the 7-pixel tile
+    the test above checks was fine; a version of the kernel with two inlined copies of the
+    tap loop took an index register a pixel at column stride 2 (some spilled) and ran
+    ResNeXt's strided grouped layer 1.15x slower."""
     from fastconv.kernels import conv_blocked
     lanes = vectors * conv_blocked.VECTOR
     assert conv_blocked.row_pixels(pixels, lanes, 4) == pixels
-    kernel = conv_blocked.forward_rows(lanes, pixels, 1)
+    kernel = conv_blocked.forward_rows(lanes, pixels, col_step)
     calls, real = [], driver.cpu_call
     monkeypatch.setattr(driver, "cpu_call",
                         lambda k, work, *args: calls.append((k, args)) or real(k, work, *args))
     rng = np.random.default_rng(0)
-    ops.conv2d(random(rng, (1, 3, 3, pixels), np.float32),
+    ops.conv2d(random(rng, (1, 3, 3, pixels * col_step), np.float32),
                random(rng, (lanes, 3, 3, 3), np.float32), random(rng, (lanes,), np.float32),
-               padding=1, algo="blocked")
+               stride=(1, col_step), padding=1, algo="blocked")
     [args] = [a for k, a in calls if k is kernel]
     compiled, signature = _compiled(kernel, args)
     asm = compiled.inspect_asm(signature)
     assert not re.search(r"vfmadd\d+s[sd]\s", asm), "a scalar FMA"
     assert not re.search(r"v(p?gather|p?scatter)\w*\s", asm), "a gather or scatter"
     assert len(re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm)) >= pixels * vectors
+    # a broadcast is an FMA's {1toN} operand (one vector) or a vbroadcastss (two)
+    addresses = re.findall(r"(?:vfmadd\d+ps|vbroadcastss)\s+-?\d*\((%\w+),(%\w+),\d\)"
+                           r"(?:\{1to\d+\}|, %[yz]mm\d+$)", asm, re.M)
+    assert addresses and len(addresses) >= pixels * len(set(addresses)), set(addresses)
 
 
 def test_direct_tiled_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
