@@ -92,7 +92,7 @@ def _accumulate(acc, a, bases, offsets, rows, pixels, width, period, lo, hi):
     0, period); the three are unsigned, so that no index into offsets or rows may be negative
     (Numba's wraparound for one took a shift, two masks and two adds a tap). A window of no
     taps (a strided layer's input-gradient phase no tap lands on) has a period of 0."""
-    for t0 in range(0, offsets.shape[0], max(period, 1)):
+    for t0 in range(0, offsets.shape[0], max(period, np.uint64(1))):
         for t in range(np.uint64(t0) + lo, np.uint64(t0) + hi):
             off = offsets[t]
             for v in range(width):
@@ -265,9 +265,11 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
                     else:
                         move_rows(saved, at, np.uint64(LANES), flat, ZERO, np.uint64(LANES),
                                   ROW_PIXELS, LANES)
-                    for r in range(r0, r1, step):
+                    r = r0
+                    while r < r1:  # (a range of a run-time step divides to count its trips)
                         _accumulate(acc, xn, bases, offsets[r:], filters[r:], ROW_PIXELS, LANES,
                                     period, lo, hi)
+                        r += step
                     if span == spans - 1:
                         _store_row_tile(acc, flat, yn,
                                         np.uint64(y_origin + oh * y_row + np.int64(ow0) * y_col),
