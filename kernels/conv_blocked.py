@@ -66,9 +66,10 @@ ZERO = np.uint64(0)
 # conv2d_forward_rows' spans of taps: a band's tiles run a span of whole channels, about
 # SPAN_BYTES of filters, before the next (their partial sums saved between spans), so that the
 # span stays in L2 (1 MiB on this project's Zen 5) beside the band's input rows while every
-# tile of the band streams it. ASPP's 512-channel 3x3 layer (4.6 MB of filters a 32-channel
-# block with its input rows) 23.5-26.9 -> 21.0-21.9 ms on two threads, 49 -> 44 ms on one;
-# spans of 128 channels ran alike, of 64 ResNet-18's 7x7 layer 1.3x slower.
+# tile of the band streams it. ASPP's 512-channel 3x3 layer (590 KB of filters a block of 32
+# output channels, ~300 KB of input rows a row of tiles) 23.5-26.9 -> 21.0-21.9 ms on two
+# threads, 49 -> 44 ms on one; spans of 128 channels ran alike, of 64 ResNet-18's 7x7 layer
+# 1.3x slower.
 SPAN_BYTES = 288 << 10
 # conv2d_forward_rows' output pixels a task (a band of whole rows, at least one). A task a row
 # ran ResNeXt's grouped 14x14 layer and LeNet's C3 (10x10) 1.05-1.2x slower on one thread; 64
@@ -237,8 +238,7 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
         acc, flat = carray(tile_, (ROW_PIXELS, LANES)), carray(tile_, tile_size)
         bases = carray(stack_array(ROW_PIXELS, 1, np.uint64), ROW_PIXELS)
         oh0, oh1 = band * rows, min(oh_, (band + 1) * rows)
-        # the band's tiles between spans of taps, tile-major
-        # (an empty view where one span runs: an allocation a task cost ResNeXt's grouped layers)
+        # the band's tiles between spans of taps, tile-major (no allocation where one span runs)
         saved = np.empty((oh1 - oh0) * tiles * tile_size, y.dtype) if spans > 1 else yn[:0]
         for span in range(spans):
             t0, t1 = span * span_taps, min(t_, (span + np.uint64(1)) * span_taps)
@@ -247,8 +247,9 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
                 live_lo, live_hi = live[oh, 0], live[oh, 1]
                 for tile in range(tiles):
                     ow0, first, last = column_tiles[tile]
-                    # taps t0 + [lo, hi) of each period, for t0 from each of the window rows
-                    # [r0, r1) a step apart: the edge tile's window rows, or one run from 0
+                    # each period's taps [lo, hi) (a channel's, or all of them), the periods
+                    # from each r in [r0, r1) a step apart: an edge tile's live window rows,
+                    # its live columns [first, last) of each, or one pass from 0
                     r0, r1, step, period, lo, hi = (ZERO, np.uint64(1), np.uint64(1), count,
                                                     ZERO, count)
                     if last - first < columns:
