@@ -13,6 +13,8 @@ from fastconv.kernels.vector_moves import move_rows, move_run, transpose_block
 V = VECTOR_LANES
 POISON = -7.5e30
 SOME = min(10, V)  # a row count between 7 and the vector's width (AVX2's 8 lanes: 8)
+MORE = V + 6  # more rows than lanes, the last block partial (AVX2's 14-pixel row tile)
+TWICE = 2 * V
 WIDE = 2 * V  # a two-vector tile's width (a literal must be a name, not an expression)
 
 
@@ -25,6 +27,10 @@ def _transpose(src, start, step, dst, to, to_step, rows, stored):
         transpose_block(src, start, step, dst, to, to_step, 7, stored)
     elif rows == SOME:
         transpose_block(src, start, step, dst, to, to_step, SOME, stored)
+    elif rows == MORE:
+        transpose_block(src, start, step, dst, to, to_step, MORE, stored)
+    elif rows == TWICE:
+        transpose_block(src, start, step, dst, to, to_step, TWICE, stored)
     else:
         transpose_block(src, start, step, dst, to, to_step, V, stored)
 
@@ -50,12 +56,13 @@ def _cells(start, step, count, width):
 
 
 @settings(max_examples=30, deadline=None)
-@given(rows=st.sampled_from([1, 7, SOME, V]), stored=st.integers(1, V),
+@given(rows=st.sampled_from([1, 7, SOME, V, MORE, TWICE]), stored=st.integers(1, V),
        dtype=st.sampled_from([np.float32, np.float64]), spaced=st.booleans(),
        seed=st.integers(0, 2**32 - 1))
 def test_transpose_block_is_a_transposition(rows, stored, dtype, spaced, seed):
-    """dst[to + j * to_step + i] == src[start + i * step + j] for i < rows, j < stored (V or
-    fewer: a partial block); every other cell of dst unchanged; src unchanged."""
+    """dst[to + j * to_step + i] == src[start + i * step + j] for i < rows (up to two
+    vectors' worth, a block at a time), j < stored (V or fewer: a partial block); every other
+    cell of dst unchanged; src unchanged."""
     rng = np.random.default_rng(seed)
     start, to = int(rng.integers(0, 5)), int(rng.integers(0, 5))
     step = (np.sort(rng.choice(np.arange(V, 4 * V), rows, replace=False)).astype(np.uint64)
