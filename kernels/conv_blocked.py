@@ -2,13 +2,13 @@
 vectors of output channels, accumulated over every tap of the window before it is stored.
 
 The design of oneDNN's and LIBXSMM's direct kernels (Georganas et al., SC'18; Zhang, Franchetti
-and Low, ICML'18), written so that LLVM compiles it to that microkernel: the tile lives in a
-stack array indexed only by constants once its loops unroll, so it is promoted to vector
-registers; per tap, a row of filter values (streamed from L1) meets PIXELS input values, each
-broadcast from memory into a fused multiply-add per vector. On this project's AVX-512 machine
-the tap loop of a one-vector tile compiles to one ``vmovups`` of a zmm register and eight
-``vfmadd231ps (mem){1to16}, zmm, zmm``, nothing else but the loop's own counter
-(tests/test_kernel_ir.py asserts the packed FMAs on the machine it runs on). A stride-1
+and Low, ICML'18): the tile lives in a stack array indexed only by constants, so LLVM keeps it
+in vector registers; per tap, a row of filter values (streamed from L1) meets PIXELS input
+values, each broadcast from memory into a fused multiply-add per vector. The tap loop is said
+in vectors (kernels/tile_fmas.py: as loops, LLVM left AVX2's tiles scalar). On this project's
+AVX-512 machine the tap loop of a one-vector tile compiles to one ``vmovups`` of a zmm
+register and eight ``vfmadd231ps (mem){1to16}, zmm, zmm``, nothing else but the loop's own
+counter (tests/test_kernel_ir.py asserts the packed FMAs on the machine it runs on). A stride-1
 NCHW layer takes tiles along one output row instead (conv2d_forward_rows): side by side, its
 pixels' input values need one address register between them, so the tile can be longer.
 
@@ -29,6 +29,7 @@ from numba import carray, njit, prange
 
 from . import CPU_KERNEL, VECTOR_LANES, stack_array
 from .activation import activate
+from .tile_fmas import broadcast_fmas
 from .variants import variant
 from .vector_moves import move_rows, transpose_block
 
@@ -51,11 +52,12 @@ RUN_PIXELS = 512
 # conv2d_forward_rows' tile lengths, by vector registers a pixel takes (its lanes x bytes / a
 # vector's): the fastest of 4-16 on ResNet's 3x3 layers, LeNet's C3 and 16- to 128-channel
 # layers 7-56 columns wide, on this project's Zen 5 (AVX-512), and compiled for Haswell there
-# (NUMBA_CPU_NAME=haswell, AVX2's 16 registers). Longer tiles spill. On AVX2 a tile of one
-# vector (8 channels) and 8 pixels or fewer ran at ~20 GFLOP/s, as conv2d_forward's does on
-# such layers, and 10-14 pixels at 140-180: so no shorter one is listed there.
+# (NUMBA_CPU_NAME=haswell, AVX2's 16 registers). Longer tiles spill. Written as loops, AVX2's
+# one-vector tiles of 8 pixels or fewer compiled to scalar FMAs (~20 GFLOP/s); said in vectors
+# (kernels/tile_fmas.py), the 7- and 8-pixel ones ran 8-channel layers of 7 and 8 columns
+# 1.3-1.7x faster than conv2d_forward's tiles there (simulated AVX2 on Zen 5).
 ROW_TILES = ({1: (16, 14, 10, 8, 7), 2: (10, 8, 7)} if VECTOR == 16 else
-             {1: (14, 12, 10), 2: (5, 4)})
+             {1: (14, 12, 10, 8, 7), 2: (5, 4)})
 ROW_PIXELS = ROW_TILES[1][0]  # conv2d_forward_rows' own; forward_rows compiles the others
 # The column steps conv2d_forward_rows is compiled for: a stride-1 layer's and a stride-2 one's
 # in NCHW. A compile-time step keeps a tile's broadcasts on one pointer (a runtime one would
@@ -87,19 +89,16 @@ def lanes(channels: int) -> int:
 @njit(inline="always", cache=True)
 def _accumulate(acc, a, bases, offsets, rows, pixels, width, period, lo, hi):
     """acc[j, v] += sum over t < len(offsets) with lo <= t % period < hi of
-    a[bases[j] + offsets[t]] * rows[t, v]: the microkernel. acc (PIXELS, width) and bases
-    (PIXELS,) are stack arrays; rows (>= T, width) streams from L1. ``period`` is a channel's
+    a[bases[j] + offsets[t]] * rows[t, v]: the microkernel (a run of taps is one
+    :func:`~.tile_fmas.broadcast_fmas`). acc (PIXELS, width) and bases (PIXELS,) are stack
+    arrays; rows (>= T, width) streams from L1. ``period`` is a channel's
     taps and [lo, hi) those of its window rows that read data, not padding (all of them:
     0, period); the three are unsigned, so that no index into offsets or rows may be negative
     (Numba's wraparound for one took a shift, two masks and two adds a tap). A window of no
     taps (a strided layer's input-gradient phase no tap lands on) has a period of 0."""
     for t0 in range(0, offsets.shape[0], max(period, np.uint64(1))):
-        for t in range(np.uint64(t0) + lo, np.uint64(t0) + hi):
-            off = offsets[t]
-            for v in range(width):
-                rv = rows[t, v]
-                for j in range(pixels):
-                    acc[j, v] += a[bases[j] + off] * rv
+        broadcast_fmas(acc, a, bases, offsets, rows, np.uint64(t0) + lo, np.uint64(t0) + hi,
+                       pixels, width)
 
 
 @njit(inline="always", cache=True)

@@ -27,6 +27,7 @@ from numba import carray, njit, prange
 
 from . import CPU_KERNEL, VECTOR_LANES, aligned_zeros, stack_array
 from .activation import activate
+from .tile_fmas import lane_fmas
 from .vector_moves import transpose_block
 
 # The register tile: PIXELS output pixels along a row x one vector of VECTOR channels (16
@@ -34,7 +35,6 @@ from .vector_moves import transpose_block
 VECTOR = VECTOR_LANES
 UVECTOR = np.uint64(VECTOR)  # an unsigned lane counter: see the module's docstring
 PIXELS = 8
-ROW_SPAN = PIXELS + 2  # the buffer vectors a tile's three taps along a window row read
 # The weight gradient's register tile: TAPS taps x one vector (a 3x3 window in one pass).
 TAPS = 9
 # The window whose tap count the forward's tiles are compiled for (a 3x3 one, MobileNet's).
@@ -151,13 +151,14 @@ def _tiles(buf, out, ws, taps, bias, k0, used, count, taps_, rows_):
     compile-time constant, is the tap count when it is known (9: a 3x3 window, whose tap loop
     then unrolls: MobileNetV2's layers 1.11-1.26x faster than with the loop), else 0; ``rows_``
     is WINDOW_ROWS where each of a 3x3 window's rows has its three taps in consecutive vectors
-    (stride 1 and dilation 1, and their input gradient), else 0. Then each window row's
-    ROW_SPAN buffer vectors are loaded once and met by the row's three filter vectors, 24 FMAs
-    on 10 loads where the taps one by one load 24: the loads bound those (MobileNetV2's 14x14
-    layer's tiles ran at ~56 cycles for 72 FMAs), and the tiles ran 1.5x faster by rows. A
+    (stride 1 and dilation 1, and their input gradient), else 0. Then the row's three taps
+    read its PIXELS + 2 buffer vectors from one pointer, and LLVM loads each once: 24 FMAs on
+    10 loads where the taps one by one load 24: the loads bound those (MobileNetV2's 14x14
+    layer's tiles ran at ~56 cycles for 72 FMAs), and the tiles ran 1.5x faster by rows. Each
+    tap is :func:`~.tile_fmas.lane_fmas`, said in vectors (as loops, LLVM left the row tiles
+    scalar on AVX2: kernels/tile_fmas.py). A
     function of its own: inlined into the task's loop nest, LLVM kept the tile in memory."""
     acc = carray(stack_array(PIXELS, VECTOR, out.dtype), (PIXELS, VECTOR))
-    row = carray(stack_array(ROW_SPAN, VECTOR, out.dtype), (ROW_SPAN, VECTOR))
     shift = carray(stack_array(1, VECTOR, out.dtype), VECTOR)
     for v in range(VECTOR):
         shift[v] = bias[k0 + v] if v < used else 0
@@ -169,21 +170,11 @@ def _tiles(buf, out, ws, taps, bias, k0, used, count, taps_, rows_):
         if rows_ == WINDOW_ROWS:
             for r in range(WINDOW_ROWS):
                 off = at + taps[3 * r]
-                for v in range(UVECTOR):
-                    for i in range(ROW_SPAN):
-                        row[i, v] = buf[off + np.uint64(i * VECTOR) + v]
                 for s in range(3):
-                    for v in range(UVECTOR):
-                        wv = ws[3 * r + s, v]
-                        for j in range(PIXELS):
-                            acc[j, v] += row[j + s, v] * wv
+                    lane_fmas(acc, buf, off + np.uint64(s * VECTOR), ws, 3 * r + s, PIXELS)
         else:
             for t in range(taps.shape[0] if taps_ == 0 else taps_):
-                off = at + taps[t]
-                for v in range(UVECTOR):  # the lanes outermost: LLVM vectorises them
-                    wv = ws[t, v]
-                    for j in range(PIXELS):
-                        acc[j, v] += buf[off + np.uint64(j * VECTOR) + v] * wv
+                lane_fmas(acc, buf, at + taps[t], ws, t, PIXELS)
         for j in range(PIXELS):
             for v in range(UVECTOR):
                 out[at + np.uint64(j * VECTOR) + v] = acc[j, v]

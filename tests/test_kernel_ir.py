@@ -46,8 +46,9 @@ def _calls_with_float32(monkeypatch):
     w = random(rng, (4, 3, 3, 3), np.float32)
     depthwise = random(rng, (3, 1, 3, 3), np.float32)  # the direct kernels' plane-wise path
     ops.conv2d(x, depthwise, random(rng, (3,), np.float32), padding=1, groups=3, algo="direct")
-    wide = random(rng, (40, 3, 3, 3), np.float32)  # the blocked kernels' two-vector tiles
-    ops.conv2d(x, wide, random(rng, (40,), np.float32), algo="blocked")
+    # the blocked kernels' two-vector tiles, the generic ones at a column step of 3
+    wide = random(rng, (40, 3, 3, 3), np.float32)
+    ops.conv2d(x, wide, random(rng, (40,), np.float32), stride=3, algo="blocked")
     ops.conv2d_backward_weight(random(rng, (2, 40, 5, 5), np.float32), x, wide.shape,
                                algo="blocked")
     # the row tiles over every second column (7 outputs a row)
@@ -192,12 +193,15 @@ def test_every_weight_tile_is_packed_fmas_on_this_machine(vectors, taps, monkeyp
 
 
 def test_blocked_row_tiles_are_packed_fmas_on_this_machine(monkeypatch):
-    """conv2d_forward_rows, on the 7-pixel row of the ops' stride-1 NCHW calls: a packed FMA per
-    pixel of its tile, its broadcasts addressed from one pointer. Seen on the AVX-512 Zen 5
-    this was written on: 7 ``vfmadd231ps (mem){1to16}, zmm, zmm`` a tap, reading
-    ``(%rbx,%rcx,4)``, ``4(%rbx,%rcx,4)``, ... ``24(%rbx,%rcx,4)``."""
+    """conv2d_forward_rows, on the 7-pixel row of the ops' stride-1 NCHW calls where a tile
+    fits it (AVX-512): a packed FMA per pixel of its tile, its broadcasts addressed from one
+    pointer. Seen on the AVX-512 Zen 5 this was written on: 7 ``vfmadd231ps (mem){1to16}, zmm,
+    zmm`` a tap, reading ``(%rbx,%rcx,4)``, ``4(%rbx,%rcx,4)``, ... ``24(%rbx,%rcx,4)``."""
     from fastconv.kernels import conv_blocked
     pixels = conv_blocked.row_pixels(7, conv_blocked.VECTOR, 4)
+    if pixels is None:
+        pytest.skip(f"no row tile of {conv_blocked.VECTOR} lanes fits 7 columns (ROW_TILES); "
+                    "the test below checks every tile there is")
     kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, pixels, 1)
     assert _packed_fmas(kernel, monkeypatch) >= pixels
 
@@ -263,11 +267,12 @@ def test_direct_tiled_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
 
 def test_depthwise_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
     """The depthwise register tile (kernels/conv_depthwise.py): a packed FMA per pixel of the
-    tile, on one vector of channels. Seen on the AVX-512 Zen 5 this was written on: 168 packed
+    tile, on one vector of channels. Seen on the AVX-512 Zen 5 this was written on: 184 packed
     zmm FMAs in depthwise_planes (its _tiles three times: a 3x3 window's 9 taps x 8 pixels
-    unrolled, 24 in the loop over any other window's taps, and 3 window rows x 3 taps x 8
-    pixels where each row's taps lie in consecutive vectors),
-    27 in depthwise_planes_weight (its 9 taps x 3 unrolled outputs)."""
+    unrolled, the loop over any other window's taps unrolled in part, and 3 window rows x 3
+    taps x 8 pixels where each row's taps lie in consecutive vectors), 27 in
+    depthwise_planes_weight (its 9 taps x 3 unrolled outputs); compiled for Haswell (AVX2)
+    there, 168 and 9 on ymm registers, where the tiles written as loops were 192 scalar FMAs."""
     from fastconv.kernels import conv_depthwise
     assert _packed_fmas(conv_depthwise.depthwise_planes, monkeypatch) >= conv_depthwise.PIXELS
     assert _packed_fmas(conv_depthwise.depthwise_planes_weight,
@@ -284,19 +289,19 @@ def test_depthwise_weight_row_sums_are_packed_conversions(monkeypatch):
     assert re.search(r"vcvtps2pd\s[^\n]*%[yz]mm", asm)
 
 
-ROW_TILE_WIDTHS = """
+DIRECT_TILE_WIDTHS = """
 import re, sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 from test_kernel_ir import _compiled
 from fastconv import ops
 from fastconv.implementations import driver
-from fastconv.kernels import conv_blocked
-kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, conv_blocked.row_pixels(7, 16, 4), 1)
+from fastconv.kernels import conv_direct
+kernel = conv_direct.conv2d_forward_nchw_tiled
 calls, real = [], driver.cpu_call
 driver.cpu_call = lambda k, work, *args: calls.append((k, args)) or real(k, work, *args)
 x = np.random.default_rng(0).standard_normal((2, 3, 7, 7), np.float32)
-ops.conv2d(x, x[:1, :, :3, :3].repeat(4, 0), padding=1, algo="blocked")
+ops.conv2d(x, x[:1, :, :3, :3].repeat(4, 0), padding=1, algo="direct")
 [args] = {{id(k): a for k, a in calls if k is kernel}}.values()
 compiled, signature = _compiled(kernel, args)
 asm = compiled.inspect_asm(signature)
@@ -304,11 +309,13 @@ print(*(len(re.findall(r"vfmadd\\d+ps\\s[^\\n]*%" + r, asm)) for r in ("zmm", "y
 """
 
 
-def test_intel_tuning_compiles_the_row_tile_full_width(tmp_path):
+def test_intel_tuning_compiles_the_vectorised_tiles_full_width(tmp_path):
     """LLVM's tuning for Intel's AVX-512 server cores prefers 256-bit vectors, which halved the
     blocked kernels' rate on an Emerald Rapids Xeon; fastconv turns that preference off
-    (kernels/__init__.py). Emulated here by compiling for Sapphire Rapids with this CPU's
-    features: the row tile is 512-bit FMAs with fastconv's features, 256-bit without."""
+    (kernels/__init__.py). The blocked tiles are now said in vectors (kernels/tile_fmas.py),
+    which the preference leaves alone; the tiles LLVM's vectoriser still packs are not. Emulated
+    here by compiling the direct kernels' register tile for Sapphire Rapids with this CPU's
+    features: 512-bit FMAs with fastconv's features, 256-bit without."""
     from llvmlite import binding
 
     from fastconv.kernels import FULL_WIDTH_VECTORS, VECTOR_LANES
@@ -316,7 +323,7 @@ def test_intel_tuning_compiles_the_row_tile_full_width(tmp_path):
         pytest.skip("needs an AVX-512 CPU, to run code compiled for one")
     assert FULL_WIDTH_VECTORS  # this process: no NUMBA_CPU_NAME or _FEATURES of its own
     assert numba.config.CPU_FEATURES.endswith(",-prefer-256-bit")
-    script = ROW_TILE_WIDTHS.format(tests=str(Path(__file__).parent))
+    script = DIRECT_TILE_WIDTHS.format(tests=str(Path(__file__).parent))
     widths = {}
     for features in (numba.config.CPU_FEATURES, binding.get_host_cpu_features().flatten()):
         env = {**os.environ, "NUMBA_CPU_NAME": "sapphirerapids", "NUMBA_CPU_FEATURES": features,
@@ -326,5 +333,5 @@ def test_intel_tuning_compiles_the_row_tile_full_width(tmp_path):
         assert run.returncode == 0, run.stderr[-2000:]
         widths[features] = tuple(map(int, run.stdout.split()[-2:]))
     ours, llvms = widths.values()
-    assert ours[0] >= 7 and ours[1] == 0, ours  # a zmm FMA per pixel of the 7-pixel tile
+    assert ours[0] > 0 and ours[1] == 0, ours
     assert llvms[0] == 0 and llvms[1] > 0, llvms

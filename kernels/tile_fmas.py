@@ -1,0 +1,134 @@
+"""The register tiles' multiply-adds, said in vectors: a tap's input values of a few pixels,
+each broadcast, times a row of filter values (broadcast_fmas: the blocked kernels), or a tap's
+input vectors, lanes over channels, times its filter vector (lane_fmas: the depthwise ones),
+into a tile of pixels x channels held in vector registers.
+
+Written as loops over the pixels and the channels, the tile is packed into vector registers by
+LLVM's SLP vectoriser only where its cost model sees the pay-off: on AVX-512 (16 lanes) it did
+for every tile, on AVX2 (8 lanes) it left tiles of 4-8 pixels of one or two vectors scalar,
+32-64 scalar FMAs and their spills a tap (seen in their machine code compiled for Haswell, on
+this project's Zen 5: the weight gradient of ResNeXt's 4-channel groups ran 3.7x slower than
+said in vectors, a forward row tile of 8 pixels at ~20 GFLOP/s, one of 10 at 140-180). Said in
+vectors the tap loop is small enough for LLVM's runtime unroller, whose second copy's
+broadcasts, hoisted above the first's FMAs, spilled the 10-tap x 2-vector weight tile
+(ResNet-18's weight gradients 1.4-1.6x slower): so broadcast_fmas writes the loop too, marked
+not to be unrolled.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, errors
+from numba.extending import intrinsic
+
+from . import VECTOR_LANES
+
+VECTOR = VECTOR_LANES
+
+
+def _no_unroll(module):
+    """The loop metadata that keeps LLVM from unrolling a loop (its first operand itself, as
+    LLVM asks of a loop's identity)."""
+    loop = module.add_metadata([module.add_metadata([ir.MetaDataString(
+        module, "llvm.loop.unroll.disable")])])
+    loop.operands = (loop,) + loop.operands
+    return loop
+
+
+def _tile_code(context, builder, signature, args, arrays):
+    """What both intrinsics' code builds on: (element pointer of array argument i at indices,
+    the same as a pointer to a vector, the vector type, its elements' size in bytes, LLVM's
+    multiply-add on it), for the array arguments ``arrays`` (positions); the element type is
+    argument 1's."""
+    kinds = signature.args
+    made = {i: context.make_array(kinds[i])(context, builder, args[i]) for i in arrays}
+    element = context.get_value_type(kinds[1].dtype)
+    vector, size = ir.VectorType(element, VECTOR), context.get_abi_sizeof(element)
+    fmuladd = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector, [vector] * 3),
+        f"llvm.fmuladd.v{VECTOR}f{8 * size}")
+
+    def at(position, *indices):
+        """A pointer to element ``indices`` of argument ``position`` (no wraparound)."""
+        return cgutils.get_item_pointer(context, builder, kinds[position], made[position],
+                                        indices)
+
+    def vector_at(position, *indices):
+        return builder.bitcast(at(position, *indices), vector.as_pointer())
+    return at, vector_at, vector, size, fmuladd
+
+
+@intrinsic
+def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels, width):
+    """acc[j, v] += a[bases[j] + offsets[t]] * rows[t, v] for start <= t < stop, j < ``pixels``
+    and v < ``width`` (compile-time constants, width a multiple of VECTOR), taps in order: per
+    tap, one load of rows' values a VECTOR channels, then per pixel one load of a's value,
+    broadcast, and a packed multiply-add (fused where the CPU has FMA) a vector. acc (pixels,
+    width) is a stack array (kernels.stack_array), which LLVM keeps in registers across the
+    loop; rows (> t, width) a 2-D C-contiguous array of a's dtype; a, bases and offsets 1-D;
+    offsets and bounds unsigned."""
+    if not (isinstance(pixels, types.IntegerLiteral) and isinstance(width, types.IntegerLiteral)):
+        raise errors.RequireLiteralValue((pixels, width))
+    count, lanes = pixels.literal_value, width.literal_value
+    if lanes % VECTOR:
+        raise errors.TypingError(f"broadcast_fmas' width is a multiple of {VECTOR}, not {lanes}")
+
+    def codegen(context, builder, signature, args):
+        kinds, index = signature.args, ir.IntType(64)
+        at, vector_at, vector, size, fmuladd = _tile_code(context, builder, signature, args,
+                                                          range(5))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), VECTOR), [0] * VECTOR)
+        first, last = (context.cast(builder, args[i], kinds[i], types.uint64) for i in (5, 6))
+        entry = builder.block
+        loop, done = builder.append_basic_block("taps"), builder.append_basic_block("taps.end")
+        builder.cbranch(builder.icmp_unsigned("<", first, last), loop, done)
+        builder.position_at_end(loop)
+        t = builder.phi(index)
+        t.add_incoming(first, entry)
+        offset = builder.load(at(3, t))
+        rows = [builder.load(vector_at(4, t, ir.Constant(index, v0)), align=size)
+                for v0 in range(0, lanes, VECTOR)]
+        for j in range(count):
+            value = builder.load(at(1, builder.add(builder.load(at(2, ir.Constant(index, j))),
+                                                   offset)))
+            one = builder.insert_element(ir.Constant(vector, ir.Undefined), value,
+                                         ir.Constant(ir.IntType(32), 0))
+            broadcast = builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined), zeros)
+            for i, row in enumerate(rows):
+                pointer = vector_at(0, ir.Constant(index, j), ir.Constant(index, i * VECTOR))
+                total = builder.call(fmuladd, [broadcast, row, builder.load(pointer, align=size)])
+                builder.store(total, pointer, align=size)
+        following = builder.add(t, ir.Constant(index, 1))
+        t.add_incoming(following, builder.block)
+        back = builder.cbranch(builder.icmp_unsigned("<", following, last), loop, done)
+        back.set_metadata("llvm.loop", _no_unroll(builder.module))
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+    return types.void(acc, a, bases, offsets, rows, start, stop, pixels, width), codegen
+
+
+@intrinsic
+def lane_fmas(typingctx, acc, src, start, filters, t, pixels):
+    """acc[j, v] += src[start + j * VECTOR + v] * filters[t, v] for j < ``pixels`` (a
+    compile-time constant) and v < VECTOR: one tap of a depthwise tile, its lanes the channels,
+    as one load of the filters' vector and per pixel a vector load and a packed multiply-add.
+    acc (pixels, VECTOR) a stack array, filters (> t, VECTOR) a 2-D C-contiguous array of src's
+    dtype, src 1-D; offsets unsigned. Loads of one address in several calls (a window row's
+    taps over one row of a buffer) LLVM makes one."""
+    if not isinstance(pixels, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(pixels)
+    count = pixels.literal_value
+
+    def codegen(context, builder, signature, args):
+        kinds, index = signature.args, ir.IntType(64)
+        _, vector_at, _, size, fmuladd = _tile_code(context, builder, signature, args, (0, 1, 3))
+        first = context.cast(builder, args[2], kinds[2], types.uint64)
+        tap = context.cast(builder, args[4], kinds[4], types.uint64)
+        row = builder.load(vector_at(3, tap, ir.Constant(index, 0)), align=size)
+        for j in range(count):
+            value = builder.load(vector_at(1, builder.add(first, ir.Constant(index, j * VECTOR))),
+                                 align=size)
+            pointer = vector_at(0, ir.Constant(index, j), ir.Constant(index, 0))
+            builder.store(builder.call(fmuladd, [value, row, builder.load(pointer, align=size)]),
+                          pointer, align=size)
+        return context.get_dummy_value()
+    return types.void(acc, src, start, filters, t, pixels), codegen
