@@ -4,8 +4,8 @@ vectors of output channels, accumulated over every tap of the window before it i
 The design of oneDNN's and LIBXSMM's direct kernels (Georganas et al., SC'18; Zhang, Franchetti
 and Low, ICML'18): the tile lives in a stack array indexed only by constants, so LLVM keeps it
 in vector registers; per tap, a row of filter values (streamed from L1) meets PIXELS input
-values, each broadcast from memory into a fused multiply-add per vector. The tap loop is said
-in vectors (kernels/tile_fmas.py: as loops, LLVM left AVX2's tiles scalar). On this project's
+values, each broadcast from memory into a fused multiply-add per vector (on AVX2 said in
+vectors, kernels/tile_fmas.py: as loops, LLVM left its short tiles scalar). On this project's
 AVX-512 machine the tap loop of a one-vector tile compiles to one ``vmovups`` of a zmm
 register and eight ``vfmadd231ps (mem){1to16}, zmm, zmm``, nothing else but the loop's own
 counter (tests/test_kernel_ir.py asserts the packed FMAs on the machine it runs on). A stride-1
@@ -89,16 +89,27 @@ def lanes(channels: int) -> int:
 @njit(inline="always", cache=True)
 def _accumulate(acc, a, bases, offsets, rows, pixels, width, period, lo, hi):
     """acc[j, v] += sum over t < len(offsets) with lo <= t % period < hi of
-    a[bases[j] + offsets[t]] * rows[t, v]: the microkernel (a run of taps is one
-    :func:`~.tile_fmas.broadcast_fmas`). acc (PIXELS, width) and bases (PIXELS,) are stack
-    arrays; rows (>= T, width) streams from L1. ``period`` is a channel's
+    a[bases[j] + offsets[t]] * rows[t, v]: the microkernel. On AVX-512 LLVM vectorises the
+    loops below into it; on AVX2 it left tiles of 4-8 pixels scalar, so there a run of taps is
+    said in vectors (:func:`~.tile_fmas.broadcast_fmas`), which on AVX-512 compiled the 8 x 2-
+    vector row tile with a register copy an accumulator a tap (LLVM's coalescing of the loop's
+    exit values), where LLVM's own vectorisation has none. acc (PIXELS, width) and bases
+    (PIXELS,) are stack arrays; rows (>= T, width) streams from L1. ``period`` is a channel's
     taps and [lo, hi) those of its window rows that read data, not padding (all of them:
     0, period); the three are unsigned, so that no index into offsets or rows may be negative
     (Numba's wraparound for one took a shift, two masks and two adds a tap). A window of no
     taps (a strided layer's input-gradient phase no tap lands on) has a period of 0."""
     for t0 in range(0, offsets.shape[0], max(period, np.uint64(1))):
-        broadcast_fmas(acc, a, bases, offsets, rows, np.uint64(t0) + lo, np.uint64(t0) + hi,
-                       pixels, width)
+        if VECTOR == 8:
+            broadcast_fmas(acc, a, bases, offsets, rows, np.uint64(t0) + lo, np.uint64(t0) + hi,
+                           pixels, width)
+            continue
+        for t in range(np.uint64(t0) + lo, np.uint64(t0) + hi):
+            off = offsets[t]
+            for v in range(width):
+                rv = rows[t, v]
+                for j in range(pixels):
+                    acc[j, v] += a[bases[j] + off] * rv
 
 
 @njit(inline="always", cache=True)

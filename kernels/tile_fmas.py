@@ -12,7 +12,11 @@ said in vectors, a forward row tile of 8 pixels at ~20 GFLOP/s, one of 10 at 140
 vectors the tap loop is small enough for LLVM's runtime unroller, whose second copy's
 broadcasts, hoisted above the first's FMAs, spilled the 10-tap x 2-vector weight tile
 (ResNet-18's weight gradients 1.4-1.6x slower): so broadcast_fmas writes the loop too, marked
-not to be unrolled.
+not to be unrolled. On AVX-512 that loop still kept a register copy of each accumulator a tap
+(the 8-pixel x 2-vector row tile: 16 ``vmovaps`` beside its 16 FMAs, LLVM's coalescing of the
+loop's exit values), where LLVM's own vectorisation of the loops has none: the blocked kernels
+take broadcast_fmas on AVX2 only (kernels/conv_blocked.py's _accumulate), the depthwise ones
+lane_fmas on both.
 """
 
 from llvmlite import ir
@@ -79,11 +83,14 @@ def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels,
         zeros = ir.Constant(ir.VectorType(ir.IntType(32), VECTOR), [0] * VECTOR)
         first, last = (context.cast(builder, args[i], kinds[i], types.uint64) for i in (5, 6))
         entry = builder.block
-        loop, done = builder.append_basic_block("taps"), builder.append_basic_block("taps.end")
-        builder.cbranch(builder.icmp_unsigned("<", first, last), loop, done)
-        builder.position_at_end(loop)
+        test, loop, done = (builder.append_basic_block(f"taps.{part}")
+                            for part in ("test", "body", "end"))
+        builder.branch(test)
+        builder.position_at_end(test)
         t = builder.phi(index)
         t.add_incoming(first, entry)
+        builder.cbranch(builder.icmp_unsigned("<", t, last), loop, done)
+        builder.position_at_end(loop)
         offset = builder.load(at(3, t))
         rows = [builder.load(vector_at(4, t, ir.Constant(index, v0)), align=size)
                 for v0 in range(0, lanes, VECTOR)]
@@ -97,10 +104,8 @@ def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels,
                 pointer = vector_at(0, ir.Constant(index, j), ir.Constant(index, i * VECTOR))
                 total = builder.call(fmuladd, [broadcast, row, builder.load(pointer, align=size)])
                 builder.store(total, pointer, align=size)
-        following = builder.add(t, ir.Constant(index, 1))
-        t.add_incoming(following, builder.block)
-        back = builder.cbranch(builder.icmp_unsigned("<", following, last), loop, done)
-        back.set_metadata("llvm.loop", _no_unroll(builder.module))
+        t.add_incoming(builder.add(t, ir.Constant(index, 1)), builder.block)
+        builder.branch(test).set_metadata("llvm.loop", _no_unroll(builder.module))
         builder.position_at_end(done)
         return context.get_dummy_value()
     return types.void(acc, a, bases, offsets, rows, start, stop, pixels, width), codegen

@@ -289,19 +289,19 @@ def test_depthwise_weight_row_sums_are_packed_conversions(monkeypatch):
     assert re.search(r"vcvtps2pd\s[^\n]*%[yz]mm", asm)
 
 
-DIRECT_TILE_WIDTHS = """
+ROW_TILE_WIDTHS = """
 import re, sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 from test_kernel_ir import _compiled
 from fastconv import ops
 from fastconv.implementations import driver
-from fastconv.kernels import conv_direct
-kernel = conv_direct.conv2d_forward_nchw_tiled
+from fastconv.kernels import conv_blocked
+kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, conv_blocked.row_pixels(7, 16, 4), 1)
 calls, real = [], driver.cpu_call
 driver.cpu_call = lambda k, work, *args: calls.append((k, args)) or real(k, work, *args)
 x = np.random.default_rng(0).standard_normal((2, 3, 7, 7), np.float32)
-ops.conv2d(x, x[:1, :, :3, :3].repeat(4, 0), padding=1, algo="direct")
+ops.conv2d(x, x[:1, :, :3, :3].repeat(4, 0), padding=1, algo="blocked")
 [args] = {{id(k): a for k, a in calls if k is kernel}}.values()
 compiled, signature = _compiled(kernel, args)
 asm = compiled.inspect_asm(signature)
@@ -309,13 +309,11 @@ print(*(len(re.findall(r"vfmadd\\d+ps\\s[^\\n]*%" + r, asm)) for r in ("zmm", "y
 """
 
 
-def test_intel_tuning_compiles_the_vectorised_tiles_full_width(tmp_path):
+def test_intel_tuning_compiles_the_row_tile_full_width(tmp_path):
     """LLVM's tuning for Intel's AVX-512 server cores prefers 256-bit vectors, which halved the
     blocked kernels' rate on an Emerald Rapids Xeon; fastconv turns that preference off
-    (kernels/__init__.py). The blocked tiles are now said in vectors (kernels/tile_fmas.py),
-    which the preference leaves alone; the tiles LLVM's vectoriser still packs are not. Emulated
-    here by compiling the direct kernels' register tile for Sapphire Rapids with this CPU's
-    features: 512-bit FMAs with fastconv's features, 256-bit without."""
+    (kernels/__init__.py). Emulated here by compiling for Sapphire Rapids with this CPU's
+    features: the row tile is 512-bit FMAs with fastconv's features, 256-bit without."""
     from llvmlite import binding
 
     from fastconv.kernels import FULL_WIDTH_VECTORS, VECTOR_LANES
@@ -323,7 +321,7 @@ def test_intel_tuning_compiles_the_vectorised_tiles_full_width(tmp_path):
         pytest.skip("needs an AVX-512 CPU, to run code compiled for one")
     assert FULL_WIDTH_VECTORS  # this process: no NUMBA_CPU_NAME or _FEATURES of its own
     assert numba.config.CPU_FEATURES.endswith(",-prefer-256-bit")
-    script = DIRECT_TILE_WIDTHS.format(tests=str(Path(__file__).parent))
+    script = ROW_TILE_WIDTHS.format(tests=str(Path(__file__).parent))
     widths = {}
     for features in (numba.config.CPU_FEATURES, binding.get_host_cpu_features().flatten()):
         env = {**os.environ, "NUMBA_CPU_NAME": "sapphirerapids", "NUMBA_CPU_FEATURES": features,
@@ -333,5 +331,5 @@ def test_intel_tuning_compiles_the_vectorised_tiles_full_width(tmp_path):
         assert run.returncode == 0, run.stderr[-2000:]
         widths[features] = tuple(map(int, run.stdout.split()[-2:]))
     ours, llvms = widths.values()
-    assert ours[0] > 0 and ours[1] == 0, ours
+    assert ours[0] >= 7 and ours[1] == 0, ours  # a zmm FMA per pixel of the 7-pixel tile
     assert llvms[0] == 0 and llvms[1] > 0, llvms
