@@ -55,7 +55,8 @@ RUN_PIXELS = 512
 # (NUMBA_CPU_NAME=haswell, AVX2's 16 registers). Longer tiles spill. Written as loops, AVX2's
 # one-vector tiles of 8 pixels or fewer compiled to scalar FMAs (~20 GFLOP/s); said in vectors
 # (kernels/tile_fmas.py), the 7- and 8-pixel ones ran 8-channel layers of 7 and 8 columns
-# 1.3-1.7x faster than conv2d_forward's tiles there (simulated AVX2 on Zen 5).
+# 1.25-1.75x faster than conv2d_forward's tiles there (benchmarks/results/
+# cpu-avx2-simulated.md).
 ROW_TILES = ({1: (16, 14, 10, 8, 7), 2: (10, 8, 7)} if VECTOR == 16 else
              {1: (14, 12, 10, 8, 7), 2: (5, 4)})
 ROW_PIXELS = ROW_TILES[1][0]  # conv2d_forward_rows' own; forward_rows compiles the others
