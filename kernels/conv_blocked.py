@@ -104,13 +104,13 @@ def _accumulate(acc, a, bases, offsets, rows, pixels, width, period, lo, hi):
         if VECTOR == 8:
             broadcast_fmas(acc, a, bases, offsets, rows, np.uint64(t0) + lo, np.uint64(t0) + hi,
                            pixels, width)
-            continue
-        for t in range(np.uint64(t0) + lo, np.uint64(t0) + hi):
-            off = offsets[t]
-            for v in range(width):
-                rv = rows[t, v]
-                for j in range(pixels):
-                    acc[j, v] += a[bases[j] + off] * rv
+        else:
+            for t in range(np.uint64(t0) + lo, np.uint64(t0) + hi):
+                off = offsets[t]
+                for v in range(width):
+                    rv = rows[t, v]
+                    for j in range(pixels):
+                        acc[j, v] += a[bases[j] + off] * rv
 
 
 @njit(inline="always", cache=True)

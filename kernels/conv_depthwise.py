@@ -156,8 +156,8 @@ def _tiles(buf, out, ws, taps, bias, k0, used, count, taps_, rows_):
     10 loads where the taps one by one load 24: the loads bound those (MobileNetV2's 14x14
     layer's tiles ran at ~56 cycles for 72 FMAs), and the tiles ran 1.5x faster by rows. Each
     tap is :func:`~.tile_fmas.lane_fmas`, said in vectors (as loops, LLVM left the row tiles
-    scalar on AVX2: kernels/tile_fmas.py). A
-    function of its own: inlined into the task's loop nest, LLVM kept the tile in memory."""
+    scalar on AVX2: kernels/tile_fmas.py). A function of its own: inlined into the task's loop
+    nest, LLVM kept the tile in memory."""
     acc = carray(stack_array(PIXELS, VECTOR, out.dtype), (PIXELS, VECTOR))
     shift = carray(stack_array(1, VECTOR, out.dtype), VECTOR)
     for v in range(VECTOR):
