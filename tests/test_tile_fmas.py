@@ -1,0 +1,95 @@
+"""kernels/tile_fmas.py's multiply-adds against a float64 NumPy reference, on this machine's vector
+width: every tile shape a kernel uses (1-16 pixels, one or two vectors), float32 and float64,
+runs of taps that are empty, one tap or many, bases and offsets anywhere in the input. On
+AVX-512 machines the blocked kernels take broadcast_fmas only on AVX2 (kernels/conv_blocked.py),
+so this is where AVX-512 runs it at all; tests/test_avx2_host.py runs the kernels with it."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from fastconv.kernels import VECTOR_LANES
+from fastconv.kernels.tile_fmas import broadcast_fmas, lane_fmas
+from oracle import random, rel_error, tolerance
+
+V = VECTOR_LANES
+WIDE = 2 * V  # a two-vector tile's width (a literal must be a name, not an expression)
+
+
+@njit(cache=False)
+def _broadcast(acc, a, bases, offsets, rows, start, stop):
+    # the tile's shape must reach the intrinsic as literals: one compiled copy per shape
+    pixels, width = acc.shape
+    if width == V:
+        if pixels == 1:
+            broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 1, V)
+        elif pixels == 4:
+            broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 4, V)
+        elif pixels == 7:
+            broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 7, V)
+        else:
+            broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 16, V)
+    elif pixels == 1:
+        broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 1, WIDE)
+    elif pixels == 4:
+        broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 4, WIDE)
+    elif pixels == 7:
+        broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 7, WIDE)
+    else:
+        broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 10, WIDE)
+
+
+@njit(cache=False)
+def _lanes(acc, src, start, filters, t):
+    if acc.shape[0] == 1:
+        lane_fmas(acc, src, start, filters, t, 1)
+    else:
+        lane_fmas(acc, src, start, filters, t, 8)
+
+
+def _pixels(width):
+    return st.sampled_from((1, 4, 7, 16) if width == V else (1, 4, 7, 10))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), width=st.sampled_from((V, WIDE)),
+       dtype=st.sampled_from((np.float32, np.float64)), taps=st.integers(0, 12),
+       size=st.integers(1, 300))
+def test_broadcast_fmas_matches_the_reference(data, width, dtype, taps, size):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    pixels = data.draw(_pixels(width))
+    start = data.draw(st.integers(0, taps))
+    stop = data.draw(st.integers(start, taps))
+    # every read lands in a: base + offset < size
+    bases = rng.integers(0, size, pixels).astype(np.uint64)
+    offsets = np.array([rng.integers(0, size - int(bases.max()))
+                        for _ in range(taps)], np.uint64).reshape(taps)
+    a, rows = random(rng, (size,), dtype), random(rng, (taps, width), dtype)
+    acc = random(rng, (pixels, width), dtype)
+    inputs = [x.copy() for x in (a, bases, offsets, rows)]
+    expected = acc.astype(np.float64)
+    for t in range(start, stop):
+        expected += np.outer(a[(bases + offsets[t]).astype(np.int64)].astype(np.float64),
+                             rows[t].astype(np.float64))
+    _broadcast(acc, a, bases, offsets, rows, np.uint64(start), np.uint64(stop))
+    assert rel_error(acc, expected) < tolerance(dtype)
+    for x, before in zip((a, bases, offsets, rows), inputs, strict=True):
+        np.testing.assert_array_equal(x, before)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), pixels=st.sampled_from((1, 8)),
+       dtype=st.sampled_from((np.float32, np.float64)), taps=st.integers(1, 9))
+def test_lane_fmas_matches_the_reference(data, pixels, dtype, taps):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    size = (pixels + data.draw(st.integers(0, 5))) * V
+    start = data.draw(st.integers(0, size - pixels * V))
+    t = data.draw(st.integers(0, taps - 1))
+    src, filters = random(rng, (size,), dtype), random(rng, (taps, V), dtype)
+    acc = random(rng, (pixels, V), dtype)
+    expected = acc.astype(np.float64) + (
+        src[start:start + pixels * V].reshape(pixels, V).astype(np.float64)
+        * filters[t].astype(np.float64))
+    _lanes(acc, src, np.uint64(start), filters, t)
+    assert rel_error(acc, expected) < tolerance(dtype)
