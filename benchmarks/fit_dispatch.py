@@ -14,11 +14,12 @@ rows to --csv (a machine's rows replace that machine's earlier ones). Fitting re
 import argparse
 import dataclasses
 import fnmatch
+import math
 import sys
 import time
 from pathlib import Path
 
-from fastconv import bench, registry, runtime
+from fastconv import bench, kernels, registry, runtime
 from fastconv.bench import fit
 from fastconv.machine import describe, machine
 from fastconv.registry import CONV_OPS
@@ -28,11 +29,19 @@ RESULTS = ROOT / "benchmarks" / "results"
 TRAIN = bench.TRAIN_BATCH  # fastconv train's default batch
 
 
+SIMULATED = ("; rows of AVX2 tiles simulated on an AVX-512 CPU come from a process whose "
+             "llvmlite saw no AVX-512 (tests/avx2_host/sitecustomize.py on PYTHONPATH) and "
+             "compiled for NUMBA_CPU_NAME=haswell, with OPENBLAS_CORETYPE=Haswell: AVX2's code "
+             "on this CPU's caches and ports, as in cpu-avx2-simulated.md")
+
+
 def machine_label() -> str:
-    """The CPU's name and the widest vector instructions it has: the rule's measurements are
-    told apart by these."""
-    simd = "avx512" if "avx512f" in runtime.simd_flags() else (
-        "avx2" if "avx2" in runtime.simd_flags() else "sse")
+    """The CPU's name and the vector instructions fastconv's tiles were compiled for: the
+    rule's measurements are told apart by these. AVX2's tiles on an AVX-512 CPU (llvmlite told
+    the host has no AVX-512, as tests/test_avx2_host.py does) say so."""
+    simd = "avx512" if kernels.VECTOR_LANES == 16 else "avx2"
+    if simd == "avx2" and "avx512f" in runtime.simd_flags():
+        simd = "avx2 tiles simulated on an avx512 CPU"
     return f"{runtime.cpu_name()} ({simd})"
 
 
@@ -101,7 +110,8 @@ def main(argv=None) -> int:
     args.markdown.write_text(
         "# The CPU's algo=\"auto\" rule and the measurements it was fitted on\n\n"
         f"`python benchmarks/fit_dispatch.py`, fitted on {names}; measured on:\n\n{info}\n\n"
-        "(the machine that ran the fit; each row names the machine it was measured on).\n\n"
+        "(the machine that ran the fit; each row names the machine it was measured on"
+        + (SIMULATED if any("simulated" in m for m in machines) else "") + ").\n\n"
         "## The rule (fastconv/implementations/cpu_rule.py)\n\n```\n"
         + args.rule.read_text().split('"""')[1].strip() + "\n\n"
         + "\n".join(f"{op}: {tree}" for op, tree in fitted["rule"].items())
@@ -110,6 +120,10 @@ def main(argv=None) -> int:
         "Each network's layers judged by the rule fitted on the other networks' (geomean "
         "slowdown against the fastest algorithm of each layer; 1.000x: always the fastest):\n\n"
         + _held_out(rows, range(1, args.depth + 1))
+        + "\n## A tree per vector width\n\n"
+        "Each vector width's layers judged by each width's own tree and by one tree over all "
+        "widths that may test the width (\"lanes\") like any feature (geomean slowdown against "
+        "the fastest algorithm of each layer):\n\n" + _across_widths(rows, args.depth)
         + "\n## Every measurement (median ms)\n\n" + fit.table(rows, fitted["rule"]))
     print(args.rule.read_text())
     return 0
@@ -137,6 +151,24 @@ def _held_out(rows, depths) -> str:
         scores = fit.held_out(rows, depth)
         lines.append(f"| {depth} | " + " | ".join(f"{scores[op]:.3f}x" for op in CONV_OPS)
                      + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _across_widths(rows, depth) -> str:
+    """Markdown: each width's rows judged by each width's own tree and by one tree over all."""
+    widths = sorted({r["lanes"] for r in rows})
+    if len(widths) < 2:
+        return "(needs the rows of two vector widths)\n"
+    rules = {f"{w} lanes' own": fit.fit([r for r in rows if r["lanes"] == w], depth)["rule"]
+             for w in widths}
+    rules["one over all"] = fit.fit(rows, depth, per_width=False)["rule"]
+    lines = ["| tree | " + " | ".join(f"{w} lanes: {op}" for w in widths for op in CONV_OPS)
+             + " |", "|---|" + "--:|" * (len(widths) * len(CONV_OPS))]
+    for name, rule in rules.items():
+        scores = [fit.walk_loss([r for r in rows if r["lanes"] == w], rule) for w in widths]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{math.exp(sum(s[op]) / len(s[op])):.3f}x" for s in scores for op in CONV_OPS)
+            + " |")
     return "\n".join(lines) + "\n"
 
 

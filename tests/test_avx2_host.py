@@ -24,11 +24,13 @@ def test_kernels_compiled_for_avx2(tmp_path):
                FASTCONV_CACHE_DIR=str(tmp_path),
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "avx2_host"),
                                            env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    # the tiles, and algo="auto"'s rule (which takes its AVX2 tree), see 8 lanes
     check = subprocess.run([sys.executable, "-c", "from fastconv.kernels import vectors; "
-                            "print(vectors())"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=300)
+                            "from fastconv.implementations.conv2d import FEATURES; "
+                            "print(vectors(), FEATURES['lanes'](None))"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr
-    assert "AVX2" in check.stdout, check.stdout
+    assert "AVX2" in check.stdout and check.stdout.split()[-1] == "8", check.stdout
     files = [f"tests/test_{name}.py" for name in ("kernel_ir", "vector_moves", "conv",
                                                   "conv_depthwise")]
     # of test_conv.py, the blocked kernels' tests (rows, columns, spans, weight tiles)

@@ -19,15 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 MEASUREMENTS = ROOT / "benchmarks" / "results" / "dispatch-cpu.csv"
 
 
-def _rows(timings):
-    """Rows as fit.measure writes them, from {(taps, channels): {algo: ms}} for every op."""
+def _rows(timings, lanes=16):
+    """Rows as fit.measure writes them, from {(taps, channels): {algo: ms}} for every op, on a
+    machine whose tiles have ``lanes`` float32 lanes."""
     rows = []
     for (taps, channels), by_algo in timings.items():
-        features = {name: 1 for name in conv2d.FEATURES} | {"taps": taps, "channels": channels}
+        features = {name: 1 for name in conv2d.FEATURES} | {"taps": taps, "channels": channels,
+                                                             "lanes": lanes}
         for op in CONV_OPS:
             for algo, ms in by_algo.items():
-                rows.append({"machine": "m", "threads": 1, "layer": f"t{taps}c{channels}",
-                             "op": op, "algo": algo, "median_ms": ms, **features})
+                rows.append({"machine": f"m{lanes}", "threads": 1,
+                             "layer": f"t{taps}c{channels}", "op": op, "algo": algo,
+                             "median_ms": ms, **features})
     return rows
 
 
@@ -60,6 +63,25 @@ def test_fit_does_not_split_on_noise():
     assert fitted["rule"] == {op: "direct" for op in CONV_OPS}
     # direct loses 1% on two of the four layers: a geomean loss of sqrt(1 / 0.99)
     assert math.isclose(fitted["loss"]["conv2d"]["rule"], (1 / 0.99) ** 0.5, rel_tol=1e-9)
+
+
+def test_each_vector_width_gets_its_own_tree():
+    # AVX2's tiles lose to im2col below 100 taps, AVX-512's win everywhere; a tree over both
+    # would spend a level on the width, a tree per width does not
+    avx2 = {(taps, 16): {"blocked": 1.0 if taps >= 100 else 2.0, "im2col": 1.5}
+            for taps in (9, 25, 60, 100, 150, 576)}
+    avx512 = {key: {"blocked": 1.0, "im2col": 1.5} for key in avx2}
+    fitted = fit.fit(_rows(avx2, lanes=8) + _rows(avx512, lanes=16))
+    for op in CONV_OPS:
+        rule = fitted["rule"][op]
+        assert fitted["loss"][op]["rule"] == 1.0
+        assert (rule["feature"], rule["threshold"], rule["at_least"]) == ("lanes", 16, "blocked")
+        for lanes, timings in ((8, avx2), (16, avx512)):
+            for (taps, channels), by_algo in timings.items():
+                pick = conv2d.walk(rule, {"taps": taps, "channels": channels, "lanes": lanes}.get)
+                assert by_algo[pick] == min(by_algo.values()), (op, lanes, taps, rule)
+    # one width measured: no test of the width
+    assert fit.fit(_rows(avx512))["rule"] == {op: "blocked" for op in CONV_OPS}
 
 
 def test_the_committed_rule_is_the_fit_of_the_committed_measurements():

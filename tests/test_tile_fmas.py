@@ -4,6 +4,8 @@ runs of taps that are empty, one tap or many, bases and offsets anywhere in the 
 AVX-512 machines the blocked kernels take broadcast_fmas only on AVX2 (kernels/conv_blocked.py),
 so this is where AVX-512 runs it at all; tests/test_avx2_host.py runs the kernels with it."""
 
+import functools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,38 +16,24 @@ from fastconv.kernels.tile_fmas import broadcast_fmas, lane_fmas
 from oracle import random, rel_error, tolerance
 
 V = VECTOR_LANES
-WIDE = 2 * V  # a two-vector tile's width (a literal must be a name, not an expression)
 
 
-@njit(cache=False)
-def _broadcast(acc, a, bases, offsets, rows, start, stop):
-    # the tile's shape must reach the intrinsic as literals: one compiled copy per shape
-    pixels, width = acc.shape
-    if width == V:
-        if pixels == 1:
-            broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 1, V)
-        elif pixels == 4:
-            broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 4, V)
-        elif pixels == 7:
-            broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 7, V)
-        else:
-            broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 16, V)
-    elif pixels == 1:
-        broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 1, WIDE)
-    elif pixels == 4:
-        broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 4, WIDE)
-    elif pixels == 7:
-        broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 7, WIDE)
-    else:
-        broadcast_fmas(acc, a, bases, offsets, rows, start, stop, 10, WIDE)
+@functools.cache
+def _broadcast(pixels, width):
+    """broadcast_fmas on a tile of ``pixels`` x ``width``: the shape reaches the intrinsic as
+    the closure's constants, literals to Numba, so one compiled function per shape."""
+    @njit(cache=False)
+    def call(acc, a, bases, offsets, rows, start, stop):
+        broadcast_fmas(acc, a, bases, offsets, rows, start, stop, pixels, width)
+    return call
 
 
-@njit(cache=False)
-def _lanes(acc, src, start, filters, t):
-    if acc.shape[0] == 1:
-        lane_fmas(acc, src, start, filters, t, 1)
-    else:
-        lane_fmas(acc, src, start, filters, t, 8)
+@functools.cache
+def _lanes(pixels):
+    @njit(cache=False)
+    def call(acc, src, start, filters, t):
+        lane_fmas(acc, src, start, filters, t, pixels)
+    return call
 
 
 def _pixels(width):
@@ -53,7 +41,7 @@ def _pixels(width):
 
 
 @settings(max_examples=60, deadline=None)
-@given(data=st.data(), width=st.sampled_from((V, WIDE)),
+@given(data=st.data(), width=st.sampled_from((V, 2 * V)),
        dtype=st.sampled_from((np.float32, np.float64)), taps=st.integers(0, 12),
        size=st.integers(1, 300))
 def test_broadcast_fmas_matches_the_reference(data, width, dtype, taps, size):
@@ -72,7 +60,8 @@ def test_broadcast_fmas_matches_the_reference(data, width, dtype, taps, size):
     for t in range(start, stop):
         expected += np.outer(a[(bases + offsets[t]).astype(np.int64)].astype(np.float64),
                              rows[t].astype(np.float64))
-    _broadcast(acc, a, bases, offsets, rows, np.uint64(start), np.uint64(stop))
+    _broadcast(pixels, width)(acc, a, bases, offsets, rows, np.uint64(start),
+                              np.uint64(stop))
     assert rel_error(acc, expected) < tolerance(dtype)
     for x, before in zip((a, bases, offsets, rows), inputs, strict=True):
         np.testing.assert_array_equal(x, before)
@@ -91,5 +80,5 @@ def test_lane_fmas_matches_the_reference(data, pixels, dtype, taps):
     expected = acc.astype(np.float64) + (
         src[start:start + pixels * V].reshape(pixels, V).astype(np.float64)
         * filters[t].astype(np.float64))
-    _lanes(acc, src, np.uint64(start), filters, t)
+    _lanes(pixels)(acc, src, np.uint64(start), filters, t)
     assert rel_error(acc, expected) < tolerance(dtype)

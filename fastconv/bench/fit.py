@@ -5,7 +5,8 @@ algorithm of each layer.
 
 The loss is the sum over measured layers (and thread counts, and machines) of log(t_chosen /
 t_fastest): a geometric mean, as the suite's ratios are, so a small layer counts as much as a
-big one. The tree has at most ``depth`` levels of ``feature >= threshold`` tests over
+big one. Each vector width measured gets its own tree (joined under tests of "lanes"); a tree
+has at most ``depth`` levels of ``feature >= threshold`` tests over
 :data:`fastconv.implementations.conv2d.FEATURES`, thresholds taken from the measured values; a
 split is kept only where it saves more than ``min_gain`` (5% of one layer's time by default),
 so the rule does not chase noise. :func:`held_out` judges a depth by fitting on all networks
@@ -90,7 +91,8 @@ def write_csv(rows: list[dict], path) -> None:
 
 def read_csv(path) -> list[dict]:
     with open(path, newline="") as f:
-        return [{k: v if k in ("machine", "layer", "op", "algo") else float(v)
+        return [{k: v if k in ("machine", "layer", "op", "algo") else
+                 float(v) if k == "median_ms" else int(v)
                  for k, v in row.items()} for row in csv.DictReader(f)]
 
 
@@ -168,22 +170,41 @@ def _stump(features, losses, algos, min_gain, best):
     return best
 
 
-def fit(rows: list[dict], depth: int = 3, min_gain: float = math.log(1.05)) -> dict:
+def fit(rows: list[dict], depth: int = 3, min_gain: float = math.log(1.05),
+        per_width: bool = True) -> dict:
     """``{op: tree}`` for the conv ops, and the geomean slowdown against each layer's fastest
-    algorithm of the rule, and of each single algorithm, per op (``"loss"``)."""
+    algorithm of the rule, and of each single algorithm, per op (``"loss"``). ``per_width``
+    False: one tree over every vector width, free to test "lanes" like any feature."""
     rule, loss = {}, {}
     for op in CONV_OPS:
         features, logs, algos = _samples(rows, op)
         # an algorithm not measured on a sample: far slower than any measured one, but finite,
         # so that the running sums of _stump stay finite
         losses = np.minimum(logs - logs.min(axis=1, keepdims=True), 1e6)
-        total, rule[op] = _tree(features, losses, algos, depth, min_gain)
+        total, rule[op] = (_per_width if per_width else _tree)(features, losses, algos, depth,
+                                                              min_gain)
         count = len(features)
         # an algorithm for some layers only, alone: infinitely slow on the others
         loss[op] = {"rule": math.exp(total / count),
                     **{a: math.exp(losses[:, i].sum() / count) if np.isfinite(logs[:, i]).all()
                        else math.inf for i, a in enumerate(algos)}}
     return {"rule": rule, "loss": loss}
+
+
+def _per_width(features, losses, algos, depth, min_gain):
+    """(loss, node): a tree per vector width measured (AVX2's 8 lanes, AVX-512's 16), joined by
+    "lanes" tests. The widths run different code (tile shapes, BLAS kernels), and a width's
+    own tree served it better than one tree over both that tests the width where it pays:
+    benchmarks/results/dispatch-cpu.md compares the two."""
+    lanes = features[:, list(FEATURES).index("lanes")]
+    total, node = 0.0, None
+    for width in np.unique(lanes):
+        here = lanes == width
+        loss, tree = _tree(features[here], losses[here], algos, depth, min_gain)
+        total += loss
+        node = tree if node is None else {"feature": "lanes", "threshold": int(width),
+                                          "below": node, "at_least": tree}
+    return total, node
 
 
 def render(fitted: dict, source: str) -> str:
@@ -198,7 +219,7 @@ def render(fitted: dict, source: str) -> str:
 geometry (fastconv.implementations.conv2d.FEATURES), fitted by benchmarks/fit_dispatch.py; do not
 edit it by hand, rerun that.
 
-Fitted on {source}.
+{textwrap.fill(f"Fitted on {source}.", 96)}
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
 ''' + "".join(f"    {line}\n" for line in lines) + f'''"""
@@ -231,7 +252,7 @@ def _fastest(times: dict) -> str:
     return min((a for a in times if a not in NOT_AUTOMATIC), key=times.get)
 
 
-def _walk_loss(rows, rule) -> dict:
+def walk_loss(rows, rule) -> dict:
     """{op: [log(t_picked / t_fastest) per sample]} of ``rule`` on ``rows``."""
     losses = {}
     for (*_, op), by_algo in _calls(rows).items():
@@ -249,7 +270,7 @@ def held_out(rows: list[dict], depth: int) -> dict:
     losses = {}
     for network in networks:
         rule = fit([r for r in rows if not r["layer"].startswith(network + "/")], depth)["rule"]
-        for op, values in _walk_loss([r for r in rows if r["layer"].startswith(network + "/")],
+        for op, values in walk_loss([r for r in rows if r["layer"].startswith(network + "/")],
                                      rule).items():
             losses.setdefault(op, []).extend(values)
     return {op: math.exp(sum(v) / len(v)) for op, v in losses.items()}

@@ -14,8 +14,8 @@ import numba
 import numpy as np
 
 from ..geometry import conv_geometry, nchw_view, oihw_view
+from ..kernels import VECTOR_LANES, conv_blocked, conv_direct, cuda_simulated, im2col
 from ..kernels import bias as bias_kernels
-from ..kernels import conv_blocked, conv_direct, cuda_simulated, im2col
 from ..kernels import layout as layout_kernels
 from ..kernels.activation import CODES
 from ..registry import heuristic, refusal, register
@@ -812,8 +812,9 @@ def bias_activation_cuda(y, b, activation, layout):
 # --- algo="auto" without autotuning: one rule per device ----------------------------------------
 
 # What a fitted rule may test of a call (benchmarks/fit_dispatch.py fits the CPU's): the layer,
-# and the threads the kernels run on (BLAS's GEMMs gain more from a second thread than the
-# blocked kernels do).
+# the threads the kernels run on (BLAS's GEMMs gain more from a second thread than the blocked
+# kernels do) and the register tiles' float32 lanes (AVX2's 8 or AVX-512's 16: a layer of 8
+# channels a group fills AVX2's tiles and half of AVX-512's).
 FEATURES = {
     "taps": lambda g: (g.C // g.groups) * g.R * g.S,  # multiply-adds per output value
     "channels": lambda g: g.K // g.groups,  # output channels a group
@@ -824,6 +825,7 @@ FEATURES = {
     "stride": lambda g: g.stride[0] * g.stride[1],
     "groups": lambda g: g.groups,
     "threads": lambda g: numba.get_num_threads(),
+    "lanes": lambda g: VECTOR_LANES,
 }
 
 
