@@ -107,11 +107,14 @@ def test_the_script_measures_fits_and_writes(tmp_path):
     assert "| lenet5/c3 | conv2d |" in files["table.md"].read_text()
 
 
-def test_a_leaf_for_some_layers_only_falls_back_where_its_algorithm_refuses():
+def test_a_leaf_for_some_layers_only_falls_back_where_its_algorithm_refuses(monkeypatch):
     """The committed rule picks depthwise at leaves its measured depthwise layers reached; a
     grouped layer that is not depthwise (96 groups of 2 channels) reaches the same leaves, and
-    gets the leaf's algorithm for every layer, which computes it (not a KeyError)."""
+    gets the leaf's algorithm for every layer, which computes it (not a KeyError). The rule's
+    AVX-512 tree (16 lanes) shows the case for every op, its AVX2 tree not for all three: the
+    tiles' width is pinned to 16, on any CPU."""
     from fastconv.implementations.cpu_rule import RULE
+    monkeypatch.setitem(conv2d.FEATURES, "lanes", lambda g: 16)
     grouped = geometry.conv_geometry((2, 192, 7, 7), (192, 2, 3, 3), 1, 1, 1, 96, "NCHW")
     depthwise = geometry.conv_geometry((2, 960, 7, 7), (960, 1, 3, 3), 1, 1, 1, 960, "NCHW")
     for op in CONV_OPS:
