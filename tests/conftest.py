@@ -46,3 +46,29 @@ def data_root():
         pytest.skip(f"FASTCONV_DATA={root!r} has no fashion-mnist/ (CI points it at "
                     "../shared/data)")
     return root
+
+
+
+def _runs_beside(items):
+    """The collected tests whose work runs in a process of their module's SUITE, beside the
+    other tests (the CUDA simulator suite's, tests/test_cuda_suite.py)."""
+    return [item for item in items if item.get_closest_marker("runs_beside")]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Those tests last: each reads its process's result, so it waits only for what is left."""
+    items.sort(key=lambda item: item.get_closest_marker("runs_beside") is not None)
+
+
+def pytest_collection_finish(session):
+    """Their processes started once collection has chosen the tests that will run."""
+    if not session.config.option.collectonly:
+        for item in _runs_beside(session.items):
+            item.module.SUITE.start()
+
+
+def pytest_sessionfinish(session):
+    """Their processes stopped if the session ends before the tests read them (-x, Ctrl-C)."""
+    for item in _runs_beside(session.items):
+        item.module.SUITE.stop()
