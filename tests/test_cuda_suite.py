@@ -48,15 +48,18 @@ class SimulatorSuite:
         try:
             code = self.process.wait(max(0.0, self.started + DEADLINE_S - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self.stop()
             code = f"killed after {DEADLINE_S} s"
         self.output.seek(0)
-        return code, self.output.read()
+        output = self.output.read()
+        self.stop()
+        return code, output
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
+        """The process killed if it still runs, its output closed."""
+        if self.process is not None:
             self.process.kill()
             self.process.wait()
+            self.output.close()
 
 
 SUITE = SimulatorSuite()
