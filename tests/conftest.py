@@ -48,7 +48,6 @@ def data_root():
     return root
 
 
-
 def _runs_beside(items):
     """The collected tests whose work runs in a process of their module's SUITE, beside the
     other tests (the CUDA simulator suite's, tests/test_cuda_suite.py)."""

@@ -752,9 +752,9 @@ def test_sgd_step_on_cuda_matches_the_cpu_kernel(hyper, monkeypatch):
 
 def test_lenet5_training_step_on_cuda_matches_the_cpu():
     """One Adam step of LeNet-5 on one image, on the CUDA kernels and on the CPU's, from the
-    same weights: the loss, every gradient and every updated parameter agree. One image: the
-    step takes the simulator two minutes (its GEMM's 256 threads a block each walk an 8 x 8
-    register tile in Python)."""
+    same weights: the loss, every gradient and every updated parameter agree. One image: two took
+    the simulator four minutes on a 2-core Zen 3 (its GEMM's 256 threads a block each walk an
+    8 x 8 register tile in Python)."""
     from fastconv import models, nn, optim, tensor
     from fastconv.nn import functional as F
 
