@@ -76,7 +76,7 @@ def test_matches_reference_and_torch(case, parallel, monkeypatch):
     # The gradients: the activation's slope read from y as the kernel reads it (a saturated
     # tanh's 1 - y^2 keeps no digits of a rounded y, in PyTorch's float32 as in fastconv), then
     # batch norm's backward, by the oracles
-    slope = SLOPES[case["activation"]](np.float64(y))
+    slope = oracle.SLOPES[case["activation"]](np.float64(y))
     expected_grads = oracle.batch_norm2d(**inputs, **dict(mode, activation=None),
                                          gy=np.float64(before["gy"]) * slope)
     gx, gweight, gbias = ops.batch_norm2d_backward(a["gy"], a["x"], a.get("weight"), mean,
@@ -126,10 +126,6 @@ def _check(got, expected, floors=None):
             diff = np.linalg.norm(np.float64(array) - want[name])
             bound = oracle.tolerance(array.dtype) * np.linalg.norm(want[name]) + floor
             assert diff <= bound, f"{name} against {source}: {diff:.2e} > {bound:.2e}"
-
-
-SLOPES = {None: lambda y: 1.0, "relu": lambda y: y > 0, "tanh": lambda y: (1 - y) * (1 + y),
-          "sigmoid": lambda y: y * (1 - y)}
 
 
 def _gweight_tolerance(case, a, want):

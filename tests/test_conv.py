@@ -121,9 +121,19 @@ def test_backward_through_the_fused_activation_matches_torch(case, algo, paralle
     gx, gw, gb = ops.conv2d_backward(gy, x, w, activation=activation, y=y, algo=algo, **kwargs)
     for before, after in zip(inputs, (gy, x, w, y), strict=True):
         np.testing.assert_array_equal(before, after)
-    oracle.check({"gx": gx, "gw": gw, "gb": gb},
-                 oracle.conv2d(x, w, b, gy=gy, activation=activation, through_activation=True,
-                               **kwargs))
+    expected = oracle.conv2d(x, w, b, gy=gy, activation=activation, through_activation=True,
+                             **kwargs)
+    oracle.check({"gx": gx, "gw": gw}, expected)
+    # gb sums gy * the activation's slope, taken from y in the dtype: where the sum cancels, y's
+    # rounding in each term is its whole error, bounded by the tolerance times the sum of the
+    # terms' magnitudes, not the magnitude of their sum (a float32 sigmoid, 45 cells: gb 5.7e-3
+    # off by 9e-8, 1.6e-5 of it; CI, 2026-12-02)
+    axes = (0, 2, 3) if kwargs["data_format"] == "NCHW" else (0, 1, 2)
+    slope = oracle.SLOPES[activation](expected["reference"]["y"])
+    magnitude = np.abs(gy.astype(np.float64) * slope).sum(axis=axes)
+    for source, want in expected.items():
+        error = np.linalg.norm(gb - want["gb"])
+        assert error <= oracle.tolerance(gb.dtype) * np.linalg.norm(magnitude), source
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
