@@ -83,10 +83,10 @@ def _torch(a, layout="NCHW"):
 
 # --- conv2d --------------------------------------------------------------------------------------
 
-# d activation / d pre-activation z, from z (the kernels take it from the output instead)
 # An activation's slope from its output y, as the kernels take it in a fused backward.
 SLOPES = {None: lambda y: 1.0, "relu": lambda y: y > 0, "tanh": lambda y: (1 - y) * (1 + y),
           "sigmoid": lambda y: y * (1 - y)}
+# d activation / d pre-activation z, from z (the kernels take it from the output instead)
 _DERIVATIVE = {"relu": lambda z: z > 0, "tanh": lambda z: 1 - np.tanh(z) ** 2,
                "sigmoid": lambda z: np.exp(-np.logaddexp(0, -z) - np.logaddexp(0, z))}
 
