@@ -7,9 +7,11 @@ conv_direct_cuda.py); scalar code both targets run (the activation epilogue, the
 window, the Adam update) is written once, in the CPU file, and compiled for the GPU from there.
 """
 
+import functools
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,13 +68,53 @@ _OPTIONS_TAG = hashlib.sha1(json.dumps(CPU_KERNEL, sort_keys=True, default=sorte
 _OPTIONS_TAG = _OPTIONS_TAG.hexdigest()[:8]
 
 
+# A relative import of this package: "from .name import ..." or "from . import a, b".
+_IMPORT = re.compile(r"^from \.(\w*) import (?:\(([^)]*)\)|([\w, ]+))", re.M)
+
+
+@functools.cache
+def _file_facts(path: str, mtime_ns: int, size: int) -> tuple[bytes, tuple[str, ...]]:
+    """(sha256 of the file's bytes, the files of its folder it imports from relatively), for
+    a file of that stat (a file edited while the process runs is read again)."""
+    text = Path(path).read_bytes()
+    folder, found = Path(path).parent, []
+    for module, listed, names in _IMPORT.findall(text.decode()):
+        names = listed or names
+        if module:
+            found.append(folder / f"{module}.py")
+        else:  # "from . import a, b": submodules, or names the package's __init__ holds
+            for name in (n.strip() for n in names.split(",") if n.strip()):
+                sub = folder / f"{name}.py"
+                found.append(sub if sub.exists() else folder / "__init__.py")
+    return hashlib.sha256(text).digest(), tuple(str(f) for f in found if f.exists())
+
+
+def source_stamp(path) -> str:
+    """A digest of a kernel file and of every file of its folder it imports from, recursively
+    (relative imports only): the stamp fastconv's kernel caches are checked against. Numba's
+    own stamp is the kernel's file alone, so a kernel inlining an intrinsic of another file
+    (kernels/vector_moves.py's, say) kept its machine code from before that file changed."""
+    seen, todo, digest = set(), [str(Path(path).resolve())], hashlib.sha256()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        stat = os.stat(name)
+        content, imports = _file_facts(name, stat.st_mtime_ns, stat.st_size)
+        digest.update(content)
+        todo.extend(sorted(imports))
+    return digest.hexdigest()
+
+
 def cache_locator(module):
     """A Numba cache locator (for ``module``, numba.core.caching or numba-cuda's twin of it)
     that keeps the compiled kernels of this package under cache_dir()/numba, where a user's
     caches go (in a folder named by CPU_KERNEL's options), not next to the kernels' files
     (Numba's default), where an installed package's folder may be read-only and uninstalling
-    leaves them behind. It applies to fastconv's kernels only, and steps aside where the user
-    set NUMBA_CACHE_DIR or the folder cannot be written (Numba's own locators then decide)."""
+    leaves them behind; its entries are checked against :func:`source_stamp`. It applies to
+    fastconv's kernels only, and steps aside where the user set NUMBA_CACHE_DIR or the folder
+    cannot be written (Numba's own locators then decide)."""
     base = module.UserProvidedCacheLocator if hasattr(module, "UserProvidedCacheLocator") else (
         module._UserProvidedCacheLocator)
 
@@ -82,6 +124,9 @@ def cache_locator(module):
             self._lineno = py_func.__code__.co_firstlineno
             self._cache_path = os.path.join(cache_dir(), "numba", _OPTIONS_TAG,
                                             self.get_suitable_cache_subpath(py_file))
+
+        def get_source_stamp(self):
+            return source_stamp(self._py_file)
 
         @classmethod
         def from_function(cls, py_func, py_file):

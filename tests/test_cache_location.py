@@ -11,8 +11,8 @@ import sys
 import numba
 import pytest
 
-from fastconv import registry, runtime
-from fastconv.kernels import bias, conv_direct, im2col, optim, pool
+from fastconv import kernels, registry, runtime
+from fastconv.kernels import bias, conv_direct, im2col, layout, optim, pool
 
 
 def _cache_path(kernel):
@@ -51,3 +51,30 @@ def test_a_fresh_process_writes_its_cache_there_or_where_numba_cache_dir_says(tm
                         "NUMBA_CACHE_DIR": str(numbas)}, check=True, timeout=300)
     assert any("max_pool2d_forward" in f for f in _index_files(numbas))
     assert not (ours / "second").exists()
+
+
+def test_a_kernels_stamp_covers_the_files_it_imports_from_the_package(tmp_path):
+    """A kernel inlines intrinsics and helpers of other kernel files: editing any of those
+    invalidates its cache entry (Numba's own stamp is the kernel's file alone), editing a file
+    it does not import does not."""
+    files = {"__init__.py": "LANES = 8\n", "a.py": "from . import LANES, b\nfrom .c import (\n"
+             "    f,\n)\nfrom .. import elsewhere\n", "b.py": "B = 1\n",
+             "c.py": "from .d import g\n\ndef f(): return g()\n", "d.py": "def g(): return 1\n",
+             "e.py": "E = 1\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    stamps = [kernels.source_stamp(tmp_path / "a.py")]
+    for name in ("__init__.py", "b.py", "c.py", "d.py", "e.py"):
+        with open(tmp_path / name, "a") as f:
+            f.write("# edited\n")
+        stamps.append(kernels.source_stamp(tmp_path / "a.py"))
+    assert len(set(stamps[:5])) == 5 and stamps[5] == stamps[4]
+
+
+def test_the_kernels_caches_are_checked_against_that_stamp():
+    if numba.config.CACHE_DIR:
+        pytest.skip("NUMBA_CACHE_DIR is set: Numba's own locator (its own stamp) takes over")
+    locator = layout.embed._cache._impl.locator
+    assert locator.get_source_stamp() == kernels.source_stamp(layout.__file__)
+    assert locator.get_source_stamp() != kernels.source_stamp(layout.__file__.replace(
+        "layout.py", "bias.py"))
