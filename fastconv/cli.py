@@ -283,7 +283,9 @@ def _bench(args) -> int:
         rows += bench.run(chosen, np.dtype(args.dtype), repeats, numpy_repeats, on=args.device,
                           sgemm=sgemm[threads], numpy=not args.no_numpy, only=args.impls)
 
-    measured_on = {**machine.machine(args.device), "sgemm_size": sgemm_size,
+    # every thread count of the run, not only the last one's
+    measured_on = {**machine.machine(args.device), "threads": ", ".join(map(str, sgemm)),
+                   "sgemm_size": sgemm_size,
                    "sgemm": {t: rate for t, rate in sgemm.items() if rate is not None}}
     print(bench.table(rows, measured_on), end="")
     if args.gemm:

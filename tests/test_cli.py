@@ -157,6 +157,17 @@ def test_bench_layers_runs_those_layers_alone():
         ("max_pool2d_backward", "lenet5/s2.max", "fastconv")}
 
 
+def test_bench_header_names_every_thread_count_of_the_run(tmp_path):
+    """The header's threads are the run's, not the last count's (it said "1" of a 2,1 run)."""
+    markdown = tmp_path / "rows.md"
+    status, out, _ = _main("bench", "--quick", "--suite", "lenet5", "--layers", "lenet5/s2.max",
+                           "--no-numpy", "--repeats", "1", "--threads", "2,1",
+                           "--markdown", str(markdown))
+    assert status == 0
+    assert out.startswith("cpu: ") and "\nthreads: 2, 1 (of " in out
+    assert "- **threads**: 2, 1 (of " in markdown.read_text()
+
+
 def test_bench_layers_names_a_layer_the_suite_lacks(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["bench", "--suite", "lenet5", "--layers", "c1,conv9"])
