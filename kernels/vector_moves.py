@@ -119,11 +119,15 @@ def move_rows(typingctx, src, src_start, src_step, dst, dst_start, dst_step, row
 @intrinsic
 def move_run(typingctx, src, src_start, dst, dst_start, count):
     """dst[dst_start + v] = src[src_start + v] for v < ``count`` (at most VECTOR, at run time):
-    one masked vector load and one masked store (the lanes past ``count`` neither read nor
-    written), offsets counted in elements from each array's first (its data pointer), any
-    dimensions: the caller vouches that the run is contiguous. A loop over a run shorter than
-    a vector (a 7- or 14-wide image row) LLVM leaves scalar, its vectorised body never
-    entered: the padding copy of ResNeXt's 14x14 layer, so written, took 17% of its forward."""
+    a vector load and store where ``count`` is VECTOR, else one masked load and one masked
+    store (the lanes past ``count`` neither read nor written), offsets counted in elements from
+    each array's first (its data pointer), any dimensions: the caller vouches that the run is
+    contiguous. A loop over a run shorter than a vector (a 7- or 14-wide image row) LLVM leaves
+    scalar, its vectorised body never entered: the padding copy of ResNeXt's 14x14 layer, so
+    written, took 17% of its forward. Masked moves of whole vectors too cost Zen 3 dearly: the
+    padding copy of ResNeXt's strided 56x56 layer (8 x 256 x 56 x 56, 7 whole vectors a row)
+    took 15.5 ms on one thread, 6.6 ms with the whole vectors moved plain (NumPy's plain copy
+    of the same bytes: 5-7 ms), 30% of that layer's forward."""
     if not isinstance(count, types.Integer):
         raise errors.TypingError(f"move_run's count is an integer, not {count}")
 
@@ -150,8 +154,15 @@ def move_run(typingctx, src, src_start, dst, dst_start, count):
             builder.module, ir.FunctionType(ir.VoidType(), [vector, pointer, align.type,
                                                             mask.type]),
             "llvm.masked.store." + name)
-        row = builder.call(load, [builder.gep(source, [args[1]]), align, mask,
-                                  ir.Constant(vector, ir.Undefined)])
-        builder.call(store, [row, builder.gep(target, [args[3]]), align, mask])
+        src, dst = builder.gep(source, [args[1]]), builder.gep(target, [args[3]])
+        with builder.if_else(builder.icmp_unsigned("==", n, ir.Constant(index, VECTOR)),
+                             likely=True) as (whole, part):
+            with whole:
+                builder.store(builder.load(builder.bitcast(src, vector.as_pointer()),
+                                           align=align.constant),
+                              builder.bitcast(dst, vector.as_pointer()), align=align.constant)
+            with part:
+                row = builder.call(load, [src, align, mask, ir.Constant(vector, ir.Undefined)])
+                builder.call(store, [row, dst, align, mask])
         return context.get_dummy_value()
     return types.void(src, src_start, dst, dst_start, count), codegen

@@ -3,7 +3,7 @@ have, evenly spaced and offset-array steps, float32 and float64, into poisoned d
 (a cell a move must not touch keeps its poison)."""
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from numba import njit
 
@@ -108,6 +108,8 @@ def _run(src, start, dst, to, count):
 @settings(max_examples=40, deadline=None)
 @given(count=st.integers(0, V), dtype=st.sampled_from([np.float32, np.float64]),
        start=st.integers(0, 2 * V), to=st.integers(0, 2 * V), seed=st.integers(0, 2**32 - 1))
+@example(count=V, dtype=np.float32, start=3, to=5, seed=0)  # a whole vector: no mask
+@example(count=V - 1, dtype=np.float64, start=1, to=0, seed=1)
 def test_move_run_copies_count_elements(count, dtype, start, to, seed):
     """dst[to + v] == src[start + v] for v < count (0 to a whole vector); every other cell of
     dst keeps its poison, src is unchanged. The source ends where the run does: the masked
