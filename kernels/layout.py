@@ -51,6 +51,58 @@ def embed(x, images, origin, channel_step, row_step, col_step):
                         image[row + j * col_step] = source[j]
 
 
+@njit(inline="always", cache=True)
+def _phase_row(starts, i, sigma, h_, w_):
+    """(where channel 0's cells of x's row i in phase (i mod SH, sigma) begin, the phase's
+    plane size, its row width): merge_phases' layout."""
+    sh, sw = starts.shape
+    rho = i % sh
+    width = (w_ - sigma + sw - 1) // sw
+    plane = (h_ - rho + sh - 1) // sh * width
+    return starts[rho, sigma] + i // sh * width, plane, width
+
+
+@njit(**CPU_KERNEL)
+def merge_phases(phases, starts, x):
+    """x[n, c, i * SH + rho, j * SW + sigma] = phase (rho, sigma)'s cell (n, c, i, j): a strided
+    layer's input gradient, computed phase by phase into planes of their own, put together.
+
+    Layout: phases (N, Y), each image flat: phase (rho, sigma) from starts[rho, sigma] (SH x
+    SW int64), NCHW, C planes of ceil((H - rho) / SH) x ceil((W - sigma) / SW); x (N, C, H, W)
+    NCHW-indexed, any strides (NHWC as a view). Loop order: images n in parallel, then x's
+    memory order: channels, rows, each phase's columns of a row (read contiguously) where the
+    channel stride is the larger (NCHW); else rows, phases' columns, channels (NHWC). Each task
+    owns x[n].
+    """
+    n_, c_, h_, w_ = x.shape
+    sw = starts.shape[1]
+    planes = x.strides[1] >= x.strides[2]
+    pairs = sw == 2 and w_ % 2 == 0
+    for n in prange(n_):
+        source = phases[n]
+        if planes:
+            for c in range(c_):
+                for i in range(h_):
+                    if pairs:  # the two phases' columns in one loop, which LLVM vectorises
+                        even, plane, width = _phase_row(starts, i, 0, h_, w_)
+                        odd = _phase_row(starts, i, 1, h_, w_)[0]
+                        for j in range(width):
+                            x[n, c, i, 2 * j] = source[even + c * plane + j]
+                            x[n, c, i, 2 * j + 1] = source[odd + c * plane + j]
+                        continue
+                    for sigma in range(sw):
+                        first, plane, width = _phase_row(starts, i, sigma, h_, w_)
+                        for j in range(width):
+                            x[n, c, i, j * sw + sigma] = source[first + c * plane + j]
+        else:
+            for i in range(h_):
+                for sigma in range(sw):
+                    first, plane, width = _phase_row(starts, i, sigma, h_, w_)
+                    for j in range(width):
+                        for c in range(c_):
+                            x[n, c, i, j * sw + sigma] = source[first + c * plane + j]
+
+
 @njit(**CPU_KERNEL)
 def channel_blocks(a, blocks):
     """blocks[g, b, n, p, v] = a[n, g * KG + b * L + v, p] for b * L + v < KG, else 0: each

@@ -1,5 +1,6 @@
 """The layout moves of kernels/layout.py, parallel and serial, against NumPy: embed (padding,
-and the transposed convolution's spread-out gradient, in both layouts), channel_blocks and
+and the transposed convolution's spread-out gradient, in both layouts), merge_phases (a strided
+layer's input gradient put together from its phases, in both layouts), channel_blocks and
 filter_blocks (channels in blocks of a register tile's width, groups, zero lanes), on poisoned
 outputs and inputs of any strides, which they leave unchanged."""
 
@@ -171,3 +172,29 @@ def test_streaming_kernels_count_their_cells_as_moves(cpu_calls):
     assert len(cpu_calls) >= 9
     assert all(work >= driver.SERIAL_WORK for _, work in cpu_calls), [
         (kernel.py_func.__name__, work) for kernel, work in cpu_calls]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 20),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       layout_=st.sampled_from(["NCHW", "NHWC"]), dtype=st.sampled_from(FLOATS),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_merge_phases_puts_a_strided_layers_phases_together(n, c, h, w, stride, layout_, dtype,
+                                                           parallel, seed):
+    """Each phase's NCHW planes, one after another in each image, land on their strided
+    sub-grid of x, in either layout, every cell written (x starts poisoned); odd and even
+    widths (the paired path of stride 2 takes even ones)."""
+    rng = np.random.default_rng(seed)
+    want = random(rng, (n, c, h, w), dtype)
+    sh, sw = stride
+    planes = [[np.ascontiguousarray(want[:, :, rho::sh, sigma::sw]).reshape(n, -1)
+               for sigma in range(sw)] for rho in range(sh)]
+    sizes = np.array([[p.shape[1] for p in row] for row in planes], np.int64)
+    starts = (np.cumsum(sizes) - sizes.reshape(-1)).reshape(sizes.shape)
+    phases = np.concatenate([p for row in planes for p in row], axis=1)
+    before = phases.copy()
+    x = np.full((n, c, h, w) if layout_ == "NCHW" else (n, h, w, c), np.nan, dtype)
+    view = x if layout_ == "NCHW" else x.transpose(0, 3, 1, 2)
+    _kernel(layout.merge_phases, parallel)(phases, starts, view)
+    np.testing.assert_array_equal(view, want)
+    np.testing.assert_array_equal(phases, before)
