@@ -185,7 +185,7 @@ def _store_row_tile(acc, flat, yn, first, k0, used, y_channel, y_col, pixels, la
     """yn[first + k * y_channel + j * y_col] = acc[j, k - k0] for the tile's ``used`` channels
     from k0: by whole vectors where the tile's pixels lie side by side in yn (y_col 1: NCHW),
     the tile transposed in registers, or its channels do (y_channel 1: NHWC) and it has all
-    of them; element by element elsewhere (a strided layer's input-gradient phase). ``flat``
+    of them; element by element elsewhere (NHWC's last, partial block of channels). ``flat``
     is acc's memory as one vector."""
     if y_col == 1:
         for v0 in range(0, lanes_, VECTOR):

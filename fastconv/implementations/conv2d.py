@@ -407,10 +407,11 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     """The input gradient phase by phase: gx's pixels (ih, iw) of one (ih mod sh, iw mod sw)
     receive gy through the taps (r, s) with (ih + top - r * dh) and (iw + left - s * dw)
     divisible by the strides, each phase a stride-1 convolution of gy (padded once for all)
-    written into its strided sub-grid of gx by the forward's kernels, channels trading places.
-    A stride-s layer costs its own multiply-adds (gy spread out by the stride, zeros between its
-    pixels, would cost s^2 times them). Non-finite filters go to the exact kernel, as in
-    _transposed."""
+    by the forward's kernels, channels trading places: a stride-1 layer's one phase written
+    into gx, a strided layer's phases into planes of their own, then merged into gx (see
+    below). A stride-s layer costs its own multiply-adds (gy spread out by the stride, zeros
+    between its pixels, would cost s^2 times them). Non-finite filters go to the exact
+    kernel, as in _transposed."""
     if not np.isfinite(w).all():
         return _backward_input_planes(g, gy, w)
     rows = _phases(g.H, g.stride[0], g.dilation[0], g.padding[0], g.R)
