@@ -86,6 +86,16 @@ def _torch(a, layout="NCHW"):
 # An activation's slope from its output y, as the kernels take it in a fused backward.
 SLOPES = {None: lambda y: 1.0, "relu": lambda y: y > 0, "tanh": lambda y: (1 - y) * (1 + y),
           "sigmoid": lambda y: y * (1 - y)}
+
+
+def slope_magnitudes(gy, slope, layout):
+    """Per channel, the norm of the sum of |gy * slope| over the batch and pixels: the scale of
+    a bias gradient's rounding (sum gy * slope, the slope taken from y in the dtype) where its
+    terms cancel and the norm-relative bound of its sum says nothing."""
+    axes = (0, 2, 3) if layout == "NCHW" else (0, 1, 2)
+    return np.linalg.norm(np.abs(np.float64(gy) * slope).sum(axis=axes))
+
+
 # d activation / d pre-activation z, from z (the kernels take it from the output instead)
 _DERIVATIVE = {"relu": lambda z: z > 0, "tanh": lambda z: 1 - np.tanh(z) ** 2,
                "sigmoid": lambda z: np.exp(-np.logaddexp(0, -z) - np.logaddexp(0, z))}
