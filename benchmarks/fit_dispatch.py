@@ -116,14 +116,14 @@ def main(argv=None) -> int:
         + args.rule.read_text().split('"""')[1].strip() + "\n\n"
         + "\n".join(f"{op}: {tree}" for op, tree in fitted["rule"].items())
         + f"\n```\n\nPicking costs {_pick_cost():.1f} us a call (registry.choose on a ResNet "
-        "layer, best of 5 x 10,000 calls).\n\n## How well a depth generalises\n\n"
+        "layer, best of 5 x 10,000 calls).\n\n## How well a rule generalises\n\n"
         "Each network's layers judged by the rule fitted on the other networks' (geomean "
-        "slowdown against the fastest algorithm of each layer; 1.000x: always the fastest):\n\n"
-        + _held_out(rows, range(1, args.depth + 1))
-        + "\n## A tree per vector width\n\n"
-        "Each vector width's layers judged by each width's own tree and by one tree over all "
-        "widths that may test the width (\"lanes\") like any feature (geomean slowdown against "
-        "the fastest algorithm of each layer):\n\n" + _across_widths(rows, args.depth)
+        "slowdown against the fastest algorithm of each layer; 1.000x: always the fastest), "
+        "at each depth, and at this one with a tree per value of a feature the rule has one "
+        "tree over (or the other way round):\n\n" + _held_out(rows, args.depth)
+        + "".join(f"\n## A tree per value of {feature}, or one over all\n\n"
+                  + _own_trees(rows, args.depth, feature, fitted["rule"])
+                  for feature in fit.FORCEABLE)
         + "\n## Every measurement (median ms)\n\n" + fit.table(rows, fitted["rule"]))
     print(args.rule.read_text())
     return 0
@@ -142,35 +142,52 @@ def _pick_cost() -> float:
     return best * 1e6
 
 
-def _held_out(rows, depths) -> str:
-    """Markdown: each depth's rule judged on the network left out of its fit."""
+def _toggled(feature) -> tuple:
+    """fit.FORCED with ``feature`` left out where it is in, added where it is not."""
+    return (tuple(f for f in fit.FORCED if f != feature) if feature in fit.FORCED
+            else (*fit.FORCED, feature))
+
+
+def _per_value(feature) -> str:
+    """The rule of :func:`_toggled` in words."""
+    return (f"one tree over all {feature}" if feature in fit.FORCED
+            else f"a tree per {feature}")
+
+
+def _held_out(rows, depth) -> str:
+    """Markdown: the rules of each depth up to ``depth``, and of ``depth`` with each feature of
+    fit.FORCEABLE toggled (:func:`_toggled`), judged on the network left out of their fit."""
     if len({r["layer"].split("/")[0] for r in rows}) < 2:
         return "(needs the layers of two networks at least)\n"
-    lines = ["| depth | " + " | ".join(CONV_OPS) + " |", "|--:|" + "--:|" * len(CONV_OPS)]
-    for depth in depths:
-        scores = fit.held_out(rows, depth)
-        lines.append(f"| {depth} | " + " | ".join(f"{scores[op]:.3f}x" for op in CONV_OPS)
+    variants = {f"depth {d}": {"depth": d} for d in range(1, depth + 1)}
+    variants |= {f"depth {depth}, {_per_value(feature)}": {
+        "depth": depth, "forced": _toggled(feature)} for feature in fit.FORCEABLE}
+    lines = ["| rule | " + " | ".join(CONV_OPS) + " |", "|---|" + "--:|" * len(CONV_OPS)]
+    for name, options in variants.items():
+        scores = fit.held_out(rows, **options)
+        lines.append(f"| {name} | " + " | ".join(f"{scores[op]:.3f}x" for op in CONV_OPS)
                      + " |")
     return "\n".join(lines) + "\n"
 
 
-def _across_widths(rows, depth) -> str:
-    """Markdown: each width's rows judged by each width's own tree and by one tree over all."""
-    widths = sorted({r["lanes"] for r in rows})
-    if len(widths) < 2:
-        return "(needs the rows of two vector widths)\n"
-    rules = {f"{w} lanes' own": fit.fit([r for r in rows if r["lanes"] == w], depth)["rule"]
-             for w in widths}
-    rules["one over all"] = fit.fit(rows, depth, per_width=False)["rule"]
-    lines = ["| tree | " + " | ".join(f"{w} lanes: {op}" for w in widths for op in CONV_OPS)
-             + " |", "|---|" + "--:|" * (len(widths) * len(CONV_OPS))]
-    for name, rule in rules.items():
-        scores = [fit.walk_loss([r for r in rows if r["lanes"] == w], rule) for w in widths]
+def _own_trees(rows, depth, feature, rule) -> str:
+    """Markdown: the rows of each value of a feature of fit.FORCEABLE judged by ``rule`` (the
+    fit's) and by the fit with the feature toggled (:func:`_toggled`): a tree per value, or
+    one tree over all, free to test it like any other feature (geomean slowdown against the
+    fastest algorithm of each layer)."""
+    values = sorted({r[feature] for r in rows})
+    if len(values) < 2:
+        return f"(needs the rows of two values of {feature})\n"
+    rules = {"the rule": rule,
+             _per_value(feature): fit.fit(rows, depth, forced=_toggled(feature))["rule"]}
+    lines = ["| tree | " + " | ".join(f"{feature} {v}: {op}" for v in values for op in CONV_OPS)
+             + " |", "|---|" + "--:|" * (len(values) * len(CONV_OPS))]
+    for name, tree in rules.items():
+        scores = [fit.walk_loss([r for r in rows if r[feature] == v], tree) for v in values]
         lines.append(f"| {name} | " + " | ".join(
             f"{math.exp(sum(s[op]) / len(s[op])):.3f}x" for s in scores for op in CONV_OPS)
             + " |")
     return "\n".join(lines) + "\n"
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,6 +2,7 @@
 fitter finds a rule planted in synthetic timings and ignores differences below its threshold,
 and the committed rule is what fitting the committed measurements gives."""
 
+import functools
 import math
 import subprocess
 import sys
@@ -19,16 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MEASUREMENTS = ROOT / "benchmarks" / "results" / "dispatch-cpu.csv"
 
 
-def _rows(timings, lanes=16):
+def _rows(timings, lanes=16, threads=1):
     """Rows as fit.measure writes them, from {(taps, channels): {algo: ms}} for every op, on a
-    machine whose tiles have ``lanes`` float32 lanes."""
+    machine whose tiles have ``lanes`` float32 lanes, on ``threads`` threads."""
     rows = []
     for (taps, channels), by_algo in timings.items():
         features = {name: 1 for name in conv2d.FEATURES} | {"taps": taps, "channels": channels,
-                                                             "lanes": lanes}
+                                                             "lanes": lanes, "threads": threads}
         for op in CONV_OPS:
             for algo, ms in by_algo.items():
-                rows.append({"machine": f"m{lanes}", "threads": 1,
+                rows.append({"machine": f"m{lanes}", "threads": threads,
                              "layer": f"t{taps}c{channels}", "op": op, "algo": algo,
                              "median_ms": ms, **features})
     return rows
@@ -82,6 +83,56 @@ def test_each_vector_width_gets_its_own_tree():
                 assert by_algo[pick] == min(by_algo.values()), (op, lanes, taps, rule)
     # one width measured: no test of the width
     assert fit.fit(_rows(avx512))["rule"] == {op: "blocked" for op in CONV_OPS}
+
+
+def test_a_forced_feature_gets_a_tree_per_value_where_they_differ():
+    # on one thread im2col wins below 100 taps, on two blocked wins everywhere; forced, the
+    # thread count gets a tree per value, the two-thread one serving every count above; equal
+    # timings share one tree
+    one = {(taps, 16): {"blocked": 1.0 if taps >= 100 else 2.0, "im2col": 1.5}
+           for taps in (9, 25, 60, 100, 150, 576)}
+    two = {key: {"blocked": 1.0, "im2col": 1.5} for key in one}
+    forced = ("lanes", "threads")
+    fitted = fit.fit(_rows(one, threads=1) + _rows(two, threads=2), forced=forced)
+    for op in CONV_OPS:
+        rule = fitted["rule"][op]
+        assert fitted["loss"][op]["rule"] == 1.0
+        assert (rule["feature"], rule["threshold"], rule["at_least"]) == ("threads", 2, "blocked")
+        for threads, timings in ((1, one), (2, two), (16, two)):
+            for (taps, channels), by_algo in timings.items():
+                pick = conv2d.walk(rule, {"taps": taps, "channels": channels,
+                                          "threads": threads}.get)
+                assert by_algo[pick] == min(by_algo.values()), (op, threads, taps, rule)
+    assert fit.fit(_rows(two, threads=1) + _rows(two, threads=2), forced=forced)["rule"] == {
+        op: "blocked" for op in CONV_OPS}
+    # unforced (the default), one tree over both finds the same split where it pays
+    free = fit.fit(_rows(one, threads=1) + _rows(two, threads=2))
+    assert "threads" not in fit.FORCED
+    assert all(free["loss"][op]["rule"] == 1.0 for op in CONV_OPS)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_depth_two_tree_is_the_best_of_every_split_tried_one_by_one(seed):
+    # the fit's compiled stumps over sort orders carried down the tree, against every pair of
+    # splits tried by brute force on random losses and features full of ties
+    rng = np.random.default_rng(seed)
+    features = rng.integers(0, 6, (40, len(conv2d.FEATURES))).astype(float)
+    losses = rng.random((40, 3))
+    leaf = functools.partial(fit._leaf, algos=["blocked", "direct", "im2col"],
+                             served=registry.general("cpu"))
+
+    def best(rows, depth):
+        cost = losses[rows].sum(axis=0).min()
+        if depth == 0:
+            return cost
+        for f in range(features.shape[1]):
+            for t in np.unique(features[rows, f])[1:]:
+                high = rows & (features[:, f] >= t)
+                cost = min(cost, best(rows & ~high, depth - 1) + best(high, depth - 1))
+        return cost
+
+    loss, _ = fit._tree(features, losses, leaf, 2, 0.0)
+    assert math.isclose(loss, best(np.ones(40, bool), 2), rel_tol=1e-12)
 
 
 def test_the_committed_rule_is_the_fit_of_the_committed_measurements():

@@ -5,26 +5,28 @@ algorithm of each layer.
 
 The loss is the sum over measured layers (and thread counts, and machines) of log(t_chosen /
 t_fastest): a geometric mean, as the suite's ratios are, so a small layer counts as much as a
-big one. Each vector width measured gets its own tree (joined under tests of "lanes"); a tree
-has at most ``depth`` levels of ``feature >= threshold`` tests over
-:data:`fastconv.implementations.conv2d.FEATURES`, thresholds taken from the measured values; a
-split is kept only where it saves more than ``min_gain`` (5% of one layer's time by default),
-so the rule does not chase noise. :func:`held_out` judges a depth by fitting on all networks
-but one and scoring the rule on that one (benchmarks/results/dispatch-cpu.md has its figures;
-depth 3, the default, did best overall there). benchmarks/fit_dispatch.py runs it and writes
-the rule into fastconv/implementations/cpu_rule.py; tests refit the committed measurements and
-compare.
+big one. Each vector width measured gets its own tree (joined under tests of "lanes":
+:data:`FORCED`); a tree has at most ``depth`` levels of ``feature >=
+threshold`` tests over :data:`fastconv.implementations.conv2d.FEATURES`, thresholds taken from
+the measured values; a split is kept only where it saves more than ``min_gain`` (5% of one
+layer's time by default), so the rule does not chase noise. :func:`held_out` judges a depth by
+fitting on all networks but one and scoring the rule on that one
+(benchmarks/results/dispatch-cpu.md has its figures; depth 3, the default, did best overall
+there). benchmarks/fit_dispatch.py runs it and writes the rule into
+fastconv/implementations/cpu_rule.py; tests refit the committed measurements and compare.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import pprint
 import statistics
 import textwrap
 
 import numpy as np
+from numba import njit
 from tqdm import tqdm
 
 from .. import ops
@@ -116,21 +118,27 @@ def _samples(rows, op):
     return features, logs, algos
 
 
-def _tree(features, losses, algos, depth, min_gain):
-    """(loss, node) of the best tree on these samples: a node is an algo name or
-    {"feature", "threshold", "below", "at_least"}. ``losses`` (S, A): log slowdown against
-    the sample's fastest algorithm. A split must beat the best found so far by ``min_gain``."""
+def _tree(features, losses, leaf, depth, min_gain, orders=None):
+    """(loss, node) of the best tree on these samples: a node is a leaf (``leaf(totals)`` of
+    its samples' losses: :func:`_leaf`) or {"feature", "threshold", "below", "at_least"}.
+    ``losses`` (S, A): log slowdown against the sample's fastest algorithm. A split must beat
+    the best found so far by ``min_gain``. ``orders`` (F, S): the samples in each feature's
+    stable sort order (computed here where not given)."""
+    if orders is None:
+        orders = np.argsort(features, axis=0, kind="stable").T.copy()
     totals = losses.sum(axis=0)
-    best = (float(totals.min()), _leaf(totals, algos))
+    best = (float(totals.min()), leaf(totals))
     if depth == 0 or best[0] == 0:
         return best
     if depth == 1:
-        return _stump(features, losses, algos, min_gain, best)
+        return _stump(features, losses, orders, totals, leaf, min_gain, best)
     for f, name in enumerate(FEATURES):
         for threshold in np.unique(features[:, f])[1:]:
             high = features[:, f] >= threshold
-            below = _tree(features[~high], losses[~high], algos, depth - 1, min_gain)
-            above = _tree(features[high], losses[high], algos, depth - 1, min_gain)
+            below = _tree(features[~high], losses[~high], leaf, depth - 1, min_gain,
+                          _within(orders, ~high))
+            above = _tree(features[high], losses[high], leaf, depth - 1, min_gain,
+                          _within(orders, high))
             loss = below[0] + above[0]
             if loss < best[0] - min_gain:
                 best = (loss, {"feature": name, "threshold": int(threshold),
@@ -138,51 +146,89 @@ def _tree(features, losses, algos, depth, min_gain):
     return best
 
 
-def _leaf(totals, algos):
+def _within(orders, kept):
+    """The sort orders (F, S) of the samples ``kept`` (S,) keeps, numbered among themselves:
+    each order filtered, so a stable one stays stable."""
+    ranks = np.cumsum(kept) - 1
+    return ranks[orders[kept[orders]].reshape(len(orders), -1)]
+
+
+def _leaf(totals, algos, served):
     """A leaf of the tree: the algorithm of least total loss; where that one serves some
     layers only (registry.refusal), [it, the general algorithm of least loss], for the layers
-    it refuses (a layer the fit never saw may reach the leaf)."""
+    it refuses (a layer the fit never saw may reach the leaf). ``served``: the general
+    algorithms (registry.general)."""
     best = algos[int(np.argmin(totals))]
-    served = general("cpu")
     if best in served:
         return best
     return [best, min((t, a) for t, a in zip(totals, algos, strict=True) if a in served)[1]]
 
 
-def _stump(features, losses, algos, min_gain, best):
-    """_tree at depth 1, every threshold of a feature at once: the samples sorted by the
-    feature, a split's two sides' totals are a running sum and its complement."""
-    totals = losses.sum(axis=0)
-    for f, name in enumerate(FEATURES):
-        order = np.argsort(features[:, f], kind="stable")
-        values = features[order, f]
-        cuts = np.flatnonzero(values[1:] != values[:-1])  # split after sorted sample i
-        if not len(cuts):
-            continue
-        below = np.cumsum(losses[order], axis=0)[cuts]
-        above = totals - below
-        split = below.min(axis=1) + above.min(axis=1)
-        i = int(np.argmin(split))
-        if split[i] < best[0] - min_gain:
-            best = (float(split[i]), {"feature": name, "threshold": int(values[cuts[i] + 1]),
-                                      "below": _leaf(below[i], algos),
-                                      "at_least": _leaf(above[i], algos)})
-    return best
+def _stump(features, losses, orders, totals, leaf, min_gain, best):
+    """_tree at depth 1 (:func:`_best_stump`), ``totals`` the losses' sums; ``best`` stands
+    unless a split beats it by ``min_gain``."""
+    loss, f, threshold, below, above = _best_stump(features, losses, orders, totals, best[0],
+                                                   min_gain)
+    if f < 0:
+        return best
+    return (loss, {"feature": list(FEATURES)[f], "threshold": int(threshold),
+                   "below": leaf(below), "at_least": leaf(above)})
+
+
+@njit(cache=True)
+def _best_stump(features, losses, orders, totals, best, min_gain):
+    """(loss, feature index, threshold, below's totals, above's totals) of the best split of
+    every feature and threshold, a feature's best kept where it beats the best so far by
+    ``min_gain`` (feature -1: none did). The samples in a feature's order (``orders``), a
+    split's two sides' totals are a running sum and its complement. Compiled: the fit calls
+    it for every node of depth 1 its deeper trees try (about a million on the suite)."""
+    samples, algos = losses.shape
+    found, threshold = -1, 0.0
+    below_best, above_best = np.zeros(algos), np.zeros(algos)
+    for f in range(features.shape[1]):
+        order = orders[f]
+        running = np.zeros(algos)
+        split, cut = np.inf, -1
+        for i in range(samples - 1):
+            low, high = np.inf, np.inf
+            for a in range(algos):
+                running[a] += losses[order[i], a]
+                low, high = min(low, running[a]), min(high, totals[a] - running[a])
+            if features[order[i], f] != features[order[i + 1], f] and low + high < split:
+                split, cut = low + high, i
+        if cut >= 0 and split < best - min_gain:
+            running[:] = 0
+            for i in range(cut + 1):
+                running += losses[order[i]]
+            best, found, threshold = split, f, features[order[cut + 1], f]
+            below_best, above_best = running.copy(), totals - running
+    return best, found, threshold, below_best, above_best
+
+
+# Features whose every measured value gets a tree of its own, joined by tests of the feature
+# (the first outermost), and those that could (benchmarks/fit_dispatch.py judges each way on
+# networks left out of the fit). The vector widths run different code (tile shapes, BLAS
+# kernels): held out (2026-12-02), a tree per width lost 1.166 / 1.321 / 1.280x (forward /
+# input / weight gradient) against the fastest algorithm, one tree over both 1.192 / 1.480 /
+# 1.260x. A tree per thread count did not pay: 1.176 / 1.383 / 1.304x; it fitted the measured
+# networks closer (0.8% on one thread's forward) and lost more on those left out.
+FORCED = ("lanes",)
+FORCEABLE = ("lanes", "threads")
 
 
 def fit(rows: list[dict], depth: int = 3, min_gain: float = math.log(1.05),
-        per_width: bool = True) -> dict:
+        forced: tuple = FORCED) -> dict:
     """``{op: tree}`` for the conv ops, and the geomean slowdown against each layer's fastest
-    algorithm of the rule, and of each single algorithm, per op (``"loss"``). ``per_width``
-    False: one tree over every vector width, free to test "lanes" like any feature."""
+    algorithm of the rule, and of each single algorithm, per op (``"loss"``). ``forced``: the
+    features whose measured values get a tree each (the others' trees may still test them)."""
     rule, loss = {}, {}
     for op in CONV_OPS:
         features, logs, algos = _samples(rows, op)
         # an algorithm not measured on a sample: far slower than any measured one, but finite,
         # so that the running sums of _stump stay finite
         losses = np.minimum(logs - logs.min(axis=1, keepdims=True), 1e6)
-        total, rule[op] = (_per_width if per_width else _tree)(features, losses, algos, depth,
-                                                              min_gain)
+        leaf = functools.partial(_leaf, algos=algos, served=general("cpu"))
+        total, rule[op] = _per_value(features, losses, leaf, depth, min_gain, forced)
         count = len(features)
         # an algorithm for some layers only, alone: infinitely slow on the others
         loss[op] = {"rule": math.exp(total / count),
@@ -191,19 +237,22 @@ def fit(rows: list[dict], depth: int = 3, min_gain: float = math.log(1.05),
     return {"rule": rule, "loss": loss}
 
 
-def _per_width(features, losses, algos, depth, min_gain):
-    """(loss, node): a tree per vector width measured (AVX2's 8 lanes, AVX-512's 16), joined by
-    "lanes" tests. The widths run different code (tile shapes, BLAS kernels), and a width's
-    own tree served it better than one tree over both that tests the width where it pays:
-    benchmarks/results/dispatch-cpu.md compares the two."""
-    lanes = features[:, list(FEATURES).index("lanes")]
+def _per_value(features, losses, leaf, depth, min_gain, forced):
+    """(loss, node): a tree per measured value of ``forced[0]`` (each split further by the rest
+    of ``forced``), joined by tests of it; a value's tree serves the values above it up to the
+    next measured one (two threads' tree serves 16). Neighbouring values with equal trees share
+    one."""
+    if not forced:
+        return _tree(features, losses, leaf, depth, min_gain)
+    column = features[:, list(FEATURES).index(forced[0])]
     total, node = 0.0, None
-    for width in np.unique(lanes):
-        here = lanes == width
-        loss, tree = _tree(features[here], losses[here], algos, depth, min_gain)
+    for value in np.unique(column):
+        here = column == value
+        loss, tree = _per_value(features[here], losses[here], leaf, depth, min_gain,
+                                forced[1:])
         total += loss
-        node = tree if node is None else {"feature": "lanes", "threshold": int(width),
-                                          "below": node, "at_least": tree}
+        node = tree if node is None or tree == node else {
+            "feature": forced[0], "threshold": int(value), "below": node, "at_least": tree}
     return total, node
 
 
@@ -263,13 +312,15 @@ def walk_loss(rows, rule) -> dict:
     return losses
 
 
-def held_out(rows: list[dict], depth: int) -> dict:
-    """{op: geomean slowdown against the fastest} of rules fitted on every network but one and
-    judged on that one, over all networks: how well a depth generalises to unseen layers."""
+def held_out(rows: list[dict], depth: int, **options) -> dict:
+    """{op: geomean slowdown against the fastest} of rules fitted (:func:`fit`, with ``depth``
+    and ``options``) on every network but one and judged on that one, over all networks: how
+    well a rule generalises to unseen layers."""
     networks = sorted({r["layer"].split("/")[0] for r in rows})
     losses = {}
     for network in networks:
-        rule = fit([r for r in rows if not r["layer"].startswith(network + "/")], depth)["rule"]
+        rule = fit([r for r in rows if not r["layer"].startswith(network + "/")], depth,
+                   **options)["rule"]
         for op, values in walk_loss([r for r in rows if r["layer"].startswith(network + "/")],
                                      rule).items():
             losses.setdefault(op, []).extend(values)
