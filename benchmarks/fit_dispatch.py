@@ -189,5 +189,6 @@ def _own_trees(rows, depth, feature, rule) -> str:
             + " |")
     return "\n".join(lines) + "\n"
 
+
 if __name__ == "__main__":
     sys.exit(main())

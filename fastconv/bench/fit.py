@@ -6,14 +6,13 @@ algorithm of each layer.
 The loss is the sum over measured layers (and thread counts, and machines) of log(t_chosen /
 t_fastest): a geometric mean, as the suite's ratios are, so a small layer counts as much as a
 big one. Each vector width measured gets its own tree (joined under tests of "lanes":
-:data:`FORCED`); a tree has at most ``depth`` levels of ``feature >=
-threshold`` tests over :data:`fastconv.implementations.conv2d.FEATURES`, thresholds taken from
-the measured values; a split is kept only where it saves more than ``min_gain`` (5% of one
-layer's time by default), so the rule does not chase noise. :func:`held_out` judges a depth by
-fitting on all networks but one and scoring the rule on that one
-(benchmarks/results/dispatch-cpu.md has its figures; depth 3, the default, did best overall
-there). benchmarks/fit_dispatch.py runs it and writes the rule into
-fastconv/implementations/cpu_rule.py; tests refit the committed measurements and compare.
+:data:`FORCED`); a tree has at most ``depth`` levels of ``feature >= threshold`` tests over
+:data:`fastconv.implementations.conv2d.FEATURES`, thresholds taken from the measured values; a
+split is kept only where it saves more than ``min_gain`` (5% of one layer's time by default), so
+the rule does not chase noise. :func:`held_out` judges a depth by fitting on all networks but
+one and scoring the rule on that one (benchmarks/results/dispatch-cpu.md has its figures; depth
+3, the default, did best overall there). benchmarks/fit_dispatch.py runs it and writes the rule
+into fastconv/implementations/cpu_rule.py; tests refit the committed measurements and compare.
 """
 
 from __future__ import annotations
@@ -180,8 +179,8 @@ def _best_stump(features, losses, orders, totals, best, min_gain):
     """(loss, feature index, threshold, below's totals, above's totals) of the best split of
     every feature and threshold, a feature's best kept where it beats the best so far by
     ``min_gain`` (feature -1: none did). The samples in a feature's order (``orders``), a
-    split's two sides' totals are a running sum and its complement. Compiled: the fit calls
-    it for every node of depth 1 its deeper trees try (about a million on the suite)."""
+    split's two sides' totals are a running sum and its complement. Compiled: a fit calls
+    it for every node of depth 1 its deeper trees try (~100,000 for the AVX2 rows' three ops)."""
     samples, algos = losses.shape
     found, threshold = -1, 0.0
     below_best, above_best = np.zeros(algos), np.zeros(algos)
