@@ -101,26 +101,30 @@ def _gemm_plane(a, b, c, beta):
 
 
 @njit(inline="always", cache=True)
-def _block(j, blocks, n):
-    """Columns [lo, hi) of block j of ``blocks`` over n columns, starts aligned."""
-    lo = n * j // blocks // COLUMN_ALIGN * COLUMN_ALIGN
-    hi = n if j == blocks - 1 else n * (j + 1) // blocks // COLUMN_ALIGN * COLUMN_ALIGN
+def _block(j, blocks, n, align):
+    """[lo, hi) of block j of ``blocks`` over n rows or columns, starts at multiples of
+    ``align``."""
+    lo = n * j // blocks // align * align
+    hi = n if j == blocks - 1 else n * (j + 1) // blocks // align * align
     return lo, hi
 
 
 @njit(**CPU_KERNEL)
-def gemm(a, b, c, blocks, beta):
+def gemm(a, b, c, row_blocks, column_blocks, beta):
     """c[z] = a[z] @ b[z] + beta * c[z] for every z, a (Z, M, K) (a single plane broadcast:
     z-stride 0), b (Z, K, N), c (Z, M, N) with row-major planes.
 
-    Loop order: (plane z, column block j) pairs (parallel), each one BLAS call over c[z][:, lo:hi].
-    Each thread owns its blocks of c; blocks start at COLUMN_ALIGN-column boundaries.
+    Loop order: (plane z, row block i, column block j) triples (parallel), each one BLAS call
+    over c[z][rows i, columns j]. Each thread owns its blocks of c; column blocks start at
+    COLUMN_ALIGN-column boundaries.
     """
-    n = c.shape[2]
+    m, n = c.shape[1], c.shape[2]
+    blocks = row_blocks * column_blocks
     for part in prange(c.shape[0] * blocks):
-        z, j = part // blocks, part % blocks
-        lo, hi = _block(j, blocks, n)
-        _gemm_plane(a[z], b[z][:, lo:hi], c[z][:, lo:hi], beta)
+        z, i, j = part // blocks, part % blocks // column_blocks, part % column_blocks
+        r0, r1 = _block(i, row_blocks, m, 1)
+        c0, c1 = _block(j, column_blocks, n, COLUMN_ALIGN)
+        _gemm_plane(a[z][r0:r1], b[z][:, c0:c1], c[z][r0:r1, c0:c1], beta)
 
 
 @njit(**CPU_KERNEL)

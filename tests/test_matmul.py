@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import ops, runtime
 from fastconv.implementations import driver
+from fastconv.kernels import gemm
 from oracle import random, tolerance
 
 FLOATS = [np.float32, np.float64]
@@ -51,7 +52,7 @@ def _poisoned(shape, layout, dtype):
 
 @settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(z=st.integers(1, 4), m=st.integers(1, 40), k=st.integers(0, 70), n=st.integers(1, 300),
+@given(z=st.integers(1, 4), m=st.integers(1, 80), k=st.integers(0, 70), n=st.integers(1, 300),
        layouts=st.tuples(*[st.sampled_from(LAYOUTS)] * 2 + [st.sampled_from(["row", "column"])]),
        shared=st.sampled_from([None, "a", "b"]), add=st.booleans(),
        dtype=st.sampled_from(FLOATS), parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
@@ -59,6 +60,8 @@ def _poisoned(shape, layout, dtype):
          dtype=np.float32, parallel=True, seed=0)
 @example(z=2, m=33, k=0, n=17, layouts=("column", "strided", "column"), shared="a", add=False,
          dtype=np.float64, parallel=True, seed=0)
+@example(z=1, m=70, k=9, n=40, layouts=("row", "row", "row"), shared="a", add=True,
+         dtype=np.float32, parallel=True, seed=0)
 def test_matmul_matches_float64_numpy(z, m, k, n, layouts, shared, add, dtype, parallel, seed,
                                       monkeypatch):
     _parallel(monkeypatch, parallel)
@@ -75,6 +78,35 @@ def test_matmul_matches_float64_numpy(z, m, k, n, layouts, shared, add, dtype, p
     assert _error(out, want) < tolerance(dtype) * max(k, 1) ** 0.5
     np.testing.assert_array_equal(a, before[0])
     np.testing.assert_array_equal(b, before[1])
+
+
+@pytest.mark.parametrize("z, m, n, threads, blocks", [
+    (1, 512, 98, 2, (2, 1)),     # ResNet's 7 x 7 layers: too few columns, so rows are split
+    (1, 64, 3136, 2, (1, 2)),    # enough columns: rows stay whole
+    (1, 512, 98, 8, (8, 1)),
+    (1, 40, 98, 2, (1, 1)),      # too few of either to share
+    (1, 256, 200, 8, (3, 3)),    # columns as far as they go, then rows for the rest
+    (4, 512, 98, 2, (1, 1)),     # planes enough
+    (3, 512, 300, 8, (1, 3)),
+])
+def test_planes_are_split_columns_first_then_rows(z, m, n, threads, blocks):
+    assert driver._blocks(z, m, n, threads) == blocks
+
+
+@settings(max_examples=30, deadline=None)
+@given(z=st.integers(1, 3), m=st.integers(1, 70), n=st.integers(1, 130),
+       row_blocks=st.integers(1, 5), column_blocks=st.integers(1, 4),
+       seed=st.integers(0, 2**32 - 1))
+def test_gemm_blocks_cover_each_plane_once(z, m, n, row_blocks, column_blocks, seed):
+    """Every (row block, column block) split, blocks empty where they outnumber the rows or
+    aligned columns among them, writes each output once: beta = 1 over a random start would
+    show a block written twice or missed."""
+    rng = np.random.default_rng(seed)
+    a, b = random(rng, (z, m, 5), np.float64), random(rng, (z, 5, n), np.float64)
+    out = random(rng, (z, m, n), np.float64)
+    want = np.matmul(a, b) + out
+    gemm.gemm(a, b, out, row_blocks, column_blocks, 1.0)
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=40, deadline=None,
