@@ -148,7 +148,7 @@ def _toggled(feature) -> tuple:
             else (*fit.FORCED, feature))
 
 
-def _per_value(feature) -> str:
+def _toggled_name(feature) -> str:
     """The rule of :func:`_toggled` in words."""
     return (f"one tree over all {feature}" if feature in fit.FORCED
             else f"a tree per {feature}")
@@ -160,7 +160,7 @@ def _held_out(rows, depth) -> str:
     if len({r["layer"].split("/")[0] for r in rows}) < 2:
         return "(needs the layers of two networks at least)\n"
     variants = {f"depth {d}": {"depth": d} for d in range(1, depth + 1)}
-    variants |= {f"depth {depth}, {_per_value(feature)}": {
+    variants |= {f"depth {depth}, {_toggled_name(feature)}": {
         "depth": depth, "forced": _toggled(feature)} for feature in fit.FORCEABLE}
     lines = ["| rule | " + " | ".join(CONV_OPS) + " |", "|---|" + "--:|" * len(CONV_OPS)]
     for name, options in variants.items():
@@ -179,7 +179,7 @@ def _own_trees(rows, depth, feature, rule) -> str:
     if len(values) < 2:
         return f"(needs the rows of two values of {feature})\n"
     rules = {"the rule": rule,
-             _per_value(feature): fit.fit(rows, depth, forced=_toggled(feature))["rule"]}
+             _toggled_name(feature): fit.fit(rows, depth, forced=_toggled(feature))["rule"]}
     lines = ["| tree | " + " | ".join(f"{feature} {v}: {op}" for v in values for op in CONV_OPS)
              + " |", "|---|" + "--:|" * (len(values) * len(CONV_OPS))]
     for name, tree in rules.items():

@@ -73,8 +73,18 @@ def _as_column_major(plane):
 
 
 @njit(inline="always", cache=True)
-def _gemm_plane(a, b, c, beta):
-    """c = a @ b + beta * c for 2-D planes, c row-major: one single-threaded BLAS call."""
+def gemm_plane(a, b, c, beta):
+    """c = a @ b + beta * c for 2-D planes, c row- or column-major (as c.T = b.T @ a.T): one
+    single-threaded BLAS call."""
+    if c.shape[1] > 1 and c.strides[1] != c.itemsize:
+        _gemm_row_major(b.T, a.T, c.T, beta)
+    else:
+        _gemm_row_major(a, b, c, beta)
+
+
+@njit(inline="always", cache=True)
+def _gemm_row_major(a, b, c, beta):
+    """gemm_plane for a row-major c."""
     m, k = a.shape
     n = c.shape[1]
     if m == 0 or n == 0:
@@ -124,7 +134,7 @@ def gemm(a, b, c, row_blocks, column_blocks, beta):
         z, i, j = part // blocks, part % blocks // column_blocks, part % column_blocks
         r0, r1 = _block(i, row_blocks, m, 1)
         c0, c1 = _block(j, column_blocks, n, COLUMN_ALIGN)
-        _gemm_plane(a[z][r0:r1], b[z][:, c0:c1], c[z][r0:r1, c0:c1], beta)
+        gemm_plane(a[z][r0:r1], b[z][:, c0:c1], c[z][r0:r1, c0:c1], beta)
 
 
 @njit(**CPU_KERNEL)
@@ -142,4 +152,4 @@ def gemm_sum(a, b, partial):
         if z0 == z1:
             partial[p] = 0
         for z in range(z0, z1):
-            _gemm_plane(a[z], b[z], partial[p], 0.0 if z == z0 else 1.0)
+            gemm_plane(a[z], b[z], partial[p], 0.0 if z == z0 else 1.0)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import oracle
 from fastconv import geometry, ops, registry
+from fastconv.implementations import conv2d as conv2d_implementations
 from fastconv.implementations import driver
 from fastconv.kernels import conv_blocked
 from oracle import random, rel_error
@@ -91,6 +92,35 @@ def test_forward_matches_reference_and_torch(case, algo, activation, with_bias, 
     y = ops.conv2d(x, w, b, activation=activation, algo=algo, **case["kwargs"])
     assert y.dtype == x.dtype and y.shape == case["geometry"].y_shape
     oracle.check({"y": y}, oracle.conv2d(x, w, b, activation=activation, **case["kwargs"]))
+
+
+@SETTINGS
+@given(case=conv_cases(), activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]),
+       with_bias=st.booleans(), parallel=st.booleans(), tile_rows=st.integers(1, 4))
+def test_im2col_in_tiles_matches_reference_and_torch(case, activation, with_bias, parallel,
+                                                     tile_rows, monkeypatch):
+    """The im2col forward and input gradient in tiles of output rows (kernels/im2col.py's
+    conv2d_tiles and conv2d_backward_input_tiles), which in the forward only images of over
+    256 MB of columns take (the input gradient: over 2 MB, images enough for the threads): the
+    thresholds made 0 here, tiles of 1-4 rows (a shorter last one where they do not divide the
+    output), on either thread path."""
+    g = case["geometry"]
+    monkeypatch.setattr(conv2d_implementations, "TILED_FORWARD_BYTES", 0)
+    monkeypatch.setattr(conv2d_implementations, "TILED_BACKWARD_BYTES", 0)
+    assume(conv2d_implementations._in_tiles(g, case["dtype"]().itemsize, 0))
+    row_bytes = g.C * g.R * g.S * g.OW * case["dtype"]().itemsize
+    monkeypatch.setattr(conv2d_implementations, "TILE_BYTES", tile_rows * row_bytes)
+    _threads(monkeypatch, parallel)
+    x, w, b, gy = _arrays(case)
+    b = b if with_bias else None
+    before = x.copy(), w.copy(), gy.copy()
+    y = ops.conv2d(x, w, b, activation=activation, algo="im2col", **case["kwargs"])
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="im2col", **case["kwargs"])
+    assert y.dtype == gx.dtype == x.dtype and y.shape == g.y_shape and gx.shape == x.shape
+    oracle.check({"y": y}, oracle.conv2d(x, w, b, activation=activation, **case["kwargs"]))
+    oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **case["kwargs"]))
+    for array, copy in zip((x, w, gy), before, strict=True):
+        np.testing.assert_array_equal(array, copy)
 
 
 @SETTINGS

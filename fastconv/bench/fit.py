@@ -9,10 +9,11 @@ big one. Each vector width measured gets its own tree (joined under tests of "la
 :data:`FORCED`); a tree has at most ``depth`` levels of ``feature >= threshold`` tests over
 :data:`fastconv.implementations.conv2d.FEATURES`, thresholds taken from the measured values; a
 split is kept only where it saves more than ``min_gain`` (5% of one layer's time by default), so
-the rule does not chase noise. :func:`held_out` judges a depth by fitting on all networks but
-one and scoring the rule on that one (benchmarks/results/dispatch-cpu.md has its figures; depth
-3, the default, did best overall there). benchmarks/fit_dispatch.py runs it and writes the rule
-into fastconv/implementations/cpu_rule.py; tests refit the committed measurements and compare.
+the rule does not chase noise. :func:`held_out` judges the options of :func:`fit` (a depth,
+the forced features) by fitting on all networks but one and scoring the rule on that one
+(benchmarks/results/dispatch-cpu.md has its figures; depth 3, the default, did best overall
+there). benchmarks/fit_dispatch.py runs it and writes the rule into
+fastconv/implementations/cpu_rule.py; tests refit the committed measurements and compare.
 """
 
 from __future__ import annotations

@@ -542,11 +542,15 @@ def _input_columns(g, a, major):
     """The columns of an input-shaped array as a view of it, in the ``major`` layout, where
     im2col would only copy: a pointwise convolution's channels, or each NCHW image as its one
     column when one window covers it. None where im2col is needed."""
+    if not _columns_are_input(g):
+        return None
     if g.pointwise:
         return major(a, g.layout)
-    if g.whole_window and g.layout == "NCHW":
-        return major(a.reshape(a.shape[0], -1, 1, 1), "NCHW")
-    return None
+    return major(a.reshape(a.shape[0], -1, 1, 1), "NCHW")
+
+
+def _columns_are_input(g):
+    return g.pointwise or (g.whole_window and g.layout == "NCHW")
 
 
 def _weight_matrix(xp, w, g):
@@ -558,6 +562,38 @@ def _weight_matrix(xp, w, g):
 # Bytes of im2col columns per batch chunk: a chunk's columns stay in a core's L2 between im2col,
 # the GEMM and the epilogue.
 CPU_WORKSPACE_BYTES = 2 << 20
+# Images whose columns pass these many bytes take the forward and the input gradient in tiles
+# of whole output rows (kernels/im2col.py's conv2d_tiles and conv2d_backward_input_tiles),
+# TILE_BYTES of columns each, multiplied or scattered while in cache. The forward: only where
+# the workspace is too large to keep (driver.KEPT_WORKSPACE_BYTES) and so page-faults on every
+# call (the U-Net's last 3x3 layer, 300 MB of columns an image: 957 -> 565 ms on two Zen 3
+# threads in 1 MiB tiles, 602 ms in 448 KiB ones); smaller products lose more than a copy
+# costs (ResNet-18's layer1, 7 MB an image: 14.3 ms whole, 15.4-20 in tiles of 0.25-2 MiB;
+# VGG-16's features.2: 351 whole, 387 in tiles). The input gradient: wherever an image's columns
+# do not fit a chunk, as col2im of a whole image's columns reads them back from memory (on two
+# threads VGG-16's features.2 402 -> 260 ms, the U-Net's 844 -> 623, ResNet-18's layer2 24 ->
+# 19), with images enough for the threads, as its tasks are images (a block's windows reach
+# into the next block's input rows).
+TILED_FORWARD_BYTES = driver.KEPT_WORKSPACE_BYTES
+TILED_BACKWARD_BYTES = CPU_WORKSPACE_BYTES
+TILE_BYTES = 1 << 20
+
+
+def _tiles_workspace(g, wmat, dtype):
+    """A tile of columns for each thread: whole output rows, as many as TILE_BYTES holds (one
+    at least)."""
+    row_bytes = wmat.shape[1] * g.OW * np.dtype(dtype).itemsize
+    rows = max(1, min(g.OH, TILE_BYTES // row_bytes))
+    return driver.workspace((numba.get_num_threads(), wmat.shape[1] * rows * g.OW), dtype)
+
+
+def _in_tiles(g, itemsize, threshold):
+    """Whether an ungrouped layer whose columns im2col copies has more than ``threshold`` bytes
+    of them an image."""
+    image_columns = g.C * g.R * g.S * g.OH * g.OW * itemsize
+    return g.groups == 1 and image_columns > threshold and not _columns_are_input(g)
+
+
 # Fewer column rows than this take one GEMM per image in the backward weight (see below).
 THIN_GEMM_ROWS = 64
 
@@ -613,6 +649,12 @@ def _columns_cpu(g, x):
 def conv2d_im2col_cpu(g, x, w, b, activation):
     y = driver.empty(np, g.y_shape, x.dtype)
     wmat = _weight_matrix(np, w, g)
+    if _in_tiles(g, x.itemsize, TILED_FORWARD_BYTES):
+        driver.cpu_call(im2col.conv2d_tiles, g.flops // 2, nchw_view(x, g.layout), wmat,
+                        _channel_major(y, g.layout).transpose(1, 0, 2),
+                        driver.bias(np, b, g.K, x.dtype), CODES[activation],
+                        _tiles_workspace(g, wmat, x.dtype), g.OW, g.R, g.S, *g.taps)
+        return y
     for batch in g.batch_chunks(x.itemsize, CPU_WORKSPACE_BYTES):
         cols, out = _columns_cpu(g, x[batch]), _channel_major(y[batch], g.layout)
         gemm_out = out if _flat(out) is not None or _flat(cols) is None else (
@@ -629,6 +671,12 @@ def conv2d_im2col_cpu(g, x, w, b, activation):
 def conv2d_backward_input_im2col_cpu(g, gy, w):
     gx = driver.empty(np, g.x_shape, gy.dtype)
     wmat = _weight_matrix(np, w, g)
+    if _in_tiles(g, gy.itemsize, TILED_BACKWARD_BYTES) and g.N >= numba.get_num_threads():
+        driver.cpu_call(im2col.conv2d_backward_input_tiles, g.flops // 2,
+                        _channel_major(gy, g.layout).transpose(1, 0, 2), wmat,
+                        nchw_view(gx, g.layout), _tiles_workspace(g, wmat, gy.dtype), g.OW,
+                        g.R, g.S, *g.taps)
+        return gx
     for batch in g.batch_chunks(gy.itemsize, CPU_WORKSPACE_BYTES):
         grad = _channel_major(gy[batch], g.layout)
         gcols = _input_columns(g, gx[batch], _channel_major)  # the GEMM writes gx where it can
