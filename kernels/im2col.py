@@ -5,6 +5,9 @@ kernels/im2col_cuda.py, lays them out image-major, and says why), seen by the GE
 (C * R * S, N * OH * OW): row (c, r, s), column (n, oh, ow) holds
 x[n, c, oh * sh - pt + r * dh, ow * sw - pl + s * dw], zero in the padding. The row order matches
 an OIHW filter reshaped to (K, C * R * S), so a convolution is one GEMM per group.
+conv2d_tiles and conv2d_backward_input_tiles make the same columns a block of output rows at a
+time and call BLAS on each block themselves (kernels/gemm.py's gemm_plane), for images whose
+columns would not stay in cache.
 Index names and the clipped-range idiom follow conv_direct.
 """
 
