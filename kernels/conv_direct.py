@@ -198,13 +198,15 @@ def conv2d_forward_nchw_tiled(x, w, b, y, hp, wp, dh, dw, groups, act):
                             for k in range(CHANNELS):
                                 for i in range(ROWS):
                                     acc[k, i, j] += weights[k] * xn[rows[i] + j]
-            for k in range(CHANNELS):
-                if blk * CHANNELS + k < kg:
-                    for i in range(ROWS):
-                        if oh0 + i < oh_:
-                            for j in range(VECTOR):
-                                if ow0 + j < ow_:
-                                    y[n, k0 + k, oh0 + i, ow0 + j] = acc[k, i, j] + b[k0 + k]
+            # the columns' bound hoisted out of the store loop (it is VECTOR unless OW is
+            # narrower), so that the store is a vector one: per element, its test and scalar
+            # stores cost as much as the taps on a one-channel stem (ResNet-CIFAR's conv1)
+            width = min(VECTOR, ow_ - ow0)
+            for k in range(min(CHANNELS, kg - blk * CHANNELS)):
+                bias = b[k0 + k]
+                for i in range(min(ROWS, oh_ - oh0)):
+                    for j in range(width):
+                        y[n, k0 + k, oh0 + i, ow0 + j] = acc[k, i, j] + bias
         # the activation in a pass of its own over the task's rows, still in cache: inside the
         # tile's epilogue its branches and calls keep LLVM from unrolling it, and the tile
         # then leaves the registers (a ReLU made the kernel 6x slower)

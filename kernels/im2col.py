@@ -76,9 +76,9 @@ def conv2d_tiles(x, wmat, y, b, act, work, ow_, r_, s_, sh, sw, pt, pl, dh, dw):
     Loop order: the T threads in parallel, each taking every T-th (image, row block) task in
     turn: the tile's columns (channel, then taps, rows and columns as im2col), one BLAS call
     into y's columns of those rows, then the bias and activation on them. A tile sized to stay
-    in the core's L2 is multiplied where it was written; im2col's whole image of columns (7 MB
-    for ResNet's first 3x3 layers, 300 MB for a U-Net's last) goes to memory and back. Each
-    thread owns its tile and the output columns of its tasks.
+    in the core's L2 is multiplied where it was written, where im2col's whole image of columns
+    (300 MB for a U-Net's last 3x3 layer) goes to memory and back. Each thread owns its tile
+    and the output columns of its tasks.
     """
     n_, c_ = x.shape[0], x.shape[1]
     threads, taps = work.shape[0], wmat.shape[1]
