@@ -194,9 +194,14 @@ class ConvGeometry:
         return [(slice(i * rows, (i + 1) * rows), slice(i * kg, (i + 1) * kg))
                 for i in range(self.groups)]
 
+    @property
+    def image_columns(self) -> int:
+        """The elements of one image's im2col columns: C*R*S rows of OH*OW pixels."""
+        return self.C * self.R * self.S * self.OH * self.OW
+
     def batch_chunks(self, itemsize: int, budget: int):
         """Batch slices whose im2col columns fit in ``budget`` bytes (at least one image each)."""
-        step = max(1, budget // (self.C * self.R * self.S * self.OH * self.OW * itemsize))
+        step = max(1, budget // (self.image_columns * itemsize))
         return [slice(i, min(i + step, self.N)) for i in range(0, self.N, step)]
 
     def key(self) -> str:

@@ -81,9 +81,7 @@ def conv2d_tiles(x, wmat, y, b, act, work, ow_, r_, s_, sh, sw, pt, pl, dh, dw):
     and the output columns of its tasks.
     """
     n_, c_ = x.shape[0], x.shape[1]
-    threads, taps = work.shape[0], wmat.shape[1]
-    oh_ = y.shape[2] // ow_
-    rows = work.shape[1] // (taps * ow_)
+    threads, taps, oh_, rows = _tiling(work, wmat, y.shape[2], ow_)
     blocks = -(-oh_ // rows)
     for t in prange(threads):
         for task in range(t, n_ * blocks, threads):
@@ -95,9 +93,30 @@ def conv2d_tiles(x, wmat, y, b, act, work, ow_, r_, s_, sh, sw, pt, pl, dh, dw):
                                  s_, sh, sw, pt, pl, dh, dw)
             out = y[n][:, oh_lo * ow_:(oh_lo + here) * ow_]
             gemm_plane(wmat, tile.reshape(taps, here * ow_), out, 0.0)
-            for k in range(out.shape[0]):
-                for p in range(out.shape[1]):
-                    out[k, p] = activate(out[k, p] + b[k], act, out.dtype)
+            _bias_activation_plane(out, b, act)
+
+
+@njit(inline="always", cache=True)
+def _tiling(work, wmat, pixels, ow_):
+    """The tiled kernels' shape: threads, column rows (C*R*S), output rows of the plane of
+    ``pixels`` OW-wide, and the output rows a tile of ``work`` holds."""
+    taps = wmat.shape[1]
+    return work.shape[0], taps, pixels // ow_, work.shape[1] // (taps * ow_)
+
+
+@njit(inline="always", cache=True)
+def _bias_activation_plane(out, b, act):
+    """out[k, p] = act(out[k, p] + b[k]) on a (K, P) plane, in its memory order: a row-major
+    plane (NCHW) a channel at a time, a column-major one (NHWC) a pixel at a time."""
+    k_, p_ = out.shape
+    if out.strides[0] >= out.strides[1]:
+        for k in range(k_):
+            for p in range(p_):
+                out[k, p] = activate(out[k, p] + b[k], act, out.dtype)
+    else:
+        for p in range(p_):
+            for k in range(k_):
+                out[k, p] = activate(out[k, p] + b[k], act, out.dtype)
 
 
 @njit(**CPU_KERNEL)
@@ -159,9 +178,7 @@ def conv2d_backward_input_tiles(gy, wmat, gx, work, ow_, r_, s_, sh, sw, pt, pl,
     next one's input rows, so a thread owns whole images of gx (parallel over images only).
     """
     n_, c_ = gx.shape[0], gx.shape[1]
-    threads, taps = work.shape[0], wmat.shape[1]
-    oh_ = gy.shape[2] // ow_
-    rows = work.shape[1] // (taps * ow_)
+    threads, taps, oh_, rows = _tiling(work, wmat, gy.shape[2], ow_)
     for t in prange(threads):
         for n in range(t, n_, threads):
             for c in range(c_):

@@ -590,8 +590,8 @@ def _tiles_workspace(g, wmat, dtype):
 def _in_tiles(g, itemsize, threshold):
     """Whether an ungrouped layer whose columns im2col copies has more than ``threshold`` bytes
     of them an image."""
-    image_columns = g.C * g.R * g.S * g.OH * g.OW * itemsize
-    return g.groups == 1 and image_columns > threshold and not _columns_are_input(g)
+    return (g.groups == 1 and g.image_columns * itemsize > threshold
+            and not _columns_are_input(g))
 
 
 # Fewer column rows than this take one GEMM per image in the backward weight (see below).
