@@ -2,16 +2,16 @@
 geometry (fastconv.implementations.conv2d.FEATURES), fitted by benchmarks/fit_dispatch.py; do not
 edit it by hand, rerun that.
 
-Fitted on dispatch-cpu.csv: 4572 timings of AMD EPYC (family 25 model 1) (avx2); AMD EPYC
-(family 26 model 2) (avx512).
+Fitted on dispatch-cpu.csv: 6858 timings of AMD EPYC (family 25 model 1) (avx2); AMD EPYC
+(family 25 model 17) (avx512); AMD EPYC (family 26 model 2) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
-    conv2d: the rule 1.012x, blocked 1.346x, depthwise (some layers only), direct 4.027x, im2col
-        1.635x
-    conv2d_backward_input: the rule 1.009x, blocked 1.666x, depthwise (some layers only), direct
-        4.101x, im2col 1.434x
-    conv2d_backward_weight: the rule 1.008x, blocked 1.345x, depthwise (some layers only),
-        direct 16.770x, im2col 1.497x
+    conv2d: the rule 1.012x, blocked 1.312x, depthwise (some layers only), direct 3.921x, im2col
+        1.656x
+    conv2d_backward_input: the rule 1.007x, blocked 1.606x, depthwise (some layers only), direct
+        3.976x, im2col 1.453x
+    conv2d_backward_weight: the rule 1.009x, blocked 1.353x, depthwise (some layers only),
+        direct 16.183x, im2col 1.528x
 """
 
 RULE = {'conv2d': {'feature': 'lanes',
@@ -38,26 +38,26 @@ RULE = {'conv2d': {'feature': 'lanes',
                                                 'threshold': 16,
                                                 'below': 'im2col',
                                                 'at_least': 'blocked'}}},
-            'at_least': {'feature': 'taps',
-                         'threshold': 128,
-                         'below': {'feature': 'channels',
-                                   'threshold': 24,
-                                   'below': {'feature': 'channels',
-                                             'threshold': 4,
-                                             'below': ['depthwise', 'direct'],
-                                             'at_least': 'blocked'},
-                                   'at_least': {'feature': 'stride',
+            'at_least': {'feature': 'window',
+                         'threshold': 7,
+                         'below': {'feature': 'stride',
+                                   'threshold': 4,
+                                   'below': {'feature': 'pixels',
+                                             'threshold': 196,
+                                             'below': 'blocked',
+                                             'at_least': 'im2col'},
+                                   'at_least': {'feature': 'window',
                                                 'threshold': 4,
-                                                'below': 'im2col',
-                                                'at_least': 'blocked'}},
-                         'at_least': {'feature': 'in_channels',
-                                      'threshold': 1024,
-                                      'below': {'feature': 'pixels',
-                                                'threshold': 16,
-                                                'below': 'im2col',
-                                                'at_least': 'blocked'},
-                                      'at_least': {'feature': 'in_channels',
-                                                   'threshold': 2048,
+                                                'below': 'blocked',
+                                                'at_least': 'im2col'}},
+                         'at_least': {'feature': 'channels',
+                                      'threshold': 8,
+                                      'below': {'feature': 'taps',
+                                                'threshold': 25,
+                                                'below': ['depthwise', 'direct'],
+                                                'at_least': 'direct'},
+                                      'at_least': {'feature': 'pixels',
+                                                   'threshold': 16,
                                                    'below': 'im2col',
                                                    'at_least': 'blocked'}}}},
  'conv2d_backward_input': {'feature': 'lanes',
