@@ -160,12 +160,15 @@ def cuda_simulated() -> bool:
 
 @intrinsic
 def stack_array(typingctx, rows, columns, dtype):
-    """A (rows x columns)-element array on the stack (both compile-time constants): LLVM
-    promotes it to registers where every index into it is a constant after unrolling; a heap
-    array (np.empty) it never does, as its memory might alias the kernel's arguments."""
+    """A (rows x columns)-element array on the stack (both compile-time constants), and VECTOR_LANES
+    elements of slack after it, so that a vector load from any of its elements stays inside (a
+    tile of half a vector a row, transposed by whole vectors). LLVM promotes it to registers
+    where every index into it is a constant after unrolling; a heap array (np.empty) it never
+    does, as its memory might alias the kernel's arguments."""
     if not (isinstance(rows, types.IntegerLiteral) and isinstance(columns, types.IntegerLiteral)):
         raise errors.RequireLiteralValue((rows, columns))
-    count, element = rows.literal_value * columns.literal_value, dtype.dtype
+    count = rows.literal_value * columns.literal_value + VECTOR_LANES
+    element = dtype.dtype
 
     def codegen(context, builder, signature, args):
         return cgutils.alloca_once(builder, context.get_value_type(element), size=count)

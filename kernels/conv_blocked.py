@@ -40,6 +40,12 @@ from .vector_moves import move_rows, transpose_block
 # twice the registers.
 VECTOR = VECTOR_LANES
 PIXELS = 8 if VECTOR == 16 else 4
+# Tiles of half a vector for groups of few channels, on AVX-512 only: a Zen 4 (as Intel's parts
+# with one 512-bit FMA port) issues two 256-bit FMAs a cycle but one 512-bit one, so an 8-lane
+# tile keeps the FMA rate a 16-lane one loses half of on ResNeXt's 8-channel groups. AVX2's
+# 128-bit FMAs issue no faster than its 256-bit ones; a 4-lane tile LLVM vectorised across
+# its pixels instead (no broadcasts: 4-5x slower than 16 lanes on ResNeXt's 4-channel groups).
+NARROW = (VECTOR // 2,) if VECTOR == 16 else ()
 LANES = VECTOR  # the kernels below; their "_wide" variants (at the end) take 2 * VECTOR
 # Tiles per parallel task: a task's output pixels (and the filter block it streams) stay in
 # L1/L2, and a small batch still splits into enough tasks for every thread.
@@ -50,14 +56,15 @@ TASK_TILES = 8
 PASS_BYTES = 512 << 10
 RUN_PIXELS = 512
 # conv2d_forward_rows' tile lengths, by vector registers a pixel takes (its lanes x bytes / a
-# vector's): the fastest of 4-16 on ResNet's 3x3 layers, LeNet's C3 and 16- to 128-channel
-# layers 7-56 columns wide, on this project's Zen 5 (AVX-512), and compiled for Haswell there
-# (NUMBA_CPU_NAME=haswell, AVX2's 16 registers). Longer tiles spill. Written as loops, AVX2's
-# one-vector tiles of 8 pixels or fewer compiled to scalar FMAs (~20 GFLOP/s); said in vectors
-# (kernels/tile_fmas.py), the 7- and 8-pixel ones ran 8-channel layers of 7 and 8 columns
-# 1.25-1.75x faster than conv2d_forward's tiles there (benchmarks/results/
-# cpu-avx2-simulated.md).
-ROW_TILES = ({1: (16, 14, 10, 8, 7), 2: (10, 8, 7)} if VECTOR == 16 else
+# vector's; 0.5 is NARROW's half vector): the fastest of 4-16 on ResNet's 3x3 layers, LeNet's
+# C3 and 16- to 128-channel layers 7-56 columns wide, on this project's Zen 5 (AVX-512), and
+# compiled for Haswell there (NUMBA_CPU_NAME=haswell, AVX2's 16 registers). Longer tiles
+# spill. Written as loops, AVX2's one-vector tiles of 8 pixels or fewer compiled to scalar FMAs
+# (~20 GFLOP/s); said in vectors (kernels/tile_fmas.py), the 7- and 8-pixel ones ran 8-channel
+# layers of 7 and 8 columns 1.25-1.75x faster than conv2d_forward's tiles there
+# (benchmarks/results/cpu-avx2-simulated.md). Half a vector's tiles are said in vectors too
+# (_accumulate: as loops, its 7- and 8-pixel ones kept scalar FMAs).
+ROW_TILES = ({0.5: (16, 14, 10, 8, 7), 1: (16, 14, 10, 8, 7), 2: (10, 8, 7)} if VECTOR == 16 else
              {1: (14, 12, 10, 8, 7), 2: (5, 4)})
 ROW_PIXELS = ROW_TILES[1][0]  # conv2d_forward_rows' own; forward_rows compiles the others
 # The column steps conv2d_forward_rows is compiled for: a stride-1 layer's and a stride-2 one's
@@ -84,24 +91,25 @@ def lanes(channels: int) -> int:
     """The tile's width in channels for a layer with ``channels`` output channels a group:
     the width of the kernels :data:`FORWARD` holds and :func:`backward_weight` compiles for
     it."""
-    return VECTOR if channels <= VECTOR else 2 * VECTOR
+    return next((w for w in (*NARROW, VECTOR) if channels <= w), 2 * VECTOR)
 
 
 @njit(inline="always", cache=True)
 def _accumulate(acc, a, bases, offsets, rows, pixels, width, period, lo, hi):
     """acc[j, v] += sum over t < len(offsets) with lo <= t % period < hi of
     a[bases[j] + offsets[t]] * rows[t, v]: the microkernel. On AVX-512 LLVM vectorises the
-    loops below into it; on AVX2 it left tiles of 4-8 pixels scalar, so there a run of taps is
-    said in vectors (:func:`~.tile_fmas.broadcast_fmas`), which on AVX-512 compiled the 8 x 2-
-    vector row tile with a register copy an accumulator a tap (LLVM's coalescing of the loop's
-    exit values), where LLVM's own vectorisation has none. acc (PIXELS, width) and bases
-    (PIXELS,) are stack arrays; rows (>= T, width) streams from L1. ``period`` is a channel's
+    loops below into it, but for half a vector (the 8 x 8 tile: 64 scalar FMAs a tap); on AVX2
+    it left tiles of 4-8 pixels scalar. So there a run of taps is said in vectors
+    (:func:`~.tile_fmas.broadcast_fmas`), which on AVX-512 compiled the 8 x 2-vector row tile
+    with a register copy an accumulator a tap (LLVM's coalescing of the loop's exit values),
+    where LLVM's own vectorisation has none. acc (PIXELS, width) and bases (PIXELS,) are stack
+    arrays; rows (>= T, width) streams from L1. ``period`` is a channel's
     taps and [lo, hi) those of its window rows that read data, not padding (all of them:
     0, period); the three are unsigned, so that no index into offsets or rows may be negative
     (Numba's wraparound for one took a shift, two masks and two adds a tap). A window of no
     taps (a strided layer's input-gradient phase no tap lands on) has a period of 0."""
     for t0 in range(0, offsets.shape[0], max(period, np.uint64(1))):
-        if VECTOR == 8:
+        if VECTOR == 8 or width < VECTOR:
             broadcast_fmas(acc, a, bases, offsets, rows, np.uint64(t0) + lo, np.uint64(t0) + hi,
                            pixels, width)
         else:
@@ -366,15 +374,17 @@ def conv2d_backward_weight(x, gy, taps, pixels, images_per_pass, total):
 # computed, not 40): weight_taps weighs both. Two: 10 x 2 zmm accumulators ran 1.25x faster
 # than 8 (geomean of ResNet-8's and ResNet-18's 32- to 512-channel layers, two threads, this
 # project's Zen 5: benchmarks/results/cpu-weight-tiles.md), 12 spill. AVX2's 16 ymm hold no
-# more than PIXELS.
-WEIGHT_TILES = {1: (16, 8), 2: (10,)} if VECTOR == 16 else {}
+# more than PIXELS. Half a vector: 8 taps LLVM vectorised across the taps instead (no
+# broadcasts; ResNeXt's 4-channel groups 2.8x slower than at 16).
+WEIGHT_TILES = {0.5: (16,), 1: (16, 8), 2: (10,)} if VECTOR == 16 else {}
 # A tile's loads a pixel besides its taps' broadcasts: the pixel's offset, the output
 # gradient's vector, a base spilled to the stack (seen in its machine code).
 TILE_LOADS = 3
 
 # The forward kernels by tile width (lanes(channels) says which a layer takes).
 FORWARD = {VECTOR: conv2d_forward,
-           2 * VECTOR: variant(conv2d_forward, "wide", LANES=2 * VECTOR)}
+           2 * VECTOR: variant(conv2d_forward, "wide", LANES=2 * VECTOR),
+           **{w: variant(conv2d_forward, f"narrow{w}", LANES=w) for w in NARROW}}
 
 
 @functools.cache
@@ -388,7 +398,7 @@ def weight_taps(count: int, lanes_: int, itemsize: int) -> int:
     """The weight gradient's tile (one of WEIGHT_TILES' lengths, else PIXELS) for ``count``
     taps a group and a tile ``lanes_`` wide of ``itemsize``-byte numbers: the fewest loads over
     the pixels, tiles x (taps + TILE_LOADS), the longest among equals."""
-    lengths = WEIGHT_TILES.get(lanes_ * itemsize // (4 * VECTOR), (PIXELS,))
+    lengths = WEIGHT_TILES.get(lanes_ * itemsize / (4 * VECTOR), (PIXELS,))
     return min(lengths, key=lambda p: (-(-count // p) * (p + TILE_LOADS), -p))
 
 
@@ -412,5 +422,5 @@ def row_pixels(width: int, lanes_: int, itemsize: int):
     tile ``lanes_`` wide of ``itemsize``-byte numbers: the one that recomputes the fewest
     pixels at the row's end (the longest among equals); None where none fits the row, or the
     tile would take more registers than ROW_TILES has lists for."""
-    fitting = [p for p in ROW_TILES.get(lanes_ * itemsize // (4 * VECTOR), ()) if p <= width]
+    fitting = [p for p in ROW_TILES.get(lanes_ * itemsize / (4 * VECTOR), ()) if p <= width]
     return min(fitting, key=lambda p: (-(-width // p) * p - width, -p), default=None)

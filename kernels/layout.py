@@ -176,7 +176,7 @@ def dense_channel_blocks(a, blocks):
                                     np.uint64(base + t0 * lanes + v0), np.uint64(lanes), VECTOR,
                                     VECTOR)
             for t in range(whole if full else 0, t_):
-                for v in range(v0, v0 + VECTOR):
+                for v in range(v0, min(v0 + VECTOR, lanes)):
                     inside = b * lanes + v < o_
                     target[base + t * lanes + v] = source[rows + v * t_ + t] if inside else 0
     return spread == 0

@@ -15,8 +15,8 @@ broadcasts, hoisted above the first's FMAs, spilled the 10-tap x 2-vector weight
 not to be unrolled. On AVX-512 that loop still kept a register copy of each accumulator a tap
 (the 8-pixel x 2-vector row tile: 16 ``vmovaps`` beside its 16 FMAs, LLVM's coalescing of the
 loop's exit values), where LLVM's own vectorisation of the loops has none: the blocked kernels
-take broadcast_fmas on AVX2 only (kernels/conv_blocked.py's _accumulate), the depthwise ones
-lane_fmas on both.
+take broadcast_fmas on AVX2 only, and for their half-vector tiles on AVX-512 (which LLVM left
+scalar: kernels/conv_blocked.py's _accumulate), the depthwise ones lane_fmas on both.
 """
 
 from llvmlite import ir
@@ -38,18 +38,18 @@ def _no_unroll(module):
     return loop
 
 
-def _tile_code(context, builder, signature, args, arrays):
+def _tile_code(context, builder, signature, args, arrays, lanes=VECTOR):
     """What both intrinsics' code builds on: (element pointer of array argument i at indices,
-    the same as a pointer to a vector, the vector type, its elements' size in bytes, LLVM's
-    multiply-add on it), for the array arguments ``arrays`` (positions); the element type is
-    argument 1's."""
+    the same as a pointer to a vector of ``lanes``, the vector type, its elements' size in
+    bytes, LLVM's multiply-add on it), for the array arguments ``arrays`` (positions); the
+    element type is argument 1's."""
     kinds = signature.args
     made = {i: context.make_array(kinds[i])(context, builder, args[i]) for i in arrays}
     element = context.get_value_type(kinds[1].dtype)
-    vector, size = ir.VectorType(element, VECTOR), context.get_abi_sizeof(element)
+    vector, size = ir.VectorType(element, lanes), context.get_abi_sizeof(element)
     fmuladd = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vector, [vector] * 3),
-        f"llvm.fmuladd.v{VECTOR}f{8 * size}")
+        f"llvm.fmuladd.v{lanes}f{8 * size}")
 
     def at(position, *indices):
         """A pointer to element ``indices`` of argument ``position`` (no wraparound)."""
@@ -64,23 +64,26 @@ def _tile_code(context, builder, signature, args, arrays):
 @intrinsic
 def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels, width):
     """acc[j, v] += a[bases[j] + offsets[t]] * rows[t, v] for start <= t < stop, j < ``pixels``
-    and v < ``width`` (compile-time constants, width a multiple of VECTOR), taps in order: per
-    tap, one load of rows' values a VECTOR channels, then per pixel one load of a's value,
-    broadcast, and a packed multiply-add (fused where the CPU has FMA) a vector. acc (pixels,
+    and v < ``width`` (compile-time constants, width a multiple of VECTOR or a part of one: a
+    half-vector tile), taps in order: per tap, one load of rows' values a vector (of VECTOR
+    channels, or of all ``width``), then per pixel one load of a's value, broadcast, and a
+    packed multiply-add (fused where the CPU has FMA) a vector. acc (pixels,
     width) is a stack array (kernels.stack_array), which LLVM keeps in registers across the
     loop; rows (> t, width) a 2-D C-contiguous array of a's dtype; a, bases and offsets 1-D;
     offsets and bounds unsigned."""
     if not (isinstance(pixels, types.IntegerLiteral) and isinstance(width, types.IntegerLiteral)):
         raise errors.RequireLiteralValue((pixels, width))
     count, lanes = pixels.literal_value, width.literal_value
-    if lanes % VECTOR:
-        raise errors.TypingError(f"broadcast_fmas' width is a multiple of {VECTOR}, not {lanes}")
+    step = min(lanes, VECTOR)
+    if lanes % VECTOR and VECTOR % lanes:
+        raise errors.TypingError(f"broadcast_fmas' width is a multiple or a part of {VECTOR}, "
+                                 f"not {lanes}")
 
     def codegen(context, builder, signature, args):
         kinds, index = signature.args, ir.IntType(64)
         at, vector_at, vector, size, fmuladd = _tile_code(context, builder, signature, args,
-                                                          range(5))
-        zeros = ir.Constant(ir.VectorType(ir.IntType(32), VECTOR), [0] * VECTOR)
+                                                          range(5), step)
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), step), [0] * step)
         first, last = (context.cast(builder, args[i], kinds[i], types.uint64) for i in (5, 6))
         entry = builder.block
         test, loop, done = (builder.append_basic_block(f"taps.{part}")
@@ -93,7 +96,7 @@ def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels,
         builder.position_at_end(loop)
         offset = builder.load(at(3, t))
         rows = [builder.load(vector_at(4, t, ir.Constant(index, v0)), align=size)
-                for v0 in range(0, lanes, VECTOR)]
+                for v0 in range(0, lanes, step)]
         for j in range(count):
             value = builder.load(at(1, builder.add(builder.load(at(2, ir.Constant(index, j))),
                                                    offset)))
@@ -101,7 +104,7 @@ def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels,
                                          ir.Constant(ir.IntType(32), 0))
             broadcast = builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined), zeros)
             for i, row in enumerate(rows):
-                pointer = vector_at(0, ir.Constant(index, j), ir.Constant(index, i * VECTOR))
+                pointer = vector_at(0, ir.Constant(index, j), ir.Constant(index, i * step))
                 total = builder.call(fmuladd, [broadcast, row, builder.load(pointer, align=size)])
                 builder.store(total, pointer, align=size)
         t.add_incoming(builder.add(t, ir.Constant(index, 1)), builder.block)

@@ -17,6 +17,7 @@ import pytest
 
 from fastconv import ops
 from fastconv.implementations import driver
+from fastconv.kernels import VECTOR_LANES, conv_blocked
 from oracle import random
 
 # Sums kept in float64 on purpose, whatever the arrays' dtype (see their docstrings); their
@@ -46,13 +47,18 @@ def _calls_with_float32(monkeypatch):
     w = random(rng, (4, 3, 3, 3), np.float32)
     depthwise = random(rng, (3, 1, 3, 3), np.float32)  # the direct kernels' plane-wise path
     ops.conv2d(x, depthwise, random(rng, (3,), np.float32), padding=1, groups=3, algo="direct")
-    # the blocked kernels' two-vector tiles, the generic ones at a column step of 3
-    wide = random(rng, (40, 3, 3, 3), np.float32)
-    ops.conv2d(x, wide, random(rng, (40,), np.float32), stride=3, algo="blocked")
-    ops.conv2d_backward_weight(random(rng, (2, 40, 5, 5), np.float32), x, wide.shape,
-                               algo="blocked")
-    # the row tiles over every second column (7 outputs a row)
-    ops.conv2d(random(rng, (2, 3, 5, 13), np.float32), w, b, stride=2, padding=1, algo="blocked")
+    # the blocked kernels' tiles of every width (conv_blocked.FORWARD), the generic ones at a
+    # column step of 3 (4 filters, as w below, take NARROW's half vector on AVX-512)
+    for k in (4, VECTOR_LANES, 40):
+        filters = random(rng, (k, 3, 3, 3), np.float32)
+        ops.conv2d(x, filters, random(rng, (k,), np.float32), stride=3, algo="blocked")
+        ops.conv2d_backward_weight(random(rng, (2, k, 5, 5), np.float32), x, filters.shape,
+                                   algo="blocked")
+    # the one-vector row tiles over every column and every second one (7 outputs a row)
+    filters = random(rng, (VECTOR_LANES, 3, 3, 3), np.float32)
+    for stride in (1, 2):
+        ops.conv2d(random(rng, (2, 3, 5, 6 * stride + 1), np.float32), filters, stride=stride,
+                   padding=1, algo="blocked")
     for layout, xs, ws in (("NCHW", x, depthwise), ("NHWC", x.transpose(0, 2, 3, 1).copy(),
                                                   depthwise.transpose(2, 3, 1, 0).copy())):
         kw = dict(stride=2, padding=1, groups=3, data_format=layout, algo="depthwise")
@@ -154,18 +160,18 @@ def _packed_fmas(kernel, monkeypatch):
     return len(re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm))
 
 
-@pytest.mark.parametrize("vectors", [1, 2])
-def test_blocked_microkernel_is_packed_fmas_on_this_machine(vectors, monkeypatch):
+@pytest.mark.parametrize("lanes", sorted(conv_blocked.FORWARD))
+def test_blocked_microkernel_is_packed_fmas_on_this_machine(lanes, monkeypatch):
     """The channel-blocked forward's inner loop compiles to the register tile it was written
-    for: at least PIXELS packed FMAs a vector of the tile's width."""
-    from fastconv.kernels import conv_blocked
-    kernel = conv_blocked.FORWARD[vectors * conv_blocked.VECTOR]
+    for, at each of its widths: at least PIXELS packed FMAs a vector of the tile's width (or
+    half-vector: ``vfmadd231ps (mem){1to8}, ymm, ymm`` on AVX-512)."""
+    kernel = conv_blocked.FORWARD[lanes]
+    vectors = max(1, lanes // conv_blocked.VECTOR)
     assert _packed_fmas(kernel, monkeypatch) >= vectors * conv_blocked.PIXELS
 
 
 def _weight_tiles():
-    from fastconv.kernels import conv_blocked
-    return [(vectors, taps) for vectors in (1, 2) for taps in
+    return [(vectors, taps) for vectors in sorted({*conv_blocked.WEIGHT_TILES, 1, 2}) for taps in
             conv_blocked.WEIGHT_TILES.get(vectors, (conv_blocked.PIXELS,))]
 
 
@@ -174,8 +180,7 @@ def test_every_weight_tile_is_packed_fmas_on_this_machine(vectors, taps, monkeyp
     """Each weight-gradient tile WEIGHT_TILES lists, compiled for a float32 layer whose taps
     weight_taps gives it (``taps`` of them a group, one tile), is at least a packed FMA a tap
     and vector, none scalar."""
-    from fastconv.kernels import conv_blocked
-    lanes = vectors * conv_blocked.VECTOR
+    lanes = int(vectors * conv_blocked.VECTOR)
     rng = np.random.default_rng(0)
     x, w = random(rng, (2, taps, 5, 5), np.float32), random(rng, (lanes, taps, 1, 1), np.float32)
     assert conv_blocked.weight_taps(taps, lanes, 4) == taps
@@ -189,7 +194,7 @@ def test_every_weight_tile_is_packed_fmas_on_this_machine(vectors, taps, monkeyp
     compiled, signature = _compiled(kernel, args)
     asm = compiled.inspect_asm(signature)
     assert not re.search(r"vfmadd\d+s[sd]\s", asm), "a scalar FMA"
-    assert len(re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm)) >= taps * vectors
+    assert len(re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm)) >= taps * max(1, vectors)
 
 
 def test_blocked_row_tiles_are_packed_fmas_on_this_machine(monkeypatch):
@@ -197,7 +202,6 @@ def test_blocked_row_tiles_are_packed_fmas_on_this_machine(monkeypatch):
     pixel of its tile, its broadcasts addressed from one pointer. Seen on the AVX-512 Zen 5
     this was written on: 7 ``vfmadd231ps (mem){1to16}, zmm, zmm`` a tap, reading
     ``(%rbx,%rcx,4)``, ``4(%rbx,%rcx,4)``, ... ``24(%rbx,%rcx,4)``."""
-    from fastconv.kernels import conv_blocked
     pixels = conv_blocked.row_pixels(7, conv_blocked.VECTOR, 4)
     kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, pixels, 1)
     assert _packed_fmas(kernel, monkeypatch) >= pixels
@@ -206,7 +210,6 @@ def test_blocked_row_tiles_are_packed_fmas_on_this_machine(monkeypatch):
 def test_blocked_row_tiles_over_every_second_column_are_packed_fmas(monkeypatch):
     """conv2d_forward_rows compiled for a column step of 2 (stride-2 NCHW layers), on a 7-pixel
     row: as many packed FMAs as with step 1, its broadcasts 8 bytes apart from one pointer."""
-    from fastconv.kernels import conv_blocked
     pixels = conv_blocked.row_pixels(7, conv_blocked.VECTOR, 4)
     if pixels is None:
         pytest.skip(f"no row tile of {conv_blocked.VECTOR} lanes fits 7 columns (ROW_TILES)")
@@ -215,7 +218,6 @@ def test_blocked_row_tiles_over_every_second_column_are_packed_fmas(monkeypatch)
 
 
 def _row_tiles():
-    from fastconv.kernels import conv_blocked
     return [(vectors, pixels) for vectors, lengths in conv_blocked.ROW_TILES.items()
             for pixels in lengths]
 
@@ -232,8 +234,7 @@ def test_every_row_tile_stays_in_vector_registers(vectors, pixels, col_step, mon
     the test above checks was fine; a version of the kernel with two inlined copies of the
     tap loop took an index register a pixel at column stride 2 (some spilled) and ran
     ResNeXt's strided grouped layer 1.15x slower."""
-    from fastconv.kernels import conv_blocked
-    lanes = vectors * conv_blocked.VECTOR
+    lanes = int(vectors * conv_blocked.VECTOR)
     assert conv_blocked.row_pixels(pixels, lanes, 4) == pixels
     kernel = conv_blocked.forward_rows(lanes, pixels, col_step)
     calls, real = [], driver.cpu_call
@@ -248,7 +249,7 @@ def test_every_row_tile_stays_in_vector_registers(vectors, pixels, col_step, mon
     asm = compiled.inspect_asm(signature)
     assert not re.search(r"vfmadd\d+s[sd]\s", asm), "a scalar FMA"
     assert not re.search(r"v(p?gather|p?scatter)\w*\s", asm), "a gather or scatter"
-    assert len(re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm)) >= pixels * vectors
+    assert len(re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm)) >= pixels * max(1, vectors)
     # a broadcast is an FMA's {1toN} operand (one vector) or a vbroadcastss (two)
     addresses = re.findall(r"(?:vfmadd\d+ps|vbroadcastss)\s+-?\d*\((%\w+),(%\w+),\d\)"
                            r"(?:\{1to\d+\}|, %[yz]mm\d+$)", asm, re.M)
@@ -298,7 +299,7 @@ kernel = conv_blocked.forward_rows(conv_blocked.VECTOR, conv_blocked.row_pixels(
 calls, real = [], driver.cpu_call
 driver.cpu_call = lambda k, work, *args: calls.append((k, args)) or real(k, work, *args)
 x = np.random.default_rng(0).standard_normal((2, 3, 7, 7), np.float32)
-ops.conv2d(x, x[:1, :, :3, :3].repeat(4, 0), padding=1, algo="blocked")
+ops.conv2d(x, x[:1, :, :3, :3].repeat(16, 0), padding=1, algo="blocked")
 [args] = {{id(k): a for k, a in calls if k is kernel}}.values()
 compiled, signature = _compiled(kernel, args)
 asm = compiled.inspect_asm(signature)
