@@ -6,12 +6,12 @@ Fitted on dispatch-cpu.csv: 6858 timings of AMD EPYC (family 25 model 1) (avx2);
 (family 25 model 17) (avx512); AMD EPYC (family 26 model 2) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
-    conv2d: the rule 1.012x, blocked 1.312x, depthwise (some layers only), direct 3.921x, im2col
-        1.656x
-    conv2d_backward_input: the rule 1.007x, blocked 1.606x, depthwise (some layers only), direct
-        3.976x, im2col 1.453x
-    conv2d_backward_weight: the rule 1.009x, blocked 1.353x, depthwise (some layers only),
-        direct 16.183x, im2col 1.528x
+    conv2d: the rule 1.012x, blocked 1.304x, depthwise (some layers only), direct 3.928x, im2col
+        1.654x
+    conv2d_backward_input: the rule 1.007x, blocked 1.590x, depthwise (some layers only), direct
+        3.984x, im2col 1.455x
+    conv2d_backward_weight: the rule 1.007x, blocked 1.337x, depthwise (some layers only),
+        direct 16.287x, im2col 1.526x
 """
 
 RULE = {'conv2d': {'feature': 'lanes',
