@@ -189,9 +189,9 @@ def filter_blocks(w, blocks):
     innermost, and the taps (input channel i, r, s) tap-major: kernels/conv_blocked.py's
     filter operand.
 
-    Layout: w (G, I, O, R, S) any strides: a layer's OIHW filters seen with the two channel
-    axes swapped, or a phase's taps of them as they are (the input gradient's filters, whose
-    output channels are the layer's inputs); blocks (G, B, I * R * S, L). Loop order: (g, b)
+    Layout: w (G, I, O, R, S) any strides: a layer's filters seen with the two channel axes
+    swapped, where dense_channel_blocks cannot take them (an NHWC layer's HWIO filters);
+    blocks (G, B, I * R * S, L). Loop order: (g, b)
     in parallel, then i, r, s, the channels v innermost. Each task owns blocks[g, b]. Returns
     what dense_channel_blocks returns.
     """
@@ -210,3 +210,32 @@ def filter_blocks(w, blocks):
                         blocks[g, b, t, v] = w[g, i, o, r, s] if o < o_ else 0
         spread += _spread(target, task * t_ * lanes, (task + 1) * t_ * lanes)
     return spread == 0
+
+
+@njit(**CPU_KERNEL)
+def phase_filter_blocks(blocks, rows, columns, phase):
+    """phase[g, b, (k, i, j), :] = blocks[b, g, k, rows[i], columns[j], :]: one phase of a
+    strided layer's input gradient takes its taps (window rows ``rows``, columns ``columns``)
+    from its filters blocked once for every phase (implementations/conv2d.py's
+    _input_gradient_filters), as filter_blocks would block them phase by phase.
+
+    Layout: blocks (B, G, K, R, S, L) C-contiguous, the filters' input channels in blocks of L;
+    rows and columns uint64; phase (G, B, K * len(rows) * len(columns), L). Loop order: (g, b)
+    in parallel, then k, i, j, a row of L lanes moved by vectors (contiguous on both sides;
+    indexed, the move took 5 ns an element). Each task owns phase[g, b].
+    """
+    count, groups, k_, r_, s_, lanes = blocks.shape
+    source, target = blocks.reshape(blocks.size), phase.reshape(phase.size)
+    row = np.uint64(s_ * lanes)
+    for task in prange(groups * count):
+        g, b = task // count, task % count
+        t = np.uint64(task * k_ * rows.shape[0] * columns.shape[0] * lanes)
+        for k in range(k_):
+            window = np.uint64(((b * groups + g) * k_ + k) * r_) * row
+            for r in rows:
+                for s in columns:
+                    first = window + r * row + s * np.uint64(lanes)
+                    for v in range(0, lanes, VECTOR):
+                        move_run(source, first + np.uint64(v), target, t + np.uint64(v),
+                                 min(VECTOR, lanes - v))
+                    t += np.uint64(lanes)

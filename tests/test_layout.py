@@ -1,7 +1,8 @@
 """The layout moves of kernels/layout.py, parallel and serial, against NumPy: embed (padding,
 and the transposed convolution's spread-out gradient, in both layouts), merge_phases (a strided
 layer's input gradient put together from its phases, in both layouts), channel_blocks and
-filter_blocks (channels in blocks of a register tile's width, groups, zero lanes), on poisoned
+filter_blocks (channels in blocks of a register tile's width, groups, zero lanes) and
+phase_filter_blocks (a strided layer's input-gradient phase's taps of them), on poisoned
 outputs and inputs of any strides, which they leave unchanged."""
 
 import numpy as np
@@ -121,6 +122,26 @@ def test_dense_channel_blocks_match_filter_blocks(groups, i, o, r, s, dtype, par
     layout.filter_blocks(w.reshape(groups, o, i, r, s).transpose(0, 2, 1, 3, 4), blocks)
     np.testing.assert_array_equal(dense, blocks)
     np.testing.assert_array_equal(w, before)
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(1, 3), groups=st.integers(1, 3), k=st.integers(1, 5),
+       r=st.integers(1, 4), s=st.integers(1, 4), lanes=st.sampled_from([8, 16, 32]),
+       dtype=st.sampled_from(FLOATS), parallel=st.booleans(), data=st.data())
+def test_phase_filter_blocks_take_a_phases_taps(count, groups, k, r, s, lanes, dtype, parallel,
+                                                data):
+    """A phase's window rows and columns are any increasing subsets (a stride's), possibly
+    empty (a phase no tap lands on); lanes narrower than, as wide as and twice a vector."""
+    rows = np.array(sorted(data.draw(st.sets(st.integers(0, r - 1)))), np.uint64)
+    cols = np.array(sorted(data.draw(st.sets(st.integers(0, s - 1)))), np.uint64)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    blocks = random(rng, (count, groups, k, r, s, lanes), dtype)
+    before = blocks.copy()
+    phase = np.full((groups, count, k * rows.size * cols.size, lanes), np.nan, dtype)
+    _kernel(layout.phase_filter_blocks, parallel)(blocks, rows, cols, phase)
+    want = blocks[:, :, :, rows.astype(int)][:, :, :, :, cols.astype(int)]
+    np.testing.assert_array_equal(phase, want.transpose(1, 0, 2, 3, 4, 5).reshape(phase.shape))
+    np.testing.assert_array_equal(blocks, before)
 
 
 @settings(max_examples=40, deadline=None)

@@ -434,13 +434,19 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     out = (driver.workspace((g.N, int(sizes.sum())), gy.dtype, slot=1) if phased
            else gx.reshape(g.N, -1))
     x_channel, x_row, x_column = driver.steps(g.layout, g.C, g.H, g.W)
+    blocks = _input_gradient_filters(g, w)
     for rho, (rs, qr, oh) in enumerate(rows):
         for sigma, (ss, qs, ow) in enumerate(cols):
             if oh == 0 or ow == 0:
                 continue
             taps = (k + (np.array(qr).reshape(1, 1, -1, 1) + top) * row
                     + (np.array(qs).reshape(1, 1, 1, -1) + left) * column)
-            filters, _ = _filter_blocks(_grouped(g, w)[:, :, :, rs, ss])  # finite: see above
+            window_rows, window_cols = (np.arange(n, dtype=np.uint64)[p]
+                                        for n, p in ((g.R, rs), (g.S, ss)))
+            filters = driver.empty(np, (g.groups, blocks.shape[0], kg * window_rows.size
+                                        * window_cols.size, blocks.shape[-1]), gy.dtype)
+            driver.cpu_move(layout_kernels.phase_filter_blocks, filters.size, blocks,
+                            window_rows, window_cols, filters)
             reads = ((1, tuple(q + top for q in qr), (top, top + g.OH)),
                      (1, tuple(q + left for q in qs), (left, left + g.OW)))
             _blocked(g.N, images, filters, taps.reshape(g.groups, -1).astype(np.uint64), bias,
@@ -450,6 +456,21 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     if phased:
         driver.cpu_move(layout_kernels.merge_phases, gx.size, out, starts, nchw_view(gx, g.layout))
     return gx
+
+
+def _input_gradient_filters(g, w):
+    """(B, G, K/G, R, S, lanes): the filters with each group's C/G input channels in blocks of
+    the register tile's width (zero past the last), blocked once for every phase (each takes
+    its taps from them): each output channel's filter is an image of C/G channels of R x S
+    taps to dense_channel_blocks; phase_filter_blocks then moves a phase's taps a row of lanes
+    at a time. Blocked phase by phase element by element (filter_blocks), DCGAN's 512-to-256-
+    channel 4x4 transposed layer spent 3.4 of its 8.6 ms there on two Zen 4 threads."""
+    cg = g.C // g.groups
+    lanes = conv_blocked.lanes(cg)
+    blocks = driver.empty(np, (1, -(-cg // lanes), g.K, g.R * g.S, lanes), w.dtype)
+    driver.cpu_move(layout_kernels.dense_channel_blocks, blocks.size,
+                    np.ascontiguousarray(oihw_view(w, g.layout)).reshape(g.K, cg, -1), blocks)
+    return blocks.reshape(blocks.shape[1], g.groups, g.K // g.groups, g.R, g.S, lanes)
 
 
 def _phases(size, stride, dilation, pad, taps):
