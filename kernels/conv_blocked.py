@@ -374,8 +374,10 @@ def conv2d_backward_weight(x, gy, taps, pixels, images_per_pass, total):
 # computed, not 40): weight_taps weighs both. Two: 10 x 2 zmm accumulators ran 1.25x faster
 # than 8 (geomean of ResNet-8's and ResNet-18's 32- to 512-channel layers, two threads, this
 # project's Zen 5: benchmarks/results/cpu-weight-tiles.md), 12 spill. AVX2's 16 ymm hold no
-# more than PIXELS. Half a vector: 8 taps LLVM vectorised across the taps instead (no
-# broadcasts; ResNeXt's 4-channel groups 2.8x slower than at 16).
+# more than PIXELS. Half a vector: 16 taps; 8, written as loops, LLVM vectorised across the
+# taps instead (no broadcasts; ResNeXt's 4-channel groups 2.8x slower than at 16). Said in
+# vectors, as half-vector tiles now are (_accumulate), 8 compiles to packed FMAs too; its
+# speed against 16 is not measured again.
 WEIGHT_TILES = {0.5: (16,), 1: (16, 8), 2: (10,)} if VECTOR == 16 else {}
 # A tile's loads a pixel besides its taps' broadcasts: the pixel's offset, the output
 # gradient's vector, a base spilled to the stack (seen in its machine code).
