@@ -2,11 +2,11 @@
 and the transposed convolution's spread-out gradient, in both layouts), merge_phases (a strided
 layer's input gradient put together from its phases, in both layouts), channel_blocks and
 filter_blocks (channels in blocks of a register tile's width, groups, zero lanes) and
-phase_filter_blocks (a strided layer's input-gradient phase's taps of them), on poisoned
+phase_filter_blocks (a strided layer's filters into its input-gradient phases), on poisoned
 outputs and inputs of any strides, which they leave unchanged."""
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fastconv.implementations import driver
@@ -125,45 +125,75 @@ def test_dense_channel_blocks_match_filter_blocks(groups, i, o, r, s, dtype, par
 
 
 @settings(max_examples=60, deadline=None)
-@given(count=st.integers(1, 3), groups=st.integers(1, 3), k=st.integers(1, 5),
-       r=st.integers(1, 4), s=st.integers(1, 4), lanes=st.sampled_from([8, 16, 32]),
-       dtype=st.sampled_from(FLOATS), parallel=st.booleans(), data=st.data())
-def test_phase_filter_blocks_take_a_phases_taps(count, groups, k, r, s, lanes, dtype, parallel,
-                                                data):
-    """A phase's window rows and columns are any increasing subsets (a stride's), possibly
-    empty (a phase no tap lands on); lanes narrower than, as wide as and twice a vector."""
-    rows = np.array(sorted(data.draw(st.sets(st.integers(0, r - 1)))), np.uint64)
-    cols = np.array(sorted(data.draw(st.sets(st.integers(0, s - 1)))), np.uint64)
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    blocks = random(rng, (count, groups, k, r, s, lanes), dtype)
-    before = blocks.copy()
-    phase = np.full((groups, count, k * rows.size * cols.size, lanes), np.nan, dtype)
-    _kernel(layout.phase_filter_blocks, parallel)(blocks, rows, cols, phase)
-    want = blocks[:, :, :, rows.astype(int)][:, :, :, :, cols.astype(int)]
-    np.testing.assert_array_equal(phase, want.transpose(1, 0, 2, 3, 4, 5).reshape(phase.shape))
-    np.testing.assert_array_equal(blocks, before)
+@given(groups=st.integers(1, 3), kg=st.integers(1, 4),
+       c=st.one_of(st.integers(1, 17), st.integers(30, 70)), r=st.integers(1, 6),
+       s=st.integers(1, 6), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       lanes=st.sampled_from([8, 16, 32]), dtype=st.sampled_from(FLOATS),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@example(groups=2, kg=3, c=45, r=5, s=4, stride=(2, 1), lanes=32, dtype=np.float32,
+         parallel=True, seed=1)  # a second whole vector of lanes, a partial one, a tap tail
+def test_phase_filter_blocks_send_each_tap_to_its_phase(groups, kg, c, r, s, stride, lanes, dtype,
+                                                        parallel, seed):
+    """Each phase (the taps r, s with r mod SH, s mod SW its own) gets (G, B, KG * taps, L):
+    its taps in order, the C input channels in blocks of L, zero past C; taps more and fewer
+    than a vector, whole and partial channel blocks, lanes narrower than, as wide as and twice
+    a vector, phases no tap lands on (a stride past the window)."""
+    rng = np.random.default_rng(seed)
+    w = random(rng, (groups * kg, c, r, s), dtype)
+    before = w.copy()
+    count = -(-c // lanes)
+    phases = [(np.arange(rho, r, stride[0]), np.arange(sigma, s, stride[1]))
+              for rho in range(stride[0]) for sigma in range(stride[1])]
+    starts, steps = np.empty((r, s), np.uint64), np.empty((r, s), np.uint64)
+    first = []
+    for rows, cols in phases:
+        first.append(sum(groups * count * kg * p.size * q.size for p, q in phases[:len(first)]))
+        place = np.arange(rows.size * cols.size).reshape(rows.size, cols.size)
+        starts[np.ix_(rows, cols)] = (first[-1] + place) * lanes
+        steps[np.ix_(rows, cols)] = rows.size * cols.size * lanes
+    out = np.full((groups * count * kg * r * s, lanes), np.nan, dtype)
+    finite = _kernel(layout.phase_filter_blocks, parallel)(
+        w.reshape(groups * kg, c, -1), groups, starts.reshape(-1), steps.reshape(-1), out)
+    assert finite is True
+    padded = np.zeros((groups, kg, count * lanes, r, s), dtype)
+    padded[:, :, :c] = w.reshape(groups, kg, c, r, s)
+    for (rows, cols), start in zip(phases, first, strict=True):
+        taps = padded[:, :, :, rows][:, :, :, :, cols].reshape(groups, kg, count, lanes, -1)
+        want = taps.transpose(0, 2, 1, 4, 3).reshape(groups, count, -1, lanes)
+        got = out[start:start + want.size // lanes].reshape(want.shape)
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(w, before)
 
 
 @settings(max_examples=40, deadline=None)
 @given(groups=st.integers(1, 3), i=st.integers(1, 9), o=st.integers(1, 40), taps=st.integers(1, 9),
-       value=st.sampled_from([np.nan, np.inf, -np.inf]), dense=st.booleans(),
-       dtype=st.sampled_from(FLOATS), parallel=st.booleans(), data=st.data())
-def test_filter_blocks_report_a_non_finite_filter_value(groups, i, o, taps, value, dense, dtype,
+       value=st.sampled_from([np.nan, np.inf, -np.inf]),
+       builder=st.sampled_from(["dense", "swapped", "phases"]), dtype=st.sampled_from(FLOATS),
+       parallel=st.booleans(), data=st.data())
+def test_filter_blocks_report_a_non_finite_filter_value(groups, i, o, taps, value, builder, dtype,
                                                         parallel, data):
-    """Both builders say so where one filter value (anywhere: any group, channel, tap) is NaN
-    or infinite (and, the tests above, not where none is): the forward's row tiles skip the
-    padding's window rows only where every one is finite (implementations/conv2d.py)."""
+    """The three builders say so where one filter value (anywhere: any group, channel, tap) is
+    NaN or infinite (and, the tests above, not where none is): the forward's row tiles skip the
+    padding's window rows only where every one is finite, and the input gradient's phases
+    take non-finite filters to the exact kernel (implementations/conv2d.py)."""
     from fastconv.kernels import conv_blocked
     w = random(np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))),
                (groups * o, i * taps), dtype)
     w.reshape(-1)[data.draw(st.integers(0, w.size - 1))] = value
     lanes = conv_blocked.lanes(o)
     blocks = np.full((groups, -(-o // lanes), i * taps, lanes), np.nan, dtype)
-    if dense:
+    if builder == "dense":
         finite = _kernel(layout.dense_channel_blocks, parallel)(w[None], blocks[:, :, None])
-    else:
+    elif builder == "swapped":
         swapped = w.reshape(groups, o, i, taps, 1).transpose(0, 2, 1, 3, 4)
         finite = _kernel(layout.filter_blocks, parallel)(swapped, blocks)
+    else:  # o filters of i channels a group, one phase of every tap
+        lanes = conv_blocked.lanes(i)
+        phases = np.full((groups * -(-i // lanes) * o * taps, lanes), np.nan, dtype)
+        starts = np.arange(taps, dtype=np.uint64) * np.uint64(lanes)
+        finite = _kernel(layout.phase_filter_blocks, parallel)(
+            w.reshape(groups * o, i, taps), groups, starts, np.full(taps, taps * lanes, np.uint64),
+            phases)
     assert finite is False
 
 

@@ -412,10 +412,11 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     below). A stride-s layer costs its own multiply-adds (gy spread out by the stride, zeros
     between its pixels, would cost s^2 times them). Non-finite filters go to the exact
     kernel, as in _transposed."""
-    if not np.isfinite(w).all():
-        return _backward_input_planes(g, gy, w)
     rows = _phases(g.H, g.stride[0], g.dilation[0], g.padding[0], g.R)
     cols = _phases(g.W, g.stride[1], g.dilation[1], g.padding[2], g.S)
+    phase_filters = _input_gradient_filters(g, w, rows, cols)
+    if phase_filters is None:
+        return _backward_input_planes(g, gy, w)
     (top, hp), (left, wp) = _phase_padding(rows, g.OH), _phase_padding(cols, g.OW)
     images = driver.workspace((g.N, g.K * hp * wp), gy.dtype)
     _embedded(nchw_view(gy, g.layout), "NCHW", images, hp, wp, top, left)  # as the forward's x
@@ -434,19 +435,13 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     out = (driver.workspace((g.N, int(sizes.sum())), gy.dtype, slot=1) if phased
            else gx.reshape(g.N, -1))
     x_channel, x_row, x_column = driver.steps(g.layout, g.C, g.H, g.W)
-    blocks = _input_gradient_filters(g, w)
-    for rho, (rs, qr, oh) in enumerate(rows):
-        for sigma, (ss, qs, ow) in enumerate(cols):
+    for rho, (_, qr, oh) in enumerate(rows):
+        for sigma, (_, qs, ow) in enumerate(cols):
             if oh == 0 or ow == 0:
                 continue
             taps = (k + (np.array(qr).reshape(1, 1, -1, 1) + top) * row
                     + (np.array(qs).reshape(1, 1, 1, -1) + left) * column)
-            window_rows, window_cols = (np.arange(n, dtype=np.uint64)[p]
-                                        for n, p in ((g.R, rs), (g.S, ss)))
-            filters = driver.empty(np, (g.groups, blocks.shape[0], kg * window_rows.size
-                                        * window_cols.size, blocks.shape[-1]), gy.dtype)
-            driver.cpu_move(layout_kernels.phase_filter_blocks, filters.size, blocks,
-                            window_rows, window_cols, filters)
+            filters = phase_filters[rho][sigma]
             reads = ((1, tuple(q + top for q in qr), (top, top + g.OH)),
                      (1, tuple(q + left for q in qs), (left, left + g.OW)))
             _blocked(g.N, images, filters, taps.reshape(g.groups, -1).astype(np.uint64), bias,
@@ -458,19 +453,35 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     return gx
 
 
-def _input_gradient_filters(g, w):
-    """(B, G, K/G, R, S, lanes): the filters with each group's C/G input channels in blocks of
-    the register tile's width (zero past the last), blocked once for every phase (each takes
-    its taps from them): each output channel's filter is an image of C/G channels of R x S
-    taps to dense_channel_blocks; phase_filter_blocks then moves a phase's taps a row of lanes
-    at a time. Blocked phase by phase element by element (filter_blocks), DCGAN's 512-to-256-
-    channel 4x4 transposed layer spent 3.4 of its 8.6 ms there on two Zen 4 threads."""
+def _input_gradient_filters(g, w, rows, cols):
+    """Per phase (rows and cols as _phases gives them), its operand: (G, B, K/G * taps, lanes),
+    each group's C/G input channels in blocks of the register tile's width (zero past the
+    last), the taps landing on the phase in its order, blocked in one pass over the filters
+    (kernels/layout.py's phase_filter_blocks) into one array, the phases one after another;
+    None where a filter value is not finite."""
     cg = g.C // g.groups
     lanes = conv_blocked.lanes(cg)
-    blocks = driver.empty(np, (1, -(-cg // lanes), g.K, g.R * g.S, lanes), w.dtype)
-    driver.cpu_move(layout_kernels.dense_channel_blocks, blocks.size,
-                    np.ascontiguousarray(oihw_view(w, g.layout)).reshape(g.K, cg, -1), blocks)
-    return blocks.reshape(blocks.shape[1], g.groups, g.K // g.groups, g.R, g.S, lanes)
+    head = g.groups * -(-cg // lanes) * (g.K // g.groups)  # a phase's rows per tap
+    starts, steps = np.empty((g.R, g.S), np.uint64), np.empty((g.R, g.S), np.uint64)
+    shapes, first = [], 0
+    for rs, _, _ in rows:
+        shapes.append([])
+        for ss, _, _ in cols:
+            window_rows, window_cols = np.arange(g.R)[rs], np.arange(g.S)[ss]
+            taps = window_rows.size * window_cols.size
+            place = np.arange(taps).reshape(window_rows.size, window_cols.size)
+            starts[np.ix_(window_rows, window_cols)] = (first + place) * lanes
+            steps[np.ix_(window_rows, window_cols)] = taps * lanes
+            shapes[-1].append((first, (g.groups, -(-cg // lanes), g.K // g.groups * taps, lanes)))
+            first += head * taps
+    phases = driver.empty(np, (first, lanes), w.dtype)
+    finite = driver.cpu_move(layout_kernels.phase_filter_blocks, phases.size,
+                             np.ascontiguousarray(oihw_view(w, g.layout)).reshape(g.K, cg, -1),
+                             g.groups, starts.reshape(-1), steps.reshape(-1), phases)
+    if not finite:
+        return None
+    return [[phases[start:start + int(np.prod(shape[:3]))].reshape(shape) for start, shape in row]
+            for row in shapes]
 
 
 def _phases(size, stride, dilation, pad, taps):
