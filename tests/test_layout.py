@@ -22,21 +22,25 @@ def _kernel(kernel, parallel):
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 3), c=st.integers(1, 5), h=st.integers(1, 7),
-       w=st.one_of(st.integers(1, 7), st.integers(8, 40)), top=st.integers(0, 3),
-       left=st.integers(0, 3), stride=st.tuples(st.integers(1, 3), st.sampled_from([1, 1, 2, 3])),
+@given(n=st.integers(1, 3), c=st.one_of(st.integers(1, 5), st.integers(16, 40)),
+       h=st.integers(1, 7), w=st.one_of(st.integers(1, 7), st.integers(8, 40)),
+       top=st.integers(0, 3), left=st.integers(0, 3),
+       stride=st.tuples(st.integers(1, 3), st.sampled_from([1, 1, 2, 3])),
        extra=st.tuples(st.integers(0, 3), st.integers(0, 3)), layout_=st.sampled_from(
-           ["NCHW", "NHWC"]), strided=st.sampled_from(["no", "columns", "channels"]),
+           ["NCHW", "NHWC"]), strided=st.sampled_from(["no", "columns", "channels", "pixels"]),
        dtype=st.sampled_from(FLOATS), parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_embed_places_each_image_in_zeros(n, c, h, w, top, left, stride, extra, layout_, strided,
                                           dtype, parallel, seed):
     """Rows wider and narrower than a vector, whole and partial vectors (an NCHW row moved under
-    a mask), from a contiguous x, every second column of one, or every second channel (rows
-    still contiguous, the planes not)."""
+    a mask), from a contiguous x, every second column of one, every second channel (rows
+    still contiguous, the planes not), or an NHWC array's view (a pixel's channels contiguous,
+    and a row of them where the target's pixels are adjacent too: NHWC, column stride 1; into
+    NCHW, whole and partial blocks of channels, rows of whole and partial blocks of pixels)."""
     rng = np.random.default_rng(seed)
     x = {"no": lambda: random(rng, (n, c, h, w), dtype),
          "columns": lambda: random(rng, (n, c, h, 2 * w), dtype)[..., ::2],
-         "channels": lambda: random(rng, (n, 2 * c, h, w), dtype)[:, ::2]}[strided]()
+         "channels": lambda: random(rng, (n, 2 * c, h, w), dtype)[:, ::2],
+         "pixels": lambda: random(rng, (n, h, w, c), dtype).transpose(0, 3, 1, 2)}[strided]()
     before = x.copy()
     rows = top + (h - 1) * stride[0] + 1 + extra[0]
     columns = left + (w - 1) * stride[1] + 1 + extra[1]
