@@ -56,6 +56,20 @@ def test_fit_finds_a_planted_two_level_rule():
             assert pick == expected, (op, taps, channels, fitted["rule"][op])
 
 
+def test_a_threshold_lies_between_the_measured_values_by_ratio():
+    # im2col wins on 9 and 25 taps, blocked from 100 on: the split is at sqrt(25 * 100) = 50,
+    # so 45 taps (nearer 25 by ratio) goes to im2col and 55 (nearer 100) to blocked
+    timings = {(taps, 16): {"blocked": 1.0 if taps >= 100 else 3.0, "im2col": 2.0}
+               for taps in (9, 25, 100, 576)}
+    fitted = fit.fit(_rows(timings))
+    for op in CONV_OPS:
+        for taps, expected in ((45, "im2col"), (50, "blocked"), (55, "blocked")):
+            pick = conv2d.walk(fitted["rule"][op], {"taps": taps, "channels": 16}.get)
+            assert pick == expected, (op, taps, fitted["rule"][op])
+    # neighbours: above the lower value always
+    assert (fit._between(1.0, 2.0), fit._between(0.0, 1.0), fit._between(1.0, 7.0)) == (2, 1, 3)
+
+
 def test_fit_does_not_split_on_noise():
     # im2col is 2% slower on some layers: below min_gain, one algorithm serves all
     timings = {(taps, 16): {"direct": 1.0, "im2col": 1.02 if taps > 50 else 0.99}
@@ -160,13 +174,13 @@ def test_the_script_measures_fits_and_writes(tmp_path):
 
 def test_a_leaf_for_some_layers_only_falls_back_where_its_algorithm_refuses(monkeypatch):
     """The committed rule picks depthwise at leaves its measured depthwise layers reached; a
-    grouped layer that is not depthwise (96 groups of 2 channels) reaches the same leaves, and
-    gets the leaf's algorithm for every layer, which computes it (not a KeyError). The rule's
-    AVX-512 tree (16 lanes) shows the case for every op, its AVX2 tree not for all three: the
-    tiles' width is pinned to 16, on any CPU."""
+    grouped layer that is not depthwise (96 groups of 2 channels, 2x3 windows) reaches the same
+    leaves, and gets the leaf's algorithm for every layer, which computes it (not a KeyError).
+    The rule's AVX-512 tree (16 lanes) shows the case for every op, its AVX2 tree not for all
+    three: the tiles' width is pinned to 16, on any CPU."""
     from fastconv.implementations.cpu_rule import RULE
     monkeypatch.setitem(conv2d.FEATURES, "lanes", lambda g: 16)
-    grouped = geometry.conv_geometry((2, 192, 7, 7), (192, 2, 3, 3), 1, 1, 1, 96, "NCHW")
+    grouped = geometry.conv_geometry((2, 192, 7, 7), (192, 2, 2, 3), 1, 1, 1, 96, "NCHW")
     depthwise = geometry.conv_geometry((2, 960, 7, 7), (960, 1, 3, 3), 1, 1, 1, 960, "NCHW")
     for op in CONV_OPS:
         leaf = conv2d.walk(RULE[op], lambda name: conv2d.FEATURES[name](grouped))
@@ -175,7 +189,7 @@ def test_a_leaf_for_some_layers_only_falls_back_where_its_algorithm_refuses(monk
         assert picked in registry.general("cpu")
         assert registry.choose(op, "cpu", depthwise) == "depthwise"
     x = np.random.default_rng(0).standard_normal((2, 192, 7, 7)).astype(np.float32)
-    w = np.random.default_rng(1).standard_normal((192, 2, 3, 3)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((192, 2, 2, 3)).astype(np.float32)
     np.testing.assert_allclose(ops.conv2d(x, w, padding=1, groups=96),
                                ops.conv2d(x, w, padding=1, groups=96, algo="reference"),
                                rtol=1e-4, atol=1e-4)
