@@ -14,6 +14,7 @@ from . import CPU_KERNEL, VECTOR_LANES
 from .vector_moves import move_run, transpose_block
 
 VECTOR = VECTOR_LANES
+HALF = VECTOR // 2  # a block of half a vector's channels (conv_blocked.NARROW's tiles)
 
 
 @njit(**CPU_KERNEL)
@@ -182,18 +183,21 @@ def dense_channel_blocks(a, blocks):
     blocks[g, b, n, t, v] = a[n, g * O + b * L + v, t] for b * L + v < O, else 0.
 
     Layout: a (N, G * O, T) C-contiguous (an NCHW array's planes, or a layer's OIHW filters,
-    T = I * R * S); blocks (G, B, N, T, L), L a multiple of VECTOR. Loop order: (g, b, n) in
-    parallel; per task, VECTOR x VECTOR blocks of (channels, taps) transposed in registers
-    (the element-by-element walks read or write a channel apart per element: 0.55 ms of
-    ResNet-18's 4.5 ms 512-channel forward on two threads, filter_blocks; 0.16 ms of RegNetX's
-    1.2 ms grouped weight gradient, channel_blocks), the taps past the last whole VECTOR and a
-    block's channels past O element by element. Each task owns blocks[g, b, n]. Returns
-    whether every value of a is finite (the sum of each task's :func:`_spread` is 0).
+    T = I * R * S); blocks (G, B, N, T, L). Loop order: (g, b, n) in parallel; per task,
+    VECTOR x VECTOR blocks of (channels, taps) transposed in registers, HALF x VECTOR ones
+    where L is HALF (the element-by-element walks read or write a channel apart per element:
+    0.55 ms of ResNet-18's 4.5 ms 512-channel forward on two threads, filter_blocks; 0.16 ms
+    of RegNetX's 1.2 ms grouped weight gradient, channel_blocks; 2.7 ms of ResNeXt's 7.7 ms
+    8-channel-group weight gradient on one Zen 4 thread, before the HALF blocks), the taps
+    past the last whole VECTOR, a block's channels past O and widths neither a multiple of
+    VECTOR nor HALF element by element. Each task owns blocks[g, b, n]. Returns whether every
+    value of a is finite (the sum of each task's :func:`_spread` is 0).
     """
     groups, count, n_, t_, lanes = blocks.shape
     o_ = a.shape[1] // groups
     source, target = a.reshape(a.size), blocks.reshape(blocks.size)
     whole = t_ // VECTOR * VECTOR
+    step = HALF if lanes == HALF else VECTOR  # the channels a transpose moves
     spread = a.dtype.type(0)
     for task in prange(groups * count * n_):
         g, b, n = task // (count * n_), task // n_ % count, task % n_
@@ -202,12 +206,17 @@ def dense_channel_blocks(a, blocks):
         spread += _spread(source, rows, rows + min(lanes, o_ - b * lanes) * t_)
         for v0 in range(0, lanes, VECTOR):
             first = rows + v0 * t_
-            full = b * lanes + v0 + VECTOR <= o_
+            full = lanes % step == 0 and b * lanes + v0 + step <= o_
             if full:
                 for t0 in range(0, whole, VECTOR):
-                    transpose_block(source, np.uint64(first + t0), np.uint64(t_), target,
-                                    np.uint64(base + t0 * lanes + v0), np.uint64(lanes), VECTOR,
-                                    VECTOR)
+                    if step == HALF:
+                        transpose_block(source, np.uint64(first + t0), np.uint64(t_), target,
+                                        np.uint64(base + t0 * lanes), np.uint64(lanes), HALF,
+                                        VECTOR)
+                    else:
+                        transpose_block(source, np.uint64(first + t0), np.uint64(t_), target,
+                                        np.uint64(base + t0 * lanes + v0), np.uint64(lanes),
+                                        VECTOR, VECTOR)
             for t in range(whole if full else 0, t_):
                 for v in range(v0, min(v0 + VECTOR, lanes)):
                     inside = b * lanes + v < o_
