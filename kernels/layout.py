@@ -268,9 +268,12 @@ def phase_filter_blocks(w, groups, starts, steps, phases):
     operands one after another. Loop order: (g, b) in parallel, then k; per k, VECTOR x VECTOR
     blocks of (channels, taps) transposed in registers and each tap's row of lanes stored at its
     phase's place (transpose_block's array of row offsets), the taps past the last whole VECTOR
-    and a block's channels past C element by element. Blocked whole, then each phase's taps
-    moved out a row at a time, DCGAN's 512-to-256-channel 4x4 layer's 8 MB of filters crossed
-    memory twice: 2.8 of its 7.6 ms on two Zen 4 threads, 0.9 ms so. Each task owns its (g, b)
+    too (the loads reading on into the next channel's taps, stored no further than T), a
+    block's channels past C, and the last channels of w (whose loads would read past it)
+    element by element. Blocked whole, then each phase's taps moved out a row at a time,
+    DCGAN's 512-to-256-channel 4x4 layer's 8 MB of filters crossed memory twice: 2.8 of its
+    7.6 ms on two Zen 4 threads, 0.9 ms so; a 3x3 window's 9 taps element by element, 0.72 ms
+    of ResNeXt layer4's 2.4 ms input gradient (1.2 MB of filters). Each task owns its (g, b)
     rows of every phase. Returns what dense_channel_blocks returns.
     """
     k_, c_, t_ = w.shape
@@ -288,13 +291,17 @@ def phase_filter_blocks(w, groups, starts, steps, phases):
             rows = ((g * kg + k) * c_ + b * lanes) * t_  # the block's channels' taps
             spread += _spread(source, rows, rows + min(lanes, c_ - b * lanes) * t_)
             for v0 in range(0, lanes, VECTOR):
+                first = rows + v0 * t_
                 full = v0 + VECTOR <= lanes and b * lanes + v0 + VECTOR <= c_
-                if full:
-                    for t0 in range(0, whole, VECTOR):
-                        transpose_block(source, np.uint64(rows + v0 * t_ + t0), np.uint64(t_),
-                                        target, np.uint64(v0), offsets[t0:t0 + VECTOR], VECTOR,
-                                        VECTOR)
-                for t in range(whole if full else 0, t_):
+                # the taps past the last whole VECTOR (all of a 3x3 window's) by one more
+                # transpose, where its loads (a VECTOR of taps from each channel's) stay in w
+                tail = full and whole < t_ and first + (VECTOR - 1) * t_ + whole + VECTOR <= w.size
+                done = t_ if tail else whole if full else 0
+                for t0 in range(0, done, VECTOR):
+                    transpose_block(source, np.uint64(first + t0), np.uint64(t_), target,
+                                    np.uint64(v0), offsets[t0:t0 + VECTOR], VECTOR,
+                                    min(VECTOR, t_ - t0))
+                for t in range(done, t_):
                     for v in range(v0, min(v0 + VECTOR, lanes)):
                         inside = b * lanes + v < c_
                         target[offsets[t] + v] = source[rows + v * t_ + t] if inside else 0
