@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import CPU_KERNEL, VECTOR_LANES
-from .vector_moves import move_run, transpose_block
+from .vector_moves import interleave_run, move_run, transpose_block
 
 VECTOR = VECTOR_LANES
 HALF = VECTOR // 2  # a block of half a vector's channels (conv_blocked.NARROW's tiles)
@@ -112,14 +112,24 @@ def merge_phases(phases, starts, x):
     sw = starts.shape[1]
     planes = x.strides[1] >= x.strides[2]
     pairs = sw == 2 and w_ % 2 == 0
+    size = x.itemsize
+    image_, channel_, row_ = x.strides[0] // size, x.strides[1] // size, x.strides[2] // size
+    rows = x.strides[3] == size  # x's rows contiguous: the pairs interleaved by vectors
     for n in prange(n_):
         source = phases[n]
         if planes:
             for c in range(c_):
                 for i in range(h_):
-                    if pairs:  # the two phases' columns in one loop, which LLVM vectorises
+                    if pairs:  # the two phases' columns together
                         even, plane, width = _phase_row(starts, i, 0, h_, w_)
                         odd = _phase_row(starts, i, 1, h_, w_)[0]
+                        if rows:
+                            at = n * image_ + c * channel_ + i * row_
+                            for j in range(0, width, VECTOR):
+                                interleave_run(source, np.uint64(even + c * plane + j),
+                                               np.uint64(odd + c * plane + j), x,
+                                               np.uint64(at + 2 * j), min(VECTOR, width - j))
+                            continue
                         for j in range(width):
                             x[n, c, i, 2 * j] = source[even + c * plane + j]
                             x[n, c, i, 2 * j + 1] = source[odd + c * plane + j]
