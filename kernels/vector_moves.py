@@ -19,6 +19,34 @@ from . import VECTOR_LANES
 VECTOR = VECTOR_LANES
 
 
+def _masked_moves(context, builder, element):
+    """(llvm.masked.load, llvm.masked.store, the alignment) for vectors of VECTOR ``element``s."""
+    vector = ir.VectorType(element, VECTOR)
+    align = ir.Constant(ir.IntType(32), context.get_abi_sizeof(element))
+    # the intrinsics' names carry their vector and (opaque) pointer types
+    name = f"v{VECTOR}{'f32' if context.get_abi_sizeof(element) == 4 else 'f64'}.p0"
+    pointer, mask = ir.PointerType(), ir.VectorType(ir.IntType(1), VECTOR)
+    load = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector, [pointer, align.type, mask, vector]),
+        "llvm.masked.load." + name)
+    store = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vector, pointer, align.type, mask]),
+        "llvm.masked.store." + name)
+    return load, store, align
+
+
+def _lanes_below(builder, limit, offset=0):
+    """The mask of the lanes v with offset + v < ``limit`` (an i64)."""
+    index = ir.IntType(64)
+    lanes = ir.VectorType(index, VECTOR)
+    spread = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(lanes, ir.Undefined), limit, ir.Constant(index, 0)),
+        ir.Constant(lanes, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), VECTOR),
+                                                      [0] * VECTOR))
+    return builder.icmp_unsigned("<", ir.Constant(lanes, [offset + v for v in range(VECTOR)]),
+                                 spread)
+
+
 @intrinsic
 def transpose_block(typingctx, src, src_start, src_step, dst, dst_start, dst_step, rows,
                     stored):
@@ -136,24 +164,9 @@ def move_run(typingctx, src, src_start, dst, dst_start, count):
         target = context.make_array(signature.args[2])(context, builder, args[2]).data
         element = context.get_value_type(signature.args[0].dtype)
         vector, index = ir.VectorType(element, VECTOR), ir.IntType(64)
-        lanes = ir.VectorType(index, VECTOR)
         n = context.cast(builder, args[4], signature.args[4], types.uint64)
-        spread = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(lanes, ir.Undefined), n, ir.Constant(index, 0)),
-            ir.Constant(lanes, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), VECTOR),
-                                                          [0] * VECTOR))
-        mask = builder.icmp_unsigned("<", ir.Constant(lanes, list(range(VECTOR))), spread)
-        align = ir.Constant(ir.IntType(32), context.get_abi_sizeof(element))
-        # the intrinsics' names carry their vector and (opaque) pointer types
-        name = f"v{VECTOR}{'f32' if context.get_abi_sizeof(element) == 4 else 'f64'}.p0"
-        pointer = ir.PointerType()
-        load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vector, [pointer, align.type, mask.type, vector]),
-            "llvm.masked.load." + name)
-        store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vector, pointer, align.type,
-                                                            mask.type]),
-            "llvm.masked.store." + name)
+        mask = _lanes_below(builder, n)
+        load, store, align = _masked_moves(context, builder, element)
         src, dst = builder.gep(source, [args[1]]), builder.gep(target, [args[3]])
         with builder.if_else(builder.icmp_unsigned("==", n, ir.Constant(index, VECTOR)),
                              likely=True) as (whole, part):
@@ -185,26 +198,9 @@ def interleave_run(typingctx, src, even_start, odd_start, dst, dst_start, count)
         target = context.make_array(signature.args[3])(context, builder, args[3]).data
         element = context.get_value_type(signature.args[0].dtype)
         vector, index = ir.VectorType(element, VECTOR), ir.IntType(64)
-        lanes, choose = ir.VectorType(index, VECTOR), ir.VectorType(ir.IntType(32), VECTOR)
+        choose = ir.VectorType(ir.IntType(32), VECTOR)
         n = context.cast(builder, args[5], signature.args[5], types.uint64)
-
-        def below(limit, offset):
-            """The lanes v with offset + v < limit."""
-            spread = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(lanes, ir.Undefined), limit,
-                                       ir.Constant(index, 0)),
-                ir.Constant(lanes, ir.Undefined), ir.Constant(choose, [0] * VECTOR))
-            return builder.icmp_unsigned(
-                "<", ir.Constant(lanes, [offset + v for v in range(VECTOR)]), spread)
-        align = ir.Constant(ir.IntType(32), context.get_abi_sizeof(element))
-        name = f"v{VECTOR}{'f32' if context.get_abi_sizeof(element) == 4 else 'f64'}.p0"
-        pointer, mask = ir.PointerType(), ir.VectorType(ir.IntType(1), VECTOR)
-        load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vector, [pointer, align.type, mask, vector]),
-            "llvm.masked.load." + name)
-        store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vector, pointer, align.type, mask]),
-            "llvm.masked.store." + name)
+        load, store, align = _masked_moves(context, builder, element)
         even, odd = builder.gep(source, [args[1]]), builder.gep(source, [args[2]])
         low = builder.gep(target, [args[4]])
         high = builder.gep(target, [builder.add(args[4], ir.Constant(index, VECTOR))])
@@ -222,13 +218,13 @@ def interleave_run(typingctx, src, even_start, odd_start, dst, dst_start, count)
                     builder.store(row, builder.bitcast(p, vector.as_pointer()),
                                   align=align.constant)
             with part:
-                taken = below(n, 0)
+                taken = _lanes_below(builder, n)
                 a, b = (builder.call(load, [p, align, taken, ir.Constant(vector, ir.Undefined)])
                         for p in (even, odd))
                 twice = builder.add(n, n)
                 for row, p, offset in zip(interleaved(a, b), (low, high), (0, VECTOR),
                                           strict=True):
-                    builder.call(store, [row, p, align, below(twice, offset)])
+                    builder.call(store, [row, p, align, _lanes_below(builder, twice, offset)])
         return context.get_dummy_value()
     return types.void(src, even_start, odd_start, dst, dst_start, count), codegen
 
