@@ -87,14 +87,21 @@ def test_channel_blocks_against_numpy(n, groups, kg, p, lanes, strided, dtype, p
 
 @settings(max_examples=60, deadline=None)
 @given(groups=st.integers(1, 3), i=st.integers(1, 5), o=st.integers(1, 40), r=st.integers(0, 3),
-       s=st.integers(1, 3), lanes=st.sampled_from([8, 16, 32]), swapped=st.booleans(),
-       dtype=st.sampled_from(FLOATS), parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_filter_blocks_against_numpy(groups, i, o, r, s, lanes, swapped, dtype, parallel, seed):
+       s=st.integers(1, 3), lanes=st.sampled_from([8, 16, 32]),
+       source=st.sampled_from(["OIHW", "HWIO", "phase"]), dtype=st.sampled_from(FLOATS),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_filter_blocks_against_numpy(groups, i, o, r, s, lanes, source, dtype, parallel, seed):
     """A phase may have no taps on an axis (r == 0); the filters come as a view with the
-    channel axes swapped (the forward's) or as they are (a phase's)."""
+    channel axes swapped (the forward's, of OIHW filters or of an NHWC layer's HWIO ones,
+    whose output channels are runs) or as they are (a phase's)."""
     rng = np.random.default_rng(seed)
-    w = (random(rng, (groups, o, i, r, s), dtype).transpose(0, 2, 1, 3, 4) if swapped
-         else random(rng, (groups, i, o, r, s), dtype))
+    if source == "phase":
+        w = random(rng, (groups, i, o, r, s), dtype)
+    elif source == "OIHW":
+        w = random(rng, (groups, o, i, r, s), dtype).transpose(0, 2, 1, 3, 4)
+    else:
+        w = random(rng, (r, s, i, groups * o), dtype).transpose(3, 2, 0, 1).reshape(
+            groups, o, i, r, s).transpose(0, 2, 1, 3, 4)
     before = w.copy()
     count = -(-o // lanes)
     blocks = np.full((groups, count, i * r * s, lanes), np.nan, dtype)
