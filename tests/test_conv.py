@@ -299,6 +299,33 @@ def test_blocked_row_tiles_over_every_second_column(stride, k, dtype, parallel, 
                 and name.endswith("s2")]) == len(tiled) - tiled.count(None), ran
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
+@pytest.mark.parametrize("c, groups, k, stride, dilation, dtype", [
+    (16, 1, 40, 2, 1, np.float32),  # one whole block of channels, a two-vector tile
+    (24, 1, 5, (1, 2), 2, np.float32),  # a partial block, a narrow tile
+    (40, 2, 20, 2, 1, np.float32),  # groups whose channels straddle the blocks
+    (32, 1, 20, (3, 2), 1, np.float64)])
+def test_strided_nhwc_layer_runs_on_channel_block_images(c, groups, k, stride, dilation, dtype,
+                                                         parallel, monkeypatch, cpu_calls):
+    """An NHWC layer of column stride 2 and a vector's channels a group or more is padded into
+    channel-block images (embed_channel_blocks) and takes conv2d_forward_rows' tiles two
+    blocks apart: rows of 7 to 16 outputs, against the float64 reference and PyTorch."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(c + k)
+    for width in (15, 31):
+        x, w, b = (random(rng, s, dtype)
+                   for s in ((2, 5, width, c), (3, 3, c // groups, k), (k,)))
+        kwargs = dict(stride=stride, padding=1, dilation=dilation, groups=groups,
+                      data_format="NHWC")
+        y = ops.conv2d(x, w, b, activation="relu", algo="blocked", **kwargs)
+        oracle.check({"y": y}, oracle.conv2d(x, w, b, activation="relu", **kwargs))
+    ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
+    assert ran.count("embed_channel_blocks") == 2, ran
+    rows = [name for name in ran if name.startswith("conv2d_forward_rows")]
+    assert dtype == np.float64 or (
+        len(rows) == 2 and all(name.endswith(f"s{2 * conv_blocked.VECTOR}") for name in rows)), ran
+
+
 @SETTINGS
 @given(dilation=st.integers(1, 6), beyond=st.integers(-2, 3), stride=st.sampled_from([1, 2]),
        height=st.integers(1, 9), width=st.integers(13, 24), k=st.sampled_from([5, 20, 40]),

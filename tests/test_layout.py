@@ -1,5 +1,6 @@
 """The layout moves of kernels/layout.py, parallel and serial, against NumPy: embed (padding,
-and the transposed convolution's spread-out gradient, in both layouts), merge_phases (a strided
+and the transposed convolution's spread-out gradient, in both layouts), embed_channel_blocks
+(NHWC padded into blocks of channels), merge_phases (a strided
 layer's input gradient put together from its phases, in both layouts), channel_blocks and
 filter_blocks (channels in blocks of a register tile's width, groups, zero lanes) and
 phase_filter_blocks (a strided layer's filters into its input-gradient phases), on poisoned
@@ -55,6 +56,30 @@ def test_embed_places_each_image_in_zeros(n, c, h, w, top, left, stride, extra, 
     flat = want if layout_ == "NCHW" else want.transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(images[:, :c * rows * columns], flat.reshape(n, -1))
     np.testing.assert_array_equal(images[:, c * rows * columns:], 0)
+    np.testing.assert_array_equal(x, before)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), c=st.one_of(st.integers(1, 5), st.integers(14, 40)),
+       h=st.integers(1, 6), w=st.integers(1, 9), top=st.integers(0, 2), left=st.integers(0, 2),
+       extra=st.tuples(st.integers(0, 2), st.integers(0, 2)), dtype=st.sampled_from(FLOATS),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_embed_channel_blocks_pads_nhwc_images_into_blocks(n, c, h, w, top, left, extra, dtype,
+                                                           parallel, seed):
+    """Whole and partial blocks of channels (fewer than a vector, a vector and a part, more),
+    every lane past the channels zero."""
+    rng = np.random.default_rng(seed)
+    x = random(rng, (n, h, w, c), dtype)
+    before = x.copy()
+    blocks, vector = -(-c // layout.VECTOR), layout.VECTOR
+    rows, columns = top + h + extra[0], left + w + extra[1]
+    images = np.full((n, blocks * rows * columns * vector), np.nan, dtype)
+    _kernel(layout.embed_channel_blocks, parallel)(x, images, (top * columns + left) * vector,
+                                                   columns * vector, vector)
+    want = np.zeros((n, rows, columns, blocks * vector), dtype)
+    want[:, top:top + h, left:left + w, :c] = x
+    want = want.reshape(n, rows, columns, blocks, vector).transpose(0, 3, 1, 2, 4)
+    np.testing.assert_array_equal(images, want.reshape(n, -1))
     np.testing.assert_array_equal(x, before)
 
 
