@@ -1,8 +1,10 @@
 """algo="auto" against PyTorch on layers the suite does not name: asymmetric windows, dilation,
 batch 1, NHWC, grouped (RegNet) and odd sizes, forward and backward (input and weight
-gradients together, as the suite's backward rows), on each thread count.
+gradients together, as the suite's backward rows), on each thread count; or, with --nhwc, on
+the conv layers of the suite's networks run in NHWC (the suite runs them in NCHW).
 
     python benchmarks/other_layers.py --threads 1,2 --repeats 9 > table.md
+    python benchmarks/other_layers.py --nhwc resnet18,resnet50 --threads 2 > nhwc.md
 
 Each figure is the median of ``--repeats`` calls after a warm-up call, fastconv and PyTorch
 called in turn each round (a busy neighbour slows them alike); "vs torch" is PyTorch's median
@@ -17,7 +19,7 @@ import time
 import numpy as np
 
 import fastconv  # before torch: its OpenMP threads would spin between fastconv's kernels
-from fastconv import ops
+from fastconv import bench, ops
 from fastconv.machine import describe, machine
 
 # (name, x NCHW, w OIHW, keyword arguments as fastconv.ops.conv2d takes them)
@@ -33,6 +35,12 @@ LAYERS = (
      dict(padding=1, data_format="NHWC")),
     ("resnet18 layer2.0.conv1 (stride 2), NHWC", (8, 64, 56, 56), (128, 64, 3, 3),
      dict(stride=2, padding=1, data_format="NHWC")),
+    ("resnet18 layer2.0.downsample (1x1, stride 2), NHWC", (8, 64, 56, 56), (128, 64, 1, 1),
+     dict(stride=2, data_format="NHWC")),
+    ("resnet50 layer2.conv1 (1x1), NHWC", (8, 512, 28, 28), (128, 512, 1, 1),
+     dict(data_format="NHWC")),
+    ("resnext50 layer1.conv2 (32 groups of 4), NHWC", (8, 128, 56, 56), (128, 4, 3, 3),
+     dict(padding=1, groups=32, data_format="NHWC")),
     ("RegNetX 3x3, 8 groups of 16", (8, 128, 28, 28), (128, 16, 3, 3),
      dict(padding=1, groups=8)),
     ("odd: 5 -> 7 channels, 13x13, 3x3", (8, 5, 13, 13), (7, 5, 3, 3), dict(padding=1)),
@@ -40,6 +48,14 @@ LAYERS = (
     ("odd: 17 -> 23, 31x29, 5x3, stride 2", (3, 17, 31, 29), (23, 17, 5, 3),
      dict(stride=2, padding=(2, 1))),
 )
+
+
+def nhwc_layers(networks):
+    """LAYERS' rows for the conv2d layers of the suite's ``networks``, each in NHWC."""
+    return [(f"{case.name}, NHWC", case.x, case.w,
+             dict(stride=case.stride, padding=case.padding, groups=case.groups,
+                  data_format="NHWC"))
+            for network in networks for case in bench.cases(network) if case.op == "conv2d"]
 
 
 def _pairs(value):
@@ -107,7 +123,11 @@ def main():
                         help="comma-separated thread counts, each a table (default: 1,2)")
     parser.add_argument("--repeats", type=int, default=9,
                         help="timed rounds; each figure is their median (default: 9)")
+    parser.add_argument("--nhwc", metavar="NETWORK[,NETWORK...]",
+                        help="instead of the layers above, every conv layer of these networks "
+                             f"of the layer suite ({', '.join(bench.SUITES)}), in NHWC")
     args = parser.parse_args()
+    layers = LAYERS if args.nhwc is None else nhwc_layers(args.nhwc.split(","))
     import torch
     for label, text in describe(machine()):
         print(f"- {label}: {text}")
@@ -119,7 +139,7 @@ def main():
               "| backward ms: fastconv / torch | vs torch | error vs torch |")
         print("|---|---|---|--:|--:|--:|--:|--:|")
         ratios = []
-        for name, x_shape, w_shape, kwargs in LAYERS:
+        for name, x_shape, w_shape, kwargs in layers:
             rng = np.random.default_rng(0)
             x = rng.standard_normal(x_shape, np.float32)
             w = rng.standard_normal(w_shape, np.float32)

@@ -79,12 +79,11 @@ def embed(x, images, origin, channel_step, row_step, col_step):
 
 
 @njit(**CPU_KERNEL)
-def embed_channel_blocks(x, images, origin, row_step, col_step):
-    """images[n] = 0, then images[n, origin + (c // VECTOR) * P + i * row_step + j * col_step +
-    c % VECTOR] = x[n, i, j, c], P = X / ceil(C / VECTOR): NHWC images padded into images of
-    channels in blocks of VECTOR, (N, C / VECTOR, rows, columns, VECTOR), each pixel's block
-    one vector, zero past C (a strided NHWC layer's input to the blocked forward's row tiles:
-    implementations/conv2d.py).
+def embed_channel_blocks(x, images, origin, block_step, row_step, col_step):
+    """images[n] = 0, then images[n, origin + (c // VECTOR) * block_step + i * row_step + j *
+    col_step + c % VECTOR] = x[n, i, j, c]: NHWC images padded into images of channels in
+    blocks of VECTOR, (N, C / VECTOR, rows, columns, VECTOR), each pixel's block one vector,
+    zero past C (an NHWC layer's operand of the blocked kernels: implementations/conv2d.py).
 
     Layout: x (N, H, W, C) C-contiguous; images (N, X). Loop order: images n in parallel, then
     x's memory order, rows i, columns j, the blocks: each pixel's block one vector move, under
@@ -92,8 +91,6 @@ def embed_channel_blocks(x, images, origin, row_step, col_step):
     zeroes the whole row, then writes x's cells into it while it is in cache.
     """
     n_, h_, w_, c_ = x.shape
-    blocks = -(-c_ // VECTOR)
-    plane = images.shape[1] // blocks
     source = x.reshape(x.size)
     for n in prange(n_):
         image = images[n]
@@ -101,9 +98,9 @@ def embed_channel_blocks(x, images, origin, row_step, col_step):
         for i in range(h_):
             for j in range(w_):
                 first, at = ((n * h_ + i) * w_ + j) * c_, origin + i * row_step + j * col_step
-                for b in range(blocks):
+                for b in range(-(-c_ // VECTOR)):
                     move_run(source, np.uint64(first + b * VECTOR), image,
-                             np.uint64(at + b * plane), min(VECTOR, c_ - b * VECTOR))
+                             np.uint64(at + b * block_step), min(VECTOR, c_ - b * VECTOR))
 
 
 @njit(inline="always", cache=True)

@@ -59,10 +59,14 @@ def test_host_overhead_times_each_small_call():
     assert all(0 < float(host) and 0 < float(total) for _, total, host in rows), done.stdout
 
 
-def test_other_layers_match_torch_on_every_layer():
+@pytest.mark.parametrize("networks, layers", [(None, len(LAYERS)), ("lenet5,resnext50", 8)])
+def test_other_layers_match_torch_on_every_layer(networks, layers):
+    """Its own layers, or a suite network's conv layers in NHWC (LeNet-5's three, ResNeXt's
+    five grouped ones)."""
     done = subprocess.run([sys.executable, str(SCRIPT.parent / "other_layers.py"), "--threads",
-                           "1", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+                           "1", "--repeats", "1"] + (["--nhwc", networks] if networks else []),
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     errors = re.findall(r"^\| .+ \| ([\d.]+e[-+]\d+) \|$", done.stdout, re.M)
-    assert len(errors) == len(LAYERS), done.stdout
+    assert len(errors) == layers, done.stdout
     assert all(float(e) < 1e-4 for e in errors), done.stdout

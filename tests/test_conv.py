@@ -33,7 +33,10 @@ def paddings():
 def conv_cases(draw, layouts=("NCHW", "NHWC"), dtypes=(np.float32, np.float64), max_groups=3):
     groups = draw(st.integers(1, max_groups))
     case = dict(
-        N=draw(st.integers(1, 3)), C=groups * draw(st.integers(1, 3)),
+        # input channels a group: a few, or a vector's and more (an NHWC layer's channel-block
+        # images, whole and partial blocks)
+        N=draw(st.integers(1, 3)), C=groups * draw(st.one_of(st.integers(1, 3),
+                                                             st.integers(15, 18))),
         # output channels a group: a few, or around the blocked kernels' register tile widths
         # (16 and 32 channels on AVX-512, 8 and 16 on AVX2), partial blocks included
         K=groups * draw(st.one_of(st.integers(1, 4), st.integers(7, 36))),
@@ -303,13 +306,15 @@ def test_blocked_row_tiles_over_every_second_column(stride, k, dtype, parallel, 
 @pytest.mark.parametrize("c, groups, k, stride, dilation, dtype", [
     (16, 1, 40, 2, 1, np.float32),  # one whole block of channels, a two-vector tile
     (24, 1, 5, (1, 2), 2, np.float32),  # a partial block, a narrow tile
-    (40, 2, 20, 2, 1, np.float32),  # groups whose channels straddle the blocks
+    (40, 2, 20, 1, 1, np.float32),  # groups whose channels straddle the blocks
+    (32, 8, 16, 1, 1, np.float32),  # groups of 4 channels inside a block
     (32, 1, 20, (3, 2), 1, np.float64)])
-def test_strided_nhwc_layer_runs_on_channel_block_images(c, groups, k, stride, dilation, dtype,
-                                                         parallel, monkeypatch, cpu_calls):
-    """An NHWC layer of column stride 2 and a vector's channels a group or more is padded into
-    channel-block images (embed_channel_blocks) and takes conv2d_forward_rows' tiles two
-    blocks apart: rows of 7 to 16 outputs, against the float64 reference and PyTorch."""
+def test_nhwc_layer_runs_on_channel_block_images(c, groups, k, stride, dilation, dtype, parallel,
+                                                 monkeypatch, cpu_calls):
+    """An NHWC layer of a vector's channels or more is padded into channel-block images
+    (embed_channel_blocks) and takes conv2d_forward_rows' tiles a block (stride 1) or two
+    apart, rows of 7 to 16 outputs; its input gradient reads gy so, its weight gradient x:
+    each against the float64 reference and PyTorch."""
     _threads(monkeypatch, parallel)
     rng = np.random.default_rng(c + k)
     for width in (15, 31):
@@ -319,11 +324,17 @@ def test_strided_nhwc_layer_runs_on_channel_block_images(c, groups, k, stride, d
                       data_format="NHWC")
         y = ops.conv2d(x, w, b, activation="relu", algo="blocked", **kwargs)
         oracle.check({"y": y}, oracle.conv2d(x, w, b, activation="relu", **kwargs))
+    steps = 2 if (stride if isinstance(stride, int) else stride[1]) == 2 else 1
     ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
     assert ran.count("embed_channel_blocks") == 2, ran
     rows = [name for name in ran if name.startswith("conv2d_forward_rows")]
     assert dtype == np.float64 or (
-        len(rows) == 2 and all(name.endswith(f"s{2 * conv_blocked.VECTOR}") for name in rows)), ran
+        len(rows) == 2 and all(name.endswith(f"s{steps * conv_blocked.VECTOR}")
+                               for name in rows)), ran
+    gy = random(rng, y.shape, dtype)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="blocked", **kwargs)
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="blocked", **kwargs)
+    oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
 
 
 @SETTINGS

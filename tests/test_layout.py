@@ -75,7 +75,8 @@ def test_embed_channel_blocks_pads_nhwc_images_into_blocks(n, c, h, w, top, left
     rows, columns = top + h + extra[0], left + w + extra[1]
     images = np.full((n, blocks * rows * columns * vector), np.nan, dtype)
     _kernel(layout.embed_channel_blocks, parallel)(x, images, (top * columns + left) * vector,
-                                                   columns * vector, vector)
+                                                   rows * columns * vector, columns * vector,
+                                                   vector)
     want = np.zeros((n, rows, columns, blocks * vector), dtype)
     want[:, top:top + h, left:left + w, :c] = x
     want = want.reshape(n, rows, columns, blocks, vector).transpose(0, 3, 1, 2, 4)

@@ -92,9 +92,52 @@ def conv2d_backward_bias_reference(gy, y, activation, layout):
 
 # --- what the direct and blocked kernels share -----------------------------------------------
 
+# Images of channels in blocks of VECTOR, (N, C / VECTOR, rows, columns, VECTOR): the blocked
+# kernels' operand for an NHWC array (_image_layout).
+CHANNEL_BLOCKS = f"NCHW{VECTOR_LANES}c"
+
+
+def _image_layout(layout, channels):
+    """The layout the blocked kernels read an array of ``layout`` and ``channels`` in: NCHW,
+    so that their row tiles (a column step of 1 or 2) serve NHWC too, but for NHWC of a
+    vector's channels or more CHANNEL_BLOCKS (a column step of a block, or two), whose copy
+    moves each pixel's block whole: the one transposing NHWC into NCHW took twice a padding
+    copy's time (element by element for rows narrower than a vector), and the tiles ran as
+    fast or faster on the blocks (ResNet-50's 8 x 128 x 56 x 56 stride-2 NHWC layer's forward
+    13.2-14.2 -> 10.8-11.7 ms on two Zen 4 threads, 25.6-26.7 -> 20.2-20.4 on one, PyTorch's
+    channels-last 8.7-9.5 and 17.1-17.4; ResNeXt's grouped 14 x 14 layer 3.2-4.0 -> 1.9-2.6,
+    PyTorch 1.9-2.1). A stem's three channels stay NCHW: blocks mostly zeros ran 1.4-2x
+    slower."""
+    return CHANNEL_BLOCKS if layout == "NHWC" and channels >= VECTOR_LANES else "NCHW"
+
+
+def _image_size(layout, channels, rows, columns):
+    """The cells of an image of ``channels`` x ``rows`` x ``columns`` in ``layout``."""
+    if layout == CHANNEL_BLOCKS:
+        channels = -(-channels // VECTOR_LANES) * VECTOR_LANES
+    return channels * rows * columns
+
+
+def _channel_steps(layout, channels, rows, columns):
+    """((channels,) int64: each channel's first cell, the row step, the column step) of an
+    image of ``channels`` x ``rows`` x ``columns`` in ``layout``."""
+    c = np.arange(channels)
+    if layout == CHANNEL_BLOCKS:
+        row, column = columns * VECTOR_LANES, VECTOR_LANES
+        return c // VECTOR_LANES * rows * row + c % VECTOR_LANES, row, column
+    channel, row, column = driver.steps(layout, channels, rows, columns)
+    return c * channel, row, column
+
+
 def _embedded(x, layout, images, rows, columns, top, left):
     """``images`` (N, X) zeroed, each holding x's image (an NCHW-indexed view) flat in
     ``layout`` as an image of ``rows`` x ``columns``, x's pixel (i, j) at (top + i, left + j)."""
+    if layout == CHANNEL_BLOCKS:  # x an NHWC array's view
+        row = columns * VECTOR_LANES
+        driver.cpu_move(layout_kernels.embed_channel_blocks, images.size, x.transpose(0, 2, 3, 1),
+                        images, (top * columns + left) * VECTOR_LANES, rows * row, row,
+                        VECTOR_LANES)
+        return images
     channel, row, column = driver.steps(layout, x.shape[1], rows, columns)
     driver.cpu_move(layout_kernels.embed, images.size, x, images, top * row + left * column,
                     channel, row, column)
@@ -118,7 +161,7 @@ def _padded(g, x, slack=0, layout=None):
     layout = layout or g.layout
     if (hp, wp) == (g.H, g.W) and not slack and layout == g.layout:
         return x.reshape(g.N, -1), hp, wp
-    images = driver.workspace((g.N, g.C * hp * wp + slack), x.dtype)
+    images = driver.workspace((g.N, _image_size(layout, g.C, hp, wp) + slack), x.dtype)
     return _embedded(nchw_view(x, g.layout), layout, images, hp, wp, top, left), hp, wp
 
 
@@ -248,24 +291,14 @@ def conv2d_backward_weight_direct_cuda(g, gy, x):
 # every tap from an output pixel's base, for the input's layout, and pads the input so that no
 # tap leaves it (the padding is then real zeros, and the kernel's inner loop has no branch).
 
-# The layout of _channel_block_images: (N, C / VECTOR, rows, columns, VECTOR).
-CHANNEL_BLOCKS = f"NCHW{VECTOR_LANES}c"
-
-
 def _tap_offsets(g, hp, wp, layout=None):
     """(G, T) uint64: tap (c, r, s) of group g from a pixel's base, and the base's row and
-    column steps, in a padded image of ``layout`` (default the layer's; or CHANNEL_BLOCKS)."""
-    cg = g.C // g.groups
-    c = np.arange(g.groups * cg).reshape(g.groups, cg, 1, 1)
-    if layout == CHANNEL_BLOCKS:
-        row, col = wp * VECTOR_LANES, VECTOR_LANES
-        channel = c // VECTOR_LANES * hp * row + c % VECTOR_LANES
-    else:
-        step, row, col = driver.steps(layout or g.layout, g.C, hp, wp)
-        channel = c * step
+    column steps, in a padded image of ``layout`` (default the layer's)."""
+    channel, row, col = _channel_steps(layout or g.layout, g.C, hp, wp)
+    c = channel.reshape(g.groups, -1, 1, 1)
     r = np.arange(g.R).reshape(1, 1, -1, 1) * g.dilation[0]
     s = np.arange(g.S).reshape(1, 1, 1, -1) * g.dilation[1]
-    taps = (channel + r * row + s * col).reshape(g.groups, -1).astype(np.uint64)
+    taps = (c + r * row + s * col).reshape(g.groups, -1).astype(np.uint64)
     return taps, g.stride[0] * row, g.stride[1] * col
 
 
@@ -312,31 +345,13 @@ def _grouped(g, w):
     return oihw_view(w, g.layout).reshape(g.groups, g.K // g.groups, -1, g.R, g.S)
 
 
-def _channel_block_images(g, x):
-    """An NHWC x zero-padded (_padded_size) into images of channels in blocks of VECTOR,
-    CHANNEL_BLOCKS: (N, X) and the padded (rows, columns)."""
-    hp, wp = _padded_size(g)
-    images = driver.workspace((g.N, -(-g.C // VECTOR_LANES) * hp * wp * VECTOR_LANES), x.dtype)
-    driver.cpu_move(layout_kernels.embed_channel_blocks, images.size, x, images,
-                    (g.padding[0] * wp + g.padding[2]) * VECTOR_LANES, wp * VECTOR_LANES,
-                    VECTOR_LANES)
-    return images, hp, wp
-
-
 @register("conv2d", "cpu", "blocked")
 def conv2d_blocked_cpu(g, x, w, b, activation):
-    """An NHWC x is padded into NCHW images, so that the row tiles (a column step of 1 or 2)
-    serve it too; one of column stride 2 and a vector's channels a group or more into
-    CHANNEL_BLOCKS images (a column step of 2 VECTOR), whose copy moves each pixel's block
-    whole (the transposing one into NCHW took twice a padding copy's time), and whose tiles
-    ran faster than the stride-2 NCHW ones: ResNet-50's 8 x 128 x 56 x 56 stride-2 layer
-    13.2-14.2 -> 10.8-11.7 ms on two Zen 4 threads, 25.6-26.7 -> 20.2-20.4 on one (PyTorch
-    8.7-9.5 and 17.1-17.4, channels-last). y is written in the caller's layout."""
+    """x padded into the blocked kernels' images (_image_layout); y written in the caller's
+    layout."""
     y = driver.empty(np, g.y_shape, x.dtype)
-    layout = (CHANNEL_BLOCKS if g.layout == "NHWC" and g.stride[1] == 2
-              and g.C // g.groups >= VECTOR_LANES else "NCHW")
-    images, hp, wp = (_channel_block_images(g, x) if layout == CHANNEL_BLOCKS
-                      else _padded(g, x, layout="NCHW"))
+    layout = _image_layout(g.layout, g.C)
+    images, hp, wp = _padded(g, x, layout=layout)
     taps, row_step, col_step = _tap_offsets(g, hp, wp, layout)
     filters, finite = _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
     channel, row, column = driver.steps(g.layout, g.K, g.OH, g.OW)
@@ -451,12 +466,12 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     if phase_filters is None:
         return _backward_input_planes(g, gy, w)
     (top, hp), (left, wp) = _phase_padding(rows, g.OH), _phase_padding(cols, g.OW)
-    images = driver.workspace((g.N, g.K * hp * wp), gy.dtype)
-    _embedded(nchw_view(gy, g.layout), "NCHW", images, hp, wp, top, left)  # as the forward's x
+    layout = _image_layout(g.layout, g.K)  # gy as the forward's x
+    images = driver.workspace((g.N, _image_size(layout, g.K, hp, wp)), gy.dtype)
+    _embedded(nchw_view(gy, g.layout), layout, images, hp, wp, top, left)
     gx = driver.empty(np, g.x_shape, gy.dtype)
-    kg = g.K // g.groups
-    channel, row, column = driver.steps("NCHW", g.K, hp, wp)
-    k = np.arange(g.groups * kg).reshape(g.groups, kg, 1, 1) * channel
+    channel, row, column = _channel_steps(layout, g.K, hp, wp)
+    k = channel.reshape(g.groups, -1, 1, 1)
     bias = driver.bias(np, None, g.C, gy.dtype)
     # a strided layer's phases go to NCHW planes of their own, then into gx together: written
     # into gx's strided sub-grids, a tile's pixels a stride apart were stored one by one, and
@@ -551,8 +566,9 @@ def _phase_padding(phases, out_size):
 
 @register("conv2d_backward_weight", "cpu", "blocked")
 def conv2d_backward_weight_blocked_cpu(g, gy, x):
-    images, hp, wp = _padded(g, x, layout="NCHW")  # as the forward's
-    taps, row_step, col_step = _tap_offsets(g, hp, wp, layout="NCHW")
+    layout = _image_layout(g.layout, g.C)  # as the forward's
+    images, hp, wp = _padded(g, x, layout=layout)
+    taps, row_step, col_step = _tap_offsets(g, hp, wp, layout)
     grad = _lane_blocks(image_major(gy, g.layout), g.groups)
     p, image = g.OH * g.OW, images.shape[1]
     run = max(1, conv_blocked.RUN_PIXELS // max(p, 1))
