@@ -217,6 +217,17 @@ def test_auto_follows_the_cpu_rule(op, case, expected, ran, monkeypatch):
     assert ran == [(op, expected)]
 
 
+@pytest.mark.parametrize("op", CONV_OPS)
+def test_an_nhwc_layer_the_rule_sends_to_direct_takes_blocked(op, ran, monkeypatch):
+    """direct's register tiles serve NCHW only: the rule, fitted on NCHW layers, is followed
+    there and overridden for NHWC."""
+    monkeypatch.setitem(conv2d.CPU_RULE, op, "direct")
+    monkeypatch.setattr(dispatch, "_picked", {})
+    for data_format, expected in (("NCHW", "direct"), ("NHWC", "blocked")):
+        call(op, THIN, data_format=data_format)
+        assert ran[-1] == (op, expected)
+
+
 def test_auto_asks_the_heuristic_once_per_layer_and_thread_count(ran, monkeypatch):
     """The heuristic's pick is kept per (op, device, geometry, threads): asked again only for a
     new layer or thread count, and what runs is the registry's current entry of that name."""

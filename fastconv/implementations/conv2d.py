@@ -998,11 +998,17 @@ def choose_cpu(op, g):
     fastest algorithm of each measured layer); before it, a structural choice: a depthwise
     layer with one output channel a group (groups == C == K: MobileNet's) takes "depthwise"
     for all three ops, which beat the tree's choice on every MobileNetV2 depthwise layer on one
-    and two threads (1.09-5.6x; benchmarks/results/cpu-depthwise-planes.md)."""
+    and two threads (1.09-5.6x; benchmarks/results/cpu-depthwise-planes.md). After it, one for
+    layout: the suite's layers are NCHW, and the direct kernels' register tiles serve NCHW
+    only (_tiled), so an NHWC layer the rule sends to "direct" takes "blocked", which reads
+    NHWC through its own images: on the suite's layers the rule sends there in NHWC
+    (LeNet-5's C1 and C3, ResNeXt's 4-channel groups) direct ran 7-20x slower (LeNet's C1
+    forward 21.7 ms against 1.3, PyTorch 1.9, two Zen 4 threads: benchmarks/results/cpu-nhwc.md)."""
     if g.groups == g.C == g.K:
         return "depthwise"
-    return walk(CPU_RULE[op], lambda name: FEATURES[name](g),
+    algo = walk(CPU_RULE[op], lambda name: FEATURES[name](g),
                 lambda algo: refusal(op, "cpu", algo, g) is None)
+    return "blocked" if algo == "direct" and g.layout == "NHWC" else algo
 
 
 # The GPU's rule is still set by hand (no GPU measurements yet): a GEMM pays for im2col's copies
