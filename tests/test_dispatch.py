@@ -217,14 +217,21 @@ def test_auto_follows_the_cpu_rule(op, case, expected, ran, monkeypatch):
     assert ran == [(op, expected)]
 
 
+GROUPED = ((1, 4, 6, 6), (4, 2, 3, 3), 2)
+
+
+@pytest.mark.parametrize("planted, case, nhwc", [
+    ("direct", THIN, "blocked"), ("direct", GROUPED, "blocked"), ("im2col", THIN, "im2col"),
+    ("im2col", GROUPED, "blocked")])
 @pytest.mark.parametrize("op", CONV_OPS)
-def test_an_nhwc_layer_the_rule_sends_to_direct_takes_blocked(op, ran, monkeypatch):
-    """direct's register tiles serve NCHW only: the rule, fitted on NCHW layers, is followed
-    there and overridden for NHWC."""
-    monkeypatch.setitem(conv2d.CPU_RULE, op, "direct")
+def test_an_nhwc_layer_the_rule_sends_to_an_nchw_kernel_takes_blocked(op, planted, case, nhwc,
+                                                                      ran, monkeypatch):
+    """direct's register tiles and im2col's grouped GEMMs serve NCHW only: the rule, fitted on
+    NCHW layers, is followed there and overridden for NHWC."""
+    monkeypatch.setitem(conv2d.CPU_RULE, op, planted)
     monkeypatch.setattr(dispatch, "_picked", {})
-    for data_format, expected in (("NCHW", "direct"), ("NHWC", "blocked")):
-        call(op, THIN, data_format=data_format)
+    for data_format, expected in (("NCHW", planted), ("NHWC", nhwc)):
+        call(op, case, data_format=data_format)
         assert ran[-1] == (op, expected)
 
 

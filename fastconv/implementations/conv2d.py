@@ -1000,15 +1000,19 @@ def choose_cpu(op, g):
     for all three ops, which beat the tree's choice on every MobileNetV2 depthwise layer on one
     and two threads (1.09-5.6x; benchmarks/results/cpu-depthwise-planes.md). After it, one for
     layout: the suite's layers are NCHW, and the direct kernels' register tiles serve NCHW
-    only (_tiled), so an NHWC layer the rule sends to "direct" takes "blocked", which reads
-    NHWC through its own images: on the suite's layers the rule sends there in NHWC
-    (LeNet-5's C1 and C3, ResNeXt's 4-channel groups) direct ran 7-20x slower (LeNet's C1
-    forward 21.7 ms against 1.3, PyTorch 1.9, two Zen 4 threads: benchmarks/results/cpu-nhwc.md)."""
+    only (_tiled), im2col's grouped GEMMs NCHW's contiguous planes, so an NHWC layer the rule
+    sends to "direct", or a grouped one to "im2col", takes "blocked", which reads NHWC through
+    its own images. On the suite's layers the rule sends there in NHWC, direct ran 7-20x
+    slower (LeNet-5's C1 forward 21.7 ms against 1.3, PyTorch 1.9; ResNeXt's 4-channel groups
+    44 against 6.1), grouped im2col 3.4-4.5x (ResNeXt's weight gradient 46 against 13.8), two
+    Zen 4 threads (benchmarks/results/cpu-nhwc.md)."""
     if g.groups == g.C == g.K:
         return "depthwise"
     algo = walk(CPU_RULE[op], lambda name: FEATURES[name](g),
                 lambda algo: refusal(op, "cpu", algo, g) is None)
-    return "blocked" if algo == "direct" and g.layout == "NHWC" else algo
+    if g.layout == "NHWC" and (algo == "direct" or algo == "im2col" and g.groups > 1):
+        return "blocked"
+    return algo
 
 
 # The GPU's rule is still set by hand (no GPU measurements yet): a GEMM pays for im2col's copies
