@@ -85,21 +85,25 @@ def embed_channel_blocks(x, images, origin, block_step, row_step, col_step):
     blocks of VECTOR, (N, C / VECTOR, rows, columns, VECTOR), each pixel's block one vector,
     zero past C (an NHWC layer's operand of the blocked kernels: implementations/conv2d.py).
 
-    Layout: x (N, H, W, C) C-contiguous; images (N, X). Loop order: images n in parallel, then
-    x's memory order, rows i, columns j, the blocks: each pixel's block one vector move, under
-    a mask for a last, partial one (vector_moves.move_run). Each task owns images[n]: it
-    zeroes the whole row, then writes x's cells into it while it is in cache.
+    Layout: x (N, H, W, C) NHWC-indexed, its channels contiguous, its pixels any (positive)
+    strides (every second pixel of a 1x1 strided layer's input); images (N, X). Loop order:
+    images n in parallel, then x's memory order, rows i, columns j, the blocks: each pixel's
+    block one vector move, under a mask for a last, partial one (vector_moves.move_run). Each
+    task owns images[n]: it zeroes the whole row, then writes x's cells into it while it is
+    in cache.
     """
     n_, h_, w_, c_ = x.shape
-    source = x.reshape(x.size)
+    size = x.itemsize
+    image_, row_, column_ = x.strides[0] // size, x.strides[1] // size, x.strides[2] // size
     for n in prange(n_):
         image = images[n]
         image[:] = 0
         for i in range(h_):
             for j in range(w_):
-                first, at = ((n * h_ + i) * w_ + j) * c_, origin + i * row_step + j * col_step
+                first = n * image_ + i * row_ + j * column_
+                at = origin + i * row_step + j * col_step
                 for b in range(-(-c_ // VECTOR)):
-                    move_run(source, np.uint64(first + b * VECTOR), image,
+                    move_run(x, np.uint64(first + b * VECTOR), image,
                              np.uint64(at + b * block_step), min(VECTOR, c_ - b * VECTOR))
 
 

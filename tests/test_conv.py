@@ -337,6 +337,31 @@ def test_nhwc_layer_runs_on_channel_block_images(c, groups, k, stride, dilation,
     oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("stride", [2, (2, 3)])
+def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, parallel, monkeypatch,
+                                                         cpu_calls):
+    """NHWC: its channel-block images hold only every stride-th pixel (the images of a
+    stride-1 layer, their tiles a block apart); NCHW reads x in place. Forward and weight
+    gradient against the float64 reference and PyTorch."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(7)
+    x_shape, w_shape = ((2, 9, 32, 24), (1, 1, 12, 40)) if layout == "NHWC" else (
+        (2, 24, 9, 32), (40, 12, 1, 1))
+    x, w = random(rng, x_shape, np.float32), random(rng, w_shape, np.float32)
+    kwargs = dict(stride=stride, groups=2, data_format=layout)
+    y = ops.conv2d(x, w, algo="blocked", **kwargs)
+    gy = random(rng, y.shape, np.float32)
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="blocked", **kwargs)
+    oracle.check({"y": y}, oracle.conv2d(x, w, **kwargs))
+    oracle.check({"gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
+    forward = [name for name in ran if name.startswith("conv2d_forward")]
+    assert len(forward) == 1 and (layout == "NCHW") != forward[0].endswith(
+        f"s{conv_blocked.VECTOR}"), ran
+
+
 @SETTINGS
 @given(dilation=st.integers(1, 6), beyond=st.integers(-2, 3), stride=st.sampled_from([1, 2]),
        height=st.integers(1, 9), width=st.integers(13, 24), k=st.sampled_from([5, 20, 40]),

@@ -62,14 +62,15 @@ def test_embed_places_each_image_in_zeros(n, c, h, w, top, left, stride, extra, 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 3), c=st.one_of(st.integers(1, 5), st.integers(14, 40)),
        h=st.integers(1, 6), w=st.integers(1, 9), top=st.integers(0, 2), left=st.integers(0, 2),
-       extra=st.tuples(st.integers(0, 2), st.integers(0, 2)), dtype=st.sampled_from(FLOATS),
-       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_embed_channel_blocks_pads_nhwc_images_into_blocks(n, c, h, w, top, left, extra, dtype,
-                                                           parallel, seed):
+       extra=st.tuples(st.integers(0, 2), st.integers(0, 2)), strided=st.booleans(),
+       dtype=st.sampled_from(FLOATS), parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_embed_channel_blocks_pads_nhwc_images_into_blocks(n, c, h, w, top, left, extra, strided,
+                                                           dtype, parallel, seed):
     """Whole and partial blocks of channels (fewer than a vector, a vector and a part, more),
-    every lane past the channels zero."""
+    every lane past the channels zero; from a contiguous x or every second pixel of one."""
     rng = np.random.default_rng(seed)
-    x = random(rng, (n, h, w, c), dtype)
+    x = (random(rng, (n, 2 * h, 2 * w, c), dtype)[:, ::2, ::2] if strided
+         else random(rng, (n, h, w, c), dtype))
     before = x.copy()
     blocks, vector = -(-c // layout.VECTOR), layout.VECTOR
     rows, columns = top + h + extra[0], left + w + extra[1]

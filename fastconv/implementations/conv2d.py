@@ -345,10 +345,26 @@ def _grouped(g, w):
     return oihw_view(w, g.layout).reshape(g.groups, g.K // g.groups, -1, g.R, g.S)
 
 
+def _subsampled(g, x):
+    """A 1x1 strided layer without padding reads every stride-th pixel only: where its images
+    are CHANNEL_BLOCKS, (the layer at stride 1 on those pixels, x's view of them), so that the
+    images hold them alone (ResNet-50's 8 x 256 x 56 x 56 NHWC downsampling layer's forward
+    0.54-0.56x -> 0.70-0.81x PyTorch on two Zen 4 threads, its weight gradient 18-31 -> 15-16
+    ms); else (g, x). NCHW reads such an x in place, unpadded: a copy of the pixels read,
+    NumPy's, ran the weight gradient of ResNet-18's 64-channel one 2x slower."""
+    if ((g.R, g.S) != (1, 1) or g.stride == (1, 1) or any(g.padding)
+            or _image_layout(g.layout, g.C) != CHANNEL_BLOCKS):
+        return g, x
+    view = nchw_view(x, g.layout)[:, :, ::g.stride[0], ::g.stride[1]][:, :, :g.OH, :g.OW]
+    view = view if g.layout == "NCHW" else view.transpose(0, 2, 3, 1)
+    return conv_geometry(view.shape, g.w_shape, 1, 0, 1, g.groups, g.layout), view
+
+
 @register("conv2d", "cpu", "blocked")
 def conv2d_blocked_cpu(g, x, w, b, activation):
     """x padded into the blocked kernels' images (_image_layout); y written in the caller's
     layout."""
+    g, x = _subsampled(g, x)
     y = driver.empty(np, g.y_shape, x.dtype)
     layout = _image_layout(g.layout, g.C)
     images, hp, wp = _padded(g, x, layout=layout)
@@ -566,6 +582,7 @@ def _phase_padding(phases, out_size):
 
 @register("conv2d_backward_weight", "cpu", "blocked")
 def conv2d_backward_weight_blocked_cpu(g, gy, x):
+    g, x = _subsampled(g, x)
     layout = _image_layout(g.layout, g.C)  # as the forward's
     images, hp, wp = _padded(g, x, layout=layout)
     taps, row_step, col_step = _tap_offsets(g, hp, wp, layout)
