@@ -118,46 +118,45 @@ def _image_size(layout, channels, rows, columns):
     return channels * rows * columns
 
 
+def _steps(layout, channels, rows, columns):
+    """(channel step, or CHANNEL_BLOCKS' step from a block to the next; row step; column step)
+    of an image of ``channels`` x ``rows`` x ``columns`` laid out flat in ``layout``."""
+    if layout == CHANNEL_BLOCKS:
+        return rows * columns * VECTOR_LANES, columns * VECTOR_LANES, VECTOR_LANES
+    return driver.steps(layout, channels, rows, columns)
+
+
 def _channel_steps(layout, channels, rows, columns):
     """((channels,) int64: each channel's first cell, the row step, the column step) of an
     image of ``channels`` x ``rows`` x ``columns`` in ``layout``."""
+    step, row, column = _steps(layout, channels, rows, columns)
     c = np.arange(channels)
     if layout == CHANNEL_BLOCKS:
-        row, column = columns * VECTOR_LANES, VECTOR_LANES
-        return c // VECTOR_LANES * rows * row + c % VECTOR_LANES, row, column
-    channel, row, column = driver.steps(layout, channels, rows, columns)
-    return c * channel, row, column
+        return c // VECTOR_LANES * step + c % VECTOR_LANES, row, column
+    return c * step, row, column
 
 
 def _embedded(x, layout, images, rows, columns, top, left):
     """``images`` (N, X) zeroed, each holding x's image (an NCHW-indexed view) flat in
     ``layout`` as an image of ``rows`` x ``columns``, x's pixel (i, j) at (top + i, left + j)."""
+    channel, row, column = _steps(layout, x.shape[1], rows, columns)
+    kernel = layout_kernels.embed
     if layout == CHANNEL_BLOCKS:  # x an NHWC array's view
-        row = columns * VECTOR_LANES
-        driver.cpu_move(layout_kernels.embed_channel_blocks, images.size, x.transpose(0, 2, 3, 1),
-                        images, (top * columns + left) * VECTOR_LANES, rows * row, row,
-                        VECTOR_LANES)
-        return images
-    channel, row, column = driver.steps(layout, x.shape[1], rows, columns)
-    driver.cpu_move(layout_kernels.embed, images.size, x, images, top * row + left * column,
-                    channel, row, column)
+        kernel, x = layout_kernels.embed_channel_blocks, x.transpose(0, 2, 3, 1)
+    driver.cpu_move(kernel, images.size, x, images, top * row + left * column, channel, row,
+                    column)
     return images
-
-
-def _padded_size(g):
-    """The (rows, columns) of x's images zero-padded so that every window lies inside."""
-    top, _, left, _ = g.padding
-    (sh, sw), (dh, dw) = g.stride, g.dilation
-    return (max(top + g.H, (g.OH - 1) * sh + (g.R - 1) * dh + 1),
-            max(left + g.W, (g.OW - 1) * sw + (g.S - 1) * dw + 1))
 
 
 def _padded(g, x, slack=0, layout=None):
     """x, or a zero-padded copy of it, each image flat in ``layout`` (default x's own): (N, X)
-    and the padded (rows, columns) (_padded_size); ``slack`` more elements after each image
-    (then always a copy) for a kernel whose vector loads may reach past its last row."""
+    and the padded (rows, columns), sized so that every window lies inside; ``slack`` more
+    elements after each image (then always a copy) for a kernel whose vector loads may reach
+    past its last row."""
     top, _, left, _ = g.padding
-    hp, wp = _padded_size(g)
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    hp = max(top + g.H, (g.OH - 1) * sh + (g.R - 1) * dh + 1)
+    wp = max(left + g.W, (g.OW - 1) * sw + (g.S - 1) * dw + 1)
     layout = layout or g.layout
     if (hp, wp) == (g.H, g.W) and not slack and layout == g.layout:
         return x.reshape(g.N, -1), hp, wp
@@ -355,8 +354,7 @@ def _subsampled(g, x):
     if ((g.R, g.S) != (1, 1) or g.stride == (1, 1) or any(g.padding)
             or _image_layout(g.layout, g.C) != CHANNEL_BLOCKS):
         return g, x
-    view = nchw_view(x, g.layout)[:, :, ::g.stride[0], ::g.stride[1]][:, :, :g.OH, :g.OW]
-    view = view if g.layout == "NCHW" else view.transpose(0, 2, 3, 1)
+    view = x[:, ::g.stride[0], ::g.stride[1]][:, :g.OH, :g.OW]  # NHWC: CHANNEL_BLOCKS' own
     return conv_geometry(view.shape, g.w_shape, 1, 0, 1, g.groups, g.layout), view
 
 
