@@ -242,9 +242,10 @@ def test_float32_layers_within_1e5_of_float64(shape, layout, algo):
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_whole_input_window_reads_strided_inputs(layout):
-    """One window per image makes the columns a view of x (no im2col) and lets the backward
-    GEMM write gx directly; a strided x must still be read right, and stay as it was."""
+def test_whole_input_window_reads_strided_inputs(layout, cpu_calls):
+    """One window per image makes the columns a view of x (no im2col; NHWC's rows in (R, S, C)
+    order, the filters' flattened to match) and lets the backward GEMM write gx directly; a
+    strided x must still be read right, and stay as it was."""
     rng = np.random.default_rng(5)
     big = random(rng, (4, 10, 5, 5), np.float32)
     x = big[:, ::2] if layout == "NCHW" else big[:, ::2].transpose(0, 2, 3, 1)
@@ -258,6 +259,8 @@ def test_whole_input_window_reads_strided_inputs(layout):
     gx = ops.conv2d_backward_input(gy, w, x.shape, algo="im2col", **kwargs)
     oracle.check({"y": y, "gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
     np.testing.assert_array_equal(big, before)
+    assert gw.flags.c_contiguous
+    assert not [kernel for kernel, _ in cpu_calls if kernel.__module__.endswith("im2col")]
 
 
 @pytest.mark.parametrize("algo", FAST)
