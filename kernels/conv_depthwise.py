@@ -28,7 +28,7 @@ from numba import carray, njit, prange
 from . import CPU_KERNEL, VECTOR_LANES, aligned_zeros, stack_array
 from .activation import activate
 from .tile_fmas import lane_fmas
-from .vector_moves import transpose_block
+from .vector_moves import move_run, transpose_block
 
 # The register tile: PIXELS output pixels along a row x one vector of VECTOR channels (16
 # float32 lanes on AVX-512, 8 on AVX2); float64 takes two registers a vector.
@@ -108,9 +108,7 @@ def _move_in(buf, base, xn, x_channel, x_pixel, lanes, p0, places, spots):
             continue
         at, p = base + places[k], p0 + k
         if c0 >= 0 and x_channel == 1:  # NHWC: a vector a pixel
-            first = np.uint64(c0 + p * x_pixel)
-            for v in range(UVECTOR):
-                buf[at + v] = xn[first + v]
+            move_run(xn, np.uint64(c0 + p * x_pixel), buf, at, VECTOR)
         else:
             for v in range(VECTOR):
                 c = lanes[v]
@@ -136,9 +134,7 @@ def _move_out(out, yn, k0, used, y_channel, y_pixel, p0, places, spots):
     for k in range(count):
         q, p = places[k], p0 + k
         if used == VECTOR and y_channel == 1:  # NHWC: a vector a pixel
-            first = np.uint64(k0 + p * y_pixel)
-            for v in range(UVECTOR):
-                yn[first + v] = out[q + v]
+            move_run(out, q, yn, np.uint64(k0 + p * y_pixel), VECTOR)
         else:
             for v in range(used):
                 yn[(k0 + v) * y_channel + p * y_pixel] = out[q + v]
