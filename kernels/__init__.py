@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from llvmlite import binding
+from llvmlite import binding, ir
 from numba import config, njit, types
 from numba.core import caching, cgutils, errors
 from numba.extending import intrinsic
@@ -173,6 +173,24 @@ def stack_array(typingctx, rows, columns, dtype):
     def codegen(context, builder, signature, args):
         return cgutils.alloca_once(builder, context.get_value_type(element), size=count)
     return types.CPointer(element)(rows, columns, dtype), codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, index):
+    """Ask for the cache line holding a[index] (a 1-D array, an unsigned index) to be brought
+    in for reading, without waiting for it (llvm.prefetch: never faults, whatever the index)."""
+    def codegen(context, builder, signature, args):
+        made = context.make_array(signature.args[0])(context, builder, args[0])
+        pointer = builder.gep(made.data, [args[1]])
+        int32 = ir.IntType(32)
+        fetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType()] + [int32] * 3),
+            "llvm.prefetch.p0")
+        # a read, kept in every cache level, of data
+        builder.call(fetch, [builder.bitcast(pointer, ir.PointerType()), ir.Constant(int32, 0),
+                             ir.Constant(int32, 3), ir.Constant(int32, 1)])
+        return context.get_dummy_value()
+    return types.void(a, types.uint64), codegen
 
 
 # A cache line: vector loads that start at one's boundary read it once (one straddling two

@@ -3,13 +3,17 @@
 grouped kernels vectorise over a group's output channels (one here) or along a plane's row
 (short, and strided at stride 2), neither of which fits such a layer.
 
-The forward and the input gradient are one kernel, :func:`depthwise_planes`: each task moves
-its share of the caller's array (NCHW or NHWC) into a local buffer in the blocked layout (a
-pixel one vector of VECTOR channels: NCHW16c on AVX-512, NCHW8c on AVX2), zero-padded, runs
-register tiles over it and moves the result out into the caller's layout while both are in
-L1/L2: the data crosses memory once each way. (Three passes, a pack into a blocked copy, the
-tiles, an unpack, each through memory, ran MobileNetV2's small-plane layers at ~0.5x PyTorch's
-speed: benchmarks/results/cpu-depthwise-planes.md.) The weight gradient,
+An NHWC operand whose channels are whole vectors is read where it lies by
+:func:`depthwise_nhwc_rows` (the forward, and a stride-1 layer's input gradient): each task an
+output row, its tiles' input vectors a pixel's channels apart, the next row's lines
+prefetched. Otherwise the forward and the input gradient are one kernel,
+:func:`depthwise_planes`: each task moves its share of the caller's array (NCHW or NHWC) into
+a local buffer in the blocked layout (a pixel one vector of VECTOR channels: NCHW16c on
+AVX-512, NCHW8c on AVX2), zero-padded, runs register tiles over it and moves the result out
+into the caller's layout while both are in L1/L2: the data crosses memory once each way.
+(Three passes, a pack into a blocked copy, the tiles, an unpack, each through memory, ran
+MobileNetV2's small-plane layers at ~0.5x PyTorch's speed:
+benchmarks/results/cpu-depthwise-planes.md.) The weight gradient,
 :func:`depthwise_planes_weight`, moves the input and the output gradient in the same way and
 reduces each tap's products over the task's outputs.
 
@@ -25,7 +29,7 @@ wraparound folds away.
 import numpy as np
 from numba import carray, njit, prange
 
-from . import CPU_KERNEL, VECTOR_LANES, aligned_zeros, stack_array
+from . import CPU_KERNEL, LINE_BYTES, VECTOR_LANES, aligned_zeros, prefetch, stack_array
 from .activation import activate
 from .tile_fmas import lane_fmas
 from .vector_moves import move_run, transpose_block
@@ -35,6 +39,8 @@ from .vector_moves import move_run, transpose_block
 VECTOR = VECTOR_LANES
 UVECTOR = np.uint64(VECTOR)  # an unsigned lane counter: see the module's docstring
 PIXELS = 8
+HALF_PIXELS = PIXELS // 2  # depthwise_nhwc_rows' tiles of a row's last few columns
+ONE_TILE = np.zeros(1, np.int64)  # depthwise_nhwc_rows' tile of an edge column, from its own
 # The weight gradient's register tile: TAPS taps x one vector (a 3x3 window in one pass).
 TAPS = 9
 # The window whose tap count the forward's tiles are compiled for (a 3x3 one, MobileNet's).
@@ -167,10 +173,11 @@ def _tiles(buf, out, ws, taps, bias, k0, used, count, taps_, rows_):
             for r in range(WINDOW_ROWS):
                 off = at + taps[3 * r]
                 for s in range(3):
-                    lane_fmas(acc, buf, off + np.uint64(s * VECTOR), ws, 3 * r + s, PIXELS)
+                    lane_fmas(acc, buf, off + np.uint64(s * VECTOR), UVECTOR, ws, 3 * r + s,
+                              PIXELS)
         else:
             for t in range(taps.shape[0] if taps_ == 0 else taps_):
-                lane_fmas(acc, buf, at + taps[t], ws, t, PIXELS)
+                lane_fmas(acc, buf, at + taps[t], UVECTOR, ws, t, PIXELS)
         for j in range(PIXELS):
             for v in range(UVECTOR):
                 out[at + np.uint64(j * VECTOR) + v] = acc[j, v]
@@ -333,3 +340,128 @@ def depthwise_planes_weight(x, h_, w_, x_channel, x_pixel, sources, rows, cols, 
             _move_in(buf, np.uint64(0), x[n], x_channel, x_pixel, source, p0, places, spots)
             _move_in(grad, np.uint64(0), gy[n], y_channel, y_pixel, lane, q0, out_places, spots)
             _weight_sums(buf, grad, taps, total, i1 - i0, ow_, width)
+
+
+@njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
+def _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s0, s1, s_,
+               columns_, bias, yn, out, out_step, tiles, channels, ahead, ahead_rows,
+               ahead_step, pixels_):
+    """yn[out + q * out_step + k] = bias[k] + the sum over window rows r0 <= r < r1 and
+    columns s0 <= s < s1 of xn[at + r * row_step + s * column_step + q * step + k] *
+    filters[(r * s_ + s) * blocks + k // VECTOR, k % VECTOR] for the output pixels q of
+    ``tiles`` (their first pixels: ``pixels_`` from each, a compile-time constant) and the
+    channels k < ``channels``: depthwise_nhwc_rows' register tiles of ``pixels_`` pixels x one
+    vector along a row, read from the image as it lies, a tile's blocks in turn (its pixels'
+    channels adjacent: neighbouring lines). ``columns_``, a compile-time constant, is s_ where
+    it is 3 and the tap columns are all of them (the tap loop then unrolls, and a window row's
+    three taps at stride 1 load their pixels + 2 vectors once, as in _tiles), else 0. Before
+    each tile, the cache lines of ``ahead_rows`` rows from ``ahead`` (``ahead_step`` apart)
+    under its pixels are prefetched. A function of its own, called once a row for its tiles
+    (its arguments, each array a dozen words, took as long to pass as a tile's FMAs)."""
+    acc = carray(stack_array(pixels_, VECTOR, yn.dtype), (pixels_, VECTOR))
+    line = LINE_BYTES // yn.itemsize
+    for q0 in tiles:
+        for r in range(ahead_rows):
+            first = ahead + np.uint64(r) * ahead_step + np.uint64(q0) * step
+            for e in range(0, pixels_ * int(step), line):
+                prefetch(xn, first + np.uint64(e))
+        for k0 in range(0, channels, VECTOR):
+            blk = k0 // VECTOR
+            first = at + np.uint64(q0) * step + np.uint64(k0)
+            for j in range(pixels_):
+                for v in range(VECTOR):
+                    acc[j, v] = bias[k0 + v]
+            for r in range(r0, r1):
+                row = first + np.uint64(r) * row_step
+                for s in range(s0, s1 if columns_ == 0 else columns_):
+                    lane_fmas(acc, xn, row + np.uint64(s) * column_step, step, filters,
+                              (r * s_ + s) * blocks + blk, pixels_)
+            place = out + np.uint64(q0) * out_step + np.uint64(k0)
+            for j in range(pixels_):
+                for v in range(UVECTOR):
+                    yn[place + np.uint64(j) * out_step + v] = acc[j, v]
+
+
+@njit(**CPU_KERNEL)
+def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, window, stride, dilation, top,
+                        left, act):
+    """y = act(bias + the depthwise correlation of x with the filters), NHWC in, NHWC out, read
+    and written where they lie: no buffer, no moves. y[n, i, j, k] = act(bias[k] + the sum over
+    taps (r, s) inside the image of x[n, i * sh - top + r * dh, j * sw - left + s * dw, k] *
+    filters[(r * S + s) * C / VECTOR + k // VECTOR, k % VECTOR]).
+
+    Layout: x (N, h_ * w_ * C) and y (N, oh_ * ow_ * C), NHWC images flat, C a multiple of
+    VECTOR (a pixel's channels whole vectors); filters (R * S * C / VECTOR, VECTOR), HWIO's
+    (R * S, C) in rows of a vector; bias (C,); window (R, S), stride, dilation pairs.
+    Loop order: (image, output row) in parallel; per task the window rows inside the image,
+    then :func:`_row_tiles` over the row's inside columns (those whose taps all lie in the
+    image) in tiles of PIXELS and of HALF_PIXELS, and over each edge column (by the padding)
+    as a tile of one pixel of its inside taps; the activation in a pass over the row while it
+    is in cache. Each task owns y[n, i].
+    While a row's tiles run, the lines of the rows the next output row reads first are
+    prefetched: the tiles read a pixel's vector of channels from lines C elements apart, a
+    pattern the hardware prefetchers did not follow (8 x 144 x 56 x 56: 5.7 -> 3.4 ms on one
+    Zen 4 thread; 0.2 ms an image from cache). depthwise_planes, moving each pixel's vector
+    into a blocked buffer, took 1.2-1.7x as long on MobileNetV2's 28x28 to 112x112 planes
+    (benchmarks/results/cpu-nhwc.md)."""
+    n_, t_ = x.shape[0], window[0] * window[1]
+    b_ = filters.shape[0] // t_
+    c_ = b_ * VECTOR
+    r_, s_ = window
+    sh, sw = stride
+    dh, dw = dilation
+    step, out_step = np.uint64(sw * c_), np.uint64(c_)
+    row_step, column_step = np.uint64(dh * w_ * c_), np.uint64(dw * c_)
+    # the columns whose taps all lie inside: j_lo <= j < j_hi
+    j_lo = min(ow_, max(0, -(-left // sw)))
+    j_hi = max(j_lo, min(ow_, (w_ - 1 - (s_ - 1) * dw + left) // sw + 1))
+    # the inside columns in tiles from j_lo: of PIXELS (the last moved back to end at j_hi
+    # where more than HALF_PIXELS columns are left for it), then of HALF_PIXELS; columns by
+    # the padding, and rows of fewer than HALF_PIXELS inside, take one-pixel tiles
+    inside = j_hi - j_lo
+    wholes = inside // PIXELS
+    if wholes > 0 and inside % PIXELS > HALF_PIXELS:
+        wholes += 1
+    tiles = np.array([min(t * PIXELS, inside - PIXELS) for t in range(wholes)], np.int64)
+    left_over = inside - wholes * PIXELS
+    halves = -(-left_over // HALF_PIXELS) if left_over > 0 and inside >= HALF_PIXELS else 0
+    half = np.array([min(wholes * PIXELS + t * HALF_PIXELS, inside - HALF_PIXELS)
+                     for t in range(halves)], np.int64)
+    covered = inside if wholes + halves > 0 else 0
+    for task in prange(n_ * oh_):
+        n, i = task // oh_, task % oh_
+        xn, yn = x[n], y[n]
+        top_row = i * sh - top
+        r0 = min(r_, max(0, -(top_row // dh)))  # the window rows inside: r0 <= r < r1
+        r1 = max(r0, min(r_, (h_ - 1 - top_row) // dh + 1))
+        row_at = top_row * w_ * c_  # negative above the image: the rows from r0 add to it
+        out_row = i * ow_ * c_
+        # the rows the next output row reads first: fetched while this one's tiles run
+        ahead_row = top_row + (r_ - 1) * dh + 1
+        ahead_rows = max(0, min(sh, h_ - ahead_row)) if ahead_row >= 0 else 0
+        column = (j_lo * sw - left) * c_  # the first inside column's first input pixel
+        first, ahead = row_at + column, ahead_row * w_ * c_ + column
+        if wholes > 0:
+            _row_tiles(xn, np.uint64(first), step, row_step, column_step, filters, b_, r0, r1,
+                       0, s_, s_, 3 if s_ == 3 else 0, bias, yn, np.uint64(out_row + j_lo * c_),
+                       out_step, tiles, c_, np.uint64(ahead), ahead_rows, np.uint64(w_ * c_),
+                       PIXELS)
+        if halves > 0:
+            _row_tiles(xn, np.uint64(first), step, row_step, column_step, filters, b_, r0, r1,
+                       0, s_, s_, 3 if s_ == 3 else 0, bias, yn, np.uint64(out_row + j_lo * c_),
+                       out_step, half, c_, np.uint64(ahead), ahead_rows, np.uint64(w_ * c_),
+                       HALF_PIXELS)
+        for j in range(ow_):
+            if j >= j_lo and j < j_lo + covered:
+                continue
+            # a column by the padding: a tile of one pixel, of the taps inside, s0 <= s < s1
+            first_col = j * sw - left
+            s0 = min(s_, max(0, -(first_col // dw)))
+            s1 = max(s0, min(s_, (w_ - 1 - first_col) // dw + 1))
+            _row_tiles(xn, np.uint64(row_at + first_col * c_), step, row_step, column_step,
+                       filters, b_, r0, r1, s0, s1, s_, 0, bias, yn,
+                       np.uint64(out_row + j * c_), out_step, ONE_TILE, c_, np.uint64(0), 0,
+                       np.uint64(0), 1)
+        if act != 0:
+            for q in range(out_row, out_row + ow_ * c_):
+                yn[q] = activate(yn[q], act, y.dtype)

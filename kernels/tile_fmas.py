@@ -115,28 +115,29 @@ def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels,
 
 
 @intrinsic
-def lane_fmas(typingctx, acc, src, start, filters, t, pixels):
-    """acc[j, v] += src[start + j * VECTOR + v] * filters[t, v] for j < ``pixels`` (a
+def lane_fmas(typingctx, acc, src, start, step, filters, t, pixels):
+    """acc[j, v] += src[start + j * step + v] * filters[t, v] for j < ``pixels`` (a
     compile-time constant) and v < VECTOR: one tap of a depthwise tile, its lanes the channels,
-    as one load of the filters' vector and per pixel a vector load and a packed multiply-add.
-    acc (pixels, VECTOR) a stack array, filters (> t, VECTOR) a 2-D C-contiguous array of src's
-    dtype, src 1-D; offsets unsigned. Loads of one address in several calls (a window row's
-    taps over one row of a buffer) LLVM makes one."""
+    its pixels ``step`` apart (VECTOR in a blocked buffer, the channels times the stride in an
+    NHWC image), as one load of the filters' vector and per pixel a vector load and a packed
+    multiply-add. acc (pixels, VECTOR) a stack array, filters (> t, VECTOR) a 2-D C-contiguous
+    array of src's dtype, src 1-D; offsets unsigned. Loads of one address in several calls (a
+    window row's taps over one row of a buffer) LLVM makes one."""
     if not isinstance(pixels, types.IntegerLiteral):
         raise errors.RequireLiteralValue(pixels)
     count = pixels.literal_value
 
     def codegen(context, builder, signature, args):
         kinds, index = signature.args, ir.IntType(64)
-        _, vector_at, _, size, fmuladd = _tile_code(context, builder, signature, args, (0, 1, 3))
-        first = context.cast(builder, args[2], kinds[2], types.uint64)
-        tap = context.cast(builder, args[4], kinds[4], types.uint64)
-        row = builder.load(vector_at(3, tap, ir.Constant(index, 0)), align=size)
+        _, vector_at, _, size, fmuladd = _tile_code(context, builder, signature, args, (0, 1, 4))
+        first, step, tap = (context.cast(builder, args[i], kinds[i], types.uint64)
+                            for i in (2, 3, 5))
+        row = builder.load(vector_at(4, tap, ir.Constant(index, 0)), align=size)
         for j in range(count):
-            value = builder.load(vector_at(1, builder.add(first, ir.Constant(index, j * VECTOR))),
-                                 align=size)
+            at = builder.add(first, builder.mul(step, ir.Constant(index, j)))
+            value = builder.load(vector_at(1, at), align=size)
             pointer = vector_at(0, ir.Constant(index, j), ir.Constant(index, 0))
             builder.store(builder.call(fmuladd, [value, row, builder.load(pointer, align=size)]),
                           pointer, align=size)
         return context.get_dummy_value()
-    return types.void(acc, src, start, filters, t, pixels), codegen
+    return types.void(acc, src, start, step, filters, t, pixels), codegen

@@ -17,7 +17,7 @@ import oracle
 from fastconv import geometry, ops, registry
 from fastconv.implementations.depthwise import BAND_PIXELS as WHOLE_PLANES
 from fastconv.implementations.depthwise import MIN_TASKS
-from fastconv.kernels import LINE_BYTES, aligned_zeros
+from fastconv.kernels import LINE_BYTES, VECTOR_LANES, aligned_zeros, conv_depthwise
 from oracle import random
 
 # a band of one row, of a few, and the library's (these planes whole)
@@ -29,10 +29,11 @@ SETTINGS = settings(max_examples=40, deadline=None,
 @st.composite
 def depthwise_cases(draw, dtypes=(np.float32, np.float64)):
     """A depthwise layer (groups == C) with its arrays' shapes, in NCHW or NHWC: C on both
-    sides of the vector width (8 or 16 float32 lanes) and of two, mostly one output channel a
+    sides of the vector width (8 or 16 float32 lanes) and of two, or whole vectors of it (which
+    NHWC reads in place: conv_depthwise.depthwise_nhwc_rows), mostly one output channel a
     group (MobileNet's), sometimes a multiplier of 2 or 3; a third of them MobileNet's 3x3
     window, the rest any window, stride and dilation."""
-    c = draw(st.integers(1, 40))
+    c = draw(st.one_of(st.integers(1, 40), st.sampled_from([VECTOR_LANES, 3 * VECTOR_LANES])))
     m = draw(st.sampled_from([1, 1, 1, 2, 3]))
     layout = draw(st.sampled_from(["NCHW", "NHWC"]))
     n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
@@ -115,6 +116,42 @@ def test_backward_matches_reference_and_torch_autograd(case, parallel, several, 
     oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
     for old, new in zip(before, (x, w, gy), strict=True):
         np.testing.assert_array_equal(old, new)
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layer", [dict(stride=1, padding=1), dict(stride=2, padding=1),
+                                   dict(stride=1, padding=2, dilation=2),
+                                   dict(stride=(1, 3), padding=(0, 1))])
+def test_nhwc_rows_tile_every_row_width(layer, dtype, parallel, monkeypatch, cpu_calls):
+    """An NHWC layer of whole vectors of channels is read in place (rows narrower than a tile
+    at stride 1 excepted), a row's inside columns in tiles of PIXELS (the last moved back),
+    then of HALF_PIXELS, its edge columns in tiles of one pixel: rows 1 to 34 wide cover every
+    split, against the float64 reference and PyTorch,
+    forward with a bias and an activation, and the input gradient (read in place where the
+    stride is 1; a strided one spreads the gradient out: depthwise_planes)."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(7)
+    c = 2 * VECTOR_LANES
+    kwargs = {"dilation": 1, **layer, "groups": c, "data_format": "NHWC"}
+    for width in range(1, 35):
+        x, w = random(rng, (2, 5, width, c), dtype), random(rng, (3, 3, 1, c), dtype)
+        try:
+            g = geometry.conv_geometry(x.shape, w.shape, **kwargs)
+        except ValueError:
+            continue  # the window does not fit this row
+        b, gy = random(rng, (c,), dtype), random(rng, g.y_shape, dtype)
+        y = ops.conv2d(x, w, b, activation="tanh", algo="depthwise", **kwargs)
+        oracle.check({"y": y}, oracle.conv2d(x, w, b, activation="tanh", **kwargs))
+        gx = ops.conv2d_backward_input(gy, w, x.shape, algo="depthwise", **kwargs)
+        oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))
+        # in place but where a stride-1 correlation's rows are narrower than a tile
+        strided = g.stride != (1, 1)
+        in_place = (g.OW >= conv_depthwise.PIXELS or strided,
+                    width >= conv_depthwise.PIXELS and not strided)
+        ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls[-2:]]
+        assert ran == [("depthwise_nhwc_rows" if rows else "depthwise_planes")
+                       for rows in in_place], (width, ran)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

@@ -32,8 +32,8 @@ def _broadcast(pixels, width):
 @functools.cache
 def _lanes(pixels):
     @njit(cache=False)
-    def call(acc, src, start, filters, t):
-        lane_fmas(acc, src, start, filters, t, pixels)
+    def call(acc, src, start, step, filters, t):
+        lane_fmas(acc, src, start, step, filters, t, pixels)
     return call
 
 
@@ -73,13 +73,14 @@ def test_broadcast_fmas_matches_the_reference(data, width, dtype, taps, size):
        dtype=st.sampled_from((np.float32, np.float64)), taps=st.integers(1, 9))
 def test_lane_fmas_matches_the_reference(data, pixels, dtype, taps):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    size = (pixels + data.draw(st.integers(0, 5))) * V
-    start = data.draw(st.integers(0, size - pixels * V))
+    step = data.draw(st.sampled_from((V, 2 * V, 3 * V + 5)))  # a buffer's, NHWC images'
+    reach = (pixels - 1) * step + V
+    size = reach + data.draw(st.integers(0, 5)) * V
+    start = data.draw(st.integers(0, size - reach))
     t = data.draw(st.integers(0, taps - 1))
     src, filters = random(rng, (size,), dtype), random(rng, (taps, V), dtype)
     acc = random(rng, (pixels, V), dtype)
-    expected = acc.astype(np.float64) + (
-        src[start:start + pixels * V].reshape(pixels, V).astype(np.float64)
-        * filters[t].astype(np.float64))
-    _lanes(pixels)(acc, src, np.uint64(start), filters, t)
+    read = np.stack([src[start + j * step:start + j * step + V] for j in range(pixels)])
+    expected = acc.astype(np.float64) + read.astype(np.float64) * filters[t].astype(np.float64)
+    _lanes(pixels)(acc, src, np.uint64(start), np.uint64(step), filters, t)
     assert rel_error(acc, expected) < tolerance(dtype)
