@@ -402,7 +402,7 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, window, stride, d
     prefetched: the tiles read a pixel's vector of channels from lines C elements apart, a
     pattern the hardware prefetchers did not follow (8 x 144 x 56 x 56: 5.7 -> 3.4 ms on one
     Zen 4 thread; 0.2 ms an image from cache). depthwise_planes, moving each pixel's vector
-    into a blocked buffer, took 1.2-1.7x as long on MobileNetV2's 28x28 to 112x112 planes
+    into a blocked buffer, took 1.1-1.9x as long on MobileNetV2's 28x28 to 112x112 planes
     (benchmarks/results/cpu-nhwc.md)."""
     n_, t_ = x.shape[0], window[0] * window[1]
     b_ = filters.shape[0] // t_

@@ -129,9 +129,10 @@ def _in_place(g, up, stride, width):
     ``up`` apart, at ``stride``, into rows ``width`` wide: NHWC, one output channel an input
     channel, the channels whole vectors, the source as it lies (the forward's x, a stride-1
     layer's output gradient), and rows as wide as a tile or strided. A stride-1 layer's rows
-    narrower than a tile take depthwise_planes, whose tiles run across a plane's rows: 0.34-0.35
-    ms against 0.37-0.41 in place on MobileNetV2's 8 x 960 x 7 x 7 layer (one and two Zen 4
-    threads), where its 14 x 14 stride-2 one ran 1.2-1.3x faster in place."""
+    narrower than a tile take depthwise_planes, whose tiles run across a plane's rows: 0.27 /
+    0.18 ms against 0.34 / 0.23 in place on MobileNetV2's 8 x 960 x 7 x 7 layer (one / two Zen
+    4 threads), where its 14 x 14 stride-2 one ran 1.06-1.11x faster in place
+    (benchmarks/results/cpu-nhwc.md)."""
     return (g.layout == "NHWC" and g.K == g.C and g.C % VECTOR == 0 and tuple(up) == (1, 1)
             and (width >= kernels.PIXELS or tuple(stride) != (1, 1)))
 
@@ -145,7 +146,9 @@ def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activat
     n, _, h, w = nchw_view(a, g.layout).shape
     blocks, subs = sources.shape[0], sources.shape[1]
     k, oh, ow = out_shape
-    if _in_place(g, up, stride, ow):
+    # a non-finite filter value meets the padding's zeros in PyTorch (a NaN), which the
+    # in-place kernel never reads: such filters go through the buffers' zeros
+    if _in_place(g, up, stride, ow) and np.isfinite(weights).all():
         filters = np.ascontiguousarray(weights.reshape(k, -1).T, a.dtype)  # (taps, channels)
         out = driver.empty(np, (n, oh, ow, k), a.dtype)
         driver.cpu_call(kernels.depthwise_nhwc_rows, _work(g, out.size), a.reshape(n, -1), h, w,
