@@ -346,8 +346,9 @@ def test_nhwc_layer_runs_on_channel_block_images(c, groups, k, stride, dilation,
 def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, parallel, monkeypatch,
                                                          cpu_calls):
     """NHWC: its channel-block images hold only every stride-th pixel (the images of a
-    stride-1 layer, their tiles a block apart); NCHW reads x in place. Forward and weight
-    gradient against the float64 reference and PyTorch."""
+    stride-1 layer, their tiles a block apart), and its input gradient is the stride-1 layer's
+    at those pixels, zeros between and past them (no phases to merge); NCHW reads x in place.
+    Forward, input and weight gradient against the float64 reference and PyTorch."""
     _threads(monkeypatch, parallel)
     rng = np.random.default_rng(7)
     x_shape, w_shape = ((2, 9, 32, 24), (1, 1, 12, 40)) if layout == "NHWC" else (
@@ -357,12 +358,19 @@ def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, paralle
     y = ops.conv2d(x, w, algo="blocked", **kwargs)
     gy = random(rng, y.shape, np.float32)
     gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="blocked", **kwargs)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="blocked", **kwargs)
     oracle.check({"y": y}, oracle.conv2d(x, w, **kwargs))
-    oracle.check({"gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
     ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
     forward = [name for name in ran if name.startswith("conv2d_forward")]
-    assert len(forward) == 1 and (layout == "NCHW") != forward[0].endswith(
+    assert forward and (layout == "NCHW") != forward[0].endswith(
         f"s{conv_blocked.VECTOR}"), ran
+    assert ("merge_phases" in ran) == (layout == "NCHW"), ran
+    del cpu_calls[:]  # im2col's input gradient: NHWC's a GEMM into the pixels read, no col2im
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="im2col", **kwargs)
+    oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
+    assert ("col2im" in ran) == (layout == "NCHW"), ran
 
 
 @SETTINGS

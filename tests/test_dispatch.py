@@ -235,6 +235,21 @@ def test_an_nhwc_layer_the_rule_sends_to_an_nchw_kernel_takes_blocked(op, plante
         assert ran[-1] == (op, expected)
 
 
+@pytest.mark.parametrize("planted", ["direct", "blocked", "im2col"])
+def test_a_strided_1x1_nhwc_layer_takes_im2col_for_its_weight_gradient(planted, monkeypatch):
+    """Overridden for a 1x1 strided NHWC layer of one group only (ResNet's downsampling)."""
+    op = "conv2d_backward_weight"
+    monkeypatch.setitem(conv2d.CPU_RULE, op, planted)
+    for data_format, stride, groups, expected in (
+            ("NCHW", 2, 1, planted), ("NHWC", 2, 1, "im2col"), ("NHWC", (1, 2), 1, "im2col"),
+            ("NHWC", 1, 1, planted if planted != "direct" else "blocked"),
+            ("NHWC", 2, 2, "blocked" if planted != "blocked" else planted)):
+        x_shape = _layout((8, 64, 28, 28), data_format)
+        w_shape = _layout((128, 64 // groups, 1, 1), data_format, weight=True)
+        g = geometry.conv_geometry(x_shape, w_shape, stride, 0, 1, groups, data_format)
+        assert registry.choose(op, "cpu", g) == expected, (data_format, stride, groups)
+
+
 def test_auto_asks_the_heuristic_once_per_layer_and_thread_count(ran, monkeypatch):
     """The heuristic's pick is kept per (op, device, geometry, threads): asked again only for a
     new layer or thread count, and what runs is the registry's current entry of that name."""

@@ -344,18 +344,51 @@ def _grouped(g, w):
     return oihw_view(w, g.layout).reshape(g.groups, g.K // g.groups, -1, g.R, g.S)
 
 
+def _strided_pointwise(g):
+    """A 1x1 strided layer without padding reads every stride-th pixel only: the layer at
+    stride 1 on those pixels (_pixels_read); else None."""
+    if (g.R, g.S) != (1, 1) or g.stride == (1, 1) or any(g.padding):
+        return None
+    shape = (g.N, g.C, g.OH, g.OW) if g.layout == "NCHW" else (g.N, g.OH, g.OW, g.C)
+    return conv_geometry(shape, g.w_shape, 1, 0, 1, g.groups, g.layout)
+
+
+def _pixels_read(g, a):
+    """The view of an x-shaped array at the pixels a 1x1 unpadded layer reads."""
+    rows = slice(0, g.OH * g.stride[0], g.stride[0])
+    columns = slice(0, g.OW * g.stride[1], g.stride[1])
+    return a[:, :, rows, columns] if g.layout == "NCHW" else a[:, rows, columns]
+
+
 def _subsampled(g, x):
-    """A 1x1 strided layer without padding reads every stride-th pixel only: where its images
-    are CHANNEL_BLOCKS, (the layer at stride 1 on those pixels, x's view of them), so that the
-    images hold them alone (ResNet-50's 8 x 256 x 56 x 56 NHWC downsampling layer's forward
-    0.54-0.56x -> 0.70-0.81x PyTorch on two Zen 4 threads, its weight gradient 18-31 -> 15-16
-    ms); else (g, x). NCHW reads such an x in place, unpadded: a copy of the pixels read,
-    NumPy's, ran the weight gradient of ResNet-18's 64-channel one 2x slower."""
-    if ((g.R, g.S) != (1, 1) or g.stride == (1, 1) or any(g.padding)
-            or _image_layout(g.layout, g.C) != CHANNEL_BLOCKS):
+    """(g, x), or where a 1x1 strided layer's images are CHANNEL_BLOCKS, the layer at stride 1
+    and x's view of the pixels it reads (_strided_pointwise), so that the images hold them
+    alone (ResNet-50's 8 x 256 x 56 x 56 NHWC downsampling layer's forward 0.54-0.56x ->
+    0.70-0.81x PyTorch on two Zen 4 threads, its weight gradient 18-31 -> 15-16 ms). NCHW
+    reads such an x in place, unpadded: a copy of the pixels read, NumPy's, ran the weight
+    gradient of ResNet-18's 64-channel one 2x slower."""
+    at_one = _strided_pointwise(g)
+    if at_one is None or _image_layout(g.layout, g.C) != CHANNEL_BLOCKS:
         return g, x
-    view = x[:, ::g.stride[0], ::g.stride[1]][:, :g.OH, :g.OW]  # NHWC: CHANNEL_BLOCKS' own
-    return conv_geometry(view.shape, g.w_shape, 1, 0, 1, g.groups, g.layout), view
+    return at_one, _pixels_read(g, x)
+
+
+def _into_pixels_read(backward_input):
+    """A CPU input gradient that takes a 1x1 strided NHWC layer (_strided_pointwise) at stride
+    1, into the pixels it reads of a zeroed gx: by phases a stride-2 layer wrote four planes
+    (three of them zeros, no tap landing there) and merged them into gx, im2col scattered its
+    columns. ResNet-50's 8 x 256 x 56 x 56 NHWC downsampling layer: im2col 22.1 -> 13.9 ms,
+    blocked 20.2 -> 18.8 on two Zen 4 threads (PyTorch channels-last 9.8-10.6). NCHW keeps its
+    own paths: its im2col ran 10.5 -> 14.2 ms so, its col2im of 1x1 columns a plane's rows."""
+    @functools.wraps(backward_input)
+    def run(g, gy, w):
+        at_one = _strided_pointwise(g) if g.layout == "NHWC" else None
+        if at_one is None:
+            return backward_input(g, gy, w)
+        gx = np.zeros(g.x_shape, gy.dtype)
+        _pixels_read(g, gx)[...] = backward_input(at_one, gy, w)
+        return gx
+    return run
 
 
 @register("conv2d", "cpu", "blocked")
@@ -465,6 +498,7 @@ def _blocked(n, images, filters, taps, bias, y, size, steps, reads, out, act):
 
 
 @register("conv2d_backward_input", "cpu", "blocked")
+@_into_pixels_read
 def conv2d_backward_input_blocked_cpu(g, gy, w):
     """The input gradient phase by phase: gx's pixels (ih, iw) of one (ih mod sh, iw mod sw)
     receive gy through the taps (r, s) with (ih + top - r * dh) and (iw + left - s * dw)
@@ -785,6 +819,7 @@ def conv2d_im2col_cpu(g, x, w, b, activation):
 
 
 @register("conv2d_backward_input", "cpu", "im2col")
+@_into_pixels_read
 def conv2d_backward_input_im2col_cpu(g, gy, w):
     gx = driver.empty(np, g.x_shape, gy.dtype)
     wmat = _weight_matrix(np, w, g)
@@ -1034,14 +1069,18 @@ def choose_cpu(op, g):
     its own images. On the suite's layers the rule sends there in NHWC, direct ran 7-20x
     slower (LeNet-5's C1 forward 21.7 ms against 1.3, PyTorch 1.9; ResNeXt's 4-channel groups
     44 against 6.1), grouped im2col 3.4-4.5x (ResNeXt's weight gradient 46 against 13.8), two
-    Zen 4 threads (benchmarks/results/cpu-nhwc.md)."""
+    Zen 4 threads (benchmarks/results/cpu-nhwc.md). And a 1x1 strided NHWC layer's weight
+    gradient takes "im2col", a GEMM over the pixels read: 1.1-1.6x faster than "blocked", where
+    the rule sends three of ResNet-18's and ResNet-50's six (one and two threads)."""
     if g.groups == g.C == g.K:
         return "depthwise"
     algo = walk(CPU_RULE[op], lambda name: FEATURES[name](g),
                 lambda algo: refusal(op, "cpu", algo, g) is None)
-    if g.layout == "NHWC" and (algo == "direct" or algo == "im2col" and g.groups > 1):
-        return "blocked"
-    return algo
+    if g.layout != "NHWC":
+        return algo
+    if op == "conv2d_backward_weight" and g.groups == 1 and _strided_pointwise(g) is not None:
+        return "im2col"
+    return "blocked" if algo == "direct" or algo == "im2col" and g.groups > 1 else algo
 
 
 # The GPU's rule is still set by hand (no GPU measurements yet): a GEMM pays for im2col's copies
