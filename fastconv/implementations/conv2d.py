@@ -847,7 +847,12 @@ def conv2d_backward_input_im2col_cpu(g, gy, w):
 @register("conv2d_backward_weight", "cpu", "im2col")
 def conv2d_backward_weight_im2col_cpu(g, gy, x):
     gw_mat = driver.empty(np, (g.K, (g.C // g.groups) * g.R * g.S), gy.dtype)
-    for i, batch in enumerate(g.batch_chunks(gy.itemsize, CPU_WORKSPACE_BYTES)):
+    # NHWC columns that are x's own pixels take the batch in one product: both operands
+    # flatten, nothing is copied, and the threads share all its images (a chunk an image, as
+    # the workspace bound gives MobileNetV2's 8 x 32 x 112 x 112 projection, ran one thread)
+    whole = g.layout == "NHWC" and _columns_are_input(g)
+    chunks = [slice(0, g.N)] if whole else g.batch_chunks(gy.itemsize, CPU_WORKSPACE_BYTES)
+    for i, batch in enumerate(chunks):
         cols, grad = _columns_cpu(g, x[batch]), _channel_major(gy[batch], g.layout)
         for rows, ks in g.group_slices():
             _matmul_over_pixels(grad[ks], cols[rows], gw_mat[ks], add=i > 0)
@@ -1069,16 +1074,18 @@ def choose_cpu(op, g):
     its own images. On the suite's layers the rule sends there in NHWC, direct ran 7-20x
     slower (LeNet-5's C1 forward 21.7 ms against 1.3, PyTorch 1.9; ResNeXt's 4-channel groups
     44 against 6.1), grouped im2col 3.4-4.5x (ResNeXt's weight gradient 46 against 13.8), two
-    Zen 4 threads (benchmarks/results/cpu-nhwc.md). And a 1x1 strided NHWC layer's weight
-    gradient takes "im2col", a GEMM over the pixels read: 1.1-1.6x faster than "blocked", where
-    the rule sends three of ResNet-18's and ResNet-50's six (one and two threads)."""
+    Zen 4 threads (benchmarks/results/cpu-nhwc.md). And a 1x1 unpadded NHWC layer's weight
+    gradient takes "im2col", one GEMM over x's pixels as they lie, where the rule sends most
+    to "blocked": 1.1-2.3x faster on MobileNetV2's and ResNet-50's 1x1 layers, 1.1-1.6x on
+    ResNet's strided ones (one and two threads)."""
     if g.groups == g.C == g.K:
         return "depthwise"
     algo = walk(CPU_RULE[op], lambda name: FEATURES[name](g),
                 lambda algo: refusal(op, "cpu", algo, g) is None)
     if g.layout != "NHWC":
         return algo
-    if op == "conv2d_backward_weight" and g.groups == 1 and _strided_pointwise(g) is not None:
+    if op == "conv2d_backward_weight" and g.groups == 1 and (
+            g.pointwise or _strided_pointwise(g) is not None):
         return "im2col"
     return "blocked" if algo == "direct" or algo == "im2col" and g.groups > 1 else algo
 
