@@ -185,11 +185,33 @@ def conv2d_forward(x, w, taps, b, kg, y, oh_, ow_, row_step, col_step, y_origin,
         # the tile's epilogue its branches and calls push the tile out of the registers (a
         # ReLU there made the kernel 2.6x slower on LeNet's C3)
         if act != 0:
+            _activate_pixels(yn, act, y_origin, k0, used, chunk * TASK_TILES * PIXELS,
+                             min(p_, (chunk + 1) * TASK_TILES * PIXELS), ow_, y_channel, y_row,
+                             y_col)
+
+
+@njit(inline="always", cache=True)
+def _activate_pixels(yn, act, y_origin, k0, used, p0, p1, ow_, y_channel, y_row, y_col):
+    """yn = act(yn) at channels [k0, k0 + used) x the row-major output pixels [p0, p1): the
+    pixels innermost where they lie side by side (NCHW), the channels where they do (y_channel
+    1: NHWC; a channel at a time, a pass over the task's outputs a vector each, ran ResNet-50's
+    NHWC 8 x 256 x 56 x 56 strided 1x1 layer with a ReLU 19 ms, 10 without, two Zen 4
+    threads)."""
+    p = p0
+    while p < p1:  # the pixels' runs along an output row
+        count = min(p1 - p, ow_ - p % ow_)
+        run = y_origin + p // ow_ * y_row + p % ow_ * y_col
+        if y_channel == 1:
+            for j in range(count):
+                at = run + j * y_col + k0
+                for v in range(used):
+                    yn[at + v] = activate(yn[at + v], act, yn.dtype)
+        else:
             for k in range(k0, k0 + used):
-                for p in range(chunk * TASK_TILES * PIXELS,
-                               min(p_, (chunk + 1) * TASK_TILES * PIXELS)):
-                    i = y_origin + k * y_channel + p // ow_ * y_row + p % ow_ * y_col
-                    yn[i] = activate(yn[i], act, y.dtype)
+                at = run + k * y_channel
+                for j in range(count):
+                    yn[at + j * y_col] = activate(yn[at + j * y_col], act, yn.dtype)
+        p += count
 
 
 @njit(inline="always", cache=True)
@@ -303,11 +325,8 @@ def conv2d_forward_rows(x, w, taps, b, kg, y, oh_, ow_, row_step, channel_taps, 
                         move_rows(flat, ZERO, np.uint64(LANES), saved, at, np.uint64(LANES),
                                   ROW_PIXELS, LANES)
         if act != 0:  # in a pass of its own, as in conv2d_forward
-            for k in range(k0, k0 + used):
-                for oh in range(oh0, oh1):
-                    for ow in range(ow_):
-                        i = y_origin + k * y_channel + oh * y_row + ow * y_col
-                        yn[i] = activate(yn[i], act, y.dtype)
+            _activate_pixels(yn, act, y_origin, k0, used, oh0 * ow_, oh1 * ow_, ow_, y_channel,
+                             y_row, y_col)
 
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])

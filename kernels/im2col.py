@@ -198,9 +198,18 @@ def bias_activation(src, out, b, act):
     """out = act(src + b): the epilogue of a GEMM, run on a chunk while it is in cache.
 
     Layout: src and out (K, n, P) views of the same shape (out may be src), b (K,).
-    Loop order: (k, n) in parallel, then the P pixels. Each task owns the row out[k, n].
+    Loop order, in out's memory order: (k, n) in parallel, then the P pixels (NCHW); or (n, p)
+    in parallel, then the K channels (NHWC: a pass a channel, a strided column, ran 3.5-5x
+    slower on 8 x 32 x 32 x 256 and 8 x 64 x 64 x 128 outputs). Each task owns the row
+    out[k, n] or the pixel out[:, n, p].
     """
     k_, n_, p_ = out.shape
+    if out.strides[0] < out.strides[2]:
+        for task in prange(n_ * p_):
+            n, p = task // p_, task % p_
+            for k in range(k_):
+                out[k, n, p] = activate(src[k, n, p] + b[k], act, out.dtype)
+        return
     for task in prange(k_ * n_):
         k, n = task // n_, task % n_
         for p in range(p_):

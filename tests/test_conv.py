@@ -346,9 +346,11 @@ def test_nhwc_layer_runs_on_channel_block_images(c, groups, k, stride, dilation,
 def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, parallel, monkeypatch,
                                                          cpu_calls):
     """NHWC: its channel-block images hold only every stride-th pixel (the images of a
-    stride-1 layer, their tiles a block apart), and its input gradient is the stride-1 layer's
-    at those pixels, zeros between and past them (no phases to merge); NCHW reads x in place.
-    Forward, input and weight gradient against the float64 reference and PyTorch."""
+    stride-1 layer, their tiles a block apart), its input gradient is the stride-1 layer's at
+    those pixels, zeros between and past them (no phases to merge), and im2col's forward and
+    weight gradient take a copy of those pixels as their columns (no im2col copy); NCHW reads
+    x in place. Forward (with a bias and an activation through im2col), input and weight
+    gradient against the float64 reference and PyTorch."""
     _threads(monkeypatch, parallel)
     rng = np.random.default_rng(7)
     x_shape, w_shape = ((2, 9, 32, 24), (1, 1, 12, 40)) if layout == "NHWC" else (
@@ -371,6 +373,14 @@ def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, paralle
     oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))
     ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
     assert ("col2im" in ran) == (layout == "NCHW"), ran
+    del cpu_calls[:]
+    b = random(rng, w_shape[0] if layout == "NCHW" else w_shape[3], np.float32)
+    y = ops.conv2d(x, w, b, activation="relu", algo="im2col", **kwargs)
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="im2col", **kwargs)
+    oracle.check({"y": y}, oracle.conv2d(x, w, b, activation="relu", **kwargs))
+    oracle.check({"gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
+    assert ran.count("im2col") == (2 if layout == "NCHW" else 0), ran
 
 
 @SETTINGS

@@ -236,19 +236,21 @@ def test_an_nhwc_layer_the_rule_sends_to_an_nchw_kernel_takes_blocked(op, plante
 
 
 @pytest.mark.parametrize("planted", ["direct", "blocked", "im2col"])
-def test_a_1x1_nhwc_layer_takes_im2col_for_its_weight_gradient(planted, monkeypatch):
+@pytest.mark.parametrize("op", CONV_OPS)
+def test_a_1x1_nhwc_layer_takes_im2col(op, planted, monkeypatch):
     """Overridden for a 1x1 unpadded NHWC layer of one group only (MobileNet's projections,
-    ResNet's bottlenecks and downsampling): a GEMM over x's pixels as they lie."""
-    op = "conv2d_backward_weight"
+    ResNet's bottlenecks and downsampling), for all three ops: a GEMM over x's pixels as they
+    lie (a strided layer's gathered)."""
     monkeypatch.setitem(conv2d.CPU_RULE, op, planted)
-    for data_format, stride, groups, expected in (
-            ("NCHW", 2, 1, planted), ("NHWC", 2, 1, "im2col"), ("NHWC", (1, 2), 1, "im2col"),
-            ("NHWC", 1, 1, "im2col"),
-            ("NHWC", 2, 2, "blocked" if planted != "blocked" else planted)):
+    for data_format, stride, padding, groups, expected in (
+            ("NCHW", 2, 0, 1, planted), ("NHWC", 2, 0, 1, "im2col"),
+            ("NHWC", (1, 2), 0, 1, "im2col"), ("NHWC", 1, 0, 1, "im2col"),
+            ("NHWC", 1, 1, 1, "blocked" if planted == "direct" else planted),
+            ("NHWC", 2, 0, 2, "blocked" if planted != "blocked" else planted)):
         x_shape = _layout((8, 64, 28, 28), data_format)
         w_shape = _layout((128, 64 // groups, 1, 1), data_format, weight=True)
-        g = geometry.conv_geometry(x_shape, w_shape, stride, 0, 1, groups, data_format)
-        assert registry.choose(op, "cpu", g) == expected, (data_format, stride, groups)
+        g = geometry.conv_geometry(x_shape, w_shape, stride, padding, 1, groups, data_format)
+        assert registry.choose(op, "cpu", g) == expected, (data_format, stride, padding, groups)
 
 
 def test_auto_asks_the_heuristic_once_per_layer_and_thread_count(ran, monkeypatch):

@@ -373,6 +373,16 @@ def _subsampled(g, x):
     return at_one, _pixels_read(g, x)
 
 
+def _gathered(g, x):
+    """(g, x), or for a 1x1 strided NHWC layer the layer at stride 1 and a copy of the pixels
+    it reads (_strided_pointwise): im2col's columns are then that copy's own pixels, one
+    product with no column copy (NHWC's im2col writes channel-major columns, a transpose).
+    ResNet-50's 8 x 256 x 56 x 56 downsampling layer: forward 11.7 -> 10.5 ms, weight gradient
+    12.5 -> 10.3 on two Zen 4 threads (PyTorch channels-last 8.8 and 9.0)."""
+    at_one = _strided_pointwise(g) if g.layout == "NHWC" else None
+    return (g, x) if at_one is None else (at_one, np.ascontiguousarray(_pixels_read(g, x)))
+
+
 def _into_pixels_read(backward_input):
     """A CPU input gradient that takes a 1x1 strided NHWC layer (_strided_pointwise) at stride
     1, into the pixels it reads of a zeroed gx: by phases a stride-2 layer wrote four planes
@@ -701,10 +711,21 @@ def _pixel_ordered(g):
     return g.whole_window and g.layout == "NHWC" and g.groups == 1
 
 
-def _weight_matrix(xp, w, g):
-    """(K, rows of the columns): the filters flat in the columns' row order."""
-    if _pixel_ordered(g):
-        return xp.ascontiguousarray(w.reshape(-1, g.K).T)  # HWIO's rows are (R, S, C)
+def _hwio_matrix(g):
+    """Whether an NHWC layer's HWIO filters, flat to (R*S*C/groups, K), are the transpose of
+    its weight matrix: its columns' rows in HWIO's (R, S, C) order, a pointwise layer's or a
+    pixel-ordered one's. The CPU then reads and writes the filters in place: with a transposing
+    copy of its 2048 x 512 filters, im2col's forward of ResNet-50's 8 x 2048 x 7 x 7
+    layer4.conv1 ran 8.7 ms on two Zen 4 threads, without 4.7."""
+    return g.layout == "NHWC" and (g.pointwise or _pixel_ordered(g))
+
+
+def _weight_matrix(xp, w, g, view=False):
+    """(K, rows of the columns): the filters flat in the columns' row order; with ``view`` (the
+    CPU's BLAS reads either unit stride) HWIO filters' transposed view where _hwio_matrix."""
+    if _hwio_matrix(g):
+        matrix = w.reshape(-1, g.K).T
+        return matrix if view else xp.ascontiguousarray(matrix)
     return xp.ascontiguousarray(oihw_view(w, g.layout)).reshape(g.K, -1)
 
 
@@ -728,6 +749,18 @@ CPU_WORKSPACE_BYTES = 2 << 20
 TILED_FORWARD_BYTES = driver.KEPT_WORKSPACE_BYTES
 TILED_BACKWARD_BYTES = CPU_WORKSPACE_BYTES
 TILE_BYTES = 1 << 20
+
+
+def _batch_chunks(g, itemsize):
+    """The batch slices im2col's CPU paths take: chunks whose columns fit CPU_WORKSPACE_BYTES,
+    or the whole batch as one where the columns are an NHWC array's own pixels. Those need no
+    workspace, their images flatten into one product's rows, and its threads share all of them:
+    MobileNetV2's 8 x 24 x 56 x 56 features.3.expand, a 25088 x 24 x 144 product, ran 2.0 ms
+    in chunks of an image on two Zen 4 threads, 1.3 in one (its weight gradient ran one image
+    a chunk, on one thread, for MobileNetV2's 8 x 32 x 112 x 112 projection)."""
+    if g.layout == "NHWC" and _columns_are_input(g):
+        return [slice(0, g.N)]
+    return g.batch_chunks(itemsize, CPU_WORKSPACE_BYTES)
 
 
 def _tiles_workspace(g, wmat, dtype):
@@ -798,23 +831,32 @@ def _columns_cpu(g, x):
 
 @register("conv2d", "cpu", "im2col")
 def conv2d_im2col_cpu(g, x, w, b, activation):
+    g, x = _gathered(g, x)
     y = driver.empty(np, g.y_shape, x.dtype)
-    wmat = _weight_matrix(np, w, g)
+    wmat, bias = _weight_matrix(np, w, g, view=True), driver.bias(np, b, g.K, x.dtype)
     if _in_tiles(g, x.itemsize, TILED_FORWARD_BYTES):
         driver.cpu_call(im2col.conv2d_tiles, g.flops // 2, nchw_view(x, g.layout), wmat,
-                        _channel_major(y, g.layout).transpose(1, 0, 2),
-                        driver.bias(np, b, g.K, x.dtype), CODES[activation],
-                        _tiles_workspace(g, wmat, x.dtype), g.OW, g.R, g.S, *g.taps)
+                        _channel_major(y, g.layout).transpose(1, 0, 2), bias,
+                        CODES[activation], _tiles_workspace(g, wmat, x.dtype), g.OW, g.R,
+                        g.S, *g.taps)
         return y
-    for batch in g.batch_chunks(x.itemsize, CPU_WORKSPACE_BYTES):
+    for batch in _batch_chunks(g, x.itemsize):
         cols, out = _columns_cpu(g, x[batch]), _channel_major(y[batch], g.layout)
+        if g.layout == "NHWC" and (b is not None or activation is not None):
+            # y's pixels are the product's rows: each block of them gets its epilogue in cache
+            # (a pass of its own over y, a channel's strided column at a time, ran ResNet-50's
+            # 8 x 64 x 56 x 56 layer1.0.conv3 with a bias and a ReLU 18 ms, 7 without)
+            for rows, ks in g.group_slices():
+                driver.matmul_bias_activation(_flat(cols[rows]).T, wmat[ks].T, _flat(out[ks]).T,
+                                              bias[ks], CODES[activation])
+            continue
         gemm_out = out if _flat(out) is not None or _flat(cols) is None else (
             driver.workspace(out.shape, x.dtype, slot=1))
         for rows, ks in g.group_slices():
             _matmul(wmat[ks], cols[rows], gemm_out[ks])
         if gemm_out is not out or b is not None or activation is not None:
-            driver.cpu_move(im2col.bias_activation, out.size, gemm_out, out,
-                            driver.bias(np, b, g.K, x.dtype), CODES[activation])
+            driver.cpu_move(im2col.bias_activation, out.size, gemm_out, out, bias,
+                            CODES[activation])
     return y
 
 
@@ -822,14 +864,14 @@ def conv2d_im2col_cpu(g, x, w, b, activation):
 @_into_pixels_read
 def conv2d_backward_input_im2col_cpu(g, gy, w):
     gx = driver.empty(np, g.x_shape, gy.dtype)
-    wmat = _weight_matrix(np, w, g)
+    wmat = _weight_matrix(np, w, g, view=True)
     if _in_tiles(g, gy.itemsize, TILED_BACKWARD_BYTES) and g.N >= numba.get_num_threads():
         driver.cpu_call(im2col.conv2d_backward_input_tiles, g.flops // 2,
                         _channel_major(gy, g.layout).transpose(1, 0, 2), wmat,
                         nchw_view(gx, g.layout), _tiles_workspace(g, wmat, gy.dtype), g.OW,
                         g.R, g.S, *g.taps)
         return gx
-    for batch in g.batch_chunks(gy.itemsize, CPU_WORKSPACE_BYTES):
+    for batch in _batch_chunks(g, gy.itemsize):
         grad = _channel_major(gy[batch], g.layout)
         gcols = _input_columns(g, gx[batch], _channel_major)  # the GEMM writes gx where it can
         scattered = gcols is None
@@ -846,25 +888,23 @@ def conv2d_backward_input_im2col_cpu(g, gy, w):
 
 @register("conv2d_backward_weight", "cpu", "im2col")
 def conv2d_backward_weight_im2col_cpu(g, gy, x):
-    gw_mat = driver.empty(np, (g.K, (g.C // g.groups) * g.R * g.S), gy.dtype)
-    # NHWC columns that are x's own pixels take the batch in one product: both operands
-    # flatten, nothing is copied, and the threads share all its images (a chunk an image, as
-    # the workspace bound gives MobileNetV2's 8 x 32 x 112 x 112 projection, ran one thread)
-    whole = g.layout == "NHWC" and _columns_are_input(g)
-    chunks = [slice(0, g.N)] if whole else g.batch_chunks(gy.itemsize, CPU_WORKSPACE_BYTES)
-    for i, batch in enumerate(chunks):
+    g, x = _gathered(g, x)
+    gw = driver.empty(np, g.w_shape, gy.dtype) if _hwio_matrix(g) else None
+    gw_mat = (driver.empty(np, (g.K, (g.C // g.groups) * g.R * g.S), gy.dtype) if gw is None
+              else _weight_matrix(np, gw, g, view=True))  # written in place
+    for i, batch in enumerate(_batch_chunks(g, gy.itemsize)):
         cols, grad = _columns_cpu(g, x[batch]), _channel_major(gy[batch], g.layout)
         for rows, ks in g.group_slices():
             _matmul_over_pixels(grad[ks], cols[rows], gw_mat[ks], add=i > 0)
-    return _filters(np, gw_mat, g, _pixel_ordered(g))
+    return _filters(np, gw_mat, g) if gw is None else gw
 
 
-def _filters(xp, gw_mat, g, pixel_ordered=False):
-    """The (K, C/groups * R * S) weight gradient (``pixel_ordered``: (K, R * S * C), an NHWC
-    layer's HWIO filters flat) as contiguous filters in the caller's layout (the blocked
-    kernels' comes channel-innermost: a strided view would reach PyTorch, whose registered
-    shapes promise contiguous strides, and NumPy users as a surprise)."""
-    if pixel_ordered:
+def _filters(xp, gw_mat, g, hwio=False):
+    """The (K, C/groups * R * S) weight gradient (``hwio``: (K, R * S * C), an NHWC layer's
+    HWIO filters flat: im2col's where _hwio_matrix) as contiguous filters in the caller's
+    layout (the blocked kernels' comes channel-innermost: a strided view would reach PyTorch,
+    whose registered shapes promise contiguous strides, and NumPy users as a surprise)."""
+    if hwio:
         return xp.ascontiguousarray(gw_mat.T).reshape(g.w_shape)
     gw = gw_mat.reshape(g.K, -1, g.R, g.S)
     return xp.ascontiguousarray(gw if g.layout == "NCHW" else gw.transpose(2, 3, 1, 0))
@@ -972,7 +1012,7 @@ def _im2col_cuda(algo, matmul, gemm_kernels):
                     products.sum(axis=0, out=gw_mat[ks])
                 elif chunk > 0:
                     gw_mat[ks] += products.sum(axis=0)
-        return _filters(gpu.xp, gw_mat, g, _pixel_ordered(g))
+        return _filters(gpu.xp, gw_mat, g, _hwio_matrix(g))
 
 
 _im2col_cuda("im2col", _gemm, ("gemm_cuda.gemm",))
@@ -1074,18 +1114,20 @@ def choose_cpu(op, g):
     its own images. On the suite's layers the rule sends there in NHWC, direct ran 7-20x
     slower (LeNet-5's C1 forward 21.7 ms against 1.3, PyTorch 1.9; ResNeXt's 4-channel groups
     44 against 6.1), grouped im2col 3.4-4.5x (ResNeXt's weight gradient 46 against 13.8), two
-    Zen 4 threads (benchmarks/results/cpu-nhwc.md). And a 1x1 unpadded NHWC layer's weight
-    gradient takes "im2col", one GEMM over x's pixels as they lie, where the rule sends most
-    to "blocked": 1.1-2.3x faster on MobileNetV2's and ResNet-50's 1x1 layers, 1.1-1.6x on
-    ResNet's strided ones (one and two threads)."""
+    Zen 4 threads (benchmarks/results/cpu-nhwc.md). And a 1x1 unpadded NHWC layer of one
+    group takes "im2col" for all three ops: one GEMM over x's pixels as they lie (a strided
+    one's gathered), its filters read in place, its epilogue fused, where the rule sends many
+    to "blocked": its weight gradient 1.1-2.3x faster on MobileNetV2's and ResNet-50's 1x1
+    layers, 1.1-1.6x on ResNet's strided ones (one and two threads); forward and input
+    gradient alike or faster on each of ResNet-50's and MobileNetV2's 1x1 layers timed, the
+    input gradient of ResNet-50's layer4.conv1 1.9x."""
     if g.groups == g.C == g.K:
         return "depthwise"
     algo = walk(CPU_RULE[op], lambda name: FEATURES[name](g),
                 lambda algo: refusal(op, "cpu", algo, g) is None)
     if g.layout != "NHWC":
         return algo
-    if op == "conv2d_backward_weight" and g.groups == 1 and (
-            g.pointwise or _strided_pointwise(g) is not None):
+    if g.groups == 1 and (g.pointwise or _strided_pointwise(g) is not None):
         return "im2col"
     return "blocked" if algo == "direct" or algo == "im2col" and g.groups > 1 else algo
 

@@ -435,13 +435,14 @@ def test_an_empty_batch_launches_nothing_on_cuda(monkeypatch):
 
 
 # (x NCHW shape, w OIHW shape, geometry, layout, activation, dtype). Together: both layouts,
-# groups, strides, dilation, asymmetric and "same"/"valid" padding, a pointwise convolution
+# groups, strides, dilation, asymmetric and "same"/"valid" padding, pointwise convolutions
 # and whole-input windows (which skip im2col), every activation, both dtypes.
 OPS_CASES = [
     ((2, 4, 7, 6), (6, 2, 3, 3), dict(stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2),
                                       groups=2), "NCHW", "tanh", np.float32),
     ((1, 3, 6, 6), (4, 3, 3, 3), dict(padding="same"), "NHWC", "relu", np.float64),
     ((2, 3, 5, 4), (5, 3, 1, 1), dict(), "NCHW", None, np.float64),
+    ((2, 3, 5, 4), (5, 3, 1, 1), dict(), "NHWC", "relu", np.float32),  # HWIO, the matrix's T
     ((1, 2, 6, 5), (2, 2, 2, 2), dict(stride=2, padding="valid"), "NHWC", "sigmoid", np.float32),
     ((2, 4, 3, 2), (4, 2, 3, 2), dict(groups=2), "NCHW", "relu", np.float32),  # whole input
     ((3, 4, 3, 2), (5, 4, 3, 2), dict(), "NHWC", None, np.float32),  # x's pixels its columns
