@@ -1,10 +1,11 @@
 """The layout moves of kernels/layout.py, parallel and serial, against NumPy: embed (padding,
 and the transposed convolution's spread-out gradient, in both layouts), embed_channel_blocks
-(NHWC padded into blocks of channels), merge_phases (a strided
-layer's input gradient put together from its phases, in both layouts), channel_blocks and
-filter_blocks (channels in blocks of a register tile's width, groups, zero lanes) and
-phase_filter_blocks (a strided layer's filters into its input-gradient phases), on poisoned
-outputs and inputs of any strides, which they leave unchanged."""
+(NHWC padded into blocks of channels), merge_phases (a strided layer's input gradient put
+together from its phases, in both layouts), channel_blocks and filter_blocks (channels in
+blocks of a register tile's width, groups, zero lanes) and phase_filter_blocks and
+phase_filter_blocks_hwio (a strided layer's filters, OIHW or HWIO, into its input-gradient
+phases) and taps_outermost (OIHW filters to HWIO), on poisoned outputs and inputs of any
+strides, which they leave unchanged."""
 
 import numpy as np
 from hypothesis import example, given, settings
@@ -167,16 +168,19 @@ def test_dense_channel_blocks_match_filter_blocks(groups, i, o, r, s, dtype, par
 @given(groups=st.integers(1, 3), kg=st.integers(1, 4),
        c=st.one_of(st.integers(1, 17), st.integers(30, 70)), r=st.integers(1, 6),
        s=st.integers(1, 6), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       lanes=st.sampled_from([8, 16, 32]), dtype=st.sampled_from(FLOATS),
+       lanes=st.sampled_from([8, 16, 32]), hwio=st.booleans(), dtype=st.sampled_from(FLOATS),
        parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
-@example(groups=2, kg=3, c=45, r=5, s=4, stride=(2, 1), lanes=32, dtype=np.float32,
+@example(groups=2, kg=3, c=45, r=5, s=4, stride=(2, 1), lanes=32, hwio=False, dtype=np.float32,
          parallel=True, seed=1)  # a second whole vector of lanes, a partial one, a tap tail
-def test_phase_filter_blocks_send_each_tap_to_its_phase(groups, kg, c, r, s, stride, lanes, dtype,
-                                                        parallel, seed):
+@example(groups=2, kg=19, c=40, r=3, s=3, stride=(2, 2), lanes=16, hwio=True, dtype=np.float32,
+         parallel=True, seed=1)  # whole blocks of filters, a partial one, the last filters
+def test_phase_filter_blocks_send_each_tap_to_its_phase(groups, kg, c, r, s, stride, lanes, hwio,
+                                                        dtype, parallel, seed):
     """Each phase (the taps r, s with r mod SH, s mod SW its own) gets (G, B, KG * taps, L):
     its taps in order, the C input channels in blocks of L, zero past C; taps more and fewer
-    than a vector, whole and partial channel blocks, lanes narrower than, as wide as and twice
-    a vector, phases no tap lands on (a stride past the window)."""
+    than a vector, whole and partial channel blocks and blocks of filters, lanes narrower
+    than, as wide as and twice a vector, phases no tap lands on (a stride past the window);
+    from OIHW filters and from HWIO ones (phase_filter_blocks_hwio)."""
     rng = np.random.default_rng(seed)
     w = random(rng, (groups * kg, c, r, s), dtype)
     before = w.copy()
@@ -191,8 +195,10 @@ def test_phase_filter_blocks_send_each_tap_to_its_phase(groups, kg, c, r, s, str
         starts[np.ix_(rows, cols)] = (first[-1] + place) * lanes
         steps[np.ix_(rows, cols)] = rows.size * cols.size * lanes
     out = np.full((groups * count * kg * r * s, lanes), np.nan, dtype)
-    finite = _kernel(layout.phase_filter_blocks, parallel)(
-        w.reshape(groups * kg, c, -1), groups, starts.reshape(-1), steps.reshape(-1), out)
+    flat = w.reshape(groups * kg, c, -1)
+    kernel, filters = ((layout.phase_filter_blocks_hwio, np.ascontiguousarray(flat.T)) if hwio
+                       else (layout.phase_filter_blocks, flat))
+    finite = _kernel(kernel, parallel)(filters, groups, starts.reshape(-1), steps.reshape(-1), out)
     assert finite is True
     padded = np.zeros((groups, kg, count * lanes, r, s), dtype)
     padded[:, :, :c] = w.reshape(groups, kg, c, r, s)
@@ -205,9 +211,26 @@ def test_phase_filter_blocks_send_each_tap_to_its_phase(groups, kg, c, r, s, str
 
 
 @settings(max_examples=40, deadline=None)
+@given(k=st.one_of(st.integers(1, 20), st.integers(30, 70)), c=st.integers(1, 12),
+       taps=st.one_of(st.integers(1, 10), st.integers(15, 50)), dtype=st.sampled_from(FLOATS),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@example(k=33, c=3, taps=9, dtype=np.float32, parallel=True, seed=1)  # 3x3, a filter tail
+def test_taps_outermost_moves_oihw_filters_to_hwio(k, c, taps, dtype, parallel, seed):
+    """out[t, c, k] = w[k, c, t]: whole and partial blocks of filters, taps fewer and more than
+    a vector (7x7's 49), the transposes' last loads kept inside w."""
+    w = random(np.random.default_rng(seed), (k, c, taps), dtype)
+    before = w.copy()
+    out = np.full((taps, c, k), np.nan, dtype)
+    _kernel(layout.taps_outermost, parallel)(w, out)
+    np.testing.assert_array_equal(out, w.transpose(2, 1, 0))
+    np.testing.assert_array_equal(w, before)
+
+
+@settings(max_examples=40, deadline=None)
 @given(groups=st.integers(1, 3), i=st.integers(1, 9), o=st.integers(1, 40), taps=st.integers(1, 9),
        value=st.sampled_from([np.nan, np.inf, -np.inf]),
-       builder=st.sampled_from(["dense", "swapped", "phases"]), dtype=st.sampled_from(FLOATS),
+       builder=st.sampled_from(["dense", "swapped", "phases", "hwio phases"]),
+       dtype=st.sampled_from(FLOATS),
        parallel=st.booleans(), data=st.data())
 def test_filter_blocks_report_a_non_finite_filter_value(groups, i, o, taps, value, builder, dtype,
                                                         parallel, data):
@@ -230,9 +253,11 @@ def test_filter_blocks_report_a_non_finite_filter_value(groups, i, o, taps, valu
         lanes = conv_blocked.lanes(i)
         phases = np.full((groups * -(-i // lanes) * o * taps, lanes), np.nan, dtype)
         starts = np.arange(taps, dtype=np.uint64) * np.uint64(lanes)
-        finite = _kernel(layout.phase_filter_blocks, parallel)(
-            w.reshape(groups * o, i, taps), groups, starts, np.full(taps, taps * lanes, np.uint64),
-            phases)
+        flat = w.reshape(groups * o, i, taps)
+        kernel, filters = ((layout.phase_filter_blocks_hwio, np.ascontiguousarray(flat.T))
+                           if builder == "hwio phases" else (layout.phase_filter_blocks, flat))
+        finite = _kernel(kernel, parallel)(filters, groups, starts,
+                                           np.full(taps, taps * lanes, np.uint64), phases)
     assert finite is False
 
 

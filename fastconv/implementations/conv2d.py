@@ -567,8 +567,11 @@ def _input_gradient_filters(g, w):
     another; None where a filter value is not finite."""
     starts, steps, places, size, lanes = _phase_places(g)
     phases = driver.empty(np, (size, lanes), w.dtype)
-    filters = np.ascontiguousarray(oihw_view(w, g.layout)).reshape(g.K, g.C // g.groups, -1)
-    finite = driver.cpu_move(layout_kernels.phase_filter_blocks, phases.size, filters, g.groups,
+    if g.layout == "NHWC":  # HWIO, read in place
+        kernel, filters = layout_kernels.phase_filter_blocks_hwio, w.reshape(-1, w.shape[2], g.K)
+    else:
+        kernel, filters = layout_kernels.phase_filter_blocks, w.reshape(g.K, w.shape[1], -1)
+    finite = driver.cpu_move(kernel, phases.size, np.ascontiguousarray(filters), g.groups,
                              starts, steps, phases)
     if not finite:
         return None
@@ -642,7 +645,7 @@ def conv2d_backward_weight_blocked_cpu(g, gy, x):
     driver.cpu_call(kernel, g.flops // 2, images, grad, taps, pixels, per_pass, total)
     kg = g.K // g.groups
     gw_mat = np.moveaxis(total, -1, 2).reshape(g.groups, -1, taps.shape[1])[:, :kg]
-    return _filters(np, gw_mat.reshape(g.K, -1).astype(gy.dtype), g)
+    return _filters_cpu(gw_mat.reshape(g.K, -1).astype(gy.dtype), g)
 
 
 # --- depthwise (CPU): lanes over channels, for layers with one input channel a group ------------
@@ -896,7 +899,7 @@ def conv2d_backward_weight_im2col_cpu(g, gy, x):
         cols, grad = _columns_cpu(g, x[batch]), _channel_major(gy[batch], g.layout)
         for rows, ks in g.group_slices():
             _matmul_over_pixels(grad[ks], cols[rows], gw_mat[ks], add=i > 0)
-    return _filters(np, gw_mat, g) if gw is None else gw
+    return _filters_cpu(gw_mat, g) if gw is None else gw
 
 
 def _filters(xp, gw_mat, g, hwio=False):
@@ -908,6 +911,18 @@ def _filters(xp, gw_mat, g, hwio=False):
         return xp.ascontiguousarray(gw_mat.T).reshape(g.w_shape)
     gw = gw_mat.reshape(g.K, -1, g.R, g.S)
     return xp.ascontiguousarray(gw if g.layout == "NCHW" else gw.transpose(2, 3, 1, 0))
+
+
+def _filters_cpu(gw_mat, g):
+    """_filters on the CPU, an NHWC layer's HWIO filters moved by layout's taps_outermost
+    (NumPy's copy of the transposed view runs along the taps)."""
+    if g.layout == "NCHW":
+        return _filters(np, gw_mat, g)
+    gw = driver.empty(np, g.w_shape, gw_mat.dtype)
+    driver.cpu_move(layout_kernels.taps_outermost, gw.size,
+                    np.ascontiguousarray(gw_mat).reshape(g.K, -1, g.R * g.S),
+                    gw.reshape(g.R * g.S, -1, g.K))
+    return gw
 
 
 # The GPU: image-major operands; fastconv's tiled GEMM ("im2col") or cuBLAS ("cublas").
