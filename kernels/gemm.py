@@ -23,7 +23,6 @@ from numba.extending import get_cython_function_address
 
 from .. import runtime
 from . import CPU_KERNEL
-from .activation import activate
 
 
 def _fortran_gemms():
@@ -121,17 +120,13 @@ def _block(j, blocks, n, align):
 
 
 @njit(**CPU_KERNEL)
-def gemm(a, b, c, row_blocks, column_blocks, beta, bias, act):
-    """c[z] = act(a[z] @ b[z] + beta * c[z] + bias) for every z, a (Z, M, K) (a single plane
-    broadcast: z-stride 0), b (Z, K, N), c (Z, M, N) with row-major planes; bias (N,) added to
-    every row, or empty for none; act an activation code (0: none).
+def gemm(a, b, c, row_blocks, column_blocks, beta):
+    """c[z] = a[z] @ b[z] + beta * c[z] for every z, a (Z, M, K) (a single plane broadcast:
+    z-stride 0), b (Z, K, N), c (Z, M, N) with row-major planes.
 
     Loop order: (plane z, row block i, column block j) triples (parallel), each one BLAS call
-    over c[z][rows i, columns j], then its epilogue (the bias and the activation), if any, over
-    that block while it is in cache: a pass of its own over an NHWC output, a channel's
-    strided column at a time, ran ResNet-50's 8 x 64 x 56 x 56 layer1.0.conv3 with a bias and
-    a ReLU in 18 ms, 7 without (two Zen 4 threads). Each thread owns its blocks of c; column
-    blocks start at COLUMN_ALIGN-column boundaries.
+    over c[z][rows i, columns j]. Each thread owns its blocks of c; column blocks start at
+    COLUMN_ALIGN-column boundaries.
     """
     m, n = c.shape[1], c.shape[2]
     blocks = row_blocks * column_blocks
@@ -139,23 +134,7 @@ def gemm(a, b, c, row_blocks, column_blocks, beta, bias, act):
         z, i, j = part // blocks, part % blocks // column_blocks, part % column_blocks
         r0, r1 = _block(i, row_blocks, m, 1)
         c0, c1 = _block(j, column_blocks, n, COLUMN_ALIGN)
-        block = c[z][r0:r1, c0:c1]
-        gemm_plane(a[z][r0:r1], b[z][:, c0:c1], block, beta)
-        if bias.shape[0] or act != 0:
-            _bias_activation(block, bias[c0:c1], act)
-
-
-@njit(inline="always", cache=True)
-def _bias_activation(block, bias, act):
-    """block = act(block + bias) row by row, bias (its columns,) or empty for none."""
-    for i in range(block.shape[0]):
-        row = block[i]
-        if bias.shape[0]:
-            for j in range(row.shape[0]):
-                row[j] = activate(row[j] + bias[j], act, block.dtype)
-        else:
-            for j in range(row.shape[0]):
-                row[j] = activate(row[j], act, block.dtype)
+        gemm_plane(a[z][r0:r1], b[z][:, c0:c1], c[z][r0:r1, c0:c1], beta)
 
 
 @njit(**CPU_KERNEL)

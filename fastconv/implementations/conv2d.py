@@ -353,6 +353,13 @@ def _strided_pointwise(g):
     return conv_geometry(shape, g.w_shape, 1, 0, 1, g.groups, g.layout)
 
 
+def _strided_pointwise_nhwc(g):
+    """_strided_pointwise for an NHWC layer; None for an NCHW one, which keeps its own paths
+    (its im2col's col2im of 1x1 columns runs along a plane's rows: 10.5 -> 14.2 ms into the
+    pixels read, ResNet-50's 8 x 256 x 56 x 56 downsampling layer's input gradient)."""
+    return _strided_pointwise(g) if g.layout == "NHWC" else None
+
+
 def _pixels_read(g, a):
     """The view of an x-shaped array at the pixels a 1x1 unpadded layer reads."""
     rows = slice(0, g.OH * g.stride[0], g.stride[0])
@@ -379,7 +386,7 @@ def _gathered(g, x):
     product with no column copy (NHWC's im2col writes channel-major columns, a transpose).
     ResNet-50's 8 x 256 x 56 x 56 downsampling layer: forward 11.7 -> 10.5 ms, weight gradient
     12.5 -> 10.3 on two Zen 4 threads (PyTorch channels-last 8.8 and 9.0)."""
-    at_one = _strided_pointwise(g) if g.layout == "NHWC" else None
+    at_one = _strided_pointwise_nhwc(g)
     return (g, x) if at_one is None else (at_one, np.ascontiguousarray(_pixels_read(g, x)))
 
 
@@ -388,11 +395,10 @@ def _into_pixels_read(backward_input):
     1, into the pixels it reads of a zeroed gx: by phases a stride-2 layer wrote four planes
     (three of them zeros, no tap landing there) and merged them into gx, im2col scattered its
     columns. ResNet-50's 8 x 256 x 56 x 56 NHWC downsampling layer: im2col 22.1 -> 13.9 ms,
-    blocked 20.2 -> 18.8 on two Zen 4 threads (PyTorch channels-last 9.8-10.6). NCHW keeps its
-    own paths: its im2col ran 10.5 -> 14.2 ms so, its col2im of 1x1 columns a plane's rows."""
+    blocked 20.2 -> 18.8 on two Zen 4 threads (PyTorch channels-last 9.8-10.6)."""
     @functools.wraps(backward_input)
     def run(g, gy, w):
-        at_one = _strided_pointwise(g) if g.layout == "NHWC" else None
+        at_one = _strided_pointwise_nhwc(g)
         if at_one is None:
             return backward_input(g, gy, w)
         gx = np.zeros(g.x_shape, gy.dtype)
@@ -845,14 +851,6 @@ def conv2d_im2col_cpu(g, x, w, b, activation):
         return y
     for batch in _batch_chunks(g, x.itemsize):
         cols, out = _columns_cpu(g, x[batch]), _channel_major(y[batch], g.layout)
-        if g.layout == "NHWC" and (b is not None or activation is not None):
-            # y's pixels are the product's rows: each block of them gets its epilogue in cache
-            # (a pass of its own over y, a channel's strided column at a time, ran ResNet-50's
-            # 8 x 64 x 56 x 56 layer1.0.conv3 with a bias and a ReLU 18 ms, 7 without)
-            for rows, ks in g.group_slices():
-                driver.matmul_bias_activation(_flat(cols[rows]).T, wmat[ks].T, _flat(out[ks]).T,
-                                              bias[ks], CODES[activation])
-            continue
         gemm_out = out if _flat(out) is not None or _flat(cols) is None else (
             driver.workspace(out.shape, x.dtype, slot=1))
         for rows, ks in g.group_slices():
@@ -1131,7 +1129,7 @@ def choose_cpu(op, g):
     44 against 6.1), grouped im2col 3.4-4.5x (ResNeXt's weight gradient 46 against 13.8), two
     Zen 4 threads (benchmarks/results/cpu-nhwc.md). And a 1x1 unpadded NHWC layer of one
     group takes "im2col" for all three ops: one GEMM over x's pixels as they lie (a strided
-    one's gathered), its filters read in place, its epilogue fused, where the rule sends many
+    one's gathered), its filters read in place, where the rule sends many
     to "blocked": its weight gradient 1.1-2.3x faster on MobileNetV2's and ResNet-50's 1x1
     layers, 1.1-1.6x on ResNet's strided ones (one and two threads); forward and input
     gradient alike or faster on each of ResNet-50's and MobileNetV2's 1x1 layers timed, the

@@ -144,7 +144,7 @@ def matmul(a, b, out, add=False):
     k = a.shape[2]
     row_blocks, column_blocks = _blocks(z, m, n, numba.get_num_threads())
     cpu_call(gemm.gemm, z * m * n * k, _blas_operand(a), _blas_operand(b), target, row_blocks,
-             column_blocks, 1.0 if add else 0.0, constant(np, 0, out.dtype, 0.0), 0)
+             column_blocks, 1.0 if add else 0.0)
     if target is not out:
         out[...] = target
 
@@ -167,30 +167,6 @@ def _blocks(z, m, n, threads):
         return row_blocks, max(1, min(-(-wanted // row_blocks), n // BLOCK_COLUMNS))
     column_blocks = max(1, min(wanted, n // BLOCK_COLUMNS))
     return max(1, min(-(-wanted // column_blocks), m // BLOCK_ROWS)), column_blocks
-
-
-# Rows a block of a product with an epilogue takes, at least, where its rows are split: each
-# block's BLAS call packs all of b again (an NHWC layer's filters), so that ResNet-50's
-# 6272 x 512 x 256 ran 9.9 ms in blocks of 49 rows, 9.2 in blocks of 98, 8.7-8.9 in blocks of
-# 196 or more (two Zen 4 threads), while smaller blocks keep their outputs in cache for the
-# epilogue.
-EPILOGUE_ROWS = 512
-
-
-def matmul_bias_activation(a, b, out, bias, act):
-    """out = act(a @ b + bias) for 2-D operands, a row-major ``out`` (any row stride) and a
-    bias along its rows, on fastconv's threads, each block of the product given its epilogue
-    while it is in cache (kernels/gemm.py's gemm). Split as :func:`matmul`'s, but where the
-    rows are split, into as many blocks of EPILOGUE_ROWS rows or more as fill the threads
-    evenly."""
-    runtime.pin_blas()
-    m, n = out.shape
-    threads = numba.get_num_threads()
-    row_blocks, column_blocks = _blocks(1, m, n, threads)
-    if column_blocks == 1:
-        row_blocks = max(row_blocks, threads * (m // (threads * EPILOGUE_ROWS)))
-    cpu_call(gemm.gemm, m * n * a.shape[1], _blas_operand(a[None]), _blas_operand(b[None]),
-             out[None], row_blocks, column_blocks, 0.0, bias, act)
 
 
 def matmul_sum(a, b, out, add=False):
