@@ -127,9 +127,10 @@ def test_nhwc_rows_tile_every_row_width(layer, dtype, parallel, monkeypatch, cpu
     """An NHWC layer of whole vectors of channels is read in place (rows narrower than a tile
     at stride 1 excepted), a row's inside columns in tiles of PIXELS (the last moved back),
     then of HALF_PIXELS, its edge columns in tiles of one pixel: rows 1 to 34 wide cover every
-    split, against the float64 reference and PyTorch,
-    forward with a bias and an activation, and the input gradient (read in place where the
-    stride is 1; a strided one spreads the gradient out: depthwise_planes)."""
+    split, against the float64 reference and PyTorch, forward with a bias and an activation,
+    the input gradient (a strided layer's phase by phase, each phase's rows as narrow as
+    they come; in place where the stride is 1 and the rows as wide as a tile) and the weight
+    gradient (in place on every row: depthwise_nhwc_weight_rows)."""
     _threads(monkeypatch, parallel)
     rng = np.random.default_rng(7)
     c = 2 * VECTOR_LANES
@@ -141,17 +142,23 @@ def test_nhwc_rows_tile_every_row_width(layer, dtype, parallel, monkeypatch, cpu
         except ValueError:
             continue  # the window does not fit this row
         b, gy = random(rng, (c,), dtype), random(rng, g.y_shape, dtype)
-        y = ops.conv2d(x, w, b, activation="tanh", algo="depthwise", **kwargs)
-        oracle.check({"y": y}, oracle.conv2d(x, w, b, activation="tanh", **kwargs))
-        gx = ops.conv2d_backward_input(gy, w, x.shape, algo="depthwise", **kwargs)
-        oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))
-        # in place but where a stride-1 correlation's rows are narrower than a tile
+        kw = dict(algo="depthwise", **kwargs)
+        calls = {"y": (ops.conv2d, (x, w, b), dict(activation="tanh", **kw)),
+                 "gx": (ops.conv2d_backward_input, (gy, w, x.shape), kw),
+                 "gw": (ops.conv2d_backward_weight, (gy, x, w.shape), kw)}
+        ran = []
+        for name, (op, args, op_kwargs) in calls.items():
+            before = len(cpu_calls)
+            want = (oracle.conv2d(x, w, b, activation="tanh", **kwargs) if name == "y"
+                    else oracle.conv2d(x, w, gy=gy, **kwargs))
+            oracle.check({name: op(*args, **op_kwargs)}, want)
+            ran.append({kernel.py_func.__name__ for kernel, _ in cpu_calls[before:]})
         strided = g.stride != (1, 1)
-        in_place = (g.OW >= conv_depthwise.PIXELS or strided,
-                    width >= conv_depthwise.PIXELS and not strided)
-        ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls[-2:]]
-        assert ran == [("depthwise_nhwc_rows" if rows else "depthwise_planes")
-                       for rows in in_place], (width, ran)
+        assert ran == [{"depthwise_nhwc_rows" if g.OW >= conv_depthwise.PIXELS or strided
+                        else "depthwise_planes"},
+                       {"depthwise_nhwc_rows" if width >= conv_depthwise.PIXELS or strided
+                        else "depthwise_planes"},
+                       {"depthwise_nhwc_weight_rows"}], (width, ran)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

@@ -8,8 +8,10 @@ that moves its operand in and its result out per task, or, for an NHWC operand o
 vectors of channels, reads it in place: :func:`_in_place`): the forward's lane k reads input
 channel k // m; the input gradient places the output gradient ``stride`` apart and correlates
 it at stride 1 with the flipped filters, summing an input channel's m output channels as m
-sub-planes. The weight gradient moves the input and the output gradient into the same buffers
-and reduces each tap's products over the output pixels.
+sub-planes (a strided NHWC layer's in place, a phase of its pixels at a time:
+:func:`_phase_correlations`). The weight gradient moves the input and the output gradient into
+the same buffers and reduces each tap's products over the output pixels (an NHWC layer of whole
+vectors reads both in place).
 """
 
 import functools
@@ -133,8 +135,14 @@ def _in_place(g, up, stride, width):
     0.18 ms against 0.34 / 0.23 in place on MobileNetV2's 8 x 960 x 7 x 7 layer (one / two Zen
     4 threads), where its 14 x 14 stride-2 one ran 1.06-1.11x faster in place
     (benchmarks/results/cpu-nhwc.md)."""
-    return (g.layout == "NHWC" and g.K == g.C and g.C % VECTOR == 0 and tuple(up) == (1, 1)
+    return (_whole_vectors_nhwc(g) and tuple(up) == (1, 1)
             and (width >= kernels.PIXELS or tuple(stride) != (1, 1)))
+
+
+def _whole_vectors_nhwc(g):
+    """Whether the layer is NHWC with one output channel an input channel and its channels
+    whole vectors: its operands' pixels then hold whole vectors of lanes, read in place."""
+    return g.layout == "NHWC" and g.K == g.C and g.C % VECTOR == 0
 
 
 def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activation):
@@ -153,8 +161,8 @@ def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activat
         out = driver.empty(np, (n, oh, ow, k), a.dtype)
         driver.cpu_call(kernels.depthwise_nhwc_rows, _work(g, out.size), a.reshape(n, -1), h, w,
                         filters.reshape(-1, VECTOR), driver.bias(np, b, k, a.dtype),
-                        out.reshape(n, -1), oh, ow, weights.shape[2:], tuple(stride),
-                        g.dilation, *before, CODES[activation])
+                        out.reshape(n, -1), oh, ow, (0, ow * k, k), weights.shape[2:],
+                        tuple(stride), g.dilation, *before, CODES[activation])
         return out
     band, rows, cols, plane, taps = _buffer((h, w), before, up, tuple(stride), g.dilation,
                                             (oh, ow), weights.shape[2:], subs)
@@ -187,7 +195,11 @@ def forward(g, x, w, b, activation):
 
 def backward_input(g, gy, w):
     """gx = dL/dx: the output gradient placed ``stride`` apart and correlated at stride 1 with
-    the flipped filters, input channel c summing its m output channels c * m + j."""
+    the flipped filters, input channel c summing its m output channels c * m + j; or, for a
+    strided NHWC layer read in place, phase by phase (:func:`_phase_correlations`)."""
+    if (_whole_vectors_nhwc(g) and g.stride != (1, 1) and g.dilation == (1, 1)
+            and np.isfinite(w).all()):  # as _correlate's in-place path
+        return _phase_correlations(g, gy, w)
     m, blocks = g.K // g.C, _blocks(g.C)
     (dh, dw) = g.dilation
     sources = _lanes(g.C, m, sub=m)
@@ -197,10 +209,60 @@ def backward_input(g, gy, w):
                       (1, 1), (g.C, g.H, g.W), None)
 
 
+def _phase_taps(size, phase, stride, k, before):
+    """One axis of a strided layer's input gradient phase: the input pixels phase + stride * a
+    (a < count) each sum the output gradient at a - before' + k' times flipped tap taps[k']
+    (k' < len(taps)): (count, taps, before'). Undilated."""
+    first = (phase + before) % stride  # the first tap whose outputs reach this phase
+    taps = list(range(first, k, stride))[::-1]
+    return len(range(phase, size, stride)), taps, len(taps) - 1 - (phase + before - first) // stride
+
+
+def _phase_correlations(g, gy, w):
+    """A strided NHWC layer's input gradient read and written in place: each of its stride
+    phases of input pixels (those of one row and column remainder) is a stride-1 correlation
+    of gy as it lies with the phase's taps flipped, written by kernels.depthwise_nhwc_rows
+    into gx at that phase's pixels; a phase no tap reaches is zero. Placing gy stride apart in
+    depthwise_planes' zeroed buffers ran MobileNetV2's 8 x 144 x 56 x 56 stride-2 layer's
+    input gradient in 1.6-2.3 ms, so 0.78-1.36 (PyTorch channels-last 0.46-1.04; two Zen 4
+    threads, benchmarks/results/cpu-nhwc.md)."""
+    gx = driver.empty(np, g.x_shape, gy.dtype)
+    hwio = w.reshape(g.R, g.S, g.C)
+    bias, work = driver.bias(np, None, g.C, gy.dtype), _work(g, gy.size + gx.size)
+    for row_phase in range(g.stride[0]):
+        rows, row_taps, top = _phase_taps(g.H, row_phase, g.stride[0], g.R, g.padding[0])
+        for column_phase in range(g.stride[1]):
+            columns, column_taps, left = _phase_taps(g.W, column_phase, g.stride[1], g.S,
+                                                     g.padding[2])
+            if not row_taps or not column_taps:
+                gx[:, row_phase::g.stride[0], column_phase::g.stride[1]] = 0
+                continue
+            if rows == 0 or columns == 0:
+                continue
+            filters = np.ascontiguousarray(hwio[row_taps][:, column_taps]).reshape(-1, VECTOR)
+            driver.cpu_call(kernels.depthwise_nhwc_rows, work, gy.reshape(g.N, -1), g.OH, g.OW,
+                            filters, bias, gx.reshape(g.N, -1), rows, columns,
+                            ((row_phase * g.W + column_phase) * g.C, g.stride[0] * g.W * g.C,
+                             g.stride[1] * g.C), (len(row_taps), len(column_taps)), (1, 1),
+                            (1, 1), top, left, 0)
+    return gx
+
+
 def backward_weight(g, gy, x):
     """gw = dL/dw: per channel block, image and band, each tap's products summed over the
     band's output pixels (float64 across rows), then the bands summed in a fixed order."""
     m, blocks = g.K // g.C, _blocks(g.K)
+    if _whole_vectors_nhwc(g):  # read in place
+        band = min(g.OH, -(-BAND_PIXELS // g.OW))
+        bands = -(-g.OH // band)
+        images = _images(g.N, bands, band * g.OW)
+        partial = driver.empty(np, (-(-g.N // images) * bands, blocks, g.R * g.S, VECTOR),
+                               np.float64)
+        driver.cpu_call(kernels.depthwise_nhwc_weight_rows, _work(g, x.size + gy.size),
+                        x.reshape(g.N, -1), g.H, g.W, gy.reshape(g.N, -1), g.OH, g.OW,
+                        (g.R, g.S), g.stride, g.dilation, g.padding[0], g.padding[2], band,
+                        images, partial)
+        return _weight_gradient(g, partial, blocks, gy.dtype)
     band, rows, cols, plane, taps = _buffer((g.H, g.W), (g.padding[0], g.padding[2]), (1, 1),
                                             g.stride, g.dilation, (g.OH, g.OW), (g.R, g.S), 1)
     bands = -(-g.OH // band)
@@ -211,7 +273,13 @@ def backward_weight(g, gy, x):
                     plane, band, images, taps, gy.reshape(g.N, -1), g.OH, g.OW,
                     *_steps(gy, g.layout),
                     _lanes(g.K)[:, 0], *_output_places(g.OH, g.OW), partial)
+    return _weight_gradient(g, partial, blocks, gy.dtype)
+
+
+def _weight_gradient(g, partial, blocks, dtype):
+    """gw from the weight gradient kernels' partial sums (parts, blocks, taps, VECTOR), the
+    parts summed in a fixed order."""
     sums = partial.sum(axis=0).transpose(0, 2, 1).reshape(blocks * VECTOR, -1)[:g.K]
-    gw = driver.empty(np, g.w_shape, gy.dtype)
+    gw = driver.empty(np, g.w_shape, dtype)
     oihw_view(gw, g.layout)[...] = sums.reshape(g.K, 1, g.R, g.S)
     return gw
