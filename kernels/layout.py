@@ -185,16 +185,29 @@ def channel_blocks(a, blocks):
     Layout: a (N, K, P) any strides (an NCHW array's planes, or an NHWC array's transposed
     view); blocks (G, B, N, P, L). Loop order: (g, b, n) in parallel, then the channels v,
     the pixels p innermost: contiguous reads of a plane, stores a block's width apart (1.8-2.3x
-    faster than the other order, whose L read streams and per-cell branch LLVM left scalar).
+    faster than the other order, whose L read streams and per-cell branch LLVM left scalar);
+    where a's channels lie side by side (NHWC) the pixels p, then the channels v: a pixel's
+    run of L channels in, a row of the block out (channels outermost, each of L passes over an
+    image read its lines again: MobileNetV2's 8 x 112 x 112 x 32 output gradient took 7.9-10.6
+    ms, now 1.5, on two Zen 4 threads).
     Each task owns blocks[g, b, n].
     """
     groups, count, n_, p_, lanes = blocks.shape
     kg = a.shape[1] // groups
+    pixel_runs = a.strides[1] == a.itemsize
     for task in prange(groups * count * n_):
         g, b, n = task // (count * n_), task // n_ % count, task % n_
         k0 = g * kg + b * lanes
         used = min(lanes, kg - b * lanes)
         out = blocks[g, b, n]
+        if pixel_runs:
+            for p in range(p_):
+                run = a[n, k0:k0 + used, p]
+                for v in range(used):
+                    out[p, v] = run[v]
+                for v in range(used, lanes):
+                    out[p, v] = 0
+            continue
         for v in range(lanes):
             if v < used:
                 for p in range(p_):

@@ -311,7 +311,8 @@ def _lane_blocks(a, groups):
     """(G, B, N, P, lanes) of a (N, K, P) array: each group's K/groups channels in blocks of the
     register tile's width (conv_blocked.lanes), zero past the group's last, the channel
     innermost. By VECTOR x VECTOR transposes where a's planes are C-contiguous (NCHW:
-    kernels/layout.py's dense_channel_blocks), else element by element (channel_blocks)."""
+    kernels/layout.py's dense_channel_blocks), else element by element (channel_blocks: an
+    NHWC gy a pixel's run of channels at a time)."""
     n, k, p = a.shape
     lanes = conv_blocked.lanes(k // groups)
     blocks = driver.empty(np, (groups, -(-k // groups // lanes), n, p, lanes), a.dtype)
