@@ -205,3 +205,19 @@ def aligned_zeros(size, dtype):
     raw = np.zeros(size + LINE_BYTES, dtype)
     skip = (-raw.ctypes.data) % LINE_BYTES // raw.itemsize
     return raw[skip:skip + size]
+
+
+@njit(inline="always", cache=True)
+def valid_range(offset, stride, size, out_size):
+    """The indices o in [lo, lo + count) with 0 <= o * stride + offset < size, o < out_size
+    (stride > 0), and the cell ``first`` of o = lo: the outputs a tap reaches inside the input,
+    or the taps of a window that lie inside it.
+
+    All three are clamped to >= 0: Numba wraps negative indices, and only an index LLVM can
+    prove non-negative (a clamped base plus a loop counter from 0) loses that check and lets
+    the inner loop vectorise. ``lo`` may exceed ``out_size`` (a tap in the padding of every
+    output; ``count`` is then 0): a caller looping up to ``lo`` clips it.
+    """
+    lo = max(0, (stride - 1 - offset) // stride)
+    hi = min(out_size, (size - 1 - offset) // stride + 1)
+    return lo, max(0, hi - lo), max(0, lo * stride + offset)

@@ -30,7 +30,15 @@ wraparound folds away.
 import numpy as np
 from numba import carray, njit, prange
 
-from . import CPU_KERNEL, LINE_BYTES, VECTOR_LANES, aligned_zeros, prefetch, stack_array
+from . import (
+    CPU_KERNEL,
+    LINE_BYTES,
+    VECTOR_LANES,
+    aligned_zeros,
+    prefetch,
+    stack_array,
+    valid_range,
+)
 from .activation import activate
 from .tile_fmas import lane_fmas
 from .vector_moves import move_run, transpose_block
@@ -346,6 +354,15 @@ def depthwise_planes_weight(x, h_, w_, x_channel, x_pixel, sources, rows, cols, 
             _weight_sums(buf, grad, taps, total, i1 - i0, ow_, width)
 
 
+@njit(inline="always", cache=True)
+def _inside(offset, step, size, count):
+    """(lo, hi): the indices lo <= o < hi of o < count whose cell offset + o * step lies
+    inside 0 <= cell < size (none: lo == hi): a window's taps inside the image, or the output
+    columns whose taps all do."""
+    lo, inside, _ = valid_range(offset, step, size, count)
+    return lo, lo + inside
+
+
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
 def _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s0, s1, s_,
                columns_, bias, yn, out, out_step, tiles, channels, ahead, ahead_rows,
@@ -420,9 +437,7 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
     y_origin, y_row, y_col = y_places
     step, out_step = np.uint64(sw * c_), np.uint64(y_col)
     row_step, column_step = np.uint64(dh * w_ * c_), np.uint64(dw * c_)
-    # the columns whose taps all lie inside: j_lo <= j < j_hi
-    j_lo = min(ow_, max(0, -(-left // sw)))
-    j_hi = max(j_lo, min(ow_, (w_ - 1 - (s_ - 1) * dw + left) // sw + 1))
+    j_lo, j_hi = _inside(-left, sw, w_ - (s_ - 1) * dw, ow_)  # columns whose taps lie inside
     # the inside columns in tiles from j_lo: of PIXELS (the last moved back to end at j_hi
     # where more than HALF_PIXELS columns are left for it), then of HALF_PIXELS; columns by
     # the padding, and rows of fewer than HALF_PIXELS inside, take one-pixel tiles
@@ -440,10 +455,10 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
         n, i = task // oh_, task % oh_
         xn, yn = x[n], y[n]
         top_row = i * sh - top
-        r0 = min(r_, max(0, -(top_row // dh)))  # the window rows inside: r0 <= r < r1
-        r1 = max(r0, min(r_, (h_ - 1 - top_row) // dh + 1))
+        r0, r1 = _inside(top_row, dh, h_, r_)  # the window rows inside: r0 <= r < r1
         row_at = top_row * w_ * c_  # negative above the image: the rows from r0 add to it
         out_row = y_origin + i * y_row
+        out_first = np.uint64(out_row + j_lo * y_col)  # the first inside column's output
         # the rows the next output row reads first: fetched while this one's tiles run
         ahead_row = top_row + (r_ - 1) * dh + 1
         ahead_rows = max(0, min(sh, h_ - ahead_row)) if ahead_row >= 0 else 0
@@ -451,12 +466,12 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
         first, ahead = row_at + column, ahead_row * w_ * c_ + column
         if wholes > 0:
             _row_tiles(xn, np.uint64(first), step, row_step, column_step, filters, b_, r0, r1,
-                       0, s_, s_, 3 if s_ == 3 else 0, bias, yn, np.uint64(out_row + j_lo * y_col),
+                       0, s_, s_, 3 if s_ == 3 else 0, bias, yn, out_first,
                        out_step, tiles, c_, np.uint64(ahead), ahead_rows, np.uint64(w_ * c_),
                        PIXELS)
         if halves > 0:
             _row_tiles(xn, np.uint64(first), step, row_step, column_step, filters, b_, r0, r1,
-                       0, s_, s_, 3 if s_ == 3 else 0, bias, yn, np.uint64(out_row + j_lo * y_col),
+                       0, s_, s_, 3 if s_ == 3 else 0, bias, yn, out_first,
                        out_step, half, c_, np.uint64(ahead), ahead_rows, np.uint64(w_ * c_),
                        HALF_PIXELS)
         for j in range(ow_):
@@ -464,8 +479,7 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
                 continue
             # a column by the padding: a tile of one pixel, of the taps inside, s0 <= s < s1
             first_col = j * sw - left
-            s0 = min(s_, max(0, -(first_col // dw)))
-            s1 = max(s0, min(s_, (w_ - 1 - first_col) // dw + 1))
+            s0, s1 = _inside(first_col, dw, w_, s_)
             _row_tiles(xn, np.uint64(row_at + first_col * c_), step, row_step, column_step,
                        filters, b_, r0, r1, s0, s1, s_, 0, bias, yn,
                        np.uint64(out_row + j * y_col), out_step, ONE_TILE, c_, np.uint64(0), 0,
@@ -491,7 +505,7 @@ def _weight_fmas(acc, xn, at, offsets, inside, row, gyn, g_at):
 
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
-def _rows_weight_sums(xn, gyn, i0, i1, t0, h_, w_, oh_, ow_, j_lo, j_hi, window, stride,
+def _rows_weight_sums(xn, gyn, i0, i1, t0, h_, w_, ow_, j_lo, j_hi, window, stride,
                       dilation, top, left, ahead, total):
     """total[b, t0 + t, v] += the sum over the output rows i0 <= i < i1 and their columns j of
     gy[i, j, b * VECTOR + v] * the input tap t0 + t reads, for every channel block b, float32
@@ -518,8 +532,7 @@ def _rows_weight_sums(xn, gyn, i0, i1, t0, h_, w_, oh_, ow_, j_lo, j_hi, window,
     inside = np.empty((rows * (edge_columns + 1), TAPS), np.uint64)
     for row in range(rows):
         top_row = (i0 + row) * sh - top
-        r0 = min(r_, max(0, -(top_row // dh)))  # the window rows inside: r0 <= r < r1
-        r1 = max(r0, min(r_, (h_ - 1 - top_row) // dh + 1))
+        r0, r1 = _inside(top_row, dh, h_, r_)  # the window rows inside: r0 <= r < r1
         first_row = top_row + r0 * dh if r1 > r0 else 0
         firsts[row] = np.uint64(max(0, (first_row * w_ + j_lo * sw - left) * c_))
         for e in range(edge_columns + 1):
@@ -598,8 +611,7 @@ def depthwise_nhwc_weight_rows(x, h_, w_, gy, oh_, ow_, window, stride, dilation
     s_, sw, dw = window[1], stride[1], dilation[1]
     bands = (oh_ + band - 1) // band
     batches = (n_ + images - 1) // images
-    j_lo = min(ow_, max(0, -(-left // sw)))  # the columns whose taps all lie inside
-    j_hi = max(j_lo, min(ow_, (w_ - 1 - (s_ - 1) * dw + left) // sw + 1))
+    j_lo, j_hi = _inside(-left, sw, w_ - (s_ - 1) * dw, ow_)  # columns whose taps lie inside
     summed = max(1, SUMMED_PIXELS // ow_)  # rows summed in float32
     for task in prange(batches * bands):
         batch, chunk = task // bands, task % bands
@@ -610,6 +622,6 @@ def depthwise_nhwc_weight_rows(x, h_, w_, gy, oh_, ow_, window, stride, dilation
             for i0 in range(chunk * band, i1, summed):
                 for t0 in range(0, t_, TAPS):
                     end = min(i1, i0 + summed)
-                    _rows_weight_sums(x[n], gy[n], i0, end, t0, h_, w_, oh_, ow_, j_lo, j_hi,
+                    _rows_weight_sums(x[n], gy[n], i0, end, t0, h_, w_, ow_, j_lo, j_hi,
                                       window, stride, dilation, top, left,
                                       min(i1, end + summed) if t0 + TAPS >= t_ else end, total)

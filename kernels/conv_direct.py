@@ -2,7 +2,7 @@
 
 Index names: n batch, c input channel (ci its global index), k output channel, (oh, ow) output
 pixel, (r, s) kernel tap, (ih, iw) input pixel. A tap reads the input at
-``ih = oh * sh - pt + r * dh`` and ``iw = ow * sw - pl + s * dw``; ``_valid_range`` clips an
+``ih = oh * sh - pt + r * dh`` and ``iw = ow * sw - pl + s * dw``; ``valid_range`` clips an
 output row to the columns whose tap lands inside the input, so inner loops carry no branch.
 
 What makes the inner loops vectorise (several times faster where they do):
@@ -15,7 +15,7 @@ inside a parallel loop costs an atomic reference count. Accumulators keep the ar
 import numpy as np
 from numba import carray, njit, prange
 
-from . import CPU_KERNEL, VECTOR_LANES, stack_array
+from . import CPU_KERNEL, VECTOR_LANES, stack_array, valid_range
 from .activation import activate
 
 # Output channels per task in the NCHW forward: the task's planes stay in L1/L2 while every tap
@@ -27,21 +27,6 @@ VECTOR = VECTOR_LANES
 UVECTOR = np.uint64(VECTOR)  # an unsigned loop counter: see the kernel
 CHANNELS, ROWS = 6, 2
 TILE_ROWS = CHANNELS * ROWS  # a literal for stack_array
-
-
-@njit(inline="always", cache=True)
-def _valid_range(offset, stride, size, out_size):
-    """The outputs o in [lo, lo + count) with 0 <= o * stride + offset < size, and the input
-    index ``first`` of o = lo.
-
-    All three are clamped to >= 0: Numba wraps negative indices, and only an index LLVM can
-    prove non-negative (a clamped base plus a loop counter from 0) loses that check and lets
-    the inner loop vectorise. ``lo`` may exceed ``out_size`` (a tap in the
-    padding of every output; ``count`` is then 0): a caller looping up to ``lo`` clips it.
-    """
-    lo = max(0, (stride - 1 - offset) // stride)
-    hi = min(out_size, (size - 1 - offset) // stride + 1)
-    return lo, max(0, hi - lo), max(0, lo * stride + offset)
 
 
 @njit(inline="always", cache=True)
@@ -76,9 +61,9 @@ def conv2d_forward_nchw(x, w, b, y, sh, sw, pt, pl, dh, dw, groups, act):
         for c in range(cg):
             ci = g * cg + c
             for r in range(r_):
-                oh0, rows, ih0 = _valid_range(r * dh - pt, sh, h_, oh_)
+                oh0, rows, ih0 = valid_range(r * dh - pt, sh, h_, oh_)
                 for s in range(s_):
-                    ow0, cols, iw0 = _valid_range(s * dw - pl, sw, w_, ow_)
+                    ow0, cols, iw0 = valid_range(s * dw - pl, sw, w_, ow_)
                     for k in range(k0, k1):
                         wv = w[k, c, r, s]
                         for i in range(rows):
@@ -115,8 +100,8 @@ def conv2d_forward_nchw_unit_stride(x, w, b, y, pt, pl, dh, dw, groups, act):
     oh_, ow_ = y.shape[2], y.shape[3]
     hp, wp = oh_ + (r_ - 1) * dh, ow_ + (s_ - 1) * dw
     span = (oh_ - 1) * wp + ow_
-    row0, rows, ih0 = _valid_range(-pt, 1, h_, hp)
-    col0, cols, iw0 = _valid_range(-pl, 1, w_, wp)
+    row0, rows, ih0 = valid_range(-pt, 1, h_, hp)
+    col0, cols, iw0 = valid_range(-pl, 1, w_, wp)
     kg = k_ // groups
     blocks = (kg + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
     for task in prange(n_ * groups * blocks):
@@ -274,9 +259,9 @@ def conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups):
                 gx[n, ci, ih, iw] = 0
         for k in range(g * kg, (g + 1) * kg):
             for r in range(r_):
-                oh0, rows, ih0 = _valid_range(r * dh - pt, sh, h_, oh_)
+                oh0, rows, ih0 = valid_range(r * dh - pt, sh, h_, oh_)
                 for s in range(s_):
-                    ow0, cols, iw0 = _valid_range(s * dw - pl, sw, w_, ow_)
+                    ow0, cols, iw0 = valid_range(s * dw - pl, sw, w_, ow_)
                     wv = w[k, c, r, s]
                     for i in range(rows):
                         ih = ih0 + i * sh
@@ -308,9 +293,9 @@ def conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
         k, c = task // cg, task % cg
         ci = k // kg * cg + c
         for r in range(r_):
-            oh0, rows, ih0 = _valid_range(r * dh - pt, sh, h_, oh_)
+            oh0, rows, ih0 = valid_range(r * dh - pt, sh, h_, oh_)
             for s in range(s_):
-                ow0, cols, iw0 = _valid_range(s * dw - pl, sw, w_, ow_)
+                ow0, cols, iw0 = valid_range(s * dw - pl, sw, w_, ow_)
                 acc = 0.0
                 for n in range(n_):
                     for i in range(rows):

@@ -13,9 +13,8 @@ Index names and the clipped-range idiom follow conv_direct.
 
 from numba import njit, prange
 
-from . import CPU_KERNEL
+from . import CPU_KERNEL, valid_range
 from .activation import activate
-from .conv_direct import _valid_range
 from .gemm import gemm_plane
 
 
@@ -40,10 +39,10 @@ def _channel_columns(x, n, c, cols, slot, oh_lo, oh_, r_, s_, sh, sw, pt, pl, dh
     h_, w_ = x.shape[2], x.shape[3]
     rows_here, ow_ = cols.shape[2], cols.shape[3]
     for r in range(r_):
-        oh0, rows, ih0 = _valid_range(r * dh - pt, sh, h_, oh_)
+        oh0, rows, ih0 = valid_range(r * dh - pt, sh, h_, oh_)
         for s in range(s_):
             row = (c * r_ + r) * s_ + s
-            ow0, count, iw0 = _valid_range(s * dw - pl, sw, w_, ow_)
+            ow0, count, iw0 = valid_range(s * dw - pl, sw, w_, ow_)
             for k in range(rows_here):
                 i = oh_lo + k - oh0
                 if i < 0 or i >= rows:
@@ -149,12 +148,12 @@ def _add_channel_columns(cols, slot, oh_lo, oh_, gx, n, c, r_, s_, sh, sw, pt, p
     h_, w_ = gx.shape[2], gx.shape[3]
     rows_here, ow_ = cols.shape[2], cols.shape[3]
     for r in range(r_):
-        oh0, rows, ih0 = _valid_range(r * dh - pt, sh, h_, oh_)
+        oh0, rows, ih0 = valid_range(r * dh - pt, sh, h_, oh_)
         # the tap's valid output rows that fall in this block of rows
         lo, hi = max(oh0, oh_lo), min(oh0 + rows, oh_lo + rows_here)
         for s in range(s_):
             row = (c * r_ + r) * s_ + s
-            ow0, count, iw0 = _valid_range(s * dw - pl, sw, w_, ow_)
+            ow0, count, iw0 = valid_range(s * dw - pl, sw, w_, ow_)
             for oh in range(lo, hi):
                 ih = ih0 + (oh - oh0) * sh
                 k = oh - oh_lo

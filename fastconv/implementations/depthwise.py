@@ -126,16 +126,17 @@ def _output_places(oh, ow):
     return np.stack([np.zeros(oh, np.int64), np.arange(oh)], axis=1), np.arange(ow)
 
 
-def _in_place(g, up, stride, width):
+def _in_place(g, up, stride, width, weights):
     """Whether kernels.depthwise_nhwc_rows serves a correlation of a source whose pixels lie
-    ``up`` apart, at ``stride``, into rows ``width`` wide: NHWC, one output channel an input
-    channel, the channels whole vectors, the source as it lies (the forward's x, a stride-1
-    layer's output gradient), and rows as wide as a tile or strided. A stride-1 layer's rows
+    ``up`` apart, at ``stride``, into rows ``width`` wide, with ``weights``: NHWC, one output
+    channel an input channel, the channels whole vectors, the source as it lies (the forward's
+    x, a stride-1 layer's output gradient), finite weights (:func:`_finite`), and rows as wide
+    as a tile or strided. A stride-1 layer's rows
     narrower than a tile take depthwise_planes, whose tiles run across a plane's rows: 0.27 /
     0.18 ms against 0.34 / 0.23 in place on MobileNetV2's 8 x 960 x 7 x 7 layer (one / two Zen
     4 threads), where its 14 x 14 stride-2 one ran 1.06-1.11x faster in place
     (benchmarks/results/cpu-nhwc.md)."""
-    return (_whole_vectors_nhwc(g) and tuple(up) == (1, 1)
+    return (_whole_vectors_nhwc(g) and tuple(up) == (1, 1) and _finite(weights)
             and (width >= kernels.PIXELS or tuple(stride) != (1, 1)))
 
 
@@ -143,6 +144,13 @@ def _whole_vectors_nhwc(g):
     """Whether the layer is NHWC with one output channel an input channel and its channels
     whole vectors: its operands' pixels then hold whole vectors of lanes, read in place."""
     return g.layout == "NHWC" and g.K == g.C and g.C % VECTOR == 0
+
+
+def _finite(weights):
+    """Whether the filters may be read in place: a non-finite filter value meets the padding's
+    zeros in PyTorch (a NaN), which the in-place kernels never read, so such filters go
+    through depthwise_planes' zeroed buffers."""
+    return np.isfinite(weights).all()
 
 
 def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activation):
@@ -154,9 +162,7 @@ def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activat
     n, _, h, w = nchw_view(a, g.layout).shape
     blocks, subs = sources.shape[0], sources.shape[1]
     k, oh, ow = out_shape
-    # a non-finite filter value meets the padding's zeros in PyTorch (a NaN), which the
-    # in-place kernel never reads: such filters go through the buffers' zeros
-    if _in_place(g, up, stride, ow) and np.isfinite(weights).all():
+    if _in_place(g, up, stride, ow, weights):
         filters = np.ascontiguousarray(weights.reshape(k, -1).T, a.dtype)  # (taps, channels)
         out = driver.empty(np, (n, oh, ow, k), a.dtype)
         driver.cpu_call(kernels.depthwise_nhwc_rows, _work(g, out.size), a.reshape(n, -1), h, w,
@@ -197,8 +203,7 @@ def backward_input(g, gy, w):
     """gx = dL/dx: the output gradient placed ``stride`` apart and correlated at stride 1 with
     the flipped filters, input channel c summing its m output channels c * m + j; or, for a
     strided NHWC layer read in place, phase by phase (:func:`_phase_correlations`)."""
-    if (_whole_vectors_nhwc(g) and g.stride != (1, 1) and g.dilation == (1, 1)
-            and np.isfinite(w).all()):  # as _correlate's in-place path
+    if _whole_vectors_nhwc(g) and g.stride != (1, 1) and g.dilation == (1, 1) and _finite(w):
         return _phase_correlations(g, gy, w)
     m, blocks = g.K // g.C, _blocks(g.C)
     (dh, dw) = g.dilation
