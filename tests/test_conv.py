@@ -317,7 +317,8 @@ def test_nhwc_layer_runs_on_channel_block_images(c, groups, k, stride, dilation,
     """An NHWC layer of a vector's channels or more is padded into channel-block images
     (embed_channel_blocks) and takes conv2d_forward_rows' tiles a block (stride 1) or two
     apart, rows of 7 to 16 outputs; its input gradient reads gy so, its weight gradient x:
-    each against the float64 reference and PyTorch."""
+    each against the float64 reference and PyTorch; a strided layer's input gradient writes
+    its phases into gx where they lie."""
     _threads(monkeypatch, parallel)
     rng = np.random.default_rng(c + k)
     for width in (15, 31):
@@ -336,6 +337,8 @@ def test_nhwc_layer_runs_on_channel_block_images(c, groups, k, stride, dilation,
                                for name in rows)), ran
     gy = random(rng, y.shape, dtype)
     gx = ops.conv2d_backward_input(gy, w, x.shape, algo="blocked", **kwargs)
+    # a strided layer's phases written into gx's pixels where they lie, not merged afterwards
+    assert "merge_phases" not in [kernel.py_func.__name__ for kernel, _ in cpu_calls]
     gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="blocked", **kwargs)
     oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
 
