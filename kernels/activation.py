@@ -4,6 +4,7 @@ kernels/cuda_device.py (from ``activate.py_func``)."""
 
 import math
 
+import numpy as np
 from numba import njit
 
 NONE, RELU, TANH, SIGMOID = 0, 1, 2, 3
@@ -44,3 +45,23 @@ def slope(y, code, dtype):
     if code == SIGMOID:
         return y * (one - y)
     return one
+
+
+@njit(inline="always", cache=True)
+def activate_run(a, first, count, step, code):
+    """a[first + q * step] = activate(a[first + q * step], code) for q < ``count``: the code
+    tested once, each loop compiled for one literal code with unsigned indices, so its body
+    has no branch on the code nor Numba's wraparound of a negative index, and a ReLU's loop
+    vectorises. The code tested in the loop, signed indices, kept it scalar: a ReLU took 5.0
+    ms of MobileNetV2's 8 x 576 x 14 x 14 depthwise layer's forward, whose multiply-adds took
+    0.46 (one Zen 4 thread); 0.9 M ReLUs in runs of 576, 0.46 ms so, 0.04 vectorised."""
+    at, step_ = np.uint64(first), np.uint64(step)
+    if code == RELU:
+        for q in range(np.uint64(count)):
+            a[at + q * step_] = activate(a[at + q * step_], RELU, a.dtype)
+    elif code == TANH:
+        for q in range(np.uint64(count)):
+            a[at + q * step_] = activate(a[at + q * step_], TANH, a.dtype)
+    elif code == SIGMOID:
+        for q in range(np.uint64(count)):
+            a[at + q * step_] = activate(a[at + q * step_], SIGMOID, a.dtype)

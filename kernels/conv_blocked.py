@@ -28,7 +28,7 @@ import numpy as np
 from numba import carray, njit, prange
 
 from . import CPU_KERNEL, VECTOR_LANES, stack_array
-from .activation import activate
+from .activation import activate_run
 from .tile_fmas import broadcast_fmas
 from .variants import variant
 from .vector_moves import move_rows, transpose_block
@@ -203,14 +203,10 @@ def _activate_pixels(yn, act, y_origin, k0, used, p0, p1, ow_, y_channel, y_row,
         run = y_origin + p // ow_ * y_row + p % ow_ * y_col
         if y_channel == 1:
             for j in range(count):
-                at = run + j * y_col + k0
-                for v in range(used):
-                    yn[at + v] = activate(yn[at + v], act, yn.dtype)
+                activate_run(yn, run + j * y_col + k0, used, 1, act)
         else:
             for k in range(k0, k0 + used):
-                at = run + k * y_channel
-                for j in range(count):
-                    yn[at + j * y_col] = activate(yn[at + j * y_col], act, yn.dtype)
+                activate_run(yn, run + k * y_channel, count, y_col, act)
         p += count
 
 

@@ -39,7 +39,7 @@ from . import (
     stack_array,
     valid_range,
 )
-from .activation import activate
+from .activation import activate_run
 from .tile_fmas import lane_fmas
 from .vector_moves import move_run, transpose_block
 
@@ -265,9 +265,7 @@ def depthwise_planes(x, h_, w_, x_channel, x_pixel, sources, rows, cols, plane, 
                 _tiles(buf, out, ws, taps, bias, k0, used, (i1 - i0) * width, 0, 0)
             # the activation in a pass of its own, in cache (in the tiles it pushes the tile
             # out of the registers: conv_blocked.py)
-            if act != 0:
-                for q in range((i1 - i0) * width * VECTOR):
-                    out[q] = activate(out[q], act, y.dtype)
+            activate_run(out, 0, (i1 - i0) * width * VECTOR, 1, act)
             _move_out(out, yn, k0, used, y_channel, y_pixel, q0, out_places, spots)
 
 
@@ -484,10 +482,8 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
                        filters, b_, r0, r1, s0, s1, s_, 0, bias, yn,
                        np.uint64(out_row + j * y_col), out_step, ONE_TILE, c_, np.uint64(0), 0,
                        np.uint64(0), 1)
-        if act != 0:
-            for j in range(ow_):
-                for q in range(out_row + j * y_col, out_row + j * y_col + c_):
-                    yn[q] = activate(yn[q], act, y.dtype)
+        for j in range(ow_):
+            activate_run(yn, out_row + j * y_col, c_, 1, act)
 
 
 @njit(inline="always", cache=True)

@@ -298,6 +298,17 @@ def test_depthwise_nhwc_rows_are_packed_fmas_on_this_machine(monkeypatch):
         conv_depthwise.PIXELS + conv_depthwise.HALF_PIXELS + 1)
 
 
+@pytest.mark.parametrize("kernel", ["depthwise_planes", "depthwise_nhwc_rows"])
+def test_depthwise_activation_pass_is_packed_on_this_machine(kernel, monkeypatch):
+    """The depthwise kernels' activation pass (kernels/activation.py's activate_run): a ReLU's
+    loop compiled for its code alone, with unsigned indices, compares whole vectors. Seen on
+    this project's AVX-512 Zen 4: packed vcmpgeps on zmm and ymm; with the code tested in the
+    loop and signed indices none, and a ReLU took ten times the multiply-adds' time."""
+    from fastconv.kernels import conv_depthwise
+    asm = _float32_asm(getattr(conv_depthwise, kernel), monkeypatch)
+    assert re.search(r"vcmp\w*ps\s[^\n]*%[xyz]mm", asm), "no packed compare"
+
+
 def test_depthwise_nhwc_weight_rows_are_packed_fmas_on_this_machine(monkeypatch):
     """depthwise_nhwc_weight_rows' register tile (TAPS taps x a vector of channels, read from
     the NHWC image and gradient as they lie), for a row's inside columns and for its edge
