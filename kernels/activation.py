@@ -1,6 +1,7 @@
 """The activation epilogue every conv and batch norm kernel ends with, and its slope for their
 backward: scalar code written once, compiled inline for the CPU here and for the GPU by
-kernels/cuda_device.py (from ``activate.py_func``)."""
+kernels/cuda_device.py (from ``activate.py_func``); and activate_run, the CPU kernels' pass of
+it over a run of an array."""
 
 import math
 
