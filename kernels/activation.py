@@ -51,18 +51,21 @@ def slope(y, code, dtype):
 @njit(inline="always", cache=True)
 def activate_run(a, first, count, step, code):
     """a[first + q * step] = activate(a[first + q * step], code) for q < ``count``: the code
-    tested once, each loop compiled for one literal code with unsigned indices, so its body
-    has no branch on the code nor Numba's wraparound of a negative index, and a ReLU's loop
-    vectorises. The code tested in the loop, signed indices, kept it scalar: a ReLU took 5.0
-    ms of MobileNetV2's 8 x 576 x 14 x 14 depthwise layer's forward, whose multiply-adds took
-    0.46 (one Zen 4 thread); 0.9 M ReLUs in runs of 576, 0.46 ms so, 0.04 vectorised."""
-    at, step_ = np.uint64(first), np.uint64(step)
+    tested once, and each branch runs _run for one literal code with unsigned indices, so its
+    loop has no branch on the code nor Numba's wraparound of a negative index, and a ReLU's
+    loop vectorises. The code tested in the loop, signed indices, kept it scalar: a ReLU took
+    5.0 ms of MobileNetV2's 8 x 576 x 14 x 14 depthwise layer's forward, whose multiply-adds
+    took 0.46 (one Zen 4 thread); 0.9 M ReLUs in runs of 576, 0.46 ms so, 0.04 vectorised."""
     if code == RELU:
-        for q in range(np.uint64(count)):
-            a[at + q * step_] = activate(a[at + q * step_], RELU, a.dtype)
+        _run(a, first, count, step, RELU)
     elif code == TANH:
-        for q in range(np.uint64(count)):
-            a[at + q * step_] = activate(a[at + q * step_], TANH, a.dtype)
+        _run(a, first, count, step, TANH)
     elif code == SIGMOID:
-        for q in range(np.uint64(count)):
-            a[at + q * step_] = activate(a[at + q * step_], SIGMOID, a.dtype)
+        _run(a, first, count, step, SIGMOID)
+
+
+@njit(inline="always", cache=True)
+def _run(a, first, count, step, code):
+    at, step_ = np.uint64(first), np.uint64(step)
+    for q in range(np.uint64(count)):
+        a[at + q * step_] = activate(a[at + q * step_], code, a.dtype)

@@ -482,8 +482,9 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
                        filters, b_, r0, r1, s0, s1, s_, 0, bias, yn,
                        np.uint64(out_row + j * y_col), out_step, ONE_TILE, c_, np.uint64(0), 0,
                        np.uint64(0), 1)
-        for j in range(ow_):
-            activate_run(yn, out_row + j * y_col, c_, 1, act)
+        if act != 0:
+            for j in range(ow_):
+                activate_run(yn, out_row + j * y_col, c_, 1, act)
 
 
 @njit(inline="always", cache=True)

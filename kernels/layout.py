@@ -128,52 +128,36 @@ def _phase_row(starts, i, sigma, h_, w_):
 @njit(**CPU_KERNEL)
 def merge_phases(phases, starts, x):
     """x[n, c, i * SH + rho, j * SW + sigma] = phase (rho, sigma)'s cell (n, c, i, j): a strided
-    layer's input gradient, computed phase by phase into planes of their own, put together.
+    NCHW layer's input gradient, computed phase by phase into planes of their own, put
+    together (an NHWC layer's phases go into its gradient where they lie: a pixel's channels
+    are a vector there; fastconv/implementations/conv2d.py).
 
     Layout: phases (N, Y), each image flat: phase (rho, sigma) from starts[rho, sigma] (SH x
     SW int64), NCHW, C planes of ceil((H - rho) / SH) x ceil((W - sigma) / SW); x (N, C, H, W)
-    NCHW-indexed, any strides (NHWC as a view). Loop order: images n in parallel, then x's
-    memory order: channels, rows, each phase's columns of a row (read contiguously) where the
-    channel stride is the larger (NCHW); else rows, phases' columns, channels (NHWC). Each task
-    owns x[n].
+    C-contiguous. Loop order: images n in parallel, then x's memory order: channels, rows,
+    each phase's columns of a row, read contiguously (stride 2 on an even width: the two
+    phases' rows interleaved a vector at a time). Each task owns x[n].
     """
     n_, c_, h_, w_ = x.shape
     sw = starts.shape[1]
-    planes = x.strides[1] >= x.strides[2]
     pairs = sw == 2 and w_ % 2 == 0
-    size = x.itemsize
-    image_, channel_, row_ = x.strides[0] // size, x.strides[1] // size, x.strides[2] // size
-    rows = x.strides[3] == size  # x's rows contiguous: the pairs interleaved by vectors
     for n in prange(n_):
         source = phases[n]
-        if planes:
-            for c in range(c_):
-                for i in range(h_):
-                    if pairs:  # the two phases' columns together
-                        even, plane, width = _phase_row(starts, i, 0, h_, w_)
-                        odd = _phase_row(starts, i, 1, h_, w_)[0]
-                        if rows:
-                            at = n * image_ + c * channel_ + i * row_
-                            for j in range(0, width, VECTOR):
-                                interleave_run(source, np.uint64(even + c * plane + j),
-                                               np.uint64(odd + c * plane + j), x,
-                                               np.uint64(at + 2 * j), min(VECTOR, width - j))
-                            continue
-                        for j in range(width):
-                            x[n, c, i, 2 * j] = source[even + c * plane + j]
-                            x[n, c, i, 2 * j + 1] = source[odd + c * plane + j]
-                        continue
-                    for sigma in range(sw):
-                        first, plane, width = _phase_row(starts, i, sigma, h_, w_)
-                        for j in range(width):
-                            x[n, c, i, j * sw + sigma] = source[first + c * plane + j]
-        else:
+        for c in range(c_):
             for i in range(h_):
+                at = ((n * c_ + c) * h_ + i) * w_
+                if pairs:
+                    even, plane, width = _phase_row(starts, i, 0, h_, w_)
+                    odd = _phase_row(starts, i, 1, h_, w_)[0]
+                    for j in range(0, width, VECTOR):
+                        interleave_run(source, np.uint64(even + c * plane + j),
+                                       np.uint64(odd + c * plane + j), x,
+                                       np.uint64(at + 2 * j), min(VECTOR, width - j))
+                    continue
                 for sigma in range(sw):
                     first, plane, width = _phase_row(starts, i, sigma, h_, w_)
                     for j in range(width):
-                        for c in range(c_):
-                            x[n, c, i, j * sw + sigma] = source[first + c * plane + j]
+                        x[n, c, i, j * sw + sigma] = source[first + c * plane + j]
 
 
 @njit(**CPU_KERNEL)

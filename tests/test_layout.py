@@ -1,7 +1,7 @@
 """The layout moves of kernels/layout.py, parallel and serial, against NumPy: embed (padding,
 and the transposed convolution's spread-out gradient, in both layouts), embed_channel_blocks
-(NHWC padded into blocks of channels), merge_phases (a strided layer's input gradient put
-together from its phases, in both layouts), channel_blocks and filter_blocks (channels in
+(NHWC padded into blocks of channels), merge_phases (a strided NCHW layer's input gradient
+put together from its phases), channel_blocks and filter_blocks (channels in
 blocks of a register tile's width, groups, zero lanes) and phase_filter_blocks and
 phase_filter_blocks_hwio (a strided layer's filters, OIHW or HWIO, into its input-gradient
 phases) and taps_outermost (OIHW filters to HWIO), on poisoned outputs and inputs of any
@@ -293,14 +293,13 @@ def test_streaming_kernels_count_their_cells_as_moves(cpu_calls):
 @given(n=st.integers(1, 3), c=st.integers(1, 5), h=st.integers(1, 9),
        w=st.one_of(st.integers(1, 20), st.integers(30, 70)),
        stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       layout_=st.sampled_from(["NCHW", "NHWC"]), dtype=st.sampled_from(FLOATS),
-       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_merge_phases_puts_a_strided_layers_phases_together(n, c, h, w, stride, layout_, dtype,
-                                                           parallel, seed):
+       dtype=st.sampled_from(FLOATS), parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_merge_phases_puts_a_strided_layers_phases_together(n, c, h, w, stride, dtype, parallel,
+                                                           seed):
     """Each phase's NCHW planes, one after another in each image, land on their strided
-    sub-grid of x, in either layout, every cell written (x starts poisoned); odd and even
-    widths (the paired path of stride 2 takes even ones, NCHW's by vectors: phase rows of
-    whole vectors and of partial ones)."""
+    sub-grid of x, every cell written (x starts poisoned); odd and even widths (the paired
+    path of stride 2 takes even ones, by vectors: phase rows of whole vectors and of partial
+    ones)."""
     rng = np.random.default_rng(seed)
     want = random(rng, (n, c, h, w), dtype)
     sh, sw = stride
@@ -310,8 +309,7 @@ def test_merge_phases_puts_a_strided_layers_phases_together(n, c, h, w, stride, 
     starts = (np.cumsum(sizes) - sizes.reshape(-1)).reshape(sizes.shape)
     phases = np.concatenate([p for row in planes for p in row], axis=1)
     before = phases.copy()
-    x = np.full((n, c, h, w) if layout_ == "NCHW" else (n, h, w, c), np.nan, dtype)
-    view = x if layout_ == "NCHW" else x.transpose(0, 3, 1, 2)
-    _kernel(layout.merge_phases, parallel)(phases, starts, view)
-    np.testing.assert_array_equal(view, want)
+    x = np.full((n, c, h, w), np.nan, dtype)
+    _kernel(layout.merge_phases, parallel)(phases, starts, x)
+    np.testing.assert_array_equal(x, want)
     np.testing.assert_array_equal(phases, before)

@@ -521,10 +521,10 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     receive gy through the taps (r, s) with (ih + top - r * dh) and (iw + left - s * dw)
     divisible by the strides, each phase a stride-1 convolution of gy (padded once for all)
     by the forward's kernels, channels trading places: a stride-1 layer's one phase written
-    into gx, a strided layer's phases into planes of their own, then merged into gx (see
-    below). A stride-s layer costs its own multiply-adds (gy spread out by the stride, zeros
-    between its pixels, would cost s^2 times them). Non-finite filters go to the exact
-    kernel, as in _transposed."""
+    into gx, a strided NCHW layer's phases into planes of their own, then merged into gx, a
+    strided NHWC layer's into gx where they lie (see below). A stride-s layer costs its own
+    multiply-adds (gy spread out by the stride, zeros between its pixels, would cost s^2
+    times them). Non-finite filters go to the exact kernel, as in _transposed."""
     rows = _phases(g.H, g.stride[0], g.dilation[0], g.padding[0], g.R)
     cols = _phases(g.W, g.stride[1], g.dilation[1], g.padding[2], g.S)
     phase_filters = _input_gradient_filters(g, w)
@@ -545,12 +545,13 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     # phases go straight into gx: a pixel's channels are a vector store, and merging NCHW
     # planes into NHWC pixels (a transpose) took half of ResNeXt's 8 x 56 x 56 x 256 stride-2
     # input gradient (5.96 of 12.6 ms, two Zen 4 threads)
-    sizes = np.array([[g.C * oh * ow for _, _, ow in cols] for _, _, oh in rows], np.int64)
-    starts = (np.cumsum(sizes) - sizes.reshape(-1)).reshape(sizes.shape)
     x_channel, x_row, x_column = driver.steps(g.layout, g.C, g.H, g.W)
-    phased = sizes.size > 1 and x_channel != 1
-    out = (driver.workspace((g.N, int(sizes.sum())), gy.dtype, slot=1) if phased
-           else gx.reshape(g.N, -1))
+    phased = len(rows) * len(cols) > 1 and x_channel != 1
+    out = gx.reshape(g.N, -1)
+    if phased:
+        sizes = np.array([[g.C * oh * ow for _, _, ow in cols] for _, _, oh in rows], np.int64)
+        starts = (np.cumsum(sizes) - sizes.reshape(-1)).reshape(sizes.shape)
+        out = driver.workspace((g.N, int(sizes.sum())), gy.dtype, slot=1)
     for rho, (_, qr, oh) in enumerate(rows):
         for sigma, (_, qs, ow) in enumerate(cols):
             if oh == 0 or ow == 0:
