@@ -4,7 +4,8 @@ and the transposed convolution's spread-out gradient, in both layouts), embed_ch
 put together from its phases), channel_blocks and filter_blocks (channels in
 blocks of a register tile's width, groups, zero lanes) and phase_filter_blocks and
 phase_filter_blocks_hwio (a strided layer's filters, OIHW or HWIO, into its input-gradient
-phases) and taps_outermost (OIHW filters to HWIO), on poisoned outputs and inputs of any
+phases), taps_outermost (OIHW filters to HWIO) and block_filters (a weight gradient's blocks
+as OIHW or HWIO filters), on poisoned outputs and inputs of any
 strides, which they leave unchanged."""
 
 import numpy as np
@@ -139,6 +140,28 @@ def test_filter_blocks_against_numpy(groups, i, o, r, s, lanes, source, dtype, p
     want = padded.reshape(groups, i, count, lanes, r, s).transpose(0, 2, 1, 4, 5, 3)
     np.testing.assert_array_equal(blocks, want.reshape(groups, count, i * r * s, lanes))
     np.testing.assert_array_equal(w, before)
+
+
+@settings(max_examples=60, deadline=None)
+@given(groups=st.integers(1, 3), i=st.integers(1, 5), o=st.integers(1, 40), taps=st.integers(1, 9),
+       lanes=st.sampled_from([8, 16, 32]), hwio=st.booleans(), dtype=st.sampled_from(FLOATS),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_block_filters_undo_filter_blocks(groups, i, o, taps, lanes, hwio, dtype, parallel,
+                                          seed):
+    """A weight gradient's float64 blocks (lanes past a group's o channels hold values the
+    filters must not take) land on OIHW or HWIO filters in the output's dtype, every cell
+    written (out starts poisoned); rows past a tile of VECTOR, partial channel blocks."""
+    rng = np.random.default_rng(seed)
+    count = -(-o // lanes)
+    blocks = random(rng, (groups, count, i * taps, lanes), np.float64)
+    before = blocks.copy()
+    out = np.full(groups * o * i * taps, np.nan, dtype)
+    _kernel(layout.block_filters, parallel)(blocks, o, taps, out, hwio)
+    oihw = (blocks.transpose(0, 1, 3, 2).reshape(groups, count * lanes, i, taps)[:, :o]
+            .reshape(groups * o, i, taps).astype(dtype))
+    want = oihw.transpose(2, 1, 0) if hwio else oihw
+    np.testing.assert_array_equal(out.reshape(want.shape), want)
+    np.testing.assert_array_equal(blocks, before)
 
 
 @settings(max_examples=60, deadline=None)

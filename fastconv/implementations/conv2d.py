@@ -655,9 +655,10 @@ def conv2d_backward_weight_blocked_cpu(g, gy, x):
     kernel = conv_blocked.backward_weight(lanes, conv_blocked.weight_taps(taps.shape[1], lanes,
                                                                           gy.itemsize))
     driver.cpu_call(kernel, g.flops // 2, images, grad, taps, pixels, per_pass, total)
-    kg = g.K // g.groups
-    gw_mat = np.moveaxis(total, -1, 2).reshape(g.groups, -1, taps.shape[1])[:, :kg]
-    return _filters_cpu(gw_mat.reshape(g.K, -1).astype(gy.dtype), g)
+    gw = driver.empty(np, g.w_shape, gy.dtype)
+    driver.cpu_move(layout_kernels.block_filters, gw.size, total, g.K // g.groups, g.R * g.S,
+                    gw.reshape(-1), g.layout == "NHWC")
+    return gw
 
 
 # --- depthwise (CPU): lanes over channels, for layers with one input channel a group ------------
