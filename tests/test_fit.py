@@ -174,16 +174,18 @@ def test_the_script_measures_fits_and_writes(tmp_path):
 
 def test_a_leaf_for_some_layers_only_falls_back_where_its_algorithm_refuses(monkeypatch):
     """The committed rule picks depthwise at leaves its measured depthwise layers reached; a
-    grouped layer that is not depthwise (96 groups of 2 channels, 2x3 windows) reaches the same
-    leaves, and gets the leaf's algorithm for every layer, which computes it (not a KeyError).
-    The rule's AVX-512 tree (16 lanes) shows the case for every op, its AVX2 tree not for all
+    grouped layer that is not depthwise (96 groups of 2 channels; 2x3 windows, 2x2 for the
+    weight gradient, whose tree's depthwise leaf takes fewer taps) reaches the same leaves,
+    and gets the leaf's algorithm for every layer, which computes it (not a KeyError). The
+    rule's AVX-512 tree (16 lanes) shows the case for every op, its AVX2 tree not for all
     three: the tiles' width is pinned to 16, on any CPU."""
     from fastconv.implementations.cpu_rule import RULE
     monkeypatch.setitem(conv2d.FEATURES, "lanes", lambda g: 16)
-    grouped = geometry.conv_geometry((2, 192, 7, 7), (192, 2, 2, 3), 1, 1, 1, 96, "NCHW")
     depthwise = geometry.conv_geometry((2, 960, 7, 7), (960, 1, 3, 3), 1, 1, 1, 960, "NCHW")
     for op in CONV_OPS:
-        leaf = conv2d.walk(RULE[op], lambda name: conv2d.FEATURES[name](grouped))
+        window = (2, 2) if op == "conv2d_backward_weight" else (2, 3)
+        grouped = geometry.conv_geometry((2, 192, 7, 7), (192, 2, *window), 1, 1, 1, 96, "NCHW")
+        leaf = conv2d.walk(RULE[op], lambda name, g=grouped: conv2d.FEATURES[name](g))
         assert leaf == "depthwise", (op, "the committed rule no longer shows the case")
         picked = registry.choose(op, "cpu", grouped)
         assert picked in registry.general("cpu")

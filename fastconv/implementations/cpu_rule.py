@@ -6,12 +6,12 @@ Fitted on dispatch-cpu.csv: 6858 timings of AMD EPYC (family 25 model 1) (avx2);
 (family 25 model 17) (avx512); AMD EPYC (family 26 model 2) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
-    conv2d: the rule 1.012x, blocked 1.304x, depthwise (some layers only), direct 3.928x, im2col
-        1.654x
-    conv2d_backward_input: the rule 1.007x, blocked 1.590x, depthwise (some layers only), direct
-        3.984x, im2col 1.455x
-    conv2d_backward_weight: the rule 1.007x, blocked 1.337x, depthwise (some layers only),
-        direct 16.287x, im2col 1.526x
+    conv2d: the rule 1.011x, blocked 1.301x, depthwise (some layers only), direct 3.832x, im2col
+        1.693x
+    conv2d_backward_input: the rule 1.008x, blocked 1.569x, depthwise (some layers only), direct
+        3.920x, im2col 1.486x
+    conv2d_backward_weight: the rule 1.011x, blocked 1.325x, depthwise (some layers only),
+        direct 16.733x, im2col 1.559x
 """
 
 RULE = {'conv2d': {'feature': 'lanes',
@@ -40,14 +40,14 @@ RULE = {'conv2d': {'feature': 'lanes',
                                                 'at_least': 'blocked'}}},
             'at_least': {'feature': 'window',
                          'threshold': 6,
-                         'below': {'feature': 'stride',
-                                   'threshold': 2,
-                                   'below': {'feature': 'pixels',
-                                             'threshold': 112,
-                                             'below': 'blocked',
-                                             'at_least': 'im2col'},
+                         'below': {'feature': 'taps',
+                                   'threshold': 111,
+                                   'below': {'feature': 'stride',
+                                             'threshold': 2,
+                                             'below': 'im2col',
+                                             'at_least': 'blocked'},
                                    'at_least': {'feature': 'window',
-                                                'threshold': 2,
+                                                'threshold': 4,
                                                 'below': 'blocked',
                                                 'at_least': 'im2col'}},
                          'at_least': {'feature': 'channels',
@@ -128,9 +128,9 @@ RULE = {'conv2d': {'feature': 'lanes',
                                                                 'below': 'im2col',
                                                                 'at_least': 'blocked'}}},
                             'at_least': {'feature': 'channels',
-                                         'threshold': 98,
+                                         'threshold': 79,
                                          'below': {'feature': 'taps',
-                                                   'threshold': 20,
+                                                   'threshold': 12,
                                                    'below': {'feature': 'channels',
                                                              'threshold': 4,
                                                              'below': ['depthwise', 'direct'],
@@ -146,6 +146,6 @@ RULE = {'conv2d': {'feature': 'lanes',
                                                                 'below': 'im2col',
                                                                 'at_least': 'blocked'},
                                                       'at_least': {'feature': 'pixels',
-                                                                   'threshold': 272,
+                                                                   'threshold': 112,
                                                                    'below': 'im2col',
                                                                    'at_least': 'blocked'}}}}}
