@@ -454,7 +454,7 @@ def block_filters(blocks, kg, taps, out, hwio):
     the rows (i, tap), then the lanes v, a run of out (packed conversions and stores); OIHW:
     rows in tiles of VECTOR, then the lanes v, then the tile's rows, a run of channel k's
     filter (the tile's lines stay in L1 across the lanes; the lanes innermost, stores L
-    filters apart, ran 1.6-1.8x slower). Each task owns its block's channels' filters.
+    filters apart, ran 1.7-1.8x slower). Each task owns its block's channels' filters.
     Its NumPy form (a moved axis reshaped, sliced, cast, and for HWIO transposed) ran in
     one thread: 3.7-4.2 ms for ResNet-18's 512 x 512 x 3 x 3 filters, here 0.5-0.7 (cold
     sums from the kernel: 0.8-1.6); 0.27 ms of ResNeXt's 8 x 7 x 7 x 1024 groups-32 NHWC weight
