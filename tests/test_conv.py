@@ -386,6 +386,32 @@ def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, paralle
     assert ran.count("im2col") == (2 if layout == "NCHW" else 0), ran
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
+@pytest.mark.parametrize("c, k, stride, dtype, lanes", [
+    (16, 40, 1, np.float32, 16),  # x's channels the tile's lanes, gy's its taps
+    (40, 16, 2, np.float32, 16),  # gy's, x's pixels read gathered
+    (32, 48, (1, 2), np.float64, 32),  # a two-vector tile of float64
+    (8, 20, 1, np.float32, 8)])  # half a vector on AVX-512, one on AVX2
+def test_a_1x1_nhwc_weight_gradient_reads_both_operands_as_they_lie(c, k, stride, dtype, lanes,
+                                                                     parallel, monkeypatch,
+                                                                     cpu_calls):
+    """A 1x1 unpadded NHWC layer of one group whose fewer channels are a tile's width: the
+    blocked weight gradient takes those as its lanes and the other side's as its taps, copying
+    neither operand into channel blocks; against the float64 reference and PyTorch."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(c * k)
+    x, w = random(rng, (3, 9, 11, c), dtype), random(rng, (1, 1, c, k), dtype)
+    kwargs = dict(stride=stride, data_format="NHWC")
+    gy = random(rng, ops.conv2d(x, w, **kwargs).shape, dtype)
+    del cpu_calls[:]
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="blocked", **kwargs)
+    oracle.check({"gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
+    weight = [name for name in ran if name.startswith("conv2d_backward_weight")]
+    assert len(weight) == 1 and weight[0].endswith(f"x{lanes}"), ran
+    assert not {"channel_blocks", "embed_channel_blocks", "dense_channel_blocks"} & set(ran), ran
+
+
 @SETTINGS
 @given(dilation=st.integers(1, 6), beyond=st.integers(-2, 3), stride=st.sampled_from([1, 2]),
        height=st.integers(1, 9), width=st.integers(13, 24), k=st.sampled_from([5, 20, 40]),

@@ -253,6 +253,19 @@ def test_a_1x1_nhwc_layer_takes_im2col(op, planted, monkeypatch):
         assert registry.choose(op, "cpu", g) == expected, (data_format, stride, padding, groups)
 
 
+@pytest.mark.parametrize("c, k, stride, weight", [
+    (16, 96, 1, "blocked"), (64, 32, 2, "blocked"), (16, 16, 1, "im2col"),
+    (24, 96, 1, "im2col"), (96, 64, 1, "im2col")])
+@pytest.mark.parametrize("op", CONV_OPS)
+def test_a_1x1_nhwc_weight_gradient_of_a_tiles_width_takes_blocked(op, c, k, stride, weight):
+    """...but for the weight gradient of one whose fewer channels (unequal sides) are a
+    register tile's width (MobileNetV2's 16- and 32-channel sides): blocked, which reads both
+    operands as they lie; its forward and input gradient stay GEMMs."""
+    g = geometry.conv_geometry((8, 28, 28, c), (1, 1, c, k), stride, 0, 1, 1, "NHWC")
+    expected = weight if op == "conv2d_backward_weight" else "im2col"
+    assert registry.choose(op, "cpu", g) == expected
+
+
 def test_auto_asks_the_heuristic_once_per_layer_and_thread_count(ran, monkeypatch):
     """The heuristic's pick is kept per (op, device, geometry, threads): asked again only for a
     new layer or thread count, and what runs is the registry's current entry of that name."""

@@ -639,25 +639,73 @@ def _phase_padding(phases, out_size):
 
 @register("conv2d_backward_weight", "cpu", "blocked")
 def conv2d_backward_weight_blocked_cpu(g, gy, x):
+    if _pointwise_lanes(g) is not None:
+        return _pointwise_weight(g, gy, x)
     g, x = _subsampled(g, x)
     layout = _image_layout(g.layout, g.C)  # as the forward's
     images, hp, wp = _padded(g, x, layout=layout)
     taps, row_step, col_step = _tap_offsets(g, hp, wp, layout)
     grad = _lane_blocks(image_major(gy, g.layout), g.groups)
+    total = _weight_sums(g, images, grad, taps, _pixel_bases(g, row_step, col_step))
+    gw = driver.empty(np, g.w_shape, gy.dtype)
+    driver.cpu_move(layout_kernels.block_filters, gw.size, total, g.K // g.groups, g.R * g.S,
+                    gw.reshape(-1), g.layout == "NHWC")
+    return gw
+
+
+def _weight_sums(g, images, grad, taps, bases):
+    """conv_blocked.conv2d_backward_weight's float64 sums (G, B, T, lanes) of images (N, X)
+    and grad (G, B, N, P, lanes), taps (G, T) and the output pixels' bases (P,) as it takes
+    them."""
     p, image = g.OH * g.OW, images.shape[1]
     run = max(1, conv_blocked.RUN_PIXELS // max(p, 1))
-    pixels = (np.arange(run, dtype=np.uint64)[:, None] * np.uint64(image)
-              + _pixel_bases(g, row_step, col_step)).reshape(-1)
-    image_bytes = (image + grad.shape[1] * p * grad.shape[4]) * gy.itemsize
+    pixels = (np.arange(run, dtype=np.uint64)[:, None] * np.uint64(image) + bases).reshape(-1)
+    image_bytes = (image + grad.shape[1] * p * grad.shape[4]) * grad.itemsize
     per_pass = run * max(1, conv_blocked.PASS_BYTES // (run * image_bytes))
     total = driver.empty(np, grad.shape[:2] + (taps.shape[1], grad.shape[4]), np.float64)
     lanes = grad.shape[4]
     kernel = conv_blocked.backward_weight(lanes, conv_blocked.weight_taps(taps.shape[1], lanes,
-                                                                          gy.itemsize))
+                                                                          grad.itemsize))
     driver.cpu_call(kernel, g.flops // 2, images, grad, taps, pixels, per_pass, total)
+    return total
+
+
+def _pointwise_lanes(g):
+    """For a 1x1 unpadded NHWC layer of one group (at any stride): its side of fewer channels,
+    "output" (gy's) or "input" (x's), where they are a register tile's width exactly
+    (conv_blocked.lanes: 8, 16 or 32 on AVX-512), the blocked weight gradient's lanes, its
+    other side's channels the taps (_pointwise_weight); else None. The fewer: MobileNetV2's 32
+    -> 16 projection ran 1.2x faster on one Zen 4 thread as 32 taps of a 16-lane tile than as
+    16 of a 32-lane one (alike on two); sides of one width would be one tile, one thread's."""
+    if g.layout != "NHWC" or g.groups != 1 or g.C == g.K or not (
+            g.pointwise or _strided_pointwise(g) is not None):
+        return None
+    channels, side = min((g.K, "output"), (g.C, "input"))
+    return side if conv_blocked.lanes(channels) == channels else None
+
+
+def _pointwise_weight(g, gy, x):
+    """The weight gradient of a layer _pointwise_lanes serves: the side it names gives the
+    tile's vectors, its pixels as (N, P, lanes) rows, the other side's images the broadcast
+    operand, a pixel's channels its taps. Other NHWC layers copy gy into channel blocks and x
+    into images of them; im2col's pixel-long thin GEMMs ran BLAS far below its rate. Alternated
+    on MobileNetV2's five such layers, against im2col, 0.54-0.88x -> 0.60-1.04x PyTorch's
+    channels-last on two Zen 4 threads, 0.83-1.04x -> 1.00-1.29x on one (its 8 x 32 x 112 x
+    112 projection 1.02 -> 0.62 ms, PyTorch 0.63; its 8 x 16 x 112 x 112 expansion 4.5 -> 4.1,
+    PyTorch 2.4, the one left below 0.7x: benchmarks/results/cpu-pointwise-weight.md)."""
+    g, x = _gathered(g, x)
+    n, p = g.N, g.OH * g.OW
+    rows, broadcast = (gy, x) if _pointwise_lanes(g) == "output" else (x, gy)
+    taps, lanes = broadcast.shape[3], rows.shape[3]
+    rows = np.ascontiguousarray(rows).reshape(1, 1, n, p, lanes)
+    images = np.ascontiguousarray(broadcast).reshape(n, p * taps)
+    total = _weight_sums(g, images, rows, np.arange(taps, dtype=np.uint64)[None],
+                         np.arange(p, dtype=np.uint64) * np.uint64(taps))
+    # total[0, 0] is (C, K) from gy's lanes, (K, C) from x's: the HWIO filters, or the OIHW
+    # filters of the layer with its two sides swapped, which lie as these HWIO ones do
     gw = driver.empty(np, g.w_shape, gy.dtype)
-    driver.cpu_move(layout_kernels.block_filters, gw.size, total, g.K // g.groups, g.R * g.S,
-                    gw.reshape(-1), g.layout == "NHWC")
+    driver.cpu_move(layout_kernels.block_filters, gw.size, total, lanes, 1, gw.reshape(-1),
+                    lanes == g.K)
     return gw
 
 
@@ -1140,7 +1188,8 @@ def choose_cpu(op, g):
     to "blocked": its weight gradient 1.1-2.3x faster on MobileNetV2's and ResNet-50's 1x1
     layers, 1.1-1.6x on ResNet's strided ones (one and two threads); forward and input
     gradient alike or faster on each of ResNet-50's and MobileNetV2's 1x1 layers timed, the
-    input gradient of ResNet-50's layer4.conv1 1.9x."""
+    input gradient of ResNet-50's layer4.conv1 1.9x. But for a weight gradient
+    _pointwise_lanes serves: "blocked", reading both operands as they lie."""
     if g.groups == g.C == g.K:
         return "depthwise"
     algo = walk(CPU_RULE[op], lambda name: FEATURES[name](g),
@@ -1148,7 +1197,7 @@ def choose_cpu(op, g):
     if g.layout != "NHWC":
         return algo
     if g.groups == 1 and (g.pointwise or _strided_pointwise(g) is not None):
-        return "im2col"
+        return "blocked" if op == "conv2d_backward_weight" and _pointwise_lanes(g) else "im2col"
     return "blocked" if algo == "direct" or algo == "im2col" and g.groups > 1 else algo
 
 
