@@ -160,6 +160,44 @@ def merge_phases(phases, starts, x):
                         x[n, c, i, j * sw + sigma] = source[first + c * plane + j]
 
 
+# channel_blocks' pixels a task where a pixel's channels are adjacent: the lines they lie on
+# stay in L1 while every block takes its channels from them.
+RUN_PIXELS = 64
+
+
+@njit(inline="always", cache=True)
+def _pixel_runs_into_blocks(a, blocks, kg):
+    """channel_blocks where a's channels lie side by side (NHWC): tasks of RUN_PIXELS pixels of
+    an image, per task each (group, block) in turn, a pixel's run of its channels moved a
+    vector at a time (vector_moves.move_run) into its row of the block, a block past a group's
+    last channel zeroed first. Each task owns its pixels' rows of every block. Tasks of a
+    (group, block) each, over all of an image's pixels, read its lines once a block (from L3
+    once an image passed L2) and moved a channel at a time: on two Zen 4 threads ResNeXt's 8 x
+    14 x 14 x 512 output gradient in groups of 16 ran 0.13-0.14 ms, now 0.06-0.07 (one thread
+    0.25 -> 0.10-0.12), MobileNetV2's 8 x 112 x 112 x 32 0.45 -> 0.20-0.22 (0.91 -> 0.42-0.46).
+    ResNeXt's 8 x 56 x 56 x 128 in groups of 4, whose blocks of 8 lanes are twice its bytes,
+    stays at 1.9-2.0 ms (4.4-4.9), as fast as memory takes it."""
+    groups, count, n_, p_, lanes = blocks.shape
+    image, pixel = np.uint64(a.strides[0] // a.itemsize), np.uint64(a.strides[2] // a.itemsize)
+    parts = (p_ + RUN_PIXELS - 1) // RUN_PIXELS
+    for task in prange(n_ * parts):
+        n, p0 = task // parts, task % parts * RUN_PIXELS
+        p1 = min(p_, p0 + RUN_PIXELS)
+        for g in range(groups):
+            for b in range(count):
+                k0 = g * kg + b * lanes
+                used = min(lanes, kg - b * lanes)
+                if used < lanes:
+                    blocks[g, b, n, p0:p1] = 0
+                first = np.uint64(n) * image + np.uint64(k0)
+                row = np.uint64(((g * count + b) * n_ + n) * p_ * lanes)
+                for p in range(np.uint64(p0), np.uint64(p1)):
+                    for v in range(0, used, VECTOR):
+                        move_run(a, first + p * pixel + np.uint64(v), blocks,
+                                 row + p * np.uint64(lanes) + np.uint64(v),
+                                 min(VECTOR, used - v))
+
+
 @njit(**CPU_KERNEL)
 def channel_blocks(a, blocks):
     """blocks[g, b, n, p, v] = a[n, g * KG + b * L + v, p] for b * L + v < KG, else 0: each
@@ -169,32 +207,20 @@ def channel_blocks(a, blocks):
     Layout: a (N, K, P) any strides (an NCHW array's planes, or an NHWC array's transposed
     view); blocks (G, B, N, P, L). Loop order: (n, g, b) in parallel, then the channels v,
     the pixels p innermost: contiguous reads of a plane, stores a block's width apart (1.8-2.3x
-    faster than the other order, whose L read streams and per-cell branch LLVM left scalar);
-    where a's channels lie side by side (NHWC) the pixels p, then the channels v: a pixel's
-    run of L channels in, a row of the block out (channels outermost, each of L passes over an
-    image read its lines again: MobileNetV2's 8 x 112 x 112 x 32 output gradient took 7.9-10.6
-    ms, now 1.5, on two Zen 4 threads). An image's tasks run in turn, so that blocks that
-    share its cache lines (a line holds several small groups' channels) read them from cache,
-    and a block past a group's last channel is zeroed whole first: ResNeXt's 8 x 56 x 56 x
-    128 output gradient in groups of 4 channels, 3.8-4.0 -> 2.8 ms (two Zen 4 threads).
-    Each task owns blocks[g, b, n].
+    faster than the other order, whose L read streams and per-cell branch LLVM left scalar).
+    Each task owns blocks[g, b, n]. Where a's channels lie side by side (NHWC):
+    :func:`_pixel_runs_into_blocks`.
     """
     groups, count, n_, p_, lanes = blocks.shape
     kg = a.shape[1] // groups
-    pixel_runs = a.strides[1] == a.itemsize
+    if a.strides[1] == a.itemsize:
+        _pixel_runs_into_blocks(a, blocks, kg)
+        return
     for task in prange(groups * count * n_):
         n, g, b = task // (groups * count), task // count % groups, task % count
         k0 = g * kg + b * lanes
         used = min(lanes, kg - b * lanes)
         out = blocks[g, b, n]
-        if pixel_runs:
-            if used < lanes:
-                out[:] = 0
-            for p in range(p_):
-                run = a[n, k0:k0 + used, p]
-                for v in range(used):
-                    out[p, v] = run[v]
-            continue
         for v in range(lanes):
             if v < used:
                 for p in range(p_):

@@ -18,6 +18,7 @@ from oracle import random, rel_error
 # have tests of their own, over the layers they serve.
 ALGOS = registry.general("cpu")
 FAST = [a for a in ALGOS if a != "reference"]
+VECTOR = conv_blocked.VECTOR  # the register tiles' float32 lanes: 16 on AVX-512, 8 on AVX2
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -387,14 +388,35 @@ def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, paralle
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
+@pytest.mark.parametrize("c, k, dtype", [(3, 2 * VECTOR, np.float32), (20, VECTOR, np.float64),
+                                         (5, 8, np.float32)])
+def test_blocked_weight_gradient_reads_an_nhwc_gradient_of_one_block(c, k, dtype, parallel,
+                                                                      monkeypatch, cpu_calls):
+    """An NHWC layer of one group whose output channels fill one register tile exactly (a
+    stem's 32): the blocked weight gradient reads gy as its one block of lanes, no copy;
+    against the float64 reference and PyTorch."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(c + k)
+    x, w = random(rng, (2, 11, 9, c), dtype), random(rng, (3, 3, c, k), dtype)
+    kwargs = dict(stride=2, padding=1, data_format="NHWC")
+    gy = random(rng, ops.conv2d(x, w, **kwargs).shape, dtype)
+    del cpu_calls[:]
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="blocked", **kwargs)
+    oracle.check({"gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
+    assert any(name.startswith("conv2d_backward_weight") for name in ran), ran
+    assert not {"channel_blocks", "dense_channel_blocks"} & set(ran), ran
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
 @pytest.mark.parametrize("c, k, stride, dtype, lanes", [
-    (16, 40, 1, np.float32, 16),  # x's channels the tile's lanes, gy's its taps
-    (40, 16, 2, np.float32, 16),  # gy's, x's pixels read gathered
-    (32, 48, (1, 2), np.float64, 32),  # a two-vector tile of float64
+    (VECTOR, 40, 1, np.float32, VECTOR),  # x's channels the tile's lanes, gy's its taps
+    (40, VECTOR, 2, np.float32, VECTOR),  # gy's, x's pixels read gathered
+    (2 * VECTOR, 48, (1, 2), np.float64, 2 * VECTOR),  # a two-vector tile of float64
     (8, 20, 1, np.float32, 8)])  # half a vector on AVX-512, one on AVX2
-def test_a_1x1_nhwc_weight_gradient_reads_both_operands_as_they_lie(c, k, stride, dtype, lanes,
-                                                                     parallel, monkeypatch,
-                                                                     cpu_calls):
+def test_blocked_weight_gradient_reads_a_1x1_nhwc_layer_as_it_lies(c, k, stride, dtype, lanes,
+                                                                    parallel, monkeypatch,
+                                                                    cpu_calls):
     """A 1x1 unpadded NHWC layer of one group whose fewer channels are a tile's width: the
     blocked weight gradient takes those as its lanes and the other side's as its taps, copying
     neither operand into channel blocks; against the float64 reference and PyTorch."""

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import dispatch, geometry, ops, registry
 from fastconv.implementations import conv2d, driver
+from fastconv.kernels import VECTOR_LANES
 
 CONV_OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
 SINGLE_OPS = ("conv2d_backward_bias", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
@@ -254,8 +255,8 @@ def test_a_1x1_nhwc_layer_takes_im2col(op, planted, monkeypatch):
 
 
 @pytest.mark.parametrize("c, k, stride, weight", [
-    (16, 96, 1, "blocked"), (64, 32, 2, "blocked"), (16, 16, 1, "im2col"),
-    (24, 96, 1, "im2col"), (96, 64, 1, "im2col")])
+    (VECTOR_LANES, 96, 1, "blocked"), (64, 2 * VECTOR_LANES, 2, "blocked"),
+    (VECTOR_LANES, VECTOR_LANES, 1, "im2col"), (24, 96, 1, "im2col"), (96, 64, 1, "im2col")])
 @pytest.mark.parametrize("op", CONV_OPS)
 def test_a_1x1_nhwc_weight_gradient_of_a_tiles_width_takes_blocked(op, c, k, stride, weight):
     """...but for the weight gradient of one whose fewer channels (unequal sides) are a

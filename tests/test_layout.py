@@ -88,13 +88,15 @@ def test_embed_channel_blocks_pads_nhwc_images_into_blocks(n, c, h, w, top, left
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 3), groups=st.integers(1, 3), kg=st.integers(1, 40), p=st.integers(1, 30),
+@given(n=st.integers(1, 3), groups=st.integers(1, 3), kg=st.integers(1, 40),
+       p=st.one_of(st.integers(1, 30), st.integers(60, 2 * layout.RUN_PIXELS + 5)),
        lanes=st.sampled_from([8, 16, 32]), strided=st.booleans(), dtype=st.sampled_from(FLOATS),
        parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_channel_blocks_against_numpy(n, groups, kg, p, lanes, strided, dtype, parallel, seed):
-    """C-contiguous planes go by dense_channel_blocks' transposes too (lanes of half a vector,
-    one or two, as conv_blocked.lanes gives; half a vector's lanes for more channels than a
-    vector, which it never gives, element by element): the same blocks."""
+    """Against NumPy: NHWC's pixels (``strided``) in runs of RUN_PIXELS, one or several and a
+    short last one; C-contiguous planes go by dense_channel_blocks' transposes too (lanes of
+    half a vector, one or two, as conv_blocked.lanes gives; half a vector's lanes for more
+    channels than a vector, which it never gives, element by element): the same blocks."""
     rng = np.random.default_rng(seed)
     k = groups * kg
     a = random(rng, (n, p, k), dtype).transpose(0, 2, 1) if strided else random(rng, (n, k, p),

@@ -311,10 +311,14 @@ def _lane_blocks(a, groups):
     """(G, B, N, P, lanes) of a (N, K, P) array: each group's K/groups channels in blocks of the
     register tile's width (conv_blocked.lanes), zero past the group's last, the channel
     innermost. By VECTOR x VECTOR transposes where a's planes are C-contiguous (NCHW:
-    kernels/layout.py's dense_channel_blocks), else element by element (channel_blocks: an
-    NHWC gy a pixel's run of channels at a time)."""
+    kernels/layout.py's dense_channel_blocks), else a pixel's run of channels at a time
+    (channel_blocks: an NHWC gy); an NHWC gy of one group whose channels fill one block
+    exactly is that block as it lies: a view (MobileNetV2's 32-channel stem, whose 12.8 MB
+    copy took 0.56-0.71 ms of its 2.4-2.7 ms weight gradient on two Zen 4 threads)."""
     n, k, p = a.shape
     lanes = conv_blocked.lanes(k // groups)
+    if groups == 1 and k == lanes and a.transpose(0, 2, 1).flags.c_contiguous:
+        return a.transpose(0, 2, 1).reshape(1, 1, n, p, k)
     blocks = driver.empty(np, (groups, -(-k // groups // lanes), n, p, lanes), a.dtype)
     dense = a.flags.c_contiguous
     driver.cpu_move(layout_kernels.dense_channel_blocks if dense else layout_kernels.channel_blocks,
@@ -692,7 +696,7 @@ def _pointwise_weight(g, gy, x):
     on MobileNetV2's five such layers, against im2col, 0.54-0.88x -> 0.60-1.04x PyTorch's
     channels-last on two Zen 4 threads, 0.83-1.04x -> 1.00-1.29x on one (its 8 x 32 x 112 x
     112 projection 1.02 -> 0.62 ms, PyTorch 0.63; its 8 x 16 x 112 x 112 expansion 4.5 -> 4.1,
-    PyTorch 2.4, the one left below 0.7x: benchmarks/results/cpu-pointwise-weight.md)."""
+    PyTorch 2.4, the one left below 0.7x: benchmarks/results/cpu-nhwc-weight-gradients.md)."""
     g, x = _gathered(g, x)
     n, p = g.N, g.OH * g.OW
     rows, broadcast = (gy, x) if _pointwise_lanes(g) == "output" else (x, gy)
