@@ -363,7 +363,9 @@ def conv2d_backward_weight(x, gy, taps, pixels, images_per_pass, total):
     (RUN * P,) uint64 the base of each output pixel of RUN consecutive images, from the first
     one's start (image m's pixel p at m * X + base(p)); total (G, B, T, LANES) float64 in the
     forward's filter blocks (lanes past a group's channels are written too: the caller drops
-    them).
+    them). A 1x1 NHWC layer may pass its two operands the other way round, x's pixels as the
+    rows of lanes and gy's images as the taps' source (implementations/conv2d.py's
+    _pointwise_weight): the sums are then the swapped layer's.
     Loop order: passes of images_per_pass images, each small enough to stay in L2 while every
     tile reads it (when each task streamed the whole batch from L3, ResNet-8's 7x7 layers ran
     at a quarter of the forward's rate); per pass, (group, channel block, tile of PIXELS taps)
