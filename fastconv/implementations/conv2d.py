@@ -643,8 +643,9 @@ def _phase_padding(phases, out_size):
 
 @register("conv2d_backward_weight", "cpu", "blocked")
 def conv2d_backward_weight_blocked_cpu(g, gy, x):
-    if _pointwise_lanes(g) is not None:
-        return _pointwise_weight(g, gy, x)
+    side = _pointwise_lanes(g)
+    if side is not None:
+        return _pointwise_weight(g, gy, x, side)
     g, x = _subsampled(g, x)
     layout = _image_layout(g.layout, g.C)  # as the forward's
     images, hp, wp = _padded(g, x, layout=layout)
@@ -688,20 +689,21 @@ def _pointwise_lanes(g):
     return side if conv_blocked.lanes(channels) == channels else None
 
 
-def _pointwise_weight(g, gy, x):
-    """The weight gradient of a layer _pointwise_lanes serves: the side it names gives the
-    tile's vectors, its pixels as (N, P, lanes) rows, the other side's images the broadcast
-    operand, a pixel's channels its taps. Other NHWC layers copy gy into channel blocks and x
-    into images of them; im2col's pixel-long thin GEMMs ran BLAS far below its rate. Alternated
-    on MobileNetV2's five such layers, against im2col, 0.54-0.88x -> 0.60-1.04x PyTorch's
-    channels-last on two Zen 4 threads, 0.83-1.04x -> 1.00-1.29x on one (its 8 x 32 x 112 x
-    112 projection 1.02 -> 0.62 ms, PyTorch 0.63; its 8 x 16 x 112 x 112 expansion 4.5 -> 4.1,
-    PyTorch 2.4, the one left below 0.7x: benchmarks/results/cpu-nhwc-weight-gradients.md)."""
+def _pointwise_weight(g, gy, x, side):
+    """The weight gradient of a layer _pointwise_lanes serves: the ``side`` it names gives the
+    tile's vectors, its pixels as the rows of its one block of lanes (_lane_blocks: a view),
+    the other side's images the broadcast operand, a pixel's channels its taps. Other NHWC
+    layers copy gy into channel blocks and x into images of them; im2col's pixel-long thin
+    GEMMs ran BLAS far below its rate. Alternated on MobileNetV2's five such layers, against
+    im2col, 0.54-0.88x -> 0.60-1.04x PyTorch's channels-last on two Zen 4 threads, 0.83-1.04x
+    -> 1.00-1.29x on one (its 8 x 32 x 112 x 112 projection 1.02 -> 0.62 ms, PyTorch 0.63; its
+    8 x 16 x 112 x 112 expansion 4.5 -> 4.1, PyTorch 2.4, the one left below 0.7x:
+    benchmarks/results/cpu-nhwc-weight-gradients.md)."""
     g, x = _gathered(g, x)
     n, p = g.N, g.OH * g.OW
-    rows, broadcast = (gy, x) if _pointwise_lanes(g) == "output" else (x, gy)
+    rows, broadcast = (gy, x) if side == "output" else (x, gy)
     taps, lanes = broadcast.shape[3], rows.shape[3]
-    rows = np.ascontiguousarray(rows).reshape(1, 1, n, p, lanes)
+    rows = _lane_blocks(image_major(rows, "NHWC"), 1)
     images = np.ascontiguousarray(broadcast).reshape(n, p * taps)
     total = _weight_sums(g, images, rows, np.arange(taps, dtype=np.uint64)[None],
                          np.arange(p, dtype=np.uint64) * np.uint64(taps))
