@@ -28,7 +28,7 @@ wraparound folds away.
 """
 
 import numpy as np
-from numba import carray, njit, prange
+from numba import carray, literal_unroll, njit, prange
 
 from . import (
     CPU_KERNEL,
@@ -49,7 +49,8 @@ VECTOR = VECTOR_LANES
 UVECTOR = np.uint64(VECTOR)  # an unsigned lane counter: see the module's docstring
 PIXELS = 8
 HALF_PIXELS = PIXELS // 2  # depthwise_nhwc_rows' tiles of a row's last few columns
-ONE_TILE = np.zeros(1, np.int64)  # depthwise_nhwc_rows' tile of an edge column, from its own
+ONE_TILE = np.zeros(1, np.int64)  # depthwise_nhwc_rows' tile of a row narrower than PIXELS
+NARROW_WIDTHS = tuple(range(1, PIXELS))  # its widths, each compiled for
 # The weight gradient's register tile: TAPS taps x one vector (a 3x3 window in one pass).
 TAPS = 9
 # Output pixels, at most, whose weight gradient products the in-place NHWC kernel sums in
@@ -186,10 +187,10 @@ def _tiles(buf, out, ws, taps, bias, k0, used, count, taps_, rows_):
                 off = at + taps[3 * r]
                 for s in range(3):
                     lane_fmas(acc, buf, off + np.uint64(s * VECTOR), UVECTOR, ws, 3 * r + s,
-                              PIXELS)
+                              True, True, PIXELS)
         else:
             for t in range(taps.shape[0] if taps_ == 0 else taps_):
-                lane_fmas(acc, buf, at + taps[t], UVECTOR, ws, t, PIXELS)
+                lane_fmas(acc, buf, at + taps[t], UVECTOR, ws, t, True, True, PIXELS)
         for j in range(PIXELS):
             for v in range(UVECTOR):
                 out[at + np.uint64(j * VECTOR) + v] = acc[j, v]
@@ -361,25 +362,53 @@ def _inside(offset, step, size, count):
     return lo, lo + inside
 
 
+def rows_fit(w_, ow_, s_, sw, dw, left):
+    """Whether depthwise_nhwc_rows serves rows of ``ow_`` outputs over ``w_`` input columns
+    (a window ``s_`` wide at stride ``sw`` and dilation ``dw``, the first output's first tap
+    at column -``left``): every output but a row's first and last reads all its taps inside
+    the row, as the tiles' edge flags ask (a padding of up to the stride, MobileNet's)."""
+    return ow_ < 3 or (sw >= left and (ow_ - 2) * sw - left + (s_ - 1) * dw < w_)
+
+
+@njit(inline="always", cache=True)
+def _edge_flags(starts, pixels, sw, left, dw, s_, w_):
+    """(T, 2, s_) uint8: whether pixel 0 (flags[t, 0, s]) and pixel ``pixels`` - 1 (flags[t,
+    1, s]) of the tile from each output column in ``starts`` read tap column s inside the
+    image (depthwise_nhwc_rows' tiles, its columns at ``sw``, ``left`` and ``dw``)."""
+    flags = np.empty((starts.shape[0], 2, s_), np.uint8)
+    for t in range(starts.shape[0]):
+        for e in range(2):
+            j = starts[t] + e * (pixels - 1)
+            for s in range(s_):
+                column = j * sw - left + s * dw
+                flags[t, e, s] = column >= 0 and column < w_
+    return flags
+
+
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
-def _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s0, s1, s_,
-               columns_, bias, yn, out, out_step, tiles, channels, ahead, ahead_rows,
-               ahead_step, pixels_):
+def _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, columns_,
+               tiles, flags, bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step,
+               edges_, pixels_):
     """yn[out + q * out_step + k] = bias[k] + the sum over window rows r0 <= r < r1 and
-    columns s0 <= s < s1 of xn[at + r * row_step + s * column_step + q * step + k] *
+    columns s < s_ of xn[at + r * row_step + s * column_step + q * step + k] *
     filters[(r * s_ + s) * blocks + k // VECTOR, k % VECTOR] for the output pixels q of
     ``tiles`` (their first pixels: ``pixels_`` from each, a compile-time constant) and the
-    channels k < ``channels``: depthwise_nhwc_rows' register tiles of ``pixels_`` pixels x one
-    vector along a row, read from the image as it lies, a tile's blocks in turn (its pixels'
-    channels adjacent: neighbouring lines). ``columns_``, a compile-time constant, is s_ where
-    it is 3 and the tap columns are all of them (the tap loop then unrolls, and a window row's
-    three taps at stride 1 load their pixels + 2 vectors once, as in _tiles), else 0. Before
-    each tile, the cache lines of ``ahead_rows`` rows from ``ahead`` (``ahead_step`` apart)
-    under its pixels are prefetched. A function of its own, called once a row for its tiles
-    (its arguments, each array a dozen words, took as long to pass as a tile's FMAs)."""
+    channels k < ``channels``; where ``edges_`` (a compile-time constant: a row's first and
+    last tiles), a tile's first pixel at tap column s only where flags[tile, 0, s] and its last
+    only where flags[tile, 1, s] (:func:`_edge_flags`: a row's edge pixels' taps in the padding
+    left out, by a branch a tap, which the tiles between them go without).
+    depthwise_nhwc_rows' register tiles of ``pixels_`` pixels x one vector along a row, read
+    from the image as it lies, a tile's blocks in turn (its pixels' channels adjacent:
+    neighbouring lines). ``columns_``, a compile-time constant, is s_ where it is 3 (the tap
+    loop then unrolls, and a window row's three taps at stride 1 load their pixels + 2 vectors
+    once, as in _tiles), else 0. Before each tile, the cache lines of ``ahead_rows`` rows from
+    ``ahead`` (``ahead_step`` apart) under its pixels are prefetched. A function of its own,
+    called once a row for its tiles (its arguments, each array a dozen words, took as long to
+    pass as a tile's FMAs)."""
     acc = carray(stack_array(pixels_, VECTOR, yn.dtype), (pixels_, VECTOR))
     line = LINE_BYTES // yn.itemsize
-    for q0 in tiles:
+    for tile in range(tiles.shape[0]):
+        q0 = tiles[tile]
         for r in range(ahead_rows):
             first = ahead + np.uint64(r) * ahead_step + np.uint64(q0) * step
             for e in range(0, pixels_ * int(step), line):
@@ -392,13 +421,46 @@ def _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s0,
                     acc[j, v] = bias[k0 + v]
             for r in range(r0, r1):
                 row = first + np.uint64(r) * row_step
-                for s in range(s0, s1 if columns_ == 0 else columns_):
-                    lane_fmas(acc, xn, row + np.uint64(s) * column_step, step, filters,
-                              (r * s_ + s) * blocks + blk, pixels_)
+                for s in range(s_ if columns_ == 0 else columns_):
+                    tap, column = (r * s_ + s) * blocks + blk, row + np.uint64(s) * column_step
+                    if edges_:
+                        lane_fmas(acc, xn, column, step, filters, tap, flags[tile, 0, s] != 0,
+                                  flags[tile, 1, s] != 0, pixels_)
+                    else:
+                        lane_fmas(acc, xn, column, step, filters, tap, True, True, pixels_)
             place = out + np.uint64(q0) * out_step + np.uint64(k0)
             for j in range(pixels_):
                 for v in range(UVECTOR):
                     yn[place + np.uint64(j) * out_step + v] = acc[j, v]
+
+
+@njit(cache=True)
+def _row(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, tiles, flags, bias,
+         yn, out, out_step, channels, ahead, ahead_rows, ahead_step, edges_, pixels_):
+    """:func:`_row_tiles`, its tap columns a compile-time 3 where the window is 3 wide (an
+    expression's value reaches Numba as a variable, not a constant: its loop then unrolled by
+    two, its window row's loads not shared)."""
+    if s_ == 3:
+        _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, 3, tiles,
+                   flags, bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step,
+                   edges_, pixels_)
+    else:
+        _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, 0, tiles,
+                   flags, bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step,
+                   edges_, pixels_)
+
+
+@njit(cache=True)
+def _narrow_row(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, flags, bias,
+                yn, out, out_step, channels, ahead, ahead_rows, ahead_step, width):
+    """:func:`_row` over a row of ``width`` < PIXELS outputs as one tile of its width, made a
+    compile-time constant here (in the task's loop, Numba's unrolling of the widths left the
+    loop serial)."""
+    for pixels in literal_unroll(NARROW_WIDTHS):
+        if width == pixels:
+            _row(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, ONE_TILE,
+                 flags, bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step, True,
+                 pixels)
 
 
 @njit(**CPU_KERNEL)
@@ -407,7 +469,8 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
     """y = act(bias + the depthwise correlation of x with the filters), NHWC in, NHWC out, read
     and written where they lie: no buffer, no moves. y[n, i, j, k] = act(bias[k] + the sum over
     taps (r, s) inside the image of x[n, i * sh - top + r * dh, j * sw - left + s * dw, k] *
-    filters[(r * S + s) * C / VECTOR + k // VECTOR, k % VECTOR]).
+    filters[(r * S + s) * C / VECTOR + k // VECTOR, k % VECTOR]), for rows whose taps in the
+    padding are those of their first and last pixels (:func:`rows_fit`).
 
     Layout: x (N, h_ * w_ * C), NHWC images flat, C a multiple of VECTOR (a pixel's channels
     whole vectors); y (N, Y) each image flat, output (i, j) at ``origin + i * row + j *
@@ -416,10 +479,14 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
     VECTOR, VECTOR), HWIO's (R * S, C) in rows of a vector; bias (C,); window (R, S), stride,
     dilation pairs.
     Loop order: (image, output row) in parallel; per task the window rows inside the image,
-    then :func:`_row_tiles` over the row's inside columns (those whose taps all lie in the
-    image) in tiles of PIXELS and of HALF_PIXELS, and over each edge column (by the padding)
-    as a tile of one pixel of its inside taps; the activation in a pass over the row while it
-    is in cache. Each task owns y[n, i].
+    then :func:`_row_tiles` over the row: tiles of PIXELS from its first column, the last
+    moved back to end at its last where more than HALF_PIXELS columns are left for it, else a
+    tile of HALF_PIXELS ending there; a row narrower than PIXELS is one tile of its width (a
+    compile-time constant each: one variant a width). A tile's first and last pixels leave
+    out their taps in the padding by a branch, its others read every tap: the row's edges
+    cost no tiles of their own (as one-pixel tiles of their inside taps, with two overlapping
+    half tiles between them, MobileNetV2's 7 x 7 rows ran 2x slower). The activation in a
+    pass over the row while it is in cache. Each task owns y[n, i].
     While a row's tiles run, the lines of the rows the next output row reads first are
     prefetched: the tiles read a pixel's vector of channels from lines C elements apart, a
     pattern the hardware prefetchers did not follow (8 x 144 x 56 x 56: 5.7 -> 3.4 ms on one
@@ -435,56 +502,51 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
     y_origin, y_row, y_col = y_places
     step, out_step = np.uint64(sw * c_), np.uint64(y_col)
     row_step, column_step = np.uint64(dh * w_ * c_), np.uint64(dw * c_)
-    j_lo, j_hi = _inside(-left, sw, w_ - (s_ - 1) * dw, ow_)  # columns whose taps lie inside
-    # the inside columns in tiles from j_lo: of PIXELS (the last moved back to end at j_hi
-    # where more than HALF_PIXELS columns are left for it), then of HALF_PIXELS; columns by
-    # the padding, and rows of fewer than HALF_PIXELS inside, take one-pixel tiles
-    inside = j_hi - j_lo
-    wholes = inside // PIXELS
-    if wholes > 0 and inside % PIXELS > HALF_PIXELS:
-        wholes += 1
-    tiles = np.array([min(t * PIXELS, inside - PIXELS) for t in range(wholes)], np.int64)
-    left_over = inside - wholes * PIXELS
-    halves = -(-left_over // HALF_PIXELS) if left_over > 0 and inside >= HALF_PIXELS else 0
-    half = np.array([min(wholes * PIXELS + t * HALF_PIXELS, inside - HALF_PIXELS)
-                     for t in range(halves)], np.int64)
-    covered = inside if wholes + halves > 0 else 0
+    # tiles of PIXELS from column 0, the last moved back to end at ow_ where more than
+    # HALF_PIXELS columns are left for it, else one of HALF_PIXELS ending there: the row's first
+    # and last tiles take edge flags, those between read every tap
+    wholes, rest = ow_ // PIXELS, ow_ % PIXELS
+    closing = 1 if rest > HALF_PIXELS or rest == 0 and wholes > 1 else 0
+    halves = 1 if wholes > 0 and 0 < rest <= HALF_PIXELS else 0
+    ends = np.array([t * (ow_ - PIXELS) for t in range(1 + closing if wholes > 0 else 0)],
+                    np.int64)
+    between = np.array([t * PIXELS for t in range(1, wholes - (rest == 0))], np.int64)
+    half = np.array([ow_ - HALF_PIXELS for _ in range(halves)], np.int64)
+    end_flags = _edge_flags(ends, PIXELS, sw, left, dw, s_, w_)
+    half_flags = _edge_flags(half, HALF_PIXELS, sw, left, dw, s_, w_)
+    row_flags = _edge_flags(ONE_TILE, ow_, sw, left, dw, s_, w_)
     for task in prange(n_ * oh_):
         n, i = task // oh_, task % oh_
         xn, yn = x[n], y[n]
         top_row = i * sh - top
         r0, r1 = _inside(top_row, dh, h_, r_)  # the window rows inside: r0 <= r < r1
-        row_at = top_row * w_ * c_  # negative above the image: the rows from r0 add to it
-        out_row = y_origin + i * y_row
-        out_first = np.uint64(out_row + j_lo * y_col)  # the first inside column's output
+        # the row's first output's first tap, from its first window row: negative above the
+        # image or left of it, where the rows from r0 and the taps inside add to it
+        at = np.uint64((top_row * w_ - left) * c_)
+        out_row = np.uint64(y_origin + i * y_row)
         # the rows the next output row reads first: fetched while this one's tiles run
         ahead_row = top_row + (r_ - 1) * dh + 1
         ahead_rows = max(0, min(sh, h_ - ahead_row)) if ahead_row >= 0 else 0
-        column = (j_lo * sw - left) * c_  # the first inside column's first input pixel
-        first, ahead = row_at + column, ahead_row * w_ * c_ + column
+        ahead = np.uint64((ahead_row * w_ - left) * c_)
+        ahead_step = np.uint64(w_ * c_)
         if wholes > 0:
-            _row_tiles(xn, np.uint64(first), step, row_step, column_step, filters, b_, r0, r1,
-                       0, s_, s_, 3 if s_ == 3 else 0, bias, yn, out_first,
-                       out_step, tiles, c_, np.uint64(ahead), ahead_rows, np.uint64(w_ * c_),
-                       PIXELS)
+            _row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_, ends, end_flags,
+                 bias, yn, out_row, out_step, c_, ahead, ahead_rows, ahead_step, True, PIXELS)
+        if between.size > 0:
+            _row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_, between,
+                 end_flags, bias, yn, out_row, out_step, c_, ahead, ahead_rows, ahead_step,
+                 False, PIXELS)
         if halves > 0:
-            _row_tiles(xn, np.uint64(first), step, row_step, column_step, filters, b_, r0, r1,
-                       0, s_, s_, 3 if s_ == 3 else 0, bias, yn, out_first,
-                       out_step, half, c_, np.uint64(ahead), ahead_rows, np.uint64(w_ * c_),
-                       HALF_PIXELS)
-        for j in range(ow_):
-            if j >= j_lo and j < j_lo + covered:
-                continue
-            # a column by the padding: a tile of one pixel, of the taps inside, s0 <= s < s1
-            first_col = j * sw - left
-            s0, s1 = _inside(first_col, dw, w_, s_)
-            _row_tiles(xn, np.uint64(row_at + first_col * c_), step, row_step, column_step,
-                       filters, b_, r0, r1, s0, s1, s_, 0, bias, yn,
-                       np.uint64(out_row + j * y_col), out_step, ONE_TILE, c_, np.uint64(0), 0,
-                       np.uint64(0), 1)
+            _row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_, half, half_flags,
+                 bias, yn, out_row, out_step, c_, ahead, ahead_rows, ahead_step, True,
+                 HALF_PIXELS)
+        if wholes == 0:
+            _narrow_row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_,
+                        row_flags, bias, yn, out_row, out_step, c_, ahead, ahead_rows,
+                        ahead_step, ow_)
         if act != 0:
             for j in range(ow_):
-                activate_run(yn, out_row + j * y_col, c_, 1, act)
+                activate_run(yn, y_origin + i * y_row + j * y_col, c_, 1, act)
 
 
 @njit(inline="always", cache=True)

@@ -115,14 +115,17 @@ def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels,
 
 
 @intrinsic
-def lane_fmas(typingctx, acc, src, start, step, filters, t, pixels):
+def lane_fmas(typingctx, acc, src, start, step, filters, t, first, last, pixels):
     """acc[j, v] += src[start + j * step + v] * filters[t, v] for j < ``pixels`` (a
-    compile-time constant) and v < VECTOR: one tap of a depthwise tile, its lanes the channels,
+    compile-time constant) and v < VECTOR, pixel 0 only where ``first`` is true and pixel
+    pixels - 1 only where ``last`` is: one tap of a depthwise tile, its lanes the channels,
     its pixels ``step`` apart (VECTOR in a blocked buffer, the channels times the stride in an
     NHWC image), as one load of the filters' vector and per pixel a vector load and a packed
-    multiply-add. acc (pixels, VECTOR) a stack array, filters (> t, VECTOR) a 2-D C-contiguous
-    array of src's dtype, src 1-D; offsets unsigned. Loads of one address in several calls (a
-    window row's taps over one row of a buffer) LLVM makes one."""
+    multiply-add. The flags leave out a row's edge pixels where the tap lies in the padding
+    (a branch each, never a load there; constants true fold away). acc (pixels, VECTOR) a
+    stack array, filters (> t, VECTOR) a 2-D C-contiguous array of src's dtype, src 1-D;
+    offsets unsigned. Loads of one address in several calls (a window row's taps over one row
+    of a buffer) LLVM makes one."""
     if not isinstance(pixels, types.IntegerLiteral):
         raise errors.RequireLiteralValue(pixels)
     count = pixels.literal_value
@@ -130,14 +133,24 @@ def lane_fmas(typingctx, acc, src, start, step, filters, t, pixels):
     def codegen(context, builder, signature, args):
         kinds, index = signature.args, ir.IntType(64)
         _, vector_at, _, size, fmuladd = _tile_code(context, builder, signature, args, (0, 1, 4))
-        first, step, tap = (context.cast(builder, args[i], kinds[i], types.uint64)
-                            for i in (2, 3, 5))
+        origin, step, tap = (context.cast(builder, args[i], kinds[i], types.uint64)
+                             for i in (2, 3, 5))
+        edge_first, edge_last = (context.cast(builder, args[i], kinds[i], types.boolean)
+                                 for i in (6, 7))
         row = builder.load(vector_at(4, tap, ir.Constant(index, 0)), align=size)
-        for j in range(count):
-            at = builder.add(first, builder.mul(step, ir.Constant(index, j)))
+
+        def pixel(j):
+            at = builder.add(origin, builder.mul(step, ir.Constant(index, j)))
             value = builder.load(vector_at(1, at), align=size)
             pointer = vector_at(0, ir.Constant(index, j), ir.Constant(index, 0))
             builder.store(builder.call(fmuladd, [value, row, builder.load(pointer, align=size)]),
                           pointer, align=size)
+        for j in range(count):
+            flags = [edge_first] * (j == 0) + [edge_last] * (j == count - 1)
+            if not flags:
+                pixel(j)
+                continue
+            with builder.if_then(builder.and_(flags[0], flags[-1]), likely=True):
+                pixel(j)
         return context.get_dummy_value()
-    return types.void(acc, src, start, step, filters, t, pixels), codegen
+    return types.void(acc, src, start, step, filters, t, first, last, pixels), codegen

@@ -17,7 +17,7 @@ import oracle
 from fastconv import geometry, ops, registry
 from fastconv.implementations.depthwise import BAND_PIXELS as WHOLE_PLANES
 from fastconv.implementations.depthwise import MIN_TASKS
-from fastconv.kernels import LINE_BYTES, VECTOR_LANES, aligned_zeros, conv_depthwise
+from fastconv.kernels import LINE_BYTES, VECTOR_LANES, aligned_zeros
 from oracle import random
 
 # a band of one row, of a few, and the library's (these planes whole)
@@ -124,13 +124,15 @@ def test_backward_matches_reference_and_torch_autograd(case, parallel, several, 
                                    dict(stride=1, padding=2, dilation=2),
                                    dict(stride=(1, 3), padding=(0, 1))])
 def test_nhwc_rows_tile_every_row_width(layer, dtype, parallel, monkeypatch, cpu_calls):
-    """An NHWC layer of whole vectors of channels is read in place (rows narrower than a tile
-    at stride 1 excepted), a row's inside columns in tiles of PIXELS (the last moved back),
-    then of HALF_PIXELS, its edge columns in tiles of one pixel: rows 1 to 34 wide cover every
-    split, against the float64 reference and PyTorch, forward with a bias and an activation,
-    the input gradient (a strided layer's phase by phase, each phase's rows as narrow as
-    they come; in place where the stride is 1 and the rows as wide as a tile) and the weight
-    gradient (in place on every row: depthwise_nhwc_weight_rows)."""
+    """An NHWC layer of whole vectors of channels is read in place where a row's padding
+    reaches no further than its first and last pixels (conv_depthwise.rows_fit: a padding up
+    to the stride; the dilated layer's 2 goes through depthwise_planes, its rows of one or two
+    pixels excepted): rows 1 to 34 wide cover every split of a row into tiles of PIXELS (the
+    last moved back) and a tile of HALF_PIXELS, and every width of a row narrower than a tile
+    (one tile of its own width), against the float64 reference and PyTorch, forward with a
+    bias and an activation, the input gradient (a strided layer's phase by phase, each
+    phase's rows as narrow as they come) and the weight gradient (in place on every row:
+    depthwise_nhwc_weight_rows)."""
     _threads(monkeypatch, parallel)
     rng = np.random.default_rng(7)
     c = 2 * VECTOR_LANES
@@ -153,10 +155,10 @@ def test_nhwc_rows_tile_every_row_width(layer, dtype, parallel, monkeypatch, cpu
                     else oracle.conv2d(x, w, gy=gy, **kwargs))
             oracle.check({name: op(*args, **op_kwargs)}, want)
             ran.append({kernel.py_func.__name__ for kernel, _ in cpu_calls[before:]})
-        strided = g.stride != (1, 1)
-        assert ran == [{"depthwise_nhwc_rows" if g.OW >= conv_depthwise.PIXELS or strided
+        dilated = kwargs["dilation"] == 2  # its padding of 2 passes its stride of 1
+        assert ran == [{"depthwise_nhwc_rows" if not dilated or g.OW < 3
                         else "depthwise_planes"},
-                       {"depthwise_nhwc_rows" if width >= conv_depthwise.PIXELS or strided
+                       {"depthwise_nhwc_rows" if not dilated or width < 3
                         else "depthwise_planes"},
                        {"depthwise_nhwc_weight_rows"}], (width, ran)
 

@@ -65,10 +65,10 @@ def _calls_with_float32(monkeypatch):
         y = ops.conv2d(xs, ws, b[:3], activation="relu", **kw)  # kernels/conv_depthwise.py
         ops.conv2d_backward_input(y, ws, xs.shape, **kw)
         ops.conv2d_backward_weight(y, xs, ws.shape, **kw)
-    # an NHWC layer of whole vectors of channels, read in place (depthwise_nhwc_rows): a row
-    # of 14, its tiles of PIXELS and HALF_PIXELS and its two edge columns; the strided input
-    # gradient's phases first (the last call's arguments are the ones compiled below); the
-    # weight gradient (depthwise_nhwc_weight_rows)
+    # an NHWC layer of whole vectors of channels, read in place (depthwise_nhwc_rows): rows
+    # of 14 (two tiles of PIXELS, each with edge flags); the strided input gradient's phases,
+    # rows of 7 (a narrow row's tile), first (the last call's arguments are the ones compiled
+    # below); the weight gradient (depthwise_nhwc_weight_rows)
     xs = random(rng, (2, 4, 14, VECTOR_LANES), np.float32)
     ws = random(rng, (3, 3, 1, VECTOR_LANES), np.float32)
     kw = dict(padding=1, groups=VECTOR_LANES, data_format="NHWC", algo="depthwise")
@@ -290,12 +290,13 @@ def test_depthwise_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
 
 
 def test_depthwise_nhwc_rows_are_packed_fmas_on_this_machine(monkeypatch):
-    """depthwise_nhwc_rows' tiles (its _row_tiles, of PIXELS, HALF_PIXELS and one pixel, each
-    a vector of channels), read from the NHWC image as it lies: a packed FMA per pixel of a
-    tile a tap, no scalar FMA. Seen on this project's AVX-512 Zen 4: 154 packed zmm FMAs."""
-    from fastconv.kernels import conv_depthwise
-    assert _packed_fmas(conv_depthwise.depthwise_nhwc_rows, monkeypatch) >= (
-        conv_depthwise.PIXELS + conv_depthwise.HALF_PIXELS + 1)
+    """depthwise_nhwc_rows' tiles (its _row_tiles, of PIXELS with and without edge flags, of
+    HALF_PIXELS, and of each width of a row narrower than PIXELS, each a vector of channels),
+    read from the NHWC image as it lies: a packed FMA per pixel of a tile a tap, no scalar
+    FMA. Seen on this project's AVX-512 Zen 4: 946 packed zmm FMAs, none scalar."""
+    from fastconv.kernels import conv_depthwise as kernels
+    assert _packed_fmas(kernels.depthwise_nhwc_rows, monkeypatch) >= (
+        2 * kernels.PIXELS + kernels.HALF_PIXELS + sum(kernels.NARROW_WIDTHS))
 
 
 @pytest.mark.parametrize("kernel", ["depthwise_planes", "depthwise_nhwc_rows"])

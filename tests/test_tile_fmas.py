@@ -32,8 +32,8 @@ def _broadcast(pixels, width):
 @functools.cache
 def _lanes(pixels):
     @njit(cache=False)
-    def call(acc, src, start, step, filters, t):
-        lane_fmas(acc, src, start, step, filters, t, pixels)
+    def call(acc, src, start, step, filters, t, first, last):
+        lane_fmas(acc, src, start, step, filters, t, first, last, pixels)
     return call
 
 
@@ -68,10 +68,13 @@ def test_broadcast_fmas_matches_the_reference(data, width, dtype, taps, size):
         np.testing.assert_array_equal(x, before)
 
 
-@settings(max_examples=40, deadline=None)
-@given(data=st.data(), pixels=st.sampled_from((1, 8)),
-       dtype=st.sampled_from((np.float32, np.float64)), taps=st.integers(1, 9))
-def test_lane_fmas_matches_the_reference(data, pixels, dtype, taps):
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), pixels=st.sampled_from((1, 2, 4, 7, 8)),
+       dtype=st.sampled_from((np.float32, np.float64)), taps=st.integers(1, 9),
+       first=st.booleans(), last=st.booleans())
+def test_lane_fmas_matches_the_reference(data, pixels, dtype, taps, first, last):
+    """Every pixel's multiply-add, the first and the last only where their flags are true: a
+    pixel left out never reads its source, whose NaN would reach its accumulator."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     step = data.draw(st.sampled_from((V, 2 * V, 3 * V + 5)))  # a buffer's, NHWC images'
     reach = (pixels - 1) * step + V
@@ -81,6 +84,12 @@ def test_lane_fmas_matches_the_reference(data, pixels, dtype, taps):
     src, filters = random(rng, (size,), dtype), random(rng, (taps, V), dtype)
     acc = random(rng, (pixels, V), dtype)
     read = np.stack([src[start + j * step:start + j * step + V] for j in range(pixels)])
-    expected = acc.astype(np.float64) + read.astype(np.float64) * filters[t].astype(np.float64)
-    _lanes(pixels)(acc, src, np.uint64(start), np.uint64(step), filters, t)
+    taken = np.ones(pixels, bool)
+    taken[0] &= first
+    taken[-1] &= last
+    for j in np.flatnonzero(~taken):
+        src[start + j * step:start + j * step + V] = np.nan
+    expected = acc.astype(np.float64) + (read.astype(np.float64)
+                                         * filters[t].astype(np.float64) * taken[:, None])
+    _lanes(pixels)(acc, src, np.uint64(start), np.uint64(step), filters, t, first, last)
     assert rel_error(acc, expected) < tolerance(dtype)

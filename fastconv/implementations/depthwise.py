@@ -5,7 +5,8 @@ vector lanes over channels.
 
 The forward and the input gradient are one correlation (:func:`_correlate`, one kernel call
 that moves its operand in and its result out per task, or, for an NHWC operand of whole
-vectors of channels, reads it in place: :func:`_in_place`): the forward's lane k reads input
+vectors of channels, reads it in place with HWIO's filters as they lie: :func:`_rows`, where
+:func:`_in_place`): the forward's lane k reads input
 channel k // m; the input gradient places the output gradient ``stride`` apart and correlates
 it at stride 1 with the flipped filters, summing an input channel's m output channels as m
 sub-planes (a strided NHWC layer's in place, a phase of its pixels at a time:
@@ -126,18 +127,30 @@ def _output_places(oh, ow):
     return np.stack([np.zeros(oh, np.int64), np.arange(oh)], axis=1), np.arange(ow)
 
 
-def _in_place(g, up, stride, width, weights):
-    """Whether kernels.depthwise_nhwc_rows serves a correlation of a source whose pixels lie
-    ``up`` apart, at ``stride``, into rows ``width`` wide, with ``weights``: NHWC, one output
-    channel an input channel, the channels whole vectors, the source as it lies (the forward's
-    x, a stride-1 layer's output gradient), finite weights (:func:`_finite`), and rows as wide
-    as a tile or strided. A stride-1 layer's rows
-    narrower than a tile take depthwise_planes, whose tiles run across a plane's rows: 0.27 /
-    0.18 ms against 0.34 / 0.23 in place on MobileNetV2's 8 x 960 x 7 x 7 layer (one / two Zen
-    4 threads), where its 14 x 14 stride-2 one ran 1.06-1.11x faster in place
-    (benchmarks/results/cpu-nhwc.md)."""
-    return (_whole_vectors_nhwc(g) and tuple(up) == (1, 1) and _finite(weights)
-            and (width >= kernels.PIXELS or tuple(stride) != (1, 1)))
+def _in_place(g, w, stride, width, out_width, left):
+    """Whether kernels.depthwise_nhwc_rows serves a correlation of a source ``width`` pixels
+    wide, read as it lies at ``stride`` from column -``left``, into rows ``out_width`` wide,
+    with the layer's filters ``w``: NHWC, one output channel an input channel, the channels
+    whole vectors, finite filters (:func:`_finite`), and a padding its tiles' edge pixels
+    take (kernels.rows_fit). depthwise_planes, moving the rows into a blocked buffer and its
+    result out, ran MobileNetV2's 8 x 960 x 7 x 7 layer 1.6-1.8x slower than its tiles of
+    whole 7-pixel rows (benchmarks/results/cpu-nhwc.md)."""
+    return (_whole_vectors_nhwc(g) and _finite(w)
+            and kernels.rows_fit(width, out_width, g.S, stride[1], g.dilation[1], left))
+
+
+def _rows(g, a, taps, b, before, stride, out_hw, activation):
+    """activation(b + the correlation of the NHWC ``a`` with ``taps`` (R * S, C): HWIO's),
+    read and written where they lie by kernels.depthwise_nhwc_rows, from ``before`` (rows,
+    columns), at ``stride`` and the layer's dilation, into ``out_hw`` (rows, columns)."""
+    n, h, w, c = a.shape
+    oh, ow = out_hw
+    out = driver.empty(np, (n, oh, ow, c), a.dtype)
+    driver.cpu_call(kernels.depthwise_nhwc_rows, _work(g, out.size), a.reshape(n, -1), h, w,
+                    taps.reshape(-1, VECTOR), driver.bias(np, b, c, a.dtype), out.reshape(n, -1),
+                    oh, ow, (0, ow * c, c), (g.R, g.S), tuple(stride), g.dilation, *before,
+                    CODES[activation])
+    return out
 
 
 def _whole_vectors_nhwc(g):
@@ -162,14 +175,6 @@ def _correlate(g, a, sources, weights, b, before, up, stride, out_shape, activat
     n, _, h, w = nchw_view(a, g.layout).shape
     blocks, subs = sources.shape[0], sources.shape[1]
     k, oh, ow = out_shape
-    if _in_place(g, up, stride, ow, weights):
-        filters = np.ascontiguousarray(weights.reshape(k, -1).T, a.dtype)  # (taps, channels)
-        out = driver.empty(np, (n, oh, ow, k), a.dtype)
-        driver.cpu_call(kernels.depthwise_nhwc_rows, _work(g, out.size), a.reshape(n, -1), h, w,
-                        filters.reshape(-1, VECTOR), driver.bias(np, b, k, a.dtype),
-                        out.reshape(n, -1), oh, ow, (0, ow * k, k), weights.shape[2:],
-                        tuple(stride), g.dilation, *before, CODES[activation])
-        return out
     band, rows, cols, plane, taps = _buffer((h, w), before, up, tuple(stride), g.dilation,
                                             (oh, ow), weights.shape[2:], subs)
     filters = np.ascontiguousarray(
@@ -192,25 +197,35 @@ def _lane_weights(filters, blocks):
 
 def forward(g, x, w, b, activation):
     """y = activation(b + conv(x, w)): output channel k reads input channel k // m."""
+    before = (g.padding[0], g.padding[2])
+    if _in_place(g, w, g.stride, g.W, g.OW, before[1]):  # HWIO's filters as they lie
+        return _rows(g, x, w.reshape(g.R * g.S, g.C), b, before, g.stride, (g.OH, g.OW),
+                     activation)
     m, blocks = g.K // g.C, _blocks(g.K)
     sources = _lanes(g.K, m)
     weights = _lane_weights(oihw_view(w, g.layout).reshape(g.K, 1, g.R, g.S), blocks)
-    return _correlate(g, x, sources, weights, b, (g.padding[0], g.padding[2]), (1, 1), g.stride,
-                      (g.K, g.OH, g.OW), activation)
+    return _correlate(g, x, sources, weights, b, before, (1, 1), g.stride, (g.K, g.OH, g.OW),
+                      activation)
 
 
 def backward_input(g, gy, w):
     """gx = dL/dx: the output gradient placed ``stride`` apart and correlated at stride 1 with
     the flipped filters, input channel c summing its m output channels c * m + j; or, for a
     strided NHWC layer read in place, phase by phase (:func:`_phase_correlations`)."""
-    if _whole_vectors_nhwc(g) and g.stride != (1, 1) and g.dilation == (1, 1) and _finite(w):
+    if (_whole_vectors_nhwc(g) and g.stride != (1, 1) and g.dilation == (1, 1) and _finite(w)
+            and all(kernels.rows_fit(g.OW, columns, window[1], 1, 1, left)
+                    for _, _, columns, left, window, _ in _phases(g))):
         return _phase_correlations(g, gy, w)
-    m, blocks = g.K // g.C, _blocks(g.C)
     (dh, dw) = g.dilation
+    before = ((g.R - 1) * dh - g.padding[0], (g.S - 1) * dw - g.padding[2])
+    if g.stride == (1, 1) and _in_place(g, w, (1, 1), g.OW, g.W, before[1]):
+        flipped = np.ascontiguousarray(w[::-1, ::-1])  # HWIO
+        return _rows(g, gy, flipped.reshape(g.R * g.S, g.C), None, before, (1, 1), (g.H, g.W),
+                     None)
+    m, blocks = g.K // g.C, _blocks(g.C)
     sources = _lanes(g.C, m, sub=m)
     flipped = oihw_view(w, g.layout).reshape(g.C, m, g.R, g.S)[:, :, ::-1, ::-1]
-    return _correlate(g, gy, sources, _lane_weights(flipped, blocks), None,
-                      ((g.R - 1) * dh - g.padding[0], (g.S - 1) * dw - g.padding[2]), g.stride,
+    return _correlate(g, gy, sources, _lane_weights(flipped, blocks), None, before, g.stride,
                       (1, 1), (g.C, g.H, g.W), None)
 
 
@@ -223,6 +238,24 @@ def _phase_taps(size, phase, stride, k, before):
     return len(range(phase, size, stride)), taps, len(taps) - 1 - (phase + before - first) // stride
 
 
+@functools.lru_cache(maxsize=256)
+def _phases(g):
+    """A strided layer's input gradient phases, row phase by column phase: (rows, top,
+    columns, left, window, taps) each (:func:`_phase_taps` of both axes; taps the flat HWIO
+    taps of its window's flipped taps, row by row). Kept per layer: four phases' filters
+    gathered tap by tap and their plans took ~40 us a call on MobileNetV2's 14 x 14 layer,
+    whose kernels take ~200."""
+    phases = []
+    for row_phase in range(g.stride[0]):
+        rows, row_taps, top = _phase_taps(g.H, row_phase, g.stride[0], g.R, g.padding[0])
+        for column_phase in range(g.stride[1]):
+            columns, column_taps, left = _phase_taps(g.W, column_phase, g.stride[1], g.S,
+                                                     g.padding[2])
+            taps = np.array([r * g.S + s for r in row_taps for s in column_taps], np.int64)
+            phases.append((rows, top, columns, left, (len(row_taps), len(column_taps)), taps))
+    return phases
+
+
 def _phase_correlations(g, gy, w):
     """A strided NHWC layer's input gradient read and written in place: each of its stride
     phases of input pixels (those of one row and column remainder) is a stride-1 correlation
@@ -232,24 +265,20 @@ def _phase_correlations(g, gy, w):
     input gradient in 1.6-2.3 ms, so 0.78-1.36 (PyTorch channels-last 0.46-1.04; two Zen 4
     threads, benchmarks/results/cpu-nhwc.md)."""
     gx = driver.empty(np, g.x_shape, gy.dtype)
-    hwio = w.reshape(g.R, g.S, g.C)
+    taps_by_channel = w.reshape(g.R * g.S, g.C)  # HWIO
     bias, work = driver.bias(np, None, g.C, gy.dtype), _work(g, gy.size + gx.size)
-    for row_phase in range(g.stride[0]):
-        rows, row_taps, top = _phase_taps(g.H, row_phase, g.stride[0], g.R, g.padding[0])
-        for column_phase in range(g.stride[1]):
-            columns, column_taps, left = _phase_taps(g.W, column_phase, g.stride[1], g.S,
-                                                     g.padding[2])
-            if not row_taps or not column_taps:
-                gx[:, row_phase::g.stride[0], column_phase::g.stride[1]] = 0
-                continue
-            if rows == 0 or columns == 0:
-                continue
-            filters = np.ascontiguousarray(hwio[row_taps][:, column_taps]).reshape(-1, VECTOR)
-            driver.cpu_call(kernels.depthwise_nhwc_rows, work, gy.reshape(g.N, -1), g.OH, g.OW,
-                            filters, bias, gx.reshape(g.N, -1), rows, columns,
-                            ((row_phase * g.W + column_phase) * g.C, g.stride[0] * g.W * g.C,
-                             g.stride[1] * g.C), (len(row_taps), len(column_taps)), (1, 1),
-                            (1, 1), top, left, 0)
+    for phase, (rows, top, columns, left, window, taps) in enumerate(_phases(g)):
+        row_phase, column_phase = divmod(phase, g.stride[1])
+        if taps.size == 0:
+            gx[:, row_phase::g.stride[0], column_phase::g.stride[1]] = 0
+            continue
+        if rows == 0 or columns == 0:
+            continue
+        driver.cpu_call(kernels.depthwise_nhwc_rows, work, gy.reshape(g.N, -1), g.OH, g.OW,
+                        taps_by_channel[taps].reshape(-1, VECTOR), bias, gx.reshape(g.N, -1),
+                        rows, columns,
+                        ((row_phase * g.W + column_phase) * g.C, g.stride[0] * g.W * g.C,
+                         g.stride[1] * g.C), window, (1, 1), (1, 1), top, left, 0)
     return gx
 
 
