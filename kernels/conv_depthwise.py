@@ -49,8 +49,7 @@ VECTOR = VECTOR_LANES
 UVECTOR = np.uint64(VECTOR)  # an unsigned lane counter: see the module's docstring
 PIXELS = 8
 HALF_PIXELS = PIXELS // 2  # depthwise_nhwc_rows' tiles of a row's last few columns
-ONE_TILE = np.zeros(1, np.int64)  # depthwise_nhwc_rows' tile of a row narrower than PIXELS
-NARROW_WIDTHS = tuple(range(1, PIXELS))  # its widths, each compiled for
+NARROW_WIDTHS = tuple(range(1, PIXELS))  # depthwise_nhwc_rows' tiles of narrow rows
 # The weight gradient's register tile: TAPS taps x one vector (a 3x3 window in one pass).
 TAPS = 9
 # Output pixels, at most, whose weight gradient products the in-place NHWC kernel sums in
@@ -362,14 +361,6 @@ def _inside(offset, step, size, count):
     return lo, lo + inside
 
 
-def rows_fit(w_, ow_, s_, sw, dw, left):
-    """Whether depthwise_nhwc_rows serves rows of ``ow_`` outputs over ``w_`` input columns
-    (a window ``s_`` wide at stride ``sw`` and dilation ``dw``, the first output's first tap
-    at column -``left``): every output but a row's first and last reads all its taps inside
-    the row, as the tiles' edge flags ask (a padding of up to the stride, MobileNet's)."""
-    return ow_ < 3 or (sw >= left and (ow_ - 2) * sw - left + (s_ - 1) * dw < w_)
-
-
 @njit(inline="always", cache=True)
 def _edge_flags(starts, pixels, sw, left, dw, s_, w_):
     """(T, 2, s_) uint8: whether pixel 0 (flags[t, 0, s]) and pixel ``pixels`` - 1 (flags[t,
@@ -451,14 +442,14 @@ def _row(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, tiles
 
 
 @njit(cache=True)
-def _narrow_row(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, flags, bias,
-                yn, out, out_step, channels, ahead, ahead_rows, ahead_step, width):
-    """:func:`_row` over a row of ``width`` < PIXELS outputs as one tile of its width, made a
-    compile-time constant here (in the task's loop, Numba's unrolling of the widths left the
-    loop serial)."""
+def _narrow_row(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, tiles, flags,
+                bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step, width):
+    """:func:`_row` over ``tiles`` of ``width`` < PIXELS outputs (a row's segment narrower than
+    PIXELS), the width made a compile-time constant here (in the task's loop, Numba's
+    unrolling of the widths left the loop serial)."""
     for pixels in literal_unroll(NARROW_WIDTHS):
         if width == pixels:
-            _row(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, ONE_TILE,
+            _row(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, tiles,
                  flags, bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step, True,
                  pixels)
 
@@ -469,8 +460,7 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
     """y = act(bias + the depthwise correlation of x with the filters), NHWC in, NHWC out, read
     and written where they lie: no buffer, no moves. y[n, i, j, k] = act(bias[k] + the sum over
     taps (r, s) inside the image of x[n, i * sh - top + r * dh, j * sw - left + s * dw, k] *
-    filters[(r * S + s) * C / VECTOR + k // VECTOR, k % VECTOR]), for rows whose taps in the
-    padding are those of their first and last pixels (:func:`rows_fit`).
+    filters[(r * S + s) * C / VECTOR + k // VECTOR, k % VECTOR]).
 
     Layout: x (N, h_ * w_ * C), NHWC images flat, C a multiple of VECTOR (a pixel's channels
     whole vectors); y (N, Y) each image flat, output (i, j) at ``origin + i * row + j *
@@ -485,8 +475,11 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
     compile-time constant each: one variant a width). A tile's first and last pixels leave
     out their taps in the padding by a branch, its others read every tap: the row's edges
     cost no tiles of their own (as one-pixel tiles of their inside taps, with two overlapping
-    half tiles between them, MobileNetV2's 7 x 7 rows ran 2x slower). The activation in a
-    pass over the row while it is in cache. Each task owns y[n, i].
+    half tiles between them, MobileNetV2's 7 x 7 rows ran 2x slower). Where the padding or
+    the dilation passes the stride, the outer columns whose taps reach into the padding, all
+    but the innermost on each side, are tiles of one pixel, and the columns between them are
+    tiled so. The activation in a pass over the row while it is in cache. Each task owns
+    y[n, i].
     While a row's tiles run, the lines of the rows the next output row reads first are
     prefetched: the tiles read a pixel's vector of channels from lines C elements apart, a
     pattern the hardware prefetchers did not follow (8 x 144 x 56 x 56: 5.7 -> 3.4 ms on one
@@ -502,19 +495,30 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
     y_origin, y_row, y_col = y_places
     step, out_step = np.uint64(sw * c_), np.uint64(y_col)
     row_step, column_step = np.uint64(dh * w_ * c_), np.uint64(dw * c_)
-    # tiles of PIXELS from column 0, the last moved back to end at ow_ where more than
-    # HALF_PIXELS columns are left for it, else one of HALF_PIXELS ending there: the row's first
-    # and last tiles take edge flags, those between read every tap
-    wholes, rest = ow_ // PIXELS, ow_ % PIXELS
+    # the columns past a row's first and last whose taps reach into the padding (a padding or
+    # dilation past the stride) are tiles of one pixel; the others, a segment from column
+    # e_l, in tiles of PIXELS, the last moved back to end at the segment's end where more
+    # than HALF_PIXELS columns are left for it, else one of HALF_PIXELS ending there, or, a
+    # segment narrower than PIXELS, one tile of its width. The segment's first and last
+    # tiles take edge flags, those between read every tap.
+    e_l = max(0, -(-left // sw) - 1)
+    e_r = max(0, ow_ - 2 - (w_ - 1 + left - (s_ - 1) * dw) // sw)
+    if e_l + e_r >= ow_:
+        e_l, e_r = ow_, 0
+    width = ow_ - e_l - e_r
+    wholes, rest = width // PIXELS, width % PIXELS
     closing = 1 if rest > HALF_PIXELS or rest == 0 and wholes > 1 else 0
     halves = 1 if wholes > 0 and 0 < rest <= HALF_PIXELS else 0
-    ends = np.array([t * (ow_ - PIXELS) for t in range(1 + closing if wholes > 0 else 0)],
+    ends = np.array([e_l + t * (width - PIXELS) for t in range(1 + closing if wholes > 0 else 0)],
                     np.int64)
-    between = np.array([t * PIXELS for t in range(1, wholes - (rest == 0))], np.int64)
-    half = np.array([ow_ - HALF_PIXELS for _ in range(halves)], np.int64)
+    between = np.array([e_l + t * PIXELS for t in range(1, wholes - (rest == 0))], np.int64)
+    half = np.array([e_l + width - HALF_PIXELS for _ in range(halves)], np.int64)
+    narrow = np.array([e_l for _ in range(1 if wholes == 0 and width > 0 else 0)], np.int64)
+    singles = np.array([j for j in range(ow_) if j < e_l or j >= ow_ - e_r], np.int64)
     end_flags = _edge_flags(ends, PIXELS, sw, left, dw, s_, w_)
     half_flags = _edge_flags(half, HALF_PIXELS, sw, left, dw, s_, w_)
-    row_flags = _edge_flags(ONE_TILE, ow_, sw, left, dw, s_, w_)
+    narrow_flags = _edge_flags(narrow, width, sw, left, dw, s_, w_)
+    single_flags = _edge_flags(singles, 1, sw, left, dw, s_, w_)
     for task in prange(n_ * oh_):
         n, i = task // oh_, task % oh_
         xn, yn = x[n], y[n]
@@ -540,10 +544,14 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
             _row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_, half, half_flags,
                  bias, yn, out_row, out_step, c_, ahead, ahead_rows, ahead_step, True,
                  HALF_PIXELS)
-        if wholes == 0:
-            _narrow_row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_,
-                        row_flags, bias, yn, out_row, out_step, c_, ahead, ahead_rows,
-                        ahead_step, ow_)
+        if narrow.size > 0:
+            _narrow_row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_, narrow,
+                        narrow_flags, bias, yn, out_row, out_step, c_, ahead, ahead_rows,
+                        ahead_step, width)
+        if singles.size > 0:
+            _row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_, singles,
+                 single_flags, bias, yn, out_row, out_step, c_, ahead, ahead_rows, ahead_step,
+                 True, 1)
         if act != 0:
             for j in range(ow_):
                 activate_run(yn, y_origin + i * y_row + j * y_col, c_, 1, act)

@@ -124,13 +124,12 @@ def test_backward_matches_reference_and_torch_autograd(case, parallel, several, 
                                    dict(stride=1, padding=2, dilation=2),
                                    dict(stride=(1, 3), padding=(0, 1))])
 def test_nhwc_rows_tile_every_row_width(layer, dtype, parallel, monkeypatch, cpu_calls):
-    """An NHWC layer of whole vectors of channels is read in place where a row's padding
-    reaches no further than its first and last pixels (conv_depthwise.rows_fit: a padding up
-    to the stride; the dilated layer's 2 goes through depthwise_planes, its rows of one or two
-    pixels excepted): rows 1 to 34 wide cover every split of a row into tiles of PIXELS (the
-    last moved back) and a tile of HALF_PIXELS, and every width of a row narrower than a tile
-    (one tile of its own width), against the float64 reference and PyTorch, forward with a
-    bias and an activation, the input gradient (a strided layer's phase by phase, each
+    """An NHWC layer of whole vectors of channels is read in place: rows 1 to 34 wide cover
+    every split of a row into tiles of PIXELS (the last moved back) and a tile of
+    HALF_PIXELS, every width of a row narrower than a tile (one tile of its own width), and,
+    where the padding passes the stride (the dilated layer's 2), the columns it reaches past
+    the first as tiles of one pixel; against the float64 reference and PyTorch, forward with
+    a bias and an activation, the input gradient (a strided layer's phase by phase, each
     phase's rows as narrow as they come) and the weight gradient (in place on every row:
     depthwise_nhwc_weight_rows)."""
     _threads(monkeypatch, parallel)
@@ -155,11 +154,7 @@ def test_nhwc_rows_tile_every_row_width(layer, dtype, parallel, monkeypatch, cpu
                     else oracle.conv2d(x, w, gy=gy, **kwargs))
             oracle.check({name: op(*args, **op_kwargs)}, want)
             ran.append({kernel.py_func.__name__ for kernel, _ in cpu_calls[before:]})
-        dilated = kwargs["dilation"] == 2  # its padding of 2 passes its stride of 1
-        assert ran == [{"depthwise_nhwc_rows" if not dilated or g.OW < 3
-                        else "depthwise_planes"},
-                       {"depthwise_nhwc_rows" if not dilated or width < 3
-                        else "depthwise_planes"},
+        assert ran == [{"depthwise_nhwc_rows"}, {"depthwise_nhwc_rows"},
                        {"depthwise_nhwc_weight_rows"}], (width, ran)
 
 

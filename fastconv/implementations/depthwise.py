@@ -127,16 +127,14 @@ def _output_places(oh, ow):
     return np.stack([np.zeros(oh, np.int64), np.arange(oh)], axis=1), np.arange(ow)
 
 
-def _in_place(g, w, stride, width, out_width, left):
-    """Whether kernels.depthwise_nhwc_rows serves a correlation of a source ``width`` pixels
-    wide, read as it lies at ``stride`` from column -``left``, into rows ``out_width`` wide,
-    with the layer's filters ``w``: NHWC, one output channel an input channel, the channels
-    whole vectors, finite filters (:func:`_finite`), and a padding its tiles' edge pixels
-    take (kernels.rows_fit). depthwise_planes, moving the rows into a blocked buffer and its
-    result out, ran MobileNetV2's 8 x 960 x 7 x 7 layer 1.6-1.8x slower than its tiles of
-    whole 7-pixel rows (benchmarks/results/cpu-nhwc.md)."""
-    return (_whole_vectors_nhwc(g) and _finite(w)
-            and kernels.rows_fit(width, out_width, g.S, stride[1], g.dilation[1], left))
+def _in_place(g, w):
+    """Whether kernels.depthwise_nhwc_rows serves the layer's correlations, reading and
+    writing its arrays as they lie: NHWC, one output channel an input channel, the channels
+    whole vectors, finite filters (:func:`_finite`). depthwise_planes, moving the rows into a
+    blocked buffer and its result out, ran MobileNetV2's 8 x 960 x 7 x 7 layer 1.6-1.8x
+    slower than its tiles of whole 7-pixel rows (benchmarks/results/cpu-nhwc-depthwise-rows.md),
+    a dilated 8 x 960 x 33 x 33 one 1.5-2x slower."""
+    return _whole_vectors_nhwc(g) and _finite(w)
 
 
 def _rows(g, a, taps, b, before, stride, out_hw, activation):
@@ -198,7 +196,7 @@ def _lane_weights(filters, blocks):
 def forward(g, x, w, b, activation):
     """y = activation(b + conv(x, w)): output channel k reads input channel k // m."""
     before = (g.padding[0], g.padding[2])
-    if _in_place(g, w, g.stride, g.W, g.OW, before[1]):  # HWIO's filters as they lie
+    if _in_place(g, w):  # HWIO's filters as they lie
         return _rows(g, x, w.reshape(g.R * g.S, g.C), b, before, g.stride, (g.OH, g.OW),
                      activation)
     m, blocks = g.K // g.C, _blocks(g.K)
@@ -212,13 +210,11 @@ def backward_input(g, gy, w):
     """gx = dL/dx: the output gradient placed ``stride`` apart and correlated at stride 1 with
     the flipped filters, input channel c summing its m output channels c * m + j; or, for a
     strided NHWC layer read in place, phase by phase (:func:`_phase_correlations`)."""
-    if (_whole_vectors_nhwc(g) and g.stride != (1, 1) and g.dilation == (1, 1) and _finite(w)
-            and all(kernels.rows_fit(g.OW, columns, window[1], 1, 1, left)
-                    for _, _, columns, left, window, _ in _phases(g))):
+    if g.stride != (1, 1) and g.dilation == (1, 1) and _in_place(g, w):
         return _phase_correlations(g, gy, w)
     (dh, dw) = g.dilation
     before = ((g.R - 1) * dh - g.padding[0], (g.S - 1) * dw - g.padding[2])
-    if g.stride == (1, 1) and _in_place(g, w, (1, 1), g.OW, g.W, before[1]):
+    if g.stride == (1, 1) and _in_place(g, w):
         flipped = np.ascontiguousarray(w[::-1, ::-1])  # HWIO
         return _rows(g, gy, flipped.reshape(g.R * g.S, g.C), None, before, (1, 1), (g.H, g.W),
                      None)
