@@ -377,9 +377,9 @@ def _edge_flags(starts, pixels, sw, left, dw, s_, w_):
 
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
-def _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, columns_,
-               tiles, flags, bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step,
-               edges_, pixels_):
+def _row_tiles(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_,
+               columns_, tiles, span, flags, bias, yn, out, out_step, channels, ahead,
+               ahead_rows, ahead_step, edges_, pixels_):
     """yn[out + q * out_step + k] = bias[k] + the sum over window rows r0 <= r < r1 and
     columns s < s_ of xn[at + r * row_step + s * column_step + q * step + k] *
     filters[(r * s_ + s) * blocks + k // VECTOR, k % VECTOR] for the output pixels q of
@@ -398,7 +398,7 @@ def _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_,
     pass as a tile's FMAs)."""
     acc = carray(stack_array(pixels_, VECTOR, yn.dtype), (pixels_, VECTOR))
     line = LINE_BYTES // yn.itemsize
-    for tile in range(tiles.shape[0]):
+    for tile in range(span[0], span[1]):
         q0 = tiles[tile]
         for r in range(ahead_rows):
             first = ahead + np.uint64(r) * ahead_step + np.uint64(q0) * step
@@ -413,7 +413,8 @@ def _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_,
             for r in range(r0, r1):
                 row = first + np.uint64(r) * row_step
                 for s in range(s_ if columns_ == 0 else columns_):
-                    tap, column = (r * s_ + s) * blocks + blk, row + np.uint64(s) * column_step
+                    tap = first_tap + (r * s_ + s) * blocks + blk
+                    column = row + np.uint64(s) * column_step
                     if edges_:
                         lane_fmas(acc, xn, column, step, filters, tap, flags[tile, 0, s] != 0,
                                   flags[tile, 1, s] != 0, pixels_)
@@ -426,81 +427,50 @@ def _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_,
 
 
 @njit(cache=True)
-def _row(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, tiles, flags, bias,
-         yn, out, out_step, channels, ahead, ahead_rows, ahead_step, edges_, pixels_):
+def _row(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_, tiles,
+         span, flags, bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step, edges_,
+         pixels_):
     """:func:`_row_tiles`, its tap columns a compile-time 3 where the window is 3 wide (an
     expression's value reaches Numba as a variable, not a constant: its loop then unrolled by
     two, its window row's loads not shared)."""
     if s_ == 3:
-        _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, 3, tiles,
-                   flags, bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step,
-                   edges_, pixels_)
+        _row_tiles(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_,
+                   3, tiles, span, flags, bias, yn, out, out_step, channels, ahead, ahead_rows,
+                   ahead_step, edges_, pixels_)
     else:
-        _row_tiles(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, 0, tiles,
-                   flags, bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step,
-                   edges_, pixels_)
+        _row_tiles(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_,
+                   0, tiles, span, flags, bias, yn, out, out_step, channels, ahead, ahead_rows,
+                   ahead_step, edges_, pixels_)
 
 
 @njit(cache=True)
-def _narrow_row(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, tiles, flags,
-                bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step, width):
-    """:func:`_row` over ``tiles`` of ``width`` < PIXELS outputs (a row's segment narrower than
+def _narrow_row(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_,
+                tiles, span, flags, bias, yn, out, out_step, channels, ahead, ahead_rows,
+                ahead_step, width):
+    """:func:`_row` over tiles of ``width`` < PIXELS outputs (a row's segment narrower than
     PIXELS), the width made a compile-time constant here (in the task's loop, Numba's
     unrolling of the widths left the loop serial)."""
     for pixels in literal_unroll(NARROW_WIDTHS):
         if width == pixels:
-            _row(xn, at, step, row_step, column_step, filters, blocks, r0, r1, s_, tiles,
-                 flags, bias, yn, out, out_step, channels, ahead, ahead_rows, ahead_step, True,
-                 pixels)
+            _row(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_,
+                 tiles, span, flags, bias, yn, out, out_step, channels, ahead, ahead_rows,
+                 ahead_step, True, pixels)
 
 
-@njit(**CPU_KERNEL)
-def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window, stride,
-                        dilation, top, left, act):
-    """y = act(bias + the depthwise correlation of x with the filters), NHWC in, NHWC out, read
-    and written where they lie: no buffer, no moves. y[n, i, j, k] = act(bias[k] + the sum over
-    taps (r, s) inside the image of x[n, i * sh - top + r * dh, j * sw - left + s * dw, k] *
-    filters[(r * S + s) * C / VECTOR + k // VECTOR, k % VECTOR]).
+@njit(cache=True)
+def _row_plan(ow_, w_, s_, sw, dw, left):
+    """The tiles of depthwise_nhwc_rows' rows of ``ow_`` outputs over ``w_`` input columns (a
+    window ``s_`` wide at stride ``sw`` and dilation ``dw``, the first output's first tap at
+    column -``left``): tiles of PIXELS with edge flags, tiles of PIXELS between them, a tile
+    of HALF_PIXELS, a tile of the segment's width, one-pixel tiles.
 
-    Layout: x (N, h_ * w_ * C), NHWC images flat, C a multiple of VECTOR (a pixel's channels
-    whole vectors); y (N, Y) each image flat, output (i, j) at ``origin + i * row + j *
-    column`` for y_places = (origin, row, column) (an NHWC image of its own: (0, ow_ * C, C);
-    a strided layer's input gradient writes each phase of its pixels so); filters (R * S * C /
-    VECTOR, VECTOR), HWIO's (R * S, C) in rows of a vector; bias (C,); window (R, S), stride,
-    dilation pairs.
-    Loop order: (image, output row) in parallel; per task the window rows inside the image,
-    then :func:`_row_tiles` over the row: tiles of PIXELS from its first column, the last
-    moved back to end at its last where more than HALF_PIXELS columns are left for it, else a
-    tile of HALF_PIXELS ending there; a row narrower than PIXELS is one tile of its width (a
-    compile-time constant each: one variant a width). A tile's first and last pixels leave
-    out their taps in the padding by a branch, its others read every tap: the row's edges
-    cost no tiles of their own (as one-pixel tiles of their inside taps, with two overlapping
-    half tiles between them, MobileNetV2's 7 x 7 rows ran 2x slower). Where the padding or
-    the dilation passes the stride, the outer columns whose taps reach into the padding, all
-    but the innermost on each side, are tiles of one pixel, and the columns between them are
-    tiled so. The activation in a pass over the row while it is in cache. Each task owns
-    y[n, i].
-    While a row's tiles run, the lines of the rows the next output row reads first are
-    prefetched: the tiles read a pixel's vector of channels from lines C elements apart, a
-    pattern the hardware prefetchers did not follow (8 x 144 x 56 x 56: 5.7 -> 3.4 ms on one
-    Zen 4 thread; 0.2 ms an image from cache). depthwise_planes, moving each pixel's vector
-    into a blocked buffer, took 1.1-1.9x as long on MobileNetV2's 28x28 to 112x112 planes
-    (benchmarks/results/cpu-nhwc.md)."""
-    n_, t_ = x.shape[0], window[0] * window[1]
-    b_ = filters.shape[0] // t_
-    c_ = b_ * VECTOR
-    r_, s_ = window
-    sh, sw = stride
-    dh, dw = dilation
-    y_origin, y_row, y_col = y_places
-    step, out_step = np.uint64(sw * c_), np.uint64(y_col)
-    row_step, column_step = np.uint64(dh * w_ * c_), np.uint64(dw * c_)
-    # the columns past a row's first and last whose taps reach into the padding (a padding or
-    # dilation past the stride) are tiles of one pixel; the others, a segment from column
-    # e_l, in tiles of PIXELS, the last moved back to end at the segment's end where more
-    # than HALF_PIXELS columns are left for it, else one of HALF_PIXELS ending there, or, a
-    # segment narrower than PIXELS, one tile of its width. The segment's first and last
-    # tiles take edge flags, those between read every tap.
+    The columns past a row's first and last whose taps reach into the padding (a padding or
+    dilation past the stride) are tiles of one pixel; the others, a segment from column e_l,
+    in tiles of PIXELS, the last moved back to end at the segment's end where more than
+    HALF_PIXELS columns are left for it, else one of HALF_PIXELS ending there, or, a segment
+    narrower than PIXELS, one tile of its width. The segment's first and last tiles take
+    edge flags, those between read every tap. Returned as (segment width, the tiles' first
+    columns kind by kind, each kind's count, the tiles' edge flags)."""
     e_l = max(0, -(-left // sw) - 1)
     e_r = max(0, ow_ - 2 - (w_ - 1 + left - (s_ - 1) * dw) // sw)
     if e_l + e_r >= ow_:
@@ -511,50 +481,142 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, y_places, window,
     halves = 1 if wholes > 0 and 0 < rest <= HALF_PIXELS else 0
     ends = np.array([e_l + t * (width - PIXELS) for t in range(1 + closing if wholes > 0 else 0)],
                     np.int64)
-    between = np.array([e_l + t * PIXELS for t in range(1, wholes - (rest == 0))], np.int64)
+    # (a range that runs backwards gives a comprehension a negative length in Numba)
+    between = np.array([e_l + t * PIXELS for t in range(1, max(1, wholes - (rest == 0)))],
+                       np.int64)
     half = np.array([e_l + width - HALF_PIXELS for _ in range(halves)], np.int64)
     narrow = np.array([e_l for _ in range(1 if wholes == 0 and width > 0 else 0)], np.int64)
     singles = np.array([j for j in range(ow_) if j < e_l or j >= ow_ - e_r], np.int64)
-    end_flags = _edge_flags(ends, PIXELS, sw, left, dw, s_, w_)
-    half_flags = _edge_flags(half, HALF_PIXELS, sw, left, dw, s_, w_)
-    narrow_flags = _edge_flags(narrow, width, sw, left, dw, s_, w_)
-    single_flags = _edge_flags(singles, 1, sw, left, dw, s_, w_)
-    for task in prange(n_ * oh_):
-        n, i = task // oh_, task % oh_
+    kinds = (ends, between, half, narrow, singles)
+    counts = np.array([kind.size for kind in kinds], np.int64)
+    flags = np.concatenate((_edge_flags(ends, PIXELS, sw, left, dw, s_, w_),
+                            _edge_flags(between, PIXELS, sw, left, dw, s_, w_),
+                            _edge_flags(half, HALF_PIXELS, sw, left, dw, s_, w_),
+                            _edge_flags(narrow, width, sw, left, dw, s_, w_),
+                            _edge_flags(singles, 1, sw, left, dw, s_, w_)))
+    return width, np.concatenate(kinds), counts, flags
+
+
+@njit(cache=True)
+def _row_out(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_, tiles,
+             bounds, flags, width, bias, yn, out, out_step, channels, ahead, ahead_rows,
+             ahead_step):
+    """One output row of a part of depthwise_nhwc_rows: :func:`_row` over each kind of its
+    tiles (:func:`_row_plan`), tiles[bounds[k]:bounds[k + 1]] the k-th kind's."""
+    if bounds[1] > bounds[0]:
+        _row(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_, tiles,
+             (bounds[0], bounds[1]), flags, bias, yn, out, out_step, channels, ahead,
+             ahead_rows, ahead_step, True, PIXELS)
+    if bounds[2] > bounds[1]:
+        _row(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_, tiles,
+             (bounds[1], bounds[2]), flags, bias, yn, out, out_step, channels, ahead,
+             ahead_rows, ahead_step, False, PIXELS)
+    if bounds[3] > bounds[2]:
+        _row(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_, tiles,
+             (bounds[2], bounds[3]), flags, bias, yn, out, out_step, channels, ahead,
+             ahead_rows, ahead_step, True, HALF_PIXELS)
+    if bounds[4] > bounds[3]:
+        _narrow_row(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_,
+                    tiles, (bounds[3], bounds[4]), flags, bias, yn, out, out_step, channels,
+                    ahead, ahead_rows, ahead_step, width)
+    if bounds[5] > bounds[4]:
+        _row(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_, tiles,
+             (bounds[4], bounds[5]), flags, bias, yn, out, out_step, channels, ahead,
+             ahead_rows, ahead_step, True, 1)
+
+
+# depthwise_nhwc_rows' parts: the columns of a part's row of its array ``parts``
+ROWS, TOP, WINDOW_R, COLUMNS, WINDOW_S, LEFT, ORIGIN, FIRST_TAP = range(8)
+
+
+def row_plans(parts, w_, sw, dw):
+    """depthwise_nhwc_rows' tiles of ``parts`` (its (P, 8) array) over rows of ``w_`` input
+    columns at column stride ``sw`` and dilation ``dw``: (tiles, bounds, flags, widths), every
+    part's :func:`_row_plan` in one array each, so that a task takes no view of its own (a
+    list of plans read in the tasks, each read's reference counts shared by the threads, ran
+    8 x 56 x 56 x 144's phases 1.2x slower)."""
+    plans = [_row_plan(part[COLUMNS], w_, part[WINDOW_S], sw, dw, part[LEFT]) for part in parts]
+    widths = np.array([plan[0] for plan in plans], np.int64)
+    tiles = np.concatenate([plan[1] for plan in plans])
+    counts = np.array([plan[2] for plan in plans], np.int64).reshape(len(plans), 5)
+    bounds = np.concatenate([np.zeros((len(plans), 1), np.int64), counts], axis=1).ravel()
+    bounds = np.cumsum(bounds).reshape(len(plans), 6)
+    flags = np.zeros((tiles.size, 2, max(part[WINDOW_S] for part in parts)), np.uint8)
+    for p, plan in enumerate(plans):
+        flags[bounds[p, 0]:bounds[p, 5], :, :plan[3].shape[2]] = plan[3]
+    return tiles, bounds, flags, widths
+
+
+@njit(**CPU_KERNEL)
+def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, parts, group, tiles, bounds, flags, widths,
+                        y_row, y_col, stride, dilation, act):
+    """y = act(bias + the depthwise correlation of x with the filters), NHWC in, NHWC out, read
+    and written where they lie: no buffer, no moves, in parts, each a correlation of its own
+    window into its own pixels of y (a strided layer's input gradient's phases: one part a
+    phase; else one part). Part p's output (i, j), i < rows and j < columns of parts[p], is
+    y[n] at origin + i * y_row + j * y_col = act(bias[k] + the sum over its taps (r, s), r <
+    R_p and s < S_p, inside the image of x[n, i * sh - top + r * dh, j * sw - left + s * dw,
+    k] * filters[first_tap + (r * S_p + s) * C / VECTOR + k // VECTOR, k % VECTOR]).
+
+    Layout: x (N, h_ * w_ * C), NHWC images flat, C a multiple of VECTOR (a pixel's channels
+    whole vectors); y (N, Y) each image flat; filters (taps * C / VECTOR, VECTOR), each part's
+    HWIO (R_p * S_p, C) in rows of a vector from its first tap's row; bias (C,); parts (P, 8)
+    int64, a part's (rows, top, R_p, columns, S_p, left, origin, first tap) (ROWS ... FIRST_TAP);
+    ``group`` consecutive parts make a task's row (a strided input gradient's column phases:
+    each task then writes a whole row of gx); the parts' tiles (:func:`row_plans`): tiles
+    (T,) their first columns, bounds (P, 6) part p's tiles of kind k tiles[bounds[p,
+    k]:bounds[p, k + 1]], flags (T, 2, S) their edge flags, widths (P,) each part's segment
+    width; stride and dilation pairs.
+    Loop order: (image, group of parts, output row) in parallel; per task and part the window
+    rows inside the image, then :func:`_row_out` over its row: tiles of PIXELS from its first
+    column, the last moved back to end at its last where more than HALF_PIXELS columns are
+    left for it, else a tile of HALF_PIXELS ending there; a row narrower than PIXELS is one
+    tile of its width (a compile-time constant each: one variant a width). A tile's first and
+    last pixels leave out their taps in the padding by a branch, its others read every tap:
+    the row's edges cost no tiles of their own (as one-pixel tiles of their inside taps, with
+    two overlapping half tiles between them, MobileNetV2's 7 x 7 rows ran 2x slower). Where
+    the padding or the dilation passes the stride, the outer columns whose taps reach into the
+    padding, all but the innermost on each side, are tiles of one pixel, and the columns
+    between them are tiled so (:func:`_row_plan`). The activation in a pass over the row while
+    it is in cache. Each task owns its parts' rows i of y[n].
+    While a row's tiles run, the lines of the rows the next output row reads first are
+    prefetched: the tiles read a pixel's vector of channels from lines C elements apart, a
+    pattern the hardware prefetchers did not follow (8 x 144 x 56 x 56: 5.7 -> 3.4 ms on one
+    Zen 4 thread; 0.2 ms an image from cache). depthwise_planes, moving each pixel's vector
+    into a blocked buffer, took 1.1-1.9x as long on MobileNetV2's 28x28 to 112x112 planes
+    (benchmarks/results/cpu-nhwc.md)."""
+    n_, c_, p_ = x.shape[0], bias.shape[0], parts.shape[0]
+    b_ = c_ // VECTOR
+    sh, sw = stride
+    dh, dw = dilation
+    groups = p_ // group
+    rows = max([parts[p, ROWS] for p in range(p_)])
+    step, out_step = np.uint64(sw * c_), np.uint64(y_col)
+    row_step, column_step = np.uint64(dh * w_ * c_), np.uint64(dw * c_)
+    for task in prange(n_ * groups * rows):
+        n, g, i = task // (groups * rows), task // rows % groups, task % rows
         xn, yn = x[n], y[n]
-        top_row = i * sh - top
-        r0, r1 = _inside(top_row, dh, h_, r_)  # the window rows inside: r0 <= r < r1
-        # the row's first output's first tap, from its first window row: negative above the
-        # image or left of it, where the rows from r0 and the taps inside add to it
-        at = np.uint64((top_row * w_ - left) * c_)
-        out_row = np.uint64(y_origin + i * y_row)
-        # the rows the next output row reads first: fetched while this one's tiles run
-        ahead_row = top_row + (r_ - 1) * dh + 1
-        ahead_rows = max(0, min(sh, h_ - ahead_row)) if ahead_row >= 0 else 0
-        ahead = np.uint64((ahead_row * w_ - left) * c_)
-        ahead_step = np.uint64(w_ * c_)
-        if wholes > 0:
-            _row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_, ends, end_flags,
-                 bias, yn, out_row, out_step, c_, ahead, ahead_rows, ahead_step, True, PIXELS)
-        if between.size > 0:
-            _row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_, between,
-                 end_flags, bias, yn, out_row, out_step, c_, ahead, ahead_rows, ahead_step,
-                 False, PIXELS)
-        if halves > 0:
-            _row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_, half, half_flags,
-                 bias, yn, out_row, out_step, c_, ahead, ahead_rows, ahead_step, True,
-                 HALF_PIXELS)
-        if narrow.size > 0:
-            _narrow_row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_, narrow,
-                        narrow_flags, bias, yn, out_row, out_step, c_, ahead, ahead_rows,
-                        ahead_step, width)
-        if singles.size > 0:
-            _row(xn, at, step, row_step, column_step, filters, b_, r0, r1, s_, singles,
-                 single_flags, bias, yn, out_row, out_step, c_, ahead, ahead_rows, ahead_step,
-                 True, 1)
-        if act != 0:
-            for j in range(ow_):
-                activate_run(yn, y_origin + i * y_row + j * y_col, c_, 1, act)
+        for p in range(g * group, (g + 1) * group):
+            if i >= parts[p, ROWS]:
+                continue
+            r_, s_, left = parts[p, WINDOW_R], parts[p, WINDOW_S], parts[p, LEFT]
+            top_row = i * sh - parts[p, TOP]
+            r0, r1 = _inside(top_row, dh, h_, r_)  # the window rows inside: r0 <= r < r1
+            # the row's first output's first tap, from its first window row: negative above
+            # the image or left of it, where the rows from r0 and the taps inside add to it
+            at = np.uint64((top_row * w_ - left) * c_)
+            out_row = parts[p, ORIGIN] + i * y_row
+            # the rows the next output row reads first: fetched while this one's tiles run
+            ahead_row = top_row + (r_ - 1) * dh + 1
+            ahead_rows = max(0, min(sh, h_ - ahead_row)) if ahead_row >= 0 else 0
+            _row_out(xn, at, step, row_step, column_step, filters, parts[p, FIRST_TAP], b_, r0,
+                     r1, s_, tiles, (bounds[p, 0], bounds[p, 1], bounds[p, 2], bounds[p, 3],
+                                     bounds[p, 4], bounds[p, 5]), flags, widths[p], bias, yn,
+                     np.uint64(out_row), out_step, c_, np.uint64((ahead_row * w_ - left) * c_),
+                     ahead_rows, np.uint64(w_ * c_))
+            if act != 0:
+                for j in range(parts[p, COLUMNS]):
+                    activate_run(yn, out_row + j * y_col, c_, 1, act)
 
 
 @njit(inline="always", cache=True)

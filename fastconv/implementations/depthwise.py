@@ -137,16 +137,27 @@ def _in_place(g, w):
     return _whole_vectors_nhwc(g) and _finite(w)
 
 
+@functools.lru_cache(maxsize=256)
+def _parts(parts, w, sw, dw):
+    """kernels.depthwise_nhwc_rows' ``parts`` (a tuple of its rows) as its array and their
+    tiles (kernels.row_plans). Kept per layer: the kernel only reads them."""
+    parts = np.array(parts, np.int64)
+    return (parts,) + kernels.row_plans(parts, w, sw, dw)
+
+
 def _rows(g, a, taps, b, before, stride, out_hw, activation):
     """activation(b + the correlation of the NHWC ``a`` with ``taps`` (R * S, C): HWIO's),
     read and written where they lie by kernels.depthwise_nhwc_rows, from ``before`` (rows,
-    columns), at ``stride`` and the layer's dilation, into ``out_hw`` (rows, columns)."""
+    columns), at ``stride`` and the layer's dilation, into ``out_hw`` (rows, columns): one
+    part."""
     n, h, w, c = a.shape
     oh, ow = out_hw
     out = driver.empty(np, (n, oh, ow, c), a.dtype)
+    plan = _parts(((oh, before[0], g.R, ow, g.S, before[1], 0, 0),), w, stride[1],
+                  g.dilation[1])
     driver.cpu_call(kernels.depthwise_nhwc_rows, _work(g, out.size), a.reshape(n, -1), h, w,
                     taps.reshape(-1, VECTOR), driver.bias(np, b, c, a.dtype), out.reshape(n, -1),
-                    oh, ow, (0, ow * c, c), (g.R, g.S), tuple(stride), g.dilation, *before,
+                    plan[0], 1, *plan[1:], ow * c, c, tuple(stride), g.dilation,
                     CODES[activation])
     return out
 
@@ -236,45 +247,52 @@ def _phase_taps(size, phase, stride, k, before):
 
 @functools.lru_cache(maxsize=256)
 def _phases(g):
-    """A strided layer's input gradient phases, row phase by column phase: (rows, top,
-    columns, left, window, taps) each (:func:`_phase_taps` of both axes; taps the flat HWIO
-    taps of its window's flipped taps, row by row). Kept per layer: four phases' filters
-    gathered tap by tap and their plans took ~40 us a call on MobileNetV2's 14 x 14 layer,
-    whose kernels take ~200."""
-    phases = []
+    """A strided layer's input gradient as kernels.depthwise_nhwc_rows' parts, one a phase
+    that some tap reaches, row phase by column phase: (the parts and their tiles
+    (:func:`_parts`; None where there are none), the flat HWIO taps of their windows' flipped
+    taps in the parts' order, the parts a task's row takes (a row phase's column phases where
+    every phase is a part, else one), the phases no tap reaches as (row phase, column
+    phase)). Kept per layer: four phases' filters gathered tap by tap and their plans took
+    ~40 us a call on MobileNetV2's 14 x 14 layer, whose kernels take ~200."""
+    parts, taps, untouched = [], [], []
+    blocks = g.C // VECTOR
     for row_phase in range(g.stride[0]):
         rows, row_taps, top = _phase_taps(g.H, row_phase, g.stride[0], g.R, g.padding[0])
         for column_phase in range(g.stride[1]):
             columns, column_taps, left = _phase_taps(g.W, column_phase, g.stride[1], g.S,
                                                      g.padding[2])
-            taps = np.array([r * g.S + s for r in row_taps for s in column_taps], np.int64)
-            phases.append((rows, top, columns, left, (len(row_taps), len(column_taps)), taps))
-    return phases
+            if not row_taps or not column_taps:
+                untouched.append((row_phase, column_phase))
+            elif rows and columns:
+                parts.append((rows, top, len(row_taps), columns, len(column_taps), left,
+                              (row_phase * g.W + column_phase) * g.C, len(taps) * blocks))
+                taps += [r * g.S + s for r in row_taps for s in column_taps]
+    group = g.stride[1] if len(parts) == g.stride[0] * g.stride[1] else 1
+    return _parts(tuple(parts), g.OW, 1, 1) if parts else None, np.array(taps, np.int64), \
+        group, untouched
 
 
 def _phase_correlations(g, gy, w):
-    """A strided NHWC layer's input gradient read and written in place: each of its stride
-    phases of input pixels (those of one row and column remainder) is a stride-1 correlation
-    of gy as it lies with the phase's taps flipped, written by kernels.depthwise_nhwc_rows
-    into gx at that phase's pixels; a phase no tap reaches is zero. Placing gy stride apart in
-    depthwise_planes' zeroed buffers ran MobileNetV2's 8 x 144 x 56 x 56 stride-2 layer's
-    input gradient in 1.6-2.3 ms, so 0.78-1.36 (PyTorch channels-last 0.46-1.04; two Zen 4
-    threads, benchmarks/results/cpu-nhwc.md)."""
+    """A strided NHWC layer's input gradient read and written in place by one call of
+    kernels.depthwise_nhwc_rows: each of its stride phases of input pixels (those of one row
+    and column remainder) is a part, a stride-1 correlation of gy as it lies with the phase's
+    taps flipped, written into gx at that phase's pixels, a task a row of gx (its column
+    phases); a phase no tap reaches is zero. Placing gy stride apart in depthwise_planes'
+    zeroed buffers ran MobileNetV2's 8 x 144 x 56 x 56 stride-2 layer's input gradient in
+    1.6-2.3 ms, so 0.78-1.36 (PyTorch channels-last 0.46-1.04; two Zen 4 threads,
+    benchmarks/results/cpu-nhwc.md); a call a phase, features.14.dw's in 0.21-0.23 ms, one
+    call 0.15-0.17 (benchmarks/results/cpu-nhwc-depthwise-rows.md)."""
     gx = driver.empty(np, g.x_shape, gy.dtype)
-    taps_by_channel = w.reshape(g.R * g.S, g.C)  # HWIO
-    bias, work = driver.bias(np, None, g.C, gy.dtype), _work(g, gy.size + gx.size)
-    for phase, (rows, top, columns, left, window, taps) in enumerate(_phases(g)):
-        row_phase, column_phase = divmod(phase, g.stride[1])
-        if taps.size == 0:
-            gx[:, row_phase::g.stride[0], column_phase::g.stride[1]] = 0
-            continue
-        if rows == 0 or columns == 0:
-            continue
-        driver.cpu_call(kernels.depthwise_nhwc_rows, work, gy.reshape(g.N, -1), g.OH, g.OW,
-                        taps_by_channel[taps].reshape(-1, VECTOR), bias, gx.reshape(g.N, -1),
-                        rows, columns,
-                        ((row_phase * g.W + column_phase) * g.C, g.stride[0] * g.W * g.C,
-                         g.stride[1] * g.C), window, (1, 1), (1, 1), top, left, 0)
+    plan, taps, group, untouched = _phases(g)
+    for row_phase, column_phase in untouched:
+        gx[:, row_phase::g.stride[0], column_phase::g.stride[1]] = 0
+    if plan is not None:
+        driver.cpu_call(kernels.depthwise_nhwc_rows, _work(g, gy.size + gx.size),
+                        gy.reshape(g.N, -1), g.OH, g.OW,
+                        w.reshape(g.R * g.S, g.C)[taps].reshape(-1, VECTOR),
+                        driver.bias(np, None, g.C, gy.dtype), gx.reshape(g.N, -1), plan[0],
+                        group, *plan[1:], g.stride[0] * g.W * g.C, g.stride[1] * g.C, (1, 1),
+                        (1, 1), 0)
     return gx
 
 
