@@ -4,8 +4,8 @@ grouped kernels vectorise over a group's output channels (one here) or along a p
 (short, and strided at stride 2), neither of which fits such a layer.
 
 An NHWC operand whose channels are whole vectors is read where it lies by
-:func:`depthwise_nhwc_rows` (the forward, and the input gradient: a stride-1 layer's at once, a
-strided one's a phase of its pixels at a time): each task an output row, its tiles' input
+:func:`depthwise_nhwc_rows` (the forward, and the input gradient: a stride-1 layer's as one part, a
+strided one's phases as the parts of one call): each task an output row, its tiles' input
 vectors a pixel's channels apart, the next row's lines prefetched; its weight gradient by
 :func:`depthwise_nhwc_weight_rows`. Otherwise the forward and the input gradient are one kernel,
 :func:`depthwise_planes`: each task moves its share of the caller's array (NCHW or NHWC) into

@@ -220,12 +220,14 @@ def forward(g, x, w, b, activation):
 def backward_input(g, gy, w):
     """gx = dL/dx: the output gradient placed ``stride`` apart and correlated at stride 1 with
     the flipped filters, input channel c summing its m output channels c * m + j; or, for a
-    strided NHWC layer read in place, phase by phase (:func:`_phase_correlations`)."""
-    if g.stride != (1, 1) and g.dilation == (1, 1) and _in_place(g, w):
+    strided NHWC layer read in place, its phases the parts of one call
+    (:func:`_phase_correlations`)."""
+    in_place = _in_place(g, w)
+    if in_place and g.stride != (1, 1) and g.dilation == (1, 1):
         return _phase_correlations(g, gy, w)
     (dh, dw) = g.dilation
     before = ((g.R - 1) * dh - g.padding[0], (g.S - 1) * dw - g.padding[2])
-    if g.stride == (1, 1) and _in_place(g, w):
+    if in_place and g.stride == (1, 1):
         flipped = np.ascontiguousarray(w[::-1, ::-1])  # HWIO
         return _rows(g, gy, flipped.reshape(g.R * g.S, g.C), None, before, (1, 1), (g.H, g.W),
                      None)
@@ -280,8 +282,8 @@ def _phase_correlations(g, gy, w):
     phases); a phase no tap reaches is zero. Placing gy stride apart in depthwise_planes'
     zeroed buffers ran MobileNetV2's 8 x 144 x 56 x 56 stride-2 layer's input gradient in
     1.6-2.3 ms, so 0.78-1.36 (PyTorch channels-last 0.46-1.04; two Zen 4 threads,
-    benchmarks/results/cpu-nhwc.md); a call a phase, features.14.dw's in 0.21-0.23 ms, one
-    call 0.15-0.17 (benchmarks/results/cpu-nhwc-depthwise-rows.md)."""
+    benchmarks/results/cpu-nhwc.md); a call a phase, features.14.dw's in 0.211-0.215 ms, one
+    call 0.153-0.212 (two Zen 4 threads, benchmarks/results/cpu-nhwc-depthwise-rows.md)."""
     gx = driver.empty(np, g.x_shape, gy.dtype)
     plan, taps, group, untouched = _phases(g)
     for row_phase, column_phase in untouched:
