@@ -96,6 +96,24 @@ def slope_magnitudes(gy, slope, layout):
     return np.linalg.norm(np.abs(np.float64(gy) * slope).sum(axis=axes))
 
 
+def slope_rounding(x, w, gy, y, y_reference, activation, data_format="NCHW", **kwargs):
+    """The norms of what gx, gw and gb of a fused backward (gy * slope(y), the slope taken from the
+    forward's ``y``) owe to y's rounding: the float64 gradients of gy * (slope(y) - slope(y
+    exact)). Near a saturated tanh or sigmoid the slope cancels (1 - y*y at y = -0.999864
+    loses 2e-4 of its relative accuracy to y's float32 rounding), where no tolerance of the
+    dtype can hold and PyTorch, taking the slope from y too, owes the same."""
+    from fastconv import ops
+
+    slope = SLOPES[activation]
+    gy64, y64, y_exact = map(_float64, (gy, y, y_reference))
+    drift = gy64 * (np.float64(slope(y64)) - np.float64(slope(y_exact)))
+    kwargs = dict(kwargs, data_format=data_format, algo="reference")
+    return {"gx": np.linalg.norm(ops.conv2d_backward_input(drift, _float64(w), x.shape, **kwargs)),
+            "gw": np.linalg.norm(ops.conv2d_backward_weight(drift, _float64(x), w.shape,
+                                                            **kwargs)),
+            "gb": np.linalg.norm(drift.sum(axis=(0, 2, 3) if data_format == "NCHW" else (0, 1, 2)))}
+
+
 # d activation / d pre-activation z, from z (the kernels take it from the output instead)
 _DERIVATIVE = {"relu": lambda z: z > 0, "tanh": lambda z: 1 - np.tanh(z) ** 2,
                "sigmoid": lambda z: np.exp(-np.logaddexp(0, -z) - np.logaddexp(0, z))}

@@ -126,11 +126,12 @@ def _page_faults_per_round(**env):
                     reason="fastconv tunes glibc's malloc only; this libc is not glibc")
 @pytest.mark.slow
 def test_freed_arrays_are_reused_without_page_faults_unless_opted_out():
-    # glibc as it comes trims the 4 MiB freed at the heap's top and faults it in again (~1000
-    # faults a round); with fastconv's thresholds the heap keeps it
+    # glibc as it comes trims what is freed at the heap's top and faults it in again: all 4 MiB
+    # of a round (992 faults) on one machine, half of them on CI's (480, 2026-12-05), as its
+    # dynamic mmap threshold falls; with fastconv's thresholds the heap keeps it all
     assert _page_faults_per_round() == (True, pytest.approx(0, abs=5))
     tuned, faults = _page_faults_per_round(FASTCONV_MALLOC="0")
-    assert not tuned and faults > 500
+    assert not tuned and faults > 200
     assert _page_faults_per_round(MALLOC_TRIM_THRESHOLD_="131072")[0] is False
 
 
