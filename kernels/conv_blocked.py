@@ -71,10 +71,11 @@ ROW_TILES = ({0.5: (16, 14, 10, 8, 7), 1: (16, 14, 10, 8, 7), 2: (10, 9, 8, 7)} 
              {1: (14, 12, 10, 8, 7), 2: (5, 4)})
 ROW_PIXELS = ROW_TILES[1][0]  # conv2d_forward_rows' own; forward_rows compiles the others
 # The column steps conv2d_forward_rows is compiled for: a stride-1 layer's and a stride-2 one's
-# in NCHW, and in images of channels in blocks of VECTOR (an NHWC layer's:
-# implementations/conv2d.py). A compile-time step keeps a tile's broadcasts on one pointer (a
-# runtime one would take a register per pixel, as conv2d_forward does).
-ROW_STEPS = (1, 2, VECTOR, 2 * VECTOR)
+# in NCHW, in a 3-channel NHWC image (an RGB stem's, read as it lies), and in images of
+# channels in blocks of VECTOR (an NHWC layer's: implementations/conv2d.py). A compile-time
+# step keeps a tile's broadcasts on one pointer (a runtime one would take a register per
+# pixel, as conv2d_forward does).
+ROW_STEPS = (1, 2, 3, 6, VECTOR, 2 * VECTOR)
 COL_STEP = 1  # conv2d_forward_rows' own; forward_rows compiles the other
 ZERO = np.uint64(0)
 # conv2d_forward_rows' spans of taps: a band's tiles run a span of whole channels, about

@@ -316,6 +316,34 @@ def test_blocked_row_tiles_over_every_second_column(stride, k, dtype, parallel, 
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride, step", [(2, "s6"), ((2, 1), "s3")])
+def test_rgb_stem_row_tiles_read_nhwc_as_it_lies(stride, step, dtype, parallel, monkeypatch,
+                                                 cpu_calls):
+    """A 3-channel NHWC layer's images stay NHWC (padded, not transposed into NCHW): its row
+    tiles' input values lie 3 x the column stride apart. Rows of 7, 10, 13 and 16 outputs at
+    each column stride, forward and weight gradient, against the float64 reference and
+    PyTorch."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(3)
+    sw = stride if isinstance(stride, int) else stride[1]
+    for ow in (7, 10, 13, 16):
+        x = random(rng, (2, 9, (ow - 1) * sw + 1, 3), dtype)
+        w, b = random(rng, (3, 3, 3, 32), dtype), random(rng, (32,), dtype)
+        gy_shape = geometry.conv_geometry(x.shape, w.shape, stride, 1, 1, 1, "NHWC").y_shape
+        gy = random(rng, gy_shape, dtype)
+        kwargs = dict(stride=stride, padding=1, data_format="NHWC")
+        y = ops.conv2d(x, w, b, activation="relu", algo="blocked", **kwargs)
+        oracle.check({"y": y}, oracle.conv2d(x, w, b, activation="relu", **kwargs))
+        gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="blocked", **kwargs)
+        oracle.check({"gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
+    tiled = [name for name in ran if name.startswith("conv2d_forward_rows")]
+    assert dtype == np.float64 or tiled, ran
+    assert all(name.endswith(step) for name in tiled), ran
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
 @pytest.mark.parametrize("c, groups, k, stride, dilation, dtype", [
     (16, 1, 40, 2, 1, np.float32),  # one whole block of channels, a two-vector tile
     (24, 1, 5, (1, 2), 2, np.float32),  # a partial block, a narrow tile

@@ -234,11 +234,20 @@ def _row_tiles():
             for pixels in lengths]
 
 
-@pytest.mark.parametrize("col_step", [1, 2])
-@pytest.mark.parametrize("vectors, pixels", _row_tiles())
-def test_every_row_tile_stays_in_vector_registers(vectors, pixels, col_step, monkeypatch):
+def _row_tile_cases():
+    """(vectors, pixels, column step, layout): every row tile at NCHW's column steps, and the
+    tile of an RGB stem of 32 channels at its NHWC column steps (3 channels a pixel)."""
+    stem = conv_blocked.row_pixels(16, 2 * conv_blocked.VECTOR, 4)
+    return ([(vectors, pixels, step, "NCHW") for vectors, pixels in _row_tiles()
+             for step in (1, 2)] + [(2, stem, step, "NHWC") for step in (3, 6)])
+
+
+@pytest.mark.parametrize("vectors, pixels, col_step, layout", _row_tile_cases())
+def test_every_row_tile_stays_in_vector_registers(vectors, pixels, col_step, layout,
+                                                  monkeypatch):
     """Each row tile ROW_TILES lists, compiled for the float32 NCHW layer that takes it (a row
-    of exactly its length, at column stride 1 and 2), runs its taps as packed FMAs (none
+    of exactly its length, at column stride 1 and 2; an NHWC stem's at 3 and 6), runs its taps
+    as packed FMAs (none
     scalar), its broadcasts addressed from one pointer and a constant (each address register
     pair serves a whole tile's pixels), and moves the tile by whole vectors: no gather or
     scatter anywhere. The 16-pixel tile of one vector once started from its bias by 16
@@ -253,9 +262,13 @@ def test_every_row_tile_stays_in_vector_registers(vectors, pixels, col_step, mon
     monkeypatch.setattr(driver, "cpu_call",
                         lambda k, work, *args: calls.append((k, args)) or real(k, work, *args))
     rng = np.random.default_rng(0)
-    ops.conv2d(random(rng, (1, 3, 3, pixels * col_step), np.float32),
-               random(rng, (lanes, 3, 3, 3), np.float32), random(rng, (lanes,), np.float32),
-               stride=(1, col_step), padding=1, algo="blocked")
+    stride = col_step // 3 if layout == "NHWC" else col_step
+    x, w = random(rng, (1, 3, 3, pixels * stride), np.float32), random(rng, (lanes, 3, 3, 3),
+                                                                       np.float32)
+    if layout == "NHWC":
+        x, w = x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy()
+    ops.conv2d(x, w, random(rng, (lanes,), np.float32), stride=(1, stride), padding=1,
+               data_format=layout, algo="blocked")
     [args] = [a for k, a in calls if k is kernel]
     compiled, signature = _compiled(kernel, args)
     asm = compiled.inspect_asm(signature)

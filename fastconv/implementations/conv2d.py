@@ -97,18 +97,26 @@ def conv2d_backward_bias_reference(gy, y, activation, layout):
 CHANNEL_BLOCKS = f"NCHW{VECTOR_LANES}c"
 
 
-def _image_layout(layout, channels):
-    """The layout the blocked kernels read an array of ``layout`` and ``channels`` in: NCHW,
-    so that their row tiles (a column step of 1 or 2) serve NHWC too, but for NHWC of a
-    vector's channels or more CHANNEL_BLOCKS (a column step of a block, or two), whose copy
-    moves each pixel's block whole: the one transposing NHWC into NCHW took twice a padding
-    copy's time (element by element for rows narrower than a vector), and the tiles ran as
-    fast or faster on the blocks (ResNet-50's 8 x 128 x 56 x 56 stride-2 NHWC layer's forward
-    13.2-14.2 -> 10.8-11.7 ms on two Zen 4 threads, 25.6-26.7 -> 20.2-20.4 on one, PyTorch's
-    channels-last 8.7-9.5 and 17.1-17.4; ResNeXt's grouped 14 x 14 layer 3.2-4.0 -> 1.9-2.6,
-    PyTorch 1.9-2.1). A stem's three channels stay NCHW: blocks mostly zeros ran 1.4-2x
-    slower."""
-    return CHANNEL_BLOCKS if layout == "NHWC" and channels >= VECTOR_LANES else "NCHW"
+def _image_layout(layout, channels, stride=1):
+    """The layout the blocked kernels read an array of ``layout`` and ``channels`` in, at
+    column ``stride``: NCHW, so that their row tiles (a column step of 1 or 2) serve NHWC too,
+    but for NHWC of a vector's channels or more CHANNEL_BLOCKS (a column step of a block, or
+    two), whose copy moves each pixel's block whole: the one transposing NHWC into NCHW took
+    twice a padding copy's time (element by element for rows narrower than a vector), and the
+    tiles ran as fast or faster on the blocks (ResNet-50's 8 x 128 x 56 x 56 stride-2 NHWC
+    layer's forward 13.2-14.2 -> 10.8-11.7 ms on two Zen 4 threads, 25.6-26.7 -> 20.2-20.4 on
+    one, PyTorch's channels-last 8.7-9.5 and 17.1-17.4; ResNeXt's grouped 14 x 14 layer
+    3.2-4.0 -> 1.9-2.6, PyTorch 1.9-2.1). Fewer channels in blocks, mostly zeros, ran a stem
+    1.4-2x slower; they stay NHWC where the row tiles are compiled for their column step
+    (conv_blocked.ROW_STEPS: an RGB stem's 3 or 6), so that the padding copy moves whole
+    rows: MobileNetV2's 8 x 224 x 224 x 3 stem spent 0.34 ms of its 1.45 ms forward
+    transposing into NCHW, 0.10 padding NHWC (forward 1.48-1.65 -> 1.28-1.31 ms, weight
+    gradient 1.76-1.91 -> 1.61-1.67, two Zen 4 threads)."""
+    if layout != "NHWC":
+        return "NCHW"
+    if channels >= VECTOR_LANES:
+        return CHANNEL_BLOCKS
+    return "NHWC" if channels * stride in conv_blocked.ROW_STEPS else "NCHW"
 
 
 def _image_size(layout, channels, rows, columns):
@@ -418,7 +426,7 @@ def conv2d_blocked_cpu(g, x, w, b, activation):
     layout."""
     g, x = _subsampled(g, x)
     y = driver.empty(np, g.y_shape, x.dtype)
-    layout = _image_layout(g.layout, g.C)
+    layout = _image_layout(g.layout, g.C, g.stride[1])
     images, hp, wp = _padded(g, x, layout=layout)
     taps, row_step, col_step = _tap_offsets(g, hp, wp, layout)
     filters, finite = _filter_blocks(_grouped(g, w).transpose(0, 2, 1, 3, 4))
@@ -647,7 +655,7 @@ def conv2d_backward_weight_blocked_cpu(g, gy, x):
     if side is not None:
         return _pointwise_weight(g, gy, x, side)
     g, x = _subsampled(g, x)
-    layout = _image_layout(g.layout, g.C)  # as the forward's
+    layout = _image_layout(g.layout, g.C, g.stride[1])  # as the forward's
     images, hp, wp = _padded(g, x, layout=layout)
     taps, row_step, col_step = _tap_offsets(g, hp, wp, layout)
     grad = _lane_blocks(image_major(gy, g.layout), g.groups)
