@@ -139,7 +139,9 @@ def _inverted_residual(name, c, size, expanded, out, stride):
 # Every distinct conv and pooling layer of each network (224 x 224 inputs, LeNet-5's 32 x 32),
 # named as torchvision names the modules; a layer repeated in a network is listed once.
 # "decoders" holds generators' layers: the DCGAN generator of PyTorch's example (nz 100, ngf 64,
-# 64 x 64 images) and the decoder of a U-Net on 256 x 256 images.
+# 64 x 64 images), the decoder of a U-Net on 256 x 256 images with its 1x1 head to 2 classes,
+# and EDSR's 3x3 tail to RGB on its 96 x 96 training patches (x2): few output channels read
+# from many, which no other network of the suite has.
 SUITES = {
     "lenet5": (
         Case("c1", "conv2d", (256, 1, 32, 32), (6, 1, 5, 5)),
@@ -262,6 +264,8 @@ SUITES = {
         *_unet_up("unet.up2", 512, 32),
         *_unet_up("unet.up3", 256, 64),
         *_unet_up("unet.up4", 128, 128),
+        _conv("unet.outc.conv", 64, 256, 2, 1),
+        _conv("edsr.tail.1", 64, 96, 3, 3),
     ),
 }
 SUITE_NAMES = (*SUITES, "all")

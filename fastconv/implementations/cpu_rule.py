@@ -2,16 +2,16 @@
 geometry (fastconv.implementations.conv2d.FEATURES), fitted by benchmarks/fit_dispatch.py; do not
 edit it by hand, rerun that.
 
-Fitted on dispatch-cpu.csv: 6858 timings of AMD EPYC (family 25 model 1) (avx2); AMD EPYC
+Fitted on dispatch-cpu.csv: 6898 timings of AMD EPYC (family 25 model 1) (avx2); AMD EPYC
 (family 25 model 17) (avx512); AMD EPYC (family 26 model 2) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
-    conv2d: the rule 1.011x, blocked 1.301x, depthwise (some layers only), direct 3.832x, im2col
-        1.693x
-    conv2d_backward_input: the rule 1.008x, blocked 1.569x, depthwise (some layers only), direct
-        3.920x, im2col 1.486x
-    conv2d_backward_weight: the rule 1.011x, blocked 1.325x, depthwise (some layers only),
-        direct 16.733x, im2col 1.559x
+    conv2d: the rule 1.011x, blocked 1.299x, depthwise (some layers only), direct 3.811x, im2col
+        1.694x
+    conv2d_backward_input: the rule 1.009x, blocked 1.567x, depthwise (some layers only), direct
+        3.889x, im2col 1.489x
+    conv2d_backward_weight: the rule 1.012x, blocked 1.326x, depthwise (some layers only),
+        direct 16.500x, im2col 1.566x
 """
 
 RULE = {'conv2d': {'feature': 'lanes',
@@ -128,24 +128,24 @@ RULE = {'conv2d': {'feature': 'lanes',
                                                                 'below': 'im2col',
                                                                 'at_least': 'blocked'}}},
                             'at_least': {'feature': 'channels',
-                                         'threshold': 79,
-                                         'below': {'feature': 'taps',
-                                                   'threshold': 12,
-                                                   'below': {'feature': 'channels',
-                                                             'threshold': 4,
+                                         'threshold': 20,
+                                         'below': {'feature': 'channels',
+                                                   'threshold': 3,
+                                                   'below': {'feature': 'taps',
+                                                             'threshold': 24,
                                                              'below': ['depthwise', 'direct'],
-                                                             'at_least': 'im2col'},
-                                                   'at_least': {'feature': 'channels',
-                                                                'threshold': 7,
+                                                             'at_least': 'direct'},
+                                                   'at_least': {'feature': 'in_channels',
+                                                                'threshold': 5,
                                                                 'below': 'im2col',
                                                                 'at_least': 'blocked'}},
                                          'at_least': {'feature': 'in_channels',
-                                                      'threshold': 144,
-                                                      'below': {'feature': 'in_channels',
-                                                                'threshold': 46,
-                                                                'below': 'im2col',
-                                                                'at_least': 'blocked'},
+                                                      'threshold': 46,
+                                                      'below': {'feature': 'channels',
+                                                                'threshold': 79,
+                                                                'below': 'blocked',
+                                                                'at_least': 'im2col'},
                                                       'at_least': {'feature': 'pixels',
-                                                                   'threshold': 112,
+                                                                   'threshold': 56,
                                                                    'below': 'im2col',
                                                                    'at_least': 'blocked'}}}}}
