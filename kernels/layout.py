@@ -471,27 +471,32 @@ def taps_outermost(w, out):
 @njit(**CPU_KERNEL)
 def block_filters(blocks, kg, taps, out, hwio):
     """The filters of a weight gradient's blocks, filter_blocks undone: output channel k = g *
-    KG + b * L + v takes blocks[g, b, (i, tap), v] (float64 sums) at input channel i and tap
-    tap < ``taps``, in out's dtype, for b * L + v < KG (the lanes past a group's channels are
-    dropped).
+    KG + b * L + v takes the sum over the parts p of blocks[p, g, b, (i, tap), v] (float64
+    sums, added in the parts' order) at input channel i and tap tap < ``taps``, in out's
+    dtype, for b * L + v < KG (the lanes past a group's channels are dropped).
 
-    Layout: blocks (G, B, I * taps, L) C-contiguous; out flat and C-contiguous: OIHW filters
-    ((k, i, tap)), or HWIO ((tap, i, k)) where ``hwio``. Loop order: (g, b) in parallel; HWIO:
-    the rows (i, tap), then the lanes v, a run of out (packed conversions and stores); OIHW:
-    rows in tiles of VECTOR, then the lanes v, then the tile's rows, a run of channel k's
-    filter (the tile's lines stay in L1 across the lanes; the lanes innermost, stores L
-    filters apart, ran 1.7-1.8x slower). Each task owns its block's channels' filters.
-    Its NumPy form (a moved axis reshaped, sliced, cast, and for HWIO transposed) ran in
-    one thread: 3.7-4.2 ms for ResNet-18's 512 x 512 x 3 x 3 filters, here 0.5-0.7 (cold
-    sums from the kernel: 0.8-1.6); 0.27 ms of ResNeXt's 8 x 7 x 7 x 1024 groups-32 NHWC weight
-    gradient's 1.8, here 0.05 (two Zen 4 threads).
+    Layout: blocks (P, G, B, I * taps, L) C-contiguous, the parts a kernel's tasks summed
+    apart (one for the blocked kernels' sums); out flat and C-contiguous: OIHW filters ((k, i,
+    tap)), or HWIO ((tap, i, k)) where ``hwio``. Loop order: (g, b) in parallel; the parts
+    added into a copy of the first, a vector at a time; HWIO: the rows (i, tap), then the lanes
+    v, a run of out (packed conversions and stores); OIHW: rows in tiles of VECTOR, then the
+    lanes v, then the tile's rows, a run of channel k's filter (the tile's lines stay in L1
+    across the lanes; the lanes innermost, stores L filters apart, ran 1.7-1.8x slower). Each
+    task owns its block's channels' filters. Its NumPy form (a moved axis reshaped, sliced,
+    cast, and for HWIO transposed) ran in one thread: 3.7-4.2 ms for ResNet-18's 512 x 512 x 3
+    x 3 filters, here 0.5-0.7 (cold sums from the kernel: 0.8-1.6); 0.27 ms of ResNeXt's 8 x 7
+    x 7 x 1024 groups-32 NHWC weight gradient's 1.8, here 0.05 (two Zen 4 threads).
     """
-    groups, count, t_, lanes = blocks.shape
+    parts, groups, count, t_, lanes = blocks.shape
     k_, i_ = groups * kg, t_ // taps
     for task in prange(groups * count):
         g, b = task // count, task % count
         used, k0 = min(lanes, kg - b * lanes), g * kg + b * lanes
-        source = blocks[g, b]
+        source = blocks[0, g, b]
+        if parts > 1:
+            source = source.copy()
+            for p in range(1, parts):
+                source += blocks[p, g, b]
         if hwio:
             for t in range(t_):
                 at = np.uint64((t % taps * i_ + t // taps) * k_ + k0)

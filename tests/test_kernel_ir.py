@@ -23,7 +23,7 @@ from oracle import random
 # Sums kept in float64 on purpose, whatever the arrays' dtype (see their docstrings); their
 # variants' names (kernels/variants.py) begin with theirs.
 FLOAT64_ON_PURPOSE = ("conv2d_backward_bias", "conv2d_backward_weight", "depthwise_planes_weight",
-                      "depthwise_nhwc_weight_rows", "softmax_cross_entropy")
+                      "depthwise_nhwc_weight_rows", "block_filters", "softmax_cross_entropy")
 # Arithmetic in double precision, a float widened to double, or a double-precision math call.
 # Not flagged: integers converted to double for Numba's own shape checks, and the unboxing of
 # Python floats (PyFloat_AsDouble, then fptrunc) into float32 scalar arguments.

@@ -145,21 +145,26 @@ def test_filter_blocks_against_numpy(groups, i, o, r, s, lanes, source, dtype, p
 
 
 @settings(max_examples=60, deadline=None)
-@given(groups=st.integers(1, 3), i=st.integers(1, 5), o=st.integers(1, 40), taps=st.integers(1, 9),
-       lanes=st.sampled_from([8, 16, 32]), hwio=st.booleans(), dtype=st.sampled_from(FLOATS),
-       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_block_filters_undo_filter_blocks(groups, i, o, taps, lanes, hwio, dtype, parallel,
-                                          seed):
+@given(parts=st.integers(1, 3), groups=st.integers(1, 3), i=st.integers(1, 5),
+       o=st.integers(1, 40), taps=st.integers(1, 9), lanes=st.sampled_from([8, 16, 32]),
+       hwio=st.booleans(), dtype=st.sampled_from(FLOATS), parallel=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_block_filters_undo_filter_blocks(parts, groups, i, o, taps, lanes, hwio, dtype,
+                                          parallel, seed):
     """A weight gradient's float64 blocks (lanes past a group's o channels hold values the
-    filters must not take) land on OIHW or HWIO filters in the output's dtype, every cell
-    written (out starts poisoned); rows past a tile of VECTOR, partial channel blocks."""
+    filters must not take), their parts summed in order, land on OIHW or HWIO filters in the
+    output's dtype, every cell written (out starts poisoned); rows past a tile of VECTOR,
+    partial channel blocks; the blocks left as they were."""
     rng = np.random.default_rng(seed)
     count = -(-o // lanes)
-    blocks = random(rng, (groups, count, i * taps, lanes), np.float64)
+    blocks = random(rng, (parts, groups, count, i * taps, lanes), np.float64)
     before = blocks.copy()
     out = np.full(groups * o * i * taps, np.nan, dtype)
     _kernel(layout.block_filters, parallel)(blocks, o, taps, out, hwio)
-    oihw = (blocks.transpose(0, 1, 3, 2).reshape(groups, count * lanes, i, taps)[:, :o]
+    summed = blocks[0].copy()
+    for part in blocks[1:]:
+        summed += part
+    oihw = (summed.transpose(0, 1, 3, 2).reshape(groups, count * lanes, i, taps)[:, :o]
             .reshape(groups * o, i, taps).astype(dtype))
     want = oihw.transpose(2, 1, 0) if hwio else oihw
     np.testing.assert_array_equal(out.reshape(want.shape), want)

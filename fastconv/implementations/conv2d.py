@@ -661,8 +661,8 @@ def conv2d_backward_weight_blocked_cpu(g, gy, x):
     grad = _lane_blocks(image_major(gy, g.layout), g.groups)
     total = _weight_sums(g, images, grad, taps, _pixel_bases(g, row_step, col_step))
     gw = driver.empty(np, g.w_shape, gy.dtype)
-    driver.cpu_move(layout_kernels.block_filters, gw.size, total, g.K // g.groups, g.R * g.S,
-                    gw.reshape(-1), g.layout == "NHWC")
+    driver.cpu_move(layout_kernels.block_filters, gw.size, total[None], g.K // g.groups,
+                    g.R * g.S, gw.reshape(-1), g.layout == "NHWC")
     return gw
 
 
@@ -718,8 +718,8 @@ def _pointwise_weight(g, gy, x, side):
     # total[0, 0] is (C, K) from gy's lanes, (K, C) from x's: the HWIO filters, or the OIHW
     # filters of the layer with its two sides swapped, which lie as these HWIO ones do
     gw = driver.empty(np, g.w_shape, gy.dtype)
-    driver.cpu_move(layout_kernels.block_filters, gw.size, total, lanes, 1, gw.reshape(-1),
-                    lanes == g.K)
+    driver.cpu_move(layout_kernels.block_filters, gw.size, total[None], lanes, 1,
+                    gw.reshape(-1), lanes == g.K)
     return gw
 
 

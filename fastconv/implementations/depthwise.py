@@ -21,6 +21,7 @@ import numpy as np
 
 from ..geometry import nchw_view, oihw_view
 from ..kernels import conv_depthwise as kernels
+from ..kernels import layout as layout_kernels
 from ..kernels.activation import CODES
 from . import driver
 
@@ -328,8 +329,12 @@ def backward_weight(g, gy, x):
 
 def _weight_gradient(g, partial, blocks, dtype):
     """gw from the weight gradient kernels' partial sums (parts, blocks, taps, VECTOR), the
-    parts summed in a fixed order."""
-    sums = partial.sum(axis=0).transpose(0, 2, 1).reshape(blocks * VECTOR, -1)[:g.K]
+    parts summed in a fixed order (layout.block_filters, the K channels one group of one input
+    channel: HWIO's (tap, 1, k) or OIHW's (k, 1, tap)). NumPy's sum over the parts, transpose
+    and copy took 17-21 us of features.14.dw's 0.13-0.17 ms weight gradient (8 x 14 x 14 x
+    576, stride 2; two Zen 4 threads)."""
     gw = driver.empty(np, g.w_shape, dtype)
-    oihw_view(gw, g.layout)[...] = sums.reshape(g.K, 1, g.R, g.S)
+    driver.cpu_move(layout_kernels.block_filters, partial.size,
+                    partial.reshape(partial.shape[0], 1, blocks, -1, VECTOR), g.K, g.R * g.S,
+                    gw.reshape(-1), g.layout == "NHWC")
     return gw
