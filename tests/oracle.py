@@ -88,12 +88,16 @@ SLOPES = {None: lambda y: 1.0, "relu": lambda y: y > 0, "tanh": lambda y: (1 - y
           "sigmoid": lambda y: y * (1 - y)}
 
 
+def _channel_sums(a, layout):
+    """a summed over all but its channel axis: a bias gradient."""
+    return a.sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
+
+
 def slope_magnitudes(gy, slope, layout):
     """Per channel, the norm of the sum of |gy * slope| over the batch and pixels: the scale of
     a bias gradient's rounding (sum gy * slope, the slope taken from y in the dtype) where its
     terms cancel and the norm-relative bound of its sum says nothing."""
-    axes = (0, 2, 3) if layout == "NCHW" else (0, 1, 2)
-    return np.linalg.norm(np.abs(np.float64(gy) * slope).sum(axis=axes))
+    return np.linalg.norm(_channel_sums(np.abs(np.float64(gy) * slope), layout))
 
 
 def slope_rounding(x, w, gy, y, y_reference, activation, data_format="NCHW", **kwargs):
@@ -111,7 +115,7 @@ def slope_rounding(x, w, gy, y, y_reference, activation, data_format="NCHW", **k
     return {"gx": np.linalg.norm(ops.conv2d_backward_input(drift, _float64(w), x.shape, **kwargs)),
             "gw": np.linalg.norm(ops.conv2d_backward_weight(drift, _float64(x), w.shape,
                                                             **kwargs)),
-            "gb": np.linalg.norm(drift.sum(axis=(0, 2, 3) if data_format == "NCHW" else (0, 1, 2)))}
+            "gb": np.linalg.norm(_channel_sums(drift, data_format))}
 
 
 # d activation / d pre-activation z, from z (the kernels take it from the output instead)
@@ -144,7 +148,7 @@ def conv2d(x, w, b=None, gy=None, activation=None, stride=1, padding=0, dilation
                                                     **kwargs)
         reference["gw"] = ops.conv2d_backward_weight(gy64, x64, w.shape, algo="reference",
                                                      **kwargs)
-        reference["gb"] = gy64.sum(axis=(0, 2, 3) if data_format == "NCHW" else (0, 1, 2))
+        reference["gb"] = _channel_sums(gy64, data_format)
 
     g = geometry.conv_geometry(x.shape, w.shape, stride, padding, dilation, groups, data_format)
     top, bottom, left, right = g.padding

@@ -344,6 +344,29 @@ def test_rgb_stem_row_tiles_read_nhwc_as_it_lies(stride, step, dtype, parallel, 
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_rgb_output_input_gradient_reads_gy_as_it_lies(stride, parallel, monkeypatch,
+                                                       cpu_calls):
+    """A layer with 3 output channels (EDSR's tail) reads its 3-channel NHWC gy in place as
+    the input gradient's images, its row tiles' values 3 apart (a strided layer's phases
+    are stride-1 correlations); rows of 7 to 16 columns, against the float64 reference and
+    PyTorch."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(5)
+    for width in (7, 10, 13, 16):
+        x = random(rng, (2, 9, width, 24), np.float32)
+        w = random(rng, (3, 3, 24, 3), np.float32)
+        kwargs = dict(stride=stride, padding=1, data_format="NHWC")
+        gy = random(rng, geometry.conv_geometry(x.shape, w.shape, stride, 1, 1, 1,
+                                                "NHWC").y_shape, np.float32)
+        gx = ops.conv2d_backward_input(gy, w, x.shape, algo="blocked", **kwargs)
+        oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    tiled = [kernel.py_func.__name__ for kernel, _ in cpu_calls
+             if kernel.py_func.__name__.startswith("conv2d_forward_rows")]
+    assert tiled and all(name.endswith("s3") for name in tiled), tiled
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
 @pytest.mark.parametrize("c, groups, k, stride, dilation, dtype", [
     (16, 1, 40, 2, 1, np.float32),  # one whole block of channels, a two-vector tile
     (24, 1, 5, (1, 2), 2, np.float32),  # a partial block, a narrow tile
