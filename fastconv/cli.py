@@ -26,9 +26,14 @@ Suites (NCHW, every distinct conv and pooling layer, 224 x 224 images, batch 8):
   vgg16         the 3x3 layers of each stage and the first max pool
   resnet_cifar  the ResNet `fastconv train --model resnetN` trains (32 x 32, width 16, batch
                 64): its conv layers and batch normalisations
+  inception_v3  the factorised 1x7, 7x1, 1x3 and 3x1 windows of Mixed_6b, 6c and 7b (299 x 299)
+  resnext50     the grouped 3x3 layer of each stage (32 groups)
+  enet          ENet's initial 3 -> 13 stride-2 3x3 and its bottlenecks' 3x3, 5x1 and 1x5
+                windows on 16 and 32 channels (512 x 512 images)
   decoders      the transposed convolutions of the DCGAN generator (PyTorch's example: 4x4,
                 1 x 1 noise to 64 x 64 images) and of a U-Net's decoder (2x2, stride 2, on
-                256 x 256 images: 16 x 16 to 256 x 256), with the decoder's 3x3 convs
+                256 x 256 images: 16 x 16 to 256 x 256), with the decoder's 3x3 convs and 1x1
+                head, and EDSR's 3x3 tail to RGB
   all           every suite (default)
 
 Implementations: each conv algorithm of fastconv.algorithms(device) and "auto" (pooling and

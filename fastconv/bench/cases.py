@@ -254,6 +254,16 @@ SUITES = {
         _conv("layer3.conv2", 512, 14, 512, 3, groups=32),
         _conv("layer4.conv2", 1024, 7, 1024, 3, groups=32),
     ),
+    # ENet (Paszke et al., 2016) on 512 x 512 images: its initial block's 13 filters (their maps
+    # joined by a max pool's 3), and its bottlenecks' windows on their 16 (stage 1, 128 x 128)
+    # and 32 (stages 2-3, 64 x 64) internal channels, the factorised 5x1 and 1x5 among them
+    "enet": (
+        _conv("initial.conv", 3, 512, 13, 3, 2),
+        _conv("bottleneck1.conv", 16, 128, 16, 3),
+        _conv("bottleneck2.conv", 32, 64, 32, 3),
+        _window("bottleneck2.asymmetric5x1", 32, 64, 32, 5, 1),
+        _window("bottleneck2.asymmetric1x5", 32, 64, 32, 1, 5),
+    ),
     "decoders": (
         _transposed("dcgan.main.0", 100, 1, 512, 4, 1),
         _transposed("dcgan.main.3", 512, 4, 256, 4, 2, 1),

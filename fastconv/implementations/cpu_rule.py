@@ -2,16 +2,16 @@
 geometry (fastconv.implementations.conv2d.FEATURES), fitted by benchmarks/fit_dispatch.py; do not
 edit it by hand, rerun that.
 
-Fitted on dispatch-cpu.csv: 6898 timings of AMD EPYC (family 25 model 1) (avx2); AMD EPYC
+Fitted on dispatch-cpu.csv: 6996 timings of AMD EPYC (family 25 model 1) (avx2); AMD EPYC
 (family 25 model 17) (avx512); AMD EPYC (family 26 model 2) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
-    conv2d: the rule 1.011x, blocked 1.299x, depthwise (some layers only), direct 3.811x, im2col
-        1.694x
-    conv2d_backward_input: the rule 1.009x, blocked 1.567x, depthwise (some layers only), direct
-        3.889x, im2col 1.489x
-    conv2d_backward_weight: the rule 1.012x, blocked 1.326x, depthwise (some layers only),
-        direct 16.500x, im2col 1.566x
+    conv2d: the rule 1.011x, blocked 1.295x, depthwise (some layers only), direct 3.770x, im2col
+        1.701x
+    conv2d_backward_input: the rule 1.009x, blocked 1.558x, depthwise (some layers only), direct
+        3.844x, im2col 1.488x
+    conv2d_backward_weight: the rule 1.012x, blocked 1.321x, depthwise (some layers only),
+        direct 16.339x, im2col 1.570x
 """
 
 RULE = {'conv2d': {'feature': 'lanes',
@@ -39,7 +39,7 @@ RULE = {'conv2d': {'feature': 'lanes',
                                                 'below': 'im2col',
                                                 'at_least': 'blocked'}}},
             'at_least': {'feature': 'window',
-                         'threshold': 6,
+                         'threshold': 5,
                          'below': {'feature': 'taps',
                                    'threshold': 111,
                                    'below': {'feature': 'stride',
@@ -94,7 +94,7 @@ RULE = {'conv2d': {'feature': 'lanes',
                                                                'below': 'im2col',
                                                                'at_least': 'direct'}},
                                         'at_least': {'feature': 'window',
-                                                     'threshold': 6,
+                                                     'threshold': 5,
                                                      'below': {'feature': 'taps',
                                                                'threshold': 1087,
                                                                'below': 'im2col',
