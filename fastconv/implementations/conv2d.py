@@ -298,9 +298,11 @@ def conv2d_backward_weight_direct_cuda(g, gy, x):
 # every tap from an output pixel's base, for the input's layout, and pads the input so that no
 # tap leaves it (the padding is then real zeros, and the kernel's inner loop has no branch).
 
+@functools.lru_cache(maxsize=256)
 def _tap_offsets(g, hp, wp, layout=None):
     """(G, T) uint64: tap (c, r, s) of group g from a pixel's base, and the base's row and
-    column steps, in a padded image of ``layout`` (default the layer's)."""
+    column steps, in a padded image of ``layout`` (default the layer's). Kept per layer, as
+    _live_taps: its NumPy calls took 9 us of a small layer's 64 us forward."""
     channel, row, col = _channel_steps(layout or g.layout, g.C, hp, wp)
     c = channel.reshape(g.groups, -1, 1, 1)
     r = np.arange(g.R).reshape(1, 1, -1, 1) * g.dilation[0]
@@ -309,8 +311,9 @@ def _tap_offsets(g, hp, wp, layout=None):
     return taps, g.stride[0] * row, g.stride[1] * col
 
 
+@functools.lru_cache(maxsize=256)
 def _pixel_bases(g, row_step, col_step):
-    """(P,) uint64: each output pixel's base, row-major."""
+    """(P,) uint64: each output pixel's base, row-major (kept per layer)."""
     oh, ow = np.arange(g.OH)[:, None], np.arange(g.OW)[None, :]
     return (oh * row_step + ow * col_step).reshape(-1).astype(np.uint64)
 

@@ -9,6 +9,7 @@ that runs on the GPU (:func:`lazy`), so importing fastconv needs neither CuPy no
 
 import functools
 import importlib
+import math
 import threading
 
 import numba
@@ -115,7 +116,7 @@ def cpu_move(kernel, cells, *args):
 def workspace(shape, dtype, slot=0):
     """CPU scratch (slot 0: im2col's columns, slot 1: a GEMM output), kept per thread and
     reused across calls: a fresh multi-megabyte array pays its page faults on every call."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     buffers = list(getattr(_scratch, "buffers", None) or [np.empty(0, np.uint8)] * 2)
     if buffers[slot].nbytes < nbytes:
         buffers[slot] = np.empty(nbytes, np.uint8)
