@@ -95,6 +95,8 @@ def main(argv=None) -> int:
         measured = {c.name for c in chosen}
         rows = [r for r in (fit.read_csv(args.csv) if args.csv.exists() else [])
                 if r["machine"] != label or (args.add and r["layer"] not in measured)]
+        if not args.quick:
+            bench.settle_memory()
         for threads in (int(t) for t in args.threads.split(",")):
             runtime.set_num_threads(threads)
             rows += fit.measure(chosen, label, args.repeats)

@@ -131,6 +131,7 @@ def main():
     import torch
     for label, text in describe(machine()):
         print(f"- {label}: {text}")
+    bench.settle_memory()
     for threads in map(int, args.threads.split(",")):
         fastconv.set_num_threads(threads)
         torch.set_num_threads(threads)

@@ -279,6 +279,8 @@ def _bench(args) -> int:
     repeats = args.repeats or (3 if args.quick else 10)
     numpy_repeats = args.numpy_repeats or (1 if args.quick else 3)
     rows, sgemm, sgemm_size = [], {}, 1024 if args.quick else 4096
+    if args.device == "cpu" and not args.quick:
+        bench.settle_memory()
     for threads in args.threads or [runtime.get_num_threads()]:
         try:
             runtime.set_num_threads(threads)

@@ -31,10 +31,11 @@ from .cases import (
     work,
 )
 from .report import PLOT_HINT, check_plotting, header, markdown, plot, table
-from .timing import COLUMNS, Timing, gemm, measure, run, sgemm_gflops
+from .timing import COLUMNS, Timing, gemm, measure, run, settle_memory, sgemm_gflops
 
 __all__ = ["BASELINES", "BATCH", "TRAIN_BATCH", "COLUMNS", "PLOT_HINT", "QUICK_SIZE_DIVISOR",
            "SUITES", "SUITE_NAMES", "Case", "Timing", "baselines", "cases", "check_plotting",
            "directions", "gemm", "has_torch", "has_torch_cuda", "header", "impls", "inputs",
-           "markdown", "measure", "plot", "run", "runner", "serves", "sgemm_gflops", "table",
+           "markdown", "measure", "plot", "run", "runner", "serves", "settle_memory",
+           "sgemm_gflops", "table",
            "work"]

@@ -57,6 +57,21 @@ def _gpu_seconds(fn) -> float:
     return cupy.cuda.get_elapsed_time(start, end) / 1e3
 
 
+# A VM guest hands the memory it frees back to its host (free page reporting), and touching it
+# again faults on the host: on the 2-vCPU Zen 4 KVM guest a fresh 38 MB array filled by two
+# threads took 38-56 ms a call in the first half second of a process that imported torch (its
+# import frees much), 4.0-4.7 after (and from the first call once a GiB had been written:
+# MobileNetV2's features.2.expand, an early row of benchmarks/other_layers.py, read 0.30x
+# PyTorch at 38.6 ms against 4.3 steady).
+SETTLE_BYTES = 1 << 30
+
+
+def settle_memory(nbytes: int = SETTLE_BYTES) -> None:
+    """Write ``nbytes`` of fresh memory once and free it, before timing, so that the first
+    layers' calls find memory the host backs (2 s the first time on that guest, 0.1 s after)."""
+    np.ones(nbytes // 4, np.float32)
+
+
 # How long OpenBLAS's workers spin after a product before they sleep: 2^28 cycles by default
 # (OPENBLAS_THREAD_TIMEOUT), ~0.1 s at 2.5 GHz.
 BLAS_SPIN_SECONDS = 0.3
