@@ -1,6 +1,6 @@
 """algo="auto" against PyTorch on layers the suite does not name: asymmetric windows, dilation,
 batch 1, NHWC, grouped (RegNet) and odd sizes, forward and backward (input and weight
-gradients together, as the suite's backward rows), on each thread count; or, with --nhwc, on
+gradients in one call, ops.conv2d_backward as the autograd makes it), on each thread count; or, with --nhwc, on
 the conv layers of the suite's networks run in NHWC (the suite runs them in NCHW).
 
     python benchmarks/other_layers.py --threads 1,2 --repeats 9 > table.md
@@ -74,9 +74,8 @@ def calls(x, w, gy, kwargs):
     memory = torch.channels_last if nhwc else torch.contiguous_format
     tx, tw, tgy = (torch.from_numpy(a).contiguous(memory_format=memory) for a in (x, w, gy))
 
-    def fastconv_backward():
-        return (ops.conv2d_backward_input(fgy, fw, fx.shape, **kwargs),
-                ops.conv2d_backward_weight(fgy, fx, fw.shape, **kwargs))
+    def fastconv_backward():  # both gradients in one call, as the autograd asks for them
+        return ops.conv2d_backward(fgy, fx, fw, (True, True, False), **kwargs)[:2]
 
     def torch_backward():
         return torch.ops.aten.convolution_backward(tgy, tx, tw, None, stride, padding, dilation,

@@ -20,6 +20,7 @@ import numpy as np
 from . import device as devices
 from . import dispatch, geometry, rng, runtime
 from .dispatch import algorithms
+from .registry import refusal
 
 __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
@@ -201,11 +202,28 @@ def conv2d_backward(gy, x, w, needs=(True, True, True), stride=1, padding=0, dil
                     data_format=data_format, device=device)
     need_x, need_w, need_b = needs
     gy, gb = _output_gradient(gy, y, activation, need_b, data_format, device)
+    if need_x and need_w:
+        both = _both_gradients(gy, x, w, algo, **geometry)
+        if both is not None:
+            return (*both, gb)
     return (
         conv2d_backward_input(gy, w, x.shape, algo=algo, **geometry) if need_x else None,
         conv2d_backward_weight(gy, x, w.shape, algo=algo, **geometry) if need_w else None,
         gb,
     )
+
+
+def _both_gradients(gy, x, w, algo, stride, padding, dilation, groups, data_format, device):
+    """(gx, gw) from one implementation of both ("conv2d_backward": one pass over gy where
+    the layer allows it), or None where none serves the layer for ``algo``."""
+    device, (gy, x, w) = _arrays(device, gy=gy, x=x, w=w)
+    g = geometry.conv_geometry(x.shape, w.shape, stride, padding, dilation, groups, data_format)
+    _expect("gy", gy, g.y_shape, f"conv2d of x {x.shape} with w {w.shape}")
+    paired = "im2col"
+    if g.N == 0 or algo not in ("auto", paired) or refusal("conv2d_backward", device, paired,
+                                                            g) is not None:
+        return None
+    return _run("conv2d_backward", device, paired, g, gy.dtype, gy, x, w)
 
 
 def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,

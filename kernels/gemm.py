@@ -153,3 +153,26 @@ def gemm_sum(a, b, partial):
             partial[p] = 0
         for z in range(z0, z1):
             gemm_plane(a[z], b[z], partial[p], 0.0 if z == z0 else 1.0)
+
+
+@njit(**CPU_KERNEL)
+def gemm_and_sum(a, b, c, d, partial, tile):
+    """c = a @ b, and partial[p] = the sum over part p's rows i of d[i].T @ a[i]: two products
+    that read a's rows (a pointwise layer's backward: gy, read once for its input gradient gy @
+    w.T and its weight gradient x.T @ gy), each tile of ``tile`` rows used by both while it is
+    in the cache. The caller sums the partials.
+
+    Layout: a (M, K), c (M, N), d (M, L) row-major, b (K, N) any unit stride, partial (parts, L,
+    K) row-major planes. Loop order: parts p (parallel), each its contiguous range of rows, in
+    tiles: one BLAS call for the tile's rows of c, one adding the tile's product into
+    partial[p]. Each thread owns its rows of c and its partial[p].
+    """
+    rows, parts = a.shape[0], partial.shape[0]
+    for p in prange(parts):
+        r0, r1 = _block(p, parts, rows, 1)
+        if r0 == r1:
+            partial[p] = 0
+        for t0 in range(r0, r1, tile):
+            t1 = min(t0 + tile, r1)
+            gemm_plane(a[t0:t1], b, c[t0:t1], 0.0)
+            gemm_plane(d[t0:t1].T, a[t0:t1], partial[p], 0.0 if t0 == r0 else 1.0)

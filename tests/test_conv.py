@@ -688,6 +688,66 @@ def test_workspace_is_reused_and_a_huge_one_is_not_kept(monkeypatch):
     assert driver._scratch.buffers[0].nbytes < 1000
 
 
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 3), h=st.integers(1, 24), w_=st.integers(1, 24), c=st.integers(1, 40),
+       k=st.integers(1, 40), dtype=st.sampled_from([np.float32, np.float64]),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_pointwise_nhwc_backward_reads_gy_once_for_both_gradients(n, h, w_, c, k, dtype,
+                                                                   parallel, seed, monkeypatch,
+                                                                   cpu_calls):
+    """A 1x1 NHWC layer's gx and gw from one pass over gy (gemm_and_sum: a part of the pixels a
+    thread, in tiles of 128 rows here, the last one short), against the float64 reference and
+    PyTorch; its arrays left as they were."""
+    _threads(monkeypatch, parallel)
+    monkeypatch.setattr(conv2d_implementations, "PAIRED_PIXELS", 0)
+    monkeypatch.setattr(driver, "PAIR_TILE_BYTES", 0)
+    rng = np.random.default_rng(seed)
+    x, w, gy = (random(rng, shape, dtype) for shape in ((n, h, w_, c), (1, 1, c, k),
+                                                        (n, h, w_, k)))
+    copies = [a.copy() for a in (x, w, gy)]
+    before = len(cpu_calls)
+    gx, gw, gb = ops.conv2d_backward(gy, x, w, (True, True, False), data_format="NHWC")
+    assert [kernel.py_func.__name__ for kernel, _ in cpu_calls[before:]] == ["gemm_and_sum"]
+    oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, data_format="NHWC"))
+    assert gb is None and gx.flags.c_contiguous and gw.flags.c_contiguous
+    for array, copy in zip((x, w, gy), copies, strict=True):
+        np.testing.assert_array_equal(array, copy)
+
+
+@pytest.mark.parametrize("layer, why", [
+    (dict(x=(2, 64, 64, 16), w=(1, 1, 16, 96)), None),
+    (dict(x=(2, 64, 64, 16), w=(1, 1, 16, 96), algo="blocked"), "an algo of its own"),
+    (dict(x=(2, 16, 64, 64), w=(96, 16, 1, 1), data_format="NCHW"), "NCHW"),
+    (dict(x=(2, 64, 64, 128), w=(1, 1, 128, 256)), "compute-bound"),
+    (dict(x=(2, 32, 32, 16), w=(1, 1, 16, 96)), "too few pixels"),
+    (dict(x=(2, 64, 64, 16), w=(3, 3, 16, 96), padding=1), "not 1x1"),
+], ids=["paired", "blocked", "nchw", "wide", "small", "3x3"])
+def test_only_memory_bound_pointwise_nhwc_layers_pair_their_gradients(layer, why, cpu_calls):
+    """The paired backward serves algo "auto" (or "im2col") on a 1x1 NHWC layer of at most
+    PAIRED_CHANNELS channels in and out over PAIRED_PIXELS output pixels or more; every other
+    layer takes the two ops, and its refusal names the shapes."""
+    layer = dict(layer)
+    rng = np.random.default_rng(2)
+    x, w = random(rng, layer.pop("x")), random(rng, layer.pop("w"))
+    kwargs = dict(dict(data_format="NHWC"), **layer)
+    gy = random(rng, ops.conv2d(x, w, **kwargs).shape)
+    ran = len(cpu_calls)
+    gx, gw, _ = ops.conv2d_backward(gy, x, w, (True, True, False), **kwargs)
+    paired = "gemm_and_sum" in [kernel.py_func.__name__ for kernel, _ in cpu_calls[ran:]]
+    assert paired == (why is None), why
+    kwargs.pop("algo", None)
+    np.testing.assert_allclose(gx, ops.conv2d_backward_input(gy, w, x.shape, **kwargs),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw, ops.conv2d_backward_weight(gy, x, w.shape, **kwargs),
+                               rtol=1e-4, atol=1e-3)
+    g = geometry.conv_geometry(x.shape, w.shape, 1, kwargs.get("padding", 0), 1, 1,
+                               kwargs["data_format"])
+    refused = registry.refusal("conv2d_backward", "cpu", "im2col", g)
+    if why not in (None, "an algo of its own"):
+        assert str(x.shape) in refused and str(w.shape) in refused
+
+
 @pytest.mark.parametrize("needs", [(True, True, True), (False, True, False), (True, False, True)],
                          ids=["all", "weight", "input_bias"])
 def test_conv2d_backward_computes_only_the_gradients_asked_for(needs):
