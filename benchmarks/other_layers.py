@@ -1,7 +1,8 @@
 """algo="auto" against PyTorch on layers the suite does not name: asymmetric windows, dilation,
 batch 1, NHWC, grouped (RegNet) and odd sizes, forward and backward (input and weight
-gradients in one call, ops.conv2d_backward as the autograd makes it), on each thread count; or, with --nhwc, on
-the conv layers of the suite's networks run in NHWC (the suite runs them in NCHW).
+gradients in one call, ops.conv2d_backward as the autograd makes it), on each thread count;
+or, with --nhwc, on the conv layers of the suite's networks run in NHWC (the suite runs them
+in NCHW).
 
     python benchmarks/other_layers.py --threads 1,2 --repeats 9 > table.md
     python benchmarks/other_layers.py --nhwc resnet18,resnet50 --threads 2 > nhwc.md
