@@ -215,14 +215,18 @@ def conv2d_backward(gy, x, w, needs=(True, True, True), stride=1, padding=0, dil
 
 def _both_gradients(gy, x, w, algo, stride, padding, dilation, groups, data_format, device):
     """(gx, gw) from one implementation of both ("conv2d_backward": one pass over gy where
-    the layer allows it), or None where none serves the layer for ``algo``."""
-    device, (gy, x, w) = _arrays(device, gy=gy, x=x, w=w)
-    g = geometry.conv_geometry(x.shape, w.shape, stride, padding, dilation, groups, data_format)
-    _expect("gy", gy, g.y_shape, f"conv2d of x {x.shape} with w {w.shape}")
+    the layer allows it), or None where none serves the layer for ``algo``. A layer it does
+    not serve is told from the shapes alone, the arrays left to the two ops it falls back to
+    to check (checking them here as well cost LeNet-5's 0.23 ms C3 backward 9 us, now 5)."""
     paired = "im2col"
-    if g.N == 0 or algo not in ("auto", paired) or refusal("conv2d_backward", device, paired,
-                                                            g) is not None:
+    if algo not in ("auto", paired):
         return None
+    device = devices.resolve(device, gy=gy, x=x, w=w)
+    g = geometry.conv_geometry(x.shape, w.shape, stride, padding, dilation, groups, data_format)
+    if g.N == 0 or refusal("conv2d_backward", device, paired, g) is not None:
+        return None
+    device, (gy, x, w) = _arrays(device, gy=gy, x=x, w=w)
+    _expect("gy", gy, g.y_shape, f"conv2d of x {x.shape} with w {w.shape}")
     return _run("conv2d_backward", device, paired, g, gy.dtype, gy, x, w)
 
 
