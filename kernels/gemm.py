@@ -1,5 +1,6 @@
 """Matrix products on fastconv's own threads: each thread's block is one single-threaded call of
-BLAS's Fortran ?gemm (NumPy's OpenBLAS, or SciPy's cython_blas, the one Numba's np.dot calls).
+BLAS's Fortran ?gemm (NumPy's OpenBLAS, or SciPy's cython_blas, the one Numba's np.dot calls),
+except for products of few rows and long rows, which stream past BLAS (:func:`gemm_thin`).
 
 Why not let BLAS thread itself: fastconv's parallel kernels run on Numba's OpenMP workers, which
 spin briefly after each kernel so the next one starts at once (runtime.py), and a BLAS with
@@ -176,3 +177,62 @@ def gemm_and_sum(a, b, c, d, partial, tile):
             t1 = min(t0 + tile, r1)
             gemm_plane(a[t0:t1], b, c[t0:t1], 0.0)
             gemm_plane(d[t0:t1].T, a[t0:t1], partial[p], 0.0 if t0 == r0 else 1.0)
+
+
+# Columns of a block of gemm_thin's output: its rows of c stay in cache while b's rows stream by.
+# 4096 ran U-Net's 2 x 64 head 1.3x faster than 1024 on one Zen 4 thread (fewer, longer runs of
+# b's 64 rows for the prefetcher); a multiple of COLUMN_ALIGN.
+THIN_COLUMNS = 4096
+
+
+@njit(**CPU_KERNEL)
+def gemm_thin(a, b, c, beta):
+    """c[z] = a[z] @ b[z] + beta * c[z] for c's planes of few rows and many columns (a 1x1
+    NCHW convolution into a few filters: U-Net's 2-class head is 2 x 64 @ 64 x 65536 a plane).
+    OpenBLAS packs b for each call and fills a register tile of 16+ rows: its products of 1-8
+    rows ran 1.2-5x slower than this one on a Zen 4 thread (cpu-thin-products.md).
+
+    Layout as :func:`gemm`, b's planes row-major (unit column stride), a's planes any strides.
+    C-contiguous b and c compile to unit-stride rows (rows indexed as x[z, row, j0:j1]); an 'A'
+    layout b ran 1.8x slower, its stride unknown to LLVM. Loop order: (plane z, block of
+    THIN_COLUMNS columns) pairs (parallel); in each, c's rows two at a time, b's rows four at a
+    time, the two rows' block of c accumulated in place (in cache), so that b's block is read
+    from memory once a pair of rows. Each thread owns its column blocks of c.
+    """
+    m, n = c.shape[1], c.shape[2]
+    blocks = -(-n // THIN_COLUMNS)
+    for part in prange(c.shape[0] * blocks):
+        z, j0 = part // blocks, part % blocks * THIN_COLUMNS
+        j1 = min(j0 + THIN_COLUMNS, n)
+        for i in range(0, m, 2):
+            _thin_rows(a, b, c, z, i, i + 1 < m, j0, j1, beta)
+
+
+@njit(inline="always", cache=True)
+def _thin_rows(a, b, c, z, i, pair, j0, j1, beta):
+    """Rows i and (with ``pair``) i + 1 of gemm_thin's block c[z][:, j0:j1]."""
+    k = a.shape[2]
+    first, second = c[z, i, j0:j1], c[z, i + 1 if pair else i, j0:j1]
+    for j in range(j1 - j0):  # beta 0 must not read c: it may hold anything, NaN included
+        first[j] = 0 if beta == 0 else beta * first[j]
+        if pair:
+            second[j] = 0 if beta == 0 else beta * second[j]
+    for q in range(0, k - k % 4, 4):
+        b0, b1, b2, b3 = b[z, q, j0:j1], b[z, q + 1, j0:j1], b[z, q + 2, j0:j1], b[z, q + 3, j0:j1]
+        a0, a1, a2, a3 = a[z, i, q], a[z, i, q + 1], a[z, i, q + 2], a[z, i, q + 3]
+        if pair:
+            h = i + 1
+            e0, e1, e2, e3 = a[z, h, q], a[z, h, q + 1], a[z, h, q + 2], a[z, h, q + 3]
+            for j in range(j1 - j0):
+                v0, v1, v2, v3 = b0[j], b1[j], b2[j], b3[j]
+                first[j] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
+                second[j] += e0 * v0 + e1 * v1 + e2 * v2 + e3 * v3
+        else:
+            for j in range(j1 - j0):
+                first[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j]
+    for q in range(k - k % 4, k):
+        a0, e0, bq = a[z, i, q], a[z, i + 1 if pair else i, q], b[z, q, j0:j1]
+        for j in range(j1 - j0):
+            first[j] += a0 * bq[j]
+            if pair:
+                second[j] += e0 * bq[j]

@@ -688,6 +688,32 @@ def test_workspace_is_reused_and_a_huge_one_is_not_kept(monkeypatch):
     assert driver._scratch.buffers[0].nbytes < 1000
 
 
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 2), size=st.sampled_from([(64, 64), (65, 70), (50, 100)]),
+       c=st.integers(1, 20), k=st.integers(1, driver.THIN_ROWS), window=st.sampled_from([1, 3]),
+       bias=st.booleans(), activation=st.sampled_from([None, "relu", "sigmoid"]),
+       dtype=st.sampled_from([np.float32, np.float64]), parallel=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_few_filter_nchw_layers_stream_past_blas(n, size, c, k, window, bias, activation, dtype,
+                                                  parallel, seed, monkeypatch, cpu_calls):
+    """An NCHW layer into at most THIN_ROWS filters (U-Net's 2-class head, 64 -> 2) takes
+    im2col's products on gemm_thin, 4096 output pixels or more an image (65 x 70: a short last
+    block), 1x1 (x's own planes) and 3x3 (im2col's columns): against the float64 reference and
+    PyTorch, its arrays left as they were."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(seed)
+    x, w = random(rng, (n, c) + size, dtype), random(rng, (k, c, window, window), dtype)
+    b = random(rng, (k,), dtype) if bias else None
+    copies = [a.copy() for a in (x, w, b) if a is not None]
+    ran = len(cpu_calls)
+    y = ops.conv2d(x, w, b, padding=window // 2, activation=activation, algo="im2col")
+    assert "gemm_thin" in [kernel.py_func.__name__ for kernel, _ in cpu_calls[ran:]]
+    oracle.check({"y": y}, oracle.conv2d(x, w, b, activation=activation, padding=window // 2))
+    for array, copy in zip((a for a in (x, w, b) if a is not None), copies, strict=True):
+        np.testing.assert_array_equal(array, copy)
+
+
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 3), h=st.integers(1, 24), w_=st.integers(1, 24), c=st.integers(1, 40),

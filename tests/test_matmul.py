@@ -1,9 +1,9 @@
 """Matrix products on fastconv's threads (kernels/gemm.py through driver.matmul and
-driver.matmul_sum) and ops.matmul, against float64 NumPy
-and PyTorch: hypothesis-drawn sizes (empty and single rows, columns and reductions among
-them), each operand row-major, column-major or with no unit stride, a shared (2-D) left or
-right operand, accumulation, both dtypes, the parallel kernels and their serial twins; every
-BLAS staying on one thread."""
+driver.matmul_sum; gemm_thin for few rows) and ops.matmul, against float64 NumPy and PyTorch:
+hypothesis-drawn sizes (empty and single rows, columns and reductions among them), each operand
+row-major, column-major or with no unit stride, a shared (2-D) left or right operand,
+accumulation, both dtypes, the parallel kernels and their serial twins; every BLAS staying on
+one thread."""
 
 import subprocess
 import sys
@@ -76,6 +76,38 @@ def test_matmul_matches_float64_numpy(z, m, k, n, layouts, shared, add, dtype, p
     before, start = (a.copy(), b.copy()), out.astype(np.float64)
     want = np.matmul(a.astype(np.float64), b.astype(np.float64)) + (start if add else 0)
     driver.matmul(a, b, out, add)
+    assert _error(out, want) < tolerance(dtype) * max(k, 1) ** 0.5
+    np.testing.assert_array_equal(a, before[0])
+    np.testing.assert_array_equal(b, before[1])
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(z=st.integers(1, 3), m=st.integers(1, driver.THIN_ROWS), k=st.integers(1, 40),
+       extra=st.integers(0, gemm.THIN_COLUMNS + 100), a_layout=st.sampled_from(LAYOUTS),
+       b_planes=st.sampled_from(["contiguous", "interleaved", "shared"]), add=st.booleans(),
+       dtype=st.sampled_from(FLOATS), parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@example(z=1, m=3, k=7, extra=1, a_layout="row", b_planes="contiguous", add=False,
+         dtype=np.float32, parallel=True, seed=0)
+def test_thin_products_stream_past_blas(z, m, k, extra, a_layout, b_planes, add, dtype, parallel,
+                                        seed, monkeypatch, cpu_calls):
+    """Products of at most THIN_ROWS rows and THIN_COLUMNS columns or more take gemm_thin: odd
+    and even rows, reductions a multiple of its 4 rows of b or not (a single one among them), a
+    short last block of columns, b's planes contiguous, interleaved (an NCHW batch's channel
+    planes: unit-stride rows in no contiguous plane) or one shared plane."""
+    _parallel(monkeypatch, parallel)
+    rng = np.random.default_rng(seed)
+    n = gemm.THIN_COLUMNS + extra
+    a = _operand(rng, (z, m, k), a_layout, dtype)
+    b = {"contiguous": lambda: random(rng, (z, k, n), dtype),
+         "interleaved": lambda: random(rng, (k, z, n), dtype).transpose(1, 0, 2),
+         "shared": lambda: random(rng, (k, n), dtype)}[b_planes]()
+    out = random(rng, (z, m, n), dtype) if add else np.full((z, m, n), np.nan, dtype)
+    before, start = (a.copy(), b.copy()), out.astype(np.float64)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64)) + (start if add else 0)
+    ran = len(cpu_calls)
+    driver.matmul(a, b, out, add)
+    assert [kernel.py_func.__name__ for kernel, _ in cpu_calls[ran:]] == ["gemm_thin"]
     assert _error(out, want) < tolerance(dtype) * max(k, 1) ** 0.5
     np.testing.assert_array_equal(a, before[0])
     np.testing.assert_array_equal(b, before[1])

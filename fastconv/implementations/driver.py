@@ -125,11 +125,18 @@ def workspace(shape, dtype, slot=0):
     return buffers[slot][:nbytes].view(dtype).reshape(shape)
 
 
+# Products whose planes have this many rows or fewer (and THIN_COLUMNS or more columns) skip
+# BLAS (kernels/gemm.py's gemm_thin): on one and two Zen 4 threads 1.2-5.1x faster at 1-8 rows
+# but for one 0.94x, 0.8-1.4x at 12-16, 0.7-0.9x at 32 (benchmarks/results/cpu-thin-products.md).
+THIN_ROWS = 8
+
+
 def matmul(a, b, out, add=False):
     """out = a @ b (with ``add``: out += a @ b) on the CPU, for 2-D arrays or (Z, ...) stacks of
     planes (a 2-D ``a`` or ``b`` is shared by every plane; out is never broadcast), on fastconv's
-    threads with BLAS single-threaded inside them (kernels/gemm.py). Any strides: a plane
-    without a unit stride is copied once; an output plane without one is computed aside."""
+    threads with BLAS single-threaded inside them, or none for THIN_ROWS rows (kernels/gemm.py).
+    Any strides: a plane without a unit stride is copied once; an output plane without one is
+    computed aside."""
     runtime.pin_blas()
     if out.ndim == 2:
         a, b, out = a[None], b[None], out[None]
@@ -143,9 +150,12 @@ def matmul(a, b, out, add=False):
         target[...] = out
     z, m, n = out.shape
     k = a.shape[2]
-    row_blocks, column_blocks = _blocks(z, m, n, numba.get_num_threads())
-    cpu_call(gemm.gemm, z * m * n * k, _blas_operand(a), _blas_operand(b), target, row_blocks,
-             column_blocks, 1.0 if add else 0.0)
+    if m <= THIN_ROWS and n >= gemm.THIN_COLUMNS and _unit_stride(b, 2):
+        cpu_call(gemm.gemm_thin, z * m * n * k, a, b, target, 1.0 if add else 0.0)
+    else:
+        row_blocks, column_blocks = _blocks(z, m, n, numba.get_num_threads())
+        cpu_call(gemm.gemm, z * m * n * k, _blas_operand(a), _blas_operand(b), target,
+                 row_blocks, column_blocks, 1.0 if add else 0.0)
     if target is not out:
         out[...] = target
 
