@@ -688,6 +688,44 @@ def test_workspace_is_reused_and_a_huge_one_is_not_kept(monkeypatch):
     assert driver._scratch.buffers[0].nbytes < 1000
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("window", [1, 3])
+@pytest.mark.parametrize("parallel, chunked", [(False, False), (True, False), (True, True)])
+def test_grouped_im2col_takes_each_product_over_the_groups_planes(layout, n, window, parallel,
+                                                                  chunked, monkeypatch):
+    """A grouped layer's im2col products are one driver.matmul call over the groups' planes
+    where its operands flatten (the weight gradient's always: it copies those that do not), one
+    a group over the images' planes where they do not; with ``chunked`` an image a batch chunk,
+    the weight gradient summed over them. Forward and both gradients against the float64
+    reference and PyTorch, its arrays left as they were."""
+    _threads(monkeypatch, parallel)
+    if chunked:
+        monkeypatch.setattr(conv2d_implementations, "CPU_WORKSPACE_BYTES", 1)
+    groups, c, k = 4, 8, 12
+    planes, real = [], driver.matmul
+    monkeypatch.setattr(driver, "matmul", lambda a, b, out, add=False: (
+        planes.append(out.shape[0] if out.ndim == 3 else 1), real(a, b, out, add)))
+    rng = np.random.default_rng(5)
+    nchw = layout == "NCHW"
+    x = random(rng, (n, c, 9, 7) if nchw else (n, 9, 7, c))
+    w = random(rng, (k, c // groups, window, window) if nchw else (window, window, c // groups, k))
+    kwargs = dict(padding=window // 2, groups=groups, data_format=layout, algo="im2col")
+    gy = random(rng, ops.conv2d(x, w, **kwargs).shape)
+    copies = [a.copy() for a in (x, w, gy)]
+    planes.clear()
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, **kwargs)
+    g = geometry.conv_geometry(x.shape, w.shape, 1, window // 2, 1, groups, layout)
+    assert planes == [groups] * len(conv2d_implementations._batch_chunks(g, x.itemsize))
+    kwargs.pop("algo")
+    y = ops.conv2d(x, w, algo="im2col", **kwargs)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="im2col", **kwargs)
+    oracle.check({"y": y}, oracle.conv2d(x, w, **kwargs))
+    oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    for array, copy in zip((x, w, gy), copies, strict=True):
+        np.testing.assert_array_equal(array, copy)
+
+
 @settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 2), size=st.sampled_from([(64, 64), (65, 70), (50, 100)]),

@@ -878,13 +878,25 @@ def _flat_or_copy(a):
 
 
 def _matmul(a, b, out):
-    """out = a @ b for (rows, n, P) views b and out: one GEMM if both flatten, else one per
-    image."""
+    """out's rows of group i = a[i] @ b's rows of group i, for a (groups, M, K) stack and (rows,
+    n, P) views b and out: one call over the groups' planes where both flatten (the threads
+    share the groups), else a call a group over its images' planes."""
+    groups = a.shape[0]
     flat_b, flat_out = _flat(b), _flat(out)
-    if flat_b is None or flat_out is None:
-        driver.matmul(a, b.transpose(1, 0, 2), out.transpose(1, 0, 2))
-    else:
-        driver.matmul(a, flat_b, flat_out)
+    if flat_b is not None and flat_out is not None:
+        driver.matmul(a, _by_group(flat_b, groups), _by_group(flat_out, groups))
+        return
+    for a_group, b_group, out_group in zip(a, _by_group(b, groups), _by_group(out, groups),
+                                           strict=True):
+        driver.matmul(a_group, b_group.transpose(1, 0, 2), out_group.transpose(1, 0, 2))
+
+
+def _by_group(a, groups):
+    """(groups, rows/groups, ...) view of ``a``, its first axis split by group: a grouped
+    layer's products as one call over the groups' planes, which the threads share. A call a
+    group (each too small to split) left ResNeXt-50's layer1.conv2 weight gradient on one
+    thread, 256 calls a backward: 9.4-12 ms on two Zen 4 threads, as on one; in one, 4.3."""
+    return a.reshape((groups, a.shape[0] // groups) + a.shape[1:])
 
 
 def _matmul_over_pixels(a, b, out, add):
@@ -925,8 +937,7 @@ def conv2d_im2col_cpu(g, x, w, b, activation):
         cols, out = _columns_cpu(g, x[batch]), _channel_major(y[batch], g.layout)
         gemm_out = out if _flat(out) is not None or _flat(cols) is None else (
             driver.workspace(out.shape, x.dtype, slot=1))
-        for rows, ks in g.group_slices():
-            _matmul(wmat[ks], cols[rows], gemm_out[ks])
+        _matmul(_by_group(wmat, g.groups), cols, gemm_out)
         if gemm_out is not out or b is not None or activation is not None:
             driver.cpu_move(im2col.bias_activation, out.size, gemm_out, out, bias,
                             CODES[activation])
@@ -950,8 +961,7 @@ def conv2d_backward_input_im2col_cpu(g, gy, w):
         scattered = gcols is None
         if scattered:
             gcols = driver.workspace((g.C * g.R * g.S,) + grad.shape[1:], gy.dtype)
-        for rows, ks in g.group_slices():
-            _matmul(wmat[ks].T, grad[ks], gcols[rows])
+        _matmul(_by_group(wmat, g.groups).transpose(0, 2, 1), grad, gcols)
         if scattered:
             driver.cpu_move(im2col.col2im, gcols.size,
                             gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),
@@ -967,8 +977,12 @@ def conv2d_backward_weight_im2col_cpu(g, gy, x):
               else _weight_matrix(np, gw, g, view=True))  # written in place
     for i, batch in enumerate(_batch_chunks(g, gy.itemsize)):
         cols, grad = _columns_cpu(g, x[batch]), _channel_major(gy[batch], g.layout)
-        for rows, ks in g.group_slices():
-            _matmul_over_pixels(grad[ks], cols[rows], gw_mat[ks], add=i > 0)
+        if g.groups == 1:
+            _matmul_over_pixels(grad, cols, gw_mat, add=i > 0)
+        else:
+            driver.matmul(_by_group(_flat_or_copy(grad), g.groups),
+                          _by_group(_flat_or_copy(cols), g.groups).transpose(0, 2, 1),
+                          _by_group(gw_mat, g.groups), add=i > 0)
     return _filters_cpu(gw_mat, g) if gw is None else gw
 
 
