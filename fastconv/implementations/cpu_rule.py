@@ -6,12 +6,12 @@ Fitted on dispatch-cpu.csv: 6996 timings of AMD EPYC (family 25 model 1) (avx2);
 (family 25 model 17) (avx512); AMD EPYC (family 26 model 2) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
-    conv2d: the rule 1.011x, blocked 1.295x, depthwise (some layers only), direct 3.770x, im2col
-        1.701x
+    conv2d: the rule 1.011x, blocked 1.295x, depthwise (some layers only), direct 3.769x, im2col
+        1.690x
     conv2d_backward_input: the rule 1.009x, blocked 1.558x, depthwise (some layers only), direct
-        3.844x, im2col 1.488x
-    conv2d_backward_weight: the rule 1.012x, blocked 1.321x, depthwise (some layers only),
-        direct 16.339x, im2col 1.570x
+        3.842x, im2col 1.477x
+    conv2d_backward_weight: the rule 1.012x, blocked 1.322x, depthwise (some layers only),
+        direct 16.334x, im2col 1.563x
 """
 
 RULE = {'conv2d': {'feature': 'lanes',
