@@ -189,8 +189,9 @@ THIN_COLUMNS = 4096
 def gemm_thin(a, b, c, beta):
     """c[z] = a[z] @ b[z] + beta * c[z] for c's planes of few rows and many columns (a 1x1
     NCHW convolution into a few filters: U-Net's 2-class head is 2 x 64 @ 64 x 65536 a plane).
-    OpenBLAS packs b for each call and fills a register tile of 16+ rows: its products of 1-8
-    rows ran 1.2-5x slower than this one on a Zen 4 thread (cpu-thin-products.md).
+    OpenBLAS ran such products (to it, c's transpose: many rows, 1-8 columns) 1.2-5x slower
+    than this kernel on a Zen 4 thread, x read at a quarter of the rate a stream reaches
+    (cpu-thin-products.md).
 
     Layout as :func:`gemm`, b's planes row-major (unit column stride), a's planes any strides.
     C-contiguous b and c compile to unit-stride rows (rows indexed as x[z, row, j0:j1]); an 'A'
