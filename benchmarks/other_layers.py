@@ -10,7 +10,8 @@ in NCHW).
 Each figure is the median of ``--repeats`` calls after a warm-up call, fastconv and PyTorch
 called in turn each round (a busy neighbour slows them alike); "vs torch" is PyTorch's median
 over fastconv's (above 1: faster). An NHWC layer runs PyTorch on channels-last tensors, and
-fastconv on NHWC arrays with HWIO filters. Every result is checked against PyTorch's first.
+fastconv on NHWC arrays with HWIO filters. Every array starts on a cache line, as each
+framework's own layers' outputs do. Every result is checked against PyTorch's first.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import numpy as np
 
 import fastconv  # before torch: its OpenMP threads would spin between fastconv's kernels
 from fastconv import bench, ops
+from fastconv.implementations import driver
 from fastconv.machine import describe, machine
 
 # (name, x NCHW, w OIHW, keyword arguments as fastconv.ops.conv2d takes them)
@@ -63,6 +65,14 @@ def _pairs(value):
     return value if isinstance(value, tuple) else (value, value)
 
 
+def _on_lines(a):
+    """A copy of ``a`` starting on a cache line, as fastconv's own outputs and PyTorch's
+    channels-last copies do (NumPy's large arrays start 16 bytes past one)."""
+    out = driver.aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 def calls(x, w, gy, kwargs):
     """{"fastconv": (forward, backward), "torch": (forward, backward)} on these arrays (NCHW
     and OIHW; laid out as the layer says for each framework)."""
@@ -70,8 +80,8 @@ def calls(x, w, gy, kwargs):
     nhwc = kwargs.get("data_format") == "NHWC"
     stride, padding = _pairs(kwargs.get("stride", 1)), _pairs(kwargs.get("padding", 0))
     dilation, groups = _pairs(kwargs.get("dilation", 1)), kwargs.get("groups", 1)
-    fx, fw, fgy = ((x.transpose(0, 2, 3, 1).copy(), w.transpose(2, 3, 1, 0).copy(),
-                    gy.transpose(0, 2, 3, 1).copy()) if nhwc else (x, w, gy))
+    fx, fw, fgy = ((_on_lines(x.transpose(0, 2, 3, 1)), _on_lines(w.transpose(2, 3, 1, 0)),
+                    _on_lines(gy.transpose(0, 2, 3, 1))) if nhwc else (x, w, gy))
     memory = torch.channels_last if nhwc else torch.contiguous_format
     tx, tw, tgy = (torch.from_numpy(a).contiguous(memory_format=memory) for a in (x, w, gy))
 
@@ -142,10 +152,10 @@ def main():
         ratios = []
         for name, x_shape, w_shape, kwargs in layers:
             rng = np.random.default_rng(0)
-            x = rng.standard_normal(x_shape, np.float32)
+            x = _on_lines(rng.standard_normal(x_shape, np.float32))
             w = rng.standard_normal(w_shape, np.float32)
             y = ops.conv2d(x, w, **{k: v for k, v in kwargs.items() if k != "data_format"})
-            gy = rng.standard_normal(y.shape, np.float32)
+            gy = _on_lines(rng.standard_normal(y.shape, np.float32))
             pairs, nhwc = calls(x, w, gy, kwargs)
             error = check(pairs, nhwc)
             cells = []

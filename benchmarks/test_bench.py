@@ -17,7 +17,7 @@ NUMPY_ROUNDS = 3
 
 CASES = [pytest.param(case, op, impl, id=f"{case.name}-{op}-{impl}")
          for case in bench.cases("all") for op in bench.directions(case)
-         for impl in bench.impls(op)]
+         for impl in bench.impls(op) if bench.serves(case, op, impl)]
 
 
 @pytest.mark.parametrize(("case", "op", "impl"), CASES)

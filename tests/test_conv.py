@@ -11,7 +11,7 @@ import oracle
 from fastconv import geometry, ops, registry
 from fastconv.implementations import conv2d as conv2d_implementations
 from fastconv.implementations import driver
-from fastconv.kernels import conv_blocked
+from fastconv.kernels import LINE_BYTES, conv_blocked
 from oracle import random, rel_error
 
 # The algorithms that serve every layer: the ones for some layers only (winograd, depthwise)
@@ -686,6 +686,26 @@ def test_workspace_is_reused_and_a_huge_one_is_not_kept(monkeypatch):
     huge = driver.workspace((1000,), np.float64)
     assert not np.shares_memory(huge, driver.workspace((4, 5), np.float32))
     assert driver._scratch.buffers[0].nbytes < 1000
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint8])
+@pytest.mark.parametrize("shape", [(8, 14, 14, 48), (3, 1000), (4096,), 5000, np.int64(4096),
+                                   (0, 5000), (2, 3), 7, ()])
+def test_kernel_outputs_and_scratch_start_on_a_cache_line(shape, dtype, monkeypatch):
+    """Every CPU array a kernel writes (driver.empty) and im2col's scratch (driver.workspace)
+    of ALIGNED_BYTES or more starts on a cache line, NumPy's 16 bytes past one: an NHWC
+    pixel's vectors of channels then read and write whole lines. Any shape np.empty takes, its
+    cells writable and C-contiguous; a smaller one is np.empty's own."""
+    monkeypatch.undo()  # the real allocations, not the poisoned ones of conftest
+    monkeypatch.setattr(driver, "_scratch", type(driver._scratch)())
+    want = np.empty(shape, dtype)
+    for a in (driver.empty(np, shape, dtype), driver.workspace(np.shape(want), dtype)):
+        assert (a.shape, a.dtype) == (want.shape, want.dtype)
+        assert a.flags.c_contiguous and a.flags.writeable
+        if want.nbytes >= driver.ALIGNED_BYTES:
+            assert a.ctypes.data % LINE_BYTES == 0, (shape, dtype)
+        a[...] = 1  # every cell its own
+        assert a.sum() == a.size
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
