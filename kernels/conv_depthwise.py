@@ -6,8 +6,9 @@ grouped kernels vectorise over a group's output channels (one here) or along a p
 An NHWC operand whose channels are whole vectors is read where it lies by
 :func:`depthwise_nhwc_rows` (the forward, and the input gradient: a stride-1 layer's as one part, a
 strided one's phases as the parts of one call): each task an output row, its tiles' input
-vectors a pixel's channels apart, the next row's lines prefetched; its weight gradient by
-:func:`depthwise_nhwc_weight_rows`. Otherwise the forward and the input gradient are one kernel,
+vectors a pixel's channels apart, the next row's lines prefetched; a column stride of 2's input
+gradient by :func:`depthwise_nhwc_stride2_input_rows`, a row of gx at a time; its weight
+gradient by :func:`depthwise_nhwc_weight_rows`. Otherwise the forward and the input gradient are one kernel,
 :func:`depthwise_planes`: each task moves its share of the caller's array (NCHW or NHWC) into
 a local buffer in the blocked layout (a pixel one vector of VECTOR channels: NCHW16c on
 AVX-512, NCHW8c on AVX2), zero-padded, runs register tiles over it and moves the result out
@@ -617,6 +618,113 @@ def depthwise_nhwc_rows(x, h_, w_, filters, bias, y, parts, group, tiles, bounds
             if act != 0:
                 for j in range(parts[p, COLUMNS]):
                     activate_run(yn, out_row + j * y_col, c_, 1, act)
+
+
+def stride2_columns(w_, ow_, s_, left):
+    """depthwise_nhwc_stride2_input_rows' tiles of an input gradient row ``w_`` wide, gy's rows
+    ``ow_`` wide, a window ``s_`` wide whose first tap lies ``left`` columns left of its output's
+    column doubled: (tiles (T,) their first columns, PIXELS from each (the last moved back to
+    end at the row's end), taps (T, s_, 4) per tile and tap column s (the phase p of the tile's
+    columns x0 + p + 2u it reaches, u < HALF_PIXELS; the gy column j0 its pixel u = 0 reads;
+    whether that one, and whether the last, reads inside gy's row)); None for a row narrower
+    than PIXELS, or where a tap would reach past more than a sub-tile's first or last pixel (a
+    padding far past the window)."""
+    if w_ < PIXELS:
+        return None
+    starts = list(range(0, w_ - PIXELS + 1, PIXELS)) + ([w_ - PIXELS] if w_ % PIXELS else [])
+    taps = np.empty((len(starts), s_, 4), np.int64)
+    for tile, x0 in enumerate(starts):
+        for s in range(s_):
+            phase = (s - x0 - left) % 2
+            j0 = (x0 + phase + left - s) // 2
+            outside = [not 0 <= j0 + u < ow_ for u in range(HALF_PIXELS)]
+            if any(outside[1:-1]):
+                return None
+            taps[tile, s] = phase, j0, not outside[0], not outside[-1]
+    return np.array(starts, np.int64), taps
+
+
+@njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
+def _stride2_row(gyn, oh_, ow_, filters, gxn, y, w_, r_, sh, top, tiles, taps, c_):
+    """Row y of depthwise_nhwc_stride2_input_rows' gx: its tiles, each two sub-tiles of
+    HALF_PIXELS pixels (its even and its odd columns) x one vector, channel block by block."""
+    s_, b_ = taps.shape[1], c_ // VECTOR
+    even = carray(stack_array(HALF_PIXELS, VECTOR, gxn.dtype), (HALF_PIXELS, VECTOR))
+    odd = carray(stack_array(HALF_PIXELS, VECTOR, gxn.dtype), (HALF_PIXELS, VECTOR))
+    step = np.uint64(c_)
+    # the window rows r whose gy row i = (y + top - r) / sh is whole and inside: r_lo <= r <
+    # r_hi, sh apart (both bounds of r_lo leave the same remainder by sh)
+    reach = y + top
+    r_lo, r_hi = max(reach % sh, reach - sh * (oh_ - 1)), min(r_, reach + 1)
+    # the last gy row the next gx row reads: the one it reads first that this row does not,
+    # fetched a share a tile
+    line = LINE_BYTES // gxn.itemsize
+    t_ = tiles.shape[0]
+    next_row = min(oh_ - 1, (reach + 1) // sh)
+    lines = ow_ * c_ // line
+    share = -(-lines // t_)
+    for tile in range(t_):
+        x0 = tiles[tile]
+        for e in range(tile * share, min(lines, (tile + 1) * share)):
+            prefetch(gyn, np.uint64(next_row * ow_ * c_ + e * line))
+        for blk in range(b_):
+            k0 = blk * VECTOR
+            for u in range(HALF_PIXELS):
+                for v in range(VECTOR):
+                    even[u, v] = 0
+                    odd[u, v] = 0
+            for r in range(r_lo, r_hi, sh):
+                g_row = (reach - r) // sh * ow_ * c_ + k0
+                for s in range(s_):
+                    tap = (r * s_ + s) * b_ + blk
+                    # gy's pixel j0 may lie left of the row (-1): its place wraps, unread
+                    start = np.uint64(g_row + taps[tile, s, 1] * c_)
+                    first, last = taps[tile, s, 2] != 0, taps[tile, s, 3] != 0
+                    if taps[tile, s, 0] == 0:  # a branch, so that each sub-tile's registers
+                        lane_fmas(even, gyn, start, step, filters, tap, first, last,
+                                  HALF_PIXELS)
+                    else:
+                        lane_fmas(odd, gyn, start, step, filters, tap, first, last,
+                                  HALF_PIXELS)
+            out = np.uint64((y * w_ + x0) * c_ + k0)
+            for u in range(HALF_PIXELS):  # a loop a vector: one loop for both was scalar
+                for v in range(UVECTOR):
+                    gxn[out + np.uint64(2 * u) * step + v] = even[u, v]
+                for v in range(UVECTOR):
+                    gxn[out + np.uint64(2 * u + 1) * step + v] = odd[u, v]
+
+
+@njit(**CPU_KERNEL)
+def depthwise_nhwc_stride2_input_rows(gy, oh_, ow_, filters, gx, h_, w_, r_, sh, top, tiles,
+                                      taps):
+    """gx = the input gradient of a depthwise NHWC layer of column stride 2 (row stride sh,
+    undilated), one output channel an input channel: gx[n, y, x, k] = the sum over the taps (r,
+    s) and gy's pixels (i, j) inside gy with y = i * sh - top + r and x = 2 * j - left + s of
+    gy[n, i, j, k] * filters[(r * S + s) * C / VECTOR + k // VECTOR, k % VECTOR], every cell
+    written (a zero where no tap reaches).
+
+    Layout: gy (N, oh_ * ow_ * C), gx (N, h_ * w_ * C), NHWC images flat, C a multiple of
+    VECTOR; filters (R * S * C / VECTOR, VECTOR), HWIO's; tiles and taps from
+    :func:`stride2_columns` (left is in them).
+    Loop order: (image, gx row y) in parallel; per task its tiles of PIXELS columns, per tile
+    and channel block two sub-tiles of HALF_PIXELS pixels x one vector (the tile's even
+    columns and its odd ones), accumulated over the window rows whose gy row is inside and the
+    S tap columns, each tap column meeting the sub-tile of its phase in HALF_PIXELS packed FMAs
+    (a branch on the phase, so that every index into either sub-tile is a constant), then
+    stored in column order: a tile's PIXELS pixels x C channels are one stretch of gx. Each
+    task owns its row of gx. As :func:`depthwise_nhwc_rows`' parts, a phase each (a
+    correlation writing every other column of a row, over tiles that overlap at its ends),
+    MobileNetV2's stride-2 input gradients took 1.2-1.5x as long (8 x 192 x 28 x 28: 0.345 ->
+    0.227 ms on two Zen 4 threads, PyTorch channels-last 0.204; 8 x 96 x 112 x 112: 6.4 ->
+    5.0, PyTorch 13.3; benchmarks/results/cpu-nhwc-depthwise-stride2.md). While a row's tiles
+    run, the lines of the gy row the next gx row reads first are prefetched, a share a tile
+    (8 x 96 x 112 x 112 on one thread: 6.9 -> 6.3 ms); prefetching the next tile's lines of
+    gx gained nothing."""
+    n_ = gy.shape[0]
+    for task in prange(n_ * h_):
+        n, y = task // h_, task % h_
+        _stride2_row(gy[n], oh_, ow_, filters, gx[n], y, w_, r_, sh, top, tiles, taps,
+                     gx.shape[1] // (h_ * w_))
 
 
 @njit(inline="always", cache=True)

@@ -17,7 +17,8 @@ import oracle
 from fastconv import geometry, ops, registry
 from fastconv.implementations.depthwise import BAND_PIXELS as WHOLE_PLANES
 from fastconv.implementations.depthwise import MIN_TASKS
-from fastconv.kernels import LINE_BYTES, VECTOR_LANES, aligned_zeros
+from fastconv.kernels import LINE_BYTES, VECTOR_LANES, aligned_zeros, conv_depthwise
+from fastconv.kernels.conv_depthwise import PIXELS
 from oracle import random
 
 # a band of one row, of a few, and the library's (these planes whole)
@@ -129,9 +130,11 @@ def test_nhwc_rows_tile_every_row_width(layer, dtype, parallel, monkeypatch, cpu
     HALF_PIXELS, every width of a row narrower than a tile (one tile of its own width), and,
     where the padding passes the stride (the dilated layer's 2), the columns it reaches past
     the first as tiles of one pixel; against the float64 reference and PyTorch, forward with
-    a bias and an activation, the input gradient (a strided layer's phase by phase, each
-    phase's rows as narrow as they come) and the weight gradient (in place on every row:
-    depthwise_nhwc_weight_rows, its parts summed into the filters by block_filters)."""
+    a bias and an activation, the input gradient (a column stride of 2 a row of gx at a time,
+    where a row holds a tile: depthwise_nhwc_stride2_input_rows; another stride's phase by
+    phase, each phase's rows as narrow as they come) and the weight gradient (in place on
+    every row: depthwise_nhwc_weight_rows, its parts summed into the filters by
+    block_filters)."""
     _threads(monkeypatch, parallel)
     rng = np.random.default_rng(7)
     c = 2 * VECTOR_LANES
@@ -154,8 +157,64 @@ def test_nhwc_rows_tile_every_row_width(layer, dtype, parallel, monkeypatch, cpu
                     else oracle.conv2d(x, w, gy=gy, **kwargs))
             oracle.check({name: op(*args, **op_kwargs)}, want)
             ran.append({kernel.py_func.__name__ for kernel, _ in cpu_calls[before:]})
-        assert ran == [{"depthwise_nhwc_rows"}, {"depthwise_nhwc_rows"},
+        strided = _column_stride(kwargs["stride"]) == 2 and width >= PIXELS
+        assert ran == [{"depthwise_nhwc_rows"},
+                       {"depthwise_nhwc_stride2_input_rows" if strided else "depthwise_nhwc_rows"},
                        {"depthwise_nhwc_weight_rows", "block_filters"}], (width, ran)
+
+
+def _column_stride(stride):
+    return stride[1] if isinstance(stride, tuple) else stride
+
+
+@SETTINGS
+@given(n=st.integers(1, 3), h=st.integers(1, 9), width=st.integers(PIXELS, 40),
+       blocks=st.integers(1, 3), window=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+       row_stride=st.integers(1, 3), padding=paddings(),
+       dtype=st.sampled_from([np.float32, np.float64]), parallel=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_nhwc_column_stride_2_input_gradient_a_row_at_a_time(n, h, width, blocks, window,
+                                                             row_stride, padding, dtype,
+                                                             parallel, seed, monkeypatch,
+                                                             cpu_calls):
+    """An NHWC layer of whole vectors of channels at column stride 2 (any row stride, window
+    and padding, undilated): its input gradient a row of gx at a time, each tile's even and
+    odd columns two sub-tiles (depthwise_nhwc_stride2_input_rows), where every tap reaches no
+    more than a sub-tile's first or last pixel outside gy's row (conv_depthwise.
+    stride2_columns; else phase by phase), against the float64 reference and PyTorch: rows of
+    whole tiles and rows whose last tile is moved back by an odd count, gx's rows and columns
+    that no tap reaches (zeros), both dtypes, serial and parallel; gy and w unchanged."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(seed)
+    c = blocks * VECTOR_LANES
+    kwargs = dict(stride=(row_stride, 2), padding=padding, dilation=1, groups=c,
+                  data_format="NHWC")
+    x_shape, w = (n, h, width, c), random(rng, window + (1, c), dtype)
+    try:
+        g = geometry.conv_geometry(x_shape, w.shape, **kwargs)
+    except ValueError:
+        assume(False)  # the window does not fit this input
+    gy = random(rng, g.y_shape, dtype)
+    before, ran = [a.copy() for a in (gy, w)], len(cpu_calls)
+    gx = ops.conv2d_backward_input(gy, w, x_shape, algo="depthwise", **kwargs)
+    x = random(rng, x_shape, dtype)  # the reference's gradient does not depend on x
+    oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    kernels = {kernel.py_func.__name__ for kernel, _ in cpu_calls[ran:]}
+    rows = conv_depthwise.stride2_columns(g.W, g.OW, g.S, g.padding[2]) is not None
+    assert kernels == {"depthwise_nhwc_stride2_input_rows" if rows
+                       else "depthwise_nhwc_rows"}, kernels
+    for old, new in zip(before, (gy, w), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+@pytest.mark.parametrize("window, padding", [(3, 1), (5, 2), (2, 0), (1, 0), (3, 0)])
+def test_stride2_rows_serve_the_usual_paddings_at_every_width(window, padding):
+    """The tiles of depthwise_nhwc_stride2_input_rows cover every row of a tile or more of a
+    stride-2 layer whose padding is at most half its window's (MobileNet's 3x3 and 5x5 with
+    "same" padding, and "valid"): none falls back to the phases."""
+    for width in range(PIXELS, 60):
+        out = (width + 2 * padding - window) // 2 + 1
+        assert conv_depthwise.stride2_columns(width, out, window, padding) is not None, width
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

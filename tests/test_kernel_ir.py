@@ -66,14 +66,16 @@ def _calls_with_float32(monkeypatch):
         ops.conv2d_backward_input(y, ws, xs.shape, **kw)
         ops.conv2d_backward_weight(y, xs, ws.shape, **kw)
     # an NHWC layer of whole vectors of channels, read in place (depthwise_nhwc_rows): rows
-    # of 14 (two tiles of PIXELS, each with edge flags); the strided input gradient's phases,
-    # rows of 7 (a narrow row's tile), first (the last call's arguments are the ones compiled
-    # below); the weight gradient (depthwise_nhwc_weight_rows)
+    # of 14 (two tiles of PIXELS, each with edge flags); a column stride of 3's input
+    # gradient's phases, rows of 5 (a narrow row's tile), first (the last call's arguments
+    # are the ones compiled below); a column stride of 2's, a row at a time
+    # (depthwise_nhwc_stride2_input_rows); the weight gradient (depthwise_nhwc_weight_rows)
     xs = random(rng, (2, 4, 14, VECTOR_LANES), np.float32)
     ws = random(rng, (3, 3, 1, VECTOR_LANES), np.float32)
     kw = dict(padding=1, groups=VECTOR_LANES, data_format="NHWC", algo="depthwise")
-    ops.conv2d_backward_input(random(rng, (2, 2, 7, VECTOR_LANES), np.float32), ws, xs.shape,
-                              stride=2, **kw)
+    for stride, out in ((3, (2, 2, 5)), (2, (2, 2, 7))):
+        ops.conv2d_backward_input(random(rng, out + (VECTOR_LANES,), np.float32), ws, xs.shape,
+                                  stride=stride, **kw)
     y = ops.conv2d(xs, ws, random(rng, (VECTOR_LANES,), np.float32), activation="relu", **kw)
     ops.conv2d_backward_input(y, ws, xs.shape, **kw)
     ops.conv2d_backward_weight(y, xs, ws.shape, **kw)
@@ -310,6 +312,16 @@ def test_depthwise_nhwc_rows_are_packed_fmas_on_this_machine(monkeypatch):
     from fastconv.kernels import conv_depthwise as kernels
     assert _packed_fmas(kernels.depthwise_nhwc_rows, monkeypatch) >= (
         2 * kernels.PIXELS + kernels.HALF_PIXELS + sum(kernels.NARROW_WIDTHS))
+
+
+def test_depthwise_nhwc_stride2_input_rows_are_packed_fmas_on_this_machine(monkeypatch):
+    """depthwise_nhwc_stride2_input_rows' two sub-tiles (a tile's even and odd columns, each
+    HALF_PIXELS pixels x a vector of channels), a tap meeting the one of its phase: a packed
+    FMA per pixel of each, none scalar. Seen on this project's AVX-512 Zen 4: 24 packed zmm
+    FMAs (each sub-tile's with and without its edge pixels)."""
+    from fastconv.kernels import conv_depthwise as kernels
+    assert _packed_fmas(kernels.depthwise_nhwc_stride2_input_rows,
+                        monkeypatch) >= 2 * kernels.HALF_PIXELS
 
 
 @pytest.mark.parametrize("kernel", ["depthwise_planes", "depthwise_nhwc_rows"])

@@ -9,8 +9,8 @@ vectors of channels, reads it in place with HWIO's filters as they lie: :func:`_
 :func:`_in_place`): the forward's lane k reads input
 channel k // m; the input gradient places the output gradient ``stride`` apart and correlates
 it at stride 1 with the flipped filters, summing an input channel's m output channels as m
-sub-planes (a strided NHWC layer's in place, a phase of its pixels at a time:
-:func:`_phase_correlations`). The weight gradient moves the input and the output gradient into
+sub-planes (a strided NHWC layer's in place: at a column stride of 2 a row of gx at a time,
+:func:`_stride2_rows`; else a phase of its pixels at a time, :func:`_phase_correlations`). The weight gradient moves the input and the output gradient into
 the same buffers and reduces each tap's products over the output pixels (an NHWC layer of whole
 vectors reads both in place).
 """
@@ -221,9 +221,12 @@ def forward(g, x, w, b, activation):
 def backward_input(g, gy, w):
     """gx = dL/dx: the output gradient placed ``stride`` apart and correlated at stride 1 with
     the flipped filters, input channel c summing its m output channels c * m + j; or, for a
-    strided NHWC layer read in place, its phases the parts of one call
+    strided NHWC layer read in place, a row of gx at a time at a column stride of 2 where its
+    rows hold a tile (:func:`_stride2_rows`), else its phases the parts of one call
     (:func:`_phase_correlations`)."""
     in_place = _in_place(g, w)
+    if in_place and g.stride[1] == 2 and g.dilation == (1, 1) and _stride2_plan(g) is not None:
+        return _stride2_rows(g, gy, w)
     if in_place and g.stride != (1, 1) and g.dilation == (1, 1):
         return _phase_correlations(g, gy, w)
     (dh, dw) = g.dilation
@@ -237,6 +240,25 @@ def backward_input(g, gy, w):
     flipped = oihw_view(w, g.layout).reshape(g.C, m, g.R, g.S)[:, :, ::-1, ::-1]
     return _correlate(g, gy, sources, _lane_weights(flipped, blocks), None, before, g.stride,
                       (1, 1), (g.C, g.H, g.W), None)
+
+
+@functools.lru_cache(maxsize=256)
+def _stride2_plan(g):
+    """kernels.stride2_columns' tiles of the layer's input gradient rows. Kept per layer: the
+    kernel only reads them."""
+    return kernels.stride2_columns(g.W, g.OW, g.S, g.padding[2])
+
+
+def _stride2_rows(g, gy, w):
+    """The input gradient of an NHWC layer of column stride 2, read and written in place by
+    kernels.depthwise_nhwc_stride2_input_rows: a task a row of gx, its tiles' columns in
+    order."""
+    gx = driver.empty(np, g.x_shape, gy.dtype)
+    tiles, taps = _stride2_plan(g)
+    driver.cpu_call(kernels.depthwise_nhwc_stride2_input_rows, _work(g, gy.size + gx.size),
+                    gy.reshape(g.N, -1), g.OH, g.OW, w.reshape(-1, VECTOR), gx.reshape(g.N, -1),
+                    g.H, g.W, g.R, g.stride[0], g.padding[0], tiles, taps)
+    return gx
 
 
 def _phase_taps(size, phase, stride, k, before):
