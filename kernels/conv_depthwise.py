@@ -8,11 +8,12 @@ An NHWC operand whose channels are whole vectors is read where it lies by
 strided one's phases as the parts of one call): each task an output row, its tiles' input
 vectors a pixel's channels apart, the next row's lines prefetched; a column stride of 2's input
 gradient by :func:`depthwise_nhwc_stride2_input_rows`, a row of gx at a time; its weight
-gradient by :func:`depthwise_nhwc_weight_rows`. Otherwise the forward and the input gradient are one kernel,
-:func:`depthwise_planes`: each task moves its share of the caller's array (NCHW or NHWC) into
-a local buffer in the blocked layout (a pixel one vector of VECTOR channels: NCHW16c on
-AVX-512, NCHW8c on AVX2), zero-padded, runs register tiles over it and moves the result out
-into the caller's layout while both are in L1/L2: the data crosses memory once each way.
+gradient by :func:`depthwise_nhwc_weight_rows`. Otherwise the forward and the input gradient
+are one kernel, :func:`depthwise_planes`: each task moves its share of the caller's array
+(NCHW or NHWC) into a local buffer in the blocked layout (a pixel one vector of VECTOR
+channels: NCHW16c on AVX-512, NCHW8c on AVX2), zero-padded, runs register tiles over it and
+moves the result out into the caller's layout while both are in L1/L2: the data crosses
+memory once each way.
 (Three passes, a pack into a blocked copy, the tiles, an unpack, each through memory, ran
 MobileNetV2's small-plane layers at ~0.5x PyTorch's speed:
 benchmarks/results/cpu-depthwise-planes.md.) The weight gradient,

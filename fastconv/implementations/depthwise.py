@@ -10,9 +10,10 @@ vectors of channels, reads it in place with HWIO's filters as they lie: :func:`_
 channel k // m; the input gradient places the output gradient ``stride`` apart and correlates
 it at stride 1 with the flipped filters, summing an input channel's m output channels as m
 sub-planes (a strided NHWC layer's in place: at a column stride of 2 a row of gx at a time,
-:func:`_stride2_rows`; else a phase of its pixels at a time, :func:`_phase_correlations`). The weight gradient moves the input and the output gradient into
-the same buffers and reduces each tap's products over the output pixels (an NHWC layer of whole
-vectors reads both in place).
+:func:`_stride2_rows`; else a phase of its pixels at a time, :func:`_phase_correlations`).
+The weight gradient moves the input and the output gradient into the same buffers and reduces
+each tap's products over the output pixels (an NHWC layer of whole vectors reads both in
+place).
 """
 
 import functools
