@@ -786,11 +786,12 @@ def _rows_weight_sums(xn, gyn, i0, i1, t0, h_, w_, ow_, j_lo, j_hi, window, stri
     # 56 weight gradient 5.3 ms on one Zen 4 thread, 3.3-3.6 without; 8 x 384 x 14 x 14 0.32
     # -> 0.27)
     whole = np.empty(rows, np.bool_)
+    three = r_ == WINDOW_ROWS and s_ == WINDOW_ROWS and t0 == 0
     row_step, column_step = np.uint64(dh * w_ * c_), np.uint64(dw * c_)
     for row in range(rows):
         top_row = (i0 + row) * sh - top
         r0, r1 = _inside(top_row, dh, h_, r_)  # the window rows inside: r0 <= r < r1
-        whole[row] = r_ == WINDOW_ROWS and s_ == WINDOW_ROWS and t0 == 0 and r0 == 0 and r1 == r_
+        whole[row] = three and r0 == 0 and r1 == r_
         first_row = top_row + r0 * dh if r1 > r0 else 0
         firsts[row] = np.uint64(max(0, (first_row * w_ + j_lo * sw - left) * c_))
         for e in range(edge_columns + 1):

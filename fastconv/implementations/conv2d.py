@@ -900,17 +900,20 @@ def _by_group(a, groups):
     return a.reshape((groups, a.shape[0] // groups) + a.shape[1:])
 
 
-def _matmul_over_pixels(a, b, out, add):
+def _matmul_over_pixels(a, b, out, add, groups):
     """out = (with ``add``: out +=) the sum over images of a[:, n] @ b[:, n].T for (rows, n, P)
-    views a (gradient) and b (columns). With few column rows (LeNet's C1: 6 x 25 outputs, n*P
-    = 50k long) the output is too small to share between threads, so the reduction is split
-    instead: one GEMM per image, the images shared out (driver.matmul_sum). Otherwise one GEMM
-    over the flattened (n, P) axis; an operand that does not flatten (an NCHW gradient) is
-    copied once."""
-    if b.shape[0] < THIN_GEMM_ROWS:
+    views a (gradient) and b (columns), group by group: out's rows of group i from a's and b's
+    rows of group i. With one group and few column rows (LeNet's C1: 6 x 25 outputs, n*P = 50k
+    long) the output is too small to share between threads, so the reduction is split instead:
+    one GEMM per image, the images shared out (driver.matmul_sum). Otherwise one GEMM a group
+    over the flattened (n, P) axis, the groups' planes in one call (_by_group); an operand that
+    does not flatten (an NCHW gradient) is copied once."""
+    if groups == 1 and b.shape[0] < THIN_GEMM_ROWS:
         driver.matmul_sum(a.transpose(1, 0, 2), b.transpose(1, 2, 0), out, add)
     else:
-        driver.matmul(_flat_or_copy(a), _flat_or_copy(b).T, out, add)
+        driver.matmul(_by_group(_flat_or_copy(a), groups),
+                      _by_group(_flat_or_copy(b), groups).transpose(0, 2, 1),
+                      _by_group(out, groups), add)
 
 
 def _columns_cpu(g, x):
@@ -978,12 +981,7 @@ def conv2d_backward_weight_im2col_cpu(g, gy, x):
               else _weight_matrix(np, gw, g, view=True))  # written in place
     for i, batch in enumerate(_batch_chunks(g, gy.itemsize)):
         cols, grad = _columns_cpu(g, x[batch]), _channel_major(gy[batch], g.layout)
-        if g.groups == 1:
-            _matmul_over_pixels(grad, cols, gw_mat, add=i > 0)
-        else:
-            driver.matmul(_by_group(_flat_or_copy(grad), g.groups),
-                          _by_group(_flat_or_copy(cols), g.groups).transpose(0, 2, 1),
-                          _by_group(gw_mat, g.groups), add=i > 0)
+        _matmul_over_pixels(grad, cols, gw_mat, i > 0, g.groups)
     return _filters_cpu(gw_mat, g) if gw is None else gw
 
 
