@@ -207,6 +207,12 @@ def aligned_zeros(size, dtype):
     return raw[skip:skip + size]
 
 
+def tile_starts(lo, hi, pixels):
+    """The first columns of tiles of ``pixels`` over [lo, hi) (hi - lo >= pixels), the last
+    moved back to end at hi: a row's tiles overlap rather than leave a ragged tail."""
+    return [min(s, hi - pixels) for s in range(lo, hi, pixels)]
+
+
 @njit(inline="always", cache=True)
 def valid_range(offset, stride, size, out_size):
     """The indices o in [lo, lo + count) with 0 <= o * stride + offset < size, o < out_size

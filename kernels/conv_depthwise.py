@@ -39,6 +39,7 @@ from . import (
     aligned_zeros,
     prefetch,
     stack_array,
+    tile_starts,
     valid_range,
 )
 from .activation import activate_run
@@ -632,7 +633,7 @@ def stride2_columns(w_, ow_, s_, left):
     padding far past the window)."""
     if w_ < PIXELS:
         return None
-    starts = list(range(0, w_ - PIXELS + 1, PIXELS)) + ([w_ - PIXELS] if w_ % PIXELS else [])
+    starts = tile_starts(0, w_, PIXELS)
     taps = np.empty((len(starts), s_, 4), np.int64)
     for tile, x0 in enumerate(starts):
         for s in range(s_):

@@ -129,9 +129,15 @@ def test_im2col_in_tiles_matches_reference_and_torch(case, activation, with_bias
 
 
 @SETTINGS
-@given(case=conv_cases(), algo=st.sampled_from(ALGOS), parallel=st.booleans())
-def test_backward_matches_reference_and_torch_autograd(case, algo, parallel, monkeypatch):
+@given(case=conv_cases(), algo=st.sampled_from(ALGOS), parallel=st.booleans(),
+       phases_in_place=st.booleans())
+def test_backward_matches_reference_and_torch_autograd(case, algo, parallel, phases_in_place,
+                                                       monkeypatch):
+    """Both gradients and the bias's; a strided NCHW layer's blocked input gradient takes its
+    phases into gx where they lie or into planes merged afterwards, as its size would choose."""
     _threads(monkeypatch, parallel)
+    monkeypatch.setattr(conv2d_implementations, "PHASES_IN_PLACE_BYTES",
+                        1 << 62 if phases_in_place else 0)
     x, w, _, gy = _arrays(case)
     kwargs = case["kwargs"]
     gx = ops.conv2d_backward_input(gy, w, x.shape, algo=algo, **kwargs)
@@ -405,6 +411,36 @@ def test_nhwc_layer_runs_on_channel_block_images(c, groups, k, stride, dilation,
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
+@pytest.mark.parametrize("in_place", [True, False], ids=["in place", "into planes"])
+@pytest.mark.parametrize("stride, dilation, groups, window", [
+    (2, 1, 1, (5, 3)), ((2, 3), 2, 3, (3, 3)), ((3, 1), 1, 1, (2, 4))])
+def test_strided_nchw_input_gradient_in_place_or_into_planes(stride, dilation, groups, window,
+                                                             in_place, parallel, monkeypatch,
+                                                             cpu_calls):
+    """A strided NCHW layer's blocked input gradient writes its phases into gx where they lie
+    (gx of PHASES_IN_PLACE_BYTES or fewer) or into planes of their own, then merged: both
+    against the float64 reference and PyTorch, gy and w unchanged, at sizes either side of
+    the threshold."""
+    _threads(monkeypatch, parallel)
+    rng = np.random.default_rng(11)
+    x_shape, w_shape = (3, 2 * groups, 31, 29), (5 * groups, 2, *window)
+    kwargs = dict(stride=stride, padding=(2, 1), dilation=dilation, groups=groups)
+    gx_bytes = np.prod(x_shape) * 4  # the threshold at gx's size, or a byte below it
+    monkeypatch.setattr(conv2d_implementations, "PHASES_IN_PLACE_BYTES",
+                        gx_bytes if in_place else gx_bytes - 1)
+    x, w = random(rng, x_shape, np.float32), random(rng, w_shape, np.float32)
+    gy = random(rng, geometry.conv_geometry(x_shape, w_shape, **kwargs, data_format="NCHW")
+                .y_shape, np.float32)
+    before = gy.copy(), w.copy()
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="blocked", **kwargs)
+    oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    np.testing.assert_array_equal(gy, before[0])
+    np.testing.assert_array_equal(w, before[1])
+    ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
+    assert ("merge_phases" in ran) != in_place, ran
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("stride", [2, (2, 3)])
 def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, parallel, monkeypatch,
@@ -431,7 +467,7 @@ def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, paralle
     forward = [name for name in ran if name.startswith("conv2d_forward")]
     assert forward and (layout == "NCHW") != forward[0].endswith(
         f"s{conv_blocked.VECTOR}"), ran
-    assert ("merge_phases" in ran) == (layout == "NCHW"), ran
+    assert "merge_phases" not in ran, ran  # no phases but one, or a small gx's in place
     del cpu_calls[:]  # im2col's input gradient: NHWC's a GEMM into the pixels read, no col2im
     gx = ops.conv2d_backward_input(gy, w, x.shape, algo="im2col", **kwargs)
     oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))

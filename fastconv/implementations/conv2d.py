@@ -9,12 +9,20 @@ index NCHW; an NHWC array is handed over as a transposed view, except to the NHW
 """
 
 import functools
+import math
 
 import numba
 import numpy as np
 
 from ..geometry import conv_geometry, nchw_view, oihw_view
-from ..kernels import VECTOR_LANES, conv_blocked, conv_direct, cuda_simulated, im2col
+from ..kernels import (
+    VECTOR_LANES,
+    conv_blocked,
+    conv_direct,
+    cuda_simulated,
+    im2col,
+    tile_starts,
+)
 from ..kernels import bias as bias_kernels
 from ..kernels import layout as layout_kernels
 from ..kernels.activation import CODES
@@ -478,7 +486,7 @@ def _column_tiles(width, pixels, step, reach, data):
     windows read none, which overwrite the pixels an edge tile overlapped (ASPP's dilation-6
     layer: 13 window columns a row in 5 tiles, not 15)."""
     columns = len(reach)
-    everything = [(s, 0, columns) for s in _starts(0, width, pixels)]
+    everything = [(s, 0, columns) for s in tile_starts(0, width, pixels)]
     inside = _inside(width, step, reach, data)
     full = np.flatnonzero(inside.all(1))
     if not columns or not len(full) or full[-1] + 1 - full[0] < pixels:
@@ -491,15 +499,9 @@ def _column_tiles(width, pixels, step, reach, data):
         live = inside[own].any(0)
         first, last = live.argmax(), columns - live[::-1].argmax()
         tiles.append((start, first, last) if live.any() else (start, 0, 0))
-    tiles += [(s, 0, columns) for s in _starts(a, b, pixels)]
+    tiles += [(s, 0, columns) for s in tile_starts(a, b, pixels)]
     cost = sum(last - first for _, first, last in tiles)
     return np.array(tiles if cost < len(everything) * columns else everything, np.uint64)
-
-
-def _starts(lo, hi, pixels):
-    """The first columns of tiles of ``pixels`` over [lo, hi), the last moved back to end at
-    hi."""
-    return [min(s, hi - pixels) for s in range(lo, hi, pixels)]
 
 
 def _blocked(n, images, filters, taps, bias, y, size, steps, reads, out, act):
@@ -529,6 +531,14 @@ def _blocked(n, images, filters, taps, bias, y, size, steps, reads, out, act):
                         y, oh, ow, *steps, *out, act)
 
 
+# An NCHW input gradient of this many bytes or fewer takes its phases straight into gx: the
+# lines its strided stores share stay in one core's L2 (1 MiB) from phase to phase, and merging
+# planes cost more than it saved. The 3 x 17 x 31 x 29 layer (0.17 MiB): 0.385 -> 0.344 ms on
+# two Zen 4 threads; 8 x 32 x 28 x 28 (0.77 MiB) 0.66 -> 0.63; at 1.5 MiB it depends on the
+# channels (64: 1.03-1.10x faster, 256: 0.97-0.99x), at 3-6 MiB the planes win by 1.04-1.33x.
+PHASES_IN_PLACE_BYTES = 1 << 20
+
+
 @register("conv2d_backward_input", "cpu", "blocked")
 @_into_pixels_read
 def conv2d_backward_input_blocked_cpu(g, gy, w):
@@ -536,54 +546,75 @@ def conv2d_backward_input_blocked_cpu(g, gy, w):
     receive gy through the taps (r, s) with (ih + top - r * dh) and (iw + left - s * dw)
     divisible by the strides, each phase a stride-1 convolution of gy (padded once for all)
     by the forward's kernels, channels trading places: a stride-1 layer's one phase written
-    into gx, a strided NCHW layer's phases into planes of their own, then merged into gx, a
-    strided NHWC layer's into gx where they lie (see below). A stride-s layer costs its own
-    multiply-adds (gy spread out by the stride, zeros between its pixels, would cost s^2
-    times them). Non-finite filters go to the exact kernel, as in _transposed."""
-    rows = _phases(g.H, g.stride[0], g.dilation[0], g.padding[0], g.R)
-    cols = _phases(g.W, g.stride[1], g.dilation[1], g.padding[2], g.S)
+    into gx, a large strided NCHW layer's phases into planes of their own, then merged into
+    gx, any other strided layer's into gx where they lie (_input_gradient_plan). A stride-s
+    layer costs its own multiply-adds (gy spread out by the stride, zeros between its pixels,
+    would cost s^2 times them). Non-finite filters go to the exact kernel, as in
+    _transposed."""
     phase_filters = _input_gradient_filters(g, w)
     if phase_filters is None:
         return _backward_input_planes(g, gy, w)
-    (top, hp), (left, wp) = _phase_padding(rows, g.OH), _phase_padding(cols, g.OW)
-    layout = _image_layout(g.layout, g.K)  # gy as the forward's x
+    large = math.prod(g.x_shape) * gy.itemsize > PHASES_IN_PLACE_BYTES
+    (top, hp, left, wp), layout, steps, phases, planes = _input_gradient_plan(g, large)
     images = driver.workspace((g.N, _image_size(layout, g.K, hp, wp)), gy.dtype)
     _embedded(nchw_view(gy, g.layout), layout, images, hp, wp, top, left)
     gx = driver.empty(np, g.x_shape, gy.dtype)
+    out = (gx.reshape(g.N, -1) if planes is None
+           else driver.workspace((g.N, planes[1]), gy.dtype, slot=1))
+    bias = driver.bias(np, None, g.C, gy.dtype)
+    for (rho, sigma), taps, reads, size, origin in phases:
+        _blocked(g.N, images, phase_filters[rho][sigma], taps, bias, out, size, steps, reads,
+                 origin, 0)
+    if planes is not None:
+        driver.cpu_move(layout_kernels.merge_phases, gx.size, out, planes[0],
+                        nchw_view(gx, g.layout))
+    return gx
+
+
+@functools.lru_cache(maxsize=256)
+def _input_gradient_plan(g, large):
+    """What conv2d_backward_input_blocked_cpu runs for a layer, gx ``large`` or not:
+    (gy's padding (top, rows, left, columns), the layout of its padded images, their (row,
+    column) steps, per phase with pixels its ((rho, sigma), taps (G, K/G * taps) uint64,
+    _blocked's reads, (rows, columns), where in the output it writes), and where phases go to
+    planes of their own, ((rows, columns) int64: their first cells in an image, the cells of
+    all); else None). Kept per layer: the 3 x 17 x 31 x 29 layer's Python around its kernels
+    took 134 us of its 0.42 ms on two Zen 4 threads, 48 us now (the op 0.24 ms).
+
+    An NCHW layer's phases went to planes of their own, then into gx together: written into
+    gx's strided sub-grids, a tile's pixels a stride apart were stored one by one, and every
+    phase pulled all of gx's cache lines through the caches again (ResNeXt's strided grouped
+    layer: its four phases 62 ms on one Zen 3 thread, 35 ms into planes); but not a small gx
+    (PHASES_IN_PLACE_BYTES). An NHWC layer's phases go straight into gx: a pixel's channels are
+    a vector store, and merging NCHW planes into NHWC pixels (a transpose) took half of
+    ResNeXt's 8 x 56 x 56 x 256 stride-2 input gradient (5.96 of 12.6 ms, two Zen 4
+    threads)."""
+    rows = _phases(g.H, g.stride[0], g.dilation[0], g.padding[0], g.R)
+    cols = _phases(g.W, g.stride[1], g.dilation[1], g.padding[2], g.S)
+    (top, hp), (left, wp) = _phase_padding(rows, g.OH), _phase_padding(cols, g.OW)
+    layout = _image_layout(g.layout, g.K)  # gy as the forward's x
     channel, row, column = _channel_steps(layout, g.K, hp, wp)
     k = channel.reshape(g.groups, -1, 1, 1)
-    bias = driver.bias(np, None, g.C, gy.dtype)
-    # an NCHW layer's phases go to planes of their own, then into gx together: written into
-    # gx's strided sub-grids, a tile's pixels a stride apart were stored one by one, and every
-    # phase pulled all of gx's cache lines through the caches again (ResNeXt's strided grouped
-    # layer: its four phases 62 ms on one Zen 3 thread, 35 ms into planes). An NHWC layer's
-    # phases go straight into gx: a pixel's channels are a vector store, and merging NCHW
-    # planes into NHWC pixels (a transpose) took half of ResNeXt's 8 x 56 x 56 x 256 stride-2
-    # input gradient (5.96 of 12.6 ms, two Zen 4 threads)
     x_channel, x_row, x_column = driver.steps(g.layout, g.C, g.H, g.W)
-    phased = len(rows) * len(cols) > 1 and x_channel != 1
-    out = gx.reshape(g.N, -1)
-    if phased:
+    planes = None
+    if large and len(rows) * len(cols) > 1 and x_channel != 1:
         sizes = np.array([[g.C * oh * ow for _, _, ow in cols] for _, _, oh in rows], np.int64)
-        starts = (np.cumsum(sizes) - sizes.reshape(-1)).reshape(sizes.shape)
-        out = driver.workspace((g.N, int(sizes.sum())), gy.dtype, slot=1)
+        planes = (np.cumsum(sizes).reshape(sizes.shape) - sizes, int(sizes.sum()))
+    phases = []
     for rho, (_, qr, oh) in enumerate(rows):
         for sigma, (_, qs, ow) in enumerate(cols):
             if oh == 0 or ow == 0:
                 continue
             taps = (k + (np.array(qr).reshape(1, 1, -1, 1) + top) * row
                     + (np.array(qs).reshape(1, 1, 1, -1) + left) * column)
-            filters = phase_filters[rho][sigma]
             reads = ((1, tuple(q + top for q in qr), (top, top + g.OH)),
                      (1, tuple(q + left for q in qs), (left, left + g.OW)))
-            _blocked(g.N, images, filters, taps.reshape(g.groups, -1).astype(np.uint64), bias,
-                     out, (oh, ow), (row, column), reads,
-                     (starts[rho, sigma], oh * ow, ow, 1) if phased
-                     else (rho * x_row + sigma * x_column, x_channel, g.stride[0] * x_row,
-                           g.stride[1] * x_column), 0)
-    if phased:
-        driver.cpu_move(layout_kernels.merge_phases, gx.size, out, starts, nchw_view(gx, g.layout))
-    return gx
+            origin = ((planes[0][rho, sigma], oh * ow, ow, 1) if planes is not None
+                      else (rho * x_row + sigma * x_column, x_channel, g.stride[0] * x_row,
+                            g.stride[1] * x_column))
+            phases.append(((rho, sigma), taps.reshape(g.groups, -1).astype(np.uint64), reads,
+                           (oh, ow), origin))
+    return (top, hp, left, wp), layout, (row, column), phases, planes
 
 
 def _input_gradient_filters(g, w):
@@ -602,7 +633,7 @@ def _input_gradient_filters(g, w):
                              starts, steps, phases)
     if not finite:
         return None
-    return [[phases[first:first + int(np.prod(shape[:3]))].reshape(shape) for first, shape in row]
+    return [[phases[first:first + math.prod(shape[:3])].reshape(shape) for first, shape in row]
             for row in places]
 
 
