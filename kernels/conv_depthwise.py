@@ -381,7 +381,7 @@ def _edge_flags(starts, pixels, sw, left, dw, s_, w_):
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
 def _row_tiles(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_,
-               columns_, tiles, span, flags, bias, yn, out, out_step, channels, ahead,
+               columns_, shared_, tiles, span, flags, bias, yn, out, out_step, channels, ahead,
                ahead_rows, ahead_step, edges_, pixels_):
     """yn[out + q * out_step + k] = bias[k] + the sum over window rows r0 <= r < r1 and
     columns s < s_ of xn[at + r * row_step + s * column_step + q * step + k] *
@@ -394,11 +394,14 @@ def _row_tiles(xn, at, step, row_step, column_step, filters, first_tap, blocks, 
     depthwise_nhwc_rows' register tiles of ``pixels_`` pixels x one vector along a row, read
     from the image as it lies, a tile's blocks in turn (its pixels' channels adjacent:
     neighbouring lines). ``columns_``, a compile-time constant, is s_ where it is 3 (the tap
-    loop then unrolls, and a window row's three taps at stride 1 load their pixels + 2 vectors
-    once, as in _tiles), else 0. Before each tile, the cache lines of ``ahead_rows`` rows from
-    ``ahead`` (``ahead_step`` apart) under its pixels are prefetched. A function of its own,
-    called once a row for its tiles (its arguments, each array a dozen words, took as long to
-    pass as a tile's FMAs)."""
+    loop then unrolls), else 0; ``shared_``, another, says that the tap columns' step is the
+    pixels' (stride 1, no dilation along the row): tap s + 1's pixel j then lies at tap s's
+    pixel j + 1 by one expression, and a window row's 3 taps over 8 pixels load 10 vectors
+    (as two variables LLVM cannot know equal, every tap loaded its pixels again: 24 FMAs from
+    memory, and MobileNetV2's stride-1 layers ran 1.1-1.17x slower). Before each tile, the
+    cache lines of ``ahead_rows`` rows from ``ahead`` (``ahead_step`` apart) under its pixels
+    are prefetched. A function of its own, called once a row for its tiles (its arguments,
+    each array a dozen words, took as long to pass as a tile's FMAs)."""
     acc = carray(stack_array(pixels_, VECTOR, yn.dtype), (pixels_, VECTOR))
     line = LINE_BYTES // yn.itemsize
     for tile in range(span[0], span[1]):
@@ -417,7 +420,7 @@ def _row_tiles(xn, at, step, row_step, column_step, filters, first_tap, blocks, 
                 row = first + np.uint64(r) * row_step
                 for s in range(s_ if columns_ == 0 else columns_):
                     tap = first_tap + (r * s_ + s) * blocks + blk
-                    column = row + np.uint64(s) * column_step
+                    column = row + np.uint64(s) * (step if shared_ else column_step)
                     if edges_:
                         lane_fmas(acc, xn, column, step, filters, tap, flags[tile, 0, s] != 0,
                                   flags[tile, 1, s] != 0, pixels_)
@@ -435,15 +438,19 @@ def _row(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1
          pixels_):
     """:func:`_row_tiles`, its tap columns a compile-time 3 where the window is 3 wide (an
     expression's value reaches Numba as a variable, not a constant: its loop then unrolled by
-    two, its window row's loads not shared)."""
-    if s_ == 3:
+    two, its window row's loads not shared), their step the pixels' where it is."""
+    if s_ == 3 and column_step == step:
         _row_tiles(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_,
-                   3, tiles, span, flags, bias, yn, out, out_step, channels, ahead, ahead_rows,
-                   ahead_step, edges_, pixels_)
+                   3, True, tiles, span, flags, bias, yn, out, out_step, channels, ahead,
+                   ahead_rows, ahead_step, edges_, pixels_)
+    elif s_ == 3:
+        _row_tiles(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_,
+                   3, False, tiles, span, flags, bias, yn, out, out_step, channels, ahead,
+                   ahead_rows, ahead_step, edges_, pixels_)
     else:
         _row_tiles(xn, at, step, row_step, column_step, filters, first_tap, blocks, r0, r1, s_,
-                   0, tiles, span, flags, bias, yn, out, out_step, channels, ahead, ahead_rows,
-                   ahead_step, edges_, pixels_)
+                   0, False, tiles, span, flags, bias, yn, out, out_step, channels, ahead,
+                   ahead_rows, ahead_step, edges_, pixels_)
 
 
 @njit(cache=True)

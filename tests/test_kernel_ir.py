@@ -308,10 +308,19 @@ def test_depthwise_nhwc_rows_are_packed_fmas_on_this_machine(monkeypatch):
     """depthwise_nhwc_rows' tiles (its _row_tiles, of PIXELS with and without edge flags, of
     HALF_PIXELS, and of each width of a row narrower than PIXELS, each a vector of channels),
     read from the NHWC image as it lies: a packed FMA per pixel of a tile a tap, no scalar
-    FMA. Seen on this project's AVX-512 Zen 4: 845 packed zmm FMAs, none scalar."""
+    FMA; where a 3-wide window's column step is its pixels' (stride 1, no dilation), a window
+    row's 3 taps over PIXELS pixels load PIXELS + 2 vectors, not 3 x PIXELS (its other FMAs
+    take a register, not memory). Seen on this project's AVX-512 Zen 4: 1403 packed zmm FMAs,
+    343 of them from registers (30 while the two steps were separate variables to LLVM: every
+    tap loaded its pixels again, and MobileNetV2's stride-1 layers ran 1.1-1.17x slower)."""
     from fastconv.kernels import conv_depthwise as kernels
-    assert _packed_fmas(kernels.depthwise_nhwc_rows, monkeypatch) >= (
-        2 * kernels.PIXELS + kernels.HALF_PIXELS + sum(kernels.NARROW_WIDTHS))
+    asm = _float32_asm(kernels.depthwise_nhwc_rows, monkeypatch)
+    assert not re.search(r"vfmadd\d+ss", asm)
+    fmas = len(re.findall(r"vfmadd\d+ps\s[^\n]*%[yz]mm", asm))
+    assert fmas >= 2 * kernels.PIXELS + kernels.HALF_PIXELS + sum(kernels.NARROW_WIDTHS)
+    from_registers = len(re.findall(r"vfmadd\d+ps\s+%[yz]mm\d+, %[yz]mm\d+, %[yz]mm\d+$", asm,
+                                    re.M))
+    assert from_registers >= 3 * (2 * kernels.PIXELS - 2), (from_registers, fmas)
 
 
 def test_depthwise_nhwc_stride2_input_rows_are_packed_fmas_on_this_machine(monkeypatch):
