@@ -398,7 +398,7 @@ def _row_tiles(xn, at, step, row_step, column_step, filters, first_tap, blocks, 
     pixels' (stride 1, no dilation along the row): tap s + 1's pixel j then lies at tap s's
     pixel j + 1 by one expression, and a window row's 3 taps over 8 pixels load 10 vectors
     (as two variables LLVM cannot know equal, every tap loaded its pixels again: 24 FMAs from
-    memory, and MobileNetV2's stride-1 layers ran 1.1-1.17x slower). Before each tile, the
+    memory, and MobileNetV2's stride-1 layers ran 1.01-1.19x slower). Before each tile, the
     cache lines of ``ahead_rows`` rows from ``ahead`` (``ahead_step`` apart) under its pixels
     are prefetched. A function of its own, called once a row for its tiles (its arguments,
     each array a dozen words, took as long to pass as a tile's FMAs)."""
