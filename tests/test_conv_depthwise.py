@@ -10,6 +10,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from numba import njit
+from numba.core import types
+from numba.extending import intrinsic
 from test_conv import _threads, paddings
 
 import fastconv
@@ -17,7 +19,7 @@ import oracle
 from fastconv import geometry, ops, registry
 from fastconv.implementations.depthwise import BAND_PIXELS as WHOLE_PLANES
 from fastconv.implementations.depthwise import MIN_TASKS
-from fastconv.kernels import LINE_BYTES, VECTOR_LANES, aligned_zeros, conv_depthwise
+from fastconv.kernels import LINE_BYTES, VECTOR_LANES, aligned_zeros, borrowed, conv_depthwise
 from fastconv.kernels.conv_depthwise import PIXELS
 from oracle import random
 
@@ -202,9 +204,10 @@ def test_nhwc_column_stride_2_input_gradient_a_row_at_a_time(n, h, width, blocks
     kernels = {kernel.py_func.__name__ for kernel, _ in cpu_calls[ran:]}
     rows = conv_depthwise.stride2_columns(g.W, g.OW, g.S, g.padding[2]) is not None
     # where no tap reaches gx (a one-row image under a one-row window at row stride 2, its tap
-    # on the phase past the image), gx is zeros, as the reference's, and no kernel runs
-    assert kernels == ({"depthwise_nhwc_stride2_input_rows" if rows else "depthwise_nhwc_rows"}
-                       if gx.any() else set()), kernels
+    # on the phase past the image), gx is zeros, as the reference's: written so by the rows'
+    # kernel, which writes every cell, while the phases run no kernel
+    assert kernels == ({"depthwise_nhwc_stride2_input_rows"} if rows else
+                       {"depthwise_nhwc_rows"} if gx.any() else set()), kernels
     for old, new in zip(before, (gy, w), strict=True):
         np.testing.assert_array_equal(old, new)
 
@@ -297,6 +300,34 @@ def test_auto_picks_depthwise_for_mobilenet_layers(op, channels, size, stride):
     g = geometry.conv_geometry((8, channels, size, size), (channels, 1, 3, 3), stride, 1, 1,
                                channels, "NCHW")
     assert registry.choose(op, "cpu", g) == "depthwise"
+
+
+@intrinsic
+def _meminfo_address(typingctx, a):
+    """The address of the reference-counted record an array's memory hangs from (0: none)."""
+    def codegen(context, builder, signature, args):
+        made = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(made.meminfo, context.get_value_type(types.intp))
+    return types.intp(a), codegen
+
+
+@njit(cache=False)
+def _borrowed_facts(a):
+    view = borrowed(a)
+    view[1, 0] = -view[0, 0]  # written where a lies
+    return (_meminfo_address(a), _meminfo_address(view), view.ctypes.data, view.shape,
+            view.strides, view.sum())
+
+
+def test_a_borrowed_view_is_the_array_without_its_reference():
+    """kernels.borrowed: the same array (its data, shape and strides; written through to the
+    caller's), its meminfo null, so that the functions compiled apart it is passed to take no
+    reference to it (depthwise_nhwc_rows' row levels: an atomic add a call and array)."""
+    a = np.arange(1.0, 7.0).reshape(3, 2)[:, ::-1]
+    owned, borrowed_, address, shape, strides, total = _borrowed_facts(a)
+    assert owned != 0 and borrowed_ == 0
+    assert (address, shape, strides) == (a.ctypes.data, a.shape, a.strides)
+    assert a.tolist() == [[2.0, 1.0], [-2.0, 3.0], [6.0, 5.0]] and total == a.sum()
 
 
 @njit(cache=False)

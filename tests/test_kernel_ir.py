@@ -104,15 +104,16 @@ def _calls_with_float32(monkeypatch):
     return calls
 
 
-def _compiled(kernel, args):
-    """The kernel compiled afresh for ``args`` without parallelism, so the whole loop body is
-    in one function, and its signature. Compiled by calling it (on the small arrays the ops
-    gave it), so that arguments a kernel takes as compile-time literals are typed as such."""
+def _compiled(kernel, args, parallel=False):
+    """The kernel compiled afresh for ``args`` (without parallelism unless asked, so the whole
+    loop body is in one function), and its signature. Compiled by calling it (on the small
+    arrays the ops gave it), so that arguments a kernel takes as compile-time literals are
+    typed as such."""
     f = kernel.py_func
     copy = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_ir", f.__defaults__,
                               f.__closure__)
     options = {k: v for k, v in kernel.targetoptions.items() if k not in ("nopython", "cache")}
-    compiled = numba.njit(**{**options, "parallel": False})(copy)
+    compiled = numba.njit(**{**options, "parallel": parallel})(copy)
     compiled(*args)
     [signature] = compiled.signatures
     return compiled, signature
@@ -324,6 +325,23 @@ def test_depthwise_nhwc_rows_are_packed_fmas_on_this_machine(monkeypatch):
     from_registers = len(re.findall(r"vfmadd\d+ps\s+%[yz]mm\d+, %[yz]mm\d+, %[yz]mm\d+$", asm,
                                     re.M))
     assert from_registers >= 3 * (2 * kernels.PIXELS - 2), (from_registers, fmas)
+
+
+def test_depthwise_nhwc_rows_task_loop_stays_parallel(monkeypatch):
+    """depthwise_nhwc_rows' row levels are inlined into its task loop (_row_out and _row:
+    their calls, each array argument an atomic reference count, took ~1000 cycles a row),
+    all but _narrow_row, whose literal_unroll there made Numba run the whole loop on one
+    thread, saying so only in a warning at compile time."""
+    import warnings
+
+    from fastconv.kernels import conv_depthwise as kernels
+    [args] = {id(k): a for k, a in _calls_with_float32(monkeypatch)
+              if k is kernels.depthwise_nhwc_rows}.values()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", numba.NumbaPerformanceWarning)
+        _compiled(kernels.depthwise_nhwc_rows, args, parallel=True)
+    serial = [str(w.message) for w in seen if issubclass(w.category, numba.NumbaPerformanceWarning)]
+    assert not serial, serial
 
 
 def test_depthwise_nhwc_stride2_input_rows_are_packed_fmas_on_this_machine(monkeypatch):

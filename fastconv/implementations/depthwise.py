@@ -226,8 +226,9 @@ def backward_input(g, gy, w):
     rows hold a tile (:func:`_stride2_rows`), else its phases the parts of one call
     (:func:`_phase_correlations`)."""
     in_place = _in_place(g, w)
-    if in_place and g.stride[1] == 2 and g.dilation == (1, 1) and _stride2_plan(g) is not None:
-        return _stride2_rows(g, gy, w)
+    plan = _stride2_plan(g) if in_place and g.stride[1] == 2 and g.dilation == (1, 1) else None
+    if plan is not None:
+        return _stride2_rows(g, gy, w, plan)
     if in_place and g.stride != (1, 1) and g.dilation == (1, 1):
         return _phase_correlations(g, gy, w)
     (dh, dw) = g.dilation
@@ -250,12 +251,12 @@ def _stride2_plan(g):
     return kernels.stride2_columns(g.W, g.OW, g.S, g.padding[2])
 
 
-def _stride2_rows(g, gy, w):
+def _stride2_rows(g, gy, w, plan):
     """The input gradient of an NHWC layer of column stride 2, read and written in place by
-    kernels.depthwise_nhwc_stride2_input_rows: a task a row of gx, its tiles' columns in
-    order."""
+    kernels.depthwise_nhwc_stride2_input_rows over its ``plan`` (:func:`_stride2_plan`'s
+    tiles and taps): a task a row of gx, its tiles' columns in order."""
     gx = driver.empty(np, g.x_shape, gy.dtype)
-    tiles, taps = _stride2_plan(g)
+    tiles, taps = plan
     driver.cpu_call(kernels.depthwise_nhwc_stride2_input_rows, _work(g, gy.size + gx.size),
                     gy.reshape(g.N, -1), g.OH, g.OW, w.reshape(-1, VECTOR), gx.reshape(g.N, -1),
                     g.H, g.W, g.R, g.stride[0], g.padding[0], tiles, taps)
