@@ -139,6 +139,11 @@ def cpu_name() -> str:
     return name
 
 
+def intel_cpu() -> bool:
+    """Whether /proc/cpuinfo names Intel as the CPU's vendor (False where it names none)."""
+    return _cpuinfo().get("vendor_id") == "GenuineIntel"
+
+
 def simd_flags() -> list[str]:
     flags = set(_cpuinfo().get("flags", "").split())
     return [f for f in SIMD_FLAGS if f in flags]

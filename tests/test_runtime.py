@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import fastconv
+from fastconv import runtime
 
 
 def _policy_after_import(env):
@@ -161,3 +162,12 @@ def test_set_num_threads_holds_in_every_thread(monkeypatch):
     finally:
         fastconv.set_num_threads(before)
     assert seen == [1]
+
+
+@pytest.mark.parametrize("info, intel", [({"vendor_id": "GenuineIntel"}, True),
+                                         ({"vendor_id": "AuthenticAMD"}, False), ({}, False)])
+def test_the_rules_vendor_feature_reads_cpuinfo(info, intel, monkeypatch):
+    """The CPU rule's "intel" feature (a tree per vendor: conv2d.FEATURES) from /proc/cpuinfo's
+    vendor_id; a machine that names none takes the others' trees."""
+    monkeypatch.setattr(runtime, "_cpuinfo", lambda: info)
+    assert runtime.intel_cpu() is intel

@@ -5,11 +5,11 @@ algorithm of each layer.
 
 The loss is the sum over measured layers (and thread counts, and machines) of log(t_chosen /
 t_fastest): a geometric mean, as the suite's ratios are, so a small layer counts as much as a
-big one. Each vector width measured gets its own tree (joined under tests of "lanes":
-:data:`FORCED`); a tree has at most ``depth`` levels of ``feature >= threshold`` tests over
-:data:`fastconv.implementations.conv2d.FEATURES`, each threshold between two neighbouring
-measured values (:func:`_between`); a
-split is kept only where it saves more than ``min_gain`` (5% of one layer's time by default), so
+big one. Each vector width and CPU vendor measured gets its own tree (joined under tests of
+"lanes" and "intel": :data:`FORCED`); a tree has at most ``depth`` levels of ``feature >=
+threshold`` tests over :data:`fastconv.implementations.conv2d.FEATURES`, each threshold between
+two neighbouring measured values (:func:`_between`); a split is kept only where it saves more
+than ``min_gain`` (5% of one layer's time by default), so
 the rule does not chase noise. :func:`held_out` judges the options of :func:`fit` (a depth,
 the forced features) by fitting on all networks but one and scoring the rule on that one
 (benchmarks/results/dispatch-cpu.md has its figures; depth 3, the default, did best overall
@@ -226,9 +226,13 @@ def _best_stump(features, losses, orders, totals, best, min_gain):
 # kernels): held out (2026-12-02), a tree per width lost 1.166 / 1.321 / 1.280x (forward /
 # input / weight gradient) against the fastest algorithm, one tree over both 1.192 / 1.480 /
 # 1.260x. A tree per thread count did not pay: 1.176 / 1.383 / 1.304x; it fitted the measured
-# networks closer (0.8% on one thread's forward) and lost more on those left out.
-FORCED = ("lanes",)
-FORCEABLE = ("lanes", "threads")
+# networks closer (0.8% on one thread's forward) and lost more on those left out. A tree per
+# vendor (2026-12-06, the first Xeon's rows beside three AMD machines') did: 1.161 / 1.302 /
+# 1.270x against 1.164 / 1.316 / 1.298x for one over both, which had cost the Zen 4 up to 1.5x
+# on ResNet-50's 1x1 layers to win the Xeon's (benchmarks/results/
+# cpu-nhwc-depthwise-borrowed.md).
+FORCED = ("lanes", "intel")
+FORCEABLE = ("lanes", "threads", "intel")
 
 
 def fit(rows: list[dict], depth: int = 3, min_gain: float = math.log(1.05),

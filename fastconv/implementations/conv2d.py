@@ -14,6 +14,7 @@ import math
 import numba
 import numpy as np
 
+from .. import runtime
 from ..geometry import conv_geometry, nchw_view, oihw_view
 from ..kernels import (
     VECTOR_LANES,
@@ -1233,10 +1234,15 @@ def bias_activation_cuda(y, b, activation, layout):
 
 # --- algo="auto" without autotuning: one rule per device ----------------------------------------
 
+INTEL = int(runtime.intel_cpu())
+
 # What a fitted rule may test of a call (benchmarks/fit_dispatch.py fits the CPU's): the layer,
 # the threads the kernels run on (BLAS's GEMMs gain more from a second thread than the blocked
-# kernels do) and the register tiles' float32 lanes (AVX2's 8 or AVX-512's 16: a layer of 8
-# channels a group fills AVX2's tiles and half of AVX-512's).
+# kernels do), the register tiles' float32 lanes (AVX2's 8 or AVX-512's 16: a layer of 8
+# channels a group fills AVX2's tiles and half of AVX-512's) and whether the CPU is Intel's
+# (on the first Xeon measured the blocked kernels took up to 2.2x im2col's time on ResNet-50's
+# 1x1 layers, which they run faster on the AMD machines: benchmarks/results/
+# cpu-nhwc-depthwise-borrowed.md; which of the machines' differences decides is not measured).
 FEATURES = {
     "taps": lambda g: (g.C // g.groups) * g.R * g.S,  # multiply-adds per output value
     "channels": lambda g: g.K // g.groups,  # output channels a group
@@ -1248,6 +1254,7 @@ FEATURES = {
     "groups": lambda g: g.groups,
     "threads": lambda g: numba.get_num_threads(),
     "lanes": lambda g: VECTOR_LANES,
+    "intel": lambda g: INTEL,
 }
 
 
