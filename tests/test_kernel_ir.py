@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numba
@@ -329,11 +330,9 @@ def test_depthwise_nhwc_rows_are_packed_fmas_on_this_machine(monkeypatch):
 
 def test_depthwise_nhwc_rows_task_loop_stays_parallel(monkeypatch):
     """depthwise_nhwc_rows' row levels are inlined into its task loop (_row_out and _row:
-    their calls, each array argument an atomic reference count, took ~1000 cycles a row),
-    all but _narrow_row, whose literal_unroll there made Numba run the whole loop on one
-    thread, saying so only in a warning at compile time."""
-    import warnings
-
+    their calls, each array argument an atomic reference count, took ~600 ns a row), all
+    but _narrow_row, whose literal_unroll there made Numba run the whole loop on one thread,
+    saying so only in a warning at compile time."""
     from fastconv.kernels import conv_depthwise as kernels
     [args] = {id(k): a for k, a in _calls_with_float32(monkeypatch)
               if k is kernels.depthwise_nhwc_rows}.values()
