@@ -772,13 +772,53 @@ def test_grouped_im2col_takes_each_product_over_the_groups_planes(layout, n, win
     planes.clear()
     gw = ops.conv2d_backward_weight(gy, x, w.shape, **kwargs)
     g = geometry.conv_geometry(x.shape, w.shape, 1, window // 2, 1, groups, layout)
-    assert planes == [groups] * len(conv2d_implementations._batch_chunks(g, x.itemsize))
+    chunks = conv2d_implementations._batch_chunks(g, x.itemsize, copies_operands=True)
+    assert planes == [groups] * len(chunks)
     kwargs.pop("algo")
     y = ops.conv2d(x, w, algo="im2col", **kwargs)
     gx = ops.conv2d_backward_input(gy, w, x.shape, algo="im2col", **kwargs)
     oracle.check({"y": y}, oracle.conv2d(x, w, **kwargs))
     oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
     for array, copy in zip((x, w, gy), copies, strict=True):
+        np.testing.assert_array_equal(array, copy)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_im2col_takes_a_pointwise_batch_whole_where_its_columns_are_the_images(
+        layout, parallel, monkeypatch):
+    """A 1x1 layer's columns are x itself (gx itself for the input gradient), which needs no
+    workspace: with room for no image's columns, its forward and input gradient are still one
+    product over the whole batch's planes (NCHW) or rows (NHWC); the NCHW weight gradient,
+    whose products copy the operands that do not flatten, keeps to an image a chunk. Values
+    against the float64 reference and PyTorch, the arrays left as they were."""
+    _threads(monkeypatch, parallel)
+    monkeypatch.setattr(conv2d_implementations, "CPU_WORKSPACE_BYTES", 1)
+    calls, real, real_sum = [], driver.matmul, driver.matmul_sum
+    monkeypatch.setattr(driver, "matmul", lambda a, b, out, add=False: (
+        calls.append(out.shape), real(a, b, out, add)))
+    monkeypatch.setattr(driver, "matmul_sum", lambda a, b, out, add=False: (
+        calls.append(a.shape[:1]), real_sum(a, b, out, add)))
+    rng = np.random.default_rng(7)
+    n, c, k = 3, 5, 11
+    nchw = layout == "NCHW"
+    x = random(rng, (n, c, 6, 7) if nchw else (n, 6, 7, c))
+    w = random(rng, (k, c, 1, 1) if nchw else (1, 1, c, k))
+    kwargs = dict(data_format=layout, algo="im2col")
+    copies = [a.copy() for a in (x, w)]
+    y = ops.conv2d(x, w, **kwargs)
+    gy = random(rng, y.shape)
+    forward, calls[:] = calls[:], []
+    gx = ops.conv2d_backward_input(gy, w, x.shape, **kwargs)
+    backward_input, calls[:] = calls[:], []
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, **kwargs)
+    assert forward == [(n, k, 42) if nchw else (1, k, n * 42)]
+    assert backward_input == [(n, c, 42) if nchw else (1, c, n * 42)]
+    assert calls == ([(1,)] * n if nchw else [(n,)])  # sums over the planes of each chunk
+    kwargs.pop("algo")
+    oracle.check({"y": y}, oracle.conv2d(x, w, **kwargs))
+    oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    for array, copy in zip((x, w), copies, strict=True):
         np.testing.assert_array_equal(array, copy)
 
 
