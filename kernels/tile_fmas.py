@@ -69,7 +69,8 @@ def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels,
     channels, or of all ``width``), then per pixel one load of a's value, broadcast, and a
     packed multiply-add (fused where the CPU has FMA) a vector. acc (pixels,
     width) is a stack array (kernels.stack_array), which LLVM keeps in registers across the
-    loop; rows (> t, width) a 2-D C-contiguous array of a's dtype; a, bases and offsets 1-D;
+    loop; rows (> t, width) a 2-D array of a's dtype whose rows have unit stride (C-contiguous,
+    or columns of one: kernels/gemm.py's gemm_short); a, bases and offsets 1-D;
     offsets and bounds unsigned."""
     if not (isinstance(pixels, types.IntegerLiteral) and isinstance(width, types.IntegerLiteral)):
         raise errors.RequireLiteralValue((pixels, width))

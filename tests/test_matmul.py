@@ -1,9 +1,9 @@
 """Matrix products on fastconv's threads (kernels/gemm.py through driver.matmul and
-driver.matmul_sum; gemm_thin for few rows) and ops.matmul, against float64 NumPy and PyTorch:
-hypothesis-drawn sizes (empty and single rows, columns and reductions among them), each operand
-row-major, column-major or with no unit stride, a shared (2-D) left or right operand,
-accumulation, both dtypes, the parallel kernels and their serial twins; every BLAS staying on
-one thread."""
+driver.matmul_sum; gemm_thin for few rows, gemm_short for a few dozen) and ops.matmul, against
+float64 NumPy and PyTorch: hypothesis-drawn sizes (empty and single rows, columns and
+reductions among them), each operand row-major, column-major or with no unit stride, a shared
+(2-D) left or right operand, accumulation, both dtypes, the parallel kernels and their serial
+twins; every BLAS staying on one thread."""
 
 import subprocess
 import sys
@@ -111,6 +111,66 @@ def test_thin_products_stream_past_blas(z, m, k, extra, a_layout, b_planes, add,
     assert _error(out, want) < tolerance(dtype) * max(k, 1) ** 0.5
     np.testing.assert_array_equal(a, before[0])
     np.testing.assert_array_equal(b, before[1])
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(z=st.integers(1, 3), m=st.integers(driver.THIN_ROWS + 1, driver.SHORT_PLANE_ROWS),
+       k=st.integers(1, 90), extra=st.integers(0, 150), a_layout=st.sampled_from(LAYOUTS),
+       b_planes=st.sampled_from(["contiguous", "interleaved", "shared"]),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@example(z=2, m=driver.THIN_ROWS + 1, k=1, extra=1, a_layout="column", b_planes="interleaved",
+         parallel=True, seed=0)
+def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, parallel, seed,
+                                            monkeypatch, cpu_calls):
+    """float32 products of THIN_ROWS + 1 to SHORT_PLANE_ROWS rows and SHORT_PLANE_COLUMNS
+    columns or more take gemm_short: its last block of rows and tile of columns overlapping the
+    ones before or not, a's planes in any layout,
+    b's contiguous, interleaved (an NCHW batch's channel planes) or one shared plane; the same
+    products accumulating, or in float64, take BLAS."""
+    _parallel(monkeypatch, parallel)
+    rng = np.random.default_rng(seed)
+    n = driver.SHORT_PLANE_COLUMNS + extra
+    b = {"contiguous": lambda: random(rng, (z, k, n), np.float32),
+         "interleaved": lambda: random(rng, (k, z, n), np.float32).transpose(1, 0, 2),
+         "shared": lambda: random(rng, (k, n), np.float32)}[b_planes]()
+    a = _operand(rng, (z, m, k), a_layout, np.float32)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    before = a.copy(), b.copy()
+    for add, dtype, kernel in ((False, np.float32, "gemm_short"), (True, np.float32, "gemm"),
+                               (False, np.float64, "gemm")):
+        start = random(rng, (z, m, n), dtype) if add else np.full((z, m, n), np.nan, dtype)
+        out = start.copy()
+        ran = len(cpu_calls)
+        driver.matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False), out, add)
+        assert [k_.py_func.__name__ for k_, _ in cpu_calls[ran:]] == [kernel]
+        expected = want + (start if add else 0)
+        assert _error(out, expected) < tolerance(np.float32) * max(k, 1) ** 0.5, kernel
+    np.testing.assert_array_equal(a, before[0])
+    np.testing.assert_array_equal(b, before[1])
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(z=st.integers(1, 3), m=st.integers(gemm.SHORT_ROWS, 3 * gemm.SHORT_ROWS + 1),
+       k=st.integers(0, 40), n=st.integers(gemm.SHORT_COLUMNS, 5 * gemm.SHORT_COLUMNS),
+       shared=st.booleans(), parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@example(z=1, m=gemm.SHORT_ROWS, k=1, n=gemm.SHORT_COLUMNS, shared=True, parallel=True, seed=0)
+@example(z=2, m=gemm.SHORT_ROWS + 1, k=3, n=gemm.SHORT_COLUMNS + 1, shared=False, parallel=True,
+         seed=0)
+def test_gemm_short_covers_every_cell_once_or_alike(z, m, k, n, shared, parallel, seed,
+                                                    monkeypatch):
+    """gemm_short on its own, down to one register tile (M = SHORT_ROWS, N = SHORT_COLUMNS)
+    and one tile and a column past it, where a chunk's last tile overlaps its first, and an
+    empty reduction: every cell of the poisoned c written with its own sum."""
+    _parallel(monkeypatch, parallel)
+    rng = np.random.default_rng(seed)
+    at = random(rng, (1 if shared else z, k, m), np.float32)
+    b = random(rng, (z, k, n), np.float32)
+    c = np.full((z, m, n), np.nan, np.float32)
+    driver.cpu_call(gemm.gemm_short, z * m * n * k, at, b, c)
+    want = np.matmul(at.transpose(0, 2, 1).astype(np.float64), b.astype(np.float64))
+    assert _error(c, want) < tolerance(np.float32) * max(k, 1) ** 0.5
 
 
 @pytest.mark.parametrize("z, m, n, threads, blocks", [

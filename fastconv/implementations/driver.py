@@ -148,12 +148,20 @@ def workspace(shape, dtype, slot=0):
 # BLAS (kernels/gemm.py's gemm_thin): on one and two Zen 4 threads 1.2-5.1x faster at 1-8 rows
 # but for one 0.94x, 0.8-1.4x at 12-16, 0.7-0.9x at 32 (benchmarks/results/cpu-thin-products.md).
 THIN_ROWS = 8
+# float32 products whose planes have more rows, up to SHORT_PLANE_ROWS, and SHORT_PLANE_COLUMNS
+# columns or more run in kernels/gemm.py's gemm_short, c computed afresh (no accumulation). On
+# the NCHW 1x1 and 3x3 layers of ResNet-50 and MobileNetV2, one and two Xeon threads, it ran
+# 1.0-1.6x BLAS's speed at 16-64 rows and 784 columns or more, 1.0x at 196 columns, 0.7-1.1x at
+# 96-256 rows (a block of rows rereads its tile of b from L2 past 64), 0.7x at 49 columns (its
+# last tile recomputes 47): benchmarks/results/cpu-pointwise-nchw-xeon.md.
+SHORT_PLANE_ROWS, SHORT_PLANE_COLUMNS = 64, 192
 
 
 def matmul(a, b, out, add=False):
     """out = a @ b (with ``add``: out += a @ b) on the CPU, for 2-D arrays or (Z, ...) stacks of
     planes (a 2-D ``a`` or ``b`` is shared by every plane; out is never broadcast), on fastconv's
-    threads with BLAS single-threaded inside them, or none for THIN_ROWS rows (kernels/gemm.py).
+    threads with BLAS single-threaded inside them, or none for THIN_ROWS rows or float32 planes
+    of up to SHORT_PLANE_ROWS (kernels/gemm.py).
     Any strides: a plane without a unit stride is copied once; an output plane without one is
     computed aside."""
     runtime.pin_blas()
@@ -171,6 +179,11 @@ def matmul(a, b, out, add=False):
     k = a.shape[2]
     if m <= THIN_ROWS and n >= gemm.THIN_COLUMNS and _unit_stride(b, 2):
         cpu_call(gemm.gemm_thin, z * m * n * k, a, b, target, 1.0 if add else 0.0)
+    elif (THIN_ROWS < m <= SHORT_PLANE_ROWS and n >= SHORT_PLANE_COLUMNS and not add
+          and target.dtype == np.float32 and target.flags.c_contiguous and _unit_stride(b, 2)):
+        shared = a[:1] if a.strides[0] == 0 else a
+        cpu_call(gemm.gemm_short, z * m * n * k, np.ascontiguousarray(shared.transpose(0, 2, 1)),
+                 b, target)
     else:
         row_blocks, column_blocks = _blocks(z, m, n, numba.get_num_threads())
         cpu_call(gemm.gemm, z * m * n * k, _blas_operand(a), _blas_operand(b), target,
