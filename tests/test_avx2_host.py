@@ -1,9 +1,9 @@
 """The CPU kernels as an AVX2 machine compiles them, on whatever CPU runs the tests: a process
 that sees the host without its AVX-512 features (tests/avx2_host/sitecustomize.py) and compiles
 for Haswell (NUMBA_CPU_NAME) runs the machine-code checks (tests/test_kernel_ir.py: packed FMAs,
-none scalar, no double precision) and the blocked, depthwise and gemm_short kernels' tests
-against the float64 reference and PyTorch, with 8-lane register tiles and AVX2's tile
-lengths. The CPUs CI draws are AVX-512 or AVX2: on AVX-512 ones, AVX2's short tiles compiled
+none scalar, no double precision) and the blocked, depthwise, gemm_short and Winograd row
+kernels' tests against the float64 reference and PyTorch, with 8-lane register tiles and AVX2's
+tile lengths. The CPUs CI draws are AVX-512 or AVX2: on AVX-512 ones, AVX2's short tiles compiled
 to scalar FMAs unseen until this simulation showed them (kernels/tile_fmas.py)."""
 
 import os
@@ -37,9 +37,10 @@ def test_kernels_compiled_for_avx2(tmp_path):
     assert check.returncode == 0, check.stderr
     assert "AVX2" in check.stdout and check.stdout.split()[-1] == "8", check.stdout
     files = [f"tests/test_{name}.py" for name in ("kernel_ir", "vector_moves", "conv",
-                                                  "conv_depthwise", "matmul")]
+                                                  "conv_depthwise", "matmul", "winograd")]
     # of test_conv.py, the blocked kernels' tests (rows, columns, spans, weight tiles); of
-    # test_matmul.py, gemm_short's (its tile of 6 rows x 2 vectors)
+    # test_matmul.py, gemm_short's (its tile of 6 rows x 2 vectors); of test_winograd.py, its
+    # rows of several blocks of lanes (8 tiles a transpose)
     chosen = "kernel_ir or vector_moves or depthwise or blocked or row or column or short"
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
                           "not slow", "-k", chosen, *files], cwd=ROOT, env=env,

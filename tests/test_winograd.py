@@ -15,6 +15,7 @@ import fastconv
 import oracle
 from fastconv import bench, dispatch, geometry, ops, registry
 from fastconv.implementations import conv2d, winograd
+from fastconv.kernels import winograd as wkernels
 from oracle import random, rel_error
 
 SETTINGS = settings(max_examples=40, deadline=None,
@@ -96,6 +97,35 @@ def test_padding_beyond_the_window(padding, tile, monkeypatch):
     gx = ops.conv2d_backward_input(gy, w, x.shape, padding=padding, algo="winograd")
     oracle.check({"y": y}, oracle.conv2d(x, w, b, padding=padding))
     oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, padding=padding))
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("tile", sorted(winograd.G))
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_rows_of_several_lane_blocks(layout, tile, parallel, monkeypatch):
+    """Rows wider than the drawn cases': two whole blocks of LANES tiles and a partial one,
+    the row's last tile cropped to one column (NCHW's lanes are a tile row's tiles), channels
+    past a whole block (NHWC's lanes), in chunks of tile rows that end inside an image, from a
+    batch that is not contiguous (flipped)."""
+    _threads(monkeypatch, parallel)
+    monkeypatch.setattr(winograd, "TILE", tile)
+    lanes = wkernels.LANES
+    h, w_ = 9, (2 * lanes + 3) * tile + 1
+    # chunks of two tile rows: with 3 (F(4x4)) or 5 (F(2x2)) an image, some span two images
+    monkeypatch.setattr(winograd, "WORKSPACE_BYTES", 0)
+    monkeypatch.setattr(winograd, "CHUNK_TILES", -(-w_ // tile) + 1)
+    c, k = lanes + 3, lanes + 5
+    rng = np.random.default_rng(11)
+    x_shape, w_shape = ((2, c, h, w_), (k, c, 3, 3)) if layout == "NCHW" else (
+        (2, h, w_, c), (3, 3, c, k))
+    x, w, b = random(rng, x_shape, np.float32)[::-1], random(rng, w_shape, np.float32), \
+        random(rng, (k,), np.float32)
+    kwargs = dict(padding=1, data_format=layout)
+    y = ops.conv2d(x, w, b, activation="relu", algo="winograd", **kwargs)
+    oracle.check({"y": y}, oracle.conv2d(x, w, b, activation="relu", **kwargs))
+    gy = random(rng, y.shape, np.float32)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="winograd", **kwargs)
+    oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))
 
 
 @pytest.mark.parametrize("tile", sorted(winograd.G))

@@ -45,9 +45,14 @@ from .conv2d import _backward_input_planes
 # edges); its float32 error, ~3e-6 against float64 (F(2x2) ~5e-7), is within the 1e-4 bound.
 # 2 selects F(2x2, 3x3) (the tests run both).
 TILE = 4
-# Bytes of transformed input tiles per chunk (V; M of the outputs is as large for K = C): a
-# chunk's operands stay in L2/L3 between the transforms and the GEMMs.
-WORKSPACE_BYTES = 4 << 20
+# Bytes of transformed input tiles per chunk (V; M of the outputs is as large for K = C), so a
+# chunk's operands stay in L2 between the transforms and the GEMMs, unless that leaves the
+# GEMMs fewer than CHUNK_TILES columns (a 256-channel layer's 1 MiB holds 28 tiles, for which
+# OpenBLAS ran VGG-16's 56 x 56 layer's GEMMs at half their speed). On one Xeon thread, 4 MiB
+# chunks left ResNet-18's 8 x 64 x 56 x 56 layer's transforms 7.3 ms of 11.9, these 5.7-6.5 of
+# 10.4-10.9 (cpu-winograd.md).
+WORKSPACE_BYTES = 1 << 20
+CHUNK_TILES = 128
 
 # The transforms' matrices (Lavin and Gray), float64: G (ALPHA x 3) for the filters; B^T and
 # A^T, written out in kernels/winograd.py, are here for the tests' own transforms.
@@ -90,10 +95,11 @@ def _convolve(g, src, u, in_channels, out_channels, out_hw, pt, pl, transposed, 
     (oh, ow), n = out_hw, src.shape[0]
     th_, tw_ = -(-oh // tile), -(-ow // tile)
     nchw = g.layout == "NCHW"
-    src4 = src if nchw else src.transpose(0, 3, 1, 2)
+    # the NCHW kernels move rows by whole vectors from a C-contiguous array
+    src4 = np.ascontiguousarray(src) if nchw else src.transpose(0, 3, 1, 2)
     dst4 = dst if nchw else dst.transpose(0, 3, 1, 2)
     per_row = alpha2 * max(in_channels, out_channels) * tw_ * src.itemsize
-    step = max(1, WORKSPACE_BYTES // per_row)
+    step = max(-(-CHUNK_TILES // tw_), WORKSPACE_BYTES // per_row)
     ig, og = in_channels // g.groups, out_channels // g.groups
     # each group's (position, out, in) matrices as views of u
     mats = []
@@ -108,28 +114,25 @@ def _convolve(g, src, u, in_channels, out_channels, out_hw, pt, pl, transposed, 
     bias = driver.bias(np, b, out_channels, dst.dtype)
     act = CODES[activation]
     total = n * th_
-    forward_in, forward_out = kernels.INPUT_TRANSFORM[tile], kernels.OUTPUT_TRANSFORM[tile]
+    forward_in = kernels.INPUT_TRANSFORM[g.layout][tile]
+    forward_out = kernels.OUTPUT_TRANSFORM[g.layout][tile]
     for row0 in range(0, total, step):
-        rows = min(step, total - row0)
-        tiles = rows * tw_
-        if nchw:
-            v = driver.workspace((alpha2, in_channels, tiles), src.dtype)
-            m = driver.workspace((alpha2, out_channels, tiles), src.dtype, slot=1)
-            v_view, m_view = v, m
-        else:
-            v = driver.workspace((alpha2, tiles, in_channels), src.dtype)
-            m = driver.workspace((alpha2, tiles, out_channels), src.dtype, slot=1)
-            v_view, m_view = v.transpose(0, 2, 1), m.transpose(0, 2, 1)
-        driver.cpu_call(forward_in, alpha2 * in_channels * tiles * 4, src4, v_view, row0, th_,
-                        tw_, pt, pl, not nchw)
+        tiles = min(step, total - row0) * tw_
+        # NCHW: (position, channel, tile); NHWC: (position, tile, channel)
+        v = driver.workspace((alpha2, in_channels, tiles) if nchw else
+                             (alpha2, tiles, in_channels), src.dtype)
+        m = driver.workspace((alpha2, out_channels, tiles) if nchw else
+                             (alpha2, tiles, out_channels), src.dtype, slot=1)
+        driver.cpu_call(forward_in, alpha2 * in_channels * tiles * 4, src4, v, row0, th_, tw_,
+                        pt, pl)
         for i, mat in enumerate(mats):
             ins, outs = slice(i * ig, (i + 1) * ig), slice(i * og, (i + 1) * og)
             if nchw:
                 driver.matmul(mat, v[:, ins], m[:, outs])
             else:
                 driver.matmul(v[:, :, ins], mat.transpose(0, 2, 1), m[:, :, outs])
-        driver.cpu_call(forward_out, alpha2 * out_channels * tiles * 2, m_view, dst4, bias,
-                        act, row0, th_, tw_, not nchw)
+        driver.cpu_call(forward_out, alpha2 * out_channels * tiles * 2, m, dst4, bias, act,
+                        row0, th_, tw_)
     return dst
 
 
