@@ -3,6 +3,7 @@
     python benchmarks/fit_dispatch.py                      # measure here, then fit
     python benchmarks/fit_dispatch.py --suite resnet_cifar --add   # measure a suite more
     python benchmarks/fit_dispatch.py --from-csv A.csv B.csv   # refit, e.g. two machines' files
+    python benchmarks/fit_dispatch.py --algos winograd   # remeasure one algorithm, then fit
 
 Measuring times every CPU conv algorithm on every conv layer of the layer suite (and LeNet-5's
 at the training batch, 64, too), forward, backward input and backward weight each on its own,
@@ -60,6 +61,10 @@ def main(argv=None) -> int:
                         help="timed calls per algorithm, op and layer (default: 3)")
     parser.add_argument("--depth", type=int, default=3,
                         help="the rule's decision tree's levels at most (default: 3)")
+    parser.add_argument("--algos", metavar="NAME[,NAME...]",
+                        help="measure only these algorithms: their rows of this machine on the "
+                             "layers measured replace its earlier ones, its other rows stay "
+                             "(default: every algorithm)")
     parser.add_argument("--add", action="store_true",
                         help="keep this machine's earlier rows but those of the layers measured "
                              "now (default: measuring replaces all of them)")
@@ -93,13 +98,15 @@ def main(argv=None) -> int:
                                        x=(TRAIN, *c.x[1:]))
                    for c in chosen if c.name.startswith("lenet5/") and not args.quick]
         measured = {c.name for c in chosen}
+        algos = args.algos.split(",") if args.algos else None
         rows = [r for r in (fit.read_csv(args.csv) if args.csv.exists() else [])
-                if r["machine"] != label or (args.add and r["layer"] not in measured)]
+                if r["machine"] != label or ((args.add or algos) and r["layer"] not in measured)
+                or (algos and r["algo"] not in algos)]
         if not args.quick:
             bench.settle_memory()
         for threads in (int(t) for t in args.threads.split(",")):
             runtime.set_num_threads(threads)
-            rows += fit.measure(chosen, label, args.repeats)
+            rows += fit.measure(chosen, label, args.repeats, algos=algos)
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         fit.write_csv(rows, args.csv)
         sources = [args.csv]

@@ -175,6 +175,11 @@ class ConvGeometry:
         return self.R == self.S == 1 and self.stride == (1, 1) and self.padding == (0, 0, 0, 0)
 
     @property
+    def plain_3x3(self) -> bool:
+        """A 3x3 window at stride 1, undilated: what Winograd's F(m x m, 3 x 3) computes."""
+        return (self.R, self.S) == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1)
+
+    @property
     def whole_window(self) -> bool:
         """One unpadded, undilated window covering the whole input (LeNet's C5, a fully
         connected layer written as a convolution): each image's pixels are its one column."""

@@ -115,17 +115,29 @@ def _transform_out(m, t):
             OUTPUT_1D(t, a * row + lane, col, m, a * TILE * LANES + lane, col)
 
 
+@njit(inline="always", cache=True)
+def _zeros_of(d):
+    """The sum of d's POSITIONS x LANES values times 0: 0, or NaN where one is infinite or NaN
+    (x * 0 folds to 0 only under fastmath's nnan and nsz, which the kernels leave off)."""
+    zero, total = d.dtype.type(0), d.dtype.type(0)
+    for e in range(POSITIONS * LANES):
+        total += d[e] * zero
+    return total
+
+
 @njit(**CPU_KERNEL)
-def filter_transform(taps, gm, u):
-    """u[:, f] = G g G^T of every filter g, in float64, rounded once to u's dtype.
+def filter_transform(taps, gm, u, checks):
+    """u[:, f] = G g G^T of every filter g, in float64, rounded once to u's dtype; checks[blk]
+    the sum of block blk's values of u times 0 (NaN where one is not finite, else 0).
 
     Layout: taps (F, 9) filter f's taps (r, s) at r * 3 + s (any strides: a view); gm
-    (ALPHA, 3) float64; u (POSITIONS, F).
+    (ALPHA, 3) float64; u (POSITIONS, F); checks (blocks,) float64.
     Loop order: blocks of LANES filters in parallel, the filter innermost (contiguous stores
-    into u's rows). Each task owns u's columns of its filters.
+    into u's rows). Each task owns u's columns of its filters and its cell of checks.
     """
     f_ = taps.shape[0]
     for blk in prange((f_ + LANES - 1) // LANES):
+        check = 0.0
         g = carray(stack_array(9, LANES, np.float64), 9 * LANES)
         t = carray(stack_array(POSITIONS, LANES, np.float64), POSITIONS * LANES)  # ALPHA x 3 used
         for lane in range(LANES):
@@ -143,22 +155,25 @@ def filter_transform(taps, gm, u):
                 for lane in range(LANES):
                     f = blk * LANES + lane
                     if f < f_:
-                        u[a * ALPHA + b, f] = (t[a * 3 * LANES + lane] * gm[b, 0]
-                                               + t[(a * 3 + 1) * LANES + lane] * gm[b, 1]
-                                               + t[(a * 3 + 2) * LANES + lane] * gm[b, 2])
+                        value = u.dtype.type(t[a * 3 * LANES + lane] * gm[b, 0]
+                                             + t[(a * 3 + 1) * LANES + lane] * gm[b, 1]
+                                             + t[(a * 3 + 2) * LANES + lane] * gm[b, 2])
+                        u[a * ALPHA + b, f] = value
+                        check += value * 0.0
+        checks[blk] = check
 
 
 @njit(**CPU_KERNEL)
-def input_transform_channels(x, v, row0, th_, tw_, pt, pl):
+def input_transform_channels(x, v, checks, row0, th_, tw_, pt, pl):
     """v[:, tile, c] = B^T d B of every input tile d of the chunk's tile rows, each channel,
-    for NHWC: lanes over channels.
+    for NHWC: lanes over channels; checks[task] its values' sum times 0 (NaN where one is
+    not finite: an input's NaN or infinity, or an overflow).
 
     Layout: x (N, C, H, W) NCHW-indexed (an NHWC array's transposed view); v (POSITIONS, rows *
     tw_, C) for the chunk's rows of tiles, global tile rows row0 ... (row j is image j // th_,
     tile row j % th_).
     Loop order: (tile row, tile) in parallel, then blocks of LANES channels, the lane
-    innermost. Each task owns v at its tile x every channel and writes every position of it
-    once.
+    innermost. Each task owns v at its tile x every channel, and checks[task].
     """
     n_c, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
     for task in prange(v.shape[1]):
@@ -167,6 +182,7 @@ def input_transform_channels(x, v, row0, th_, tw_, pt, pl):
         d = carray(stack_array(POSITIONS, LANES, v.dtype), POSITIONS * LANES)
         t = carray(stack_array(POSITIONS, LANES, v.dtype), POSITIONS * LANES)
         zero = v.dtype.type(0)
+        check = zero
         for first in range(0, n_c, LANES):
             used = min(LANES, n_c - first)  # lanes past: zeros
             for a in range(ALPHA):
@@ -180,9 +196,11 @@ def input_transform_channels(x, v, row0, th_, tw_, pt, pl):
                         d[base + lane] = x[n, first + lane, ih, iw] if (
                             inside and lane < used) else zero
             _transform_in(d, t)
+            check += _zeros_of(d)
             for p in range(POSITIONS):
                 for lane in range(used):
                     v[p, task, first + lane] = d[p * LANES + lane]
+        checks[task] = check
 
 
 @njit(**CPU_KERNEL)
@@ -217,13 +235,14 @@ def output_transform_channels(m, y, b, act, row0, th_, tw_):
 
 
 @njit(**CPU_KERNEL)
-def input_transform_rows(x, v, row0, th_, tw_, pt, pl):
+def input_transform_rows(x, v, checks, row0, th_, tw_, pt, pl):
     """v[:, c, tile] = B^T d B of every input tile d of the chunk's tile rows, each channel,
-    for NCHW: lanes over a tile row's tiles.
+    for NCHW: lanes over a tile row's tiles; checks[task] its values' sum times 0, as
+    :func:`input_transform_channels`'.
 
     Layout: x (N, C, H, W) and v (POSITIONS, C, rows * tw_), both C-contiguous, for the
     chunk's rows of tiles, global tile rows row0 ... (row j is image j // th_, tile row
-    j % th_).
+    j % th_); checks (C * rows,).
     Loop order: (channel, tile row) in parallel, a channel's rows one after another (its
     plane read down, as the prefetchers follow: channel-innermost tasks jumped a plane each,
     2.4 ms for ResNet-18's 8 x 64 x 56 x 56 layer on two Xeon threads, 1.0 so), then blocks
@@ -231,8 +250,8 @@ def input_transform_rows(x, v, row0, th_, tw_, pt, pl):
     buffer of SPAN columns (zeros past the image), each row turned into its tiles' ALPHA
     columns a lane by one transpose in registers (tile l's column b is the row's element
     l * TILE + b), the transform on whole lanes, and POSITIONS runs of the block's tiles
-    stored. Each task owns v at its tiles x its channel. An element at a time, the tiles'
-    gather took 7.7 ms of that layer's 19 ms forward on one thread, its GEMMs 4.2.
+    stored. Each task owns v at its tiles x its channel, and checks[task]. An element at a
+    time, the tiles' gather took 7.7 ms of that layer's 19 ms forward on one thread, its GEMMs 4.2.
     """
     n_c, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
     tiles = v.shape[2]
@@ -244,6 +263,7 @@ def input_transform_rows(x, v, row0, th_, tw_, pt, pl):
         d = carray(stack_array(POSITIONS, LANES, v.dtype), POSITIONS * LANES)
         t = carray(stack_array(POSITIONS, LANES, v.dtype), POSITIONS * LANES)
         zero = v.dtype.type(0)
+        check = zero
         plane = (n * n_c + c) * h_ * w_
         for blk in range((tw_ + LANES - 1) // LANES):
             first = blk * LANES
@@ -261,9 +281,11 @@ def input_transform_rows(x, v, row0, th_, tw_, pt, pl):
                 transpose_block(rows, np.uint64(a * SPAN), np.uint64(TILE), d,
                                 np.uint64(a * ALPHA * LANES), np.uint64(LANES), LANES, ALPHA)
             _transform_in(d, t)
+            check += _zeros_of(d)  # lanes past the row's tiles: transforms of zeros
             used = min(LANES, tw_ - first)
             for p in range(POSITIONS):
                 move_run(d, p * LANES, v, (p * n_c + c) * tiles + jr * tw_ + first, used)
+        checks[task] = check
 
 
 @njit(**CPU_KERNEL)
@@ -316,7 +338,8 @@ _F4 = dict(TILE=4, ALPHA=6, POSITIONS=36, INPUT_1D=_input_f4, OUTPUT_1D=_output_
 FILTER_TRANSFORM = {2: filter_transform, 4: variant(filter_transform, "f4", **_F4)}
 _transform_in_f4 = variant(_transform_in, "f4", **_F4)
 _transform_out_f4 = variant(_transform_out, "f4", **_F4)
-_F4_IN = dict(_F4, SPAN=LANES * 4 + 2, _transform_in=_transform_in_f4)
+_zeros_of_f4 = variant(_zeros_of, "f4", **_F4)
+_F4_IN = dict(_F4, SPAN=LANES * 4 + 2, _transform_in=_transform_in_f4, _zeros_of=_zeros_of_f4)
 _F4_OUT = dict(_F4, _transform_out=_transform_out_f4)
 # by layout: NCHW's lanes are a tile row's tiles, NHWC's channels
 INPUT_TRANSFORM = {

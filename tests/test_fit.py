@@ -177,11 +177,10 @@ def test_a_leaf_for_some_layers_only_falls_back_where_its_algorithm_refuses(monk
     grouped layer that is not depthwise (96 groups of 2 channels; 2x3 windows, 2x2 for the
     weight gradient, whose tree's depthwise leaf takes fewer taps) reaches the same leaves,
     and gets the leaf's algorithm for every layer, which computes it (not a KeyError). The
-    rule's AVX-512 tree for AMD's CPUs (16 lanes) shows the case for every op, its AVX2 tree
-    and the Intel one not for all three: the tiles' width is pinned to 16, and the vendor to
-    AMD, on any CPU."""
+    rule's AVX2 tree for AMD's CPUs (8 lanes) shows the case for every op, its AVX-512 trees
+    not for all three: the tiles' width is pinned to 8, and the vendor to AMD, on any CPU."""
     from fastconv.implementations.cpu_rule import RULE
-    monkeypatch.setitem(conv2d.FEATURES, "lanes", lambda g: 16)
+    monkeypatch.setitem(conv2d.FEATURES, "lanes", lambda g: 8)
     monkeypatch.setitem(conv2d.FEATURES, "intel", lambda g: 0)
     depthwise = geometry.conv_geometry((2, 960, 7, 7), (960, 1, 3, 3), 1, 1, 1, 960, "NCHW")
     for op in CONV_OPS:

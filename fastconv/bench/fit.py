@@ -41,11 +41,6 @@ COLUMNS = tuple(dict.fromkeys(("machine", "threads", "layer", "op", "algo", "med
 # An algorithm whose first timed call takes this many times the fastest one's is not timed
 # again (the direct kernels take seconds on VGG's layers): its one call stands as its time.
 CUT = 8.0
-# Algorithms measured (their columns in the table) but never a leaf of the rule: algo="auto"
-# keeps PyTorch's results for non-finite inputs, and Winograd's transforms spread an Inf over
-# its tile as NaN (benchmarks/results/cpu-winograd.md); its edge over blocked on one thread
-# (1.2-1.9x on VGG's and the U-Net's widest layers) was a loss of up to 2.1x on two.
-NOT_AUTOMATIC = frozenset({"winograd"})
 
 
 def _call(case, op, algo, a):
@@ -57,11 +52,13 @@ def _call(case, op, algo, a):
     return lambda: ops.conv2d_backward_weight(a["gy"], a["x"], a["w"].shape, **args)
 
 
-def measure(cases, machine: str, repeats: int = 3, progress: bool = True) -> list[dict]:
+def measure(cases, machine: str, repeats: int = 3, progress: bool = True,
+            algos=None) -> list[dict]:
     """One row per conv case (a transposed one as the conv2d it transposes), op and CPU
-    algorithm on the current thread count: the median of ``repeats`` calls, the algorithms
-    timed in turn after a warm-up call each."""
-    algos = [a for a in implementations("conv2d", "cpu") if a != REFERENCE]
+    algorithm (of ``algos``, default all) on the current thread count: the median of
+    ``repeats`` calls, the algorithms timed in turn after a warm-up call each."""
+    algos = [a for a in implementations("conv2d", "cpu") if a != REFERENCE
+             and (algos is None or a in algos)]
     conv = [c.as_conv2d() for c in cases if c.op in CONVS]
     rows = []
     for case in tqdm(conv, desc="fit: measuring", unit="layer", disable=not progress):
@@ -69,6 +66,8 @@ def measure(cases, machine: str, repeats: int = 3, progress: bool = True) -> lis
         for op in CONV_OPS:
             # an algorithm for some layers only (registry.refusal) is measured on those alone
             served = [a for a in algos if refusal(op, "cpu", a, g) is None]
+            if not served:
+                continue
             calls = {algo: _call(case, op, algo, arrays) for algo in served}
             for fn in calls.values():
                 fn()  # compiles, outside the timing
@@ -111,7 +110,7 @@ def _calls(rows) -> dict:
 def _samples(rows, op):
     """(features (S, F), log times (S, A), algos) of ``op``: a sample per machine, thread count
     and layer; an algorithm not measured on a sample counts as infinitely slow there."""
-    algos = sorted({r["algo"] for r in rows if r["op"] == op} - NOT_AUTOMATIC)
+    algos = sorted({r["algo"] for r in rows if r["op"] == op})
     samples = [by_algo for key, by_algo in _calls(rows).items() if key[3] == op]
     features = np.array([[next(iter(s.values()))[f] for f in FEATURES] for s in samples], float)
     logs = np.array([[math.log(s[a]["median_ms"]) if a in s else math.inf for a in algos]
@@ -230,9 +229,12 @@ def _best_stump(features, losses, orders, totals, best, min_gain):
 # vendor (2026-12-06, the first Xeon's rows beside three AMD machines') did: 1.161 / 1.302 /
 # 1.270x against 1.164 / 1.316 / 1.298x for one over both, which had cost the Zen 4 up to 1.5x
 # on ResNet-50's 1x1 layers to win the Xeon's (benchmarks/results/
-# cpu-nhwc-depthwise-borrowed.md).
-FORCED = ("lanes", "intel")
-FORCEABLE = ("lanes", "threads", "intel")
+# cpu-nhwc-depthwise-borrowed.md). The layers Winograd serves (plain_3x3) get trees of their
+# own (2026-12-06): fitted among the others, its picks on the Xeon's 3x3 layers took the depth
+# the vendor's 1x1 layers had, sending ResNet-50's layer1.conv1 and MobileNetV2's projections
+# to blocked, 1.4-1.9x slower than im2col there (benchmarks/results/cpu-winograd.md).
+FORCED = ("lanes", "intel", "plain_3x3")
+FORCEABLE = ("lanes", "threads", "intel", "plain_3x3")
 
 
 def fit(rows: list[dict], depth: int = 3, min_gain: float = math.log(1.05),
@@ -297,27 +299,21 @@ RULE = {pprint.pformat(fitted["rule"], width=96, sort_dicts=False)}
 
 
 def table(rows: list[dict], rule: dict) -> str:
-    """Markdown: per machine, thread count, layer and op, each algorithm's time (NOT_AUTOMATIC's
-    too), the fastest the rule may pick and the rule's pick (and what the pick loses where it
-    is not that one)."""
+    """Markdown: per machine, thread count, layer and op, each algorithm's time, the fastest
+    and the rule's pick (and what the pick loses where it is not the fastest)."""
     algos = sorted({r["algo"] for r in rows})
     out = ["| machine | threads | layer | op | " + " | ".join(f"{a} ms" for a in algos)
            + " | fastest | rule picks | loss |",
            "|---|--:|---|---|" + "--:|" * len(algos) + "---|---|--:|"]
     for (machine, threads, layer, op), by_algo in _calls(rows).items():
         times = {a: by_algo[a]["median_ms"] for a in algos if a in by_algo}
-        fastest = _fastest(times)
+        fastest = min(times, key=times.get)
         pick = walk(rule[op], next(iter(by_algo.values())).__getitem__, times.__contains__)
         loss = times[pick] / times[fastest] if pick in times else math.inf
         out.append(f"| {machine} | {threads} | {layer} | {op} | "
                    + " | ".join(f"{times[a]:.3g}" if a in times else "-" for a in algos)
                    + f" | {fastest} | {pick} | {loss:.2f}x |")
     return "\n".join(out) + "\n"
-
-
-def _fastest(times: dict) -> str:
-    """The fastest of {algo: ms} the rule may pick (NOT_AUTOMATIC's left out, as in the fit)."""
-    return min((a for a in times if a not in NOT_AUTOMATIC), key=times.get)
 
 
 def walk_loss(rows, rule) -> dict:
@@ -327,7 +323,7 @@ def walk_loss(rows, rule) -> dict:
         features = next(iter(by_algo.values()))
         pick = walk(rule[op], features.__getitem__, by_algo.__contains__)
         times = {a: r["median_ms"] for a, r in by_algo.items()}
-        losses.setdefault(op, []).append(math.log(times[pick] / times[_fastest(times)]))
+        losses.setdefault(op, []).append(math.log(times[pick] / min(times.values())))
     return losses
 
 

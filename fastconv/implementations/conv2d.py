@@ -1260,6 +1260,7 @@ FEATURES = {
     "threads": lambda g: numba.get_num_threads(),
     "lanes": lambda g: VECTOR_LANES,
     "intel": lambda g: INTEL,
+    "plain_3x3": lambda g: int(g.plain_3x3),  # 1 where algo="winograd" serves the layer
 }
 
 

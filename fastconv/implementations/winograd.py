@@ -19,15 +19,13 @@ Variants: F(2x2, 3x3) (4x4 tiles, 2.25x fewer multiplies than the direct method)
 Groups run as one GEMM per group and position.
 
 Non-finite values: the transforms add and subtract the values of a tile, so an infinity in
-the input (or in gy) reaches, as +-inf or as NaN (inf - inf), every output of each tile whose
-input tile holds it, where PyTorch has a number or an infinity. What holds (tests/
-test_nonfinite.py checks it): before the activation every output is PyTorch's value or NaN;
-non-finite where PyTorch's is finite only in such a tile (in the value's group), or in the
-output channel of a non-finite filter value (which makes the whole channel NaN or infinite,
-as PyTorch's, where the padding's zeros meet it; an activation may then turn PyTorch's -inf
-into 0 where winograd has NaN). The input gradient takes the direct kernels for non-finite
-filters, as the blocked algorithm does: PyTorch's stays finite where such a value meets only
-the padding there.
+the input (or in gy) or the filters would reach, as +-inf or as NaN (inf - inf), every output
+of each tile whose input tile holds it, where PyTorch has a number or an infinity; and a
+transform of large finite values may overflow. So the filter and input transforms check
+what they write (the sum of each value times 0: NaN where one is not finite), and a call
+where a check fails is computed by the blocked kernels instead: winograd's non-finite outputs
+are PyTorch's (tests/test_nonfinite.py), and algo="auto" may pick it. The checks cost a
+multiply-add per transformed value.
 """
 
 import numpy as np
@@ -36,7 +34,7 @@ from ..kernels import winograd as kernels
 from ..kernels.activation import CODES
 from ..registry import register
 from . import driver
-from .conv2d import _backward_input_planes
+from .conv2d import conv2d_backward_input_blocked_cpu, conv2d_blocked_cpu
 
 # The variant algo="winograd" runs: 4, F(4x4, 3x3). Measured on the suite's 3x3 stride-1
 # layers at batch 8 (benchmarks/results/cpu-winograd.md): F(4x4) was faster than F(2x2) on the
@@ -65,27 +63,30 @@ G = {
 
 def applies(g):
     """None for a 3x3, stride-1, dilation-1 layer; else why algo="winograd" cannot serve it."""
-    if (g.R, g.S) == (3, 3) and g.stride == (1, 1) and g.dilation == (1, 1):
+    if g.plain_3x3:
         return None
     return (f"algo='winograd' computes 3x3 convolutions of stride 1 and dilation 1, not a "
             f"{g.R}x{g.S} window with stride {g.stride} and dilation {g.dilation}")
 
 
 def filter_transform(w, layout, flip, tile):
-    """U = G g G^T of every filter, (ALPHA^2, K, C/groups) of OIHW filters (NCHW) or
-    (ALPHA^2, C/groups, K) of HWIO ones (NHWC), position (a, b) at a * ALPHA + b; ``flip``
-    turns each filter 180 degrees first (the input gradient's)."""
+    """(U, whether U is finite): U = G g G^T of every filter, (ALPHA^2, K, C/groups) of OIHW
+    filters (NCHW) or (ALPHA^2, C/groups, K) of HWIO ones (NHWC), position (a, b) at
+    a * ALPHA + b; ``flip`` turns each filter 180 degrees first (the input gradient's)."""
     taps = w.reshape(-1, 9) if layout == "NCHW" else w.reshape(9, -1).T
     if flip:
         taps = taps[:, ::-1]  # (r, s) -> (2 - r, 2 - s)
     u = driver.empty(np, ((tile + 2) ** 2, taps.shape[0]), w.dtype)
-    driver.cpu_call(kernels.FILTER_TRANSFORM[tile], u.size * 3, taps, G[tile], u)
-    return u.reshape((-1,) + ((w.shape[0], w.shape[1]) if layout == "NCHW" else w.shape[2:]))
+    checks = driver.empty(np, (-(-taps.shape[0] // kernels.LANES),), np.float64)
+    driver.cpu_call(kernels.FILTER_TRANSFORM[tile], u.size * 3, taps, G[tile], u, checks)
+    shape = (w.shape[0], w.shape[1]) if layout == "NCHW" else w.shape[2:]
+    return u.reshape((-1,) + shape), checks.sum() == 0
 
 
 def _convolve(g, src, u, in_channels, out_channels, out_hw, pt, pl, transposed, b, activation,
               dst, tile):
-    """dst = activation(b + the 3x3 stride-1 convolution of src) by Winograd's F(tile x tile).
+    """dst = activation(b + the 3x3 stride-1 convolution of src) by Winograd's F(tile x tile),
+    or None where a transformed input tile is not finite (dst then partly written).
 
     src (N, in_channels, H, W) and dst (N, out_channels, OH, OW) in g.layout; u from
     :func:`filter_transform` of the layer's filters (K, C/groups); ``transposed``: the
@@ -123,8 +124,11 @@ def _convolve(g, src, u, in_channels, out_channels, out_hw, pt, pl, transposed, 
                              (alpha2, tiles, in_channels), src.dtype)
         m = driver.workspace((alpha2, out_channels, tiles) if nchw else
                              (alpha2, tiles, out_channels), src.dtype, slot=1)
-        driver.cpu_call(forward_in, alpha2 * in_channels * tiles * 4, src4, v, row0, th_, tw_,
-                        pt, pl)
+        checks = driver.empty(np, (in_channels * tiles // tw_ if nchw else tiles,), src.dtype)
+        driver.cpu_call(forward_in, alpha2 * in_channels * tiles * 4, src4, v, checks, row0,
+                        th_, tw_, pt, pl)
+        if checks.sum() != 0:
+            return None
         for i, mat in enumerate(mats):
             ins, outs = slice(i * ig, (i + 1) * ig), slice(i * og, (i + 1) * og)
             if nchw:
@@ -138,21 +142,21 @@ def _convolve(g, src, u, in_channels, out_channels, out_hw, pt, pl, transposed, 
 
 @register("conv2d", "cpu", "winograd", applies=applies)
 def conv2d_winograd_cpu(g, x, w, b, activation):
+    u, finite = filter_transform(w, g.layout, False, TILE)
     y = driver.empty(np, g.y_shape, x.dtype)
-    u = filter_transform(w, g.layout, False, TILE)
-    return _convolve(g, x, u, g.C, g.K, (g.OH, g.OW), g.padding[0], g.padding[2], False, b,
-                     activation, y, TILE)
+    if finite and _convolve(g, x, u, g.C, g.K, (g.OH, g.OW), g.padding[0], g.padding[2], False,
+                            b, activation, y, TILE) is not None:
+        return y
+    return conv2d_blocked_cpu(g, x, w, b, activation)
 
 
 @register("conv2d_backward_input", "cpu", "winograd", applies=applies)
 def conv2d_backward_input_winograd_cpu(g, gy, w):
     """gx: gy convolved with the turned, transposed filters, padded by 2 - pad on each side
     (2 - top rows above, and so on; a padding above 2 crops), which makes it x's size."""
-    if not np.isfinite(w).all():
-        return _backward_input_planes(g, gy, w)
+    u, finite = filter_transform(w, g.layout, True, TILE)
     gx = driver.empty(np, g.x_shape, gy.dtype)
-    u = filter_transform(w, g.layout, True, TILE)
-    return _convolve(g, gy, u, g.K, g.C, (g.H, g.W), 2 - g.padding[0], 2 - g.padding[2], True,
-                     None, None, gx, TILE)
-
-
+    if finite and _convolve(g, gy, u, g.K, g.C, (g.H, g.W), 2 - g.padding[0], 2 - g.padding[2],
+                            True, None, None, gx, TILE) is not None:
+        return gx
+    return conv2d_backward_input_blocked_cpu(g, gy, w)
