@@ -234,6 +234,14 @@ def output_transform_channels(m, y, b, act, row0, th_, tw_):
                             s[(i * TILE + j) * LANES + lane] + b[k], act, y.dtype)
 
 
+@njit(inline="always", cache=True)
+def _task_place(task, rows_, row0, th_):
+    """(channel, tile row of the chunk, image, tile row of the image) of the NCHW kernels'
+    task: a channel's rows of the chunk one after another."""
+    channel, jr = task // rows_, task % rows_
+    return channel, jr, (row0 + jr) // th_, (row0 + jr) % th_
+
+
 @njit(**CPU_KERNEL)
 def input_transform_rows(x, v, checks, row0, th_, tw_, pt, pl):
     """v[:, c, tile] = B^T d B of every input tile d of the chunk's tile rows, each channel,
@@ -257,8 +265,7 @@ def input_transform_rows(x, v, checks, row0, th_, tw_, pt, pl):
     tiles = v.shape[2]
     rows_ = tiles // tw_
     for task in prange(n_c * rows_):
-        c, jr = task // rows_, task % rows_
-        n, th = (row0 + jr) // th_, (row0 + jr) % th_
+        c, jr, n, th = _task_place(task, rows_, row0, th_)
         rows = carray(stack_array(ALPHA, SPAN, v.dtype), ALPHA * SPAN)
         d = carray(stack_array(POSITIONS, LANES, v.dtype), POSITIONS * LANES)
         t = carray(stack_array(POSITIONS, LANES, v.dtype), POSITIONS * LANES)
@@ -299,15 +306,13 @@ def output_transform_rows(m, y, b, act, row0, th_, tw_):
     blocks of LANES tiles: POSITIONS runs of the block's tiles loaded, the transform, bias and
     activation on whole lanes, then each of the TILE output rows stored by a transpose in
     registers (lane l's TILE values to columns l * TILE ...), a partial last tile's columns
-    one at a time. Each task owns y at its
-    tiles' pixels x its channel.
+    one at a time. Each task owns y at its tiles' pixels x its channel.
     """
     k_, oh_, ow_ = y.shape[1], y.shape[2], y.shape[3]
     tiles = m.shape[2]
     rows_ = tiles // tw_
     for task in prange(k_ * rows_):
-        k, jr = task // rows_, task % rows_
-        n, th = (row0 + jr) // th_, (row0 + jr) % th_
+        k, jr, n, th = _task_place(task, rows_, row0, th_)
         s = carray(stack_array(POSITIONS, LANES, m.dtype), POSITIONS * LANES)
         t = carray(stack_array(POSITIONS, LANES, m.dtype), POSITIONS * LANES)
         for e in range(POSITIONS * LANES):  # lanes past a partial block's: never stored
