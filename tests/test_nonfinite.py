@@ -23,7 +23,7 @@ from test_conv import ALGOS, _arrays, conv_cases
 from test_conv_depthwise import arrays as depthwise_arrays
 from test_conv_depthwise import depthwise_cases
 from test_pool import _data, _run, pool_cases
-from test_winograd import TILES, winograd_cases
+from test_winograd import TILE_SIDES, winograd_cases
 
 import oracle
 from fastconv import ops
@@ -118,7 +118,7 @@ def test_an_infinite_filter_value_in_the_input_gradient(algo, stride):
 
 
 @SETTINGS
-@given(case=winograd_cases(), tile=TILES,
+@given(case=winograd_cases(), tile=TILE_SIDES,
        activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]),
        poisoned=st.sampled_from(["x", "w", "b"]), parallel=st.booleans(), data=st.data())
 def test_winograd_forward(case, tile, activation, poisoned, parallel, data, monkeypatch):
@@ -132,7 +132,7 @@ def test_winograd_forward(case, tile, activation, poisoned, parallel, data, monk
 
 
 @SETTINGS
-@given(case=winograd_cases(), tile=TILES, poisoned=st.sampled_from(["w", "gy"]),
+@given(case=winograd_cases(), tile=TILE_SIDES, poisoned=st.sampled_from(["w", "gy"]),
        parallel=st.booleans(), data=st.data())
 def test_winograd_backward_input(case, tile, poisoned, parallel, data, monkeypatch):
     monkeypatch.setattr(driver, "SERIAL_WORK", 0 if parallel else 1 << 62)

@@ -133,10 +133,11 @@ def cpu_move(kernel, cells, *args):
 
 
 def workspace(shape, dtype, slot=0):
-    """CPU scratch (slot 0: im2col's columns, slot 1: a GEMM output), kept per thread and
-    reused across calls: a fresh multi-megabyte array pays its page faults on every call."""
+    """CPU scratch (slot 0: im2col's columns, slot 1: a GEMM output, slot 2: Winograd's
+    transformed filters), kept per thread and reused across calls: a fresh multi-megabyte array
+    pays its page faults on every call."""
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    buffers = list(getattr(_scratch, "buffers", None) or [np.empty(0, np.uint8)] * 2)
+    buffers = list(getattr(_scratch, "buffers", None) or [np.empty(0, np.uint8)] * 3)
     if buffers[slot].nbytes < nbytes:
         buffers[slot] = aligned_empty(nbytes, np.uint8)
         if nbytes <= KEPT_WORKSPACE_BYTES:

@@ -52,13 +52,8 @@ TILE = 4
 WORKSPACE_BYTES = 1 << 20
 CHUNK_TILES = 128
 
-# The transforms' matrices (Lavin and Gray), float64: G (ALPHA x 3) for the filters; B^T and
-# A^T, written out in kernels/winograd.py, are here for the tests' own transforms.
-G = {
-    2: np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]]),
-    4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                 [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
-}
+# The variants' tile sides (the tests run both); their transforms are kernels/winograd.py's.
+TILES = (2, 4)
 
 
 def applies(g):
@@ -76,9 +71,11 @@ def filter_transform(w, layout, flip, tile):
     taps = w.reshape(-1, 9) if layout == "NCHW" else w.reshape(9, -1).T
     if flip:
         taps = taps[:, ::-1]  # (r, s) -> (2 - r, 2 - s)
-    u = driver.empty(np, ((tile + 2) ** 2, taps.shape[0]), w.dtype)
+    # a workspace: ResNet-18's layer4 filters transform into 38 MB; into a fresh array, whose
+    # page faults two threads contend for, that took 8.5 ms on two Xeon threads, 2.2 so
+    u = driver.workspace(((tile + 2) ** 2, taps.shape[0]), w.dtype, slot=2)
     checks = driver.empty(np, (-(-taps.shape[0] // kernels.LANES),), np.float64)
-    driver.cpu_call(kernels.FILTER_TRANSFORM[tile], u.size * 3, taps, G[tile], u, checks)
+    driver.cpu_call(kernels.FILTER_TRANSFORM[tile], u.size * 3, taps, u, checks)
     shape = (w.shape[0], w.shape[1]) if layout == "NCHW" else w.shape[2:]
     return u.reshape((-1,) + shape), checks.sum() == 0
 
@@ -125,7 +122,7 @@ def _convolve(g, src, u, in_channels, out_channels, out_hw, pt, pl, transposed, 
         m = driver.workspace((alpha2, out_channels, tiles) if nchw else
                              (alpha2, tiles, out_channels), src.dtype, slot=1)
         checks = driver.empty(np, (in_channels * tiles // tw_ if nchw else tiles,), src.dtype)
-        driver.cpu_call(forward_in, alpha2 * in_channels * tiles * 4, src4, v, checks, row0,
+        driver.cpu_move(forward_in, alpha2 * in_channels * tiles, src4, v, checks, row0,
                         th_, tw_, pt, pl)
         if checks.sum() != 0:
             return None
@@ -135,7 +132,7 @@ def _convolve(g, src, u, in_channels, out_channels, out_hw, pt, pl, transposed, 
                 driver.matmul(mat, v[:, ins], m[:, outs])
             else:
                 driver.matmul(v[:, :, ins], mat.transpose(0, 2, 1), m[:, :, outs])
-        driver.cpu_call(forward_out, alpha2 * out_channels * tiles * 2, m, dst4, bias, act,
+        driver.cpu_move(forward_out, alpha2 * out_channels * tiles, m, dst4, bias, act,
                         row0, th_, tw_)
     return dst
 
