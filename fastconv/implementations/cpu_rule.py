@@ -7,10 +7,10 @@ Fitted on dispatch-cpu.csv: 9420 timings of AMD EPYC (family 25 model 1) (avx2);
 (family 6 model 167) (avx512).
 Geomean slowdown against the fastest algorithm of each measured layer (1.000x: always the
 fastest), of this rule and of each algorithm alone:
-    conv2d: the rule 1.013x, blocked 1.335x, depthwise (some layers only), direct 3.813x, im2col
-        1.698x, winograd (some layers only)
-    conv2d_backward_input: the rule 1.011x, blocked 1.579x, depthwise (some layers only), direct
-        3.930x, im2col 1.497x, winograd (some layers only)
+    conv2d: the rule 1.011x, blocked 1.341x, depthwise (some layers only), direct 3.831x, im2col
+        1.706x, winograd (some layers only)
+    conv2d_backward_input: the rule 1.010x, blocked 1.587x, depthwise (some layers only), direct
+        3.949x, im2col 1.504x, winograd (some layers only)
     conv2d_backward_weight: the rule 1.009x, blocked 1.341x, depthwise (some layers only),
         direct 16.125x, im2col 1.512x
 """
