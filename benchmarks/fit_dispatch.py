@@ -5,9 +5,11 @@
     python benchmarks/fit_dispatch.py --from-csv A.csv B.csv   # refit, e.g. two machines' files
     python benchmarks/fit_dispatch.py --algos winograd   # remeasure one algorithm, then fit
 
+    python benchmarks/fit_dispatch.py --layers '*-b1/*' --add   # the batch-1 layers only
+
 Measuring times every CPU conv algorithm on every conv layer of the layer suite (and LeNet-5's
-at the training batch, 64, too), forward, backward input and backward weight each on its own,
-on each --threads count, and appends the
+at the training batch, 64, and the ungrouped 3x3 stride-1 ones at batch 1, too), forward,
+backward input and backward weight each on its own, on each --threads count, and appends the
 rows to --csv (a machine's rows replace that machine's earlier ones). Fitting reads --csv (or
 --from-csv) and writes the rule to --rule and the table it came from to --markdown.
 """
@@ -46,6 +48,13 @@ def machine_label() -> str:
     return f"{runtime.cpu_name()} ({simd})"
 
 
+def _at_batch(case, batch):
+    """The suite's case at another batch, its network's name marked with it (lenet5-b64/c1)."""
+    network, layer = case.name.split("/", 1)
+    return dataclasses.replace(case, name=f"{network}-b{batch}/{layer}",
+                               x=(batch, *case.x[1:]))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,8 +62,9 @@ def main(argv=None) -> int:
                         help="the layers to measure (default: all)")
     parser.add_argument("--layers", default="*", metavar="PATTERNS",
                         help="comma-separated name patterns (fnmatch) of the suite's layers to "
-                             "measure, e.g. 'decoders/dcgan.*,decoders/unet.*.up' (default: "
-                             "all)")
+                             "measure, e.g. 'decoders/dcgan.*,decoders/unet.*.up', or of those "
+                             "also measured at another batch, e.g. 'lenet5-b64/*,*-b1/*' "
+                             "(default: all)")
     parser.add_argument("--threads", default="1,2",
                         help="comma-separated thread counts to measure on (default: 1,2)")
     parser.add_argument("--repeats", type=int, default=3,
@@ -90,13 +100,17 @@ def main(argv=None) -> int:
     else:
         label = machine_label()
         patterns = args.layers.split(",")
-        chosen = [c for c in bench.cases(args.suite, quick=args.quick)
-                  if any(fnmatch.fnmatch(c.name, p) for p in patterns)]
-        # LeNet-5 also at the batch `fastconv train` runs it with (64): its layers are small
-        # enough that the best algorithm changes with the batch
-        chosen += [dataclasses.replace(c, name=c.name.replace("lenet5/", f"lenet5-b{TRAIN}/"),
-                                       x=(TRAIN, *c.x[1:]))
-                   for c in chosen if c.name.startswith("lenet5/") and not args.quick]
+        suite = list(bench.cases(args.suite, quick=args.quick))
+        # Layers whose best algorithm changes with the batch also at another: LeNet-5's at the
+        # batch `fastconv train` runs it with (64), its layers small enough; the ungrouped
+        # 3x3 stride-1 ones at 1, where one image pays for winograd's filter transform
+        # (ResNet-18's 1 x 256 x 14 x 14 layer3: winograd 2.3 ms, blocked 1.8 on one Xeon
+        # thread, PyTorch 1.5; at batch 8 winograd is the fastest)
+        if not args.quick:
+            suite += [_at_batch(c, TRAIN) for c in suite if c.name.startswith("lenet5/")] + [
+                _at_batch(c, 1) for c in suite if c.op == "conv2d" and c.groups == 1
+                and c.geometry().plain_3x3 and c.x[0] > 1]
+        chosen = [c for c in suite if any(fnmatch.fnmatch(c.name, p) for p in patterns)]
         measured = {c.name for c in chosen}
         algos = args.algos.split(",") if args.algos else None
         rows = [r for r in (fit.read_csv(args.csv) if args.csv.exists() else [])

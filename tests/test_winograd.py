@@ -5,6 +5,8 @@ layouts, dtypes and the two CPU paths; its float32 error on the suite's layers; 
 applies: refused elsewhere with the layer named, never picked by the fitted rule, timed by
 autotuning only where it applies."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -14,7 +16,7 @@ from test_conv import _threads
 import fastconv
 import oracle
 from fastconv import bench, dispatch, geometry, ops, registry
-from fastconv.implementations import conv2d, winograd
+from fastconv.implementations import conv2d, driver, winograd
 from fastconv.kernels import winograd as wkernels
 from oracle import random, rel_error
 
@@ -149,6 +151,22 @@ def test_transforms_that_overflow_fall_back(tile, layout, monkeypatch):
     oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_transforms_of_a_56_pixel_layer_run_on_the_threads(layout, cpu_calls):
+    """ResNet-18's layer1 (64 channels, 56 x 56): each chunk's input and output transforms
+    are work enough for fastconv's threads (driver.SERIAL_WORK) as they stream memory;
+    counted as 4 and 2 multiply-adds a value they ran in the calling thread, and the layer's
+    forward took 9.7 ms on two Xeon threads, 9.3 on one (5.0 so: cpu-winograd.md)."""
+    rng = np.random.default_rng(3)
+    x_shape, w_shape = ((5, 64, 56, 56), (64, 64, 3, 3)) if layout == "NCHW" else (
+        (5, 56, 56, 64), (3, 3, 64, 64))
+    ops.conv2d(random(rng, x_shape, np.float32), random(rng, w_shape, np.float32), padding=1,
+               data_format=layout, algo="winograd")
+    transforms = [work for kernel, work in cpu_calls
+                  if kernel.py_func.__name__.startswith(("input_transform", "output_transform"))]
+    assert len(transforms) >= 4 and min(transforms) >= driver.SERIAL_WORK
+
+
 @pytest.mark.parametrize("tile", winograd.TILES)
 @pytest.mark.parametrize("layer", ["resnet18/layer3.conv", "resnet50/layer4.conv2",
                                    "vgg16/features.24"])
@@ -206,19 +224,23 @@ def test_registered_for_some_layers_only():
     assert registry.refusal("conv2d", "cpu", "winograd", g5) is not None
 
 
-@pytest.mark.parametrize("layer, threads, picked", [
-    ("vgg16/features.10", 1, True), ("resnet18/layer1.conv", 1, True),
-    ("vgg16/features.12", 2, True), ("resnet18/layer4.conv", 1, False)])
-def test_the_fitted_rule_picks_it_where_the_xeon_ran_it_fastest(layer, threads, picked,
+@pytest.mark.parametrize("layer, threads, batch, picked", [
+    ("vgg16/features.10", 1, 8, True), ("resnet18/layer1.conv", 1, 8, True),
+    ("vgg16/features.12", 2, 8, True), ("resnet18/layer1.conv", 1, 1, True),
+    ("resnet18/layer4.conv", 1, 8, False), ("resnet18/layer3.conv", 2, 1, False)])
+def test_the_fitted_rule_picks_it_where_the_xeon_ran_it_fastest(layer, threads, batch, picked,
                                                                 monkeypatch):
     """algo="auto" follows cpu_rule.py, fitted with winograd's timings (the layers it serves
     in trees of their own, fit.FORCED's plain_3x3): on the Xeon's AVX-512 tree it takes VGG-16's
-    and ResNet's 56 x 56 layers (2.0x and 1.4x blocked's speed there on one thread), not the
-    7 x 7 ones (0.6x); the same layer dilated is not plain_3x3, and goes elsewhere."""
+    and ResNet's 56 x 56 layers (2.0x and 1.4x blocked's speed there on one thread; ResNet's
+    at batch 1 too), not the 7 x 7 ones (0.6x) nor a 14 x 14 one at batch 1 (0.5x: its filter
+    transform paid for by one image); the same layer dilated is not plain_3x3, and goes
+    elsewhere."""
     monkeypatch.setitem(conv2d.FEATURES, "lanes", lambda g: 16)
     monkeypatch.setitem(conv2d.FEATURES, "intel", lambda g: 1)
     monkeypatch.setitem(conv2d.FEATURES, "threads", lambda g: threads)
     case = next(c for c in bench.cases("all") if c.name == layer)
+    case = dataclasses.replace(case, x=(batch, *case.x[1:]))
     g = case.geometry()
     for op in ("conv2d", "conv2d_backward_input"):
         assert (registry.choose(op, "cpu", g) == "winograd") == picked, op
