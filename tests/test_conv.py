@@ -449,8 +449,9 @@ def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, paralle
     stride-1 layer, their tiles a block apart), its input gradient is the stride-1 layer's at
     those pixels, zeros between and past them (no phases to merge), and im2col's forward and
     weight gradient take a copy of those pixels as their columns (no im2col copy); NCHW reads
-    x in place. Forward (with a bias and an activation through im2col), input and weight
-    gradient against the float64 reference and PyTorch."""
+    x in place. NHWC's copy and its spread into gx are fastconv's threads' (layout.embed), not
+    NumPy's in the calling thread. Forward (with a bias and an activation through im2col),
+    input and weight gradient against the float64 reference and PyTorch."""
     _threads(monkeypatch, parallel)
     rng = np.random.default_rng(7)
     x_shape, w_shape = ((2, 9, 32, 24), (1, 1, 12, 40)) if layout == "NHWC" else (
@@ -473,6 +474,7 @@ def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, paralle
     oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))
     ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
     assert ("col2im" in ran) == (layout == "NCHW"), ran
+    assert ran.count("embed") == (layout == "NHWC"), ran
     del cpu_calls[:]
     b = random(rng, w_shape[0] if layout == "NCHW" else w_shape[3], np.float32)
     y = ops.conv2d(x, w, b, activation="relu", algo="im2col", **kwargs)
@@ -481,6 +483,7 @@ def test_a_1x1_strided_layer_runs_on_the_pixels_it_reads(stride, layout, paralle
     oracle.check({"gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
     ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
     assert ran.count("im2col") == (2 if layout == "NCHW" else 0), ran
+    assert ran.count("embed") == (2 if layout == "NHWC" else 0), ran
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
