@@ -805,7 +805,7 @@ def test_im2col_takes_a_pointwise_batch_whole_where_its_columns_are_the_images(
     rng = np.random.default_rng(7)
     n, c, k = 3, 5, 11
     nchw = layout == "NCHW"
-    x = random(rng, (n, c, 6, 7) if nchw else (n, 6, 7, c))
+    x = random(rng, (n, c, 9, 8) if nchw else (n, 9, 8, c))  # planes past gathering's
     w = random(rng, (k, c, 1, 1) if nchw else (1, 1, c, k))
     kwargs = dict(data_format=layout, algo="im2col")
     copies = [a.copy() for a in (x, w)]
@@ -815,13 +815,51 @@ def test_im2col_takes_a_pointwise_batch_whole_where_its_columns_are_the_images(
     gx = ops.conv2d_backward_input(gy, w, x.shape, **kwargs)
     backward_input, calls[:] = calls[:], []
     gw = ops.conv2d_backward_weight(gy, x, w.shape, **kwargs)
-    assert forward == [(n, k, 42) if nchw else (1, k, n * 42)]
-    assert backward_input == [(n, c, 42) if nchw else (1, c, n * 42)]
+    assert forward == [(n, k, 72) if nchw else (1, k, n * 72)]
+    assert backward_input == [(n, c, 72) if nchw else (1, c, n * 72)]
     assert calls == ([(1,)] * n if nchw else [(n,)])  # sums over the planes of each chunk
     kwargs.pop("algo")
     oracle.check({"y": y}, oracle.conv2d(x, w, **kwargs))
     oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
     for array, copy in zip((x, w), copies, strict=True):
+        np.testing.assert_array_equal(array, copy)
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "thread pool"])
+@pytest.mark.parametrize("groups, size", [(1, (7, 7)), (2, (8, 8)), (1, (1, 5))])
+def test_nchw_pointwise_layer_of_small_planes_runs_as_one_product(groups, size, parallel,
+                                                                   monkeypatch, cpu_calls):
+    """An NCHW 1x1 layer of GATHERED_PLANE_PIXELS or fewer pixels a plane (ResNet-50's 7 x 7
+    layer4): its columns, and its output gradient, copied flat on the threads (layout.embed),
+    one product over the whole batch's columns, not one an image, the input gradient's moved
+    back out into gx by embed; the rule takes im2col for all three ops. Forward (bias and
+    activation in the move out), input and weight gradient against the float64 reference and
+    PyTorch, the arrays left as they were."""
+    _threads(monkeypatch, parallel)
+    calls, real = [], driver.matmul
+    monkeypatch.setattr(driver, "matmul", lambda a, b, out, add=False: (
+        calls.append(out.shape), real(a, b, out, add)))
+    rng = np.random.default_rng(groups)
+    n, c, k, p = 3, 6, 10, size[0] * size[1]
+    x, w = random(rng, (n, c) + size), random(rng, (k, c // groups, 1, 1))
+    b, gy = random(rng, (k,)), random(rng, (n, k) + size)
+    copies = [a.copy() for a in (x, w, b, gy)]
+    g = geometry.conv_geometry(x.shape, w.shape, 1, 0, 1, groups, "NCHW")
+    assert [conv2d_implementations.choose_cpu(op, g) for op in (
+        "conv2d", "conv2d_backward_input", "conv2d_backward_weight")] == ["im2col"] * 3
+    kwargs = dict(groups=groups, algo="im2col")
+    y = ops.conv2d(x, w, b, activation="relu", **kwargs)
+    assert calls == [(groups, k // groups, n * p)]
+    del calls[:]
+    gx = ops.conv2d_backward_input(gy, w, x.shape, **kwargs)
+    assert calls == [(groups, c // groups, n * p)]
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, **kwargs)
+    ran = [kernel.py_func.__name__ for kernel, _ in cpu_calls]
+    assert ran.count("embed") == 4, ran  # x's columns, gy, gx, x's columns again
+    kwargs.pop("algo")
+    oracle.check({"y": y}, oracle.conv2d(x, w, b, activation="relu", **kwargs))
+    oracle.check({"gx": gx, "gw": gw}, oracle.conv2d(x, w, gy=gy, **kwargs))
+    for array, copy in zip((x, w, b, gy), copies, strict=True):
         np.testing.assert_array_equal(array, copy)
 
 

@@ -829,6 +829,31 @@ def _columns_are_input(g):
     return g.pointwise or (g.whole_window and g.layout == "NCHW") or _pixel_ordered(g)
 
 
+# An NCHW pointwise layer whose planes have this many pixels or fewer (ResNet's and
+# MobileNetV2's 7 x 7, Inception's 8 x 8) runs as one product over the batch (_planes_gathered).
+GATHERED_PLANE_PIXELS = 64
+
+
+def _planes_gathered(g):
+    """Whether an NCHW pointwise layer's products, a plane an image, have so few columns
+    (GATHERED_PLANE_PIXELS) that its columns and its output gradient are copied into flat
+    workspaces first (_flat_copy) for one product over the batch, its result moved back out:
+    BLAS packed the whole filter matrix for each image's 49 columns. ResNet-50's 8 x 512 x 7 x
+    7 layer4.conv3 (2048 filters) in one product 2.7 ms against 4.1 a plane an image on two
+    Xeon threads, 5.4 against 8.1 on one; the forward with its copies 4.9 -> 3.6 and 9.1 ->
+    6.5, the input gradient 4.8 -> 3.5 and 9.4 -> 6.2 (at 196 columns, 14 x 14 planes, the
+    products ran 1.07-1.1x faster, which the copies took back)."""
+    return g.layout == "NCHW" and g.pointwise and g.OH * g.OW <= GATHERED_PLANE_PIXELS
+
+
+def _flat_copy(view, slot=0):
+    """A (rows, n, P) channel-major view of an NCHW array copied into a workspace whose rows are
+    flat, on the threads (layout.embed, a run of P a plane)."""
+    flat = driver.workspace(view.shape, view.dtype, slot)
+    _embedded(view[:, :, None], "NCHW", flat.reshape(len(flat), -1), 1, view.shape[2], 0, 0)
+    return flat
+
+
 def _pixel_ordered(g):
     """Whether the columns are an NHWC x's images as they lie, their rows in (R, S, C) order: a
     whole-window layer's, one group (several would interleave along the rows). LeNet-5's C5 in
@@ -969,7 +994,7 @@ def _columns_cpu(g, x):
     """X (C*R*S, n, P) of a batch chunk: a view of x where one exists, else im2col's."""
     view = _input_columns(g, x, _channel_major)
     if view is not None:
-        return view
+        return _flat_copy(view) if _planes_gathered(g) else view
     cols = driver.workspace((g.C * g.R * g.S, x.shape[0], g.OH, g.OW), x.dtype)
     driver.cpu_move(im2col.im2col, cols.size, nchw_view(x, g.layout), cols, g.R, g.S, *g.taps)
     return cols.reshape(cols.shape[0], x.shape[0], -1)
@@ -1008,14 +1033,20 @@ def conv2d_backward_input_im2col_cpu(g, gy, w):
                         nchw_view(gx, g.layout), _tiles_workspace(g, wmat, gy.dtype), g.OW,
                         g.R, g.S, *g.taps)
         return gx
+    gathered = _planes_gathered(g)
     for batch in _batch_chunks(g, gy.itemsize):
         grad = _channel_major(gy[batch], g.layout)
-        gcols = _input_columns(g, gx[batch], _channel_major)  # the GEMM writes gx where it can
+        grad = _flat_copy(grad, slot=1) if gathered else grad
+        # the GEMM writes gx where it can
+        gcols = None if gathered else _input_columns(g, gx[batch], _channel_major)
         scattered = gcols is None
         if scattered:
             gcols = driver.workspace((g.C * g.R * g.S,) + grad.shape[1:], gy.dtype)
         _matmul(_by_group(wmat, g.groups).transpose(0, 2, 1), grad, gcols)
-        if scattered:
+        if gathered:  # each image's planes moved out whole, a run of P a plane
+            _embedded(gcols.transpose(1, 0, 2)[:, :, None], "NCHW",
+                      gx[batch].reshape(gcols.shape[1], -1), 1, gcols.shape[2], 0, 0)
+        elif scattered:
             driver.cpu_move(im2col.col2im, gcols.size,
                             gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),
                             nchw_view(gx[batch], g.layout), g.R, g.S, *g.taps)
@@ -1308,9 +1339,16 @@ def choose_cpu(op, g):
     layers, 1.1-1.6x on ResNet's strided ones (one and two threads); forward and input
     gradient alike or faster on each of ResNet-50's and MobileNetV2's 1x1 layers timed, the
     input gradient of ResNet-50's layer4.conv1 1.9x. But for a weight gradient
-    _pointwise_lanes serves: "blocked", reading both operands as they lie."""
+    _pointwise_lanes serves: "blocked", reading both operands as they lie. An NCHW 1x1 layer
+    of small planes (_planes_gathered) takes "im2col" for all three ops too: one product over
+    the batch's gathered columns, which its rows predate. Against the rule's "blocked" on the
+    suite's seven (ResNet-50's layer4.conv1 and conv3, MobileNetV2's 7 x 7 projections and
+    expansions), one and two Xeon threads: forward 0.92-1.30x (1.08x geomean; ResNet-50's
+    1.17-1.30x), backward 1.10-1.45x (benchmarks/results/cpu-pointwise-nchw-xeon.md)."""
     if g.groups == g.C == g.K:
         return "depthwise"
+    if _planes_gathered(g):
+        return "im2col"
     algo = walk(CPU_RULE[op], lambda name: FEATURES[name](g),
                 lambda algo: refusal(op, "cpu", algo, g) is None)
     if g.layout != "NHWC":
