@@ -258,107 +258,138 @@ def output_transform_channels(m, y, b, act, row0, th_, tw_):
 
 
 @njit(inline="always", cache=True)
-def _task_place(task, rows_, row0, th_):
-    """(channel, tile row of the chunk, image, tile row of the image) of the NCHW kernels'
-    task: a channel's rows of the chunk one after another."""
-    channel, jr = task // rows_, task % rows_
-    return channel, jr, (row0 + jr) // th_, (row0 + jr) % th_
+def packed_rows(tw_):
+    """Tile rows of tw_ tiles one block of LANES lanes of the NCHW kernels takes: as many as
+    fit with a gap lane after each (the lane whose tile would read the next row's first
+    columns), two or more where tw_ + 1 <= LANES / 2; else one, in blocks of LANES tiles. A
+    14 x 14 image's tile row of F(4x4) is 4 tiles: alone, 4 of 16 lanes transformed for
+    nothing (its input transform took as long as a 56 x 56 image's on a third of the tiles)."""
+    return max(1, LANES // (tw_ + 1))
+
+
+@njit(inline="always", cache=True)
+def _row_place(jr, row0, th_):
+    """(image, tile row of the image) of the chunk's tile row jr."""
+    return (row0 + jr) // th_, (row0 + jr) % th_
 
 
 @njit(**CPU_KERNEL)
 def input_transform_rows(x, v, checks, row0, th_, tw_, pt, pl):
     """v[:, c, tile] = B^T d B of every input tile d of the chunk's tile rows, each channel,
-    for NCHW: lanes over a tile row's tiles; checks[task] its values' sum times 0, as
+    for NCHW: lanes over tile rows' tiles; checks[task] its values' sum times 0, as
     :func:`input_transform_channels`'.
 
     Layout: x (N, C, H, W) and v (POSITIONS, C, rows * tw_), both C-contiguous, for the
     chunk's rows of tiles, global tile rows row0 ... (row j is image j // th_, tile row
-    j % th_); checks (C * rows,).
-    Loop order: (channel, tile row) in parallel, a channel's rows one after another (its
-    plane read down, as the prefetchers follow: channel-innermost tasks jumped a plane each,
-    2.4 ms for ResNet-18's 8 x 64 x 56 x 56 layer on two Xeon threads, 1.0 so), then blocks
-    of LANES tiles along the row: the block's ALPHA input rows moved by whole vectors into a
-    buffer of SPAN columns (zeros past the image), each row turned into its tiles' ALPHA
-    columns a lane by one transpose in registers (tile l's column b is the row's element
-    l * TILE + b), the transform on whole lanes, and POSITIONS runs of the block's tiles
-    stored. Each task owns v at its tiles x its channel, and checks[task]. An element at a
-    time, the tiles' gather took 7.7 ms of that layer's 19 ms forward on one thread, its GEMMs 4.2.
+    j % th_); checks (C * groups,), groups of packed_rows(tw_) tile rows.
+    Loop order: (channel, group of tile rows) in parallel, a channel's groups one after
+    another (its plane read down, as the prefetchers follow: channel-innermost tasks jumped a
+    plane each, 2.4 ms for ResNet-18's 8 x 64 x 56 x 56 layer on two Xeon threads, 1.0 so),
+    then blocks of LANES lanes: a group of several short rows in one block, each row's tiles
+    and a gap lane (:func:`packed_rows`), or one row's tiles LANES at a time. A block's ALPHA
+    input rows are moved by whole vectors into a buffer of SPAN columns (zeros past the image;
+    a packed row's segment of (tw_ + 1) * TILE columns from its lane's), each buffer row
+    turned into its tiles' ALPHA columns a lane by one transpose in registers (lane l's column
+    b is the buffer's element l * TILE + b), the transform on whole lanes, and POSITIONS runs
+    of each row's tiles stored. Each task owns v at its tiles x its channel, and checks[task].
+    An element at a time, the tiles' gather took 7.7 ms of that layer's 19 ms forward on one
+    thread, its GEMMs 4.2.
     """
     n_c, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
     tiles = v.shape[2]
     rows_ = tiles // tw_
-    for task in prange(n_c * rows_):
-        c, jr, n, th = _task_place(task, rows_, row0, th_)
+    packed = packed_rows(tw_)
+    groups_ = (rows_ + packed - 1) // packed
+    width = SPAN if packed == 1 else tw_ * TILE + ALPHA - TILE  # a row segment's columns
+    for task in prange(n_c * groups_):
+        c, group = task // groups_, task % groups_  # a channel's groups in turn
+        count = min(packed, rows_ - group * packed)
         rows = carray(stack_array(ALPHA, SPAN, v.dtype), ALPHA * SPAN)
         d = carray(stack_array(POSITIONS, LANES, v.dtype), POSITIONS * LANES)
         t = carray(stack_array(POSITIONS, LANES, v.dtype), POSITIONS * LANES)
         zero = v.dtype.type(0)
         check = zero
-        plane = (n * n_c + c) * h_ * w_
-        for blk in range((tw_ + LANES - 1) // LANES):
+        for blk in range((tw_ + LANES - 1) // LANES if packed == 1 else 1):
             first = blk * LANES
-            col0 = first * TILE - pl  # the image column of the buffer's first
-            lo = max(0, -col0)  # the buffer's columns lo ... hi are the image's
-            hi = max(lo, min(SPAN, w_ - col0))
+            col0 = first * TILE - pl  # the image column of a segment's first
+            lo = max(0, -col0)  # a segment's columns lo ... hi are the image's
+            hi = max(lo, min(width, w_ - col0))
             for a in range(ALPHA):
-                ih = th * TILE - pt + a
                 for k in range(SPAN):
                     rows[a * SPAN + k] = zero
-                if 0 <= ih < h_:
-                    for k in range(lo, hi, LANES):
-                        move_run(x, plane + ih * w_ + col0 + k, rows, a * SPAN + k,
-                                 min(LANES, hi - k))
+                for r in range(count):
+                    n, th = _row_place(group * packed + r, row0, th_)
+                    ih = th * TILE - pt + a
+                    segment = a * SPAN + r * (tw_ + 1) * TILE
+                    if 0 <= ih < h_:
+                        plane = (n * n_c + c) * h_ * w_
+                        for k in range(lo, hi, LANES):
+                            move_run(x, plane + ih * w_ + col0 + k, rows, segment + k,
+                                     min(LANES, hi - k))
                 transpose_block(rows, np.uint64(a * SPAN), np.uint64(TILE), d,
                                 np.uint64(a * ALPHA * LANES), np.uint64(LANES), LANES, ALPHA)
             _transform_in(d, t)
-            check += _zeros_of(d)  # lanes past the row's tiles: transforms of zeros
+            check += _zeros_of(d)  # gap lanes too: transforms of the buffer's columns
             used = min(LANES, tw_ - first)
-            for p in range(POSITIONS):
-                move_run(d, p * LANES, v, (p * n_c + c) * tiles + jr * tw_ + first, used)
+            for r in range(count):
+                jr = group * packed + r
+                for p in range(POSITIONS):
+                    move_run(d, p * LANES + r * (tw_ + 1), v,
+                             (p * n_c + c) * tiles + jr * tw_ + first, used)
         checks[task] = check
 
 
 @njit(**CPU_KERNEL)
 def output_transform_rows(m, y, b, act, row0, th_, tw_):
     """y = act(b + A^T m A) of every tile of the chunk's tile rows, cropped to y's size, for
-    NCHW: lanes over a tile row's tiles.
+    NCHW: lanes over tile rows' tiles, as in :func:`input_transform_rows`.
 
     Layout: m (POSITIONS, K, rows * tw_) as v of :func:`input_transform_rows`; y (N, K, OH,
     OW), both C-contiguous; b (K,).
-    Loop order: (channel, tile row) in parallel, a channel's rows one after another, then
-    blocks of LANES tiles: POSITIONS runs of the block's tiles loaded, the transform, bias and
-    activation on whole lanes, then each of the TILE output rows stored by a transpose in
-    registers (lane l's TILE values to columns l * TILE ...), a partial last tile's columns
-    one at a time. Each task owns y at its tiles' pixels x its channel.
+    Loop order: (channel, group of tile rows) in parallel, a channel's groups one after
+    another, then blocks of LANES lanes (packed_rows): POSITIONS runs of each row's tiles
+    loaded, the transform, bias and activation on whole lanes, then each of a row's TILE
+    output rows stored by a transpose in registers (lane l's TILE values to columns l * TILE
+    ...), a partial last tile's columns one at a time. Each task owns y at its tiles' pixels x
+    its channel.
     """
     k_, oh_, ow_ = y.shape[1], y.shape[2], y.shape[3]
     tiles = m.shape[2]
     rows_ = tiles // tw_
-    for task in prange(k_ * rows_):
-        k, jr, n, th = _task_place(task, rows_, row0, th_)
+    packed = packed_rows(tw_)
+    groups_ = (rows_ + packed - 1) // packed
+    for task in prange(k_ * groups_):
+        k, group = task // groups_, task % groups_
+        count = min(packed, rows_ - group * packed)
         s = carray(stack_array(POSITIONS, LANES, m.dtype), POSITIONS * LANES)
         t = carray(stack_array(POSITIONS, LANES, m.dtype), POSITIONS * LANES)
-        for e in range(POSITIONS * LANES):  # lanes past a partial block's: never stored
+        for e in range(POSITIONS * LANES):  # lanes past the rows' tiles: never stored
             s[e] = m.dtype.type(0)
-        plane = (n * k_ + k) * oh_ * ow_
-        for blk in range((tw_ + LANES - 1) // LANES):
+        for blk in range((tw_ + LANES - 1) // LANES if packed == 1 else 1):
             first = blk * LANES
             used = min(LANES, tw_ - first)
-            for p in range(POSITIONS):
-                move_run(m, (p * k_ + k) * tiles + jr * tw_ + first, s, p * LANES, used)
+            for r in range(count):
+                jr = group * packed + r
+                for p in range(POSITIONS):
+                    move_run(m, (p * k_ + k) * tiles + jr * tw_ + first, s,
+                             p * LANES + r * (tw_ + 1), used)
             _transform_out(s, t)
             for e in range(TILE * TILE * LANES):
                 s[e] += b[k]
             activate_run(s, 0, TILE * TILE * LANES, 1, act)
             c0 = first * TILE
             whole = min(used, (ow_ - c0) // TILE)  # tiles all of whose columns are y's
-            for i in range(min(TILE, oh_ - th * TILE)):
-                at = plane + (th * TILE + i) * ow_ + c0
-                transpose_block(s, np.uint64(i * TILE * LANES), np.uint64(LANES), y,
-                                np.uint64(at), np.uint64(TILE), TILE, whole)
-                for j in range(ow_ - c0 - whole * TILE if whole < used else 0):
-                    y[n, k, th * TILE + i, c0 + whole * TILE + j] = s[
-                        (i * TILE + j) * LANES + whole]
+            for r in range(count):
+                n, th = _row_place(group * packed + r, row0, th_)
+                lane0 = r * (tw_ + 1)
+                plane = (n * k_ + k) * oh_ * ow_
+                for i in range(min(TILE, oh_ - th * TILE)):
+                    at = plane + (th * TILE + i) * ow_ + c0
+                    transpose_block(s, np.uint64(i * TILE * LANES + lane0), np.uint64(LANES),
+                                    y, np.uint64(at), np.uint64(TILE), TILE, whole)
+                    for j in range(ow_ - c0 - whole * TILE if whole < used else 0):
+                        y[n, k, th * TILE + i, c0 + whole * TILE + j] = s[
+                            (i * TILE + j) * LANES + lane0 + whole]
 
 
 # The kernels by tile side: F(2x2, 3x3) above, F(4x4, 3x3) compiled from the same code.

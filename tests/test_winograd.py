@@ -130,6 +130,42 @@ def test_rows_of_several_lane_blocks(layout, tile, parallel, monkeypatch):
     oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **kwargs))
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("tile", winograd.TILES)
+@pytest.mark.parametrize("crop", [0, 1])
+@pytest.mark.parametrize("tw", [2, wkernels.LANES // 2 - 1], ids=["2 tiles", "2 rows a block"])
+def test_short_nchw_rows_share_a_lane_block(tw, crop, tile, parallel, monkeypatch):
+    """NCHW tile rows of a few tiles (ResNet's 14 x 14 and 7 x 7 images) go several to a block
+    of LANES lanes, each row's tiles and a gap lane (kernels.packed_rows): the transforms'
+    tasks are a channel's groups of rows, in chunks of tile rows that end inside an image, so
+    that a group's rows span two images and the last group is short; the last tile cropped to
+    TILE - 1 columns (``crop``). Forward with bias and activation and input gradient against
+    the float64 reference and PyTorch."""
+    _threads(monkeypatch, parallel)
+    monkeypatch.setattr(winograd, "TILE", tile)
+    monkeypatch.setattr(winograd, "WORKSPACE_BYTES", 0)
+    size = tw * tile - crop
+    packed = wkernels.packed_rows(tw)
+    assert packed == wkernels.LANES // (tw + 1) >= 2
+    monkeypatch.setattr(winograd, "CHUNK_TILES", (packed + 1) * tw)  # a group and a bit
+    tasks, real = [], driver.cpu_call
+    monkeypatch.setattr(driver, "cpu_call", lambda kernel, work, *args: (
+        tasks.append(args[2].shape[0]) if kernel in wkernels.INPUT_TRANSFORM["NCHW"].values()
+        else None, real(kernel, work, *args))[1])
+    rng = np.random.default_rng(size + tile)
+    n, c, k = 3, 5, 7
+    x, w, b = (random(rng, (n, c, size, size), np.float32), random(rng, (k, c, 3, 3), np.float32),
+               random(rng, (k,), np.float32))
+    y = ops.conv2d(x, w, b, activation="relu", padding=1, algo="winograd")
+    oracle.check({"y": y}, oracle.conv2d(x, w, b, activation="relu", padding=1))
+    rows = n * tw
+    chunk = -(-((packed + 1) * tw) // tw)  # tile rows a chunk
+    assert tasks == [c * -(-min(chunk, rows - r0) // packed) for r0 in range(0, rows, chunk)]
+    gy = random(rng, y.shape, np.float32)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, padding=1, algo="winograd")
+    oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, padding=1))
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("tile", winograd.TILES)
 def test_transforms_that_overflow_fall_back(tile, layout, monkeypatch):
