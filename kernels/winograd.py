@@ -397,10 +397,9 @@ _F4 = dict(TILE=4, ALPHA=6, POSITIONS=36, FILTER_1D=_filter_f4, INPUT_1D=_input_
            OUTPUT_1D=_output_f4)
 _transform_in_f4 = variant(_transform_in, "f4", **_F4)
 _transform_out_f4 = variant(_transform_out, "f4", **_F4)
-_zeros_of_f4 = variant(_zeros_of, "f4", **_F4)
-FILTER_TRANSFORM = {2: filter_transform,
-                    4: variant(filter_transform, "f4", **_F4, _zeros_of=_zeros_of_f4)}
-_F4_IN = dict(_F4, SPAN=LANES * 4 + 2, _transform_in=_transform_in_f4, _zeros_of=_zeros_of_f4)
+_F4_CHECKED = dict(_F4, _zeros_of=variant(_zeros_of, "f4", **_F4))
+FILTER_TRANSFORM = {2: filter_transform, 4: variant(filter_transform, "f4", **_F4_CHECKED)}
+_F4_IN = dict(_F4_CHECKED, SPAN=LANES * 4 + 2, _transform_in=_transform_in_f4)
 _F4_OUT = dict(_F4, _transform_out=_transform_out_f4)
 # by layout: NCHW's lanes are a tile row's tiles, NHWC's channels
 INPUT_TRANSFORM = {

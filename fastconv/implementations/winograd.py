@@ -48,7 +48,8 @@ TILE = 4
 # GEMMs fewer than CHUNK_TILES columns (a 256-channel layer's 1 MiB holds 28 tiles, for which
 # OpenBLAS ran VGG-16's 56 x 56 layer's GEMMs at half their speed). On one Xeon thread, 4 MiB
 # chunks left ResNet-18's 8 x 64 x 56 x 56 layer's transforms 7.3 ms of 11.9, these 5.7-6.5 of
-# 10.4-10.9 (cpu-winograd.md).
+# 10.4-10.9 (cpu-winograd.md; measured while 9893bcd was written, before its transforms by
+# whole vectors: with them, its input and output transforms took 2.7 and 1.9 ms of 9.2).
 WORKSPACE_BYTES = 1 << 20
 CHUNK_TILES = 128
 
