@@ -262,8 +262,10 @@ def packed_rows(tw_):
     """Tile rows of tw_ tiles one block of LANES lanes of the NCHW kernels takes: as many as
     fit with a gap lane after each (the lane whose tile would read the next row's first
     columns), two or more where tw_ + 1 <= LANES / 2; else one, in blocks of LANES tiles. A
-    14 x 14 image's tile row of F(4x4) is 4 tiles: alone, 4 of 16 lanes transformed for
-    nothing (its input transform took as long as a 56 x 56 image's on a third of the tiles)."""
+    14 x 14 image's tile row of F(4x4) is 4 tiles: alone, 12 of 16 lanes were transformed for
+    nothing, and its input transform took as long as a 56 x 56 image's on a third of the
+    tiles. Packed, the suite's 3x3 layers of 28 x 28 and smaller ran 1.03x faster on one Xeon
+    thread, 1.05-1.07x the 14 x 14 ones (benchmarks/results/cpu-winograd.md)."""
     return max(1, LANES // (tw_ + 1))
 
 
