@@ -270,6 +270,14 @@ def packed_rows(tw_):
 
 
 @njit(inline="always", cache=True)
+def row_groups(rows_, tw_):
+    """The NCHW kernels' groups of packed_rows(tw_) tile rows among ``rows_``: their tasks a
+    channel, and the checks a channel the caller holds for them."""
+    packed = packed_rows(tw_)
+    return (rows_ + packed - 1) // packed
+
+
+@njit(inline="always", cache=True)
 def _row_place(jr, row0, th_):
     """(image, tile row of the image) of the chunk's tile row jr."""
     return (row0 + jr) // th_, (row0 + jr) % th_
@@ -300,8 +308,7 @@ def input_transform_rows(x, v, checks, row0, th_, tw_, pt, pl):
     n_c, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
     tiles = v.shape[2]
     rows_ = tiles // tw_
-    packed = packed_rows(tw_)
-    groups_ = (rows_ + packed - 1) // packed
+    packed, groups_ = packed_rows(tw_), row_groups(rows_, tw_)
     width = SPAN if packed == 1 else tw_ * TILE + ALPHA - TILE  # a row segment's columns
     for task in prange(n_c * groups_):
         c, group = task // groups_, task % groups_  # a channel's groups in turn
@@ -358,8 +365,7 @@ def output_transform_rows(m, y, b, act, row0, th_, tw_):
     k_, oh_, ow_ = y.shape[1], y.shape[2], y.shape[3]
     tiles = m.shape[2]
     rows_ = tiles // tw_
-    packed = packed_rows(tw_)
-    groups_ = (rows_ + packed - 1) // packed
+    packed, groups_ = packed_rows(tw_), row_groups(rows_, tw_)
     for task in prange(k_ * groups_):
         k, group = task // groups_, task % groups_
         count = min(packed, rows_ - group * packed)

@@ -849,10 +849,17 @@ def _planes_gathered(g):
 
 def _flat_copy(view, slot=0):
     """A (rows, n, P) channel-major view of an NCHW array copied into a workspace whose rows are
-    flat, on the threads (layout.embed, a run of P a plane)."""
+    flat (_planes_moved)."""
     flat = driver.workspace(view.shape, view.dtype, slot)
-    _embedded(view[:, :, None], "NCHW", flat.reshape(len(flat), -1), 1, view.shape[2], 0, 0)
+    _planes_moved(view, flat.reshape(len(flat), -1))
     return flat
+
+
+def _planes_moved(src, dst):
+    """dst (A, B * P), its rows flat, = src (A, B, P), any strides: on the
+    threads (layout.embed, a run of P a plane), row a a task. Gathers an NCHW array's
+    channel-major view into flat rows, and moves flat rows back out into images."""
+    _embedded(src[:, :, None], "NCHW", dst, 1, src.shape[2], 0, 0)
 
 
 def _pixel_ordered(g):
@@ -1045,8 +1052,7 @@ def conv2d_backward_input_im2col_cpu(g, gy, w):
             gcols = driver.workspace((g.C * g.R * g.S,) + grad.shape[1:], gy.dtype)
         _matmul(_by_group(wmat, g.groups).transpose(0, 2, 1), grad, gcols)
         if gathered:  # each image's planes moved out whole, a run of P a plane
-            _embedded(gcols.transpose(1, 0, 2)[:, :, None], "NCHW",
-                      gx[batch].reshape(gcols.shape[1], -1), 1, gcols.shape[2], 0, 0)
+            _planes_moved(gcols.transpose(1, 0, 2), gx[batch].reshape(gcols.shape[1], -1))
         elif scattered:
             driver.cpu_move(im2col.col2im, gcols.size,
                             gcols.reshape(gcols.shape[:2] + (g.OH, g.OW)),

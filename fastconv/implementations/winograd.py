@@ -122,8 +122,8 @@ def _convolve(g, src, u, in_channels, out_channels, out_hw, pt, pl, transposed, 
                              (alpha2, tiles, in_channels), src.dtype)
         m = driver.workspace((alpha2, out_channels, tiles) if nchw else
                              (alpha2, tiles, out_channels), src.dtype, slot=1)
-        groups = -(-(tiles // tw_) // kernels.packed_rows(tw_))  # the NCHW kernels' tasks
-        checks = driver.empty(np, (in_channels * groups if nchw else tiles,), src.dtype)
+        checks = driver.empty(np, (in_channels * kernels.row_groups(tiles // tw_, tw_) if nchw
+                                   else tiles,), src.dtype)
         driver.cpu_move(forward_in, alpha2 * in_channels * tiles, src4, v, checks, row0,
                         th_, tw_, pt, pl)
         if checks.sum() != 0:
