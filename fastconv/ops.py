@@ -121,8 +121,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=N
         activation: None, "relu", "tanh" or "sigmoid", applied in the kernel's epilogue.
         data_format: "NCHW" or "NHWC".
         algo: "auto" or one of :func:`algorithms` ("direct", "im2col", "reference"), or on a
-            depthwise layer (groups == C) "depthwise" (CPU), or on a 3x3, stride-1,
-            dilation-1 layer "winograd" (CPU; this op and conv2d_backward_input only).
+            depthwise layer (groups == C) "depthwise" (CPU), on a 3x3, stride-1,
+            dilation-1 layer "winograd" (CPU; this op and conv2d_backward_input only), or on
+            an NHWC layer of 2, 4 or 8 channels a group "grouped" (CPU; this op, and
+            conv2d_backward_input at stride 1).
         device: None (follow the input) or "cpu".
 
     Returns:

@@ -38,14 +38,14 @@ def _no_unroll(module):
     return loop
 
 
-def _tile_code(context, builder, signature, args, arrays, lanes=VECTOR):
-    """What both intrinsics' code builds on: (element pointer of array argument i at indices,
+def _tile_code(context, builder, signature, args, arrays, lanes=VECTOR, typed=1):
+    """What the intrinsics' code builds on: (element pointer of array argument i at indices,
     the same as a pointer to a vector of ``lanes``, the vector type, its elements' size in
     bytes, LLVM's multiply-add on it), for the array arguments ``arrays`` (positions); the
-    element type is argument 1's."""
+    element type is argument ``typed``'s."""
     kinds = signature.args
     made = {i: context.make_array(kinds[i])(context, builder, args[i]) for i in arrays}
-    element = context.get_value_type(kinds[1].dtype)
+    element = context.get_value_type(kinds[typed].dtype)
     vector, size = ir.VectorType(element, lanes), context.get_abi_sizeof(element)
     fmuladd = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vector, [vector] * 3),
@@ -155,3 +155,67 @@ def lane_fmas(typingctx, acc, src, start, step, filters, t, first, last, pixels)
                 pixel(j)
         return context.get_dummy_value()
     return types.void(acc, src, start, step, filters, t, first, last, pixels), codegen
+
+
+@intrinsic
+def rotated_fmas(typingctx, acc, src, start, step, filters, t, t_step, pixels, rotations):
+    """acc[r * pixels + j, v] += src[start + j * step + v] * filters[t + r * t_step, v] for j <
+    ``pixels`` and r < ``rotations`` (compile-time constants) and v < VECTOR: one tap of a
+    grouped tile's rotated accumulators (kernels/conv_grouped.py), per pixel one vector load
+    and a packed multiply-add into each rotation's accumulator, each rotation's filter vector
+    loaded once. acc (rotations * pixels, VECTOR) a stack array, filters 2-D C-contiguous of
+    src's dtype, src 1-D; offsets unsigned."""
+    if not (isinstance(pixels, types.IntegerLiteral)
+            and isinstance(rotations, types.IntegerLiteral)):
+        raise errors.RequireLiteralValue((pixels, rotations))
+    count, turns = pixels.literal_value, rotations.literal_value
+
+    def codegen(context, builder, signature, args):
+        kinds, index = signature.args, ir.IntType(64)
+        _, vector_at, _, size, fmuladd = _tile_code(context, builder, signature, args, (0, 1, 4))
+        origin, step, tap, tap_step = (context.cast(builder, args[i], kinds[i], types.uint64)
+                                       for i in (2, 3, 5, 6))
+        rows = [builder.load(vector_at(4, builder.add(tap, builder.mul(
+            tap_step, ir.Constant(index, r))), ir.Constant(index, 0)), align=size)
+            for r in range(turns)]
+        for j in range(count):
+            at = builder.add(origin, builder.mul(step, ir.Constant(index, j)))
+            value = builder.load(vector_at(1, at), align=size)
+            for r, row in enumerate(rows):
+                pointer = vector_at(0, ir.Constant(index, r * count + j), ir.Constant(index, 0))
+                builder.store(builder.call(fmuladd, [value, row, builder.load(pointer,
+                                                                               align=size)]),
+                              pointer, align=size)
+        return context.get_dummy_value()
+    return types.void(acc, src, start, step, filters, t, t_step, pixels, rotations), codegen
+
+
+@intrinsic
+def rotations_summed(typingctx, acc, pixels, rotations):
+    """acc[j, v] = the sum over r < ``rotations`` of acc[r * pixels + j, u] with u = v - v %
+    rotations + (v % rotations - r) % rotations, for j < ``pixels`` (both compile-time
+    constants): a grouped tile's rotated accumulators brought home, each rotated back within
+    its groups of ``rotations`` lanes by one constant shuffle (vpermilps, or vpermps where a
+    group spans 128-bit halves) once a tile, not once a tap (kernels/conv_grouped.py)."""
+    if not (isinstance(pixels, types.IntegerLiteral)
+            and isinstance(rotations, types.IntegerLiteral)):
+        raise errors.RequireLiteralValue((pixels, rotations))
+    count, turns = pixels.literal_value, rotations.literal_value
+
+    def codegen(context, builder, signature, args):
+        _, vector_at, vector, size, _ = _tile_code(context, builder, signature, args, (0,),
+                                                   typed=0)
+        index, undefined = ir.IntType(64), ir.Constant(vector, ir.Undefined)
+        masks = [ir.Constant(ir.VectorType(ir.IntType(32), VECTOR),
+                             [v - v % turns + (v % turns - r) % turns for v in range(VECTOR)])
+                 for r in range(turns)]
+        for j in range(count):
+            home = vector_at(0, ir.Constant(index, j), ir.Constant(index, 0))
+            total = builder.load(home, align=size)
+            for r in range(1, turns):
+                turned = builder.load(vector_at(0, ir.Constant(index, r * count + j),
+                                                ir.Constant(index, 0)), align=size)
+                total = builder.fadd(total, builder.shuffle_vector(turned, undefined, masks[r]))
+            builder.store(total, home, align=size)
+        return context.get_dummy_value()
+    return types.void(acc, pixels, rotations), codegen

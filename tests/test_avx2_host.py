@@ -37,11 +37,13 @@ def test_kernels_compiled_for_avx2(tmp_path):
     assert check.returncode == 0, check.stderr
     assert "AVX2" in check.stdout and check.stdout.split()[-1] == "8", check.stdout
     files = [f"tests/test_{name}.py" for name in ("kernel_ir", "vector_moves", "conv",
-                                                  "conv_depthwise", "matmul", "winograd")]
+                                                  "conv_depthwise", "conv_grouped", "matmul",
+                                                  "winograd")]
     # of test_conv.py, the blocked kernels' tests (rows, columns, spans, weight tiles); of
     # test_matmul.py, gemm_short's (its tile of 6 rows x 2 vectors); of test_winograd.py, its
     # rows of several blocks of lanes (8 tiles a transpose)
-    chosen = "kernel_ir or vector_moves or depthwise or blocked or row or column or short"
+    chosen = ("kernel_ir or vector_moves or depthwise or grouped or blocked or row or column "
+              "or short")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
                           "not slow", "-k", chosen, *files], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=1500)

@@ -50,13 +50,17 @@ def test_profile_step_accounts_for_a_training_step():
     assert labels[-1].startswith("the rest")
 
 
-def test_host_overhead_times_each_small_call():
+@pytest.mark.parametrize("evict", [[], ["--evict", "1"]], ids=["hot", "evicted"])
+def test_host_overhead_times_each_small_call(evict):
+    """Each call's time and its host's share, and with --evict both again after 1 MB read."""
     done = subprocess.run([sys.executable, str(SCRIPT.parent / "host_overhead.py"), "--calls",
-                           "20", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+                           "20", "--repeats", "1", *evict], capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = re.findall(r"^\| (.+?) \| ([\d.]+) \| ([\d.]+) \|$", done.stdout, re.M)
-    assert [name for name, *_ in rows][0].startswith("conv2d") and len(rows) == 5, done.stdout
-    assert all(0 < float(host) and 0 < float(total) for _, total, host in rows), done.stdout
+    rows = re.findall(r"^\| (.+?) ((?:\| [\d.]+ )+)\|$", done.stdout, re.M)
+    assert [name for name, _ in rows][0].startswith("conv2d") and len(rows) == 6, done.stdout
+    times = [[float(t) for t in cells.split("|") if t.strip()] for _, cells in rows]
+    assert all(len(t) == (4 if evict else 2) and min(t) > 0 for t in times), done.stdout
 
 
 @pytest.mark.parametrize("networks, layers", [(None, len(LAYERS)), ("lenet5,resnext50", 8)])

@@ -26,11 +26,12 @@ from fastconv.kernels import VECTOR_LANES
 CONV_OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
 SINGLE_OPS = ("conv2d_backward_bias", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
               "avg_pool2d_backward")
-CPU_ALGOS = {"reference", "direct", "im2col", "blocked", "depthwise", "winograd"}
-CANDIDATES = sorted(CPU_ALGOS - {"reference"})  # what autotuning times (on THIN, all apply)
+CPU_ALGOS = {"reference", "direct", "im2col", "blocked", "depthwise", "winograd", "grouped"}
+# what autotuning times (on THIN, NCHW, all apply but "grouped", for NHWC layers)
+CANDIDATES = sorted(CPU_ALGOS - {"reference", "grouped"})
 GENERAL = sorted(registry.general("cpu"))  # the algos that serve every layer and op
 # Ops an algo has no implementation of (registry.refusal names them).
-MISSING = {"conv2d_backward_weight": {"winograd"}}
+MISSING = {"conv2d_backward_weight": {"winograd", "grouped"}}
 
 # (x_shape, w_shape, groups) in NCHW/OIHW
 WIDE = ((1, 8, 6, 6), (16, 8, 3, 3), 1)        # 72 taps, 16 filters: a GEMM worth BLAS

@@ -4,6 +4,7 @@ is really called with, does no double-precision arithmetic in its LLVM IR. That 
 scalar code written once for both targets (the activation epilogue, the pooling window, the
 Adam update) and the kernels around it."""
 
+import importlib
 import os
 import re
 import subprocess
@@ -80,6 +81,13 @@ def _calls_with_float32(monkeypatch):
     y = ops.conv2d(xs, ws, random(rng, (VECTOR_LANES,), np.float32), activation="relu", **kw)
     ops.conv2d_backward_input(y, ws, xs.shape, **kw)
     ops.conv2d_backward_weight(y, xs, ws.shape, **kw)
+    # an NHWC layer of 4 channels a group (grouped_nhwc_rows): rows of 14, its tiles and the
+    # padded edges' single pixels; the input gradient
+    xs = random(rng, (2, 4, 14, 2 * VECTOR_LANES), np.float32)
+    ws = random(rng, (3, 3, 4, 2 * VECTOR_LANES), np.float32)
+    kw = dict(padding=1, groups=VECTOR_LANES // 2, data_format="NHWC", algo="grouped")
+    y = ops.conv2d(xs, ws, random(rng, (2 * VECTOR_LANES,), np.float32), activation="relu", **kw)
+    ops.conv2d_backward_input(y, ws, xs.shape, **kw)
     for algo in ("direct", "im2col", "blocked"):
         for layout, xs, ws in (("NCHW", x, w), ("NHWC", x.transpose(0, 2, 3, 1).copy(),
                                                 w.transpose(2, 3, 1, 0).copy())):
@@ -353,17 +361,40 @@ def test_depthwise_nhwc_rows_are_packed_fmas_on_this_machine(monkeypatch):
     assert from_registers >= 3 * (2 * kernels.PIXELS - 2), (from_registers, fmas)
 
 
-def test_depthwise_nhwc_rows_task_loop_stays_parallel(monkeypatch):
+def test_grouped_rows_are_packed_fmas_in_registers_on_this_machine(monkeypatch):
+    """grouped_nhwc_rows' tiles (kernels/conv_grouped.py: PIXELS_d pixels x d rotated
+    accumulators a pixel for each group width d, and single pixels at a row's padded edges):
+    per tap, d packed FMAs a pixel, the tile's full-width ones all on registers (its
+    accumulators held there across the taps, the input vector loaded once for its d FMAs), and
+    at the tile's end d - 1 shuffles a pixel bringing the rotations home. Seen on this
+    project's AVX-512 Xeon: 24 register FMAs in each full tile's tap loop (12 x 2, 6 x 4, 3 x
+    8), 6, 12 and 8 FMAs from memory in the single pixels'; the 2 x 12 tile's bias and zeros
+    set lane by lane through the stack (285 moves a tile, outside the tap loop)."""
+    from fastconv.kernels import conv_grouped as kernels
+    asm = _float32_asm(kernels.grouped_nhwc_rows, monkeypatch)
+    fmas = _fmas_in(asm)
+    tiles = {2: kernels.PIXELS_2, 4: kernels.PIXELS_4, 8: kernels.PIXELS_8}
+    assert fmas >= sum(d * pixels + d for d, pixels in tiles.items()), fmas
+    from_registers = len(re.findall(r"vfmadd\d+ps\s+%[yz]mm\d+, %[yz]mm\d+, %[yz]mm\d+$", asm,
+                                    re.M))
+    assert from_registers >= sum(d * pixels for d, pixels in tiles.items()), (from_registers, fmas)
+    shuffles = len(re.findall(r"^\s+v(?:perm|shuf)\w*\s", asm, re.M))
+    assert shuffles >= sum((d - 1) * pixels for d, pixels in tiles.items()), shuffles
+
+
+@pytest.mark.parametrize("module, name", [("conv_depthwise", "depthwise_nhwc_rows"),
+                                          ("conv_grouped", "grouped_nhwc_rows")])
+def test_nhwc_rows_task_loop_stays_parallel(module, name, monkeypatch):
     """depthwise_nhwc_rows' row levels are inlined into its task loop (_row_out and _row:
     their calls, each array argument an atomic reference count, took ~600 ns a row), all
     but _narrow_row, whose literal_unroll there made Numba run the whole loop on one thread,
-    saying so only in a warning at compile time."""
-    from fastconv.kernels import conv_depthwise as kernels
-    [args] = {id(k): a for k, a in _calls_with_float32(monkeypatch)
-              if k is kernels.depthwise_nhwc_rows}.values()
+    saying so only in a warning at compile time; grouped_nhwc_rows' _row is inlined into its
+    task loop too, over three group widths."""
+    kernel = getattr(importlib.import_module(f"fastconv.kernels.{module}"), name)
+    [args] = {id(k): a for k, a in _calls_with_float32(monkeypatch) if k is kernel}.values()
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always", numba.NumbaPerformanceWarning)
-        _compiled(kernels.depthwise_nhwc_rows, args, parallel=True)
+        _compiled(kernel, args, parallel=True)
     serial = [str(w.message) for w in seen if issubclass(w.category, numba.NumbaPerformanceWarning)]
     assert not serial, serial
 

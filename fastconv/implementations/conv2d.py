@@ -28,7 +28,7 @@ from ..kernels import bias as bias_kernels
 from ..kernels import layout as layout_kernels
 from ..kernels.activation import CODES
 from ..registry import heuristic, refusal, register
-from . import depthwise, driver
+from . import depthwise, driver, grouped
 from .cpu_rule import RULE as CPU_RULE
 from .driver import image_major, lazy
 
@@ -793,6 +793,19 @@ def conv2d_backward_weight_depthwise_cpu(g, gy, x):
     return depthwise.backward_weight(g, gy, x)
 
 
+# implementations/grouped.py runs kernels/conv_grouped.py's rotated accumulators on NHWC layers
+# of 2, 4 or 8 channels a group (grouped.applies); its input gradient at stride 1 only.
+
+@register("conv2d", "cpu", "grouped", applies=grouped.applies)
+def conv2d_grouped_cpu(g, x, w, b, activation):
+    return grouped.forward(g, x, w, b, activation)
+
+
+@register("conv2d_backward_input", "cpu", "grouped", applies=grouped.applies_backward_input)
+def conv2d_backward_input_grouped_cpu(g, gy, w):
+    return grouped.backward_input(g, gy, w)
+
+
 # --- im2col + GEMM ------------------------------------------------------------------------------
 #
 # A convolution is Y = W X per group: W the filters as a (K, C*R*S) matrix (rows of an OIHW
@@ -1332,7 +1345,10 @@ def choose_cpu(op, g):
     fastest algorithm of each measured layer); before it, a structural choice: a depthwise
     layer with one output channel a group (groups == C == K: MobileNet's) takes "depthwise"
     for all three ops, which beat the tree's choice on every MobileNetV2 depthwise layer on one
-    and two threads (1.09-5.6x; benchmarks/results/cpu-depthwise-planes.md). After it, one for
+    and two threads (1.09-5.6x; benchmarks/results/cpu-depthwise-planes.md); an NHWC layer of
+    2, 4 or 8 channels a group takes "grouped" for its forward and (at stride 1) its input
+    gradient, 1.1-3.3x the speed of the rule's "blocked" on ResNeXt's layers and others on one
+    and two Xeon threads (benchmarks/results/cpu-grouped-nhwc.md). After it, one for
     layout: the suite's layers are NCHW, and the direct kernels' register tiles serve NCHW
     only (_tiled), im2col's grouped GEMMs NCHW's contiguous planes, so an NHWC layer the rule
     sends to "direct", or a grouped one to "im2col", takes "blocked", which reads NHWC through
@@ -1354,6 +1370,8 @@ def choose_cpu(op, g):
     1.17-1.30x), backward 1.10-1.45x (benchmarks/results/cpu-pointwise-nchw-xeon.md)."""
     if g.groups == g.C == g.K:
         return "depthwise"
+    if op != "conv2d_backward_weight" and refusal(op, "cpu", "grouped", g) is None:
+        return "grouped"
     if _planes_gathered(g):
         return "im2col"
     algo = walk(CPU_RULE[op], lambda name: FEATURES[name](g),

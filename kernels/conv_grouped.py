@@ -1,0 +1,146 @@
+"""Grouped convolution of a few channels a group (ResNeXt's 32 groups of 4: 2 to 8 input and as
+many output channels a group, whole groups to a vector), NHWC, read and written where it lies,
+by rotated accumulators.
+
+A vector of a pixel's channels holds VECTOR / d groups of d channels, and output channel k sums
+the d input channels of its group: a small dense product inside each group of d lanes, across
+them. Rotating the input vector inside its groups for each of the d channel offsets would cost
+d - 1 shuffles a tap and pixel, on the port AVX-512's second FMA shares. Instead a pixel keeps
+d accumulators: lane v of accumulator r (input channel v % d of its group) gathers x[v] times
+w[k, v % d] for the output channel k = v - v % d + (v % d + r) % d, a lane-wise multiply-add
+with a filter vector rotated once when the filters are laid out (implementations/grouped.py),
+and at the tile's end accumulator r is rotated back by r inside its groups and the d are
+summed (tile_fmas.rotations_summed): d - 1 shuffles a pixel, none a tap. Blocked's
+channel-block tiles, which give each group its own vector, ran ResNeXt-50's NHWC layer1.conv2
+at 0.49-0.55x PyTorch on a Xeon, and its filters padded to 16-channel groups (4x the
+multiply-adds) at 0.65x on one thread (benchmarks/results/cpu-grouped-nhwc.md).
+
+Offsets are unsigned (a window's first tap above or left of the image wraps, and the taps
+inside add back to a cell inside), so Numba's negative-index wraparound folds away.
+"""
+
+import numpy as np
+from numba import carray, njit, prange
+
+from . import CPU_KERNEL, VECTOR_LANES, borrowed, stack_array, valid_range
+from .activation import activate_run
+from .tile_fmas import rotated_fmas, rotations_summed
+
+VECTOR = VECTOR_LANES
+# Channels a group the kernel serves (each divides VECTOR: whole groups to a vector), and the
+# pixels of a tile along a row for each: d accumulators a pixel, up to 24 of AVX-512's 32
+# registers (12 of AVX2's 16), the rest for the d filter vectors and the input vector.
+ROTATIONS = (2, 4, 8)
+_ACCUMULATORS = 24 if VECTOR == 16 else 12
+PIXELS_2, PIXELS_4, PIXELS_8 = (max(1, _ACCUMULATORS // d) for d in ROTATIONS)
+TILE_2, TILE_4, TILE_8 = 2 * PIXELS_2, 4 * PIXELS_4, 8 * PIXELS_8
+
+
+@njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
+def _tile(xn, at, step, row_step, column_step, filters, b, blocks, taps, r0, r1, s0, s1, s_,
+          bias, yn, place, pixels_, rotations_, accumulators_):
+    """yn[place + j * C + k] for the tile's ``pixels_`` output pixels j (a compile-time
+    constant, as are ``rotations_``, the channels a group, and ``accumulators_``, their
+    product) and the channels k of block b (VECTOR of them from b * VECTOR), C = blocks *
+    VECTOR: bias[k] plus the sum over window rows r0 <= r < r1 and columns s0 <= s < s1 (the
+    taps inside the image for every pixel of the tile) of the pixel's input vector at xn[at + r
+    * row_step + s * column_step + j * step + b * VECTOR] times the rotated filters (rotation
+    0's at row (r * s_ + s) * blocks + b, each further rotation's ``taps * blocks`` rows on).
+    A function of its own, called by the row: inlined there, ResNeXt-50's NHWC layer2.conv2
+    ran no faster on two Xeon threads than on one (2.9-3.1 ms; 1.7-1.9 as it is)."""
+    k0 = b * VECTOR
+    acc = carray(stack_array(accumulators_, VECTOR, yn.dtype), (accumulators_, VECTOR))
+    for j in range(pixels_):
+        for v in range(VECTOR):
+            acc[j, v] = bias[k0 + v]
+    for j in range(pixels_, accumulators_):
+        for v in range(VECTOR):
+            acc[j, v] = 0
+    for r in range(r0, r1):
+        row = at + np.uint64(r) * row_step + np.uint64(k0)
+        for s in range(s0, s1):
+            rotated_fmas(acc, xn, row + np.uint64(s) * column_step, step, filters,
+                         np.uint64((r * s_ + s) * blocks + b), np.uint64(taps * blocks),
+                         pixels_, rotations_)
+    rotations_summed(acc, pixels_, rotations_)
+    c_ = blocks * VECTOR
+    for j in range(pixels_):
+        for v in range(VECTOR):
+            yn[place + np.uint64(j * c_ + k0 + v)] = acc[j, v]
+
+
+@njit(cache=True, inline="always")
+def _row(xn, at, step, row_step, column_step, filters, blocks, taps, r0, r1, s_, sw, dw, left,
+         w_, inner, bias, yn, row_place, ow_, pixels_, rotations_, accumulators_):
+    """One output row, a block of VECTOR channels at a time, so that its filters (d x the
+    window's vectors) stay in L1 over the row: with the blocks in turn inside each tile, a
+    tile read all the layer's rotated filters (73 KB for ResNeXt-50's 256-channel layer2,
+    past L1), and that layer ran 4.7 ms on one Xeon thread, 3.2-3.4 so. Tiles of ``pixels_``
+    over the columns ``inner`` whose taps all lie inside the image's row (the last moved back
+    to end at its end), single pixels, with the taps each reaches inside, for the columns
+    outside it (a row's padded edges, or a row narrower than a tile)."""
+    c_ = np.uint64(blocks * VECTOR)
+    j_lo, j_hi = inner
+    tiled = j_hi - j_lo >= pixels_
+    for b in range(blocks):
+        if tiled:
+            for j0 in range(j_lo, j_hi, pixels_):
+                j0 = min(j0, j_hi - pixels_)
+                _tile(xn, at + np.uint64(j0) * step, step, row_step, column_step, filters, b,
+                      blocks, taps, r0, r1, 0, s_, s_, bias, yn, row_place + np.uint64(j0) * c_,
+                      pixels_, rotations_, accumulators_)
+        for j in range(ow_):
+            if tiled and j_lo <= j < j_hi:
+                continue
+            s0, inside, _ = valid_range(j * sw - left, dw, w_, s_)
+            _tile(xn, at + np.uint64(j) * step, step, row_step, column_step, filters, b, blocks,
+                  taps, r0, r1, s0, s0 + inside, s_, bias, yn, row_place + np.uint64(j) * c_, 1,
+                  rotations_, rotations_)
+
+
+@njit(**CPU_KERNEL)
+def grouped_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, r_, s_, top, left, stride,
+                      dilation, rotations, act):
+    """y = act(bias + the grouped correlation of x with the filters), NHWC in and out, groups
+    of ``rotations`` (2, 4 or 8: ROTATIONS) input and as many output channels: y[n, i, j, k] =
+    act(bias[k] + the sum over the taps (r, s) inside the image and the input channels c of
+    k's group of x[n, i * sh - top + r * dh, j * sw - left + s * dw, c] * w[k, c, r, s]).
+
+    Layout: x (N, h_ * w_ * C) and y (N, oh_ * ow_ * C), NHWC images flat, C a multiple of
+    VECTOR; filters (rotations * R * S * C / VECTOR, VECTOR), rotated (module docstring): row
+    (d' * R * S + r * S + s) * C / VECTOR + b, lane v holds w[b * VECTOR + v - v % d + (v % d +
+    d') % d, v % d, r, s] for rotation d' < d = rotations; bias (C,); stride and dilation
+    pairs.
+    Loop order: (image, output row) in parallel; per row, the window rows inside the image,
+    then the blocks of VECTOR channels in turn, each over tiles of a few pixels along the row
+    (PIXELS_2 ... PIXELS_8 for the channels a group) over the columns whose taps all lie
+    inside and single pixels at the padded edges, each tile accumulated over its taps in
+    registers, rotated home, summed and stored; the row's activation in a pass after. Each
+    task owns its row of y[n]."""
+    n_, c_ = x.shape[0], bias.shape[0]
+    blocks = c_ // VECTOR
+    sh, sw = stride
+    dh, dw = dilation
+    taps = r_ * s_
+    step, row_step, column_step = np.uint64(sw * c_), np.uint64(dh * w_ * c_), np.uint64(dw * c_)
+    # the columns all of whose taps lie inside a row: j * sw - left + (s_ - 1) * dw < w_
+    j_lo, inner, _ = valid_range(-left, sw, w_ - (s_ - 1) * dw, ow_)
+    span = (j_lo, j_lo + inner)
+    for task in prange(n_ * oh_):
+        n, i = task // oh_, task % oh_
+        xn, yn, weights, shifts = borrowed(x[n]), borrowed(y[n]), borrowed(filters), borrowed(bias)
+        top_row = i * sh - top
+        r0, inside, _ = valid_range(top_row, dh, h_, r_)
+        at = np.uint64((top_row * w_ - left) * c_)  # wraps where negative: see the docstring
+        place = np.uint64(i * ow_ * c_)
+        if rotations == 2:
+            _row(xn, at, step, row_step, column_step, weights, blocks, taps, r0, r0 + inside,
+                 s_, sw, dw, left, w_, span, shifts, yn, place, ow_, PIXELS_2, 2, TILE_2)
+        elif rotations == 4:
+            _row(xn, at, step, row_step, column_step, weights, blocks, taps, r0, r0 + inside,
+                 s_, sw, dw, left, w_, span, shifts, yn, place, ow_, PIXELS_4, 4, TILE_4)
+        else:
+            _row(xn, at, step, row_step, column_step, weights, blocks, taps, r0, r0 + inside,
+                 s_, sw, dw, left, w_, span, shifts, yn, place, ow_, PIXELS_8, 8, TILE_8)
+        if act != 0:
+            activate_run(yn, i * ow_ * c_, ow_ * c_, 1, act)

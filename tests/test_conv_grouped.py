@@ -1,0 +1,176 @@
+"""algo="grouped" (the CPU's rotated accumulators for NHWC layers of 2, 4 or 8 channels a group,
+kernels/conv_grouped.py) against the float64 NumPy reference and PyTorch, over hypothesis-drawn
+layers: each served group width, a vector's worth of groups and more, any window, stride,
+dilation and padding, both dtypes, serial and parallel; its non-finite values; the layers it
+refuses; and that algo="auto" takes it."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from test_conv import _threads, paddings
+
+import oracle
+from fastconv import geometry, ops, registry
+from fastconv.implementations import conv2d
+from fastconv.kernels import VECTOR_LANES, conv_grouped
+from oracle import random
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SERVED = [d for d in conv_grouped.ROTATIONS if VECTOR_LANES % d == 0]
+
+
+@st.composite
+def grouped_cases(draw, stride_one=False, dtypes=(np.float32, np.float64)):
+    """An NHWC layer of d input and d output channels a group (d each width the kernel serves),
+    C one to three vectors of channels; rows from 1 pixel to several tiles wide, any window,
+    stride (1 where ``stride_one``: the input gradient's), dilation and padding."""
+    d = draw(st.sampled_from(SERVED))
+    c = VECTOR_LANES * draw(st.integers(1, 3))
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 30))
+    r, s = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    pair = st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    kwargs = dict(stride=1 if stride_one else draw(pair), padding=draw(paddings()),
+                  dilation=draw(st.one_of(st.integers(1, 2),
+                                          st.tuples(st.integers(1, 2), st.integers(1, 2)))),
+                  groups=c // d, data_format="NHWC")
+    x_shape, w_shape = (n, h, w, c), (r, s, d, c)
+    try:
+        g = geometry.conv_geometry(x_shape, w_shape, **kwargs)
+    except ValueError:
+        assume(False)  # the window does not fit this input
+    return dict(x_shape=x_shape, w_shape=w_shape, kwargs=kwargs, geometry=g,
+                dtype=draw(st.sampled_from(dtypes)), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def arrays(case):
+    """x, w, b and gy of a case, fresh standard-normal data."""
+    rng = np.random.default_rng(case["seed"])
+    g, dtype = case["geometry"], case["dtype"]
+    return (random(rng, case["x_shape"], dtype), random(rng, case["w_shape"], dtype),
+            random(rng, (g.K,), dtype), random(rng, g.y_shape, dtype))
+
+
+@SETTINGS
+@given(case=grouped_cases(), activation=st.sampled_from([None, "relu", "tanh", "sigmoid"]),
+       with_bias=st.booleans(), parallel=st.booleans())
+def test_forward_matches_reference_and_torch(case, activation, with_bias, parallel,
+                                             monkeypatch, cpu_calls):
+    _threads(monkeypatch, parallel)
+    x, w, b, _ = arrays(case)
+    b = b if with_bias else None
+    before, ran = [a.copy() for a in (x, w, b) if a is not None], len(cpu_calls)
+    y = ops.conv2d(x, w, b, activation=activation, algo="grouped", **case["kwargs"])
+    assert y.dtype == x.dtype and y.shape == case["geometry"].y_shape
+    assert [kernel.py_func.__name__ for kernel, _ in cpu_calls[ran:]] == ["grouped_nhwc_rows"]
+    oracle.check({"y": y}, oracle.conv2d(x, w, b, activation=activation, **case["kwargs"]))
+    for old, new in zip(before, [a for a in (x, w, b) if a is not None], strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+@SETTINGS
+@given(case=grouped_cases(stride_one=True), parallel=st.booleans())
+def test_input_gradient_matches_reference_and_torch_autograd(case, parallel, monkeypatch,
+                                                             cpu_calls):
+    _threads(monkeypatch, parallel)
+    x, w, _, gy = arrays(case)
+    before, ran = [a.copy() for a in (w, gy)], len(cpu_calls)
+    gx = ops.conv2d_backward_input(gy, w, x.shape, algo="grouped", **case["kwargs"])
+    assert gx.dtype == x.dtype and gx.shape == x.shape
+    assert [kernel.py_func.__name__ for kernel, _ in cpu_calls[ran:]] == ["grouped_nhwc_rows"]
+    oracle.check({"gx": gx}, oracle.conv2d(x, w, gy=gy, **case["kwargs"]))
+    for old, new in zip(before, (w, gy), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+@pytest.mark.parametrize("d", SERVED)
+def test_each_output_channel_reads_its_own_groups_channels(d):
+    """One filter tap at a time set to 1 (the rest 0) on an input whose channel c holds c + 1:
+    each output channel k must read exactly input channel (k's group's first) + that tap's
+    input channel, which a rotation the wrong way round (or by the wrong group) would move."""
+    c = 2 * VECTOR_LANES
+    x = np.broadcast_to(np.arange(1, c + 1, dtype=np.float32), (1, 1, 1, c)).copy()
+    for i in range(d):
+        for k in range(c):
+            w = np.zeros((1, 1, d, c), np.float32)
+            w[0, 0, i, k] = 1
+            y = ops.conv2d(x, w, groups=c // d, data_format="NHWC", algo="grouped")
+            want = np.zeros(c, np.float32)
+            want[k] = k - k % d + i + 1
+            np.testing.assert_array_equal(y[0, 0, 0], want)
+
+
+@SETTINGS
+@given(case=grouped_cases(dtypes=(np.float32,)),
+       activation=st.sampled_from([None, "relu", "sigmoid"]),
+       poisoned=st.sampled_from(["x", "w", "b", "gy"]), parallel=st.booleans(),
+       data=st.data())
+def test_nonfinite_values(case, activation, poisoned, parallel, data, monkeypatch):
+    """A NaN or an Inf reaches every output its window or sum holds. The forward skips the
+    padding's taps (tests/test_nonfinite.py's exception: where PyTorch multiplies a padded 0
+    by an infinite filter value and gets NaN, y may stay finite, and is non-finite only where
+    PyTorch's is); the input gradient reads no padding and matches PyTorch's pattern
+    exactly."""
+    _threads(monkeypatch, parallel)
+    x, w, b, gy = arrays(case)
+    named = dict(x=x, w=w, b=b, gy=gy)
+    flat = named[poisoned].reshape(-1)
+    for _ in range(data.draw(st.integers(1, 3))):
+        flat[data.draw(st.integers(0, flat.size - 1))] = data.draw(
+            st.sampled_from([np.nan, np.inf, -np.inf]))
+    kwargs = case["kwargs"]
+    y = ops.conv2d(x, w, b, activation=activation, algo="grouped", **kwargs)
+    with np.errstate(invalid="ignore"):  # the float64 reference's own inf - inf
+        want = oracle.conv2d(x, w, b, activation=activation, **kwargs)
+    oracle.check_nonfinite({"y": y}, want, exact=False)
+    if case["geometry"].stride == (1, 1):
+        gx = ops.conv2d_backward_input(gy, w, x.shape, algo="grouped", **kwargs)
+        with np.errstate(invalid="ignore"):
+            want = oracle.conv2d(x, w, gy=gy, **kwargs)
+        oracle.check_nonfinite({"gx": gx}, want)
+
+
+REFUSED = [
+    ("NCHW", (2, 32, 8, 8), (32, 4, 3, 3), 8, 1, "NHWC layers"),
+    ("NHWC", (2, 8, 8, 32), (3, 3, 16, 32), 2, 1, "NHWC layers of 2, 4, 8"),
+    ("NHWC", (2, 8, 8, 32), (3, 3, 4, 16), 8, 1, "NHWC layers of 2, 4, 8"),  # 4 in, 2 out
+    ("NHWC", (2, 8, 8, 12), (3, 3, 4, 12), 3, 1, "whole vectors"),
+    ("NHWC", (2, 8, 8, 32), (3, 3, 4, 32), 8, 2, "stride-1 layers"),
+]
+
+
+@pytest.mark.parametrize("layout, x_shape, w_shape, groups, stride, says", REFUSED)
+def test_refuses_other_layers_by_name(layout, x_shape, w_shape, groups, stride, says):
+    """Where the kernel cannot run, algo="grouped" is a ValueError saying why, naming the
+    layer: NCHW, other group widths, input and output channels a group unequal, channels not
+    whole vectors (AVX-512's 16; AVX2's 8 takes 12 as neither), and the input gradient of a
+    strided layer (its forward runs)."""
+    g = geometry.conv_geometry(x_shape, w_shape, stride, 1, 1, groups, layout)
+    op = "conv2d_backward_input" if stride > 1 else "conv2d"
+    why = registry.refusal(op, "cpu", "grouped", g)
+    assert why is not None and says in why and str(g.w_shape) in why
+    if stride > 1:
+        assert registry.refusal("conv2d", "cpu", "grouped", g) is None
+    x = np.ones(x_shape, np.float32)
+    w = np.ones(w_shape, np.float32)
+    with pytest.raises(ValueError, match="algo='grouped'"):
+        if stride > 1:
+            ops.conv2d_backward_input(np.ones(g.y_shape, np.float32), w, x_shape, stride=stride,
+                                      padding=1, groups=groups, data_format=layout,
+                                      algo="grouped")
+        else:
+            ops.conv2d(x, w, padding=1, groups=groups, data_format=layout, algo="grouped")
+
+
+def test_auto_takes_it_for_the_forward_and_the_input_gradient():
+    """algo="auto" runs an NHWC layer of 4 channels a group (ResNeXt's) on "grouped" for its
+    forward and, at stride 1, its input gradient; its weight gradient, and a strided layer's
+    input gradient, on the fitted rule's algorithm."""
+    g = geometry.conv_geometry((8, 56, 56, 128), (3, 3, 4, 128), 1, 1, 1, 32, "NHWC")
+    strided = geometry.conv_geometry((8, 56, 56, 128), (3, 3, 4, 128), 2, 1, 1, 32, "NHWC")
+    assert conv2d.choose_cpu("conv2d", g) == "grouped"
+    assert conv2d.choose_cpu("conv2d_backward_input", g) == "grouped"
+    assert conv2d.choose_cpu("conv2d", strided) == "grouped"
+    for op, layer in (("conv2d_backward_weight", g), ("conv2d_backward_input", strided)):
+        assert conv2d.choose_cpu(op, layer) != "grouped"
