@@ -123,8 +123,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=N
         algo: "auto" or one of :func:`algorithms` ("direct", "im2col", "reference"), or on a
             depthwise layer (groups == C) "depthwise" (CPU), on a 3x3, stride-1,
             dilation-1 layer "winograd" (CPU; this op and conv2d_backward_input only), or on
-            an NHWC layer of 2, 4 or 8 channels a group "grouped" (CPU; this op, and
-            conv2d_backward_input at stride 1).
+            an NHWC layer of 2, 4 or 8 channels a group "grouped" (CPU; this op,
+            conv2d_backward_input at stride 1, conv2d_backward_weight for windows 1 or 3
+            wide).
         device: None (follow the input) or "cpu".
 
     Returns:

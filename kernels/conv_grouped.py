@@ -15,6 +15,11 @@ channel-block tiles, which give each group its own vector, ran ResNeXt-50's NHWC
 at 0.49-0.55x PyTorch on a Xeon, and its filters padded to 16-channel groups (4x the
 multiply-adds) at 0.65x on one thread (benchmarks/results/cpu-grouped-nhwc.md).
 
+The weight gradient turns the other operand instead: an output pixel's gradient vector,
+turned d - 1 times inside its groups, meets each of its taps' input vectors lane-wise, d x S
+accumulators a window row summed over the image in registers (grouped_nhwc_weight_rows), the
+sums landing in the rotated filters' layout.
+
 Offsets are unsigned (a window's first tap above or left of the image wraps, and the taps
 inside add back to a cell inside), so Numba's negative-index wraparound folds away.
 """
@@ -24,7 +29,7 @@ from numba import carray, njit, prange
 
 from . import CPU_KERNEL, VECTOR_LANES, borrowed, stack_array, valid_range
 from .activation import activate_run
-from .tile_fmas import rotated_fmas, rotations_summed
+from .tile_fmas import rotated_fmas, rotated_products, rotations_summed
 
 VECTOR = VECTOR_LANES
 # Channels a group the kernel serves (each divides VECTOR: whole groups to a vector), and the
@@ -34,6 +39,9 @@ ROTATIONS = (2, 4, 8)
 _ACCUMULATORS = 24 if VECTOR == 16 else 12
 PIXELS_2, PIXELS_4, PIXELS_8 = (max(1, _ACCUMULATORS // d) for d in ROTATIONS)
 TILE_2, TILE_4, TILE_8 = 2 * PIXELS_2, 4 * PIXELS_4, 8 * PIXELS_8
+# Window widths the weight gradient serves: its d x S accumulators of a window row, held in
+# registers, need S as a compile-time constant (a variant each).
+WEIGHT_WIDTHS = (1, 3)
 
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
@@ -144,3 +152,102 @@ def grouped_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, r_, s_, top, left, 
                  s_, sw, dw, left, w_, span, shifts, yn, place, ow_, PIXELS_8, 8, TILE_8)
         if act != 0:
             activate_run(yn, i * ow_ * c_, ow_ * c_, 1, act)
+
+
+ZERO = np.uint64(0)
+
+
+@njit(cache=True, inline="always")
+def _masked_products(acc, xn, gyn, row, i, j, c_, k0, step, w_, ow_, sw, dw, left, taps_,
+                     rotations_, first_, turns_):
+    """tile_fmas.rotated_products for output column j of a window row, over its taps inside
+    the image's row only (a row's padded edges)."""
+    column, inside = j * sw - left, 0
+    for s in range(taps_):
+        if 0 <= column + s * dw < w_:
+            inside |= 1 << s
+    rotated_products(acc, xn, np.uint64((row * w_ + column) * c_) + k0, step, gyn,
+                     np.uint64((i * ow_ + j) * c_) + k0, np.uint64(inside), taps_, rotations_,
+                     first_, turns_, True)
+
+
+@njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
+def _window_row_sums(xn, gyn, out, b, c_, h_, w_, oh_, ow_, r, sh, sw, dh, dw, top, left,
+                     window, taps_, rotations_, first_, turns_, accumulators_):
+    """out[d' * window + r * taps_ + s, v] for window row r, its ``taps_`` columns s and the
+    rotations ``first_`` <= d' < ``first_`` + ``turns_`` of ``rotations_`` (compile-time
+    constants, as is ``accumulators_``, turns_ x taps_): the sum over the image's outputs (i,
+    j) whose tap (r, s) lies inside of the input vector there times the output gradient's
+    vector at (i, j) turned by d' (block b's channels), accumulated in registers over the
+    whole image."""
+    acc = carray(stack_array(accumulators_, VECTOR, out.dtype), (accumulators_, VECTOR))
+    for q in range(accumulators_):
+        for v in range(VECTOR):
+            acc[q, v] = 0
+    k0, step = np.uint64(b * VECTOR), np.uint64(dw * c_)
+    # the columns all of whose taps lie inside a row go without a mask (a branch a tap)
+    j_lo, inner, _ = valid_range(-left, sw, w_ - (taps_ - 1) * dw, ow_)
+    for i in range(oh_):
+        row = i * sh - top + r * dh
+        if row < 0 or row >= h_:
+            continue
+        for j in range(min(j_lo, ow_)):
+            _masked_products(acc, xn, gyn, row, i, j, c_, k0, step, w_, ow_, sw, dw, left,
+                             taps_, rotations_, first_, turns_)
+        for j in range(j_lo, j_lo + inner):
+            rotated_products(acc, xn, np.uint64((row * w_ + j * sw - left) * c_) + k0, step,
+                             gyn, np.uint64((i * ow_ + j) * c_) + k0, ZERO, taps_, rotations_,
+                             first_, turns_, False)
+        for j in range(max(j_lo, j_lo + inner), ow_):
+            _masked_products(acc, xn, gyn, row, i, j, c_, k0, step, w_, ow_, sw, dw, left,
+                             taps_, rotations_, first_, turns_)
+    for turn in range(turns_):
+        for s in range(taps_):
+            for v in range(VECTOR):
+                out[(first_ + turn) * window + r * taps_ + s, v] = acc[turn * taps_ + s, v]
+
+
+@njit(**CPU_KERNEL)
+def grouped_nhwc_weight_rows(x, h_, w_, gy, oh_, ow_, r_, s_, top, left, stride, dilation,
+                             rotations, out):
+    """The grouped layer's weight gradient, rotated as grouped_nhwc_rows' filters, image by
+    image: out[n * B + b, d' * R * S + r * S + s, v] = the sum over image n's outputs (i, j)
+    whose tap (r, s) lies inside of x[n, i * sh - top + r * dh, j * sw - left + s * dw, b *
+    VECTOR + v] * gy[n, i, j, b * VECTOR + v - v % d + (v % d + d') % d], which is w's gradient
+    at [b * VECTOR + v - v % d + (v % d + d') % d, v % d, r, s] summed over the images.
+
+    Layout: x (N, h_ * w_ * C) and gy (N, oh_ * ow_ * C), NHWC images flat, C = B * VECTOR;
+    out (N * B, d * R * S, VECTOR); S (s_) one of WEIGHT_WIDTHS, d = ``rotations``.
+    Loop order: (image, block of VECTOR channels) in parallel; per task the window rows in
+    turn, each a pass over the image's outputs with its d x S accumulators in registers (8
+    channels a group at S = 3: two passes of 4 turns, 12 accumulators each: 24 spilled), a
+    pixel's gradient vector loaded once a pass and turned, each of its S input vectors meeting
+    the turns (tile_fmas.rotated_products). Each task owns its out[n * B + b]."""
+    n_, c_ = x.shape[0], gy.shape[1] // (oh_ * ow_)
+    blocks, window = c_ // VECTOR, r_ * s_
+    sh, sw = stride
+    dh, dw = dilation
+    for task in prange(n_ * blocks):
+        n, b = task // blocks, task % blocks
+        xn, gyn, sums = borrowed(x[n]), borrowed(gy[n]), borrowed(out[task])
+        for r in range(r_):
+            if s_ == 3 and rotations == 2:
+                _window_row_sums(xn, gyn, sums, b, c_, h_, w_, oh_, ow_, r, sh, sw, dh, dw, top,
+                                 left, window, 3, 2, 0, 2, 6)
+            elif s_ == 3 and rotations == 4:
+                _window_row_sums(xn, gyn, sums, b, c_, h_, w_, oh_, ow_, r, sh, sw, dh, dw, top,
+                                 left, window, 3, 4, 0, 4, 12)
+            elif s_ == 3:
+                _window_row_sums(xn, gyn, sums, b, c_, h_, w_, oh_, ow_, r, sh, sw, dh, dw, top,
+                                 left, window, 3, 8, 0, 4, 12)
+                _window_row_sums(xn, gyn, sums, b, c_, h_, w_, oh_, ow_, r, sh, sw, dh, dw, top,
+                                 left, window, 3, 8, 4, 4, 12)
+            elif rotations == 2:
+                _window_row_sums(xn, gyn, sums, b, c_, h_, w_, oh_, ow_, r, sh, sw, dh, dw, top,
+                                 left, window, 1, 2, 0, 2, 2)
+            elif rotations == 4:
+                _window_row_sums(xn, gyn, sums, b, c_, h_, w_, oh_, ow_, r, sh, sw, dh, dw, top,
+                                 left, window, 1, 4, 0, 4, 4)
+            else:
+                _window_row_sums(xn, gyn, sums, b, c_, h_, w_, oh_, ow_, r, sh, sw, dh, dw, top,
+                                 left, window, 1, 8, 0, 8, 8)

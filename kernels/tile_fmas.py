@@ -219,3 +219,56 @@ def rotations_summed(typingctx, acc, pixels, rotations):
             builder.store(total, home, align=size)
         return context.get_dummy_value()
     return types.void(acc, pixels, rotations), codegen
+
+
+@intrinsic
+def rotated_products(typingctx, acc, src, start, step, grad, grad_at, inside, taps, rotations,
+                     first, turns, checked):
+    """acc[r * taps + t, v] += src[start + t * step + v] * grad[grad_at + u] with u = v - v %
+    rotations + (v % rotations + first + r) % rotations, for the taps t < ``taps`` (where
+    ``checked``, only those whose bit is set in ``inside``; else all, no branch) and r <
+    ``turns`` (all five compile-time constants, ``first`` + ``turns`` <= ``rotations``): one
+    output pixel's share of a grouped layer's weight gradient over a window row
+    (kernels/conv_grouped.py), its gradient vector loaded once and turned by constant
+    shuffles, each input vector inside meeting every turn. acc (turns * taps, VECTOR) a stack
+    array, src and grad 1-D of one dtype; offsets unsigned (a tap outside, never loaded, may
+    wrap)."""
+    literals = (taps, rotations, first, turns, checked)
+    if not all(isinstance(a, (types.IntegerLiteral, types.BooleanLiteral)) for a in literals):
+        raise errors.RequireLiteralValue(literals)
+    count, group, offset, kept, masked = (a.literal_value for a in literals)
+
+    def codegen(context, builder, signature, args):
+        kinds, index = signature.args, ir.IntType(64)
+        _, vector_at, vector, size, fmuladd = _tile_code(context, builder, signature, args,
+                                                         (0, 1, 4))
+        origin, step, at, inside = (context.cast(builder, args[i], kinds[i], types.uint64)
+                                    for i in (2, 3, 5, 6))
+        undefined = ir.Constant(vector, ir.Undefined)
+        grad = builder.load(vector_at(4, at), align=size)
+
+        def turned(r):
+            if r == 0:
+                return grad
+            return builder.shuffle_vector(grad, undefined, ir.Constant(
+                ir.VectorType(ir.IntType(32), VECTOR),
+                [v - v % group + (v % group + r) % group for v in range(VECTOR)]))
+        factors = [turned(offset + r) for r in range(kept)]
+        def tap(t):
+            value = builder.load(vector_at(1, builder.add(origin, builder.mul(
+                step, ir.Constant(index, t)))), align=size)
+            for r, factor in enumerate(factors):
+                pointer = vector_at(0, ir.Constant(index, r * count + t), ir.Constant(index, 0))
+                builder.store(builder.call(fmuladd, [value, factor, builder.load(
+                    pointer, align=size)]), pointer, align=size)
+        for t in range(count):
+            if not masked:
+                tap(t)
+                continue
+            bit = builder.and_(builder.lshr(inside, ir.Constant(index, t)), ir.Constant(index, 1))
+            with builder.if_then(builder.icmp_unsigned("!=", bit, ir.Constant(index, 0)),
+                                 likely=True):
+                tap(t)
+        return context.get_dummy_value()
+    return types.void(acc, src, start, step, grad, grad_at, inside, taps, rotations, first,
+                      turns, checked), codegen

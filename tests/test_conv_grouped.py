@@ -1,8 +1,8 @@
 """algo="grouped" (the CPU's rotated accumulators for NHWC layers of 2, 4 or 8 channels a group,
-kernels/conv_grouped.py) against the float64 NumPy reference and PyTorch, over hypothesis-drawn
-layers: each served group width, a vector's worth of groups and more, any window, stride,
-dilation and padding, both dtypes, serial and parallel; its non-finite values; the layers it
-refuses; and that algo="auto" takes it."""
+kernels/conv_grouped.py) against the float64 NumPy reference and PyTorch, forward, input and
+weight gradients, over hypothesis-drawn layers: each served group width, a vector's worth of
+groups and more, any window, stride, dilation and padding, both dtypes, serial and parallel;
+its non-finite values; the layers it refuses; and that algo="auto" takes it."""
 
 import numpy as np
 import pytest
@@ -84,6 +84,26 @@ def test_input_gradient_matches_reference_and_torch_autograd(case, parallel, mon
         np.testing.assert_array_equal(old, new)
 
 
+@SETTINGS
+@given(case=grouped_cases(), parallel=st.booleans())
+def test_weight_gradient_matches_reference_and_torch_autograd(case, parallel, monkeypatch,
+                                                              cpu_calls):
+    """Windows 1 or 3 wide (kernels.conv_grouped.WEIGHT_WIDTHS; others are refused), any
+    height, stride, dilation and padding: the rotated sums of each image and block, put back
+    in the filters' places."""
+    assume(case["w_shape"][1] in conv_grouped.WEIGHT_WIDTHS)
+    _threads(monkeypatch, parallel)
+    x, w, _, gy = arrays(case)
+    before, ran = [a.copy() for a in (x, gy)], len(cpu_calls)
+    gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="grouped", **case["kwargs"])
+    assert gw.dtype == x.dtype and gw.shape == w.shape
+    assert [kernel.py_func.__name__ for kernel, _ in cpu_calls[ran:]] == [
+        "grouped_nhwc_weight_rows"]
+    oracle.check({"gw": gw}, oracle.conv2d(x, w, gy=gy, **case["kwargs"]))
+    for old, new in zip(before, (x, gy), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
 @pytest.mark.parametrize("d", SERVED)
 def test_each_output_channel_reads_its_own_groups_channels(d):
     """One filter tap at a time set to 1 (the rest 0) on an input whose channel c holds c + 1:
@@ -111,7 +131,8 @@ def test_nonfinite_values(case, activation, poisoned, parallel, data, monkeypatc
     padding's taps (tests/test_nonfinite.py's exception: where PyTorch multiplies a padded 0
     by an infinite filter value and gets NaN, y may stay finite, and is non-finite only where
     PyTorch's is); the input gradient reads no padding and matches PyTorch's pattern
-    exactly."""
+    exactly; the weight gradient, which multiplies no padding either, is held to the weaker
+    rule."""
     _threads(monkeypatch, parallel)
     x, w, b, gy = arrays(case)
     named = dict(x=x, w=w, b=b, gy=gy)
@@ -124,11 +145,14 @@ def test_nonfinite_values(case, activation, poisoned, parallel, data, monkeypatc
     with np.errstate(invalid="ignore"):  # the float64 reference's own inf - inf
         want = oracle.conv2d(x, w, b, activation=activation, **kwargs)
     oracle.check_nonfinite({"y": y}, want, exact=False)
+    with np.errstate(invalid="ignore"):
+        want = oracle.conv2d(x, w, gy=gy, **kwargs)
     if case["geometry"].stride == (1, 1):
         gx = ops.conv2d_backward_input(gy, w, x.shape, algo="grouped", **kwargs)
-        with np.errstate(invalid="ignore"):
-            want = oracle.conv2d(x, w, gy=gy, **kwargs)
         oracle.check_nonfinite({"gx": gx}, want)
+    if case["w_shape"][1] in conv_grouped.WEIGHT_WIDTHS:
+        gw = ops.conv2d_backward_weight(gy, x, w.shape, algo="grouped", **kwargs)
+        oracle.check_nonfinite({"gw": gw}, want, exact=False)
 
 
 REFUSED = [
@@ -137,6 +161,7 @@ REFUSED = [
     ("NHWC", (2, 8, 8, 32), (3, 3, 4, 16), 8, 1, "NHWC layers of 2, 4, 8"),  # 4 in, 2 out
     ("NHWC", (2, 8, 8, 12), (3, 3, 4, 12), 3, 1, "whole vectors"),
     ("NHWC", (2, 8, 8, 32), (3, 3, 4, 32), 8, 2, "stride-1 layers"),
+    ("NHWC", (2, 8, 8, 32), (5, 5, 4, 32), 8, 1, "windows 1 or 3 wide"),
 ]
 
 
@@ -144,33 +169,36 @@ REFUSED = [
 def test_refuses_other_layers_by_name(layout, x_shape, w_shape, groups, stride, says):
     """Where the kernel cannot run, algo="grouped" is a ValueError saying why, naming the
     layer: NCHW, other group widths, input and output channels a group unequal, channels not
-    whole vectors (AVX-512's 16; AVX2's 8 takes 12 as neither), and the input gradient of a
-    strided layer (its forward runs)."""
+    whole vectors (AVX-512's 16; AVX2's 8 takes 12 as neither), the input gradient of a
+    strided layer and the weight gradient of a window 5 wide (their forwards run)."""
     g = geometry.conv_geometry(x_shape, w_shape, stride, 1, 1, groups, layout)
-    op = "conv2d_backward_input" if stride > 1 else "conv2d"
+    op = ("conv2d_backward_input" if stride > 1 else "conv2d_backward_weight" if "windows" in says
+          else "conv2d")
     why = registry.refusal(op, "cpu", "grouped", g)
     assert why is not None and says in why and str(g.w_shape) in why
-    if stride > 1:
+    if op != "conv2d":
         assert registry.refusal("conv2d", "cpu", "grouped", g) is None
-    x = np.ones(x_shape, np.float32)
-    w = np.ones(w_shape, np.float32)
+    x, w, gy = (np.ones(shape, np.float32) for shape in (x_shape, w_shape, g.y_shape))
+    kwargs = dict(stride=stride, padding=1, groups=groups, data_format=layout, algo="grouped")
     with pytest.raises(ValueError, match="algo='grouped'"):
-        if stride > 1:
-            ops.conv2d_backward_input(np.ones(g.y_shape, np.float32), w, x_shape, stride=stride,
-                                      padding=1, groups=groups, data_format=layout,
-                                      algo="grouped")
+        if op == "conv2d_backward_input":
+            ops.conv2d_backward_input(gy, w, x_shape, **kwargs)
+        elif op == "conv2d_backward_weight":
+            ops.conv2d_backward_weight(gy, x, w_shape, **kwargs)
         else:
-            ops.conv2d(x, w, padding=1, groups=groups, data_format=layout, algo="grouped")
+            ops.conv2d(x, w, **kwargs)
 
 
-def test_auto_takes_it_for_the_forward_and_the_input_gradient():
+def test_auto_takes_it_for_every_op_it_serves():
     """algo="auto" runs an NHWC layer of 4 channels a group (ResNeXt's) on "grouped" for its
-    forward and, at stride 1, its input gradient; its weight gradient, and a strided layer's
-    input gradient, on the fitted rule's algorithm."""
-    g = geometry.conv_geometry((8, 56, 56, 128), (3, 3, 4, 128), 1, 1, 1, 32, "NHWC")
-    strided = geometry.conv_geometry((8, 56, 56, 128), (3, 3, 4, 128), 2, 1, 1, 32, "NHWC")
-    assert conv2d.choose_cpu("conv2d", g) == "grouped"
-    assert conv2d.choose_cpu("conv2d_backward_input", g) == "grouped"
-    assert conv2d.choose_cpu("conv2d", strided) == "grouped"
-    for op, layer in (("conv2d_backward_weight", g), ("conv2d_backward_input", strided)):
-        assert conv2d.choose_cpu(op, layer) != "grouped"
+    forward, its weight gradient and, at stride 1, its input gradient; a strided layer's input
+    gradient and a 5-wide window's weight gradient on the fitted rule's algorithm."""
+    def layer(stride=1, window=3):
+        return geometry.conv_geometry((8, 56, 56, 128), (window, window, 4, 128), stride, 1, 1,
+                                      32, "NHWC")
+    for op in registry.CONV_OPS:
+        assert conv2d.choose_cpu(op, layer()) == "grouped"
+    assert conv2d.choose_cpu("conv2d", layer(stride=2)) == "grouped"
+    assert conv2d.choose_cpu("conv2d_backward_weight", layer(stride=2)) == "grouped"
+    assert conv2d.choose_cpu("conv2d_backward_input", layer(stride=2)) != "grouped"
+    assert conv2d.choose_cpu("conv2d_backward_weight", layer(window=5)) != "grouped"

@@ -31,7 +31,7 @@ CPU_ALGOS = {"reference", "direct", "im2col", "blocked", "depthwise", "winograd"
 CANDIDATES = sorted(CPU_ALGOS - {"reference", "grouped"})
 GENERAL = sorted(registry.general("cpu"))  # the algos that serve every layer and op
 # Ops an algo has no implementation of (registry.refusal names them).
-MISSING = {"conv2d_backward_weight": {"winograd", "grouped"}}
+MISSING = {"conv2d_backward_weight": {"winograd"}}
 
 # (x_shape, w_shape, groups) in NCHW/OIHW
 WIDE = ((1, 8, 6, 6), (16, 8, 3, 3), 1)        # 72 taps, 16 filters: a GEMM worth BLAS

@@ -82,12 +82,14 @@ def _calls_with_float32(monkeypatch):
     ops.conv2d_backward_input(y, ws, xs.shape, **kw)
     ops.conv2d_backward_weight(y, xs, ws.shape, **kw)
     # an NHWC layer of 4 channels a group (grouped_nhwc_rows): rows of 14, its tiles and the
-    # padded edges' single pixels; the input gradient
+    # padded edges' single pixels; the input gradient; the weight gradient
+    # (grouped_nhwc_weight_rows)
     xs = random(rng, (2, 4, 14, 2 * VECTOR_LANES), np.float32)
     ws = random(rng, (3, 3, 4, 2 * VECTOR_LANES), np.float32)
     kw = dict(padding=1, groups=VECTOR_LANES // 2, data_format="NHWC", algo="grouped")
     y = ops.conv2d(xs, ws, random(rng, (2 * VECTOR_LANES,), np.float32), activation="relu", **kw)
     ops.conv2d_backward_input(y, ws, xs.shape, **kw)
+    ops.conv2d_backward_weight(y, xs, ws.shape, **kw)
     for algo in ("direct", "im2col", "blocked"):
         for layout, xs, ws in (("NCHW", x, w), ("NHWC", x.transpose(0, 2, 3, 1).copy(),
                                                 w.transpose(2, 3, 1, 0).copy())):
@@ -367,9 +369,9 @@ def test_grouped_rows_are_packed_fmas_in_registers_on_this_machine(monkeypatch):
     per tap, d packed FMAs a pixel, the tile's full-width ones all on registers (its
     accumulators held there across the taps, the input vector loaded once for its d FMAs), and
     at the tile's end d - 1 shuffles a pixel bringing the rotations home. Seen on this
-    project's AVX-512 Xeon: 24 register FMAs in each full tile's tap loop (12 x 2, 6 x 4, 3 x
-    8), 6, 12 and 8 FMAs from memory in the single pixels'; the 2 x 12 tile's bias and zeros
-    set lane by lane through the stack (285 moves a tile, outside the tap loop)."""
+    project's AVX-512 Xeon: 132 packed zmm FMAs, 74 on registers (24 in each full tile's tap
+    loop: 12 x 2, 6 x 4, 3 x 8), 62 shuffles; the 2 x 12 tile's bias and zeros set lane by
+    lane through the stack (285 moves a tile, outside the tap loop)."""
     from fastconv.kernels import conv_grouped as kernels
     asm = _float32_asm(kernels.grouped_nhwc_rows, monkeypatch)
     fmas = _fmas_in(asm)
@@ -380,6 +382,23 @@ def test_grouped_rows_are_packed_fmas_in_registers_on_this_machine(monkeypatch):
     assert from_registers >= sum(d * pixels for d, pixels in tiles.items()), (from_registers, fmas)
     shuffles = len(re.findall(r"^\s+v(?:perm|shuf)\w*\s", asm, re.M))
     assert shuffles >= sum((d - 1) * pixels for d, pixels in tiles.items()), shuffles
+
+
+def test_grouped_weight_rows_are_packed_fmas_in_registers_on_this_machine(monkeypatch):
+    """grouped_nhwc_weight_rows' window-row passes (kernels/conv_grouped.py, for each group
+    width d: d x 3 accumulators, 8 x 3 as two passes of 4 x 3, and d x 1): a tap's input
+    vector meets each turn of the pixel's output gradient in a packed FMA on registers, the
+    accumulators held there over the image; the columns inside the row's taps without a
+    branch a tap, its edges' with one. Seen on this project's AVX-512 Xeon: 348 packed zmm
+    FMAs, all on registers."""
+    from fastconv.kernels import conv_grouped as kernels
+    asm = _float32_asm(kernels.grouped_nhwc_weight_rows, monkeypatch)
+    passes = [(2, 3), (4, 3), (4, 3), (4, 3), (2, 1), (4, 1), (8, 1)]  # (turns, taps)
+    fmas = _fmas_in(asm)
+    from_registers = len(re.findall(r"vfmadd\d+ps\s+%[yz]mm\d+, %[yz]mm\d+, %[yz]mm\d+$", asm,
+                                    re.M))
+    assert from_registers >= sum(t * w for t, w in passes), (from_registers, fmas)
+    assert fmas >= 2 * sum(t * w for t, w in passes), fmas
 
 
 @pytest.mark.parametrize("module, name", [("conv_depthwise", "depthwise_nhwc_rows"),

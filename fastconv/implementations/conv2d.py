@@ -794,7 +794,8 @@ def conv2d_backward_weight_depthwise_cpu(g, gy, x):
 
 
 # implementations/grouped.py runs kernels/conv_grouped.py's rotated accumulators on NHWC layers
-# of 2, 4 or 8 channels a group (grouped.applies); its input gradient at stride 1 only.
+# of 2, 4 or 8 channels a group (grouped.applies); its input gradient at stride 1 only, its
+# weight gradient for windows 1 or 3 wide.
 
 @register("conv2d", "cpu", "grouped", applies=grouped.applies)
 def conv2d_grouped_cpu(g, x, w, b, activation):
@@ -804,6 +805,11 @@ def conv2d_grouped_cpu(g, x, w, b, activation):
 @register("conv2d_backward_input", "cpu", "grouped", applies=grouped.applies_backward_input)
 def conv2d_backward_input_grouped_cpu(g, gy, w):
     return grouped.backward_input(g, gy, w)
+
+
+@register("conv2d_backward_weight", "cpu", "grouped", applies=grouped.applies_backward_weight)
+def conv2d_backward_weight_grouped_cpu(g, gy, x):
+    return grouped.backward_weight(g, gy, x)
 
 
 # --- im2col + GEMM ------------------------------------------------------------------------------
@@ -1346,9 +1352,10 @@ def choose_cpu(op, g):
     layer with one output channel a group (groups == C == K: MobileNet's) takes "depthwise"
     for all three ops, which beat the tree's choice on every MobileNetV2 depthwise layer on one
     and two threads (1.09-5.6x; benchmarks/results/cpu-depthwise-planes.md); an NHWC layer of
-    2, 4 or 8 channels a group takes "grouped" for its forward and (at stride 1) its input
-    gradient, 1.1-3.3x the speed of the rule's "blocked" on ResNeXt's layers and others on one
-    and two Xeon threads (benchmarks/results/cpu-grouped-nhwc.md). After it, one for
+    2, 4 or 8 channels a group takes "grouped" for each op it serves (the input gradient at
+    stride 1, the weight gradient of windows 1 or 3 wide), 1.1-3.3x the speed of the rule's
+    "blocked" on ResNeXt's layers and others on one and two Xeon threads
+    (benchmarks/results/cpu-grouped-nhwc.md). After it, one for
     layout: the suite's layers are NCHW, and the direct kernels' register tiles serve NCHW
     only (_tiled), im2col's grouped GEMMs NCHW's contiguous planes, so an NHWC layer the rule
     sends to "direct", or a grouped one to "im2col", takes "blocked", which reads NHWC through
@@ -1370,7 +1377,7 @@ def choose_cpu(op, g):
     1.17-1.30x), backward 1.10-1.45x (benchmarks/results/cpu-pointwise-nchw-xeon.md)."""
     if g.groups == g.C == g.K:
         return "depthwise"
-    if op != "conv2d_backward_weight" and refusal(op, "cpu", "grouped", g) is None:
+    if refusal(op, "cpu", "grouped", g) is None:
         return "grouped"
     if _planes_gathered(g):
         return "im2col"

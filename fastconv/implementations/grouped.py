@@ -6,7 +6,8 @@ accumulators, x and y read and written where they lie.
 The forward lays its filters out rotated (:func:`rotated_filters`); the input gradient of a
 stride-1 layer is the same correlation of the output gradient with each group's filters
 transposed and flipped (:func:`_transposed_groups`), its padding the window's reach less the
-forward's.
+forward's; the weight gradient of a window 1 or 3 wide sums each image's products in that
+rotated layout, the images added in float64 and put back in the filters' places.
 """
 
 import numpy as np
@@ -35,6 +36,17 @@ def applies(g):
             f"not this one's groups={g.groups} of x {g.x_shape}, w {g.w_shape} ({g.layout})")
 
 
+def applies_backward_weight(g):
+    """:func:`applies`, for windows WEIGHT_WIDTHS wide (the weight gradient's accumulators a
+    window row a compile-time count)."""
+    why = applies(g)
+    if why is None and g.S not in kernels.WEIGHT_WIDTHS:
+        return (f"algo='grouped' computes the weight gradient of windows "
+                f"{' or '.join(map(str, kernels.WEIGHT_WIDTHS))} wide, not this one's {g.S}: x "
+                f"{g.x_shape}, w {g.w_shape}")
+    return why
+
+
 def applies_backward_input(g):
     """:func:`applies`, at stride 1 (the input gradient as a correlation of the output
     gradient)."""
@@ -45,20 +57,24 @@ def applies_backward_input(g):
     return why
 
 
-def rotated_filters(w, d, dtype):
-    """(d * R * S * K / VECTOR, VECTOR): OIHW filters ``w`` (K, d, R, S) of groups of d laid out
-    for kernels.grouped_nhwc_rows, rotation r's tap (i, j)'s block b at row (r * R * S + i * S
-    + j) * K / VECTOR + b, its lane v w[b * VECTOR + v - v % d + (v % d + r) % d, v % d, i,
-    j]."""
-    k_, _, r_, s_ = w.shape
+def _rotation_places(k_, d):
+    """(k, c): the filter w[k[r, b, v], c[v]] that rotation r's block b holds in lane v, k (d,
+    K / VECTOR, VECTOR) and c (VECTOR,): output channel v - v % d + (v % d + r) % d of block b,
+    input channel v % d of its group."""
     lanes = np.arange(VECTOR)
     base, channel = lanes - lanes % d, lanes % d
     blocks = np.arange(k_ // VECTOR)[:, None] * VECTOR
-    out = np.empty((d, r_ * s_, k_ // VECTOR, VECTOR), dtype)
-    for r in range(d):
-        taps = w[blocks + base + (channel + r) % d, channel]  # (blocks, VECTOR, R, S)
-        out[r] = taps.reshape(k_ // VECTOR, VECTOR, r_ * s_).transpose(2, 0, 1)
-    return out.reshape(-1, VECTOR)
+    return np.stack([blocks + base + (channel + r) % d for r in range(d)]), channel
+
+
+def rotated_filters(w, d, dtype):
+    """(d * R * S * K / VECTOR, VECTOR): OIHW filters ``w`` (K, d, R, S) of groups of d laid out
+    for kernels.grouped_nhwc_rows, rotation r's tap (i, j)'s block b at row (r * R * S + i * S
+    + j) * K / VECTOR + b (:func:`_rotation_places`)."""
+    k_, _, r_, s_ = w.shape
+    k, channel = _rotation_places(k_, d)
+    taps = w[k, channel].reshape(d, k_ // VECTOR, VECTOR, r_ * s_)
+    return np.ascontiguousarray(taps.transpose(0, 3, 1, 2), dtype).reshape(-1, VECTOR)
 
 
 def _transposed_groups(w, d):
@@ -94,3 +110,19 @@ def backward_input(g, gy, w):
     reach_rows, reach_columns = (g.R - 1) * g.dilation[0], (g.S - 1) * g.dilation[1]
     return _correlate(gy, g.OH, g.OW, filters, driver.bias(np, None, g.C, gy.dtype), gx, g.H,
                       g.W, g, reach_rows - top, reach_columns - left, d, None)
+
+
+def backward_weight(g, gy, x):
+    """Each image's and block's rotated sums (kernels.grouped_nhwc_weight_rows), added over the
+    images in float64 and put back in the filters' places (:func:`_rotation_places`)."""
+    d, blocks = _rotations(g), g.C // VECTOR
+    sums = driver.empty(np, (g.N * blocks, d * g.R * g.S, VECTOR), gy.dtype)
+    top, _, left, _ = g.padding
+    driver.cpu_call(kernels.grouped_nhwc_weight_rows, g.flops // 2, x.reshape(g.N, -1), g.H,
+                    g.W, gy.reshape(g.N, -1), g.OH, g.OW, g.R, g.S, top, left, g.stride,
+                    g.dilation, d, sums)
+    total = sums.reshape(g.N, blocks, d, g.R * g.S, VECTOR).sum(axis=0, dtype=np.float64)
+    gw = np.empty((g.K, d, g.R * g.S), gy.dtype)
+    k, channel = _rotation_places(g.K, d)
+    gw[k, channel] = total.transpose(1, 0, 3, 2)
+    return np.ascontiguousarray(gw.reshape(g.K, d, g.R, g.S).transpose(2, 3, 1, 0))
