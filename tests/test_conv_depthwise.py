@@ -53,6 +53,12 @@ def depthwise_cases(draw, dtypes=(np.float32, np.float64)):
                   data_format=layout)
     x_shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
     w_shape = (c * m, 1, r, s) if layout == "NCHW" else (r, s, 1, c * m)
+    return layer_case(draw, x_shape, w_shape, kwargs, dtypes)
+
+
+def layer_case(draw, x_shape, w_shape, kwargs, dtypes):
+    """A drawn layer as the tests take it: its shapes, arguments and geometry (none where the
+    window does not fit the input: hypothesis draws again), a dtype and a seed."""
     try:
         g = geometry.conv_geometry(x_shape, w_shape, **kwargs)
     except ValueError:

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_conv import _threads, paddings
+from test_conv_depthwise import arrays, layer_case
 
 import oracle
 from fastconv import geometry, ops, registry
 from fastconv.implementations import conv2d
 from fastconv.kernels import VECTOR_LANES, conv_grouped
-from oracle import random
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -35,21 +35,7 @@ def grouped_cases(draw, stride_one=False, dtypes=(np.float32, np.float64)):
                   dilation=draw(st.one_of(st.integers(1, 2),
                                           st.tuples(st.integers(1, 2), st.integers(1, 2)))),
                   groups=c // d, data_format="NHWC")
-    x_shape, w_shape = (n, h, w, c), (r, s, d, c)
-    try:
-        g = geometry.conv_geometry(x_shape, w_shape, **kwargs)
-    except ValueError:
-        assume(False)  # the window does not fit this input
-    return dict(x_shape=x_shape, w_shape=w_shape, kwargs=kwargs, geometry=g,
-                dtype=draw(st.sampled_from(dtypes)), seed=draw(st.integers(0, 2**32 - 1)))
-
-
-def arrays(case):
-    """x, w, b and gy of a case, fresh standard-normal data."""
-    rng = np.random.default_rng(case["seed"])
-    g, dtype = case["geometry"], case["dtype"]
-    return (random(rng, case["x_shape"], dtype), random(rng, case["w_shape"], dtype),
-            random(rng, (g.K,), dtype), random(rng, g.y_shape, dtype))
+    return layer_case(draw, (n, h, w, c), (r, s, d, c), kwargs, dtypes)
 
 
 @SETTINGS

@@ -122,7 +122,7 @@ def backward_weight(g, gy, x):
                     g.W, gy.reshape(g.N, -1), g.OH, g.OW, g.R, g.S, top, left, g.stride,
                     g.dilation, d, sums)
     total = sums.reshape(g.N, blocks, d, g.R * g.S, VECTOR).sum(axis=0, dtype=np.float64)
-    gw = np.empty((g.K, d, g.R * g.S), gy.dtype)
+    gw = driver.empty(np, (g.K, d, g.R * g.S), gy.dtype)  # every cell one rotation's
     k, channel = _rotation_places(g.K, d)
     gw[k, channel] = total.transpose(1, 0, 3, 2)
     return np.ascontiguousarray(gw.reshape(g.K, d, g.R, g.S).transpose(2, 3, 1, 0))
