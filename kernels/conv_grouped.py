@@ -12,7 +12,7 @@ with a filter vector rotated once when the filters are laid out (implementations
 and at the tile's end accumulator r is rotated back by r inside its groups and the d are
 summed (tile_fmas.rotations_summed): d - 1 shuffles a pixel, none a tap. Blocked's
 channel-block tiles, which give each group its own vector, ran ResNeXt-50's NHWC layer1.conv2
-at 0.49-0.55x PyTorch on a Xeon, and its filters padded to 16-channel groups (4x the
+at 0.47-0.58x PyTorch on a Xeon, and its filters padded to 16-channel groups (4x the
 multiply-adds) at 0.65x on one thread (benchmarks/results/cpu-grouped-nhwc.md).
 
 The weight gradient turns the other operand instead: an output pixel's gradient vector,
@@ -220,7 +220,8 @@ def grouped_nhwc_weight_rows(x, h_, w_, gy, oh_, ow_, r_, s_, top, left, stride,
     out (N * B, d * R * S, VECTOR); S (s_) one of WEIGHT_WIDTHS, d = ``rotations``.
     Loop order: (image, block of VECTOR channels) in parallel; per task the window rows in
     turn, each a pass over the image's outputs with its d x S accumulators in registers (8
-    channels a group at S = 3: two passes of 4 turns, 12 accumulators each: 24 spilled), a
+    channels a group at S = 3: two passes of 4 turns, 12 accumulators each, where one pass's
+    24 and their 8 turns would pass AVX-512's 32 registers), a
     pixel's gradient vector loaded once a pass and turned, each of its S input vectors meeting
     the turns (tile_fmas.rotated_products). Each task owns its out[n * B + b]."""
     n_, c_ = x.shape[0], gy.shape[1] // (oh_ * ow_)
