@@ -193,6 +193,10 @@ def prefetch(typingctx, a, index):
     return types.void(a, types.uint64), codegen
 
 
+# The zero offset of the intrinsics' unsigned offsets (Numba types an int64 plus a uint64 as a
+# float64).
+ZERO = np.uint64(0)
+
 # A cache line: vector loads that start at one's boundary read it once (one straddling two
 # reads both: the depthwise tile loop ran 1.6x slower from a 16-byte-aligned buffer here).
 LINE_BYTES = 64

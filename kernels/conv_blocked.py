@@ -27,7 +27,7 @@ import functools
 import numpy as np
 from numba import carray, njit, prange
 
-from . import CPU_KERNEL, VECTOR_LANES, stack_array
+from . import CPU_KERNEL, VECTOR_LANES, ZERO, stack_array
 from .activation import activate_run
 from .tile_fmas import broadcast_fmas
 from .variants import variant
@@ -77,7 +77,6 @@ ROW_PIXELS = ROW_TILES[1][0]  # conv2d_forward_rows' own; forward_rows compiles 
 # pixel, as conv2d_forward does).
 ROW_STEPS = (1, 2, 3, 6, VECTOR, 2 * VECTOR)
 COL_STEP = 1  # conv2d_forward_rows' own; forward_rows compiles the other
-ZERO = np.uint64(0)
 # conv2d_forward_rows' spans of taps: a band's tiles run a span of whole channels, about
 # SPAN_BYTES of filters, before the next (their partial sums saved between spans), so that the
 # span stays in L2 (1 MiB on this project's Zen 5) beside the band's input rows while every

@@ -25,7 +25,7 @@ from numba import carray, njit, prange, types
 from numba.extending import get_cython_function_address
 
 from .. import runtime
-from . import CPU_KERNEL, VECTOR_LANES, stack_array
+from . import CPU_KERNEL, VECTOR_LANES, ZERO, stack_array
 from .tile_fmas import broadcast_fmas
 from .vector_moves import move_rows
 
@@ -246,7 +246,6 @@ def _thin_rows(a, b, c, z, i, pair, j0, j1, beta):
 # gemm_short's register tile: SHORT_ROWS rows of c x SHORT_COLUMNS columns (SHORT_COLUMNS /
 # VECTOR_LANES vectors), its 24 accumulators of AVX-512's 32 registers, 12 of AVX2's 16.
 SHORT_ROWS, SHORT_COLUMNS = (8, 48) if VECTOR_LANES == 16 else (6, 16)
-ZERO = np.uint64(0)
 
 
 @njit(**CPU_KERNEL)

@@ -157,6 +157,13 @@ def lane_fmas(typingctx, acc, src, start, step, filters, t, first, last, pixels)
     return types.void(acc, src, start, step, filters, t, first, last, pixels), codegen
 
 
+def _turn(group, by):
+    """The shuffle mask that turns a vector by ``by`` lanes inside its groups of ``group``:
+    lane v takes lane v - v % group + (v % group + by) % group."""
+    return ir.Constant(ir.VectorType(ir.IntType(32), VECTOR),
+                       [v - v % group + (v % group + by) % group for v in range(VECTOR)])
+
+
 @intrinsic
 def rotated_fmas(typingctx, acc, src, start, step, filters, t, t_step, pixels, rotations):
     """acc[r * pixels + j, v] += src[start + j * step + v] * filters[t + r * t_step, v] for j <
@@ -206,16 +213,14 @@ def rotations_summed(typingctx, acc, pixels, rotations):
         _, vector_at, vector, size, _ = _tile_code(context, builder, signature, args, (0,),
                                                    typed=0)
         index, undefined = ir.IntType(64), ir.Constant(vector, ir.Undefined)
-        masks = [ir.Constant(ir.VectorType(ir.IntType(32), VECTOR),
-                             [v - v % turns + (v % turns - r) % turns for v in range(VECTOR)])
-                 for r in range(turns)]
         for j in range(count):
             home = vector_at(0, ir.Constant(index, j), ir.Constant(index, 0))
             total = builder.load(home, align=size)
             for r in range(1, turns):
                 turned = builder.load(vector_at(0, ir.Constant(index, r * count + j),
                                                 ir.Constant(index, 0)), align=size)
-                total = builder.fadd(total, builder.shuffle_vector(turned, undefined, masks[r]))
+                total = builder.fadd(total, builder.shuffle_vector(turned, undefined,
+                                                                    _turn(turns, -r)))
             builder.store(total, home, align=size)
         return context.get_dummy_value()
     return types.void(acc, pixels, rotations), codegen
@@ -247,13 +252,8 @@ def rotated_products(typingctx, acc, src, start, step, grad, grad_at, inside, ta
         undefined = ir.Constant(vector, ir.Undefined)
         grad = builder.load(vector_at(4, at), align=size)
 
-        def turned(r):
-            if r == 0:
-                return grad
-            return builder.shuffle_vector(grad, undefined, ir.Constant(
-                ir.VectorType(ir.IntType(32), VECTOR),
-                [v - v % group + (v % group + r) % group for v in range(VECTOR)]))
-        factors = [turned(offset + r) for r in range(kept)]
+        factors = [builder.shuffle_vector(grad, undefined, _turn(group, offset + r)) if
+                   offset + r else grad for r in range(kept)]
         def tap(t):
             value = builder.load(vector_at(1, builder.add(origin, builder.mul(
                 step, ir.Constant(index, t)))), align=size)

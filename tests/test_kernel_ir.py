@@ -370,8 +370,8 @@ def test_grouped_rows_are_packed_fmas_in_registers_on_this_machine(monkeypatch):
     accumulators held there across the taps, the input vector loaded once for its d FMAs), and
     at the tile's end d - 1 shuffles a pixel bringing the rotations home. Seen on this
     project's AVX-512 Xeon: 132 packed zmm FMAs, 74 on registers (24 in each full tile's tap
-    loop: 12 x 2, 6 x 4, 3 x 8), 62 shuffles; the 2 x 12 tile's bias and zeros set lane by
-    lane through the stack (285 moves a tile, outside the tap loop)."""
+    loop: 12 x 2, 6 x 4, 3 x 8), 62 shuffles, 47 scalar moves (240 more when the 12 x 2 tile's
+    bias and sums moved lane by lane; 24 under AVX2)."""
     from fastconv.kernels import conv_grouped as kernels
     asm = _float32_asm(kernels.grouped_nhwc_rows, monkeypatch)
     fmas = _fmas_in(asm)
@@ -382,6 +382,8 @@ def test_grouped_rows_are_packed_fmas_in_registers_on_this_machine(monkeypatch):
     assert from_registers >= sum(d * pixels for d, pixels in tiles.items()), (from_registers, fmas)
     shuffles = len(re.findall(r"^\s+v(?:perm|shuf)\w*\s", asm, re.M))
     assert shuffles >= sum((d - 1) * pixels for d, pixels in tiles.items()), shuffles
+    scalar = len(re.findall(r"^\s+v(?:movss|insertps|extractps)\s", asm, re.M))
+    assert scalar < fmas // 2, (scalar, fmas)
 
 
 def test_grouped_weight_rows_are_packed_fmas_in_registers_on_this_machine(monkeypatch):
