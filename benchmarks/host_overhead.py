@@ -37,8 +37,8 @@ CALLS = {
     "conv2d_backward_weight": lambda make: (ops.conv2d_backward_weight,
                                             (make((1, 4, 8, 8)), make((1, 4, 8, 8)),
                                              (4, 4, 3, 3)), dict(padding=1)),
-    # a 1x1 layer through im2col's product (gemm_short: 16 rows, 192 columns), small enough
-    # for the CUDA simulator's Python kernels (gpu_check.sh --smoke: ~5 s a call)
+    # a 1x1 layer through im2col's product (gemm_short_unfetched: 16 rows, 192 columns),
+    # small enough for the CUDA simulator's Python kernels (gpu_check.sh --smoke: ~5 s a call)
     "conv2d 1x8x12x16, 16@1x1": lambda make: (ops.conv2d, (make((1, 8, 12, 16)),
                                                            make((16, 8, 1, 1))), {}),
     "max_pool2d 1x4x8x8, 2x2": lambda make: (ops.max_pool2d, (make((1, 4, 8, 8)), 2), {}),

@@ -175,20 +175,25 @@ def stack_array(typingctx, rows, columns, dtype):
     return types.CPointer(element)(rows, columns, dtype), codegen
 
 
+def fetch_line(builder, pointer, locality=3):
+    """The code asking for the cache line at ``pointer`` to be brought in for reading, without
+    waiting for it (llvm.prefetch: never faults, whatever the address): into L1 (locality 3),
+    or into L2 only (2)."""
+    int32 = ir.IntType(32)
+    fetch = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType()] + [int32] * 3),
+        "llvm.prefetch.p0")
+    builder.call(fetch, [builder.bitcast(pointer, ir.PointerType()), ir.Constant(int32, 0),
+                         ir.Constant(int32, locality), ir.Constant(int32, 1)])
+
+
 @intrinsic
 def prefetch(typingctx, a, index):
     """Ask for the cache line holding a[index] (a 1-D array, an unsigned index) to be brought
-    in for reading, without waiting for it (llvm.prefetch: never faults, whatever the index)."""
+    into L1 (:func:`fetch_line`)."""
     def codegen(context, builder, signature, args):
         made = context.make_array(signature.args[0])(context, builder, args[0])
-        pointer = builder.gep(made.data, [args[1]])
-        int32 = ir.IntType(32)
-        fetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType()] + [int32] * 3),
-            "llvm.prefetch.p0")
-        # a read, kept in every cache level, of data
-        builder.call(fetch, [builder.bitcast(pointer, ir.PointerType()), ir.Constant(int32, 0),
-                             ir.Constant(int32, 3), ir.Constant(int32, 1)])
+        fetch_line(builder, builder.gep(made.data, [args[1]]))
         return context.get_dummy_value()
     return types.void(a, types.uint64), codegen
 

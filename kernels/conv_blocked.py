@@ -115,7 +115,7 @@ def _accumulate(acc, a, bases, offsets, rows, pixels, width, period, lo, hi):
     for t0 in range(0, offsets.shape[0], max(period, np.uint64(1))):
         if VECTOR == 8 or width < VECTOR:
             broadcast_fmas(acc, a, bases, offsets, rows, np.uint64(t0) + lo, np.uint64(t0) + hi,
-                           pixels, width)
+                           pixels, width, 0)
         else:
             for t in range(np.uint64(t0) + lo, np.uint64(t0) + hi):
                 off = offsets[t]

@@ -27,6 +27,7 @@ from numba.extending import get_cython_function_address
 from .. import runtime
 from . import CPU_KERNEL, VECTOR_LANES, ZERO, stack_array
 from .tile_fmas import broadcast_fmas
+from .variants import variant
 from .vector_moves import move_rows
 
 
@@ -246,6 +247,9 @@ def _thin_rows(a, b, c, z, i, pair, j0, j1, beta):
 # gemm_short's register tile: SHORT_ROWS rows of c x SHORT_COLUMNS columns (SHORT_COLUMNS /
 # VECTOR_LANES vectors), its 24 accumulators of AVX-512's 32 registers, 12 of AVX2's 16.
 SHORT_ROWS, SHORT_COLUMNS = (8, 48) if VECTOR_LANES == 16 else (6, 16)
+# The columns past a tile whose lines each reduction step asks for (broadcast_fmas' ahead): the
+# next tile's, in L2 by the time the tile after reads them (gemm_short_unfetched: none).
+FETCHED_COLUMNS = SHORT_COLUMNS
 
 
 @njit(**CPU_KERNEL)
@@ -256,6 +260,11 @@ def gemm_short(at, b, c):
     3136 x 24, and packs the whole of its long operand, x, for the 2 * 24 multiply-adds an
     element it packs; here x's rows are read where they lie, from L1 after a tile's first
     block of rows (1.0-1.6x BLAS's speed at 16-64 rows on a Xeon: driver.SHORT_PLANE_ROWS).
+    Each reduction step asks for the next tile's lines of its row of b into L2
+    (FETCHED_COLUMNS): the rows lie a plane apart, more streams than the hardware's
+    prefetchers follow, and a tile's first block of rows waited on memory (MobileNetV2's
+    features.1.project, 16 x 32 @ 32 x 12544 x 8, 1.08 -> 0.85 ms on one Xeon thread; its
+    features.3.project 1.51 -> 1.20).
 
     Layout: at (Za, K, M) C-contiguous, the left operand transposed (its values a tap of
     broadcast_fmas: a row of M weights a reduction step), Za 1 (shared) or Z; b (Z, K, N) with
@@ -293,6 +302,11 @@ def gemm_short(at, b, c):
                 move_rows(zeros, ZERO, ZERO, flat, ZERO, np.uint64(SHORT_COLUMNS), SHORT_ROWS,
                           SHORT_COLUMNS)
                 broadcast_fmas(acc, weights, rows, steps, columns, ZERO, np.uint64(k), SHORT_ROWS,
-                               SHORT_COLUMNS)
+                               SHORT_COLUMNS, FETCHED_COLUMNS)
                 move_rows(flat, ZERO, np.uint64(SHORT_COLUMNS), cz, np.uint64(i0 * n + j0),
                           np.uint64(n), SHORT_ROWS, SHORT_COLUMNS)
+
+
+# gemm_short asking for no lines ahead, for planes of few columns (driver.FETCH_PLANE_COLUMNS),
+# a few tiles a row of b, where the requests cost more than they saved.
+gemm_short_unfetched = variant(gemm_short, "unfetched", FETCHED_COLUMNS=0)

@@ -24,7 +24,7 @@ from numba import types
 from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
-from . import VECTOR_LANES
+from . import VECTOR_LANES, fetch_line
 
 VECTOR = VECTOR_LANES
 
@@ -62,7 +62,7 @@ def _tile_code(context, builder, signature, args, arrays, lanes=VECTOR, typed=1)
 
 
 @intrinsic
-def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels, width):
+def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels, width, ahead):
     """acc[j, v] += a[bases[j] + offsets[t]] * rows[t, v] for start <= t < stop, j < ``pixels``
     and v < ``width`` (compile-time constants, width a multiple of VECTOR or a part of one: a
     half-vector tile), taps in order: per tap, one load of rows' values a vector (of VECTOR
@@ -71,10 +71,14 @@ def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels,
     width) is a stack array (kernels.stack_array), which LLVM keeps in registers across the
     loop; rows (> t, width) a 2-D array of a's dtype whose rows have unit stride (C-contiguous,
     or columns of one: kernels/gemm.py's gemm_short); a, bases and offsets 1-D;
-    offsets and bounds unsigned."""
-    if not (isinstance(pixels, types.IntegerLiteral) and isinstance(width, types.IntegerLiteral)):
-        raise errors.RequireLiteralValue((pixels, width))
-    count, lanes = pixels.literal_value, width.literal_value
+    offsets and bounds unsigned. Where ``ahead`` (a compile-time constant) is not 0, each tap
+    also asks for the lines of rows[t, width:width + ahead], one a vector, to be brought into
+    L2 (never faulting past rows' end): the next tile's columns, for gemm_short, whose rows lie
+    a plane apart, more streams than the hardware's prefetchers follow."""
+    literals = (pixels, width, ahead)
+    if not all(isinstance(a, types.IntegerLiteral) for a in literals):
+        raise errors.RequireLiteralValue(literals)
+    count, lanes, fetched = (a.literal_value for a in literals)
     step = min(lanes, VECTOR)
     if lanes % VECTOR and VECTOR % lanes:
         raise errors.TypingError(f"broadcast_fmas' width is a multiple or a part of {VECTOR}, "
@@ -98,6 +102,8 @@ def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels,
         offset = builder.load(at(3, t))
         rows = [builder.load(vector_at(4, t, ir.Constant(index, v0)), align=size)
                 for v0 in range(0, lanes, step)]
+        for v0 in range(lanes, lanes + fetched, step):
+            fetch_line(builder, at(4, t, ir.Constant(index, v0)), locality=2)
         for j in range(count):
             value = builder.load(at(1, builder.add(builder.load(at(2, ir.Constant(index, j))),
                                                    offset)))
@@ -112,7 +118,7 @@ def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels,
         builder.branch(test).set_metadata("llvm.loop", _no_unroll(builder.module))
         builder.position_at_end(done)
         return context.get_dummy_value()
-    return types.void(acc, a, bases, offsets, rows, start, stop, pixels, width), codegen
+    return types.void(acc, a, bases, offsets, rows, start, stop, pixels, width, ahead), codegen
 
 
 @intrinsic

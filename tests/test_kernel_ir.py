@@ -306,7 +306,8 @@ def test_gemm_short_tile_stays_in_vector_registers(monkeypatch):
     scalar moves to the stack, each of the reduction's first vector loads of the tile waiting
     on 16 of them, ResNet-50's 64 -> 64 layer at 0.6x the speed; with its columns sliced
     inside the loop of row blocks, it compiled to 48 such moves and 1000 vector ones) and no
-    gather or scatter."""
+    gather or scatter; gemm_short's reduction step asks for the next tile's lines into L2
+    (prefetcht1, one a vector), gemm_short_unfetched's for none."""
     from fastconv.kernels import gemm
     calls, real = [], driver.cpu_call
     monkeypatch.setattr(driver, "cpu_call",
@@ -314,14 +315,16 @@ def test_gemm_short_tile_stays_in_vector_registers(monkeypatch):
     rng = np.random.default_rng(0)
     x, w = random(rng, (2, 16, 14, 14), np.float32), random(rng, (24, 16, 1, 1), np.float32)
     ops.conv2d(x, w, algo="im2col")
-    [args] = [a for k, a in calls if k is gemm.gemm_short]
-    for parallel in (False, True):
-        compiled, signature = _compiled(gemm.gemm_short, args, parallel=parallel)
-        asm = compiled.inspect_asm(signature)
-        assert not re.search(r"vmovss\s", asm), "a float32 moved an element at a time"
-        assert not re.search(r"v(p?gather|p?scatter)\w*\s", asm), "a gather or scatter"
-        vectors = gemm.SHORT_COLUMNS // VECTOR_LANES
-        assert _fmas_in(asm) >= gemm.SHORT_ROWS * vectors
+    [args] = [a for k, a in calls if k is gemm.gemm_short_unfetched]
+    vectors = gemm.SHORT_COLUMNS // VECTOR_LANES
+    for kernel, fetched in ((gemm.gemm_short, vectors), (gemm.gemm_short_unfetched, 0)):
+        for parallel in (False, True):
+            compiled, signature = _compiled(kernel, args, parallel=parallel)
+            asm = compiled.inspect_asm(signature)
+            assert not re.search(r"vmovss\s", asm), "a float32 moved an element at a time"
+            assert not re.search(r"v(p?gather|p?scatter)\w*\s", asm), "a gather or scatter"
+            assert _fmas_in(asm) >= gemm.SHORT_ROWS * vectors
+            assert len(re.findall(r"^\s+prefetcht1\s", asm, re.M)) == fetched
 
 
 def test_direct_tiled_microkernel_is_packed_fmas_on_this_machine(monkeypatch):

@@ -116,7 +116,7 @@ def test_thin_products_stream_past_blas(z, m, k, extra, a_layout, b_planes, add,
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(z=st.integers(1, 3), m=st.integers(driver.THIN_ROWS + 1, driver.SHORT_PLANE_ROWS),
-       k=st.integers(1, 90), extra=st.integers(0, 150), a_layout=st.sampled_from(LAYOUTS),
+       k=st.integers(1, 90), extra=st.integers(0, 450), a_layout=st.sampled_from(LAYOUTS),
        b_planes=st.sampled_from(["contiguous", "interleaved", "shared"]),
        parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
 @example(z=2, m=driver.THIN_ROWS + 1, k=1, extra=1, a_layout="column", b_planes="interleaved",
@@ -124,8 +124,9 @@ def test_thin_products_stream_past_blas(z, m, k, extra, a_layout, b_planes, add,
 def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, parallel, seed,
                                             monkeypatch, cpu_calls):
     """float32 products of THIN_ROWS + 1 to SHORT_PLANE_ROWS rows and SHORT_PLANE_COLUMNS
-    columns or more take gemm_short: its last block of rows and tile of columns overlapping the
-    ones before or not, a's planes in any layout,
+    columns or more take gemm_short (gemm_short_unfetched below FETCH_PLANE_COLUMNS): its last
+    block of rows and tile of columns overlapping the ones before or not, a's planes in any
+    layout,
     b's contiguous, interleaved (an NCHW batch's channel planes) or one shared plane; the same
     products accumulating, or in float64, take BLAS."""
     _parallel(monkeypatch, parallel)
@@ -137,7 +138,8 @@ def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, 
     a = _operand(rng, (z, m, k), a_layout, np.float32)
     want = np.matmul(a.astype(np.float64), b.astype(np.float64))
     before = a.copy(), b.copy()
-    for add, dtype, kernel in ((False, np.float32, "gemm_short"), (True, np.float32, "gemm"),
+    short = "gemm_short" if n >= driver.FETCH_PLANE_COLUMNS else "gemm_short_unfetched"
+    for add, dtype, kernel in ((False, np.float32, short), (True, np.float32, "gemm"),
                                (False, np.float64, "gemm")):
         start = random(rng, (z, m, n), dtype) if add else np.full((z, m, n), np.nan, dtype)
         out = start.copy()
@@ -160,17 +162,19 @@ def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, 
          seed=0)
 def test_gemm_short_covers_every_cell_once_or_alike(z, m, k, n, shared, parallel, seed,
                                                     monkeypatch):
-    """gemm_short on its own, down to one register tile (M = SHORT_ROWS, N = SHORT_COLUMNS)
-    and one tile and a column past it, where a chunk's last tile overlaps its first, and an
-    empty reduction: every cell of the poisoned c written with its own sum."""
+    """gemm_short and gemm_short_unfetched on their own, down to one register tile (M =
+    SHORT_ROWS, N = SHORT_COLUMNS) and one tile and a column past it, where a chunk's last tile
+    overlaps its first, and an empty reduction: every cell of the poisoned c written with its
+    own sum (the lines asked for past b's end never read)."""
     _parallel(monkeypatch, parallel)
     rng = np.random.default_rng(seed)
     at = random(rng, (1 if shared else z, k, m), np.float32)
     b = random(rng, (z, k, n), np.float32)
-    c = np.full((z, m, n), np.nan, np.float32)
-    driver.cpu_call(gemm.gemm_short, z * m * n * k, at, b, c)
     want = np.matmul(at.transpose(0, 2, 1).astype(np.float64), b.astype(np.float64))
-    assert _error(c, want) < tolerance(np.float32) * max(k, 1) ** 0.5
+    for kernel in (gemm.gemm_short, gemm.gemm_short_unfetched):
+        c = np.full((z, m, n), np.nan, np.float32)
+        driver.cpu_call(kernel, z * m * n * k, at, b, c)
+        assert _error(c, want) < tolerance(np.float32) * max(k, 1) ** 0.5
 
 
 @pytest.mark.parametrize("z, m, n, threads, blocks", [

@@ -20,12 +20,13 @@ V = VECTOR_LANES
 
 
 @functools.cache
-def _broadcast(pixels, width):
-    """broadcast_fmas on a tile of ``pixels`` x ``width``: the shape reaches the intrinsic as
-    the closure's constants, literals to Numba, so one compiled function per shape."""
+def _broadcast(pixels, width, ahead):
+    """broadcast_fmas on a tile of ``pixels`` x ``width``, asking for ``ahead`` more columns'
+    lines: the constants reach the intrinsic as the closure's, literals to Numba, so one
+    compiled function per shape."""
     @njit(cache=False)
     def call(acc, a, bases, offsets, rows, start, stop):
-        broadcast_fmas(acc, a, bases, offsets, rows, start, stop, pixels, width)
+        broadcast_fmas(acc, a, bases, offsets, rows, start, stop, pixels, width, ahead)
     return call
 
 
@@ -44,8 +45,9 @@ def _pixels(width):
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), width=st.sampled_from((V // 2, V, 2 * V)),
        dtype=st.sampled_from((np.float32, np.float64)), taps=st.integers(0, 12),
-       size=st.integers(1, 300))
-def test_broadcast_fmas_matches_the_reference(data, width, dtype, taps, size):
+       size=st.integers(1, 300), ahead=st.sampled_from((0, V, 3 * V)))
+def test_broadcast_fmas_matches_the_reference(data, width, dtype, taps, size, ahead):
+    """Whatever lines it asks for (past rows' end too: a prefetch never faults)."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     pixels = data.draw(_pixels(width))
     start = data.draw(st.integers(0, taps))
@@ -61,7 +63,7 @@ def test_broadcast_fmas_matches_the_reference(data, width, dtype, taps, size):
     for t in range(start, stop):
         expected += np.outer(a[(bases + offsets[t]).astype(np.int64)].astype(np.float64),
                              rows[t].astype(np.float64))
-    _broadcast(pixels, width)(acc, a, bases, offsets, rows, np.uint64(start),
+    _broadcast(pixels, width, ahead)(acc, a, bases, offsets, rows, np.uint64(start),
                               np.uint64(stop))
     assert rel_error(acc, expected) < tolerance(dtype)
     for x, before in zip((a, bases, offsets, rows), inputs, strict=True):

@@ -156,6 +156,11 @@ THIN_ROWS = 8
 # 96-256 rows (a block of rows rereads its tile of b from L2 past 64), 0.7x at 49 columns (its
 # last tile recomputes 47): benchmarks/results/cpu-pointwise-nchw-xeon.md.
 SHORT_PLANE_ROWS, SHORT_PLANE_COLUMNS = 64, 192
+# Planes of fewer columns take gemm_short_unfetched: MobileNetV2's 1x1 layers of 14 x 14
+# planes (196 columns) ran 3-10% slower on one and two Xeon threads with gemm_short's requests
+# for the next tile's lines, those of 28 x 28 and more 7-25% faster
+# (benchmarks/results/cpu-pointwise-nchw-xeon.md section 6).
+FETCH_PLANE_COLUMNS = 512
 
 
 def matmul(a, b, out, add=False):
@@ -183,8 +188,9 @@ def matmul(a, b, out, add=False):
     elif (THIN_ROWS < m <= SHORT_PLANE_ROWS and n >= SHORT_PLANE_COLUMNS and not add
           and target.dtype == np.float32 and target.flags.c_contiguous and _unit_stride(b, 2)):
         shared = a[:1] if a.strides[0] == 0 else a
-        cpu_call(gemm.gemm_short, z * m * n * k, np.ascontiguousarray(shared.transpose(0, 2, 1)),
-                 b, target)
+        kernel = gemm.gemm_short if n >= FETCH_PLANE_COLUMNS else gemm.gemm_short_unfetched
+        cpu_call(kernel, z * m * n * k, np.ascontiguousarray(shared.transpose(0, 2, 1)), b,
+                 target)
     else:
         row_blocks, column_blocks = _blocks(z, m, n, numba.get_num_threads())
         cpu_call(gemm.gemm, z * m * n * k, _blas_operand(a), _blas_operand(b), target,
