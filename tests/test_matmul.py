@@ -115,7 +115,7 @@ def test_thin_products_stream_past_blas(z, m, k, extra, a_layout, b_planes, add,
 
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(z=st.integers(1, 3), m=st.integers(driver.THIN_ROWS + 1, driver.SHORT_PLANE_ROWS),
+@given(z=st.integers(1, 3), m=st.integers(driver.THIN_ROWS + 1, 3 * driver.SHORT_PLANE_ROWS),
        k=st.integers(1, 90), extra=st.integers(0, 450), a_layout=st.sampled_from(LAYOUTS),
        b_planes=st.sampled_from(["contiguous", "interleaved", "shared"]),
        parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
@@ -123,10 +123,10 @@ def test_thin_products_stream_past_blas(z, m, k, extra, a_layout, b_planes, add,
          parallel=True, seed=0)
 def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, parallel, seed,
                                             monkeypatch, cpu_calls):
-    """float32 products of THIN_ROWS + 1 to SHORT_PLANE_ROWS rows and SHORT_PLANE_COLUMNS
-    columns or more take gemm_short (gemm_short_unfetched below FETCH_PLANE_COLUMNS): its last
-    block of rows and tile of columns overlapping the ones before or not, a's planes in any
-    layout,
+    """float32 products of THIN_ROWS + 1 to SHORT_PLANE_ROWS rows (more where a has up to
+    SHORT_FILTER_VALUES values) and SHORT_PLANE_COLUMNS columns or more take gemm_short
+    (gemm_short_unfetched below FETCH_PLANE_COLUMNS), others BLAS: its last block of rows and
+    tile of columns overlapping the ones before or not, a's planes in any layout,
     b's contiguous, interleaved (an NCHW batch's channel planes) or one shared plane; the same
     products accumulating, or in float64, take BLAS."""
     _parallel(monkeypatch, parallel)
@@ -139,6 +139,8 @@ def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, 
     want = np.matmul(a.astype(np.float64), b.astype(np.float64))
     before = a.copy(), b.copy()
     short = "gemm_short" if n >= driver.FETCH_PLANE_COLUMNS else "gemm_short_unfetched"
+    if m > driver.SHORT_PLANE_ROWS and m * k > driver.SHORT_FILTER_VALUES:
+        short = "gemm"
     for add, dtype, kernel in ((False, np.float32, short), (True, np.float32, "gemm"),
                                (False, np.float64, "gemm")):
         start = random(rng, (z, m, n), dtype) if add else np.full((z, m, n), np.nan, dtype)

@@ -156,6 +156,12 @@ THIN_ROWS = 8
 # 96-256 rows (a block of rows rereads its tile of b from L2 past 64), 0.7x at 49 columns (its
 # last tile recomputes 47): benchmarks/results/cpu-pointwise-nchw-xeon.md.
 SHORT_PLANE_ROWS, SHORT_PLANE_COLUMNS = 64, 192
+# Planes of more rows take it too where its left operand (a 1x1 layer's filters) has up to
+# SHORT_FILTER_VALUES values, 24 KB of float32 (half an L1), read from L1 by every block of
+# rows: at 96-384 rows and 16-64 columns of filters 1.0-1.7x BLAS's speed on one and two Xeon
+# threads (0.8-1.0x at 196 columns), where 384 x 32 (48 KB) ran at 0.55x on one
+# (benchmarks/results/cpu-pointwise-nchw-xeon.md section 6).
+SHORT_FILTER_VALUES = 6144
 # Planes of fewer columns take gemm_short_unfetched: MobileNetV2's 1x1 layers of 14 x 14
 # planes (196 columns) ran 3-10% slower on one and two Xeon threads with gemm_short's requests
 # for the next tile's lines, those of 28 x 28 and more 7-25% faster
@@ -167,7 +173,7 @@ def matmul(a, b, out, add=False):
     """out = a @ b (with ``add``: out += a @ b) on the CPU, for 2-D arrays or (Z, ...) stacks of
     planes (a 2-D ``a`` or ``b`` is shared by every plane; out is never broadcast), on fastconv's
     threads with BLAS single-threaded inside them, or none for THIN_ROWS rows or float32 planes
-    of up to SHORT_PLANE_ROWS (kernels/gemm.py).
+    of up to SHORT_PLANE_ROWS, or of a left operand of up to SHORT_FILTER_VALUES (kernels/gemm.py).
     Any strides: a plane without a unit stride is copied once; an output plane without one is
     computed aside."""
     runtime.pin_blas()
@@ -185,7 +191,8 @@ def matmul(a, b, out, add=False):
     k = a.shape[2]
     if m <= THIN_ROWS and n >= gemm.THIN_COLUMNS and _unit_stride(b, 2):
         cpu_call(gemm.gemm_thin, z * m * n * k, a, b, target, 1.0 if add else 0.0)
-    elif (THIN_ROWS < m <= SHORT_PLANE_ROWS and n >= SHORT_PLANE_COLUMNS and not add
+    elif (THIN_ROWS < m and (m <= SHORT_PLANE_ROWS or m * k <= SHORT_FILTER_VALUES)
+          and n >= SHORT_PLANE_COLUMNS and not add
           and target.dtype == np.float32 and target.flags.c_contiguous and _unit_stride(b, 2)):
         shared = a[:1] if a.strides[0] == 0 else a
         kernel = gemm.gemm_short if n >= FETCH_PLANE_COLUMNS else gemm.gemm_short_unfetched
