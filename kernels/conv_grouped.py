@@ -153,7 +153,6 @@ def grouped_nhwc_rows(x, h_, w_, filters, bias, y, oh_, ow_, r_, s_, top, left, 
             activate_run(yn, i * ow_ * c_, ow_ * c_, 1, act)
 
 
-
 @njit(cache=True, inline="always")
 def _masked_products(acc, xn, gyn, row, i, j, c_, k0, step, w_, ow_, sw, dw, left, taps_,
                      rotations_, first_, turns_):

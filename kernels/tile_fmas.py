@@ -76,9 +76,9 @@ def broadcast_fmas(typingctx, acc, a, bases, offsets, rows, start, stop, pixels,
     L2 (never faulting past rows' end): the next tile's columns, for gemm_short, whose rows lie
     a plane apart, more streams than the hardware's prefetchers follow."""
     literals = (pixels, width, ahead)
-    if not all(isinstance(a, types.IntegerLiteral) for a in literals):
+    if not all(isinstance(value, types.IntegerLiteral) for value in literals):
         raise errors.RequireLiteralValue(literals)
-    count, lanes, fetched = (a.literal_value for a in literals)
+    count, lanes, fetched = (value.literal_value for value in literals)
     step = min(lanes, VECTOR)
     if lanes % VECTOR and VECTOR % lanes:
         raise errors.TypingError(f"broadcast_fmas' width is a multiple or a part of {VECTOR}, "
