@@ -25,6 +25,7 @@ if _USER_WAIT_POLICY is None:
     os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
 
 import numba  # noqa: E402
+import numpy as np  # noqa: E402
 import threadpoolctl  # noqa: E402
 
 
@@ -83,6 +84,44 @@ def _tune_malloc() -> bool:
 
 
 MALLOC_TUNED = _tune_malloc()
+
+
+class _AlignedBlock:
+    """``nbytes`` from posix_memalign, viewed by NumPy through the array interface and freed
+    when the last array viewing it goes (its ``base``; never at exit while one still may)."""
+    __slots__ = ("__array_interface__", "_address", "__weakref__")
+
+    def __init__(self, nbytes, alignment):
+        address = ctypes.c_void_p()
+        if _LIBC.posix_memalign(ctypes.byref(address), alignment, max(nbytes, 1)):
+            raise MemoryError(f"posix_memalign of {nbytes} bytes failed")
+        self._address = address.value
+        self.__array_interface__ = {"data": (self._address, False), "shape": (nbytes,),
+                                    "typestr": "|u1", "version": 3}
+
+    def __del__(self):
+        _LIBC.free(self._address)
+
+
+# An array a kernel writes (a layer's output) is asked of glibc as PyTorch asks for its
+# tensors, posix_memalign on a cache line, not as NumPy's np.empty of 64 bytes more to align
+# inside: in a process where both allocate (fastconv under PyTorch, or the bench timing the
+# two in turn), PyTorch's output took the hole fastconv's last one left, its own hole was then
+# 64 bytes short, and every fastconv output of a 14.4 MB layer was placed at the heap's top and
+# page-faulted anew (462-3528 faults, 2.5-40 ms a call where the layer runs in 1.3-1.6;
+# benchmarks/results/cpu-suite-2026-12-07-intel.md). Where malloc is left alone
+# (FASTCONV_MALLOC=0), so is this.
+_LIBC = ctypes.CDLL(None) if MALLOC_TUNED else None
+if _LIBC is not None:
+    _LIBC.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
+                                     ctypes.c_size_t]
+    _LIBC.free.argtypes = [ctypes.c_void_p]
+
+
+def aligned_bytes(nbytes, alignment):
+    """A uint8 array of ``nbytes`` starting on a multiple of ``alignment`` (a power of two, of
+    pointer size or more) from posix_memalign; None where malloc is left as it was."""
+    return None if _LIBC is None else np.asarray(_AlignedBlock(nbytes, alignment))
 
 
 def malloc() -> str:

@@ -2,13 +2,16 @@
 and finite differences, over hypothesis-drawn shapes, strides, paddings, dilations, groups,
 layouts, dtypes and activations."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import oracle
-from fastconv import geometry, ops, registry
+from fastconv import geometry, ops, registry, runtime
 from fastconv.implementations import conv2d as conv2d_implementations
 from fastconv.implementations import driver
 from fastconv.kernels import LINE_BYTES, conv_blocked
@@ -745,6 +748,29 @@ def test_kernel_outputs_and_scratch_start_on_a_cache_line(shape, dtype, monkeypa
             assert a.ctypes.data % LINE_BYTES == 0, (shape, dtype)
         a[...] = 1  # every cell its own
         assert a.sum() == a.size
+
+
+def test_kernel_outputs_are_freed_with_their_last_view(monkeypatch):
+    """An output of ALIGNED_BYTES or more comes from posix_memalign (runtime.aligned_bytes,
+    where fastconv tunes malloc) and goes back to it when the last array viewing it goes, not
+    before: a view of a slice keeps it."""
+    monkeypatch.undo()
+    if not runtime.MALLOC_TUNED:
+        pytest.skip("malloc left as it was (FASTCONV_MALLOC=0 or not glibc): np.empty's arrays")
+    out = driver.empty(np, (8, 14, 14, 48), np.float32)
+    block = out
+    while not isinstance(block, runtime._AlignedBlock):
+        block = block.base
+    freed = weakref.ref(block)
+    del block
+    view = out[2:5, ::2]
+    view[...] = 3.0
+    del out
+    gc.collect()
+    assert freed() is not None and view.sum() == 3.0 * view.size
+    del view
+    gc.collect()
+    assert freed() is None
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

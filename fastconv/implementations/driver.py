@@ -46,18 +46,21 @@ def empty(xp, shape, dtype):
 
 
 def aligned_empty(shape, dtype):
-    """np.empty(shape, dtype), starting on a cache line where it takes ALIGNED_BYTES or more.
-    NumPy's large arrays start 16 bytes past a page (glibc's mmap header), so each 64-byte
-    vector of an NHWC pixel's channels straddles two lines: MobileNetV2's 8 x 144 x 56 x 56
-    depthwise layer took 3.8 ms forward and 4.7 ms for its weight gradient so, 3.3 and 3.5
-    from aligned arrays (one Zen 4 thread)."""
+    """np.empty(shape, dtype), starting on a cache line where it takes ALIGNED_BYTES or more
+    (from posix_memalign: runtime.aligned_bytes). NumPy's large arrays start 16 bytes past a
+    page (glibc's mmap header), so each 64-byte vector of an NHWC pixel's channels straddles
+    two lines: MobileNetV2's 8 x 144 x 56 x 56 depthwise layer took 3.8 ms forward and 4.7 ms
+    for its weight gradient so, 3.3 and 3.5 from aligned arrays (one Zen 4 thread)."""
     dtype = np.dtype(dtype)
     nbytes = (shape if isinstance(shape, (int, np.integer)) else math.prod(shape)) * dtype.itemsize
     if nbytes < ALIGNED_BYTES:
         return np.empty(shape, dtype)
-    raw = np.empty(nbytes + LINE_BYTES, np.uint8)
-    skip = -raw.ctypes.data % LINE_BYTES
-    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
+    raw = runtime.aligned_bytes(nbytes, LINE_BYTES)
+    if raw is None:
+        raw = np.empty(nbytes + LINE_BYTES, np.uint8)
+        skip = -raw.ctypes.data % LINE_BYTES
+        raw = raw[skip:skip + nbytes]
+    return raw.view(dtype).reshape(shape)
 
 
 def output(xp, shape, dtype, layout):
