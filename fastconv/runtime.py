@@ -86,23 +86,6 @@ def _tune_malloc() -> bool:
 MALLOC_TUNED = _tune_malloc()
 
 
-class _AlignedBlock:
-    """``nbytes`` from posix_memalign, viewed by NumPy through the array interface and freed
-    when the last array viewing it goes (its ``base``; never at exit while one still may)."""
-    __slots__ = ("__array_interface__", "_address", "__weakref__")
-
-    def __init__(self, nbytes, alignment):
-        address = ctypes.c_void_p()
-        if _LIBC.posix_memalign(ctypes.byref(address), alignment, max(nbytes, 1)):
-            raise MemoryError(f"posix_memalign of {nbytes} bytes failed")
-        self._address = address.value
-        self.__array_interface__ = {"data": (self._address, False), "shape": (nbytes,),
-                                    "typestr": "|u1", "version": 3}
-
-    def __del__(self):
-        _LIBC.free(self._address)
-
-
 # An array a kernel writes (a layer's output) is asked of glibc as PyTorch asks for its
 # tensors, posix_memalign on a cache line, not as NumPy's np.empty of 64 bytes more to align
 # inside: in a process where both allocate (fastconv under PyTorch, or the bench timing the
@@ -116,6 +99,24 @@ if _LIBC is not None:
     _LIBC.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
                                      ctypes.c_size_t]
     _LIBC.free.argtypes = [ctypes.c_void_p]
+
+
+class _AlignedBlock:
+    """``nbytes`` from posix_memalign, viewed by NumPy through the array interface (it is the
+    arrays' ``base``) and freed when the last array viewing it goes, never earlier."""
+    __slots__ = ("__array_interface__", "_address", "__weakref__")
+    _free = _LIBC.free if _LIBC is not None else None  # held by the class: alive at exit
+
+    def __init__(self, nbytes, alignment):
+        address = ctypes.c_void_p()
+        if _LIBC.posix_memalign(ctypes.byref(address), alignment, max(nbytes, 1)):
+            raise MemoryError(f"posix_memalign of {nbytes} bytes failed")
+        self._address = address.value
+        self.__array_interface__ = {"data": (self._address, False), "shape": (nbytes,),
+                                    "typestr": "|u1", "version": 3}
+
+    def __del__(self):
+        type(self)._free(self._address)
 
 
 def aligned_bytes(nbytes, alignment):
