@@ -250,6 +250,40 @@ SHORT_ROWS, SHORT_COLUMNS = (8, 48) if VECTOR_LANES == 16 else (6, 16)
 # The columns past a tile whose lines each reduction step asks for (broadcast_fmas' ahead): the
 # next tile's, in L2 by the time the tile after reads them (gemm_short_unfetched: none).
 FETCHED_COLUMNS = SHORT_COLUMNS
+# A plane's last TAIL_VECTORS vectors of columns or fewer past its last whole tile run in tiles
+# one vector wide (_short_tiles_narrow) rather than in a whole tile ending at N, which
+# recomputed up to SHORT_COLUMNS - 1 columns its neighbour had: 44 of 240 at 14 x 14 planes.
+TAIL_VECTORS = 1
+
+
+@njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
+def _short_tiles(weights, steps, bz, cz, m, k, first, last, start, end, zeros):
+    """Tiles ``first`` to ``last`` of SHORT_COLUMNS columns of cz (M rows a row of end
+    columns, flat) from column ``start`` on, each a full reduction a block of SHORT_ROWS rows
+    (gemm_short's loop body). A tile or block past ``end`` or M starts early enough to end there:
+    it recomputes columns or rows its neighbour computed and stores the same sums."""
+    n = np.uint64(cz.shape[0] // m)
+    tile_ = stack_array(SHORT_ROWS, SHORT_COLUMNS, cz.dtype)
+    acc = carray(tile_, (SHORT_ROWS, SHORT_COLUMNS))
+    flat = carray(tile_, SHORT_ROWS * SHORT_COLUMNS)
+    rows = carray(stack_array(SHORT_ROWS, 1, np.uint64), SHORT_ROWS)
+    for tile in range(first, last):
+        j0 = min(start + tile * SHORT_COLUMNS, end - SHORT_COLUMNS)
+        columns = bz[:, j0:]
+        for i0 in range(0, m, SHORT_ROWS):
+            i0 = min(i0, m - SHORT_ROWS)
+            for i in range(SHORT_ROWS):
+                rows[i] = np.uint64(i0 + i)
+            move_rows(zeros, ZERO, ZERO, flat, ZERO, np.uint64(SHORT_COLUMNS), SHORT_ROWS,
+                      SHORT_COLUMNS)
+            broadcast_fmas(acc, weights, rows, steps, columns, ZERO, np.uint64(k), SHORT_ROWS,
+                           SHORT_COLUMNS, FETCHED_COLUMNS)
+            move_rows(flat, ZERO, np.uint64(SHORT_COLUMNS), cz, np.uint64(i0) * n + np.uint64(j0),
+                      n, SHORT_ROWS, SHORT_COLUMNS)
+
+
+_short_tiles_narrow = variant(_short_tiles, "narrow", SHORT_COLUMNS=VECTOR_LANES,
+                              FETCHED_COLUMNS=0)
 
 
 @njit(**CPU_KERNEL)
@@ -271,15 +305,17 @@ def gemm_short(at, b, c):
     unit column stride; c (Z, M, N) C-contiguous. Loop order: (plane z, chunk of column tiles)
     in parallel; per tile of SHORT_COLUMNS columns, blocks of SHORT_ROWS rows, then the
     reduction (broadcast_fmas: per step one load of b's tile row a vector, a broadcast of
-    at's value a row of c), the tile in vector registers, stored by whole vectors. The last
-    block of rows and the last tile of columns start early enough to end at M and N: they
-    recompute rows and columns the one before computed, in the same task (a chunk holds two
-    tiles at least), and store the same sums. Each task owns its chunk's columns of c[z].
+    at's value a row of c), the tile in vector registers, stored by whole vectors
+    (_short_tiles). Up to TAIL_VECTORS vectors of columns past the last whole tile run in
+    tiles a vector wide, with the last chunk; more in a last whole tile. Each task owns its
+    chunk's columns of c[z]; a chunk holds two tiles at least.
     """
     k, m, n = at.shape[1], c.shape[1], c.shape[2]
-    tiles = -(-n // SHORT_COLUMNS)
+    tail = n % SHORT_COLUMNS
+    narrow = 0 < tail <= TAIL_VECTORS * VECTOR_LANES
+    wide = n - tail if narrow else n
+    tiles = -(-wide // SHORT_COLUMNS)
     chunks = max(1, tiles // 2)
-    size = SHORT_ROWS * SHORT_COLUMNS
     # each block starts from a row of zeros moved by whole vectors: set in a loop, the tile was
     # stored an element at a time and each of the reduction's first loads of it waited on 16
     # stores (that, with the reduction in loops: ResNet-50's 64 -> 64 layer at 89 GFLOP/s on a
@@ -289,24 +325,15 @@ def gemm_short(at, b, c):
     for part in prange(c.shape[0] * chunks):
         z, chunk = part // chunks, part % chunks
         weights, bz, cz = at[z % at.shape[0]].reshape(k * m), b[z], c[z].reshape(m * n)
-        tile_ = stack_array(SHORT_ROWS, SHORT_COLUMNS, c.dtype)
-        acc, flat = carray(tile_, (SHORT_ROWS, SHORT_COLUMNS)), carray(tile_, size)
-        rows = carray(stack_array(SHORT_ROWS, 1, np.uint64), SHORT_ROWS)
-        for tile in range(tiles * chunk // chunks, tiles * (chunk + 1) // chunks):
-            j0 = min(tile * SHORT_COLUMNS, n - SHORT_COLUMNS)
-            columns = bz[:, j0:]
-            for i0 in range(0, m, SHORT_ROWS):
-                i0 = min(i0, m - SHORT_ROWS)
-                for i in range(SHORT_ROWS):
-                    rows[i] = np.uint64(i0 + i)
-                move_rows(zeros, ZERO, ZERO, flat, ZERO, np.uint64(SHORT_COLUMNS), SHORT_ROWS,
-                          SHORT_COLUMNS)
-                broadcast_fmas(acc, weights, rows, steps, columns, ZERO, np.uint64(k), SHORT_ROWS,
-                               SHORT_COLUMNS, FETCHED_COLUMNS)
-                move_rows(flat, ZERO, np.uint64(SHORT_COLUMNS), cz, np.uint64(i0 * n + j0),
-                          np.uint64(n), SHORT_ROWS, SHORT_COLUMNS)
+        _short_tiles(weights, steps, bz, cz, m, k, tiles * chunk // chunks,
+                     tiles * (chunk + 1) // chunks, 0, wide, zeros)
+        if narrow and chunk == chunks - 1:
+            _short_tiles_narrow(weights, steps, bz, cz, m, k, 0, -(-tail // VECTOR_LANES), wide,
+                                n, zeros)
 
 
 # gemm_short asking for no lines ahead, for planes of few columns (driver.FETCH_PLANE_COLUMNS),
 # a few tiles a row of b, where the requests cost more than they saved.
-gemm_short_unfetched = variant(gemm_short, "unfetched", FETCHED_COLUMNS=0)
+gemm_short_unfetched = variant(
+    gemm_short, "unfetched",
+    _short_tiles=variant(_short_tiles, "unfetched", FETCHED_COLUMNS=0))

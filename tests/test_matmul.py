@@ -154,6 +154,10 @@ def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, 
     np.testing.assert_array_equal(b, before[1])
 
 
+# The most columns past gemm_short's last whole tile that its tiles a vector wide take
+NARROW_TAIL = gemm.TAIL_VECTORS * gemm.VECTOR_LANES
+
+
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(z=st.integers(1, 3), m=st.integers(gemm.SHORT_ROWS, 3 * gemm.SHORT_ROWS + 1),
@@ -162,12 +166,18 @@ def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, 
 @example(z=1, m=gemm.SHORT_ROWS, k=1, n=gemm.SHORT_COLUMNS, shared=True, parallel=True, seed=0)
 @example(z=2, m=gemm.SHORT_ROWS + 1, k=3, n=gemm.SHORT_COLUMNS + 1, shared=False, parallel=True,
          seed=0)
+@example(z=1, m=gemm.SHORT_ROWS, k=5, n=4 * gemm.SHORT_COLUMNS + NARROW_TAIL, shared=True,
+         parallel=True, seed=0)
+@example(z=1, m=gemm.SHORT_ROWS, k=5, n=3 * gemm.SHORT_COLUMNS + NARROW_TAIL + 1, shared=True,
+         parallel=False, seed=0)
 def test_gemm_short_covers_every_cell_once_or_alike(z, m, k, n, shared, parallel, seed,
                                                     monkeypatch):
     """gemm_short and gemm_short_unfetched on their own, down to one register tile (M =
-    SHORT_ROWS, N = SHORT_COLUMNS) and one tile and a column past it, where a chunk's last tile
-    overlaps its first, and an empty reduction: every cell of the poisoned c written with its
-    own sum (the lines asked for past b's end never read)."""
+    SHORT_ROWS, N = SHORT_COLUMNS) and one tile and a column past it, where the tile a vector
+    wide that ends the plane overlaps the whole one before, TAIL_VECTORS vectors past the last
+    whole tile (narrow tiles, the second chunk's) and one column more (a last whole tile
+    overlapping), and an empty reduction: every cell of the poisoned c written with its own
+    sum (the lines asked for past b's end never read)."""
     _parallel(monkeypatch, parallel)
     rng = np.random.default_rng(seed)
     at = random(rng, (1 if shared else z, k, m), np.float32)
