@@ -73,14 +73,16 @@ TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
+_LIBC = ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
+
+
 def _tune_malloc() -> bool:
     """Set glibc's thresholds (see above); False where they were left as they were."""
     chosen = [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]
-    if os.environ.get("FASTCONV_MALLOC") == "0" or chosen or platform.libc_ver()[0] != "glibc":
+    if os.environ.get("FASTCONV_MALLOC") == "0" or chosen or _LIBC is None:
         return False
-    libc = ctypes.CDLL(None)
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-                and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+                and _LIBC.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
 
 MALLOC_TUNED = _tune_malloc()
@@ -94,8 +96,7 @@ MALLOC_TUNED = _tune_malloc()
 # page-faulted anew (462-3528 faults, 2.5-40 ms a call where the layer runs in 1.3-1.6;
 # benchmarks/results/cpu-suite-2026-12-07-intel.md). Where malloc is left alone
 # (FASTCONV_MALLOC=0), so is this.
-_LIBC = ctypes.CDLL(None) if MALLOC_TUNED else None
-if _LIBC is not None:
+if MALLOC_TUNED:
     _LIBC.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
                                      ctypes.c_size_t]
     _LIBC.free.argtypes = [ctypes.c_void_p]
@@ -105,24 +106,25 @@ class _AlignedBlock:
     """``nbytes`` from posix_memalign, viewed by NumPy through the array interface (it is the
     arrays' ``base``) and freed when the last array viewing it goes, never earlier."""
     __slots__ = ("__array_interface__", "_address", "__weakref__")
-    _free = _LIBC.free if _LIBC is not None else None  # held by the class: alive at exit
+    # held by the class, alive at interpreter exit, where module globals may be gone
+    _memalign, _free = (_LIBC.posix_memalign, _LIBC.free) if MALLOC_TUNED else (None, None)
 
     def __init__(self, nbytes, alignment):
         address = ctypes.c_void_p()
-        if _LIBC.posix_memalign(ctypes.byref(address), alignment, max(nbytes, 1)):
+        if self._memalign(ctypes.byref(address), alignment, max(nbytes, 1)):
             raise MemoryError(f"posix_memalign of {nbytes} bytes failed")
         self._address = address.value
         self.__array_interface__ = {"data": (self._address, False), "shape": (nbytes,),
                                     "typestr": "|u1", "version": 3}
 
     def __del__(self):
-        type(self)._free(self._address)
+        self._free(self._address)
 
 
 def aligned_bytes(nbytes, alignment):
     """A uint8 array of ``nbytes`` starting on a multiple of ``alignment`` (a power of two, of
     pointer size or more) from posix_memalign; None where malloc is left as it was."""
-    return None if _LIBC is None else np.asarray(_AlignedBlock(nbytes, alignment))
+    return np.asarray(_AlignedBlock(nbytes, alignment)) if MALLOC_TUNED else None
 
 
 def malloc() -> str:
