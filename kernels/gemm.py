@@ -257,9 +257,9 @@ TAIL_VECTORS = 1
 
 
 @njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
-def _short_tiles(weights, steps, bz, cz, m, k, first, last, start, end, zeros):
+def _short_tiles(weights, steps, bz, cz, m, k, first, last, end, zeros):
     """Tiles ``first`` to ``last`` of SHORT_COLUMNS columns of cz (M rows a row of end
-    columns, flat) from column ``start`` on, each a full reduction a block of SHORT_ROWS rows
+    columns, flat), each a full reduction a block of SHORT_ROWS rows
     (gemm_short's loop body). A tile or block past ``end`` or M starts early enough to end there:
     it recomputes columns or rows its neighbour computed and stores the same sums."""
     n = np.uint64(cz.shape[0] // m)
@@ -268,7 +268,7 @@ def _short_tiles(weights, steps, bz, cz, m, k, first, last, start, end, zeros):
     flat = carray(tile_, SHORT_ROWS * SHORT_COLUMNS)
     rows = carray(stack_array(SHORT_ROWS, 1, np.uint64), SHORT_ROWS)
     for tile in range(first, last):
-        j0 = min(start + tile * SHORT_COLUMNS, end - SHORT_COLUMNS)
+        j0 = min(tile * SHORT_COLUMNS, end - SHORT_COLUMNS)
         columns = bz[:, j0:]
         for i0 in range(0, m, SHORT_ROWS):
             i0 = min(i0, m - SHORT_ROWS)
@@ -326,10 +326,10 @@ def gemm_short(at, b, c):
         z, chunk = part // chunks, part % chunks
         weights, bz, cz = at[z % at.shape[0]].reshape(k * m), b[z], c[z].reshape(m * n)
         _short_tiles(weights, steps, bz, cz, m, k, tiles * chunk // chunks,
-                     tiles * (chunk + 1) // chunks, 0, wide, zeros)
+                     tiles * (chunk + 1) // chunks, wide, zeros)
         if narrow and chunk == chunks - 1:
-            _short_tiles_narrow(weights, steps, bz, cz, m, k, 0, -(-tail // VECTOR_LANES), wide,
-                                n, zeros)
+            _short_tiles_narrow(weights, steps, bz, cz, m, k, wide // VECTOR_LANES,
+                                -(-n // VECTOR_LANES), n, zeros)
 
 
 # gemm_short asking for no lines ahead, for planes of few columns (driver.FETCH_PLANE_COLUMNS),

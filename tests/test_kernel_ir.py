@@ -307,8 +307,10 @@ def test_gemm_short_tile_stays_in_vector_registers(monkeypatch):
     on 16 of them, ResNet-50's 64 -> 64 layer at 0.6x the speed; with its columns sliced
     inside the loop of row blocks, it compiled to 48 such moves and 1000 vector ones) and no
     gather or scatter; gemm_short's reduction step asks for the next tile's lines into L2
-    (prefetcht1, one a vector), gemm_short_unfetched's for none."""
+    (prefetcht1, one a vector), gemm_short_unfetched's for none. On AVX2, where the driver
+    keeps BLAS (driver.SHORT_TILES), the tile as it would compile."""
     from fastconv.kernels import gemm
+    monkeypatch.setattr(driver, "SHORT_TILES", True)
     calls, real = [], driver.cpu_call
     monkeypatch.setattr(driver, "cpu_call",
                         lambda k, work, *args: calls.append((k, args)) or real(k, work, *args))

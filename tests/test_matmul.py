@@ -123,9 +123,10 @@ def test_thin_products_stream_past_blas(z, m, k, extra, a_layout, b_planes, add,
          parallel=True, seed=0)
 def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, parallel, seed,
                                             monkeypatch, cpu_calls):
-    """float32 products of THIN_ROWS + 1 to SHORT_PLANE_ROWS rows (more where a has up to
-    SHORT_FILTER_VALUES values) and SHORT_PLANE_COLUMNS columns or more take gemm_short
-    (gemm_short_unfetched below FETCH_PLANE_COLUMNS), others BLAS: its last block of rows and
+    """On AVX-512 (driver.SHORT_TILES) float32 products of THIN_ROWS + 1 to SHORT_PLANE_ROWS
+    rows (more where a has up to SHORT_FILTER_VALUES values) and SHORT_PLANE_COLUMNS columns or
+    more take gemm_short (gemm_short_unfetched below FETCH_PLANE_COLUMNS), others and all of
+    them on AVX2 BLAS: its last block of rows and
     tile of columns overlapping the ones before or not, a's planes in any layout,
     b's contiguous, interleaved (an NCHW batch's channel planes) or one shared plane; the same
     products accumulating, or in float64, take BLAS."""
@@ -139,7 +140,8 @@ def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, 
     want = np.matmul(a.astype(np.float64), b.astype(np.float64))
     before = a.copy(), b.copy()
     short = "gemm_short" if n >= driver.FETCH_PLANE_COLUMNS else "gemm_short_unfetched"
-    if m > driver.SHORT_PLANE_ROWS and m * k > driver.SHORT_FILTER_VALUES:
+    if not driver.SHORT_TILES or (m > driver.SHORT_PLANE_ROWS
+                                  and m * k > driver.SHORT_FILTER_VALUES):
         short = "gemm"
     for add, dtype, kernel in ((False, np.float32, short), (True, np.float32, "gemm"),
                                (False, np.float64, "gemm")):

@@ -159,6 +159,12 @@ THIN_ROWS = 8
 # 96-256 rows (a block of rows rereads its tile of b from L2 past 64), 0.7x at 49 columns (its
 # last tile recomputes 47): benchmarks/results/cpu-pointwise-nchw-xeon.md.
 SHORT_PLANE_ROWS, SHORT_PLANE_COLUMNS = 64, 192
+# On AVX2 OpenBLAS keeps them all: gemm_short's 6 x 16 tile (12 ymm accumulators) ran at
+# 0.41-1.02x OpenBLAS's Haswell kernels on 16-64 rows of a Zen 3 (one thread; 0.51-1.14x on
+# two), 0.53-1.22x at 96-384 rows, slowest where a tile's rows of b outgrow its 32 KiB L1
+# (576-value reductions: im2col's 3x3 layers of 64 channels, 0.61x) or lie 64 KiB apart (16 x
+# 144 @ 144 x 16384, 0.41x) (benchmarks/results/cpu-avx2-zen3.md, 2026-12-07).
+SHORT_TILES = gemm.VECTOR_LANES == 16
 # Planes of more rows take it too where its left operand (a 1x1 layer's filters) has up to
 # SHORT_FILTER_VALUES values, 24 KB of float32 (half an L1), read from L1 by every block of
 # rows: at 96-384 rows and 16-64 columns of filters 1.0-1.7x BLAS's speed on one and two Xeon
@@ -175,8 +181,9 @@ FETCH_PLANE_COLUMNS = 512
 def matmul(a, b, out, add=False):
     """out = a @ b (with ``add``: out += a @ b) on the CPU, for 2-D arrays or (Z, ...) stacks of
     planes (a 2-D ``a`` or ``b`` is shared by every plane; out is never broadcast), on fastconv's
-    threads with BLAS single-threaded inside them, or none for THIN_ROWS rows or float32 planes
-    of up to SHORT_PLANE_ROWS, or of a left operand of up to SHORT_FILTER_VALUES (kernels/gemm.py).
+    threads with BLAS single-threaded inside them, or none for THIN_ROWS rows or (SHORT_TILES)
+    float32 planes of up to SHORT_PLANE_ROWS, or of a left operand of up to SHORT_FILTER_VALUES
+    (kernels/gemm.py).
     Any strides: a plane without a unit stride is copied once; an output plane without one is
     computed aside."""
     runtime.pin_blas()
@@ -194,7 +201,8 @@ def matmul(a, b, out, add=False):
     k = a.shape[2]
     if m <= THIN_ROWS and n >= gemm.THIN_COLUMNS and _unit_stride(b, 2):
         cpu_call(gemm.gemm_thin, z * m * n * k, a, b, target, 1.0 if add else 0.0)
-    elif (THIN_ROWS < m and (m <= SHORT_PLANE_ROWS or m * k <= SHORT_FILTER_VALUES)
+    elif (SHORT_TILES and THIN_ROWS < m
+          and (m <= SHORT_PLANE_ROWS or m * k <= SHORT_FILTER_VALUES)
           and n >= SHORT_PLANE_COLUMNS and not add
           and target.dtype == np.float32 and target.flags.c_contiguous and _unit_stride(b, 2)):
         shared = a[:1] if a.strides[0] == 0 else a
