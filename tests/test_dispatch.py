@@ -257,12 +257,14 @@ def test_a_1x1_nhwc_layer_takes_im2col(op, planted, monkeypatch):
 
 @pytest.mark.parametrize("c, k, stride, weight", [
     (VECTOR_LANES, 96, 1, "blocked"), (64, 2 * VECTOR_LANES, 2, "blocked"),
-    (VECTOR_LANES, VECTOR_LANES, 1, "im2col"), (24, 96, 1, "im2col"), (96, 64, 1, "im2col")])
+    (2 * VECTOR_LANES, 2 * VECTOR_LANES, 1, "im2col"), (24, 96, 1, "im2col"),
+    (96, 64, 1, "im2col")])
 @pytest.mark.parametrize("op", CONV_OPS)
 def test_a_1x1_nhwc_weight_gradient_of_a_tiles_width_takes_blocked(op, c, k, stride, weight):
     """...but for the weight gradient of one whose fewer channels (unequal sides) are a
     register tile's width (MobileNetV2's 16- and 32-channel sides): blocked, which reads both
-    operands as they lie; its forward and input gradient stay GEMMs."""
+    operands as they lie; its forward and input gradient stay GEMMs. (Equal sides of two
+    vectors: of one, 8 channels on AVX2, the layer is one of "grouped"'s.)"""
     g = geometry.conv_geometry((8, 28, 28, c), (1, 1, c, k), stride, 0, 1, 1, "NHWC")
     expected = weight if op == "conv2d_backward_weight" else "im2col"
     assert registry.choose(op, "cpu", g) == expected
