@@ -159,12 +159,6 @@ THIN_ROWS = 8
 # 96-256 rows (a block of rows rereads its tile of b from L2 past 64), 0.7x at 49 columns (its
 # last tile recomputes 47): benchmarks/results/cpu-pointwise-nchw-xeon.md.
 SHORT_PLANE_ROWS, SHORT_PLANE_COLUMNS = 64, 192
-# On AVX2 OpenBLAS keeps them all: gemm_short's 6 x 16 tile (12 ymm accumulators) ran at
-# 0.41-1.02x OpenBLAS's Haswell kernels on 16-64 rows of a Zen 3 (one thread; 0.51-1.14x on
-# two), 0.53-1.22x at 96-384 rows, slowest where a tile's rows of b outgrow its 32 KiB L1
-# (576-value reductions: im2col's 3x3 layers of 64 channels, 0.61x) or lie 64 KiB apart (16 x
-# 144 @ 144 x 16384, 0.41x) (benchmarks/results/cpu-avx2-zen3.md, 2026-12-07).
-SHORT_TILES = gemm.VECTOR_LANES == 16
 # Planes of more rows take it too where its left operand (a 1x1 layer's filters) has up to
 # SHORT_FILTER_VALUES values, 24 KB of float32 (half an L1), read from L1 by every block of
 # rows: at 96-384 rows and 16-64 columns of filters 1.0-1.7x BLAS's speed on one and two Xeon
@@ -176,6 +170,13 @@ SHORT_FILTER_VALUES = 6144
 # for the next tile's lines, those of 28 x 28 and more 7-25% faster
 # (benchmarks/results/cpu-pointwise-nchw-xeon.md section 6).
 FETCH_PLANE_COLUMNS = 512
+# On AVX2 OpenBLAS keeps them all: gemm_short's 6 x 16 tile (12 ymm accumulators) ran at
+# 0.41-1.02x OpenBLAS's Haswell kernels on 16-64 rows of a Zen 3 (one thread; 0.51-1.14x on
+# two), 0.53-1.22x at 96-384 rows, slowest where a tile's rows of b outgrow its 32 KiB L1
+# (576-value reductions: im2col's 3x3 layers of 64 channels, 0.61x) or lie 64 KiB apart (16 x
+# 144 @ 144 x 16384, 0.41x) (benchmarks/results/cpu-suite-2026-12-07-zen3.md
+# section 2).
+SHORT_TILES = gemm.VECTOR_LANES == 16
 
 
 def matmul(a, b, out, add=False):
