@@ -174,8 +174,8 @@ def test_the_script_measures_fits_and_writes(tmp_path):
 
 def test_a_leaf_for_some_layers_only_falls_back_where_its_algorithm_refuses(monkeypatch):
     """The committed rule picks depthwise at leaves its measured depthwise layers reached; a
-    grouped layer that is not depthwise (96 groups of 2 channels; 2x3 windows, 2x2 for the
-    weight gradient, whose tree's depthwise leaf takes fewer taps) reaches the same leaves,
+    grouped layer that is not depthwise (96 groups of 2 channels, 2x2 windows: the AVX2
+    forward tree's depthwise leaf takes fewer taps than 2x3's) reaches the same leaves,
     and gets the leaf's algorithm for every layer, which computes it (not a KeyError). The
     rule's AVX2 tree for AMD's CPUs (8 lanes) shows the case for every op, its AVX-512 trees
     not for all three: the tiles' width is pinned to 8, and the vendor to AMD, on any CPU."""
@@ -183,16 +183,15 @@ def test_a_leaf_for_some_layers_only_falls_back_where_its_algorithm_refuses(monk
     monkeypatch.setitem(conv2d.FEATURES, "lanes", lambda g: 8)
     monkeypatch.setitem(conv2d.FEATURES, "intel", lambda g: 0)
     depthwise = geometry.conv_geometry((2, 960, 7, 7), (960, 1, 3, 3), 1, 1, 1, 960, "NCHW")
+    grouped = geometry.conv_geometry((2, 192, 7, 7), (192, 2, 2, 2), 1, 1, 1, 96, "NCHW")
     for op in CONV_OPS:
-        window = (2, 2) if op == "conv2d_backward_weight" else (2, 3)
-        grouped = geometry.conv_geometry((2, 192, 7, 7), (192, 2, *window), 1, 1, 1, 96, "NCHW")
-        leaf = conv2d.walk(RULE[op], lambda name, g=grouped: conv2d.FEATURES[name](g))
+        leaf = conv2d.walk(RULE[op], lambda name: conv2d.FEATURES[name](grouped))
         assert leaf == "depthwise", (op, "the committed rule no longer shows the case")
         picked = registry.choose(op, "cpu", grouped)
         assert picked in registry.general("cpu")
         assert registry.choose(op, "cpu", depthwise) == "depthwise"
     x = np.random.default_rng(0).standard_normal((2, 192, 7, 7)).astype(np.float32)
-    w = np.random.default_rng(1).standard_normal((192, 2, 2, 3)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((192, 2, 2, 2)).astype(np.float32)
     np.testing.assert_allclose(ops.conv2d(x, w, padding=1, groups=96),
                                ops.conv2d(x, w, padding=1, groups=96, algo="reference"),
                                rtol=1e-4, atol=1e-4)
@@ -217,3 +216,18 @@ def test_the_committed_rule_has_a_tree_per_vendor(intel, expected, monkeypatch):
     monkeypatch.setitem(conv2d.FEATURES, "intel", lambda g: intel)
     g = geometry.conv_geometry((8, 256, 56, 56), (64, 256, 1, 1), 1, 0, 1, 1, "NCHW")
     assert conv2d.walk(RULE["conv2d"], lambda name: conv2d.FEATURES[name](g)) == expected
+
+
+def test_the_fit_leaves_out_what_auto_declines():
+    """Winograd's time on a plane below WINOGRAD_MIN_PIXELS neither wins the fit's pick nor
+    counts as the fastest there: on small planes blocked wins, the fastest left."""
+    timings = {(576, 64): {"blocked": 2.0, "im2col": 3.0, "winograd": 1.0}}
+    for pixels in (conv2d.WINOGRAD_MIN_PIXELS - 1, conv2d.WINOGRAD_MIN_PIXELS):
+        rows = [r | {"pixels": pixels} for r in _rows(timings)]
+        fitted = fit.fit(rows)
+        small = pixels < conv2d.WINOGRAD_MIN_PIXELS
+        for op in CONV_OPS:
+            pick = conv2d.walk(fitted["rule"][op], rows[0].__getitem__)
+            assert pick == ("blocked" if small else "winograd"), fitted["rule"][op]
+            assert fitted["loss"][op]["rule"] == 1.0
+        assert ("winograd" in fit._calls(rows)[("m16", 1, "t576c64", "conv2d")]) != small

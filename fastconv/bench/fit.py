@@ -31,7 +31,7 @@ from numba import njit
 from tqdm import tqdm
 
 from .. import ops
-from ..implementations.conv2d import FEATURES, walk
+from ..implementations.conv2d import FEATURES, auto_declines, walk
 from ..registry import CONV_OPS, REFERENCE, general, implementations, refusal
 from .cases import CONVS, inputs
 from .timing import _host_seconds
@@ -100,10 +100,13 @@ def read_csv(path) -> list[dict]:
 
 def _calls(rows) -> dict:
     """{(machine, threads, layer, op): {algo: row}}: the rows of each measured call, in the
-    rows' order."""
+    rows' order, but those of an algorithm algo="auto" declines on the layer
+    (conv2d.auto_declines): the fit neither picks it there nor counts its time."""
     calls = {}
     for r in rows:
-        calls.setdefault((r["machine"], int(r["threads"]), r["layer"], r["op"]), {})[r["algo"]] = r
+        if not auto_declines(r["algo"], r.__getitem__):
+            calls.setdefault((r["machine"], int(r["threads"]), r["layer"], r["op"]),
+                             {})[r["algo"]] = r
     return calls
 
 
