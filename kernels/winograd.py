@@ -36,7 +36,7 @@ TILE = 2  # outputs a tile side
 ALPHA = TILE + 2  # inputs a tile side
 POSITIONS = ALPHA * ALPHA
 LANES = VECTOR_LANES  # tiles (NCHW) or channels (NHWC) transformed together
-SPAN = LANES * TILE + 2  # input columns a block of LANES tiles of a tile row reads
+PITCH = LANES * ALPHA  # a row of the NCHW input buffer: the columns a block's tiles read, and more
 
 
 @njit(inline="always", cache=True)
@@ -159,27 +159,31 @@ def filter_transform(taps, u, checks):
 
     Layout: taps (F, 9) filter f's taps (r, s) at r * 3 + s (any strides: a view); u
     (POSITIONS, F); checks (blocks,) float64.
-    Loop order: blocks of LANES filters in parallel: their taps gathered lane by lane, G g
-    then (G g) G^T on whole lanes, POSITIONS runs of the block's filters stored. Each task owns
-    u's columns of its filters and its cell of checks. With G a matrix in memory, LLVM turned
-    the lanes' loops into gathers and scatters on the stack: ResNet-18's 512 x 512 layer4
-    filters took 12.5 ms on one Xeon thread (into a fresh u), 3.4 as written here.
+    Loop order: blocks of LANES filters in parallel, then a filter a lane: its taps loaded, G g
+    (ALPHA x 3) and (G g) G^T (ALPHA x ALPHA) in float64 scalars, put in its lane; then
+    POSITIONS runs of the block's filters stored. Each task owns u's columns of its filters
+    and its cell of checks. LLVM vectorises the loop over the lanes, a filter an element of
+    float64 vectors. Written as the other transforms (each step a loop over the lanes), it
+    unrolled those loops and left them scalar (vmulsd, vaddsd): ResNet-18's 512 x 512 layer4
+    filters took 11.1 ms on one Zen 3 thread, 7.9 so. With G a matrix in memory, LLVM turned
+    the lanes' loops into gathers and scatters on the stack: 12.5 ms on one Xeon thread.
     """
     f_ = taps.shape[0]
     for blk in prange((f_ + LANES - 1) // LANES):
-        g = carray(stack_array(9, LANES, np.float64), 9 * LANES)
-        t = carray(stack_array(POSITIONS, LANES, np.float64), POSITIONS * LANES)  # ALPHA x 3 used
+        g = carray(stack_array(1, 9, np.float64), 9)
+        t = carray(stack_array(ALPHA, 3, np.float64), ALPHA * 3)
+        r = carray(stack_array(ALPHA, ALPHA, np.float64), POSITIONS)
         o = carray(stack_array(POSITIONS, LANES, u.dtype), POSITIONS * LANES)
         for lane in range(LANES):  # lanes past the last filter repeat it
             f = min(blk * LANES + lane, f_ - 1)
             for q in range(9):
-                g[q * LANES + lane] = taps[f, q]
-        for s in range(3):  # t (ALPHA, 3) = G g, a column at a time
-            for lane in range(LANES):
-                FILTER_1D(g, s * LANES + lane, 3 * LANES, t, s * LANES + lane, 3 * LANES)
-        for a in range(ALPHA):  # o (ALPHA, ALPHA) = t G^T, a row at a time
-            for lane in range(LANES):
-                FILTER_1D(t, a * 3 * LANES + lane, LANES, o, a * ALPHA * LANES + lane, LANES)
+                g[q] = taps[f, q]
+            for s in range(3):  # t = G g, a column at a time
+                FILTER_1D(g, s, 3, t, s, 3)
+            for a in range(ALPHA):  # r = t G^T, a row at a time
+                FILTER_1D(t, a * 3, 1, r, a * ALPHA, 1)
+            for p in range(POSITIONS):
+                o[p * LANES + lane] = r[p]
         used = min(LANES, f_ - blk * LANES)
         for p in range(POSITIONS):
             move_run(o, p * LANES, u, p * f_ + blk * LANES, used)
@@ -260,13 +264,16 @@ def output_transform_channels(m, y, b, act, row0, th_, tw_):
 @njit(inline="always", cache=True)
 def packed_rows(tw_):
     """Tile rows of tw_ tiles one block of LANES lanes of the NCHW kernels takes: as many as
-    fit with a gap lane after each (the lane whose tile would read the next row's first
-    columns), two or more where tw_ + 1 <= LANES / 2; else one, in blocks of LANES tiles. A
-    14 x 14 image's tile row of F(4x4) is 4 tiles: alone, 12 of 16 lanes were transformed for
-    nothing, and its input transform took as long as a 56 x 56 image's on a third of the
-    tiles. Packed, the suite's 3x3 layers of 28 x 28 and smaller ran 1.03x faster on one Xeon
-    thread, 1.05-1.07x the 14 x 14 ones (benchmarks/results/cpu-winograd.md)."""
-    return max(1, LANES // (tw_ + 1))
+    fit, row r's tile t in lane r * tw_ + t, two or more where tw_ <= LANES / 2; else one, in
+    blocks of LANES tiles. A 14 x 14 image's tile row of F(4x4) is 4 tiles: alone, 12 of 16
+    lanes were transformed for nothing, and its input transform took as long as a 56 x 56
+    image's on a third of the tiles. Packed with a gap lane after each row (whose tile would
+    have read the next row's first columns from a buffer of evenly spaced tiles), the suite's
+    3x3 layers of 28 x 28 and smaller ran 1.03x faster on one Xeon thread, 1.05-1.07x the 14 x
+    14 ones (benchmarks/results/cpu-winograd.md); but a 7 x 7 image's rows of two tiles then
+    filled 4 of AVX2's 8 lanes, and its transforms took 2.8x a 56 x 56 image's time a tile on a
+    Zen 3. Each lane now reads its tile at its own offset (:func:`input_transform_rows`)."""
+    return max(1, LANES // tw_)
 
 
 @njit(inline="always", cache=True)
@@ -295,13 +302,15 @@ def input_transform_rows(x, v, checks, row0, th_, tw_, pt, pl):
     Loop order: (channel, group of tile rows) in parallel, a channel's groups one after
     another (its plane read down, as the prefetchers follow: channel-innermost tasks jumped a
     plane each, 2.4 ms for ResNet-18's 8 x 64 x 56 x 56 layer on two Xeon threads, 1.0 so),
-    then blocks of LANES lanes: a group of several short rows in one block, each row's tiles
-    and a gap lane (:func:`packed_rows`), or one row's tiles LANES at a time. A block's ALPHA
-    input rows are moved by whole vectors into a buffer of SPAN columns (zeros past the image;
-    a packed row's segment of (tw_ + 1) * TILE columns from its lane's), each buffer row
-    turned into its tiles' ALPHA columns a lane by one transpose in registers (lane l's column
-    b is the buffer's element l * TILE + b), the transform on whole lanes, and POSITIONS runs
-    of each row's tiles stored. Each task owns v at its tiles x its channel, and checks[task].
+    then blocks of LANES lanes: a group of several short rows in one block, row r's tiles from
+    lane r * tw_ (:func:`packed_rows`), or one row's tiles LANES at a time. A block's ALPHA
+    input rows are moved by whole vectors into a buffer of PITCH columns a row (zeros past the
+    image; a packed row's segment of tw_ * TILE + 2 columns after the row before's), each
+    buffer row turned into its tiles' ALPHA columns a lane by one transpose in registers (lane
+    l's column b is the buffer's element offsets[l] + b, row r's tile t at r * (tw_ * TILE +
+    2) + t * TILE), the transform on whole lanes, and POSITIONS runs of the block's tiles
+    stored (a group's tiles are as consecutive in v as in the lanes). Each task owns v at its
+    tiles x its channel, and checks[task].
     An element at a time, the tiles' gather took 7.7 ms of that layer's 19 ms forward on one
     thread, its GEMMs 4.2.
     """
@@ -309,11 +318,15 @@ def input_transform_rows(x, v, checks, row0, th_, tw_, pt, pl):
     tiles = v.shape[2]
     rows_ = tiles // tw_
     packed, groups_ = packed_rows(tw_), row_groups(rows_, tw_)
-    width = SPAN if packed == 1 else tw_ * TILE + ALPHA - TILE  # a row segment's columns
+    # a row segment's columns: a packed row's whole, else a block's LANES tiles'
+    width = tw_ * TILE + ALPHA - TILE if packed > 1 else LANES * TILE + ALPHA - TILE
     for task in prange(n_c * groups_):
         c, group = task // groups_, task % groups_  # a channel's groups in turn
         count = min(packed, rows_ - group * packed)
-        rows = carray(stack_array(ALPHA, SPAN, v.dtype), ALPHA * SPAN)
+        rows = carray(stack_array(ALPHA, PITCH, v.dtype), ALPHA * PITCH)
+        offsets = carray(stack_array(1, LANES, np.uint64), LANES)  # packed: lane l's tile
+        for lane in range(LANES):  # lanes past the tiles read zeros or tiles: never stored
+            offsets[lane] = lane // tw_ * width + lane % tw_ * TILE
         d = carray(stack_array(POSITIONS, LANES, v.dtype), POSITIONS * LANES)
         t = carray(stack_array(POSITIONS, LANES, v.dtype), POSITIONS * LANES)
         zero = v.dtype.type(0)
@@ -324,27 +337,30 @@ def input_transform_rows(x, v, checks, row0, th_, tw_, pt, pl):
             lo = max(0, -col0)  # a segment's columns lo ... hi are the image's
             hi = max(lo, min(width, w_ - col0))
             for a in range(ALPHA):
-                for k in range(SPAN):
-                    rows[a * SPAN + k] = zero
+                for k in range(PITCH):
+                    rows[a * PITCH + k] = zero
                 for r in range(count):
                     n, th = _row_place(group * packed + r, row0, th_)
                     ih = th * TILE - pt + a
-                    segment = a * SPAN + r * (tw_ + 1) * TILE
+                    segment = a * PITCH + r * width
                     if 0 <= ih < h_:
                         plane = (n * n_c + c) * h_ * w_
                         for k in range(lo, hi, LANES):
                             move_run(x, plane + ih * w_ + col0 + k, rows, segment + k,
                                      min(LANES, hi - k))
-                transpose_block(rows, np.uint64(a * SPAN), np.uint64(TILE), d,
-                                np.uint64(a * ALPHA * LANES), np.uint64(LANES), LANES, ALPHA)
+                # evenly spaced tiles by a constant step: offsets loaded cost 10-15% there
+                if packed > 1:
+                    transpose_block(rows, np.uint64(a * PITCH), offsets, d,
+                                    np.uint64(a * ALPHA * LANES), np.uint64(LANES), LANES, ALPHA)
+                else:
+                    transpose_block(rows, np.uint64(a * PITCH), np.uint64(TILE), d,
+                                    np.uint64(a * ALPHA * LANES), np.uint64(LANES), LANES, ALPHA)
             _transform_in(d, t)
-            check += _zeros_of(d)  # gap lanes too: transforms of the buffer's columns
-            used = min(LANES, tw_ - first)
-            for r in range(count):
-                jr = group * packed + r
-                for p in range(POSITIONS):
-                    move_run(d, p * LANES + r * (tw_ + 1), v,
-                             (p * n_c + c) * tiles + jr * tw_ + first, used)
+            check += _zeros_of(d)  # the lanes past the tiles too: transforms of zeros or tiles
+            # the group's tiles are consecutive in v as in the lanes: one run a position
+            tile0, used = group * packed * tw_ + first, min(LANES, count * tw_ - first)
+            for p in range(POSITIONS):
+                move_run(d, p * LANES, v, (p * n_c + c) * tiles + tile0, used)
         checks[task] = check
 
 
@@ -375,27 +391,24 @@ def output_transform_rows(m, y, b, act, row0, th_, tw_):
             s[e] = m.dtype.type(0)
         for blk in range((tw_ + LANES - 1) // LANES if packed == 1 else 1):
             first = blk * LANES
-            used = min(LANES, tw_ - first)
-            for r in range(count):
-                jr = group * packed + r
-                for p in range(POSITIONS):
-                    move_run(m, (p * k_ + k) * tiles + jr * tw_ + first, s,
-                             p * LANES + r * (tw_ + 1), used)
+            tile0, used = group * packed * tw_ + first, min(LANES, count * tw_ - first)
+            for p in range(POSITIONS):  # as the input transform's stores
+                move_run(m, (p * k_ + k) * tiles + tile0, s, p * LANES, used)
             _transform_out(s, t)
             for e in range(TILE * TILE * LANES):
                 s[e] += b[k]
             activate_run(s, 0, TILE * TILE * LANES, 1, act)
-            c0 = first * TILE
-            whole = min(used, (ow_ - c0) // TILE)  # tiles all of whose columns are y's
+            c0, across = first * TILE, min(LANES, tw_ - first)  # a row's tiles in the block
+            whole = min(across, (ow_ - c0) // TILE)  # tiles all of whose columns are y's
             for r in range(count):
                 n, th = _row_place(group * packed + r, row0, th_)
-                lane0 = r * (tw_ + 1)
+                lane0 = r * tw_
                 plane = (n * k_ + k) * oh_ * ow_
                 for i in range(min(TILE, oh_ - th * TILE)):
                     at = plane + (th * TILE + i) * ow_ + c0
                     transpose_block(s, np.uint64(i * TILE * LANES + lane0), np.uint64(LANES),
                                     y, np.uint64(at), np.uint64(TILE), TILE, whole)
-                    for j in range(ow_ - c0 - whole * TILE if whole < used else 0):
+                    for j in range(ow_ - c0 - whole * TILE if whole < across else 0):
                         y[n, k, th * TILE + i, c0 + whole * TILE + j] = s[
                             (i * TILE + j) * LANES + lane0 + whole]
 
@@ -407,7 +420,7 @@ _transform_in_f4 = variant(_transform_in, "f4", **_F4)
 _transform_out_f4 = variant(_transform_out, "f4", **_F4)
 _F4_CHECKED = dict(_F4, _zeros_of=variant(_zeros_of, "f4", **_F4))
 FILTER_TRANSFORM = {2: filter_transform, 4: variant(filter_transform, "f4", **_F4_CHECKED)}
-_F4_IN = dict(_F4_CHECKED, SPAN=LANES * 4 + 2, _transform_in=_transform_in_f4)
+_F4_IN = dict(_F4_CHECKED, PITCH=LANES * 6, _transform_in=_transform_in_f4)
 _F4_OUT = dict(_F4, _transform_out=_transform_out_f4)
 # by layout: NCHW's lanes are a tile row's tiles, NHWC's channels
 INPUT_TRANSFORM = {

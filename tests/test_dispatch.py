@@ -575,14 +575,3 @@ def test_two_processes_autotuning_into_one_folder_lose_no_entries(isolated):
             for start in (5, 40)]
     assert [run.wait(timeout=300) for run in runs] == [0, 0]
     assert len(read_cache(isolated / "autotune.json")) == 40
-
-
-@pytest.mark.parametrize("op", ["conv2d", "conv2d_backward_input"])
-@pytest.mark.parametrize("side", [7, 8, 11, 14])
-def test_auto_declines_winograd_below_its_plane_size(op, side, monkeypatch):
-    """A rule whose leaf says winograd (then blocked) gets blocked on a 3x3 layer of fewer
-    output pixels than WINOGRAD_MIN_PIXELS (7 x 7 to 10 x 10), winograd from 11 x 11 on."""
-    monkeypatch.setattr(conv2d, "CPU_RULE", {o: ["winograd", "blocked"] for o in CONV_OPS})
-    g = geometry.conv_geometry((2, 16, side, side), (16, 16, 3, 3), 1, 1, 1, 1, "NCHW")
-    expected = "winograd" if side * side >= conv2d.WINOGRAD_MIN_PIXELS else "blocked"
-    assert registry.choose(op, "cpu", g) == expected

@@ -218,16 +218,23 @@ def test_the_committed_rule_has_a_tree_per_vendor(intel, expected, monkeypatch):
     assert conv2d.walk(RULE["conv2d"], lambda name: conv2d.FEATURES[name](g)) == expected
 
 
-def test_the_fit_leaves_out_what_auto_declines():
-    """Winograd's time on a plane below WINOGRAD_MIN_PIXELS neither wins the fit's pick nor
-    counts as the fastest there: on small planes blocked wins, the fastest left."""
-    timings = {(576, 64): {"blocked": 2.0, "im2col": 3.0, "winograd": 1.0}}
-    for pixels in (conv2d.WINOGRAD_MIN_PIXELS - 1, conv2d.WINOGRAD_MIN_PIXELS):
-        rows = [r | {"pixels": pixels} for r in _rows(timings)]
-        fitted = fit.fit(rows)
-        small = pixels < conv2d.WINOGRAD_MIN_PIXELS
-        for op in CONV_OPS:
-            pick = conv2d.walk(fitted["rule"][op], rows[0].__getitem__)
-            assert pick == ("blocked" if small else "winograd"), fitted["rule"][op]
-            assert fitted["loss"][op]["rule"] == 1.0
-        assert ("winograd" in fit._calls(rows)[("m16", 1, "t576c64", "conv2d")]) != small
+def test_held_out_judges_each_network_by_the_fit_of_the_others():
+    """fit.held_out, in worker processes: networks whose layers follow one rule judge each
+    other's fits perfect (1.0x); a network whose winners are the others' losers costs what the
+    others' rule loses on it, the same figures as fitting each left out in turn here."""
+    def network(name, flip):
+        timings = {(taps, 16): {a: 1.0 if (a == "blocked") == (taps >= 100) != flip else 3.0
+                                for a in ("blocked", "im2col")} for taps in (9, 25, 150, 576)}
+        return [r | {"layer": f"{name}/{r['layer']}"} for r in _rows(timings)]
+    alike = network("a", False) + network("b", False) + network("c", False)
+    assert fit.held_out(alike, 2) == {op: 1.0 for op in CONV_OPS}
+    rows = network("a", False) + network("b", False) + network("c", True)
+    expected = {}
+    for name in "abc":
+        rule = fit.fit([r for r in rows if not r["layer"].startswith(name + "/")], 2)["rule"]
+        for op, losses in fit.walk_loss([r for r in rows if r["layer"].startswith(name + "/")],
+                                        rule).items():
+            expected.setdefault(op, []).extend(losses)
+    expected = {op: math.exp(sum(v) / len(v)) for op, v in expected.items()}
+    assert fit.held_out(rows, 2, workers=2) == fit.held_out(rows, 2, workers=1) == expected
+    assert all(ratio > 1.2 for ratio in expected.values())

@@ -21,17 +21,21 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import math
+import multiprocessing
+import os
 import pprint
 import statistics
 import textwrap
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from numba import njit
 from tqdm import tqdm
 
 from .. import ops
-from ..implementations.conv2d import FEATURES, auto_declines, walk
+from ..implementations.conv2d import FEATURES, walk
 from ..registry import CONV_OPS, REFERENCE, general, implementations, refusal
 from .cases import CONVS, inputs
 from .timing import _host_seconds
@@ -100,13 +104,10 @@ def read_csv(path) -> list[dict]:
 
 def _calls(rows) -> dict:
     """{(machine, threads, layer, op): {algo: row}}: the rows of each measured call, in the
-    rows' order, but those of an algorithm algo="auto" declines on the layer
-    (conv2d.auto_declines): the fit neither picks it there nor counts its time."""
+    rows' order."""
     calls = {}
     for r in rows:
-        if not auto_declines(r["algo"], r.__getitem__):
-            calls.setdefault((r["machine"], int(r["threads"]), r["layer"], r["op"]),
-                             {})[r["algo"]] = r
+        calls.setdefault((r["machine"], int(r["threads"]), r["layer"], r["op"]), {})[r["algo"]] = r
     return calls
 
 
@@ -330,16 +331,27 @@ def walk_loss(rows, rule) -> dict:
     return losses
 
 
-def held_out(rows: list[dict], depth: int, **options) -> dict:
+def held_out(rows: list[dict], depth: int, workers: int | None = None, **options) -> dict:
     """{op: geomean slowdown against the fastest} of rules fitted (:func:`fit`, with ``depth``
     and ``options``) on every network but one and judged on that one, over all networks: how
-    well a rule generalises to unseen layers."""
+    well a rule generalises to unseen layers. The networks' fits run in ``workers`` processes
+    (default: one a CPU): a fit of the AVX2 rows took ~35 s on one Zen 3 vCPU, and
+    dispatch-cpu.md's table ~100 of them, 47 minutes one after another."""
     networks = sorted({r["layer"].split("/")[0] for r in rows})
+    # spawned, not forked: a fork would copy Numba's thread pool in whatever state it is
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers or os.cpu_count(), mp_context=context) as pool:
+        parts = list(pool.map(_left_out, itertools.repeat(rows), networks,
+                              itertools.repeat(depth), itertools.repeat(options)))
     losses = {}
-    for network in networks:
-        rule = fit([r for r in rows if not r["layer"].startswith(network + "/")], depth,
-                   **options)["rule"]
-        for op, values in walk_loss([r for r in rows if r["layer"].startswith(network + "/")],
-                                     rule).items():
+    for part in parts:  # in the networks' order, whatever finished first
+        for op, values in part.items():
             losses.setdefault(op, []).extend(values)
     return {op: math.exp(sum(v) / len(v)) for op, v in losses.items()}
+
+
+def _left_out(rows, network, depth, options) -> dict:
+    """{op: log slowdowns} of ``network``'s rows under the rule fitted on the others'."""
+    rule = fit([r for r in rows if not r["layer"].startswith(network + "/")], depth,
+               **options)["rule"]
+    return walk_loss([r for r in rows if r["layer"].startswith(network + "/")], rule)

@@ -1333,24 +1333,6 @@ FEATURES = {
 }
 
 
-# algo="auto" leaves winograd out on planes of fewer output pixels than this, where the fit
-# would send it: a 7 x 7 or 8 x 8 plane is two F(4x4) tiles a tile row, whose transforms took
-# 2.8x as long a tile as on 56 x 56 (packed_rows' gap lanes and a task's fixed cost; one Zen 3
-# thread). ResNet-CIFAR's 64 x 64 x 8 x 8 layer3 ran 1.8-2.3x slower on it than on
-# blocked (one and two Zen 3 threads), ResNet's 7 x 7 layers and that one 0.63-0.68x PyTorch on
-# two Xeon threads where a refit sent them there (730fb21); on 14 x 14 (196 pixels) it was the
-# fastest of all (1.3-1.9x blocked, Zen 3). The threshold lies between the two by ratio, as the
-# fit's do (benchmarks/results/cpu-suite-2026-12-07-zen3-refit.md). The fit leaves out the
-# measurements of the algorithms auto declines (fastconv.bench.fit).
-WINOGRAD_MIN_PIXELS = 112
-
-
-def auto_declines(algo, feature):
-    """Whether algo="auto" leaves ``algo`` out on a layer it computes; ``feature(name)`` gives
-    the layer's value of a feature (:data:`FEATURES`)."""
-    return algo == "winograd" and feature("pixels") < WINOGRAD_MIN_PIXELS
-
-
 def walk(tree, feature, serves=lambda algo: True):
     """The algo a fitted tree picks: a node is an algo's name, a list of them (the first that
     ``serves`` the layer: an algo for some layers only, then one for all) or {"feature",
@@ -1366,8 +1348,7 @@ def walk(tree, feature, serves=lambda algo: True):
 def choose_cpu(op, g):
     """The rule fitted to the layer suite's measurements: a small decision tree per op over
     :data:`FEATURES` (cpu_rule.py says where it came from and what it costs against the
-    fastest algorithm of each measured layer; its leaves' winograd serves no plane below
-    WINOGRAD_MIN_PIXELS: :func:`auto_declines`); before it, a structural choice: a depthwise
+    fastest algorithm of each measured layer); before it, a structural choice: a depthwise
     layer with one output channel a group (groups == C == K: MobileNet's) takes "depthwise"
     for all three ops, which beat the tree's choice on every MobileNetV2 depthwise layer on one
     and two threads (1.09-5.6x; benchmarks/results/cpu-depthwise-planes.md); an NHWC layer of
@@ -1400,10 +1381,8 @@ def choose_cpu(op, g):
         return "grouped"
     if _planes_gathered(g):
         return "im2col"
-    def feature(name):
-        return FEATURES[name](g)
-    algo = walk(CPU_RULE[op], feature, lambda algo: refusal(op, "cpu", algo, g) is None
-                and not auto_declines(algo, feature))
+    algo = walk(CPU_RULE[op], lambda name: FEATURES[name](g),
+                lambda algo: refusal(op, "cpu", algo, g) is None)
     if g.layout != "NHWC":
         return algo
     if g.groups == 1 and (g.pointwise or _strided_pointwise(g) is not None):
