@@ -13,12 +13,12 @@ from test_conv_depthwise import arrays, layer_case
 
 import oracle
 from fastconv import geometry, ops, registry
-from fastconv.implementations import conv2d
+from fastconv.implementations import conv2d, grouped
 from fastconv.kernels import VECTOR_LANES, conv_grouped
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
-SERVED = [d for d in conv_grouped.ROTATIONS if VECTOR_LANES % d == 0]
+SERVED = grouped.SERVED
 
 
 @st.composite
@@ -141,10 +141,13 @@ def test_nonfinite_values(case, activation, poisoned, parallel, data, monkeypatc
         oracle.check_nonfinite({"gw": gw}, want, exact=False)
 
 
+SERVES = f"NHWC layers of {', '.join(map(str, SERVED))} input"
+V = VECTOR_LANES
 REFUSED = [
     ("NCHW", (2, 32, 8, 8), (32, 4, 3, 3), 8, 1, "NHWC layers"),
-    ("NHWC", (2, 8, 8, 32), (3, 3, 16, 32), 2, 1, "NHWC layers of 2, 4, 8"),
-    ("NHWC", (2, 8, 8, 32), (3, 3, 4, 16), 8, 1, "NHWC layers of 2, 4, 8"),  # 4 in, 2 out
+    ("NHWC", (2, 8, 8, 32), (3, 3, 16, 32), 2, 1, SERVES),
+    ("NHWC", (2, 8, 8, 32), (3, 3, 4, 16), 8, 1, SERVES),  # 4 in, 2 out
+    ("NHWC", (2, 8, 8, 2 * V), (3, 3, V, 2 * V), 2, 1, SERVES),  # a group a whole vector
     ("NHWC", (2, 8, 8, 12), (3, 3, 4, 12), 3, 1, "whole vectors"),
     ("NHWC", (2, 8, 8, 32), (3, 3, 4, 32), 8, 2, "stride-1 layers"),
     ("NHWC", (2, 8, 8, 32), (5, 5, 4, 32), 8, 1, "windows 1 or 3 wide"),
@@ -154,7 +157,8 @@ REFUSED = [
 @pytest.mark.parametrize("layout, x_shape, w_shape, groups, stride, says", REFUSED)
 def test_refuses_other_layers_by_name(layout, x_shape, w_shape, groups, stride, says):
     """Where the kernel cannot run, algo="grouped" is a ValueError saying why, naming the
-    layer: NCHW, other group widths, input and output channels a group unequal, channels not
+    layer: NCHW, other group widths (a group of a whole vector's channels among them: AVX2's
+    8, which blocked's tiles run faster), input and output channels a group unequal, channels not
     whole vectors (AVX-512's 16; AVX2's 8 takes 12 as neither), the input gradient of a
     strided layer and the weight gradient of a window 5 wide (their forwards run)."""
     g = geometry.conv_geometry(x_shape, w_shape, stride, 1, 1, groups, layout)

@@ -237,6 +237,28 @@ def test_an_nhwc_layer_the_rule_sends_to_an_nchw_kernel_takes_blocked(op, plante
         assert ran[-1] == (op, expected)
 
 
+@pytest.mark.parametrize("op", CONV_OPS)
+def test_a_wide_nhwc_layer_the_rule_sends_to_im2col_takes_blocked_but_its_weight_gradient(
+        op, monkeypatch):
+    """im2col's columns are channel-major, a transpose of NHWC's pixels: an NHWC layer of
+    NHWC_BLOCKED_MIN_CHANNELS input channels the rule sends to im2col takes blocked for its
+    forward and input gradient, at stride 1 and 2; one channel fewer, a 3-channel stem, a
+    weight gradient, and a layer whose window covers the image (its columns x as it lies)
+    stay im2col's."""
+    monkeypatch.setitem(conv2d.CPU_RULE, op, "im2col")
+    wide = conv2d.NHWC_BLOCKED_MIN_CHANNELS
+    moved = "im2col" if op == "conv2d_backward_weight" else "blocked"
+    for c, size, stride, padding, expected in ((wide, 28, 2, 1, moved), (wide, 14, 1, 1, moved),
+                                               (wide - 1, 28, 2, 1, "im2col"),
+                                               (3, 56, 2, 1, "im2col"), (wide, 3, 1, 0, "im2col")):
+        g = geometry.conv_geometry((8, size, size, c), (3, 3, c, 128), stride, padding, 1, 1,
+                                   "NHWC")
+        assert registry.choose(op, "cpu", g) == expected, (c, size, stride)
+        nchw = geometry.conv_geometry((8, c, size, size), (128, c, 3, 3), stride, padding, 1, 1,
+                                      "NCHW")
+        assert registry.choose(op, "cpu", nchw) == "im2col"
+
+
 @pytest.mark.parametrize("planted", ["direct", "blocked", "im2col"])
 @pytest.mark.parametrize("op", CONV_OPS)
 def test_a_1x1_nhwc_layer_takes_im2col(op, planted, monkeypatch):
@@ -247,7 +269,8 @@ def test_a_1x1_nhwc_layer_takes_im2col(op, planted, monkeypatch):
     for data_format, stride, padding, groups, expected in (
             ("NCHW", 2, 0, 1, planted), ("NHWC", 2, 0, 1, "im2col"),
             ("NHWC", (1, 2), 0, 1, "im2col"), ("NHWC", 1, 0, 1, "im2col"),
-            ("NHWC", 1, 1, 1, "blocked" if planted == "direct" else planted),
+            ("NHWC", 1, 1, 1, "blocked" if planted == "direct" or planted == "im2col"
+             and op != "conv2d_backward_weight" else planted),  # padded: _columns_transposed
             ("NHWC", 2, 0, 2, "blocked" if planted != "blocked" else planted)):
         x_shape = _layout((8, 64, 28, 28), data_format)
         w_shape = _layout((128, 64 // groups, 1, 1), data_format, weight=True)
@@ -264,7 +287,7 @@ def test_a_1x1_nhwc_weight_gradient_of_a_tiles_width_takes_blocked(op, c, k, str
     """...but for the weight gradient of one whose fewer channels (unequal sides) are a
     register tile's width (MobileNetV2's 16- and 32-channel sides): blocked, which reads both
     operands as they lie; its forward and input gradient stay GEMMs. (Equal sides of two
-    vectors: of one, 8 channels on AVX2, the layer is one of "grouped"'s.)"""
+    vectors.)"""
     g = geometry.conv_geometry((8, 28, 28, c), (1, 1, c, k), stride, 0, 1, 1, "NHWC")
     expected = weight if op == "conv2d_backward_weight" else "im2col"
     assert registry.choose(op, "cpu", g) == expected

@@ -1359,7 +1359,8 @@ def choose_cpu(op, g):
     layout: the suite's layers are NCHW, and the direct kernels' register tiles serve NCHW
     only (_tiled), im2col's grouped GEMMs NCHW's contiguous planes, so an NHWC layer the rule
     sends to "direct", or a grouped one to "im2col", takes "blocked", which reads NHWC through
-    its own images. On the suite's layers the rule sends there in NHWC, direct ran 7-20x
+    its own images, as does the forward and input gradient of a wide one it sends to "im2col"
+    (_columns_transposed). On the suite's layers the rule sends there in NHWC, direct ran 7-20x
     slower (LeNet-5's C1 forward 21.7 ms against 1.3, PyTorch 1.9; ResNeXt's 4-channel groups
     44 against 6.1), grouped im2col 3.4-4.5x (ResNeXt's weight gradient 46 against 13.8), two
     Zen 4 threads (benchmarks/results/cpu-nhwc.md). And a 1x1 unpadded NHWC layer of one
@@ -1387,7 +1388,30 @@ def choose_cpu(op, g):
         return algo
     if g.groups == 1 and (g.pointwise or _strided_pointwise(g) is not None):
         return "blocked" if op == "conv2d_backward_weight" and _pointwise_lanes(g) else "im2col"
-    return "blocked" if algo == "direct" or algo == "im2col" and g.groups > 1 else algo
+    if algo == "direct" or algo == "im2col" and (g.groups > 1 or _columns_transposed(op, g)):
+        return "blocked"
+    return algo
+
+
+# An NHWC layer of this many input channels or more, its window past 1 x 1, takes "blocked" for
+# its forward and input gradient where the rule says "im2col" (_columns_transposed).
+NHWC_BLOCKED_MIN_CHANNELS = 64
+
+
+def _columns_transposed(op, g):
+    """Whether the rule's "im2col" would spend on an NHWC layer's channel-major columns what
+    "blocked" saves: its forward or input gradient of NHWC_BLOCKED_MIN_CHANNELS input channels
+    or more, its columns not x as it lies (_pixel_ordered). im2col gathers each tap's runs of C
+    channels into rows of pixels, a transpose, where blocked moves whole vectors of them. On
+    the suite's layers the rule sends there in NHWC (two Zen 3 threads, 2026-12-07): ResNet's
+    64- to 512-channel strided 3x3 layers and Inception's 7 x 1 / 1 x 7 ones ran 1.1-1.8x
+    faster through blocked, forward and input gradient, one thread and two (ResNet-18's
+    layer2.0.conv1 forward 16.9 -> 13.7 ms, ResNet-50's layer4.0.conv2 input gradient 46.5 ->
+    26.0); the 3-channel stems' input gradients 1.3-2.3x slower (VGG-16's, ENet's, ResNet-18's
+    7 x 7), which stay im2col's, as do the weight gradients, 0.6-2.1x either way
+    (benchmarks/results/other-layers.md, the Zen 3's section)."""
+    return (op != "conv2d_backward_weight" and g.C >= NHWC_BLOCKED_MIN_CHANNELS
+            and not _pixel_ordered(g))
 
 
 # The GPU's rule is still set by hand (no GPU measurements yet): a GEMM pays for im2col's copies

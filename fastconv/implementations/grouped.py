@@ -18,6 +18,12 @@ from ..kernels.activation import CODES
 from . import driver
 
 VECTOR = kernels.VECTOR
+# The channels a group "grouped" takes: the kernel's widths that leave two groups or more to a
+# vector. A group as wide as the vector (AVX2's 8 lanes) is a dense product a vector, the case
+# blocked's channel-block tiles run whole: on a Zen 3, ResNeXt-50's NHWC layer2.conv2 (32
+# groups of 8) ran its forward 3.3-6x and its input gradient 2.5-2.7x faster there
+# (benchmarks/results/other-layers.md, the Zen 3's section).
+SERVED = tuple(d for d in kernels.ROTATIONS if VECTOR % d == 0 and d < VECTOR)
 
 
 def _rotations(g):
@@ -26,12 +32,12 @@ def _rotations(g):
 
 
 def applies(g):
-    """None for an NHWC layer of 2, 4 or 8 input and as many output channels a group, its
-    channels whole vectors; else why algo="grouped" cannot serve it."""
+    """None for an NHWC layer of d input and as many output channels a group, d one of
+    :data:`SERVED`, its channels whole vectors; else why algo="grouped" cannot serve it."""
     d = _rotations(g)
-    if g.layout == "NHWC" and d in kernels.ROTATIONS and VECTOR % d == 0 and g.C % VECTOR == 0:
+    if g.layout == "NHWC" and d in SERVED and g.C % VECTOR == 0:
         return None
-    return (f"algo='grouped' computes NHWC layers of {', '.join(map(str, kernels.ROTATIONS))} "
+    return (f"algo='grouped' computes NHWC layers of {', '.join(map(str, SERVED))} "
             f"input and as many output channels a group on whole vectors of {VECTOR} channels, "
             f"not this one's groups={g.groups} of x {g.x_shape}, w {g.w_shape} ({g.layout})")
 
