@@ -1404,10 +1404,10 @@ def _columns_transposed(op, g):
     or more, its columns not x as it lies (_pixel_ordered). im2col gathers each tap's runs of C
     channels into rows of pixels, a transpose, where blocked moves whole vectors of them. On
     the suite's layers the rule sends there in NHWC (two Zen 3 threads, 2026-12-07): ResNet's
-    64- to 512-channel strided 3x3 layers and Inception's 7 x 1 / 1 x 7 ones ran 1.1-1.8x
+    64- to 512-channel strided 3x3 layers and Inception's 7 x 1 / 1 x 7 ones ran 1.0-1.9x
     faster through blocked, forward and input gradient, one thread and two (ResNet-18's
     layer2.0.conv1 forward 16.9 -> 13.7 ms, ResNet-50's layer4.0.conv2 input gradient 46.5 ->
-    26.0); the 3-channel stems' input gradients 1.3-2.3x slower (VGG-16's, ENet's, ResNet-18's
+    26.0); the 3-channel stems' input gradients 1.3-2.8x slower (VGG-16's, ENet's, ResNet-18's
     7 x 7), which stay im2col's, as do the weight gradients, 0.6-2.1x either way
     (benchmarks/results/other-layers.md, the Zen 3's section)."""
     return (op != "conv2d_backward_weight" and g.C >= NHWC_BLOCKED_MIN_CHANNELS

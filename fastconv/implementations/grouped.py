@@ -21,7 +21,7 @@ VECTOR = kernels.VECTOR
 # The channels a group "grouped" takes: the kernel's widths that leave two groups or more to a
 # vector. A group as wide as the vector (AVX2's 8 lanes) is a dense product a vector, the case
 # blocked's channel-block tiles run whole: on a Zen 3, ResNeXt-50's NHWC layer2.conv2 (32
-# groups of 8) ran its forward 3.3-6x and its input gradient 2.5-2.7x faster there
+# groups of 8) ran its forward 4.2-6.3x and its input gradient 2.7x faster there
 # (benchmarks/results/other-layers.md, the Zen 3's section).
 SERVED = tuple(d for d in kernels.ROTATIONS if VECTOR % d == 0 and d < VECTOR)
 
