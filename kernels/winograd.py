@@ -420,7 +420,7 @@ _transform_in_f4 = variant(_transform_in, "f4", **_F4)
 _transform_out_f4 = variant(_transform_out, "f4", **_F4)
 _F4_CHECKED = dict(_F4, _zeros_of=variant(_zeros_of, "f4", **_F4))
 FILTER_TRANSFORM = {2: filter_transform, 4: variant(filter_transform, "f4", **_F4_CHECKED)}
-_F4_IN = dict(_F4_CHECKED, PITCH=LANES * 6, _transform_in=_transform_in_f4)
+_F4_IN = dict(_F4_CHECKED, PITCH=LANES * _F4["ALPHA"], _transform_in=_transform_in_f4)
 _F4_OUT = dict(_F4, _transform_out=_transform_out_f4)
 # by layout: NCHW's lanes are a tile row's tiles, NHWC's channels
 INPUT_TRANSFORM = {

@@ -116,17 +116,21 @@ def test_thin_products_stream_past_blas(z, m, k, extra, a_layout, b_planes, add,
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(z=st.integers(1, 3), m=st.integers(driver.THIN_ROWS + 1, 3 * driver.SHORT_PLANE_ROWS),
-       k=st.integers(1, 90), extra=st.integers(0, 450), a_layout=st.sampled_from(LAYOUTS),
+       k=st.one_of(st.integers(1, 90), st.sampled_from([driver.SHORT_REDUCTION,
+                                                          driver.SHORT_REDUCTION + 1])),
+       extra=st.integers(0, 450), a_layout=st.sampled_from(LAYOUTS),
        b_planes=st.sampled_from(["contiguous", "interleaved", "shared"]),
        parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
 @example(z=2, m=driver.THIN_ROWS + 1, k=1, extra=1, a_layout="column", b_planes="interleaved",
          parallel=True, seed=0)
+@example(z=1, m=driver.SHORT_PLANE_ROWS, k=driver.SHORT_REDUCTION + 1, extra=64,
+         a_layout="column", b_planes="contiguous", parallel=True, seed=1)
 def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, parallel, seed,
                                             monkeypatch, cpu_calls):
     """On AVX-512 (driver.SHORT_TILES) float32 products of THIN_ROWS + 1 to SHORT_PLANE_ROWS
-    rows (more where a has up to SHORT_FILTER_VALUES values) and SHORT_PLANE_COLUMNS columns or
-    more take gemm_short (gemm_short_unfetched below FETCH_PLANE_COLUMNS), others and all of
-    them on AVX2 BLAS: its last block of rows and
+    rows (more where a has up to SHORT_FILTER_VALUES values), SHORT_PLANE_COLUMNS columns or
+    more and reductions of up to SHORT_REDUCTION take gemm_short (gemm_short_unfetched below
+    FETCH_PLANE_COLUMNS), others and all of them on AVX2 BLAS: its last block of rows and
     tile of columns overlapping the ones before or not, a's planes in any layout,
     b's contiguous, interleaved (an NCHW batch's channel planes) or one shared plane; the same
     products accumulating, or in float64, take BLAS."""
@@ -140,8 +144,8 @@ def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, 
     want = np.matmul(a.astype(np.float64), b.astype(np.float64))
     before = a.copy(), b.copy()
     short = "gemm_short" if n >= driver.FETCH_PLANE_COLUMNS else "gemm_short_unfetched"
-    if not driver.SHORT_TILES or (m > driver.SHORT_PLANE_ROWS
-                                  and m * k > driver.SHORT_FILTER_VALUES):
+    if not driver.SHORT_TILES or k > driver.SHORT_REDUCTION or (
+            m > driver.SHORT_PLANE_ROWS and m * k > driver.SHORT_FILTER_VALUES):
         short = "gemm"
     for add, dtype, kernel in ((False, np.float32, short), (True, np.float32, "gemm"),
                                (False, np.float64, "gemm")):

@@ -262,25 +262,28 @@ def test_registered_for_some_layers_only():
 
 
 @pytest.mark.parametrize("layer, threads, batch, picked", [
-    ("vgg16/features.10", 1, 8, True), ("resnet18/layer1.conv", 1, 8, True),
-    ("vgg16/features.12", 2, 8, True), ("resnet18/layer1.conv", 1, 1, True),
-    ("resnet18/layer4.conv", 1, 8, False), ("resnet18/layer3.conv", 2, 1, False)])
+    ("vgg16/features.10", 1, 8, (True, True)), ("resnet18/layer1.conv", 1, 8, (True, True)),
+    ("vgg16/features.12", 2, 8, (True, True)), ("resnet18/layer1.conv", 1, 1, (True, True)),
+    ("resnet18/layer3.conv", 1, 8, (True, True)), ("resnet18/layer4.conv", 1, 8, (True, False)),
+    ("resnet18/layer3.conv", 2, 1, (False, False))])
 def test_the_fitted_rule_picks_it_where_the_xeon_ran_it_fastest(layer, threads, batch, picked,
                                                                 monkeypatch):
     """algo="auto" follows cpu_rule.py, fitted with winograd's timings (the layers it serves
-    in trees of their own, fit.FORCED's plain_3x3): on the Xeon's AVX-512 tree it takes VGG-16's
-    and ResNet's 56 x 56 layers (2.0x and 1.4x blocked's speed there on one thread; ResNet's
-    at batch 1 too), not the 7 x 7 ones (0.6x) nor a 14 x 14 one at batch 1 (0.5x: its filter
-    transform paid for by one image); the same layer dilated is not plain_3x3, and goes
-    elsewhere."""
+    in trees of their own, fit.FORCED's plain_3x3): on the Xeon's AVX-512 tree it takes (forward,
+    input gradient) of VGG-16's and ResNet's 56 x 56 layers (2.0x and 1.4x blocked's speed there
+    on one thread; ResNet's at batch 1 too) and of the 14 x 14 ones (1.3-1.6x since the
+    small-plane transforms: cpu-winograd-small-planes.md section 7), the 7 x 7 ones' forward
+    (the fit's rows within 1.00-1.03x of blocked's), not their input gradient, nor a 14 x 14
+    layer at batch 1 (its filter transform paid for by one image); the same layer dilated is
+    not plain_3x3, and goes elsewhere."""
     monkeypatch.setitem(conv2d.FEATURES, "lanes", lambda g: 16)
     monkeypatch.setitem(conv2d.FEATURES, "intel", lambda g: 1)
     monkeypatch.setitem(conv2d.FEATURES, "threads", lambda g: threads)
     case = next(c for c in bench.cases("all") if c.name == layer)
     case = dataclasses.replace(case, x=(batch, *case.x[1:]))
     g = case.geometry()
-    for op in ("conv2d", "conv2d_backward_input"):
-        assert (registry.choose(op, "cpu", g) == "winograd") == picked, op
+    for op, expected in zip(("conv2d", "conv2d_backward_input"), picked, strict=True):
+        assert (registry.choose(op, "cpu", g) == "winograd") == expected, op
         dilated = geometry.conv_geometry(case.x, case.w, 1, 2, 2, 1, "NCHW")
         assert registry.choose(op, "cpu", dilated) != "winograd"
 

@@ -170,6 +170,13 @@ SHORT_FILTER_VALUES = 6144
 # for the next tile's lines, those of 28 x 28 and more 7-25% faster
 # (benchmarks/results/cpu-pointwise-nchw-xeon.md section 6).
 FETCH_PLANE_COLUMNS = 512
+# Reductions longer than this take BLAS: each block of rows rereads the tile's k rows of b and
+# all of a, past L2 from a few thousand (an NHWC weight gradient's reduction over the batch's
+# pixels: ResNet-50's 64 -> 256 layer1.conv3, 64 x 25088 @ 25088 x 256, ran 3.6-4.0x slower than
+# BLAS on one and two Xeon threads; 64 x k @ k x 256 alone 1.9-3.9x from k = 2048). The longest
+# measured faster: MobileNetV2's features.8.expand weight gradient, 64 x 1568 @ 1568 x 384,
+# 0.78-0.94x BLAS's time (benchmarks/results/cpu-winograd-small-planes.md section 7).
+SHORT_REDUCTION = 1568
 # On AVX2 OpenBLAS keeps them all: gemm_short's 6 x 16 tile (12 ymm accumulators) ran at
 # 0.41-1.02x OpenBLAS's Haswell kernels on 16-64 rows of a Zen 3 (one thread; 0.51-1.14x on
 # two), 0.53-1.22x at 96-384 rows, slowest where a tile's rows of b outgrow its 32 KiB L1
@@ -183,8 +190,8 @@ def matmul(a, b, out, add=False):
     """out = a @ b (with ``add``: out += a @ b) on the CPU, for 2-D arrays or (Z, ...) stacks of
     planes (a 2-D ``a`` or ``b`` is shared by every plane; out is never broadcast), on fastconv's
     threads with BLAS single-threaded inside them, or none for THIN_ROWS rows or (SHORT_TILES)
-    float32 planes of up to SHORT_PLANE_ROWS, or of a left operand of up to SHORT_FILTER_VALUES
-    (kernels/gemm.py).
+    float32 planes of up to SHORT_PLANE_ROWS, or of a left operand of up to SHORT_FILTER_VALUES,
+    reduced over up to SHORT_REDUCTION (kernels/gemm.py).
     Any strides: a plane without a unit stride is copied once; an output plane without one is
     computed aside."""
     runtime.pin_blas()
@@ -202,7 +209,7 @@ def matmul(a, b, out, add=False):
     k = a.shape[2]
     if m <= THIN_ROWS and n >= gemm.THIN_COLUMNS and _unit_stride(b, 2):
         cpu_call(gemm.gemm_thin, z * m * n * k, a, b, target, 1.0 if add else 0.0)
-    elif (SHORT_TILES and THIN_ROWS < m
+    elif (SHORT_TILES and THIN_ROWS < m and k <= SHORT_REDUCTION
           and (m <= SHORT_PLANE_ROWS or m * k <= SHORT_FILTER_VALUES)
           and n >= SHORT_PLANE_COLUMNS and not add
           and target.dtype == np.float32 and target.flags.c_contiguous and _unit_stride(b, 2)):
