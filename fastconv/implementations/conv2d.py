@@ -1393,8 +1393,8 @@ def choose_cpu(op, g):
     return algo
 
 
-# An NHWC layer of this many input channels or more, its window past 1 x 1, takes "blocked" for
-# its forward and input gradient where the rule says "im2col" (_columns_transposed).
+# An NHWC layer of this many input channels or more takes "blocked" for its forward and input
+# gradient where the rule says "im2col", unless its window covers the image (_columns_transposed).
 NHWC_BLOCKED_MIN_CHANNELS = 64
 
 

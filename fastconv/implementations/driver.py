@@ -173,7 +173,7 @@ FETCH_PLANE_COLUMNS = 512
 # Reductions longer than this take BLAS: each block of rows rereads the tile's k rows of b and
 # all of a, past L2 from a few thousand (an NHWC weight gradient's reduction over the batch's
 # pixels: ResNet-50's 64 -> 256 layer1.conv3, 64 x 25088 @ 25088 x 256, ran 3.6-4.0x slower than
-# BLAS on one and two Xeon threads; 64 x k @ k x 256 alone 1.9-3.9x from k = 2048). The longest
+# BLAS on one and two Xeon threads; 64 x k @ k x 256 alone 1.9-4.0x from k = 2048). The longest
 # measured faster: MobileNetV2's features.8.expand weight gradient, 64 x 1568 @ 1568 x 384,
 # 0.78-0.94x BLAS's time (benchmarks/results/cpu-winograd-small-planes.md section 7).
 SHORT_REDUCTION = 1568
