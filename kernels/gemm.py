@@ -1,8 +1,8 @@
 """Matrix products on fastconv's own threads: each thread's block is one single-threaded call of
 BLAS's Fortran ?gemm (NumPy's OpenBLAS, or SciPy's cython_blas, the one Numba's np.dot calls),
 except for products of few rows and long rows, which stream past BLAS (:func:`gemm_thin`), and
-float32 products of a few dozen rows, which run in register tiles of their own
-(:func:`gemm_short`).
+float32 products of a few dozen rows or of a short right operand, which run in register tiles
+of their own (:func:`gemm_short`, :func:`gemm_tall`).
 
 Why not let BLAS thread itself: fastconv's parallel kernels run on Numba's OpenMP workers, which
 spin briefly after each kernel so the next one starts at once (runtime.py), and a BLAS with
@@ -337,3 +337,66 @@ def gemm_short(at, b, c):
 gemm_short_unfetched = variant(
     gemm_short, "unfetched",
     _short_tiles=variant(_short_tiles, "unfetched", FETCHED_COLUMNS=0))
+
+
+# gemm_tall's register tile: TALL_ROWS rows of c x TALL_COLUMNS columns, 24 of AVX-512's 32
+# registers (4 vectors a row), 12 of AVX2's 16 (2 a row). Of the tiles of 24 accumulators,
+# 6 x 64 ran ResNet-50's NHWC 64 -> 64 product (25088 x 64 @ 64 x 64) at 300 GFLOP/s on two
+# Xeon threads, 8 x 48 at 100 and 12 x 32 at 160 (BLAS 200).
+TALL_ROWS, TALL_COLUMNS = (6, 64) if VECTOR_LANES == 16 else (6, 16)
+# Blocks of rows a parallel task takes at least, one after another reading b from L1 or L2:
+# at 4, the 6272 x 512 @ 512 x 128 and 6272 x 256 @ 256 x 256 products ran 0.7-0.8x as fast on
+# two Xeon threads; at 16 as at 8.
+TASK_BLOCKS = 8
+
+
+@njit(cache=True, fastmath=CPU_KERNEL["fastmath"])
+def _tall_blocks(az, bz, cz, steps, k, n, first, last, zeros):
+    """Rows ``first`` to ``last`` (TALL_ROWS or more) of cz, a plane of N columns (flat), each
+    block of TALL_ROWS rows a full reduction a tile of TALL_COLUMNS columns, across all of
+    them (gemm_tall's loop body). A block or tile past ``last`` or N starts early enough to
+    end there: it recomputes rows or columns its neighbour computed, in this task, and stores
+    the same sums."""
+    tile_ = stack_array(TALL_ROWS, TALL_COLUMNS, cz.dtype)
+    acc = carray(tile_, (TALL_ROWS, TALL_COLUMNS))
+    flat = carray(tile_, TALL_ROWS * TALL_COLUMNS)
+    rows = carray(stack_array(TALL_ROWS, 1, np.uint64), TALL_ROWS)
+    for i0 in range(first, last, TALL_ROWS):
+        i0 = min(i0, last - TALL_ROWS)
+        for i in range(TALL_ROWS):
+            rows[i] = np.uint64(i0 + i) * np.uint64(k)
+        for j0 in range(0, n, TALL_COLUMNS):
+            j0 = min(j0, n - TALL_COLUMNS)
+            move_rows(zeros, ZERO, ZERO, flat, ZERO, np.uint64(TALL_COLUMNS), TALL_ROWS,
+                      TALL_COLUMNS)
+            broadcast_fmas(acc, az, rows, steps, bz[:, j0:], ZERO, np.uint64(k), TALL_ROWS,
+                           TALL_COLUMNS, 0)
+            move_rows(flat, ZERO, np.uint64(TALL_COLUMNS), cz,
+                      np.uint64(i0) * np.uint64(n) + np.uint64(j0), np.uint64(n), TALL_ROWS,
+                      TALL_COLUMNS)
+
+
+@njit(**CPU_KERNEL)
+def gemm_tall(a, b, c):
+    """c[z] = a[z] @ b[z] for float32 planes of many rows and a short b: an NHWC 1x1
+    convolution (ResNet-50's 64 -> 64 layer, 25088 x 64 @ 64 x 64 a batch of 8) or its input
+    gradient, the pixels its rows, and Winograd's products of a tile position. BLAS packs the
+    whole of a, x, for the 2 * 64 multiply-adds an element it packs; here a's rows are read
+    where they lie, into L1 once for all of c's columns, and b's rows stream from L1 or L2
+    (1.3-1.4x BLAS's speed on ResNet-50's NHWC 1x1 layers: driver.TALL_FILTER_VALUES).
+
+    Layout: a (Za, M, K), b (Zb, K, N) and c (Z, M, N) C-contiguous, Za and Zb 1 (shared) or
+    Z, M >= TALL_ROWS and N >= TALL_COLUMNS. Loop order: (plane z, task of consecutive rows) in
+    parallel; per block of TALL_ROWS rows, the tiles of TALL_COLUMNS columns, then the
+    reduction (broadcast_fmas: per step one load of b's tile row a vector, a broadcast of a's
+    value a row of c), the tile in vector registers, stored by whole vectors (_tall_blocks).
+    Each task owns its rows of c[z], TASK_BLOCKS blocks or more (all M where fewer).
+    """
+    m, k, n = c.shape[1], a.shape[2], c.shape[2]
+    tasks = max(1, m // (TALL_ROWS * TASK_BLOCKS))
+    zeros = np.zeros(TALL_COLUMNS, c.dtype)
+    steps = np.arange(k).astype(np.uint64)
+    for part in prange(c.shape[0] * tasks):
+        z, task = part // tasks, part % tasks
+        _tall_blocks(a[z % a.shape[0]].reshape(m * k), b[z % b.shape[0]], c[z].reshape(m * n),
+                     steps, k, n, m * task // tasks, m * (task + 1) // tasks, zeros)

@@ -1,8 +1,8 @@
 """The CPU kernels as an AVX2 machine compiles them, on whatever CPU runs the tests: a process
 that sees the host without its AVX-512 features (tests/avx2_host/sitecustomize.py) and compiles
 for Haswell (NUMBA_CPU_NAME) runs the machine-code checks (tests/test_kernel_ir.py: packed FMAs,
-none scalar, no double precision) and the blocked, depthwise, gemm_short and Winograd row
-kernels' tests against the float64 reference and PyTorch, with 8-lane register tiles and AVX2's
+none scalar, no double precision) and the blocked, depthwise, gemm_short, gemm_tall and Winograd
+row kernels' tests against the float64 reference and PyTorch, with 8-lane register tiles and AVX2's
 tile lengths. The CPUs CI draws are AVX-512 or AVX2: on AVX-512 ones, AVX2's short tiles compiled
 to scalar FMAs unseen until this simulation showed them (kernels/tile_fmas.py)."""
 
@@ -40,10 +40,10 @@ def test_kernels_compiled_for_avx2(tmp_path):
                                                   "conv_depthwise", "conv_grouped", "matmul",
                                                   "winograd")]
     # of test_conv.py, the blocked kernels' tests (rows, columns, spans, weight tiles); of
-    # test_matmul.py, gemm_short's (its tile of 6 rows x 2 vectors); of test_winograd.py, its
-    # rows of several blocks of lanes (8 tiles a transpose)
+    # test_matmul.py, gemm_short's and gemm_tall's (their tiles of 6 rows x 2 vectors); of
+    # test_winograd.py, its rows of several blocks of lanes (8 tiles a transpose)
     chosen = ("kernel_ir or vector_moves or depthwise or grouped or blocked or row or column "
-              "or short")
+              "or short or tall")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
                           "not slow", "-k", chosen, *files], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=1500)

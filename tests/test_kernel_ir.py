@@ -329,6 +329,29 @@ def test_gemm_short_tile_stays_in_vector_registers(monkeypatch):
             assert len(re.findall(r"^\s+prefetcht1\s", asm, re.M)) == fetched
 
 
+def test_gemm_tall_tile_stays_in_vector_registers(monkeypatch):
+    """gemm_tall's register tile, compiled for the float32 product an NHWC 1x1 layer hands it
+    (its pixels times its filters), serially and in parallel: a packed FMA a row of the tile
+    and vector a step, no float32 moved an element at a time, no gather or scatter. On AVX2,
+    where the driver keeps BLAS (driver.SHORT_TILES), the tile as it would compile."""
+    from fastconv.kernels import gemm
+    monkeypatch.setattr(driver, "SHORT_TILES", True)
+    calls, real = [], driver.cpu_call
+    monkeypatch.setattr(driver, "cpu_call",
+                        lambda k, work, *args: calls.append((k, args)) or real(k, work, *args))
+    rng = np.random.default_rng(0)
+    x = random(rng, (2, 14, 14, 32), np.float32)
+    w = random(rng, (1, 1, 32, gemm.TALL_COLUMNS), np.float32)
+    ops.conv2d(x, w, data_format="NHWC", algo="im2col")
+    [args] = [a for k, a in calls if k is gemm.gemm_tall]
+    for parallel in (False, True):
+        compiled, signature = _compiled(gemm.gemm_tall, args, parallel=parallel)
+        asm = compiled.inspect_asm(signature)
+        assert not re.search(r"vmovss\s", asm), "a float32 moved an element at a time"
+        assert not re.search(r"v(p?gather|p?scatter)\w*\s", asm), "a gather or scatter"
+        assert _fmas_in(asm) >= gemm.TALL_ROWS * gemm.TALL_COLUMNS // VECTOR_LANES
+
+
 def test_direct_tiled_microkernel_is_packed_fmas_on_this_machine(monkeypatch):
     """The direct kernels' stride-1 register tile: a packed FMA per vector of the tile."""
     from fastconv.kernels import conv_direct

@@ -130,25 +130,36 @@ def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, 
     """On AVX-512 (driver.SHORT_TILES) float32 products of THIN_ROWS + 1 to SHORT_PLANE_ROWS
     rows (more where a has up to SHORT_FILTER_VALUES values), SHORT_PLANE_COLUMNS columns or
     more and reductions of up to SHORT_REDUCTION take gemm_short (gemm_short_unfetched below
-    FETCH_PLANE_COLUMNS), others and all of them on AVX2 BLAS: its last block of rows and
+    FETCH_PLANE_COLUMNS), others gemm_tall where it serves them (_register_tiles) or BLAS, and
+    all of them on AVX2 BLAS: its last block of rows and
     tile of columns overlapping the ones before or not, a's planes in any layout,
     b's contiguous, interleaved (an NCHW batch's channel planes) or one shared plane; the same
     products accumulating, or in float64, take BLAS."""
     _parallel(monkeypatch, parallel)
     rng = np.random.default_rng(seed)
     n = driver.SHORT_PLANE_COLUMNS + extra
-    b = {"contiguous": lambda: random(rng, (z, k, n), np.float32),
-         "interleaved": lambda: random(rng, (k, z, n), np.float32).transpose(1, 0, 2),
-         "shared": lambda: random(rng, (k, n), np.float32)}[b_planes]()
-    a = _operand(rng, (z, m, k), a_layout, np.float32)
+    _takes_register_tiles(_operand(rng, (z, m, k), a_layout, np.float32),
+                          _right_operand(rng, z, k, n, b_planes), rng, cpu_calls)
+
+
+def _right_operand(rng, z, k, n, planes):
+    """A random float32 b of Z (K, N) planes: contiguous, interleaved (an NCHW batch's channel
+    planes: unit-stride rows in no contiguous plane), one shared (K, N) plane, or one
+    transposed plane (an NHWC layer's filters for its input gradient)."""
+    return {"contiguous": lambda: random(rng, (z, k, n), np.float32),
+            "interleaved": lambda: random(rng, (k, z, n), np.float32).transpose(1, 0, 2),
+            "shared": lambda: random(rng, (k, n), np.float32),
+            "transposed": lambda: random(rng, (n, k), np.float32).T}[planes]()
+
+
+def _takes_register_tiles(a, b, rng, cpu_calls):
+    """driver.matmul(a, b) computed afresh in float32 takes _register_tiles' kernel, and
+    accumulating, or in float64, BLAS; each result against float64, a and b unchanged."""
+    (z, m, k), n = a.shape, b.shape[-1]
     want = np.matmul(a.astype(np.float64), b.astype(np.float64))
     before = a.copy(), b.copy()
-    short = "gemm_short" if n >= driver.FETCH_PLANE_COLUMNS else "gemm_short_unfetched"
-    if not driver.SHORT_TILES or k > driver.SHORT_REDUCTION or (
-            m > driver.SHORT_PLANE_ROWS and m * k > driver.SHORT_FILTER_VALUES):
-        short = "gemm"
-    for add, dtype, kernel in ((False, np.float32, short), (True, np.float32, "gemm"),
-                               (False, np.float64, "gemm")):
+    for add, dtype, kernel in ((False, np.float32, _register_tiles(m, k, n, a, b)),
+                               (True, np.float32, "gemm"), (False, np.float64, "gemm")):
         start = random(rng, (z, m, n), dtype) if add else np.full((z, m, n), np.nan, dtype)
         out = start.copy()
         ran = len(cpu_calls)
@@ -158,6 +169,78 @@ def test_short_products_take_register_tiles(z, m, k, extra, a_layout, b_planes, 
         assert _error(out, expected) < tolerance(np.float32) * max(k, 1) ** 0.5, kernel
     np.testing.assert_array_equal(a, before[0])
     np.testing.assert_array_equal(b, before[1])
+
+
+def _register_tiles(m, k, n, a, b):
+    """The kernel driver.matmul picks for a float32 product of more than THIN_ROWS rows into a
+    fresh row-major out: its rule restated, for a (Z, M, K) and b (Z, K, N) or a shared (K, N)."""
+    if not driver.SHORT_TILES:
+        return "gemm"
+    if (k <= driver.SHORT_REDUCTION and n >= driver.SHORT_PLANE_COLUMNS
+            and (m <= driver.SHORT_PLANE_ROWS or m * k <= driver.SHORT_FILTER_VALUES)
+            and b.strides[-1] == b.itemsize):
+        return "gemm_short" if n >= driver.FETCH_PLANE_COLUMNS else "gemm_short_unfetched"
+    one_plane = b.ndim == 2 or b.shape[0] == 1
+    if (m >= gemm.TALL_ROWS and n % gemm.TALL_COLUMNS == 0 and k * n <= driver.TALL_FILTER_VALUES
+            and a.flags.c_contiguous and (one_plane or b.flags.c_contiguous)):
+        return "gemm_tall"
+    return "gemm"
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(z=st.integers(1, 3), m=st.integers(driver.THIN_ROWS + 1, 400), k=st.integers(1, 300),
+       tiles=st.integers(1, 5), extra=st.sampled_from([0, 0, 1, gemm.VECTOR_LANES]),
+       a_layout=st.sampled_from(LAYOUTS),
+       b_planes=st.sampled_from(["contiguous", "interleaved", "shared", "transposed"]),
+       parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@example(z=1, m=25, k=64, tiles=1, extra=0, a_layout="row", b_planes="transposed",
+         parallel=True, seed=0)
+@example(z=2, m=100, k=driver.TALL_FILTER_VALUES // (2 * gemm.TALL_COLUMNS), tiles=2,
+         extra=0, a_layout="row", b_planes="contiguous", parallel=True, seed=1)
+@example(z=1, m=100, k=driver.TALL_FILTER_VALUES // (2 * gemm.TALL_COLUMNS) + 1, tiles=2,
+         extra=0, a_layout="row", b_planes="shared", parallel=False, seed=2)
+def test_tall_products_take_register_tiles(z, m, k, tiles, extra, a_layout, b_planes, parallel,
+                                           seed, monkeypatch, cpu_calls):
+    """On AVX-512 float32 products whose b has up to TALL_FILTER_VALUES values in a multiple of
+    TALL_COLUMNS columns, more than THIN_ROWS rows (an NHWC 1x1 layer's pixels) and contiguous
+    planes of a take gemm_tall where gemm_short does not (_register_tiles): b's planes
+    contiguous, one shared plane or one transposed plane (an NHWC layer's filters for the
+    input gradient, copied), or interleaved (BLAS unless one plane); just past the bound, a
+    column off a tile or a vector off it BLAS; the same products accumulating, or in float64,
+    BLAS."""
+    _parallel(monkeypatch, parallel)
+    rng = np.random.default_rng(seed)
+    n = tiles * gemm.TALL_COLUMNS + extra
+    _takes_register_tiles(_operand(rng, (z, m, k), a_layout, np.float32),
+                          _right_operand(rng, z, k, n, b_planes), rng, cpu_calls)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(z=st.integers(1, 3), m=st.integers(gemm.TALL_ROWS, 2 * gemm.TALL_ROWS * gemm.TASK_BLOCKS
+                                          + gemm.TALL_ROWS + 1),
+       k=st.integers(0, 40), n=st.integers(gemm.TALL_COLUMNS, 3 * gemm.TALL_COLUMNS + 1),
+       shared=st.sampled_from([None, "a", "b"]), parallel=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+@example(z=1, m=gemm.TALL_ROWS, k=1, n=gemm.TALL_COLUMNS, shared=None, parallel=True, seed=0)
+@example(z=2, m=gemm.TALL_ROWS * gemm.TASK_BLOCKS * 2 + 1, k=3, n=gemm.TALL_COLUMNS + 1,
+         shared="b", parallel=True, seed=0)
+def test_gemm_tall_covers_every_cell_once_or_alike(z, m, k, n, shared, parallel, seed,
+                                                   monkeypatch):
+    """gemm_tall on its own, down to one register tile (M = TALL_ROWS, N = TALL_COLUMNS), a
+    row and a column past whole blocks and tiles (the last of a task's blocks and of the
+    tiles overlapping the one before), tasks of more than TASK_BLOCKS blocks, either operand
+    shared by the planes, and an empty reduction: every cell of the poisoned c written with
+    its own sum."""
+    _parallel(monkeypatch, parallel)
+    rng = np.random.default_rng(seed)
+    a = random(rng, (1 if shared == "a" else z, m, k), np.float32)
+    b = random(rng, (1 if shared == "b" else z, k, n), np.float32)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    c = np.full((z, m, n), np.nan, np.float32)
+    driver.cpu_call(gemm.gemm_tall, z * m * n * k, a, b, c)
+    assert _error(c, want) < tolerance(np.float32) * max(k, 1) ** 0.5
 
 
 # The most columns past gemm_short's last whole tile that its tiles a vector wide take

@@ -184,6 +184,15 @@ SHORT_REDUCTION = 1568
 # 144 @ 144 x 16384, 0.41x) (benchmarks/results/cpu-suite-2026-12-07-zen3.md
 # section 2).
 SHORT_TILES = gemm.VECTOR_LANES == 16
+# float32 products of more rows, a's planes contiguous, whose right operand's planes (one
+# shared, or contiguous) have up to TALL_FILTER_VALUES values (256 KB) in columns a multiple of
+# gemm.TALL_COLUMNS run in kernels/gemm.py's gemm_tall (on AVX-512, as gemm_short): an NHWC 1x1
+# layer's pixels times its filters, and Winograd's products a tile position. On one and two
+# Xeon threads, 25088 x 64 @ 64 x 64 (ResNet-50's layer1.0.conv1) ran at 1.35x BLAS's speed,
+# 64 x 128 to 256 x 64 filters 1.3-1.4x, 512 x 128 to 256 x 256 ones (64 K values) 0.9-1.2x,
+# 256 x 1024 ones 0.8-0.9x; 160 columns (three tiles for two and a half) 0.9-1.0x
+# (benchmarks/results/cpu-tall-products.md).
+TALL_FILTER_VALUES = 1 << 16
 
 
 def matmul(a, b, out, add=False):
@@ -191,7 +200,8 @@ def matmul(a, b, out, add=False):
     planes (a 2-D ``a`` or ``b`` is shared by every plane; out is never broadcast), on fastconv's
     threads with BLAS single-threaded inside them, or none for THIN_ROWS rows or (SHORT_TILES)
     float32 planes of up to SHORT_PLANE_ROWS, or of a left operand of up to SHORT_FILTER_VALUES,
-    reduced over up to SHORT_REDUCTION (kernels/gemm.py).
+    reduced over up to SHORT_REDUCTION, or of a right operand of up to TALL_FILTER_VALUES
+    (kernels/gemm.py).
     Any strides: a plane without a unit stride is copied once; an output plane without one is
     computed aside."""
     runtime.pin_blas()
@@ -213,10 +223,15 @@ def matmul(a, b, out, add=False):
           and (m <= SHORT_PLANE_ROWS or m * k <= SHORT_FILTER_VALUES)
           and n >= SHORT_PLANE_COLUMNS and not add
           and target.dtype == np.float32 and target.flags.c_contiguous and _unit_stride(b, 2)):
-        shared = a[:1] if a.strides[0] == 0 else a
         kernel = gemm.gemm_short if n >= FETCH_PLANE_COLUMNS else gemm.gemm_short_unfetched
-        cpu_call(kernel, z * m * n * k, np.ascontiguousarray(shared.transpose(0, 2, 1)), b,
+        cpu_call(kernel, z * m * n * k, np.ascontiguousarray(_planes(a).transpose(0, 2, 1)), b,
                  target)
+    elif (SHORT_TILES and m >= gemm.TALL_ROWS and n % gemm.TALL_COLUMNS == 0
+          and k * n <= TALL_FILTER_VALUES and not add and target.dtype == np.float32
+          and target.flags.c_contiguous and _planes(a).flags.c_contiguous
+          and (_planes(b).shape[0] == 1 or _planes(b).flags.c_contiguous)):
+        cpu_call(gemm.gemm_tall, z * m * n * k, _planes(a),
+                 np.ascontiguousarray(_planes(b)), target)
     else:
         row_blocks, column_blocks = _blocks(z, m, n, numba.get_num_threads())
         cpu_call(gemm.gemm, z * m * n * k, _blas_operand(a), _blas_operand(b), target,
@@ -280,6 +295,12 @@ def matmul_and_sum(a, b, c, d, out):
     cpu_call(gemm.gemm_and_sum, work, a, b, c, d, partial, tile)
     if parts > 1:
         np.sum(partial, axis=0, out=out)
+
+
+def _planes(a):
+    """A (Z, ...) stack's distinct planes: its first alone where all are it (a 2-D operand
+    broadcast), else the stack."""
+    return a[:1] if a.strides[0] == 0 else a
 
 
 def _unit_stride(a, axis):
